@@ -1,0 +1,350 @@
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/smallstep/certificates/authority"
+	"github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/provisioner"
+
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+)
+
+// Options configure a CA.
+type Options struct {
+	SiteCode  string
+	Hierarchy *Hierarchy // Root, Issuing and IssuingKey are required; RootKey is not used
+	// PublicURL is the base URL of the CA's public plain-HTTP listener, written into every
+	// certificate as the CRL distribution point and the AIA (OCSP and CA issuers) URLs.
+	PublicURL   string
+	Validity    map[Profile]time.Duration // per profile; DefaultValidity where missing
+	CRLValidity time.Duration             // how long a CRL stays current; 24h when zero
+	Now         func() time.Time          // defaults to time.Now
+	Rand        io.Reader                 // defaults to crypto/rand
+	Log         zerolog.Logger
+}
+
+// CA is the site's certificate authority: smallstep's embedded authority signing with the
+// issuing CA, over our site store.
+type CA struct {
+	db       *sitedb.DB
+	store    *store
+	auth     *authority.Authority
+	h        *Hierarchy
+	siteCode string
+	issuerID string
+	urls     issuerURLs
+	validity map[Profile]time.Duration
+	crlTTL   time.Duration
+	now      func() time.Time
+	rand     io.Reader
+	log      zerolog.Logger
+
+	mu        sync.RWMutex // guards responder
+	responder *ocspResponder
+}
+
+type issuerURLs struct{ crl, ocsp, issuer string }
+
+// New opens the CA over the site database: it applies the CA's migrations, records the
+// site's CA certificates and starts smallstep's embedded authority with our store.
+func New(ctx context.Context, db *sitedb.DB, o Options) (*CA, error) {
+	if o.Hierarchy == nil || o.Hierarchy.Issuing == nil || o.Hierarchy.IssuingKey == nil || o.Hierarchy.Root == nil {
+		return nil, errors.New("ca: the root certificate and the issuing certificate and key are required")
+	}
+	u, err := url.Parse(o.PublicURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("ca: public URL %q: must be an absolute http URL", o.PublicURL)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+	if o.CRLValidity == 0 {
+		o.CRLValidity = 24 * time.Hour
+	}
+	validity := map[Profile]time.Duration{}
+	for p, d := range DefaultValidity {
+		validity[p] = d
+	}
+	for p, d := range o.Validity {
+		if d > 0 {
+			validity[p] = d
+		}
+	}
+	if err := Migrate(ctx, db); err != nil {
+		return nil, err
+	}
+	id := IssuerID(o.Hierarchy.Issuing)
+	base := strings.TrimSuffix(o.PublicURL, "/")
+	c := &CA{
+		db: db, h: o.Hierarchy, siteCode: o.SiteCode, issuerID: id,
+		urls:     issuerURLs{crl: base + "/crl/" + id + ".crl", ocsp: base + "/ocsp", issuer: base + "/ca/" + id + ".crt"},
+		validity: validity, crlTTL: o.CRLValidity, now: o.Now, rand: o.Rand, log: o.Log,
+	}
+	c.store = &store{db: db, issuerID: id, now: o.Now}
+	if err := c.store.registerCA(ctx, "root", o.Hierarchy.Root); err != nil {
+		return nil, err
+	}
+	if err := c.store.registerCA(ctx, "issuing", o.Hierarchy.Issuing); err != nil {
+		return nil, err
+	}
+	c.auth, err = authority.NewEmbedded(
+		authority.WithConfig(&config.Config{
+			CRL: &config.CRLConfig{
+				Enabled:          true,
+				GenerateOnRevoke: true,
+				CacheDuration:    &provisioner.Duration{Duration: o.CRLValidity},
+				IDPurl:           c.urls.crl,
+			},
+		}),
+		authority.WithX509Signer(o.Hierarchy.Issuing, o.Hierarchy.IssuingKey),
+		authority.WithX509RootCerts(o.Hierarchy.Root),
+		authority.WithDatabase(c.store),
+		authority.WithQuietInit(),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("starting the embedded authority: %w", err)
+	}
+	return c, nil
+}
+
+// Root returns the site's root certificate.
+func (c *CA) Root() *x509.Certificate { return c.h.Root }
+
+// Issuing returns the issuing CA certificate.
+func (c *CA) Issuing() *x509.Certificate { return c.h.Issuing }
+
+// IssuerID returns the issuing CA's id as used in the public URLs.
+func (c *CA) IssuerID() string { return c.issuerID }
+
+// issuer is the smallstep provisioner of one signing: its ID says who authorized the
+// certificate ("token:<id>", "admin:<name>", "ca"), which the store records and, for a
+// token, consumes in the same transaction. Only the ID methods are called by smallstep
+// for the options we pass.
+type issuer struct {
+	provisioner.Interface
+	id string
+}
+
+func (i issuer) GetID() string             { return i.id }
+func (i issuer) GetIDForToken() string     { return i.id }
+func (i issuer) GetName() string           { return i.id }
+func (i issuer) GetType() provisioner.Type { return provisioner.TypeJWK }
+
+// sign issues a certificate for csr with the contents of t.
+func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, t Template, by string) ([]*x509.Certificate, error) {
+	now := c.now().UTC().Truncate(time.Second)
+	notBefore, notAfter := now.Add(-time.Minute), now.Add(c.validity[t.Profile])
+	if notAfter.After(c.h.Issuing.NotAfter) {
+		notAfter = c.h.Issuing.NotAfter
+	}
+	modify := provisioner.CertificateModifierFunc(func(cert *x509.Certificate, _ provisioner.SignOptions) error {
+		t.apply(cert, c.siteCode, notBefore, notAfter, c.urls)
+		return nil
+	})
+	chain, err := c.auth.SignWithContext(ctx, csr, provisioner.SignOptions{}, issuer{id: by}, modify)
+	if err != nil {
+		return nil, unwrapStep(err)
+	}
+	return chain, nil
+}
+
+// unwrapStep returns our own sentinel from inside a smallstep error when there is one,
+// so callers can tell a spent token from a failure.
+func unwrapStep(err error) error {
+	for _, s := range []error{ErrTokenUsed, ErrTokenExpired, ErrTokenRevoked, ErrTokenInvalid} {
+		if errors.Is(err, s) {
+			return fmt.Errorf("%w", s)
+		}
+	}
+	return err
+}
+
+// Enroll issues a certificate for a CSR presented with an enrollment token. The token must
+// be for the requested profile (client when empty) and, when bound to a subject, the CSR
+// must name it. The token is consumed in the transaction that records the certificate.
+func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte) ([]*x509.Certificate, error) {
+	if profile == "" {
+		profile = string(Client)
+	}
+	p, err := ParseProfile(profile)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := c.lookupToken(ctx, secret)
+	if err != nil {
+		return nil, err
+	}
+	if tok.Profile != p {
+		return nil, fmt.Errorf("%w: token %s is for the %s profile, the request asks for %s", ErrWrongProfile, tok.ID, tok.Profile, p)
+	}
+	csr, err := CheckCSR(csrData, p)
+	if err != nil {
+		return nil, err
+	}
+	t, err := TemplateFromCSR(csr, p, tok.Subject, c.rand)
+	if err != nil {
+		return nil, err
+	}
+	return c.sign(ctx, csr, t, "token:"+tok.ID)
+}
+
+// Issue issues a certificate an admin asked for; the CSR proves possession of the key.
+func (c *CA) Issue(ctx context.Context, spec IssueSpec, csrData []byte, by string) ([]*x509.Certificate, error) {
+	csr, err := CheckCSR(csrData, spec.Profile)
+	if err != nil {
+		return nil, err
+	}
+	t, err := TemplateFromSpec(spec, c.siteCode, csr, c.rand)
+	if err != nil {
+		return nil, err
+	}
+	return c.sign(ctx, csr, t, by)
+}
+
+// Renew issues a successor of old, a certificate the caller proved to hold in a TLS
+// handshake. With csr the successor gets the CSR's key (rekey, the default of the agent);
+// without it the old key. A revoked or expired certificate is refused.
+func (c *CA) Renew(ctx context.Context, old *x509.Certificate, csrData []byte) ([]*x509.Certificate, error) {
+	if c.now().After(old.NotAfter) {
+		return nil, fmt.Errorf("%w at %s: enroll again with a token", ErrExpired, old.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if rev, err := c.store.revocation(ctx, old.SerialNumber.String()); err != nil {
+		return nil, err
+	} else if rev != nil {
+		return nil, fmt.Errorf("%w (%s) at %s: enroll again with a token", ErrRevoked, rev.Reason, rev.RevokedAt.Format(time.RFC3339))
+	}
+	var pub crypto.PublicKey
+	if len(csrData) > 0 {
+		csr, err := CheckCSR(csrData, ProfileOf(old))
+		if err != nil {
+			return nil, err
+		}
+		pub = csr.PublicKey
+	}
+	var (
+		chain []*x509.Certificate
+		err   error
+	)
+	if pub != nil {
+		chain, err = c.auth.Rekey(old, pub)
+	} else {
+		chain, err = c.auth.Renew(old)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("renewing %s: %w", old.SerialNumber, err)
+	}
+	return chain, nil
+}
+
+// Reasons maps the RFC 5280 reason names `ibcm ca revoke` accepts to their codes.
+// certificateHold is left out: a revocation in ibcm is final.
+var Reasons = map[string]int{
+	"unspecified":          0,
+	"keyCompromise":        1,
+	"cACompromise":         2,
+	"affiliationChanged":   3,
+	"superseded":           4,
+	"cessationOfOperation": 5,
+	"privilegeWithdrawn":   9,
+	"aACompromise":         10,
+}
+
+// ReasonName returns the RFC 5280 name of a reason code.
+func ReasonName(code int) string {
+	for n, c := range Reasons {
+		if c == code {
+			return n
+		}
+	}
+	return fmt.Sprintf("reason-%d", code)
+}
+
+// Revoke revokes a certificate with an RFC 5280 reason. The revocation is announced to
+// every server of the site and a new CRL is published before Revoke returns.
+func (c *CA) Revoke(ctx context.Context, serial string, reason string) error {
+	code, ok := Reasons[reason]
+	if !ok {
+		for n := range Reasons {
+			if strings.EqualFold(n, reason) {
+				code, reason, ok = Reasons[n], n, true
+			}
+		}
+	}
+	if !ok {
+		return fmt.Errorf("%w %q: use one of unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn, aACompromise", ErrBadReason, reason)
+	}
+	cert, err := c.store.certificate(ctx, serial)
+	if err != nil {
+		return err
+	}
+	err = c.auth.Revoke(provisioner.NewContextWithMethod(ctx, provisioner.RevokeMethod), &authority.RevokeOptions{
+		Serial: serial, Reason: reason, ReasonCode: code, MTLS: true, Crt: cert,
+	})
+	if err != nil {
+		if rev, _ := c.store.revocation(ctx, serial); rev != nil {
+			return fmt.Errorf("%w: %s (%s at %s)", ErrAlreadyRevoked, serial, rev.Reason, rev.RevokedAt.Format(time.RFC3339))
+		}
+		return fmt.Errorf("revoking %s: %w", serial, err)
+	}
+	return nil
+}
+
+// ResolveSerial turns a serial as a person types it (hex as openssl prints it, with or
+// without colons or 0x, or decimal) into the decimal serial of an issued certificate.
+func (c *CA) ResolveSerial(ctx context.Context, s string) (string, error) {
+	s = strings.TrimSpace(s)
+	s = strings.TrimPrefix(strings.TrimPrefix(s, "serial="), "0x")
+	s = strings.ReplaceAll(s, ":", "")
+	if s == "" || len(s) > 80 {
+		return "", fmt.Errorf("%w: serial %q", ErrNotFound, s)
+	}
+	var candidates []string
+	if d, ok := new(big.Int).SetString(s, 10); ok {
+		candidates = append(candidates, d.String())
+	}
+	if h, ok := new(big.Int).SetString(s, 16); ok {
+		candidates = append(candidates, h.String())
+	}
+	var found []string
+	for _, cand := range candidates {
+		if _, err := c.store.certificate(ctx, cand); err == nil {
+			found = append(found, cand)
+		} else if !errors.Is(err, ErrNotFound) {
+			return "", err
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("%w: no certificate with serial %s", ErrNotFound, s)
+	case 1:
+		return found[0], nil
+	}
+	if found[0] == found[1] {
+		return found[0], nil
+	}
+	return "", fmt.Errorf("%w: %s is both a decimal and a hex serial; write the hex one with colons or 0x", ErrAmbiguous, s)
+}
+
+// ocspKey makes the OCSP responder's key; it lives only in memory.
+func ocspKey(rnd io.Reader) (crypto.Signer, error) {
+	return ecdsa.GenerateKey(elliptic.P256(), rnd)
+}
+

@@ -1,0 +1,26 @@
+package ca
+
+import "errors"
+
+// Outcomes callers act on. The CA's HTTP API maps each to its own status and error code
+// (see httpError in http.go).
+var (
+	ErrBadCSR          = errors.New("invalid certificate request")
+	ErrWeakKey         = errors.New("key not accepted")
+	ErrForbiddenSAN    = errors.New("subject alternative name not allowed by the profile")
+	ErrForbiddenUsage  = errors.New("key usage or extension not allowed by the profile")
+	ErrBadSubject      = errors.New("invalid subject")
+	ErrSubjectMismatch = errors.New("subject does not match the token")
+	ErrBadProfile      = errors.New("unknown or unusable profile")
+	ErrWrongProfile    = errors.New("token is for another profile")
+	ErrTokenInvalid    = errors.New("enrollment token not valid")
+	ErrTokenUsed       = errors.New("enrollment token already used")
+	ErrTokenExpired    = errors.New("enrollment token expired")
+	ErrTokenRevoked    = errors.New("enrollment token revoked")
+	ErrNotFound        = errors.New("not found")
+	ErrAmbiguous       = errors.New("serial matches more than one certificate")
+	ErrAlreadyRevoked  = errors.New("certificate already revoked")
+	ErrBadReason       = errors.New("unknown revocation reason")
+	ErrRevoked         = errors.New("certificate revoked")
+	ErrExpired         = errors.New("certificate expired")
+)

@@ -1,0 +1,244 @@
+package ca
+
+import (
+	"context"
+	"crypto/x509"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	stepdb "github.com/smallstep/certificates/db"
+	"github.com/smallstep/certificates/authority/provisioner"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/trust"
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// Migrate creates or updates the CA's tables in the site database.
+func Migrate(ctx context.Context, db *sitedb.DB) error {
+	ms, err := sitedb.LoadMigrations(migrationFS, "migrations")
+	if err != nil {
+		return err
+	}
+	return db.Migrate(ctx, "ca", ms)
+}
+
+// store holds all of the CA's SQL. It implements smallstep's database interfaces so the
+// embedded authority reads and writes certificates, revocations and CRLs in our tables.
+type store struct {
+	db       *sitedb.DB
+	issuerID string
+	now      func() time.Time
+}
+
+var (
+	_ stepdb.AuthDB                      = (*store)(nil)
+	_ stepdb.CertificateRevocationListDB = (*store)(nil)
+	_ interface {
+		StoreCertificateChain(provisioner.Interface, ...*x509.Certificate) error
+		StoreRenewedCertificate(*x509.Certificate, ...*x509.Certificate) error
+	} = (*store)(nil)
+)
+
+// smallstep's interfaces carry no context; its calls get this much time.
+const storeTimeout = 15 * time.Second
+
+func (s *store) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), storeTimeout)
+}
+
+// registerCA records a CA certificate of the site (idempotent).
+func (s *store) registerCA(ctx context.Context, kind string, c *x509.Certificate) error {
+	_, err := s.db.Exec(ctx, `INSERT INTO ca_certificates (id, kind, der, not_after, created_at)
+		VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+		IssuerID(c), kind, c.Raw, c.NotAfter.Unix(), s.now().Unix())
+	if err != nil {
+		return fmt.Errorf("recording %s CA certificate: %w", kind, err)
+	}
+	return nil
+}
+
+func insertCert(tx *sitedb.Tx, c *x509.Certificate, issuerID, issuedBy, renewedFrom string, now time.Time) error {
+	var from any
+	if renewedFrom != "" {
+		from = renewedFrom
+	}
+	_, err := tx.Exec(`INSERT INTO certificates
+		(serial, profile, subject, issuer_id, not_before, not_after, der, issued_by, renewed_from, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		c.SerialNumber.String(), string(ProfileOf(c)), c.Subject.CommonName, issuerID,
+		c.NotBefore.Unix(), c.NotAfter.Unix(), c.Raw, issuedBy, from, now.Unix())
+	if err != nil {
+		return fmt.Errorf("recording certificate %s: %w", c.SerialNumber, err)
+	}
+	return nil
+}
+
+// StoreCertificateChain records a newly signed certificate. The provisioner's ID says who
+// authorized it; for "token:<id>" the token is consumed in the same transaction, so a
+// token can never be spent without its certificate being recorded, nor twice.
+func (s *store) StoreCertificateChain(p provisioner.Interface, chain ...*x509.Certificate) error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	by := "ca"
+	if p != nil {
+		by = p.GetID()
+	}
+	return s.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		if id, ok := strings.CutPrefix(by, "token:"); ok {
+			if err := consumeToken(tx, id, s.now()); err != nil {
+				return err
+			}
+		}
+		return insertCert(tx, chain[0], s.issuerID, by, "", s.now())
+	})
+}
+
+// StoreRenewedCertificate records a certificate made by renewing old.
+func (s *store) StoreRenewedCertificate(old *x509.Certificate, chain ...*x509.Certificate) error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	sn := old.SerialNumber.String()
+	return s.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		return insertCert(tx, chain[0], s.issuerID, "renew:"+sn, sn, s.now())
+	})
+}
+
+// GetCertificate returns the issued certificate with a decimal serial.
+func (s *store) GetCertificate(serial string) (*x509.Certificate, error) {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	return s.certificate(ctx, serial)
+}
+
+func (s *store) certificate(ctx context.Context, serial string) (*x509.Certificate, error) {
+	var der []byte
+	err := s.db.QueryRow(ctx, `SELECT der FROM certificates WHERE serial = ?`, serial).Scan(&der)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("certificate %s: %w", serial, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading certificate %s: %w", serial, err)
+	}
+	return x509.ParseCertificate(der)
+}
+
+// IsRevoked reports whether a decimal serial is revoked.
+func (s *store) IsRevoked(serial string) (bool, error) {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	var n int
+	err := s.db.QueryRow(ctx, `SELECT COUNT(*) FROM revoked_certificates WHERE serial = ?`, serial).Scan(&n)
+	return n > 0, err
+}
+
+// Revoke records a revocation and announces it on trust.RevokedChannel in the same
+// transaction, so every server's revoked set learns of it as soon as it is committed.
+func (s *store) Revoke(rci *stepdb.RevokedCertificateInfo) error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	err := s.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO revoked_certificates (serial, reason_code, reason, revoked_at, expires_at)
+			VALUES (?, ?, ?, ?, ?)`,
+			rci.Serial, rci.ReasonCode, rci.Reason, rci.RevokedAt.Unix(), rci.ExpiresAt.Unix()); err != nil {
+			return err
+		}
+		tx.Notify(trust.RevokedChannel, rci.Serial)
+		return nil
+	})
+	if sitedb.IsUniqueViolation(err) {
+		return stepdb.ErrAlreadyExists
+	}
+	return err
+}
+
+// GetRevokedCertificates lists every revocation (for the CRL).
+func (s *store) GetRevokedCertificates() (*[]stepdb.RevokedCertificateInfo, error) {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	rows, err := s.db.Query(ctx, `SELECT serial, reason_code, reason, revoked_at, expires_at
+		FROM revoked_certificates ORDER BY revoked_at, serial`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []stepdb.RevokedCertificateInfo{}
+	for rows.Next() {
+		var r stepdb.RevokedCertificateInfo
+		var at, exp int64
+		if err := rows.Scan(&r.Serial, &r.ReasonCode, &r.Reason, &at, &exp); err != nil {
+			return nil, err
+		}
+		r.RevokedAt, r.ExpiresAt = time.Unix(at, 0).UTC(), time.Unix(exp, 0).UTC()
+		out = append(out, r)
+	}
+	return &out, rows.Err()
+}
+
+// revocation returns the revocation of a decimal serial, or nil.
+func (s *store) revocation(ctx context.Context, serial string) (*stepdb.RevokedCertificateInfo, error) {
+	var r stepdb.RevokedCertificateInfo
+	var at, exp int64
+	err := s.db.QueryRow(ctx, `SELECT serial, reason_code, reason, revoked_at, expires_at
+		FROM revoked_certificates WHERE serial = ?`, serial).Scan(&r.Serial, &r.ReasonCode, &r.Reason, &at, &exp)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	r.RevokedAt, r.ExpiresAt = time.Unix(at, 0).UTC(), time.Unix(exp, 0).UTC()
+	return &r, nil
+}
+
+// GetCRL returns the stored CRL of the issuing CA (smallstep expects a not-found error
+// from nosql when there is none yet).
+func (s *store) GetCRL() (*stepdb.CertificateRevocationListInfo, error) {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	var info stepdb.CertificateRevocationListInfo
+	var next, dur int64
+	err := s.db.QueryRow(ctx, `SELECT number, next_update, duration_s, der FROM crls WHERE issuer_id = ?`, s.issuerID).
+		Scan(&info.Number, &next, &dur, &info.DER)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("crl of %s: %w", s.issuerID, sql.ErrNoRows)
+	}
+	if err != nil {
+		return nil, err
+	}
+	info.ExpiresAt, info.Duration = time.Unix(next, 0).UTC(), time.Duration(dur)*time.Second
+	return &info, nil
+}
+
+// StoreCRL replaces the issuing CA's CRL.
+func (s *store) StoreCRL(info *stepdb.CertificateRevocationListInfo) error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	crl, err := x509.ParseRevocationList(info.DER)
+	if err != nil {
+		return fmt.Errorf("parsing new CRL: %w", err)
+	}
+	_, err = s.db.Exec(ctx, `INSERT INTO crls (issuer_id, number, this_update, next_update, duration_s, der)
+		VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (issuer_id) DO UPDATE SET number = excluded.number, this_update = excluded.this_update,
+			next_update = excluded.next_update, duration_s = excluded.duration_s, der = excluded.der`,
+		s.issuerID, info.Number, crl.ThisUpdate.Unix(), info.ExpiresAt.Unix(), int64(info.Duration/time.Second), info.DER)
+	return err
+}
+
+// The SSH and one-time-token parts of smallstep's interface are not used by ibcm.
+
+func (s *store) IsSSHRevoked(string) (bool, error)                    { return false, nil }
+func (s *store) RevokeSSH(*stepdb.RevokedCertificateInfo) error      { return stepdb.ErrNotImplemented }
+func (s *store) UseToken(string, string) (bool, error)               { return true, nil }
+func (s *store) IsSSHHost(string) (bool, error)                      { return false, nil }
+func (s *store) GetSSHHostPrincipals() ([]string, error)             { return nil, nil }
+func (s *store) StoreSSHCertificate(*ssh.Certificate) error          { return stepdb.ErrNotImplemented }
+func (s *store) Shutdown() error                                     { return nil }

@@ -1,0 +1,195 @@
+package ca
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+)
+
+// TokenPrefix starts every enrollment token secret, so a leaked one is easy to recognise.
+const TokenPrefix = "ibcm_"
+
+// Token is an enrollment token as stored: never its secret, only the secret's hash.
+type Token struct {
+	ID        string
+	Profile   Profile
+	Subject   string // when set, the only subject the token enrolls
+	Uses      int
+	UsesLeft  int
+	ExpiresAt time.Time
+	CreatedAt time.Time
+	CreatedBy string
+	RevokedAt *time.Time
+}
+
+// TokenSpec is what a new token is bound to.
+type TokenSpec struct {
+	Profile Profile
+	Subject string
+	Uses    int           // 0 means 1
+	TTL     time.Duration // 0 means 24h
+}
+
+// MaxTokenTTL bounds how long a token may stay usable.
+const MaxTokenTTL = 366 * 24 * time.Hour
+
+// newSecret returns a 256-bit random secret and its hash.
+func newSecret(rnd io.Reader) (secret, hash string, err error) {
+	b := make([]byte, 32)
+	if _, err := io.ReadFull(rnd, b); err != nil {
+		return "", "", fmt.Errorf("making token: %w", err)
+	}
+	secret = TokenPrefix + base64.RawURLEncoding.EncodeToString(b)
+	return secret, hashSecret(secret), nil
+}
+
+func hashSecret(secret string) string {
+	h := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(h[:])
+}
+
+// CreateToken makes a token bound to spec and returns its secret, which is shown once and
+// never stored.
+func (c *CA) CreateToken(ctx context.Context, spec TokenSpec, by string) (string, Token, error) {
+	if spec.Profile != Client && spec.Profile != Admin {
+		return "", Token{}, fmt.Errorf("%w: enrollment tokens are for the client and admin profiles (got %q); site-server certificates are issued with `ibcm ca issue`", ErrBadProfile, spec.Profile)
+	}
+	if spec.Subject != "" {
+		if err := CheckName(spec.Subject); err != nil {
+			return "", Token{}, err
+		}
+	}
+	if spec.Uses == 0 {
+		spec.Uses = 1
+	}
+	if spec.Uses < 1 || spec.Uses > 1_000_000_000 {
+		return "", Token{}, fmt.Errorf("%w: uses must be between 1 and 1000000000", ErrBadSubject)
+	}
+	if spec.TTL == 0 {
+		spec.TTL = 24 * time.Hour
+	}
+	if spec.TTL < time.Minute || spec.TTL > MaxTokenTTL {
+		return "", Token{}, fmt.Errorf("%w: ttl must be between 1m and %s", ErrBadSubject, MaxTokenTTL)
+	}
+	secret, hash, err := newSecret(c.rand)
+	if err != nil {
+		return "", Token{}, err
+	}
+	now := c.now().UTC().Truncate(time.Second)
+	t := Token{ID: hash[:16], Profile: spec.Profile, Subject: spec.Subject, Uses: spec.Uses, UsesLeft: spec.Uses,
+		ExpiresAt: now.Add(spec.TTL), CreatedAt: now, CreatedBy: by}
+	_, err = c.db.Exec(ctx, `INSERT INTO enrollment_tokens
+		(id, hash, profile, subject, uses, uses_left, expires_at, created_at, created_by)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, hash, string(t.Profile), t.Subject, t.Uses, t.UsesLeft, t.ExpiresAt.Unix(), t.CreatedAt.Unix(), by)
+	if err != nil {
+		return "", Token{}, fmt.Errorf("storing token: %w", err)
+	}
+	return secret, t, nil
+}
+
+const tokenColumns = `id, profile, subject, uses, uses_left, expires_at, created_at, created_by, revoked_at`
+
+func scanToken(row interface{ Scan(...any) error }) (Token, error) {
+	var t Token
+	var exp, created int64
+	var revoked sql.NullInt64
+	if err := row.Scan(&t.ID, &t.Profile, &t.Subject, &t.Uses, &t.UsesLeft, &exp, &created, &t.CreatedBy, &revoked); err != nil {
+		return Token{}, err
+	}
+	t.ExpiresAt, t.CreatedAt = time.Unix(exp, 0).UTC(), time.Unix(created, 0).UTC()
+	if revoked.Valid {
+		at := time.Unix(revoked.Int64, 0).UTC()
+		t.RevokedAt = &at
+	}
+	return t, nil
+}
+
+// ListTokens returns every token, newest first.
+func (c *CA) ListTokens(ctx context.Context) ([]Token, error) {
+	rows, err := c.db.Query(ctx, `SELECT `+tokenColumns+` FROM enrollment_tokens ORDER BY created_at DESC, id`)
+	if err != nil {
+		return nil, fmt.Errorf("listing tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []Token
+	for rows.Next() {
+		t, err := scanToken(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing tokens: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// RevokeToken makes a token unusable.
+func (c *CA) RevokeToken(ctx context.Context, id string) error {
+	res, err := c.db.Exec(ctx, `UPDATE enrollment_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL`,
+		c.now().Unix(), strings.ToLower(id))
+	if err != nil {
+		return fmt.Errorf("revoking token: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("token %q: %w (or already revoked)", id, ErrNotFound)
+	}
+	return nil
+}
+
+// lookupToken finds a token by its secret and checks that it can still enroll.
+func (c *CA) lookupToken(ctx context.Context, secret string) (Token, error) {
+	if !strings.HasPrefix(secret, TokenPrefix) || len(secret) > 128 {
+		return Token{}, fmt.Errorf("%w: malformed token", ErrTokenInvalid)
+	}
+	t, err := scanToken(c.db.QueryRow(ctx, `SELECT `+tokenColumns+` FROM enrollment_tokens WHERE hash = ?`, hashSecret(secret)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Token{}, fmt.Errorf("%w: unknown token", ErrTokenInvalid)
+	}
+	if err != nil {
+		return Token{}, fmt.Errorf("reading token: %w", err)
+	}
+	return t, t.usable(c.now())
+}
+
+func (t Token) usable(now time.Time) error {
+	switch {
+	case t.RevokedAt != nil:
+		return fmt.Errorf("%w: token %s was revoked", ErrTokenRevoked, t.ID)
+	case t.UsesLeft <= 0:
+		return fmt.Errorf("%w: token %s has no uses left", ErrTokenUsed, t.ID)
+	case !now.Before(t.ExpiresAt):
+		return fmt.Errorf("%w: token %s expired at %s", ErrTokenExpired, t.ID, t.ExpiresAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// consumeToken spends one use of a token inside the transaction that records the
+// certificate. When two enrollments race for the last use, exactly one update matches.
+func consumeToken(tx *sitedb.Tx, id string, now time.Time) error {
+	res, err := tx.Exec(`UPDATE enrollment_tokens SET uses_left = uses_left - 1
+		WHERE id = ? AND uses_left > 0 AND revoked_at IS NULL AND expires_at > ?`, id, now.Unix())
+	if err != nil {
+		return fmt.Errorf("consuming token: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 1 {
+		return err
+	}
+	t, err := scanToken(tx.QueryRow(`SELECT `+tokenColumns+` FROM enrollment_tokens WHERE id = ?`, id))
+	if err != nil {
+		return fmt.Errorf("%w: token %s: %v", ErrTokenInvalid, id, err)
+	}
+	if err := t.usable(now); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: token %s", ErrTokenUsed, id)
+}
+

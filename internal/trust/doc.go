@@ -1,0 +1,10 @@
+// Package trust owns what every server role of the site needs to know about the PKI
+// without importing the CA: the site's root and issuing certificates as read from the site
+// database, the in-memory set of revoked serial numbers (kept current by database
+// notifications), and the verification of a peer's certificate chain that TLS handshakes and
+// routes use.
+//
+// The CA writes the tables this package reads (ca_certificates, revoked_certificates) and
+// announces every revocation on the RevokedChannel notification channel; servers call
+// WatchRevoked once at start and then ask the RevokedSet in every handshake.
+package trust
