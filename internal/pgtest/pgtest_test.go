@@ -1,0 +1,101 @@
+package pgtest
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"testing"
+	"time"
+
+	_ "github.com/lib/pq"
+)
+
+func TestMain(m *testing.M) { os.Exit(Run(m)) }
+
+func TestDSNGivesFreshDatabases(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, b := DSN(t), DSN(t)
+	if a == b {
+		t.Fatalf("DSN returned %q twice", a)
+	}
+	for _, dsn := range []string{a, b} {
+		db, err := sql.Open("postgres", dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		var n int
+		err = db.QueryRowContext(ctx, "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&n)
+		if err != nil {
+			t.Fatalf("querying %s: %v", dsn, err)
+		}
+		if n != 0 {
+			t.Errorf("%s: %d tables in a fresh database", dsn, n)
+		}
+		if _, err := db.ExecContext(ctx, "CREATE TABLE t (x INTEGER)"); err != nil {
+			t.Fatalf("creating a table in %s: %v", dsn, err)
+		}
+	}
+}
+
+func TestStartStop(t *testing.T) {
+	if _, err := findBinaries(); err != nil {
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn, err := s.NewDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("postgres", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.PingContext(ctx); err != nil {
+		t.Fatalf("ping %s: %v", dsn, err)
+	}
+	db.Close()
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.dir); !os.IsNotExist(err) {
+		t.Errorf("server directory %s still there after Stop (stat: %v)", s.dir, err)
+	}
+}
+
+func TestCompareVersions(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want int // sign
+	}{
+		{"15", "15", 0},
+		{"16", "15", 1},
+		{"9.6", "10", -1},
+		{"10", "9.6", 1},
+		{"9.6", "9.5", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.a+"_vs_"+tt.b, func(t *testing.T) {
+			got := compareVersions(tt.a, tt.b)
+			if sign(got) != tt.want {
+				t.Errorf("compareVersions(%q, %q) = %d, want sign %d", tt.a, tt.b, got, tt.want)
+			}
+		})
+	}
+}
+
+func sign(x int) int {
+	switch {
+	case x < 0:
+		return -1
+	case x > 0:
+		return 1
+	}
+	return 0
+}

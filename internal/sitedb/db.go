@@ -1,0 +1,228 @@
+package sitedb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lib/pq"
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// sqlitePragmas configures every SQLite connection; _txlock=immediate makes
+// BeginTx issue BEGIN IMMEDIATE so a write transaction holds the write lock
+// from its start instead of failing with SQLITE_BUSY when it upgrades.
+const sqlitePragmas = "_pragma=busy_timeout(10000)" +
+	"&_pragma=journal_mode(WAL)" +
+	"&_pragma=foreign_keys(1)" +
+	"&_pragma=synchronous(NORMAL)" +
+	"&_txlock=immediate"
+
+// DB is an open site database. It is safe for concurrent use.
+type DB struct {
+	driver Driver
+	sql    *sql.DB
+	dsn    string // postgres: for pq.NewListener
+	hub    *hub   // sqlite: notifications between DBs on this file
+	closed sync.Once
+	now    func() time.Time
+
+	rebound sync.Map // query text -> postgres query text
+}
+
+// Open opens the database and checks that it answers. For SQLite dsn is a
+// file path (created with mode 0600 if missing); for PostgreSQL it is a lib/pq
+// URL or key=value connection string.
+func Open(ctx context.Context, driver Driver, dsn string) (*DB, error) {
+	switch driver {
+	case SQLite:
+		return openSQLite(ctx, dsn)
+	case Postgres:
+		return openPostgres(ctx, dsn)
+	default:
+		_, err := ParseDriver(string(driver))
+		return nil, err
+	}
+}
+
+func openSQLite(ctx context.Context, path string) (*DB, error) {
+	if path == "" {
+		return nil, errors.New("opening sqlite database: empty file path")
+	}
+	if strings.ContainsRune(path, '?') || strings.HasPrefix(path, "file:") {
+		return nil, fmt.Errorf("opening sqlite database %q: want a plain file path", path)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening sqlite database %q: %w", path, err)
+	}
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening sqlite database: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("opening sqlite database: %w", err)
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	sdb, err := sql.Open("sqlite", abs+"?"+sqlitePragmas)
+	if err != nil {
+		return nil, fmt.Errorf("opening sqlite database %s: %w", abs, err)
+	}
+	sdb.SetMaxIdleConns(4)
+	sdb.SetConnMaxIdleTime(5 * time.Minute)
+	if err := sdb.PingContext(ctx); err != nil {
+		_ = sdb.Close()
+		return nil, fmt.Errorf("opening sqlite database %s: %w", abs, err)
+	}
+	return &DB{driver: SQLite, sql: sdb, hub: acquireHub(abs), now: time.Now}, nil
+}
+
+func openPostgres(ctx context.Context, dsn string) (*DB, error) {
+	connector, err := pq.NewConnector(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening postgres database: parsing DSN: %w", err)
+	}
+	sdb := sql.OpenDB(connector)
+	sdb.SetMaxOpenConns(20)
+	sdb.SetMaxIdleConns(10)
+	sdb.SetConnMaxIdleTime(5 * time.Minute)
+	sdb.SetConnMaxLifetime(time.Hour)
+	if err := sdb.PingContext(ctx); err != nil {
+		_ = sdb.Close()
+		return nil, fmt.Errorf("opening postgres database: %w", err)
+	}
+	return &DB{driver: Postgres, sql: sdb, dsn: dsn, now: time.Now}, nil
+}
+
+// Driver reports the backend of db.
+func (db *DB) Driver() Driver { return db.driver }
+
+// Close closes the connection pool. Listen subscriptions end with their
+// context, not with Close.
+func (db *DB) Close() error {
+	db.closed.Do(func() {
+		if db.hub != nil {
+			releaseHub(db.hub)
+		}
+	})
+	return db.sql.Close()
+}
+
+// Exec runs a statement written with ? placeholders.
+func (db *DB) Exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	return db.sql.ExecContext(ctx, db.rebind(query), args...)
+}
+
+// Query runs a query written with ? placeholders.
+func (db *DB) Query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return db.sql.QueryContext(ctx, db.rebind(query), args...)
+}
+
+// QueryRow runs a query written with ? placeholders that returns at most one row.
+func (db *DB) QueryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	return db.sql.QueryRowContext(ctx, db.rebind(query), args...)
+}
+
+// rebind returns query in the placeholder syntax of db's backend.
+func (db *DB) rebind(query string) string {
+	if db.driver != Postgres {
+		return query
+	}
+	if q, ok := db.rebound.Load(query); ok {
+		return q.(string)
+	}
+	q := rebindDollar(query)
+	db.rebound.Store(query, q)
+	return q
+}
+
+// Tx is a transaction started by DB.Tx. Its methods use the context given to
+// DB.Tx.
+type Tx struct {
+	db    *DB
+	ctx   context.Context
+	tx    *sql.Tx
+	notes []notification
+}
+
+type notification struct{ channel, payload string }
+
+// Tx begins a transaction, runs fn, and commits if fn returns nil or rolls
+// back otherwise. fn's error is returned unchanged. Notifications queued with
+// tx.Notify are delivered after a successful commit and never after a
+// rollback.
+func (db *DB) Tx(ctx context.Context, fn func(tx *Tx) error) error {
+	stx, err := db.sql.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("beginning transaction: %w", err)
+	}
+	tx := &Tx{db: db, ctx: ctx, tx: stx}
+	committed := false
+	defer func() {
+		if !committed {
+			_ = stx.Rollback()
+		}
+	}()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	for _, n := range tx.notes {
+		if err := validateNotification(n.channel, n.payload); err != nil {
+			return err
+		}
+	}
+	if db.driver == Postgres {
+		// PostgreSQL queues these itself and delivers them at COMMIT.
+		for _, n := range tx.notes {
+			if _, err := stx.ExecContext(ctx, "SELECT pg_notify($1, $2)", n.channel, n.payload); err != nil {
+				return fmt.Errorf("queueing notification on %q: %w", n.channel, err)
+			}
+		}
+	}
+	committed = true
+	if err := stx.Commit(); err != nil {
+		return fmt.Errorf("committing transaction: %w", err)
+	}
+	if db.hub != nil {
+		for _, n := range tx.notes {
+			db.hub.publish(n.channel, n.payload)
+		}
+	}
+	return nil
+}
+
+// Exec runs a statement written with ? placeholders inside the transaction.
+func (tx *Tx) Exec(query string, args ...any) (sql.Result, error) {
+	return tx.tx.ExecContext(tx.ctx, tx.db.rebind(query), args...)
+}
+
+// Query runs a query written with ? placeholders inside the transaction.
+func (tx *Tx) Query(query string, args ...any) (*sql.Rows, error) {
+	return tx.tx.QueryContext(tx.ctx, tx.db.rebind(query), args...)
+}
+
+// QueryRow runs a query written with ? placeholders inside the transaction.
+func (tx *Tx) QueryRow(query string, args ...any) *sql.Row {
+	return tx.tx.QueryRowContext(tx.ctx, tx.db.rebind(query), args...)
+}
+
+// Notify queues a notification that is delivered only if the transaction
+// commits. Identical notifications are delivered once. An empty channel or
+// payload makes the transaction fail with ErrBadNotification.
+func (tx *Tx) Notify(channel, payload string) {
+	n := notification{channel, payload}
+	for _, m := range tx.notes {
+		if m == n {
+			return
+		}
+	}
+	tx.notes = append(tx.notes, n)
+}

@@ -1,0 +1,256 @@
+package site
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+)
+
+// FileName is the configuration file of a site directory.
+const FileName = "site.yaml"
+
+// Config is site.yaml. Relative paths are relative to the file's directory.
+type Config struct {
+	Version int      `yaml:"version"`
+	Site    Identity `yaml:"site"`
+	Store   Store    `yaml:"store"`
+	CA      CAConfig `yaml:"ca"`
+
+	dir string // directory of the file, for relative paths
+}
+
+// Identity names the site.
+type Identity struct {
+	Code         string `yaml:"code"`
+	IntranetName string `yaml:"intranet_name"`
+	InternetName string `yaml:"internet_name"`
+}
+
+// Store says where the site database is.
+type Store struct {
+	Driver string `yaml:"driver"` // sqlite or postgres
+	DSN    string `yaml:"dsn"`    // sqlite: file path; postgres: lib/pq DSN
+}
+
+// CAConfig configures the CA role.
+type CAConfig struct {
+	Listen       string   `yaml:"listen"`        // HTTPS enrollment + admin API
+	URL          string   `yaml:"url"`           // how clients and admins reach Listen
+	PublicListen string   `yaml:"public_listen"` // plain HTTP: CRL, OCSP, CA certificates
+	PublicURL    string   `yaml:"public_url"`    // written into certificates (CDP, AIA)
+	RootCert     string   `yaml:"root_cert"`
+	IssuingCert  string   `yaml:"issuing_cert"`
+	IssuingKey   string   `yaml:"issuing_key"`   // encrypted PKCS#8
+	PasswordFile string   `yaml:"password_file,omitempty"` // or IBCM_CA_PASSWORD
+	TLSCert      string   `yaml:"tls_cert"`      // site-server certificate of the CA role, with chain
+	TLSKey       string   `yaml:"tls_key"`
+	Validity     Validity `yaml:"validity,omitempty"`
+	CRLValidity  Duration `yaml:"crl_validity,omitempty"`
+}
+
+// Validity is the certificate lifetime of each profile.
+type Validity struct {
+	Client     Duration `yaml:"client,omitempty"`
+	SiteServer Duration `yaml:"site_server,omitempty"`
+	Admin      Duration `yaml:"admin,omitempty"`
+	OCSP       Duration `yaml:"ocsp,omitempty"`
+}
+
+// Duration is a time.Duration written as "720h" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 720h or 30m", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as a string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Load reads, strictly decodes, defaults and validates a site.yaml.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	abs, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	cfg.dir = abs
+	return cfg, nil
+}
+
+// Parse decodes a site.yaml: unknown keys are errors, then defaults are applied and the
+// result validated.
+func Parse(data []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var cfg Config
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, fmt.Errorf("decoding: %w", err)
+	}
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func (c *Config) setDefaults() {
+	d := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	d(&c.Store.Driver, "sqlite")
+	if c.Store.Driver == "sqlite" {
+		d(&c.Store.DSN, "site.db")
+	}
+	d(&c.CA.Listen, "127.0.0.1:8443")
+	d(&c.CA.PublicListen, "127.0.0.1:8080")
+	d(&c.CA.URL, "https://"+reachable(c.CA.Listen, c.Site.IntranetName))
+	d(&c.CA.PublicURL, "http://"+reachable(c.CA.PublicListen, c.Site.IntranetName))
+	d(&c.CA.RootCert, "ca/root.crt")
+	d(&c.CA.IssuingCert, "ca/issuing.crt")
+	d(&c.CA.IssuingKey, "ca/issuing.key")
+	d(&c.CA.TLSCert, "tls/ca.crt")
+	d(&c.CA.TLSKey, "tls/ca.key")
+}
+
+// reachable turns a listen address into the host:port others use: the listen host when it
+// is specific, else name.
+func reachable(listen, name string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = name
+	}
+	return net.JoinHostPort(host, port)
+}
+
+var siteCodeRE = regexp.MustCompile(`^[A-Z0-9]{3}$`)
+
+// CheckSiteCode checks a site code: three upper-case letters or digits.
+func CheckSiteCode(s string) error {
+	if !siteCodeRE.MatchString(s) {
+		return fmt.Errorf("site code %q: must be 3 upper-case letters or digits, like P01 or ABC", s)
+	}
+	return nil
+}
+
+// Validate checks the configuration and names the first bad key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, args...)...))
+	}
+	if c.Version != 1 {
+		bad("version", "must be 1 (got %d)", c.Version)
+	}
+	if err := CheckSiteCode(c.Site.Code); err != nil {
+		bad("site.code", "%v", err)
+	}
+	for key, name := range map[string]string{"site.intranet_name": c.Site.IntranetName, "site.internet_name": c.Site.InternetName} {
+		if err := ca.CheckDNSName(name); err != nil {
+			bad(key, "must be a host name (got %q)", name)
+		}
+	}
+	if _, err := sitedb.ParseDriver(c.Store.Driver); err != nil {
+		bad("store.driver", "must be sqlite or postgres (got %q)", c.Store.Driver)
+	}
+	if c.Store.Driver == string(sitedb.Postgres) && c.Store.DSN == "" {
+		bad("store.dsn", "is required for postgres")
+	}
+	for key, addr := range map[string]string{"ca.listen": c.CA.Listen, "ca.public_listen": c.CA.PublicListen} {
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			bad(key, "must be host:port (got %q)", addr)
+		}
+	}
+	for key, raw := range map[string]string{"ca.url": c.CA.URL, "ca.public_url": c.CA.PublicURL} {
+		u, err := url.Parse(raw)
+		want := "https"
+		if key == "ca.public_url" {
+			want = "http"
+		}
+		if err != nil || u.Scheme != want || u.Host == "" {
+			bad(key, "must be an absolute %s:// URL (got %q)", want, raw)
+		}
+	}
+	for key, v := range map[string]Duration{"ca.validity.client": c.CA.Validity.Client, "ca.validity.site_server": c.CA.Validity.SiteServer,
+		"ca.validity.admin": c.CA.Validity.Admin, "ca.validity.ocsp": c.CA.Validity.OCSP, "ca.crl_validity": c.CA.CRLValidity} {
+		if v < 0 || (v > 0 && time.Duration(v) < 10*time.Minute) {
+			bad(key, "must be at least 10m (got %s)", time.Duration(v))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Path resolves a path from the config against the config file's directory.
+func (c *Config) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.dir == "" {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+// Dir returns the directory of the config file.
+func (c *Config) Dir() string { return c.dir }
+
+// StoreDSN returns the DSN to open, with a relative SQLite path resolved.
+func (c *Config) StoreDSN() string {
+	if c.Store.Driver == string(sitedb.SQLite) {
+		return c.Path(c.Store.DSN)
+	}
+	return c.Store.DSN
+}
+
+// Password returns the issuing key's password: IBCM_CA_PASSWORD, or the password file.
+func (c *Config) Password() ([]byte, error) {
+	if p := os.Getenv("IBCM_CA_PASSWORD"); p != "" {
+		return []byte(p), nil
+	}
+	if c.CA.PasswordFile == "" {
+		return nil, errors.New("no CA password: set ca.password_file or IBCM_CA_PASSWORD")
+	}
+	b, err := os.ReadFile(c.Path(c.CA.PasswordFile))
+	if err != nil {
+		return nil, fmt.Errorf("reading ca.password_file: %w", err)
+	}
+	p := strings.TrimRight(string(b), "\r\n")
+	if p == "" {
+		return nil, fmt.Errorf("ca.password_file %s is empty", c.CA.PasswordFile)
+	}
+	return []byte(p), nil
+}
+
+// validity returns the per-profile lifetimes for ca.Options.
+func (v Validity) byProfile() map[ca.Profile]time.Duration {
+	return map[ca.Profile]time.Duration{
+		ca.Client: time.Duration(v.Client), ca.SiteServer: time.Duration(v.SiteServer),
+		ca.Admin: time.Duration(v.Admin), ca.OCSP: time.Duration(v.OCSP),
+	}
+}
