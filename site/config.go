@@ -52,9 +52,9 @@ type CAConfig struct {
 	PublicURL    string   `yaml:"public_url"`    // written into certificates (CDP, AIA)
 	RootCert     string   `yaml:"root_cert"`
 	IssuingCert  string   `yaml:"issuing_cert"`
-	IssuingKey   string   `yaml:"issuing_key"`   // encrypted PKCS#8
+	IssuingKey   string   `yaml:"issuing_key"`             // encrypted PKCS#8
 	PasswordFile string   `yaml:"password_file,omitempty"` // or IBCM_CA_PASSWORD
-	TLSCert      string   `yaml:"tls_cert"`      // site-server certificate of the CA role, with chain
+	TLSCert      string   `yaml:"tls_cert"`                // site-server certificate of the CA role, with chain
 	TLSKey       string   `yaml:"tls_key"`
 	Validity     Validity `yaml:"validity,omitempty"`
 	CRLValidity  Duration `yaml:"crl_validity,omitempty"`

@@ -231,6 +231,9 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 		return nil, fmt.Errorf("moving the new site into %s: %w", dir, err)
 	}
 	cfg.dir = dir
+	if o.OfflineRoot == "" {
+		rootKeyPath = cfg.Path("ca/root.key")
+	}
 
 	fp := ca.Fingerprint(h.Root)
 	fmt.Fprintf(out, "Created site %s in %s\n", o.SiteCode, dir)

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/site"
+	"github.com/ibcm-project/ibcm/internal/wire"
+)
+
+// adminFlags find the CA and the admin identity: --dir for the site directory made by
+// `ibcm site init`, or --ca, --cert, --key and --ca-root given one by one.
+func adminFlags() []cli.Flag {
+	return []cli.Flag{
+		dirFlag(false),
+		&cli.StringFlag{Name: "ca", Usage: "CA URL (default: ca.url of DIR/site.yaml)", EnvVars: []string{"IBCM_CA_URL"}},
+		&cli.StringFlag{Name: "cert", Usage: "admin certificate (default: DIR/admin/admin.crt)", EnvVars: []string{"IBCM_ADMIN_CERT"}},
+		&cli.StringFlag{Name: "key", Usage: "admin key (default: DIR/admin/admin.key)", EnvVars: []string{"IBCM_ADMIN_KEY"}},
+		&cli.StringFlag{Name: "ca-root", Usage: "root certificate to trust (default: ca.root_cert of DIR/site.yaml)", EnvVars: []string{"IBCM_CA_ROOT"}},
+	}
+}
+
+// adminClient calls the CA's admin API over mutual TLS.
+type adminClient struct {
+	base string
+	http *http.Client
+}
+
+func newAdminClient(c *cli.Context) (*adminClient, error) {
+	caURL, cert, key, root := c.String("ca"), c.String("cert"), c.String("key"), c.String("ca-root")
+	if dir := c.String("dir"); dir != "" {
+		cfg, err := site.Load(filepath.Join(dir, site.FileName))
+		if err != nil {
+			return nil, err
+		}
+		caURL = orDefault(caURL, cfg.CA.URL)
+		cert = orDefault(cert, cfg.Path(site.AdminCert))
+		key = orDefault(key, cfg.Path(site.AdminKey))
+		root = orDefault(root, cfg.Path(cfg.CA.RootCert))
+	}
+	if caURL == "" || cert == "" || key == "" || root == "" {
+		return nil, usageError("say where the CA and the admin identity are: --dir DIR, or --ca URL --cert F --key F --ca-root F")
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("loading the admin identity: %w", err)
+	}
+	rootPEM, err := os.ReadFile(root)
+	if err != nil {
+		return nil, fmt.Errorf("reading the CA root: %w", err)
+	}
+	roots, err := ca.ParseCerts(rootPEM)
+	if err != nil {
+		return nil, fmt.Errorf("reading the CA root: %w", err)
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	return &adminClient{base: strings.TrimSuffix(caURL, "/"), http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS12},
+	}}}, nil
+}
+
+func orDefault(v, d string) string {
+	if v != "" {
+		return v
+	}
+	return d
+}
+
+// do sends a JSON request (in may be nil) and decodes the JSON answer into out (or returns
+// the raw body when out is a *[]byte). An error answer becomes an error with its code.
+func (a *adminClient) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, a.base+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := a.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("calling the CA: %w", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("reading the CA's answer: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		var e wire.Error
+		if json.Unmarshal(data, &e) == nil && e.Error.Code != "" {
+			return fmt.Errorf("%s (%s, HTTP %d)", e.Error.Message, e.Error.Code, resp.StatusCode)
+		}
+		return fmt.Errorf("the CA answered HTTP %d", resp.StatusCode)
+	}
+	if raw, ok := out.(*[]byte); ok {
+		*raw = data
+		return nil
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("decoding the CA's answer: %w", err)
+		}
+	}
+	return nil
+}
+

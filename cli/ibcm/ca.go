@@ -1,0 +1,444 @@
+package main
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/internal/wire"
+)
+
+func caCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ca",
+		Usage: "the certificate authority: serve it, and issue, list, renew and revoke certificates",
+		Subcommands: []*cli.Command{
+			caServeCommand(), caTokenCommand(), caIssueCommand(), caListCommand(), caShowCommand(),
+			caRevokeCommand(), caCRLCommand(), caBundleCommand(),
+		},
+	}
+}
+
+func caServeCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the CA role alone",
+		Description: `Runs the CA's HTTPS listener (enroll, renew, admin API) and its plain-HTTP
+listener (CRL, OCSP, CA certificates) from a site.yaml until SIGINT or SIGTERM.
+
+EXAMPLES:
+   ibcm ca serve --config /srv/ibcm/site.yaml
+   IBCM_CA_PASSWORD_FILE=/run/secrets/ca ibcm ca serve --config /etc/ibcm/site.yaml`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Required: true, Usage: "site.yaml to serve", EnvVars: []string{"IBCM_CONFIG"}},
+		},
+		Action: func(c *cli.Context) error { return serve(c, c.String("config")) },
+	}
+}
+
+func caTokenCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "token",
+		Usage: "enrollment tokens: create, list, revoke",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "create",
+				Usage: "make an enrollment token; prints the secret alone on stdout (shown once)",
+				Description: `Makes a one-time (or --uses N bulk) enrollment token bound to a profile and, with
+--subject, to one device or user name. The secret is printed once and only its hash is kept.
+
+EXAMPLES:
+   ibcm ca token create --dir /srv/ibcm --profile client --subject pc-0042 --ttl 2h
+   TOKEN=$(ibcm ca token create --dir /srv/ibcm --profile client --uses 500 --ttl 168h)`,
+				Flags: append(adminFlags(),
+					&cli.StringFlag{Name: "profile", Value: "client", Usage: "client or admin", EnvVars: []string{"IBCM_TOKEN_PROFILE"}},
+					&cli.StringFlag{Name: "subject", Usage: "the only device or user name this token enrolls", EnvVars: []string{"IBCM_TOKEN_SUBJECT"}},
+					&cli.IntFlag{Name: "uses", Value: 1, Usage: "how many enrollments the token allows", EnvVars: []string{"IBCM_TOKEN_USES"}},
+					&cli.DurationFlag{Name: "ttl", Value: 24 * time.Hour, Usage: "how long the token stays usable", EnvVars: []string{"IBCM_TOKEN_TTL"}},
+				),
+				Action: func(c *cli.Context) error {
+					a, err := newAdminClient(c)
+					if err != nil {
+						return err
+					}
+					var t wire.TokenCreated
+					if err := a.do(c.Context, http.MethodPost, "/v1/admin/tokens", wire.TokenCreateRequest{
+						Profile: c.String("profile"), Subject: c.String("subject"), Uses: c.Int("uses"), TTL: c.Duration("ttl").String(),
+					}, &t); err != nil {
+						return err
+					}
+					fmt.Fprintln(c.App.Writer, t.Secret)
+					fmt.Fprintf(c.App.ErrWriter, "token %s: profile %s, %d use(s), expires %s\n", t.ID, t.Profile, t.Uses, t.ExpiresAt.Format(time.RFC3339))
+					return nil
+				},
+			},
+			{
+				Name:  "list",
+				Usage: "list enrollment tokens (never their secrets)",
+				Description: `EXAMPLES:
+   ibcm ca token list --dir /srv/ibcm
+   ibcm ca token list --dir /srv/ibcm --json`,
+				Flags: append(adminFlags(), jsonFlag()),
+				Action: func(c *cli.Context) error {
+					a, err := newAdminClient(c)
+					if err != nil {
+						return err
+					}
+					var ts []wire.Token
+					if err := a.do(c.Context, http.MethodGet, "/v1/admin/tokens", nil, &ts); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, ts)
+					}
+					w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(w, "ID\tPROFILE\tSUBJECT\tUSES LEFT\tEXPIRES\tSTATE")
+					for _, t := range ts {
+						state := "usable"
+						switch {
+						case t.Revoked:
+							state = "revoked"
+						case t.UsesLeft == 0:
+							state = "used"
+						case time.Now().After(t.ExpiresAt):
+							state = "expired"
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", t.ID, t.Profile, dash(t.Subject), t.UsesLeft, t.Uses, t.ExpiresAt.Format(time.RFC3339), state)
+					}
+					return w.Flush()
+				},
+			},
+			{
+				Name:      "revoke",
+				Usage:     "make an enrollment token unusable",
+				ArgsUsage: "ID",
+				Description: `EXAMPLES:
+   ibcm ca token revoke --dir /srv/ibcm 3f9a0c1d2e4b5a69`,
+				Flags: adminFlags(),
+				Action: func(c *cli.Context) error {
+					id, err := oneArg(c, "ID")
+					if err != nil {
+						return err
+					}
+					a, err := newAdminClient(c)
+					if err != nil {
+						return err
+					}
+					if err := a.do(c.Context, http.MethodPost, "/v1/admin/tokens/"+url.PathEscape(id)+"/revoke", struct{}{}, nil); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "token %s revoked\n", id)
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func caIssueCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "issue",
+		Usage: "issue a certificate of a profile; writes PREFIX.crt and (when it made the key) PREFIX.key",
+		Description: `Issues a certificate. Without --csr the key is made here and written to PREFIX.key (0600);
+it never leaves this machine. PREFIX.crt holds the leaf followed by the issuing chain.
+site-server certificates need --role (ca, mp or dp) and at least one --dns (IP addresses allowed).
+
+EXAMPLES:
+   ibcm ca issue --dir /srv/ibcm --profile site-server --role mp --subject mp1 \
+       --dns mp1.corp.example --dns mp.example.com --out /etc/ibcm/mp1
+   ibcm ca issue --dir /srv/ibcm --profile admin --subject alice --out ./alice
+   ibcm ca issue --dir /srv/ibcm --profile client --subject kiosk-7 --csr kiosk-7.csr --out ./kiosk-7`,
+		Flags: append(adminFlags(),
+			&cli.StringFlag{Name: "profile", Required: true, Usage: "client, site-server, admin or ocsp", EnvVars: []string{"IBCM_ISSUE_PROFILE"}},
+			&cli.StringFlag{Name: "subject", Usage: "common name: device, server or user name (default: the CSR's)", EnvVars: []string{"IBCM_ISSUE_SUBJECT"}},
+			&cli.StringSliceFlag{Name: "dns", Usage: "DNS name (or IP for site-server); repeat for more", EnvVars: []string{"IBCM_ISSUE_DNS"}},
+			&cli.StringFlag{Name: "role", Usage: "site-server role: ca, mp or dp", EnvVars: []string{"IBCM_ISSUE_ROLE"}},
+			&cli.StringFlag{Name: "csr", Usage: "PEM CSR to sign instead of making a key here", EnvVars: []string{"IBCM_ISSUE_CSR"}},
+			&cli.StringFlag{Name: "key-type", Value: "p256", Usage: "key to make without --csr: p256, p384, rsa2048, rsa3072", EnvVars: []string{"IBCM_ISSUE_KEY_TYPE"}},
+			&cli.StringFlag{Name: "out", Required: true, Usage: "write PREFIX.crt and PREFIX.key", EnvVars: []string{"IBCM_ISSUE_OUT"}},
+		),
+		Action: func(c *cli.Context) error {
+			out := c.String("out")
+			crtPath, keyPath := out+".crt", out+".key"
+			for _, p := range []string{crtPath, keyPath} {
+				if _, err := os.Stat(p); err == nil {
+					return usageError("%s exists; choose another --out", p)
+				}
+			}
+			var csrPEM, keyPEM []byte
+			if f := c.String("csr"); f != "" {
+				b, err := os.ReadFile(f)
+				if err != nil {
+					return err
+				}
+				csrPEM = b
+			} else {
+				kt, err := ca.ParseKeyType(c.String("key-type"))
+				if err != nil {
+					return usageError("--key-type: %v", err)
+				}
+				key, err := kt.Generate(rand.Reader)
+				if err != nil {
+					return err
+				}
+				der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: c.String("subject")}}, key)
+				if err != nil {
+					return err
+				}
+				csrPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+				kder, err := x509.MarshalPKCS8PrivateKey(key)
+				if err != nil {
+					return err
+				}
+				keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+			}
+			a, err := newAdminClient(c)
+			if err != nil {
+				return err
+			}
+			var resp wire.CertificateResponse
+			if err := a.do(c.Context, http.MethodPost, "/v1/admin/certificates", wire.IssueRequest{
+				Profile: c.String("profile"), Subject: c.String("subject"), DNS: c.StringSlice("dns"), Role: c.String("role"), CSR: string(csrPEM),
+			}, &resp); err != nil {
+				return err
+			}
+			if keyPEM != nil {
+				if err := writeNew(keyPath, keyPEM, 0o600); err != nil {
+					return err
+				}
+			}
+			if err := writeNew(crtPath, []byte(resp.Certificate), 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "issued serial %s (not after %s)\n  %s\n", resp.SerialHex, resp.NotAfter.Format(time.RFC3339), crtPath)
+			if keyPEM != nil {
+				fmt.Fprintf(c.App.Writer, "  %s\n", keyPath)
+			}
+			return nil
+		},
+	}
+}
+
+// writeNew writes a file that must not exist yet.
+func writeNew(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
+}
+
+func caListCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "list",
+		Usage: "list issued certificates",
+		Description: `EXAMPLES:
+   ibcm ca list --dir /srv/ibcm
+   ibcm ca list --dir /srv/ibcm --status revoked --profile client --json`,
+		Flags: append(adminFlags(), jsonFlag(),
+			&cli.StringFlag{Name: "status", Usage: "valid, revoked or expired", EnvVars: []string{"IBCM_LIST_STATUS"}},
+			&cli.StringFlag{Name: "profile", Usage: "client, site-server, admin or ocsp", EnvVars: []string{"IBCM_LIST_PROFILE"}},
+		),
+		Action: func(c *cli.Context) error {
+			a, err := newAdminClient(c)
+			if err != nil {
+				return err
+			}
+			q := url.Values{}
+			if s := c.String("status"); s != "" {
+				q.Set("status", s)
+			}
+			if p := c.String("profile"); p != "" {
+				q.Set("profile", p)
+			}
+			var certs []wire.Certificate
+			if err := a.do(c.Context, http.MethodGet, "/v1/admin/certificates?"+q.Encode(), nil, &certs); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, certs)
+			}
+			w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "SERIAL\tPROFILE\tSUBJECT\tNOT AFTER\tSTATUS")
+			for _, ct := range certs {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", ct.SerialHex, ct.Profile, ct.Subject, ct.NotAfter.Format(time.RFC3339), ct.Status)
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func caShowCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "show",
+		Usage:     "show one certificate",
+		ArgsUsage: "SERIAL",
+		Description: `SERIAL is hex as openssl prints it (with or without colons) or decimal.
+
+EXAMPLES:
+   ibcm ca show --dir /srv/ibcm 5A0F3C9E2B1D4E6F7A8B9C0D1E2F3A4B
+   ibcm ca show --dir /srv/ibcm --json 5A:0F:3C:9E:2B:1D:4E:6F:7A:8B:9C:0D:1E:2F:3A:4B | jq .pem -r`,
+		Flags: append(adminFlags(), jsonFlag()),
+		Action: func(c *cli.Context) error {
+			serial, err := oneArg(c, "SERIAL")
+			if err != nil {
+				return err
+			}
+			a, err := newAdminClient(c)
+			if err != nil {
+				return err
+			}
+			var ct wire.Certificate
+			if err := a.do(c.Context, http.MethodGet, "/v1/admin/certificates/"+url.PathEscape(serial), nil, &ct); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, ct)
+			}
+			w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(w, "serial\t%s (decimal %s)\n", ct.SerialHex, ct.Serial)
+			fmt.Fprintf(w, "profile\t%s\nsubject\t%s\n", ct.Profile, ct.Subject)
+			if len(ct.DNS) > 0 {
+				fmt.Fprintf(w, "names\t%s\n", strings.Join(ct.DNS, ", "))
+			}
+			if len(ct.URIs) > 0 {
+				fmt.Fprintf(w, "uris\t%s\n", strings.Join(ct.URIs, ", "))
+			}
+			fmt.Fprintf(w, "valid\t%s to %s\nstatus\t%s\nissued by\t%s\n", ct.NotBefore.Format(time.RFC3339), ct.NotAfter.Format(time.RFC3339), ct.Status, ct.IssuedBy)
+			if ct.RenewedFrom != "" {
+				fmt.Fprintf(w, "renewed from\t%s\n", ct.RenewedFrom)
+			}
+			if ct.RevokedAt != nil {
+				fmt.Fprintf(w, "revoked\t%s (%s)\n", ct.RevokedAt.Format(time.RFC3339), ct.Reason)
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func caRevokeCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "revoke",
+		Usage:     "revoke a certificate: every site server refuses it within a second; CRL and OCSP say so",
+		ArgsUsage: "SERIAL",
+		Description: `SERIAL is hex as openssl prints it (with or without colons) or decimal. REASON is an
+RFC 5280 name: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,
+cessationOfOperation, privilegeWithdrawn, aACompromise. A revocation is final.
+
+EXAMPLES:
+   ibcm ca revoke --dir /srv/ibcm --reason keyCompromise 5A0F3C9E2B1D4E6F7A8B9C0D1E2F3A4B
+   ibcm ca revoke --dir /srv/ibcm --reason superseded "$(openssl x509 -in old.crt -noout -serial | cut -d= -f2)"`,
+		Flags: append(adminFlags(),
+			&cli.StringFlag{Name: "reason", Value: "unspecified", Usage: "RFC 5280 reason name", EnvVars: []string{"IBCM_REVOKE_REASON"}},
+		),
+		Action: func(c *cli.Context) error {
+			serial, err := oneArg(c, "SERIAL")
+			if err != nil {
+				return err
+			}
+			a, err := newAdminClient(c)
+			if err != nil {
+				return err
+			}
+			var ct wire.Certificate
+			if err := a.do(c.Context, http.MethodPost, "/v1/admin/certificates/"+url.PathEscape(serial)+"/revoke", wire.RevokeRequest{Reason: c.String("reason")}, &ct); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "revoked %s (%s, %s)\n", ct.SerialHex, ct.Subject, ct.Reason)
+			return nil
+		},
+	}
+}
+
+func caCRLCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "crl",
+		Usage: "write the current CRL (DER) to a file",
+		Description: `EXAMPLES:
+   ibcm ca crl --dir /srv/ibcm --out site.crl && openssl crl -inform DER -in site.crl -noout -text`,
+		Flags: append(adminFlags(),
+			&cli.StringFlag{Name: "out", Required: true, Usage: "file to write", EnvVars: []string{"IBCM_CRL_OUT"}},
+		),
+		Action: func(c *cli.Context) error {
+			a, err := newAdminClient(c)
+			if err != nil {
+				return err
+			}
+			var der []byte
+			if err := a.do(c.Context, http.MethodGet, "/v1/admin/crl", nil, &der); err != nil {
+				return err
+			}
+			crl, err := x509.ParseRevocationList(der)
+			if err != nil {
+				return fmt.Errorf("the CA sent an unreadable CRL: %w", err)
+			}
+			if err := os.WriteFile(c.String("out"), der, 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.ErrWriter, "CRL number %s, %d revoked, next update %s\n", crl.Number, len(crl.RevokedCertificateEntries), crl.NextUpdate.Format(time.RFC3339))
+			return nil
+		},
+	}
+}
+
+func caBundleCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "bundle",
+		Usage: "print the trust bundle (the site's root certificates, PEM)",
+		Description: `EXAMPLES:
+   ibcm ca bundle --dir /srv/ibcm > roots.pem
+   ibcm ca bundle --dir /srv/ibcm | openssl x509 -noout -fingerprint -sha256`,
+		Flags: adminFlags(),
+		Action: func(c *cli.Context) error {
+			a, err := newAdminClient(c)
+			if err != nil {
+				return err
+			}
+			var b wire.Bundle
+			if err := a.do(c.Context, http.MethodGet, "/v1/bundle", nil, &b); err != nil {
+				return err
+			}
+			_, err = io.WriteString(c.App.Writer, b.Roots)
+			return err
+		},
+	}
+}
+
+func oneArg(c *cli.Context, name string) (string, error) {
+	if c.NArg() != 1 {
+		return "", usageError("%s takes exactly one argument: %s", c.Command.Name, name)
+	}
+	return c.Args().First(), nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ibcm-project/ibcm/site"
+)
+
+func siteCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "site",
+		Usage: "create, run and check a whole site on this server",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "init",
+				Usage: "create a new site: CA hierarchy, database, certificates, first admin",
+				Description: `Creates DIR with site.yaml, the root and issuing CA (the issuing key encrypted with the
+CA password), the database, the CA role's TLS certificate and a first admin identity in
+DIR/admin. It never prompts and refuses to overwrite an existing site. Without
+--password-file or IBCM_CA_PASSWORD it makes a random password in DIR/ca/password (0600).
+
+EXAMPLES:
+   ibcm site init --dir /srv/ibcm --site-code P01 --intranet-name ibcm.corp.example --internet-name ibcm.example.com
+   ibcm site init --dir ./site --site-code LAB --intranet-name ca.lab.test --internet-name ca.example.net \
+       --ca-addr 127.0.0.1:9443 --ca-public-addr 127.0.0.1:9080 --key-type p384 --offline-root /media/usb/ibcm-root
+   ibcm site init --dir /srv/ibcm --site-code P01 --intranet-name a.corp --internet-name a.example \
+       --store postgres --dsn 'postgres://ibcm@db.corp.example/ibcm?sslmode=verify-full'`,
+				Flags: []cli.Flag{
+					dirFlag(true),
+					&cli.StringFlag{Name: "site-code", Required: true, Usage: "three upper-case letters or digits", EnvVars: []string{"IBCM_SITE_CODE"}},
+					&cli.StringFlag{Name: "intranet-name", Required: true, Usage: "the site servers' intranet FQDN", EnvVars: []string{"IBCM_INTRANET_NAME"}},
+					&cli.StringFlag{Name: "internet-name", Required: true, Usage: "the site servers' internet FQDN", EnvVars: []string{"IBCM_INTERNET_NAME"}},
+					&cli.StringFlag{Name: "ca-addr", Value: "127.0.0.1:8443", Usage: "HTTPS listener of the CA (enroll, renew, admin API)", EnvVars: []string{"IBCM_CA_ADDR"}},
+					&cli.StringFlag{Name: "ca-public-addr", Value: "127.0.0.1:8080", Usage: "plain-HTTP listener of the CA (CRL, OCSP, CA certificates)", EnvVars: []string{"IBCM_CA_PUBLIC_ADDR"}},
+					&cli.StringFlag{Name: "store", Value: "sqlite", Usage: "sqlite (DIR/site.db) or postgres", EnvVars: []string{"IBCM_STORE"}},
+					&cli.StringFlag{Name: "dsn", Usage: "PostgreSQL DSN with --store postgres", EnvVars: []string{"IBCM_DSN"}},
+					&cli.StringFlag{Name: "key-type", Value: "p256", Usage: "CA key type: p256, p384, rsa2048, rsa3072", EnvVars: []string{"IBCM_KEY_TYPE"}},
+					&cli.StringFlag{Name: "password-file", Usage: "file holding the password that encrypts the CA keys", EnvVars: []string{"IBCM_CA_PASSWORD_FILE"}},
+					&cli.StringFlag{Name: "offline-root", Usage: "write the root key here instead of into DIR (then take it off the server)", EnvVars: []string{"IBCM_OFFLINE_ROOT"}},
+					&cli.StringFlag{Name: "admin", Value: "admin", Usage: "name of the first admin", EnvVars: []string{"IBCM_ADMIN_NAME"}},
+				},
+				Action: func(c *cli.Context) error {
+					if err := site.CheckSiteCode(c.String("site-code")); err != nil {
+						return usageError("--site-code: %v", err)
+					}
+					_, err := site.Init(c.Context, site.InitOptions{
+						Dir: c.String("dir"), SiteCode: c.String("site-code"),
+						IntranetName: c.String("intranet-name"), InternetName: c.String("internet-name"),
+						CAAddr: c.String("ca-addr"), CAPublicAddr: c.String("ca-public-addr"),
+						Store: c.String("store"), DSN: c.String("dsn"), KeyType: c.String("key-type"),
+						PasswordFile: c.String("password-file"), OfflineRoot: c.String("offline-root"), AdminName: c.String("admin"),
+					}, c.App.Writer)
+					return err
+				},
+			},
+			{
+				Name:  "up",
+				Usage: "run every role of the site in this process",
+				Description: `Runs the site's roles (the CA for now) until SIGINT or SIGTERM, printing each
+listener's URL once it accepts connections. Every listener answers GET /healthz.
+
+EXAMPLES:
+   ibcm site up --dir /srv/ibcm
+   IBCM_CA_PASSWORD=... ibcm site up --dir /srv/ibcm --log-level debug`,
+				Flags:  []cli.Flag{dirFlag(true)},
+				Action: func(c *cli.Context) error { return serve(c, filepath.Join(c.String("dir"), site.FileName)) },
+			},
+			{
+				Name:  "status",
+				Usage: "check every listener of the site; exit 0 only when all are healthy",
+				Description: `Asks GET /healthz of each listener in site.yaml and prints a table (or JSON).
+Exit status 0 when all are healthy, 3 when any is not.
+
+EXAMPLES:
+   ibcm site status --dir /srv/ibcm
+   ibcm site status --dir /srv/ibcm --json | jq '.[] | select(.healthy|not)'`,
+				Flags: []cli.Flag{dirFlag(true), jsonFlag()},
+				Action: func(c *cli.Context) error {
+					cfg, err := site.Load(filepath.Join(c.String("dir"), site.FileName))
+					if err != nil {
+						return err
+					}
+					hs, err := site.Status(c.Context, cfg)
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						enc := json.NewEncoder(c.App.Writer)
+						enc.SetIndent("", "  ")
+						_ = enc.Encode(hs)
+					} else {
+						w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+						fmt.Fprintln(w, "ROLE\tURL\tHEALTH\tLATENCY")
+						for _, h := range hs {
+							state := "ok"
+							if !h.Healthy {
+								state = "DOWN: " + h.Error
+							}
+							fmt.Fprintf(w, "%s\t%s\t%s\t%dms\n", h.Role, h.URL, state, h.LatencyMS)
+						}
+						w.Flush()
+					}
+					for _, h := range hs {
+						if !h.Healthy {
+							return exitErr{exitUnhealthy, fmt.Errorf("%s is not healthy", h.Role)}
+						}
+					}
+					return nil
+				},
+			},
+		},
+	}
+}
+
+// serve runs the roles of the config file until SIGINT/SIGTERM.
+func serve(c *cli.Context, path string) error {
+	cfg, err := site.Load(path)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return site.Run(ctx, cfg, c.App.Writer, logger(c))
+}
+
+func dirFlag(required bool) *cli.StringFlag {
+	return &cli.StringFlag{Name: "dir", Required: required, Usage: "the site directory (holds site.yaml)", EnvVars: []string{"IBCM_DIR"}}
+}
+
+func jsonFlag() *cli.BoolFlag {
+	return &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts", EnvVars: []string{"IBCM_JSON"}}
+}
