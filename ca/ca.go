@@ -347,4 +347,3 @@ func (c *CA) ResolveSerial(ctx context.Context, s string) (string, error) {
 func ocspKey(rnd io.Reader) (crypto.Signer, error) {
 	return ecdsa.GenerateKey(elliptic.P256(), rnd)
 }
-

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -168,4 +169,11 @@ func pemBlock(data []byte, types ...string) []byte {
 			}
 		}
 	}
+}
+
+// Fingerprint returns the hex SHA-256 of a certificate's DER, as
+// `openssl x509 -outform DER | sha256sum` prints it.
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
 }

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	stepdb "github.com/smallstep/certificates/db"
 	"github.com/smallstep/certificates/authority/provisioner"
+	stepdb "github.com/smallstep/certificates/db"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
@@ -235,10 +235,10 @@ func (s *store) StoreCRL(info *stepdb.CertificateRevocationListInfo) error {
 
 // The SSH and one-time-token parts of smallstep's interface are not used by ibcm.
 
-func (s *store) IsSSHRevoked(string) (bool, error)                    { return false, nil }
-func (s *store) RevokeSSH(*stepdb.RevokedCertificateInfo) error      { return stepdb.ErrNotImplemented }
-func (s *store) UseToken(string, string) (bool, error)               { return true, nil }
-func (s *store) IsSSHHost(string) (bool, error)                      { return false, nil }
-func (s *store) GetSSHHostPrincipals() ([]string, error)             { return nil, nil }
-func (s *store) StoreSSHCertificate(*ssh.Certificate) error          { return stepdb.ErrNotImplemented }
-func (s *store) Shutdown() error                                     { return nil }
+func (s *store) IsSSHRevoked(string) (bool, error)              { return false, nil }
+func (s *store) RevokeSSH(*stepdb.RevokedCertificateInfo) error { return stepdb.ErrNotImplemented }
+func (s *store) UseToken(string, string) (bool, error)          { return true, nil }
+func (s *store) IsSSHHost(string) (bool, error)                 { return false, nil }
+func (s *store) GetSSHHostPrincipals() ([]string, error)        { return nil, nil }
+func (s *store) StoreSSHCertificate(*ssh.Certificate) error     { return stepdb.ErrNotImplemented }
+func (s *store) Shutdown() error                                { return nil }

@@ -77,8 +77,8 @@ func (c *CA) CreateToken(ctx context.Context, spec TokenSpec, by string) (string
 	if spec.TTL == 0 {
 		spec.TTL = 24 * time.Hour
 	}
-	if spec.TTL < time.Minute || spec.TTL > MaxTokenTTL {
-		return "", Token{}, fmt.Errorf("%w: ttl must be between 1m and %s", ErrBadSubject, MaxTokenTTL)
+	if spec.TTL < time.Second || spec.TTL > MaxTokenTTL {
+		return "", Token{}, fmt.Errorf("%w: ttl must be between 1s and %s", ErrBadSubject, MaxTokenTTL)
 	}
 	secret, hash, err := newSecret(c.rand)
 	if err != nil {
@@ -192,4 +192,3 @@ func consumeToken(tx *sitedb.Tx, id string, now time.Time) error {
 	}
 	return fmt.Errorf("%w: token %s", ErrTokenUsed, id)
 }
-

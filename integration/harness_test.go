@@ -1,0 +1,202 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ibcm-project/ibcm/internal/pgtest"
+)
+
+// bin holds the paths of the binaries built for this run.
+var bin struct{ ibcm, client string }
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ibcm-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin.ibcm, bin.client = filepath.Join(dir, "ibcm"), filepath.Join(dir, "ibcm-client")
+	for out, pkg := range map[string]string{bin.ibcm: "./cli/ibcm", bin.client: "./cli/ibcm-client"} {
+		cmd := exec.Command("go", "build", "-tags", "nobadger,nomysql,nopgx,nobbolt", "-o", out, pkg)
+		cmd.Dir = ".."
+		if b, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, b)
+			os.Exit(1)
+		}
+	}
+	code := pgtest.Run(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// needTool fails the test (under CI) or skips it when a real peer is missing.
+func needTool(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s not found: run `make deps` as root", name)
+		}
+		t.Skipf("%s not found: run `make deps` as root", name)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// result is what a finished command printed.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// run runs a command to completion (bounded by a minute) and returns what it printed.
+func run(t *testing.T, name string, args ...string) result {
+	t.Helper()
+	return runEnv(t, nil, name, args...)
+}
+
+func runEnv(t *testing.T, env []string, name string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("%s %v: %v", name, args, err)
+	}
+	return r
+}
+
+// must runs a command that has to succeed and returns its stdout.
+func must(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	r := run(t, name, args...)
+	if r.code != 0 {
+		t.Fatalf("%s %s: exit %d\nstdout: %s\nstderr: %s", filepath.Base(name), strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+// refused runs a command that has to fail and returns what it printed on stderr.
+func refused(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	r := run(t, name, args...)
+	if r.code == 0 {
+		t.Fatalf("%s %s succeeded, want it refused\nstdout: %s", filepath.Base(name), strings.Join(args, " "), r.stdout)
+	}
+	return r.stderr
+}
+
+// testSite is a site made by `ibcm site init` and running under `ibcm site up`.
+type testSite struct {
+	dir, caURL, publicURL string
+	cmd                   *exec.Cmd
+}
+
+// startSite inits a site (store "sqlite" or "postgres") and runs `ibcm site up` until the
+// test ends; it returns once both listeners printed their ready line.
+func startSite(t *testing.T, store string) *testSite {
+	t.Helper()
+	s := &testSite{dir: filepath.Join(t.TempDir(), "site")}
+	caAddr, pubAddr := freeAddr(t), freeAddr(t)
+	s.caURL, s.publicURL = "https://"+caAddr, "http://"+pubAddr
+	args := []string{"site", "init", "--dir", s.dir, "--site-code", "E2E", "--intranet-name", "ibcm.corp.test",
+		"--internet-name", "ibcm.example.test", "--ca-addr", caAddr, "--ca-public-addr", pubAddr, "--store", store}
+	if store == "postgres" {
+		args = append(args, "--dsn", pgtest.DSN(t))
+	}
+	must(t, bin.ibcm, args...)
+
+	s.cmd = exec.Command(bin.ibcm, "site", "up", "--dir", s.dir)
+	stdout, err := s.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	s.cmd.Stderr = &logs
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		seen := map[string]bool{}
+		for sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) > 0 {
+				seen[f[0]] = true
+			}
+			if seen["ca"] && seen["ca-public"] {
+				ready <- nil
+				break
+			}
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+		ready <- fmt.Errorf("site up exited before it was ready")
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			t.Fatalf("%v\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("site up not ready after 30s\n%s", logs.String())
+	}
+	t.Cleanup(func() {
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- s.cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("site up did not stop cleanly on SIGTERM: %v\n%s", err, logs.String())
+			}
+		case <-time.After(15 * time.Second):
+			_ = s.cmd.Process.Kill()
+			t.Errorf("site up did not stop within 15s of SIGTERM")
+		}
+	})
+	return s
+}
+
+// ibcm runs an admin command against the site (IBCM_DIR names it) and returns its stdout.
+func (s *testSite) ibcm(t *testing.T, args ...string) string {
+	t.Helper()
+	r := s.try(t, args...)
+	if r.code != 0 {
+		t.Fatalf("ibcm %s: exit %d\n%s%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+// try runs an admin command against the site and returns whatever happened.
+func (s *testSite) try(t *testing.T, args ...string) result {
+	t.Helper()
+	return runEnv(t, []string{"IBCM_DIR=" + s.dir}, bin.ibcm, args...)
+}
+
+func (s *testSite) path(p string) string { return filepath.Join(s.dir, p) }
