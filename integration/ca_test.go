@@ -148,4 +148,3 @@ func writeCat(t *testing.T, out string, files ...string) {
 		t.Fatal(err)
 	}
 }
-

@@ -17,8 +17,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ibcm-project/ibcm/ca"
-	"github.com/ibcm-project/ibcm/site"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/site"
 )
 
 // adminFlags find the CA and the admin identity: --dir for the site directory made by
@@ -127,4 +127,3 @@ func (a *adminClient) do(ctx context.Context, method, path string, in, out any) 
 	}
 	return nil
 }
-

@@ -441,4 +441,3 @@ func dash(s string) string {
 	}
 	return s
 }
-
