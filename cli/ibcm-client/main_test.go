@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v2"
+
+	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/trust"
+)
+
+// TestCommandTree walks every command: names unique, Usage set, every flag named once,
+// described and settable from an IBCM_CLIENT_ environment variable, and every
+// Description ending with EXAMPLES.
+func TestCommandTree(t *testing.T) {
+	app := newApp()
+	var walk func(path string, cmds []*cli.Command)
+	walk = func(path string, cmds []*cli.Command) {
+		names := map[string]bool{}
+		for _, cmd := range cmds {
+			full := strings.TrimSpace(path + " " + cmd.Name)
+			for _, n := range cmd.Names() {
+				if names[n] {
+					t.Errorf("%s: command name %q used twice", path, n)
+				}
+				names[n] = true
+			}
+			if cmd.Usage == "" {
+				t.Errorf("%s: Usage is empty", full)
+			}
+			if i := strings.LastIndex(cmd.Description, "EXAMPLES"); i < 0 {
+				t.Errorf("%s: Description has no EXAMPLES section", full)
+			} else if strings.Contains(cmd.Description[i:], "\n\n\n") {
+				t.Errorf("%s: the EXAMPLES section is not the last one", full)
+			}
+			flags := map[string]bool{}
+			envs := map[string]bool{}
+			for _, f := range cmd.Flags {
+				for _, n := range f.Names() {
+					if flags[n] {
+						t.Errorf("%s: flag %q defined twice", full, n)
+					}
+					flags[n] = true
+				}
+				df, ok := f.(cli.DocGenerationFlag)
+				if !ok {
+					t.Errorf("%s --%s: flag type %T has no Usage or EnvVars to check", full, f.Names()[0], f)
+					continue
+				}
+				if df.GetUsage() == "" {
+					t.Errorf("%s --%s: Usage is empty", full, f.Names()[0])
+				}
+				if len(df.GetEnvVars()) == 0 {
+					t.Errorf("%s --%s: no EnvVars", full, f.Names()[0])
+				}
+				for _, e := range df.GetEnvVars() {
+					if !strings.HasPrefix(e, "IBCM_CLIENT_") {
+						t.Errorf("%s --%s: environment variable %s does not start with IBCM_CLIENT_", full, f.Names()[0], e)
+					}
+					if envs[e] {
+						t.Errorf("%s: environment variable %s used by two flags", full, e)
+					}
+					envs[e] = true
+				}
+			}
+			if cmd.Action == nil && len(cmd.Subcommands) == 0 {
+				t.Errorf("%s: neither an Action nor subcommands", full)
+			}
+			walk(full, cmd.Subcommands)
+		}
+	}
+	walk(app.Name, app.Commands)
+	for _, want := range []string{"enroll", "renew", "status"} {
+		found := false
+		for _, c := range app.Commands {
+			found = found || c.Name == want
+		}
+		if !found {
+			t.Errorf("no %s command", want)
+		}
+	}
+}
+
+// run runs the app as the binary would and returns stdout and stderr.
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	app := newApp()
+	app.Writer, app.ErrWriter = &out, &errOut
+	err := app.RunContext(context.Background(), append([]string{"ibcm-client"}, args...))
+	return out.String() + errOut.String(), err
+}
+
+func TestHelpHidesToken(t *testing.T) {
+	t.Setenv("IBCM_CLIENT_TOKEN", "s3cret-token-value")
+	out, err := run(t, "enroll", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "s3cret-token-value") {
+		t.Error("enroll --help prints the token from the environment")
+	}
+}
+
+func TestStatusNotEnrolled(t *testing.T) {
+	_, err := run(t, "status", "--dir", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "not enrolled") {
+		t.Errorf("status in an empty directory = %v, want a not enrolled error", err)
+	}
+}
+
+// TestEnrollRenewStatus drives the commands against a real CA.
+func TestEnrollRenewStatus(t *testing.T) {
+	url, pin, token := startCA(t)
+	dir := filepath.Join(t.TempDir(), "state")
+	t.Setenv("IBCM_CLIENT_TOKEN", token)
+	out, err := run(t, "enroll", "--dir", dir, "--ca", url, "--root-sha256", pin, "--name", "pc-01", "--fqdn", "pc-01.corp.example")
+	if err != nil {
+		t.Fatalf("enroll: %v\n%s", err, out)
+	}
+	if strings.Contains(out, token) {
+		t.Error("enroll printed the token")
+	}
+	status := func() statusReport {
+		t.Helper()
+		out, err := run(t, "status", "--dir", dir, "--json")
+		if err != nil {
+			t.Fatalf("status: %v\n%s", err, out)
+		}
+		var r statusReport
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("status --json: %v\n%s", err, out)
+		}
+		return r
+	}
+	before := status()
+	if before.DeviceID == "" || before.Name != "pc-01" || before.RenewDue || before.Expired || before.SerialHex == "" {
+		t.Errorf("status after enroll = %+v", before)
+	}
+
+	// Reusing the token fails with the CA's code, and nothing is written.
+	other := filepath.Join(t.TempDir(), "other")
+	if _, err := run(t, "enroll", "--dir", other, "--ca", url, "--root-sha256", pin, "--name", "pc-02"); err == nil || !strings.Contains(err.Error(), "token_used") {
+		t.Errorf("enroll with a used token = %v, want token_used", err)
+	}
+	if _, err := os.Stat(other); !os.IsNotExist(err) {
+		t.Errorf("a failed enroll created %s", other)
+	}
+
+	if out, err := run(t, "renew", "--dir", dir, "--if-due"); err != nil || !strings.Contains(out, "not due") {
+		t.Errorf("renew --if-due on a new certificate = %v\n%s", err, out)
+	}
+	if out, err := run(t, "renew", "--dir", dir); err != nil {
+		t.Fatalf("renew: %v\n%s", err, out)
+	}
+	after := status()
+	if after.DeviceID != before.DeviceID || after.Serial == before.Serial {
+		t.Errorf("status after renew = %+v, before %+v", after, before)
+	}
+
+	out, err = run(t, "status", "--dir", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{after.DeviceID, after.SerialHex, "CN=pc-01", "renew due:"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status does not print %q:\n%s", want, out)
+		}
+	}
+}
+
+// startCA serves a real CA's HTTPS API on 127.0.0.1 and returns its URL, its root's
+// SHA-256 and a client enrollment token.
+func startCA(t *testing.T) (url, pin, token string) {
+	t.Helper()
+	ctx := context.Background()
+	db, err := sitedb.Open(ctx, sitedb.SQLite, filepath.Join(t.TempDir(), "site.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	h, err := ca.NewHierarchy("TST", ca.P256, time.Now(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ca.New(ctx, db, ca.Options{SiteCode: "TST", Hierarchy: h, PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ca"}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := c.Issue(ctx, ca.IssueSpec{Profile: ca.SiteServer, Subject: "ca", DNS: []string{"127.0.0.1"}, Role: "ca"},
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}), "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &trust.Verifier{Anchors: trust.NewAnchors([]*x509.Certificate{h.Root}, []*x509.Certificate{h.Issuing}), Revoked: &trust.RevokedSet{}}
+	srv := httptest.NewUnstartedServer(c.Handler(v))
+	srv.TLS = &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, h.Issuing.Raw, h.Root.Raw}, PrivateKey: key}},
+		ClientAuth:   tls.RequestClientCert,
+		MinVersion:   tls.VersionTLS12,
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	token, _, err = c.CreateToken(ctx, ca.TokenSpec{Profile: ca.Client}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(h.Root.Raw)
+	return srv.URL, hex.EncodeToString(sum[:]), token
+}

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ibcm-project/ibcm/client"
+)
+
+func renewCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "renew",
+		Usage: "renew the device's certificate over mutual TLS with the current one",
+		Description: `renew asks the CA that issued the device's certificate for a successor, proving the
+device's identity with the current certificate in the TLS handshake. A new key is made
+for the new certificate unless --keep-key is given. The device id stays the same.
+
+A revoked or expired certificate cannot be renewed: enroll again with a new token
+(ibcm-client enroll --force).
+
+EXAMPLES:
+   ibcm-client renew
+
+   ibcm-client renew --dir /srv/agent --keep-key
+
+   # from a timer: renew only after two thirds of the lifetime
+   ibcm-client renew --if-due`,
+		Flags: []cli.Flag{
+			dirFlag(),
+			&cli.BoolFlag{Name: "keep-key", EnvVars: []string{"IBCM_CLIENT_KEEP_KEY"},
+				Usage: "keep the current key instead of making a new one"},
+			&cli.BoolFlag{Name: "if-due", EnvVars: []string{"IBCM_CLIENT_RENEW_IF_DUE"},
+				Usage: "renew only when two thirds of the certificate's lifetime have passed"},
+			timeoutFlag(),
+		},
+		Action: runRenew,
+	}
+}
+
+func runRenew(c *cli.Context) error {
+	dir := c.String("dir")
+	if c.Bool("if-due") {
+		id, err := client.Load(dir)
+		if err != nil {
+			return err
+		}
+		if !id.RenewDue(time.Now()) {
+			fmt.Fprintf(c.App.Writer, "not due: serial %s renews from %s\n", id.SerialHex(), id.RenewAt().UTC().Format(timeFormat))
+			return nil
+		}
+	}
+	id, err := client.Renew(c.Context, client.RenewOptions{Dir: dir, KeepKey: c.Bool("keep-key"), Timeout: c.Duration("timeout")})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "renewed device %s: serial %s, valid until %s\n",
+		id.DeviceID, id.SerialHex(), id.NotAfter.UTC().Format(timeFormat))
+	return nil
+}

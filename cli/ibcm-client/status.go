@@ -1,0 +1,88 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ibcm-project/ibcm/client"
+)
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "print the device's identity: device id, subject, serial, expiry and whether renewal is due",
+		Description: `status reads the state directory and prints the device's identity. It does not
+contact the CA. The serial is printed in upper-case hex, as openssl x509 -serial prints it.
+
+EXAMPLES:
+   ibcm-client status
+
+   ibcm-client status --dir /srv/agent --json`,
+		Flags: []cli.Flag{
+			dirFlag(),
+			&cli.BoolFlag{Name: "json", EnvVars: []string{"IBCM_CLIENT_JSON"}, Usage: "print JSON"},
+		},
+		Action: runStatus,
+	}
+}
+
+// statusReport is what status prints.
+type statusReport struct {
+	DeviceID  string    `json:"device_id"`
+	Subject   string    `json:"subject"`
+	Name      string    `json:"name"`
+	FQDN      string    `json:"fqdn,omitempty"`
+	Serial    string    `json:"serial"`     // decimal
+	SerialHex string    `json:"serial_hex"` // as openssl prints it
+	KeyType   string    `json:"key_type"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	RenewAt   time.Time `json:"renew_at"`
+	RenewDue  bool      `json:"renew_due"`
+	Expired   bool      `json:"expired"`
+	CAURL     string    `json:"ca_url"`
+	Dir       string    `json:"dir"`
+}
+
+func runStatus(c *cli.Context) error {
+	id, err := client.Load(c.String("dir"))
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	r := statusReport{
+		DeviceID: id.DeviceID, Subject: id.Leaf.Subject.String(), Name: id.Name, FQDN: id.FQDN,
+		Serial: id.Serial.String(), SerialHex: id.SerialHex(), KeyType: string(id.KeyType),
+		NotBefore: id.NotBefore.UTC(), NotAfter: id.NotAfter.UTC(), RenewAt: id.RenewAt().UTC(),
+		RenewDue: id.RenewDue(now), Expired: id.Expired(now), CAURL: id.CAURL, Dir: id.Dir,
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	due := "no, from " + r.RenewAt.Format(timeFormat)
+	switch {
+	case r.Expired:
+		due = "EXPIRED: enroll again"
+	case r.RenewDue:
+		due = "yes"
+	}
+	w := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "device id:\t%s\n", r.DeviceID)
+	fmt.Fprintf(w, "subject:\t%s\n", r.Subject)
+	if r.FQDN != "" {
+		fmt.Fprintf(w, "dns:\t%s\n", r.FQDN)
+	}
+	fmt.Fprintf(w, "serial:\t%s\n", r.SerialHex)
+	fmt.Fprintf(w, "key type:\t%s\n", r.KeyType)
+	fmt.Fprintf(w, "not before:\t%s\n", r.NotBefore.Format(timeFormat))
+	fmt.Fprintf(w, "not after:\t%s\n", r.NotAfter.Format(timeFormat))
+	fmt.Fprintf(w, "renew due:\t%s\n", due)
+	fmt.Fprintf(w, "ca:\t%s\n", r.CAURL)
+	return w.Flush()
+}

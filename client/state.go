@@ -1,0 +1,374 @@
+package client
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Names of the files in the state directory.
+const (
+	KeyFile   = "key.pem"
+	CertFile  = "cert.pem"
+	RootsFile = "roots.pem"
+	StateFile = "state.json"
+
+	// stagedSuffix marks a file of a change that is not committed yet.
+	stagedSuffix = ".new"
+)
+
+// commitOrder is the order in which staged files are written and renamed into place.
+// state.json is staged last, so its staged copy exists only once every other file of the
+// change is staged, and it is renamed last, so it marks the change as finished.
+var commitOrder = []string{KeyFile, CertFile, RootsFile, StateFile}
+
+// DeviceURIPrefix starts the URI SAN in which the CA names the device id.
+const DeviceURIPrefix = "urn:ibcm:device:"
+
+// state is the content of state.json.
+type state struct {
+	Version   int       `json:"version"`
+	CAURL     string    `json:"ca_url"`
+	DeviceID  string    `json:"device_id"`
+	Serial    string    `json:"serial"`     // decimal
+	SerialHex string    `json:"serial_hex"` // as openssl prints it
+	NotAfter  time.Time `json:"not_after"`
+	KeyType   KeyType   `json:"key_type"`
+	// RootSHA256 is the pin the device enrolled with, kept for the record.
+	RootSHA256 string    `json:"root_sha256,omitempty"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// Identity is the device's identity as stored in its state directory.
+type Identity struct {
+	Dir      string
+	CAURL    string
+	DeviceID string // from the certificate's urn:ibcm:device: URI
+	Name     string // the certificate's common name
+	FQDN     string // the certificate's DNS name, if any
+	Serial   *big.Int
+	// NotBefore and NotAfter bound the certificate's lifetime.
+	NotBefore, NotAfter time.Time
+	KeyType             KeyType
+
+	// Certificate is the key with the leaf and issuing chain, ready for tls.Config.
+	Certificate tls.Certificate
+	Leaf        *x509.Certificate
+	// Roots are the site's roots (roots.pem), for tls.Config.RootCAs.
+	Roots     *x509.CertPool
+	RootCerts []*x509.Certificate
+}
+
+// SerialHex returns the serial number as openssl prints it: upper-case hex, even length.
+func (id *Identity) SerialHex() string { return serialHex(id.Serial) }
+
+// RenewAt returns when two thirds of the certificate's lifetime have passed.
+func (id *Identity) RenewAt() time.Time {
+	life := id.NotAfter.Sub(id.NotBefore)
+	return id.NotBefore.Add(life * 2 / 3)
+}
+
+// RenewDue reports whether the certificate should be renewed at now: after two thirds of
+// its lifetime (DESIGN.md §5).
+func (id *Identity) RenewDue(now time.Time) bool {
+	return !now.Before(id.RenewAt())
+}
+
+// Expired reports whether the certificate is no longer valid at now.
+func (id *Identity) Expired(now time.Time) bool { return now.After(id.NotAfter) }
+
+func serialHex(sn *big.Int) string {
+	if sn == nil {
+		return ""
+	}
+	s := fmt.Sprintf("%X", sn)
+	if len(s)%2 == 1 {
+		s = "0" + s
+	}
+	return s
+}
+
+// DeviceIDOf returns the device id a certificate names, or "".
+func DeviceIDOf(c *x509.Certificate) string {
+	for _, u := range c.URIs {
+		if s := u.String(); strings.HasPrefix(s, DeviceURIPrefix) {
+			return strings.TrimPrefix(s, DeviceURIPrefix)
+		}
+	}
+	return ""
+}
+
+// Load reads the identity in dir. It only reads: when a change was fully staged but not
+// yet renamed into place (a writer is committing, or crashed while committing; see
+// commit) it reads the staged files where they exist, which is the identity the change
+// leaves behind. It refuses a key file that group or others can access, and checks that
+// the key matches the certificate. It returns an error wrapping ErrNotEnrolled when dir
+// holds no identity.
+func Load(dir string) (*Identity, error) {
+	path, err := committedPaths(dir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := readState(path(StateFile))
+	if err != nil {
+		return nil, err
+	}
+	keyPath := path(KeyFile)
+	fi, err := os.Stat(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("reading the device key: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("%w: %s has mode %04o; run chmod 600 %s", ErrKeyPermissions, keyPath, perm, keyPath)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("reading the device key: %w", err)
+	}
+	key, err := decodeKey(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("reading the device key %s: %w", keyPath, err)
+	}
+	certPEM, err := os.ReadFile(path(CertFile))
+	if err != nil {
+		return nil, fmt.Errorf("reading the device certificate: %w", err)
+	}
+	chain, err := parseCerts(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("reading the device certificate %s: %w", path(CertFile), err)
+	}
+	rootsPEM, err := os.ReadFile(path(RootsFile))
+	if err != nil {
+		return nil, fmt.Errorf("reading the trust bundle: %w", err)
+	}
+	roots, err := parseCerts(rootsPEM)
+	if err != nil {
+		return nil, fmt.Errorf("reading the trust bundle %s: %w", path(RootsFile), err)
+	}
+	if !samePublicKey(chain[0], key) {
+		return nil, fmt.Errorf("%s does not match %s: the certificate was issued for another key", path(CertFile), keyPath)
+	}
+	return newIdentity(dir, st.CAURL, key, chain, roots), nil
+}
+
+// committedPaths returns where each file of the identity is to be read: the staged copy
+// while a fully staged change is not yet renamed into place, otherwise the file itself.
+func committedPaths(dir string) (func(name string) string, error) {
+	_, err := os.Stat(filepath.Join(dir, StateFile+stagedSuffix))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("checking for an unfinished change in %s: %w", dir, err)
+	}
+	staged := err == nil
+	return func(name string) string {
+		p := filepath.Join(dir, name)
+		if staged {
+			if _, err := os.Stat(p + stagedSuffix); err == nil {
+				return p + stagedSuffix
+			}
+		}
+		return p
+	}, nil
+}
+
+func newIdentity(dir, caURL string, key any, chain, roots []*x509.Certificate) *Identity {
+	leaf := chain[0]
+	id := &Identity{
+		Dir: dir, CAURL: caURL, DeviceID: DeviceIDOf(leaf), Name: leaf.Subject.CommonName,
+		Serial: leaf.SerialNumber, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
+		KeyType: keyTypeOf(leaf.PublicKey), Leaf: leaf,
+		Roots: x509.NewCertPool(), RootCerts: roots,
+	}
+	if len(leaf.DNSNames) > 0 {
+		id.FQDN = leaf.DNSNames[0]
+	}
+	for _, c := range chain {
+		id.Certificate.Certificate = append(id.Certificate.Certificate, c.Raw)
+	}
+	id.Certificate.PrivateKey = key
+	id.Certificate.Leaf = leaf
+	for _, r := range roots {
+		id.Roots.AddCert(r)
+	}
+	return id
+}
+
+// readState reads state.json (or its staged copy) at path.
+func readState(path string) (state, error) {
+	var st state
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return st, fmt.Errorf("%w: there is no %s; run `ibcm-client enroll` first", ErrNotEnrolled, path)
+	}
+	if err != nil {
+		return st, fmt.Errorf("reading the device state: %w", err)
+	}
+	if err := json.Unmarshal(data, &st); err != nil {
+		return st, fmt.Errorf("reading the device state %s: %w", path, err)
+	}
+	if st.CAURL == "" {
+		return st, fmt.Errorf("reading the device state %s: ca_url is missing", path)
+	}
+	return st, nil
+}
+
+func encodeState(st state) ([]byte, error) {
+	st.Version = 1
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// hasIdentity reports whether dir holds any file of an identity.
+func hasIdentity(dir string) (bool, error) {
+	for _, name := range commitOrder {
+		_, err := os.Lstat(filepath.Join(dir, name))
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return false, err
+		}
+	}
+	return false, nil
+}
+
+// ensureDir creates the state directory with mode 0700, or tightens an existing one to it.
+func ensureDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating the state directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("setting the state directory to mode 0700: %w", err)
+	}
+	return nil
+}
+
+// writeFileAtomic replaces dir/name with data (mode 0600): it writes a temporary file in
+// dir, fsyncs it, renames it over name and fsyncs dir. A reader sees the old content or
+// the new, never a mix; after a crash the file is old or new.
+func writeFileAtomic(dir, name string, data []byte) error {
+	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", name, err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Errorf("writing %s: %w", name, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("writing %s: %w", name, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("writing %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", name, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return fmt.Errorf("writing %s: %w", name, err)
+	}
+	ok = true
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+// commit replaces several files of the state directory as one change. The crash window
+// and what we chose:
+//
+//  1. Every new file is written (atomically, 0600) as "<name>.new", in commitOrder, so
+//     state.json.new appears only after all the others are complete. A crash here leaves
+//     the old identity untouched; the next Load removes the partial *.new files.
+//  2. The staged files are renamed over the live ones in commitOrder, state.json last.
+//     A crash between two renames can leave, for example, a new key.pem beside the old
+//     cert.pem; but state.json.new still exists, and the next Load (or Enroll, or Renew)
+//     finishes the renames first. Rolling forward is right: the CA has already recorded
+//     the new certificate, and after a rekey the old key may already be gone.
+//
+// So the directory always returns to either the complete old or the complete new
+// identity. Readers (Load) never change the directory and read through an unfinished
+// change (see committedPaths); writers (Enroll, Renew) first finish or undo it with
+// recoverStaged. One writer at a time is assumed: the agent daemon or a CLI command.
+func commit(dir string, files map[string][]byte) error {
+	if _, ok := files[StateFile]; !ok {
+		return errors.New("internal error: a change of the state directory must include state.json")
+	}
+	var staged []string
+	for _, name := range commitOrder {
+		data, ok := files[name]
+		if !ok {
+			continue
+		}
+		if err := writeFileAtomic(dir, name+stagedSuffix, data); err != nil {
+			for _, s := range staged {
+				_ = os.Remove(filepath.Join(dir, s))
+			}
+			return err
+		}
+		staged = append(staged, name+stagedSuffix)
+	}
+	return finishStaged(dir)
+}
+
+// finishStaged renames every staged file into place, in commitOrder.
+func finishStaged(dir string) error {
+	for _, name := range commitOrder {
+		err := os.Rename(filepath.Join(dir, name+stagedSuffix), filepath.Join(dir, name))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("replacing %s: %w", name, err)
+		}
+	}
+	return syncDir(dir)
+}
+
+// recoverStaged finishes a change that was fully staged (state.json.new exists) and
+// removes the staged and temporary files of one that was not. Only writers call it. A
+// missing dir is not an error.
+func recoverStaged(dir string) error {
+	_, err := os.Stat(filepath.Join(dir, StateFile+stagedSuffix))
+	switch {
+	case err == nil:
+		return finishStaged(dir)
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("checking for an interrupted change: %w", err)
+	}
+	for _, name := range commitOrder {
+		err := os.Remove(filepath.Join(dir, name+stagedSuffix))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing the staged %s of an interrupted change: %w", name, err)
+		}
+	}
+	// Temporary files of an interrupted writeFileAtomic.
+	tmps, _ := filepath.Glob(filepath.Join(dir, ".*.tmp-*"))
+	for _, t := range tmps {
+		_ = os.Remove(t)
+	}
+	return nil
+}

@@ -1,0 +1,105 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/ibcm-project/ibcm/internal/wire"
+)
+
+type sample struct {
+	Name string `json:"name"`
+	N    int    `json:"n"`
+}
+
+func TestDecode(t *testing.T) {
+	cases := []struct {
+		name   string
+		body   string
+		status int // 0: accepted
+	}{
+		{"valid", `{"name":"a","n":1}`, 0},
+		{"valid with spaces", " {\"name\":\"a\"}\n", 0},
+		{"empty", ``, 400},
+		{"not json", `name=a`, 400},
+		{"unknown field", `{"name":"a","admin":true}`, 400},
+		{"wrong type", `{"n":"one"}`, 400},
+		{"trailing data", `{"name":"a"}{"name":"b"}`, 400},
+		{"array", `[1,2]`, 400},
+		{"too large", `{"name":"` + strings.Repeat("a", wire.MaxBody) + `"}`, 413},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(tc.body))
+			var v sample
+			err := Decode(httptest.NewRecorder(), r, &v)
+			if tc.status == 0 {
+				if err != nil {
+					t.Fatalf("err = %v", err)
+				}
+				return
+			}
+			if got := StatusOf(err); got != tc.status {
+				t.Fatalf("status = %d (%v), want %d", got, err, tc.status)
+			}
+			if err2 := DecodeBytes([]byte(tc.body), &v); StatusOf(err2) != tc.status {
+				t.Errorf("DecodeBytes status = %d, want %d", StatusOf(err2), tc.status)
+			}
+		})
+	}
+}
+
+func TestWriteError(t *testing.T) {
+	cases := []struct {
+		name       string
+		err        error
+		status     int
+		code, text string
+	}{
+		{"api error", Errorf(http.StatusForbidden, "token_used", "token %s already used", "abc"), 403, "token_used", "token abc already used"},
+		{"wrapped api error", errors.Join(errors.New("ctx"), BadRequest("bad")), 400, "bad_request", "bad"},
+		{"internal detail stays inside", errors.New("pq: password authentication failed for user x"), 500, "internal", "internal error"},
+		{"overload", Errorf(http.StatusServiceUnavailable, "overloaded", "busy"), 503, "overloaded", "busy"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w := httptest.NewRecorder()
+			WriteError(w, tc.err)
+			if w.Code != tc.status {
+				t.Errorf("status = %d, want %d", w.Code, tc.status)
+			}
+			if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+				t.Errorf("content type %q", ct)
+			}
+			var body wire.Error
+			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+				t.Fatalf("body %q: %v", w.Body.String(), err)
+			}
+			if body.Error.Code != tc.code || body.Error.Message != tc.text {
+				t.Errorf("body = %+v, want %s %q", body.Error, tc.code, tc.text)
+			}
+			if tc.status == 503 && w.Header().Get("Retry-After") == "" {
+				t.Error("503 without Retry-After")
+			}
+		})
+	}
+}
+
+// FuzzDecode: any body either decodes or yields a 4xx *Error; never a panic or a 500.
+func FuzzDecode(f *testing.F) {
+	for _, s := range []string{`{"name":"a","n":1}`, `{}`, `{"name":`, `[`, `{"n":1e999}`, "\x00", `{"name":"a"} x`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var v sample
+		if err := DecodeBytes(b, &v); err != nil {
+			if s := StatusOf(err); s < 400 || s > 499 {
+				t.Fatalf("status %d for %q: %v", s, b, err)
+			}
+		}
+	})
+}
