@@ -21,74 +21,17 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/urfave/cli/v2"
 
 	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/internal/clitest"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
 )
 
-// TestCommandTree walks every command: names unique, Usage set, every flag named once,
-// described and settable from an IBCM_CLIENT_ environment variable, and every
-// Description ending with EXAMPLES.
+// TestCommandTree checks the rules every command tree follows (see internal/clitest).
 func TestCommandTree(t *testing.T) {
 	app := newApp()
-	var walk func(path string, cmds []*cli.Command)
-	walk = func(path string, cmds []*cli.Command) {
-		names := map[string]bool{}
-		for _, cmd := range cmds {
-			full := strings.TrimSpace(path + " " + cmd.Name)
-			for _, n := range cmd.Names() {
-				if names[n] {
-					t.Errorf("%s: command name %q used twice", path, n)
-				}
-				names[n] = true
-			}
-			if cmd.Usage == "" {
-				t.Errorf("%s: Usage is empty", full)
-			}
-			if i := strings.LastIndex(cmd.Description, "EXAMPLES"); i < 0 {
-				t.Errorf("%s: Description has no EXAMPLES section", full)
-			} else if strings.Contains(cmd.Description[i:], "\n\n\n") {
-				t.Errorf("%s: the EXAMPLES section is not the last one", full)
-			}
-			flags := map[string]bool{}
-			envs := map[string]bool{}
-			for _, f := range cmd.Flags {
-				for _, n := range f.Names() {
-					if flags[n] {
-						t.Errorf("%s: flag %q defined twice", full, n)
-					}
-					flags[n] = true
-				}
-				df, ok := f.(cli.DocGenerationFlag)
-				if !ok {
-					t.Errorf("%s --%s: flag type %T has no Usage or EnvVars to check", full, f.Names()[0], f)
-					continue
-				}
-				if df.GetUsage() == "" {
-					t.Errorf("%s --%s: Usage is empty", full, f.Names()[0])
-				}
-				if len(df.GetEnvVars()) == 0 {
-					t.Errorf("%s --%s: no EnvVars", full, f.Names()[0])
-				}
-				for _, e := range df.GetEnvVars() {
-					if !strings.HasPrefix(e, "IBCM_CLIENT_") {
-						t.Errorf("%s --%s: environment variable %s does not start with IBCM_CLIENT_", full, f.Names()[0], e)
-					}
-					if envs[e] {
-						t.Errorf("%s: environment variable %s used by two flags", full, e)
-					}
-					envs[e] = true
-				}
-			}
-			if cmd.Action == nil && len(cmd.Subcommands) == 0 {
-				t.Errorf("%s: neither an Action nor subcommands", full)
-			}
-			walk(full, cmd.Subcommands)
-		}
-	}
-	walk(app.Name, app.Commands)
+	clitest.CheckTree(t, app, "IBCM_CLIENT_")
 	for _, want := range []string{"enroll", "renew", "status"} {
 		found := false
 		for _, c := range app.Commands {

@@ -1,0 +1,80 @@
+package layout
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const tags = "nobadger,nomysql,nopgx,nobbolt"
+
+type pkg struct {
+	ImportPath string
+	Doc        string
+	Name       string
+	Imports    []string
+	Deps       []string
+}
+
+func list(t *testing.T, patterns ...string) []pkg {
+	t.Helper()
+	cmd := exec.Command("go", append([]string{"list", "-tags", tags, "-json"}, patterns...)...)
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	var pkgs []pkg
+	for {
+		var p pkg
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+func TestEveryPackageSaysWhatItOwns(t *testing.T) {
+	for _, p := range list(t, "./...") {
+		if strings.TrimSpace(p.Doc) == "" {
+			t.Errorf("%s has no package doc comment", p.ImportPath)
+		}
+	}
+}
+
+// The agent runs on every device and must stay small: no CA libraries, no database
+// drivers, no server code.
+func TestAgentLinksNoServerCode(t *testing.T) {
+	forbidden := []string{
+		"github.com/smallstep/", "go.step.sm/", "github.com/cloudflare/cfssl", "github.com/lib/pq",
+		"modernc.org/sqlite", "github.com/mattn/go-sqlite3",
+		"github.com/ibcm-project/ibcm/ca", "github.com/ibcm-project/ibcm/site", "github.com/ibcm-project/ibcm/internal/sitedb",
+		"github.com/ibcm-project/ibcm/internal/trust",
+	}
+	for _, p := range list(t, "./cli/ibcm-client") {
+		for _, d := range append(p.Deps, p.ImportPath) {
+			for _, f := range forbidden {
+				if d == f || strings.HasPrefix(d, f+"/") || (strings.HasSuffix(f, "/") && strings.HasPrefix(d, f)) {
+					t.Errorf("ibcm-client links %s", d)
+				}
+			}
+		}
+	}
+}
+
+// client/ speaks to the site only through internal/wire (DESIGN.md §3).
+func TestClientImportsOnlyWireAndTheStandardLibrary(t *testing.T) {
+	for _, p := range list(t, "./client/...") {
+		for _, imp := range p.Imports {
+			if strings.Contains(strings.SplitN(imp, "/", 2)[0], ".") && imp != "github.com/ibcm-project/ibcm/internal/wire" {
+				t.Errorf("%s imports %s", p.ImportPath, imp)
+			}
+		}
+	}
+}
