@@ -1,0 +1,85 @@
+package site
+
+import (
+	"context"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Run serves every listener; Status reports them healthy while it runs and down after it
+// stopped, and Run returns cleanly when its context ends.
+func TestRunAndStatus(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "site")
+	o := initOptions(dir)
+	o.CAAddr, o.CAPublicAddr = freeAddr(t), freeAddr(t)
+	cfg, err := Init(context.Background(), o, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 4)
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, lineWriter(ready), zerolog.Nop()) }()
+	for seen := 0; seen < 2; {
+		select {
+		case line := <-ready:
+			if strings.HasPrefix(line, "ca") {
+				seen++
+			}
+		case err := <-done:
+			t.Fatalf("Run returned early: %v", err)
+		case <-time.After(20 * time.Second):
+			t.Fatal("listeners not ready after 20s")
+		}
+	}
+	hs, err := Status(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hs {
+		if !h.Healthy {
+			t.Errorf("%s not healthy while running: %s", h.Role, h.Error)
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	hs, _ = Status(context.Background(), cfg)
+	for _, h := range hs {
+		if h.Healthy || h.Error == "" {
+			t.Errorf("%s reported healthy after shutdown", h.Role)
+		}
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// lineWriter sends each written line to ch.
+type lineWriter chan string
+
+func (w lineWriter) Write(p []byte) (int, error) {
+	for _, l := range strings.Split(strings.TrimSpace(string(p)), "\n") {
+		w <- l
+	}
+	return len(p), nil
+}
