@@ -4,103 +4,33 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/ibcm-project/ibcm/ca"
-	"github.com/ibcm-project/ibcm/internal/sitedb"
-	"github.com/ibcm-project/ibcm/internal/trust"
+	"github.com/ibcm-project/ibcm/ca/catest"
 )
 
-// testHierarchy is made once: key generation is the slow part of a CA.
-var testHierarchy = sync.OnceValue(func() *ca.Hierarchy {
-	h, err := ca.NewHierarchy("TST", ca.P256, time.Now(), rand.Reader)
-	if err != nil {
-		panic(err)
-	}
-	return h
-})
-
 // testCA is a real CA behind its real HTTPS API on 127.0.0.1.
-type testCA struct {
-	ca      *ca.CA
-	url     string
-	pin     string // SHA-256 of the root, lower-case hex
-	revoked *trust.RevokedSet
+type testCA struct{ *catest.Server }
+
+func startCA(t *testing.T) testCA { return testCA{catest.Start(t)} }
+
+func (tc testCA) token(t *testing.T) string { return tc.Token(t, ca.TokenSpec{}) }
+
+func (tc testCA) enrollOptions(t *testing.T, dir string) EnrollOptions {
+	return EnrollOptions{Dir: dir, CAURL: tc.URL, Token: tc.token(t), RootSHA256: tc.Pin, Name: "pc-01", FQDN: "pc-01.corp.example"}
 }
 
-func startCA(t *testing.T) *testCA {
-	t.Helper()
-	ctx := context.Background()
-	db, err := sitedb.Open(ctx, sitedb.SQLite, filepath.Join(t.TempDir(), "site.db"))
-	if err != nil {
-		t.Fatalf("opening the site database: %v", err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	h := testHierarchy()
-	c, err := ca.New(ctx, db, ca.Options{SiteCode: "TST", Hierarchy: h, PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
-	if err != nil {
-		t.Fatalf("ca.New: %v", err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ca"}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain, err := c.Issue(ctx, ca.IssueSpec{Profile: ca.SiteServer, Subject: "ca", DNS: []string{"127.0.0.1"}, Role: "ca"},
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}), "admin:test")
-	if err != nil {
-		t.Fatalf("issuing the CA's server certificate: %v", err)
-	}
-	revoked := &trust.RevokedSet{}
-	v := &trust.Verifier{Anchors: trust.NewAnchors([]*x509.Certificate{h.Root}, []*x509.Certificate{h.Issuing}), Revoked: revoked}
-	srv := httptest.NewUnstartedServer(c.Handler(v))
-	srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, h.Issuing.Raw, h.Root.Raw}, PrivateKey: key}},
-		ClientAuth:   tls.RequestClientCert,
-		MinVersion:   tls.VersionTLS12,
-	}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	sum := sha256.Sum256(h.Root.Raw)
-	return &testCA{ca: c, url: srv.URL, pin: hex.EncodeToString(sum[:]), revoked: revoked}
-}
-
-func (tc *testCA) token(t *testing.T) string {
-	t.Helper()
-	secret, _, err := tc.ca.CreateToken(context.Background(), ca.TokenSpec{Profile: ca.Client}, "admin:test")
-	if err != nil {
-		t.Fatalf("CreateToken: %v", err)
-	}
-	return secret
-}
-
-func (tc *testCA) enrollOptions(t *testing.T, dir string) EnrollOptions {
-	return EnrollOptions{Dir: dir, CAURL: tc.url, Token: tc.token(t), RootSHA256: tc.pin, Name: "pc-01", FQDN: "pc-01.corp.example"}
-}
-
-func enroll(t *testing.T, tc *testCA, dir string) *Identity {
+func enroll(t *testing.T, tc testCA, dir string) *Identity {
 	t.Helper()
 	id, err := Enroll(context.Background(), tc.enrollOptions(t, dir))
 	if err != nil {
@@ -152,7 +82,7 @@ func TestEnroll(t *testing.T) {
 			opts := tc.enrollOptions(t, dir)
 			opts.KeyType = kt
 			// Pins are accepted in openssl's form too.
-			opts.RootSHA256 = strings.ToUpper(formatFingerprint(mustHex(t, tc.pin)))
+			opts.RootSHA256 = strings.ToUpper(formatFingerprint(mustHex(t, tc.Pin)))
 			id, err := Enroll(context.Background(), opts)
 			if err != nil {
 				t.Fatalf("Enroll: %v", err)
@@ -192,7 +122,7 @@ func TestEnroll(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
-			if loaded.DeviceID != id.DeviceID || loaded.Serial.Cmp(id.Serial) != 0 || loaded.CAURL != tc.url || !loaded.NotAfter.Equal(id.NotAfter) {
+			if loaded.DeviceID != id.DeviceID || loaded.Serial.Cmp(id.Serial) != 0 || loaded.CAURL != tc.URL || !loaded.NotAfter.Equal(id.NotAfter) {
 				t.Errorf("Load = %+v, want %+v", loaded, id)
 			}
 			if loaded.SerialHex() == "" || len(loaded.SerialHex())%2 != 0 || strings.ToUpper(loaded.SerialHex()) != loaded.SerialHex() {
@@ -213,7 +143,7 @@ func mustHex(t *testing.T, s string) []byte {
 
 func TestEnrollRefusesWrongPin(t *testing.T) {
 	tc := startCA(t)
-	issuing := sha256.Sum256(testHierarchy().Issuing.Raw)
+	issuing := sha256.Sum256(tc.CA.Issuing().Raw)
 	other := sha256.Sum256([]byte("not the root"))
 	token := tc.token(t)
 	for _, tt := range []struct {
@@ -227,7 +157,7 @@ func TestEnrollRefusesWrongPin(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "state")
-			_, err := Enroll(context.Background(), EnrollOptions{Dir: dir, CAURL: tc.url, Token: token, RootSHA256: tt.pin, Name: "pc-01"})
+			_, err := Enroll(context.Background(), EnrollOptions{Dir: dir, CAURL: tc.URL, Token: token, RootSHA256: tt.pin, Name: "pc-01"})
 			if !errors.Is(err, ErrPinMismatch) {
 				t.Fatalf("Enroll = %v, want ErrPinMismatch", err)
 			}
@@ -235,7 +165,7 @@ func TestEnrollRefusesWrongPin(t *testing.T) {
 			if got := errors.As(err, &pe); got != tt.pinErr {
 				t.Fatalf("errors.As(*PinError) = %v, want %v (%v)", got, tt.pinErr, err)
 			}
-			if pe != nil && (len(pe.Presented) != 3 || !strings.Contains(err.Error(), Fingerprint(testHierarchy().Root))) {
+			if pe != nil && (len(pe.Presented) != 3 || !strings.Contains(err.Error(), Fingerprint(tc.CA.Root()))) {
 				t.Errorf("the error should name the 3 presented certificates and their fingerprints: %v", err)
 			}
 			if !strings.Contains(err.Error(), tt.message) {
@@ -250,7 +180,7 @@ func TestEnrollRefusesWrongPin(t *testing.T) {
 		})
 	}
 	// The token was never sent, so it still works.
-	if _, err := Enroll(context.Background(), EnrollOptions{Dir: t.TempDir(), CAURL: tc.url, Token: token, RootSHA256: tc.pin, Name: "pc-01"}); err != nil {
+	if _, err := Enroll(context.Background(), EnrollOptions{Dir: t.TempDir(), CAURL: tc.URL, Token: token, RootSHA256: tc.Pin, Name: "pc-01"}); err != nil {
 		t.Fatalf("Enroll with the right pin after refusals: %v", err)
 	}
 }
@@ -375,10 +305,10 @@ func TestRenewRevoked(t *testing.T) {
 	tc := startCA(t)
 	dir := t.TempDir()
 	id := enroll(t, tc, dir)
-	if err := tc.ca.Revoke(context.Background(), id.Serial.String(), "keyCompromise"); err != nil {
+	if err := tc.CA.Revoke(context.Background(), id.Serial.String(), "keyCompromise"); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
-	tc.revoked.Add(id.Serial.String())
+	tc.Revoked.Add(id.Serial.String())
 	before := readFile(t, filepath.Join(dir, CertFile))
 	_, err := Renew(context.Background(), RenewOptions{Dir: dir})
 	var se *ServerError

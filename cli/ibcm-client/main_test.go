@@ -3,29 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/rs/zerolog"
 
 	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/ca/catest"
 	"github.com/ibcm-project/ibcm/internal/clitest"
-	"github.com/ibcm-project/ibcm/internal/sitedb"
-	"github.com/ibcm-project/ibcm/internal/trust"
 )
 
 // TestCommandTree checks the rules every command tree follows (see internal/clitest).
@@ -135,46 +121,6 @@ func TestEnrollRenewStatus(t *testing.T) {
 // SHA-256 and a client enrollment token.
 func startCA(t *testing.T) (url, pin, token string) {
 	t.Helper()
-	ctx := context.Background()
-	db, err := sitedb.Open(ctx, sitedb.SQLite, filepath.Join(t.TempDir(), "site.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	h, err := ca.NewHierarchy("TST", ca.P256, time.Now(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := ca.New(ctx, db, ca.Options{SiteCode: "TST", Hierarchy: h, PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ca"}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain, err := c.Issue(ctx, ca.IssueSpec{Profile: ca.SiteServer, Subject: "ca", DNS: []string{"127.0.0.1"}, Role: "ca"},
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}), "admin:test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := &trust.Verifier{Anchors: trust.NewAnchors([]*x509.Certificate{h.Root}, []*x509.Certificate{h.Issuing}), Revoked: &trust.RevokedSet{}}
-	srv := httptest.NewUnstartedServer(c.Handler(v))
-	srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, h.Issuing.Raw, h.Root.Raw}, PrivateKey: key}},
-		ClientAuth:   tls.RequestClientCert,
-		MinVersion:   tls.VersionTLS12,
-	}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	token, _, err = c.CreateToken(ctx, ca.TokenSpec{Profile: ca.Client}, "admin:test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(h.Root.Raw)
-	return srv.URL, hex.EncodeToString(sum[:]), token
+	s := catest.Start(t)
+	return s.URL, s.Pin, s.Token(t, ca.TokenSpec{})
 }
