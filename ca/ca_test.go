@@ -36,7 +36,7 @@ var testHierarchy = sync.OnceValue(func() *Hierarchy {
 	return h
 })
 
-func newTestCA(t *testing.T, db *sitedb.DB) *CA {
+func newTestCA(t testing.TB, db *sitedb.DB) *CA {
 	t.Helper()
 	c, err := New(context.Background(), db, Options{
 		SiteCode: "TST", Hierarchy: testHierarchy(), PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop(),

@@ -1,14 +1,22 @@
 package ca
 
 import (
+	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"testing"
 
 	"github.com/ibcm-project/ibcm/internal/api"
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
@@ -82,6 +90,32 @@ func FuzzEnrollRequest(f *testing.F) {
 		}
 		if _, err := CheckCSR([]byte(req.CSR), Client); err != nil && !isChecked(err) {
 			t.Fatalf("CheckCSR: %v", err)
+		}
+	})
+}
+
+// FuzzOCSP sends arbitrary requests to the public OCSP responder, as POST bodies and as
+// RFC 6960 GET paths: every answer is an OCSP response or a JSON error, never a panic or a 500.
+func FuzzOCSP(f *testing.F) {
+	c := newTestCA(f, sitedbtest.Open(f, sitedb.SQLite, sitedbtest.NewDSN(f, sitedb.SQLite)))
+	if err := c.Prepare(context.Background()); err != nil {
+		f.Fatal(err)
+	}
+	h := c.PublicHandler()
+	leafDER, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, newKey(f))
+	f.Add([]byte{0x30, 0x03, 0x0a, 0x01, 0x01}, false)
+	f.Add(leafDER, true)
+	f.Fuzz(func(t *testing.T, body []byte, get bool) {
+		var req *http.Request
+		if get {
+			req = httptest.NewRequest(http.MethodGet, "/ocsp/"+url.PathEscape(base64.StdEncoding.EncodeToString(body)), nil)
+		} else {
+			req = httptest.NewRequest(http.MethodPost, "/ocsp", bytes.NewReader(body))
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code >= 500 {
+			t.Fatalf("HTTP %d for %x", w.Code, body)
 		}
 	})
 }
