@@ -27,6 +27,7 @@ type Config struct {
 	Site    Identity `yaml:"site"`
 	Store   Store    `yaml:"store"`
 	CA      CAConfig `yaml:"ca"`
+	MP      MPConfig `yaml:"mp"`
 
 	dir string // directory of the file, for relative paths
 }
@@ -58,6 +59,33 @@ type CAConfig struct {
 	TLSKey       string   `yaml:"tls_key"`
 	Validity     Validity `yaml:"validity,omitempty"`
 	CRLValidity  Duration `yaml:"crl_validity,omitempty"`
+}
+
+// MPConfig configures the management point role.
+type MPConfig struct {
+	ID             string     `yaml:"id"`              // unique per MP of the site
+	Mode           string     `yaml:"mode"`            // intranet, internet or both
+	IntranetListen string     `yaml:"intranet_listen"` // HTTPS, mutual TLS
+	IntranetURL    string     `yaml:"intranet_url"`    // how intranet devices reach it
+	InternetListen string     `yaml:"internet_listen"` // HTTPS, mutual TLS
+	InternetURL    string     `yaml:"internet_url"`    // how internet devices reach it
+	TLSCert        string     `yaml:"tls_cert"`        // site-server certificate of the MP role, with chain
+	TLSKey         string     `yaml:"tls_key"`
+	MaxConns       int        `yaml:"max_conns,omitempty"`     // open connections per listener
+	MaxInFlight    int        `yaml:"max_in_flight,omitempty"` // requests at once before 503
+	DNS            *DNSConfig `yaml:"dns,omitempty"`           // publish the SRV records
+}
+
+// DNSConfig is the MP's DNS publishing: RFC 2136 updates signed with TSIG.
+type DNSConfig struct {
+	Server     string   `yaml:"server"`      // host:port of the primary server of the zone
+	Zone       string   `yaml:"zone"`        // e.g. corp.example
+	KeyName    string   `yaml:"key_name"`    // TSIG key name, e.g. mp-key.
+	Algorithm  string   `yaml:"algorithm"`   // hmac-sha256 (default)
+	SecretFile string   `yaml:"secret_file"` // base64 TSIG secret, 0600
+	TTL        Duration `yaml:"ttl,omitempty"`
+	Target     string   `yaml:"target,omitempty"`  // SRV target; the intranet name when empty
+	CMName     bool     `yaml:"cm_name,omitempty"` // also _mssms_mp_<sitecode>._tcp
 }
 
 // Validity is the certificate lifetime of each profile.
@@ -137,7 +165,28 @@ func (c *Config) setDefaults() {
 	d(&c.CA.IssuingKey, "ca/issuing.key")
 	d(&c.CA.TLSCert, "tls/ca.crt")
 	d(&c.CA.TLSKey, "tls/ca.key")
+	d(&c.MP.ID, "mp1")
+	d(&c.MP.Mode, "both")
+	d(&c.MP.IntranetListen, "127.0.0.1:9443")
+	d(&c.MP.InternetListen, "127.0.0.1:9444")
+	d(&c.MP.IntranetURL, "https://"+reachable(c.MP.IntranetListen, c.Site.IntranetName))
+	d(&c.MP.InternetURL, "https://"+reachable(c.MP.InternetListen, c.Site.InternetName))
+	d(&c.MP.TLSCert, "tls/mp.crt")
+	d(&c.MP.TLSKey, "tls/mp.key")
+	if c.MP.MaxConns == 0 {
+		c.MP.MaxConns = 150000
+	}
+	if c.MP.DNS != nil {
+		d(&c.MP.DNS.Algorithm, "hmac-sha256")
+		d(&c.MP.DNS.Target, c.Site.IntranetName)
+	}
 }
+
+// MPIntranet reports whether the MP takes intranet connections.
+func (c *Config) MPIntranet() bool { return c.MP.Mode == "intranet" || c.MP.Mode == "both" }
+
+// MPInternet reports whether the MP takes internet connections.
+func (c *Config) MPInternet() bool { return c.MP.Mode == "internet" || c.MP.Mode == "both" }
 
 // reachable turns a listen address into the host:port others use: the listen host when it
 // is specific, else name.
@@ -185,12 +234,39 @@ func (c *Config) Validate() error {
 	if c.Store.Driver == string(sitedb.Postgres) && c.Store.DSN == "" {
 		bad("store.dsn", "is required for postgres")
 	}
-	for key, addr := range map[string]string{"ca.listen": c.CA.Listen, "ca.public_listen": c.CA.PublicListen} {
+	switch c.MP.Mode {
+	case "intranet", "internet", "both":
+	default:
+		bad("mp.mode", "must be intranet, internet or both (got %q)", c.MP.Mode)
+	}
+	if !regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`).MatchString(c.MP.ID) {
+		bad("mp.id", "1-32 lower-case letters, digits or '-' (got %q)", c.MP.ID)
+	}
+	if c.MP.MaxConns < 0 || c.MP.MaxInFlight < 0 {
+		bad("mp.max_conns", "must not be negative")
+	}
+	if dns := c.MP.DNS; dns != nil {
+		if _, _, err := net.SplitHostPort(dns.Server); err != nil {
+			bad("mp.dns.server", "must be host:port (got %q)", dns.Server)
+		}
+		if ca.CheckDNSName(strings.TrimSuffix(dns.Zone, ".")) != nil {
+			bad("mp.dns.zone", "must be a DNS zone name (got %q)", dns.Zone)
+		}
+		if !strings.HasSuffix(dns.KeyName, ".") || len(dns.KeyName) < 2 {
+			bad("mp.dns.key_name", "must be a fully qualified key name ending in '.' (got %q)", dns.KeyName)
+		}
+		if dns.SecretFile == "" {
+			bad("mp.dns.secret_file", "is required")
+		}
+	}
+	for key, addr := range map[string]string{"ca.listen": c.CA.Listen, "ca.public_listen": c.CA.PublicListen,
+		"mp.intranet_listen": c.MP.IntranetListen, "mp.internet_listen": c.MP.InternetListen} {
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
 			bad(key, "must be host:port (got %q)", addr)
 		}
 	}
-	for key, raw := range map[string]string{"ca.url": c.CA.URL, "ca.public_url": c.CA.PublicURL} {
+	for key, raw := range map[string]string{"ca.url": c.CA.URL, "ca.public_url": c.CA.PublicURL,
+		"mp.intranet_url": c.MP.IntranetURL, "mp.internet_url": c.MP.InternetURL} {
 		u, err := url.Parse(raw)
 		want := "https"
 		if key == "ca.public_url" {

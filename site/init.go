@@ -25,20 +25,23 @@ import (
 
 // InitOptions are the inputs of `ibcm site init`.
 type InitOptions struct {
-	Dir          string
-	SiteCode     string
-	IntranetName string
-	InternetName string
-	CAAddr       string // HTTPS listener, default 127.0.0.1:8443
-	CAPublicAddr string // plain-HTTP listener, default 127.0.0.1:8080
-	Store        string // sqlite (default) or postgres
-	DSN          string // postgres DSN
-	KeyType      string // p256 (default), p384, rsa2048, rsa3072
-	PasswordFile string // the issuing key's password; made when empty and IBCM_CA_PASSWORD is unset
-	OfflineRoot  string // when set, the root key is written here instead of into Dir
-	AdminName    string // the first admin, default "admin"
-	Now          func() time.Time
-	Rand         io.Reader
+	Dir            string
+	SiteCode       string
+	IntranetName   string
+	InternetName   string
+	CAAddr         string // HTTPS listener, default 127.0.0.1:8443
+	CAPublicAddr   string // plain-HTTP listener, default 127.0.0.1:8080
+	MPIntranetAddr string // MP intranet listener, default 127.0.0.1:9443
+	MPInternetAddr string // MP internet listener, default 127.0.0.1:9444
+	MPMode         string // intranet, internet or both (default)
+	Store          string // sqlite (default) or postgres
+	DSN            string // postgres DSN
+	KeyType        string // p256 (default), p384, rsa2048, rsa3072
+	PasswordFile   string // the issuing key's password; made when empty and IBCM_CA_PASSWORD is unset
+	OfflineRoot    string // when set, the root key is written here instead of into Dir
+	AdminName      string // the first admin, default "admin"
+	Now            func() time.Time
+	Rand           io.Reader
 }
 
 // ErrSiteExists is returned when init would overwrite a site.
@@ -72,6 +75,7 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 		Site:    Identity{Code: o.SiteCode, IntranetName: o.IntranetName, InternetName: o.InternetName},
 		Store:   Store{Driver: o.Store, DSN: o.DSN},
 		CA:      CAConfig{Listen: o.CAAddr, PublicListen: o.CAPublicAddr},
+		MP:      MPConfig{Mode: o.MPMode, IntranetListen: o.MPIntranetAddr, InternetListen: o.MPInternetAddr},
 	}
 	if cfg.Store.Driver == "" {
 		cfg.Store.Driver = string(sitedb.SQLite)
@@ -182,6 +186,10 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issuing the CA role's TLS certificate: %w", err)
 	}
+	mpChain, mpKey, err := issue(ctx, authority, kt, o.Rand, ca.IssueSpec{Profile: ca.SiteServer, Subject: cfg.MP.ID, DNS: mpNames(cfg), Role: "mp"}, "site-init")
+	if err != nil {
+		return nil, fmt.Errorf("issuing the MP role's TLS certificate: %w", err)
+	}
 	adminChain, adminKey, err := issue(ctx, authority, kt, o.Rand, ca.IssueSpec{Profile: ca.Admin, Subject: o.AdminName}, "site-init")
 	if err != nil {
 		return nil, fmt.Errorf("issuing the first admin certificate: %w", err)
@@ -191,6 +199,7 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 		data []byte
 	}{
 		{cfg.Path(cfg.CA.TLSCert), ca.EncodeCerts(append(tlsChain, h.Root)...)},
+		{cfg.Path(cfg.MP.TLSCert), ca.EncodeCerts(mpChain...)},
 		{cfg.Path(AdminCert), ca.EncodeCerts(adminChain...)},
 	} {
 		if err := writeFile(f.path, f.data, 0o644); err != nil {
@@ -198,6 +207,9 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 		}
 	}
 	if err := writeKey(cfg.Path(cfg.CA.TLSKey), tlsKey); err != nil {
+		return nil, err
+	}
+	if err := writeKey(cfg.Path(cfg.MP.TLSKey), mpKey); err != nil {
 		return nil, err
 	}
 	if err := writeKey(cfg.Path(AdminKey), adminKey); err != nil {
@@ -250,6 +262,7 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 	}
 	fmt.Fprintf(out, "  store          %s\n", cfg.Store.Driver)
 	fmt.Fprintf(out, "  CA TLS cert    %s (names: %v)\n", cfg.Path(cfg.CA.TLSCert), names)
+	fmt.Fprintf(out, "  MP TLS cert    %s (mode %s, names: %v)\n", cfg.Path(cfg.MP.TLSCert), cfg.MP.Mode, mpNames(cfg))
 	fmt.Fprintf(out, "  admin identity %s, %s\n", cfg.Path(AdminCert), cfg.Path(AdminKey))
 	fmt.Fprintf(out, "  config         %s\n", cfg.Path(FileName))
 	fmt.Fprintf(out, "\nNext: ibcm site up --dir %s\n", dir)
@@ -321,6 +334,30 @@ func issue(ctx context.Context, c *ca.CA, kt ca.KeyType, rnd io.Reader, spec ca.
 		return nil, nil, err
 	}
 	return chain, key, nil
+}
+
+// mpNames are the names the MP's certificate carries: the intranet and/or internet FQDN as
+// its mode needs (as Configuration Manager asks of a role's web server certificate), and
+// the hosts of its URLs.
+func mpNames(cfg *Config) []string {
+	var names []string
+	add := func(n string) {
+		for _, have := range names {
+			if have == n {
+				return
+			}
+		}
+		names = append(names, n)
+	}
+	if cfg.MPIntranet() {
+		add(cfg.Site.IntranetName)
+		add(hostOf(cfg.MP.IntranetURL))
+	}
+	if cfg.MPInternet() {
+		add(cfg.Site.InternetName)
+		add(hostOf(cfg.MP.InternetURL))
+	}
+	return names
 }
 
 func hostOf(rawURL string) string {

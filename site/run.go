@@ -19,23 +19,55 @@ import (
 	"github.com/ibcm-project/ibcm/internal/trust"
 )
 
+// Roles a process can run.
+const (
+	RoleCA = "ca"
+	RoleMP = "mp"
+)
+
 // Listener is one endpoint a running site serves.
 type Listener struct {
-	Role string // ca, ca-public, ...
+	Role string // ca, ca-public, mp-intranet, mp-internet
 	URL  string
+	MTLS bool // a client certificate is required in the handshake
 }
 
-// Listeners returns the endpoints the configured roles serve, as clients reach them.
-func (c *Config) Listeners() []Listener {
-	return []Listener{{Role: "ca", URL: c.CA.URL}, {Role: "ca-public", URL: c.CA.PublicURL}}
+// Listeners returns the endpoints of the given roles (all when none), as clients reach them.
+func (c *Config) Listeners(roles ...string) []Listener {
+	var out []Listener
+	if has(roles, RoleCA) {
+		out = append(out, Listener{Role: "ca", URL: c.CA.URL}, Listener{Role: "ca-public", URL: c.CA.PublicURL})
+	}
+	if has(roles, RoleMP) {
+		if c.MPIntranet() {
+			out = append(out, Listener{Role: "mp-intranet", URL: c.MP.IntranetURL, MTLS: true})
+		}
+		if c.MPInternet() {
+			out = append(out, Listener{Role: "mp-internet", URL: c.MP.InternetURL, MTLS: true})
+		}
+	}
+	return out
 }
 
-// maxConns bounds the open connections of each listener.
+func has(roles []string, role string) bool {
+	if len(roles) == 0 {
+		return true
+	}
+	for _, r := range roles {
+		if r == role {
+			return true
+		}
+	}
+	return false
+}
+
+// maxConns bounds the open connections of each CA listener.
 const maxConns = 8192
 
-// Run serves the site's roles in this process until ctx is done, then shuts down cleanly.
-// It prints one line per listener to out once that listener accepts connections.
-func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger) error {
+// Run serves the given roles (all when none) in this process until ctx is done, then shuts
+// down cleanly. It prints one line per listener to out once that listener accepts
+// connections.
+func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, roles ...string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	db, err := sitedb.Open(ctx, sitedb.Driver(cfg.Store.Driver), cfg.StoreDSN())
@@ -44,35 +76,44 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger) er
 	}
 	defer db.Close()
 
-	authority, err := openCA(ctx, cfg, db, log.With().Str("component", "ca").Logger())
-	if err != nil {
-		return err
+	var servers []*server
+	var background []func(context.Context) // run once the listeners are up
+	var done []chan struct{}               // background work to wait for on shutdown
+	if has(roles, RoleCA) {
+		authority, err := openCA(ctx, cfg, db, log.With().Str("component", "ca").Logger())
+		if err != nil {
+			return err
+		}
+		if err := authority.Prepare(ctx); err != nil {
+			return err
+		}
+		cert, err := tls.LoadX509KeyPair(cfg.Path(cfg.CA.TLSCert), cfg.Path(cfg.CA.TLSKey))
+		if err != nil {
+			return fmt.Errorf("loading the CA role's TLS certificate (ca.tls_cert, ca.tls_key): %w", err)
+		}
+		verifier, err := newVerifier(ctx, db, log)
+		if err != nil {
+			return err
+		}
+		servers = append(servers,
+			&server{role: "ca", addr: cfg.CA.Listen, url: cfg.CA.URL, maxConns: maxConns, handler: authority.Handler(verifier), tls: &tls.Config{
+				Certificates: []tls.Certificate{cert},
+				ClientAuth:   tls.RequestClientCert, // verified per route, for clear errors
+				MinVersion:   tls.VersionTLS12,
+			}},
+			&server{role: "ca-public", addr: cfg.CA.PublicListen, url: cfg.CA.PublicURL, maxConns: maxConns, handler: authority.PublicHandler()},
+		)
+		background = append(background, func(ctx context.Context) { authority.Run(ctx, time.Minute) })
 	}
-	if err := authority.Prepare(ctx); err != nil {
-		return err
+	if has(roles, RoleMP) {
+		mps, bg, err := openMP(ctx, cfg, db, log.With().Str("component", "mp").Logger())
+		if err != nil {
+			return err
+		}
+		servers = append(servers, mps...)
+		background = append(background, bg...)
 	}
-	revoked := &trust.RevokedSet{}
-	if err := trust.WatchRevoked(ctx, db, revoked, 5*time.Minute, log.With().Str("component", "trust").Logger()); err != nil {
-		return err
-	}
-	anchors, err := trust.LoadAnchors(ctx, db)
-	if err != nil {
-		return err
-	}
-	verifier := &trust.Verifier{Anchors: anchors, Revoked: revoked}
 
-	cert, err := tls.LoadX509KeyPair(cfg.Path(cfg.CA.TLSCert), cfg.Path(cfg.CA.TLSKey))
-	if err != nil {
-		return fmt.Errorf("loading the CA role's TLS certificate (ca.tls_cert, ca.tls_key): %w", err)
-	}
-	servers := []*server{
-		{role: "ca", addr: cfg.CA.Listen, url: cfg.CA.URL, handler: authority.Handler(verifier), tls: &tls.Config{
-			Certificates: []tls.Certificate{cert},
-			ClientAuth:   tls.RequestClientCert, // verified per route, for clear errors
-			MinVersion:   tls.VersionTLS12,
-		}},
-		{role: "ca-public", addr: cfg.CA.PublicListen, url: cfg.CA.PublicURL, handler: authority.PublicHandler()},
-	}
 	errc := make(chan error, len(servers))
 	for _, s := range servers {
 		if err := s.listen(); err != nil {
@@ -81,24 +122,48 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger) er
 			}
 			return err
 		}
-		fmt.Fprintf(out, "%-10s %s (listening on %s)\n", s.role, s.url, s.ln.Addr())
+		fmt.Fprintf(out, "%-12s %s (listening on %s)\n", s.role, s.url, s.ln.Addr())
 		go func() { errc <- s.serve(log.With().Str("component", s.role).Logger()) }()
 	}
-	go authority.Run(ctx, time.Minute)
-	log.Info().Str("site", cfg.Site.Code).Msg("site up")
+	for _, fn := range background {
+		ch := make(chan struct{})
+		done = append(done, ch)
+		go func() { defer close(ch); fn(ctx) }()
+	}
+	log.Info().Str("site", cfg.Site.Code).Strs("roles", roles).Msg("site up")
 
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 		log.Error().Err(err).Msg("a listener failed; shutting down")
 	}
+	cancel()
 	shutdownCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stop()
 	for _, s := range servers {
 		_ = s.srv.Shutdown(shutdownCtx)
 	}
+	for _, ch := range done {
+		select {
+		case <-ch:
+		case <-shutdownCtx.Done():
+		}
+	}
 	log.Info().Msg("site stopped")
 	return err
+}
+
+// newVerifier loads the site's anchors and keeps a revoked set current for handshakes.
+func newVerifier(ctx context.Context, db *sitedb.DB, log zerolog.Logger) (*trust.Verifier, error) {
+	revoked := &trust.RevokedSet{}
+	if err := trust.WatchRevoked(ctx, db, revoked, 5*time.Minute, log.With().Str("component", "trust").Logger()); err != nil {
+		return nil, err
+	}
+	anchors, err := trust.LoadAnchors(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	return &trust.Verifier{Anchors: anchors, Revoked: revoked}, nil
 }
 
 // openCA loads the CA hierarchy from the files named in the config and opens the CA.
@@ -159,6 +224,8 @@ type server struct {
 	role, addr, url string
 	handler         http.Handler
 	tls             *tls.Config
+	maxConns        int
+	configure       func(*http.Server) // optional: the role's own hooks
 	ln              net.Listener
 	srv             *http.Server
 }
@@ -168,7 +235,7 @@ func (s *server) listen() error {
 	if err != nil {
 		return fmt.Errorf("%s listener on %s: %w", s.role, s.addr, err)
 	}
-	ln = netutil.LimitListener(ln, maxConns)
+	ln = netutil.LimitListener(ln, s.maxConns)
 	if s.tls != nil {
 		ln = tls.NewListener(ln, s.tls)
 	}
@@ -180,7 +247,9 @@ func (s *server) listen() error {
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          nil,
+	}
+	if s.configure != nil {
+		s.configure(s.srv)
 	}
 	return nil
 }

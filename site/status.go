@@ -25,8 +25,9 @@ type Health struct {
 	LatencyMS int64  `json:"latency_ms"`
 }
 
-// Status asks every listener of the site for GET /healthz, trusting the site's root.
-func Status(ctx context.Context, cfg *Config) ([]Health, error) {
+// Status asks every listener of the given roles (all when none) for GET /healthz, trusting
+// the site's root and presenting the admin certificate where a client certificate is required.
+func Status(ctx context.Context, cfg *Config, roles ...string) ([]Health, error) {
 	rootPEM, err := os.ReadFile(cfg.Path(cfg.CA.RootCert))
 	if err != nil {
 		return nil, fmt.Errorf("ca.root_cert: %w", err)
@@ -39,11 +40,14 @@ func Status(ctx context.Context, cfg *Config) ([]Health, error) {
 	for _, r := range roots {
 		pool.AddCert(r)
 	}
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
-	}}
+	tlsCfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	// The MP's listeners want a client certificate in the handshake: use the admin's.
+	if pair, err := tls.LoadX509KeyPair(cfg.Path(AdminCert), cfg.Path(AdminKey)); err == nil {
+		tlsCfg.Certificates = []tls.Certificate{pair}
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
 	var out []Health
-	for _, l := range cfg.Listeners() {
+	for _, l := range cfg.Listeners(roles...) {
 		h := Health{Role: l.Role, URL: l.URL}
 		start := time.Now()
 		err := checkHealth(ctx, client, strings.TrimSuffix(l.URL, "/")+"/healthz")

@@ -27,6 +27,7 @@ func adminFlags() []cli.Flag {
 	return []cli.Flag{
 		dirFlag(false),
 		&cli.StringFlag{Name: "ca", Usage: "CA URL (default: ca.url of DIR/site.yaml)", EnvVars: []string{"IBCM_CA_URL"}},
+		&cli.StringFlag{Name: "mp", Usage: "MP URL (default: the intranet URL of the MP in DIR/site.yaml, else its internet URL)", EnvVars: []string{"IBCM_MP_URL"}},
 		&cli.StringFlag{Name: "cert", Usage: "admin certificate (default: DIR/admin/admin.crt)", EnvVars: []string{"IBCM_ADMIN_CERT"}},
 		&cli.StringFlag{Name: "key", Usage: "admin key (default: DIR/admin/admin.key)", EnvVars: []string{"IBCM_ADMIN_KEY"}},
 		&cli.StringFlag{Name: "ca-root", Usage: "root certificate to trust (default: ca.root_cert of DIR/site.yaml)", EnvVars: []string{"IBCM_CA_ROOT"}},
@@ -39,20 +40,33 @@ type adminClient struct {
 	http *http.Client
 }
 
-func newAdminClient(c *cli.Context) (*adminClient, error) {
+func newAdminClient(c *cli.Context) (*adminClient, error) { return newRoleClient(c, site.RoleCA) }
+
+// newRoleClient calls the admin API of the CA or of the MP.
+func newRoleClient(c *cli.Context, role string) (*adminClient, error) {
 	caURL, cert, key, root := c.String("ca"), c.String("cert"), c.String("key"), c.String("ca-root")
+	if role == site.RoleMP {
+		caURL = c.String("mp")
+	}
 	if dir := c.String("dir"); dir != "" {
 		cfg, err := site.Load(filepath.Join(dir, site.FileName))
 		if err != nil {
 			return nil, err
 		}
-		caURL = orDefault(caURL, cfg.CA.URL)
+		base := cfg.CA.URL
+		if role == site.RoleMP {
+			base = cfg.MP.InternetURL
+			if cfg.MPIntranet() {
+				base = cfg.MP.IntranetURL
+			}
+		}
+		caURL = orDefault(caURL, base)
 		cert = orDefault(cert, cfg.Path(site.AdminCert))
 		key = orDefault(key, cfg.Path(site.AdminKey))
 		root = orDefault(root, cfg.Path(cfg.CA.RootCert))
 	}
 	if caURL == "" || cert == "" || key == "" || root == "" {
-		return nil, usageError("say where the CA and the admin identity are: --dir DIR, or --ca URL --cert F --key F --ca-root F")
+		return nil, usageError("say where the %s and the admin identity are: --dir DIR, or --%s URL --cert F --key F --ca-root F", strings.ToUpper(role), role)
 	}
 	pair, err := tls.LoadX509KeyPair(cert, key)
 	if err != nil {

@@ -51,7 +51,7 @@ EXAMPLES:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"IBCM_LOG_LEVEL"}},
 		},
-		Commands:       []*cli.Command{siteCommand(), caCommand(), configCommand()},
+		Commands:       []*cli.Command{siteCommand(), caCommand(), mpCommand(), deviceCommand(), groupCommand(), policyCommand(), configCommand()},
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/site"
 )
 
 func caCommand() *cli.Command {
@@ -45,7 +46,7 @@ EXAMPLES:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Required: true, Usage: "site.yaml to serve", EnvVars: []string{"IBCM_CONFIG"}},
 		},
-		Action: func(c *cli.Context) error { return serve(c, c.String("config")) },
+		Action: func(c *cli.Context) error { return serve(c, c.String("config"), site.RoleCA) },
 	}
 }
 

@@ -29,7 +29,7 @@ DIR/admin. It never prompts and refuses to overwrite an existing site. Without
 
 EXAMPLES:
    ibcm site init --dir /srv/ibcm --site-code P01 --intranet-name ibcm.corp.example --internet-name ibcm.example.com
-   ibcm site init --dir ./site --site-code LAB --intranet-name ca.lab.test --internet-name ca.example.net \
+   ibcm site init --dir ./site --site-code LAB --mp-mode internet --mp-internet-addr 0.0.0.0:443 --intranet-name ca.lab.test --internet-name ca.example.net \
        --ca-addr 127.0.0.1:9443 --ca-public-addr 127.0.0.1:9080 --key-type p384 --offline-root /media/usb/ibcm-root
    ibcm site init --dir /srv/ibcm --site-code P01 --intranet-name a.corp --internet-name a.example \
        --store postgres --dsn 'postgres://ibcm@db.corp.example/ibcm?sslmode=verify-full'`,
@@ -40,6 +40,9 @@ EXAMPLES:
 					&cli.StringFlag{Name: "internet-name", Required: true, Usage: "the site servers' internet FQDN", EnvVars: []string{"IBCM_INTERNET_NAME"}},
 					&cli.StringFlag{Name: "ca-addr", Value: "127.0.0.1:8443", Usage: "HTTPS listener of the CA (enroll, renew, admin API)", EnvVars: []string{"IBCM_CA_ADDR"}},
 					&cli.StringFlag{Name: "ca-public-addr", Value: "127.0.0.1:8080", Usage: "plain-HTTP listener of the CA (CRL, OCSP, CA certificates)", EnvVars: []string{"IBCM_CA_PUBLIC_ADDR"}},
+					&cli.StringFlag{Name: "mp-intranet-addr", Value: "127.0.0.1:9443", Usage: "MP intranet listener (mutual TLS)", EnvVars: []string{"IBCM_MP_INTRANET_ADDR"}},
+					&cli.StringFlag{Name: "mp-internet-addr", Value: "127.0.0.1:9444", Usage: "MP internet listener (mutual TLS)", EnvVars: []string{"IBCM_MP_INTERNET_ADDR"}},
+					&cli.StringFlag{Name: "mp-mode", Value: "both", Usage: "MP connection mode: intranet, internet or both", EnvVars: []string{"IBCM_MP_MODE"}},
 					&cli.StringFlag{Name: "store", Value: "sqlite", Usage: "sqlite (DIR/site.db) or postgres", EnvVars: []string{"IBCM_STORE"}},
 					&cli.StringFlag{Name: "dsn", Usage: "PostgreSQL DSN with --store postgres", EnvVars: []string{"IBCM_DSN"}},
 					&cli.StringFlag{Name: "key-type", Value: "p256", Usage: "CA key type: p256, p384, rsa2048, rsa3072", EnvVars: []string{"IBCM_KEY_TYPE"}},
@@ -55,6 +58,7 @@ EXAMPLES:
 						Dir: c.String("dir"), SiteCode: c.String("site-code"),
 						IntranetName: c.String("intranet-name"), InternetName: c.String("internet-name"),
 						CAAddr: c.String("ca-addr"), CAPublicAddr: c.String("ca-public-addr"),
+						MPIntranetAddr: c.String("mp-intranet-addr"), MPInternetAddr: c.String("mp-internet-addr"), MPMode: c.String("mp-mode"),
 						Store: c.String("store"), DSN: c.String("dsn"), KeyType: c.String("key-type"),
 						PasswordFile: c.String("password-file"), OfflineRoot: c.String("offline-root"), AdminName: c.String("admin"),
 					}, c.App.Writer)
@@ -64,7 +68,7 @@ EXAMPLES:
 			{
 				Name:  "up",
 				Usage: "run every role of the site in this process",
-				Description: `Runs the site's roles (the CA for now) until SIGINT or SIGTERM, printing each
+				Description: `Runs the site's roles (CA and MP) until SIGINT or SIGTERM, printing each
 listener's URL once it accepts connections. Every listener answers GET /healthz.
 
 EXAMPLES:
@@ -121,14 +125,14 @@ EXAMPLES:
 }
 
 // serve runs the roles of the config file until SIGINT/SIGTERM.
-func serve(c *cli.Context, path string) error {
+func serve(c *cli.Context, path string, roles ...string) error {
 	cfg, err := site.Load(path)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return site.Run(ctx, cfg, c.App.Writer, logger(c))
+	return site.Run(ctx, cfg, c.App.Writer, logger(c), roles...)
 }
 
 func dirFlag(required bool) *cli.StringFlag {

@@ -111,3 +111,168 @@ type Health struct {
 	Status string `json:"status"` // "ok"
 	Role   string `json:"role"`
 }
+
+// Locations a request can come from, by the MP listener it arrived on.
+const (
+	Intranet = "intranet"
+	Internet = "internet"
+)
+
+// Whoami is the answer of GET /v1/whoami: who the MP thinks the caller is.
+type Whoami struct {
+	DeviceID string `json:"device_id,omitempty"`
+	Subject  string `json:"subject"`
+	Serial   string `json:"serial"`
+	Profile  string `json:"profile"`
+	Location string `json:"location"` // intranet or internet
+	Blocked  bool   `json:"blocked"`
+}
+
+// Hello registers or updates the facts a device knows about itself (POST /v1/hello).
+type Hello struct {
+	Name         string   `json:"name,omitempty"`
+	FQDN         string   `json:"fqdn,omitempty"`
+	OS           string   `json:"os,omitempty"`
+	AgentVersion string   `json:"agent_version,omitempty"`
+	HardwareID   string   `json:"hardware_id,omitempty"`
+	Addresses    []string `json:"addresses,omitempty"`
+}
+
+// HelloResponse says what the MP recorded.
+type HelloResponse struct {
+	DeviceID string   `json:"device_id"`
+	Warnings []string `json:"warnings,omitempty"` // e.g. probable clone
+}
+
+// Checkin is the periodic heartbeat of a device (POST /v1/checkin).
+type Checkin struct {
+	Location     string   `json:"location"` // what the agent decided: intranet or internet
+	Addresses    []string `json:"addresses,omitempty"`
+	AgentVersion string   `json:"agent_version,omitempty"`
+	Compliance   string   `json:"compliance,omitempty"` // compliant, noncompliant, unknown
+}
+
+// CheckinResponse tells the device when to come back and which policy is current.
+type CheckinResponse struct {
+	NextCheckinSeconds int    `json:"next_checkin_seconds"`
+	PolicyETag         string `json:"policy_etag"`
+}
+
+// StatusMessage is one message of a device's spool; ID makes delivery idempotent.
+type StatusMessage struct {
+	ID        string            `json:"id"` // unique per device, e.g. a UUID
+	Time      time.Time         `json:"time"`
+	Severity  string            `json:"severity"` // info, warning, error
+	Component string            `json:"component"`
+	Text      string            `json:"text"`
+	Fields    map[string]string `json:"fields,omitempty"`
+}
+
+// StatusBatch is POST /v1/status.
+type StatusBatch struct {
+	Messages []StatusMessage `json:"messages"`
+}
+
+// StatusAck lists the ids the MP has stored; the device may drop exactly these.
+type StatusAck struct {
+	Acked []string `json:"acked"`
+}
+
+// Policy is the versioned document a device follows (GET /v1/policy).
+type Policy struct {
+	Name          string                `json:"name" yaml:"name"`
+	Version       int                   `json:"version" yaml:"version"`
+	Client        ClientSettings        `json:"client" yaml:"client"`
+	Location      LocationSettings      `json:"location" yaml:"location"`
+	RemoteControl RemoteControlSettings `json:"remote_control" yaml:"remote_control"`
+}
+
+// ClientSettings are the agent's timers.
+type ClientSettings struct {
+	CheckinInterval  string  `json:"checkin_interval" yaml:"checkin_interval"`   // Go duration
+	RenewalThreshold float64 `json:"renewal_threshold" yaml:"renewal_threshold"` // fraction of lifetime
+}
+
+// LocationSettings drive location detection (DESIGN.md §7).
+type LocationSettings struct {
+	IntranetDNSSuffixes []string `json:"intranet_dns_suffixes" yaml:"intranet_dns_suffixes"`
+	SRVNames            []string `json:"srv_names" yaml:"srv_names"`
+	InternetMPNames     []string `json:"internet_mp_names" yaml:"internet_mp_names"`
+	RedetectInterval    string   `json:"redetect_interval" yaml:"redetect_interval"`
+	AlwaysInternet      bool     `json:"always_internet" yaml:"always_internet"`
+}
+
+// RemoteControlSettings are the remote-control client settings of DESIGN.md §9 and
+// REFERENCE.md; stored now, enforced when remote control lands.
+type RemoteControlSettings struct {
+	Enabled              bool     `json:"enabled" yaml:"enabled"`
+	AccessLevel          string   `json:"access_level" yaml:"access_level"` // none, view, full
+	PermittedViewers     []string `json:"permitted_viewers" yaml:"permitted_viewers"`
+	PromptUser           bool     `json:"prompt_user" yaml:"prompt_user"`
+	AllowUnattended      bool     `json:"allow_unattended" yaml:"allow_unattended"`
+	PromptClipboard      bool     `json:"prompt_clipboard" yaml:"prompt_clipboard"`
+	GrantLocalAdmins     bool     `json:"grant_local_admins" yaml:"grant_local_admins"`
+	ShowNotificationIcon bool     `json:"show_notification_icon" yaml:"show_notification_icon"`
+	ShowConnectionBar    bool     `json:"show_connection_bar" yaml:"show_connection_bar"`
+	PlaySound            string   `json:"play_sound" yaml:"play_sound"` // none, start_end, repeatedly
+	AllowChat            bool     `json:"allow_chat" yaml:"allow_chat"`
+	RecordTerminal       bool     `json:"record_terminal" yaml:"record_terminal"`
+}
+
+// Locate is GET /v1/locate: the MPs and DPs for the caller's location.
+type Locate struct {
+	Location string   `json:"location"`
+	MPs      []string `json:"mps"`
+	DPs      []string `json:"dps"`
+}
+
+// Event types pushed on the notification channel (GET /v1/notify, a WebSocket).
+const (
+	EventPolicyChanged    = "policy-changed"
+	EventRenewCert        = "renew-cert"
+	EventRedetectLocation = "re-detect-location"
+	EventSessionRequested = "session-requested"
+)
+
+// Event is one message of the notification channel.
+type Event struct {
+	Type string            `json:"type"`
+	Time time.Time         `json:"time"`
+	Data map[string]string `json:"data,omitempty"`
+}
+
+// Device is a device as the admin API shows it.
+type Device struct {
+	ID            string     `json:"id"`
+	Name          string     `json:"name"`
+	FQDN          string     `json:"fqdn,omitempty"`
+	OS            string     `json:"os,omitempty"`
+	AgentVersion  string     `json:"agent_version,omitempty"`
+	Serial        string     `json:"serial"`
+	PublicKeyHash string     `json:"public_key_hash"`
+	HardwareID    string     `json:"hardware_id,omitempty"`
+	FirstSeen     time.Time  `json:"first_seen"`
+	LastSeen      time.Time  `json:"last_seen"`
+	LastLocation  string     `json:"last_location,omitempty"`
+	Addresses     []string   `json:"addresses,omitempty"`
+	Groups        []string   `json:"groups,omitempty"`
+	Compliance    string     `json:"compliance,omitempty"`
+	Blocked       bool       `json:"blocked"`
+	BlockedAt     *time.Time `json:"blocked_at,omitempty"`
+	Warnings      []string   `json:"warnings,omitempty"`
+	Connected     int        `json:"connected"` // live notification channels
+}
+
+// Group is a device group (admin API).
+type Group struct {
+	Name     string   `json:"name"`
+	Policy   string   `json:"policy,omitempty"`
+	Priority int      `json:"priority"`
+	Devices  []string `json:"devices,omitempty"`
+}
+
+// BlockResult says what blocking a device did (admin API).
+type BlockResult struct {
+	Device  Device   `json:"device"`
+	Serials []string `json:"serials"` // certificates of the device to revoke at the CA
+}

@@ -1,0 +1,331 @@
+package mp
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ibcm-project/ibcm/internal/api"
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/trust"
+	"github.com/ibcm-project/ibcm/internal/wire"
+)
+
+// registerDevice records a device on its first contact with this MP process (and on its
+// first contact with a new certificate): first contact registers the device.
+func (m *MP) registerDevice(ctx context.Context, p *peer) error {
+	key := p.id.ID + "/" + p.leaf.SerialNumber.String()
+	if _, ok := m.seen.Load(key); ok {
+		return nil
+	}
+	now := m.now().Unix()
+	serial := p.leaf.SerialNumber.String()
+	err := m.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO devices (id, name, cert_serial, pubkey_hash, first_seen, last_seen, last_location)
+			VALUES (?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (id) DO UPDATE SET name = excluded.name, cert_serial = excluded.cert_serial,
+				pubkey_hash = excluded.pubkey_hash, last_seen = excluded.last_seen, last_location = excluded.last_location`,
+			p.id.ID, p.leaf.Subject.CommonName, serial, trust.PublicKeyHash(p.leaf), now, now, p.location); err != nil {
+			return err
+		}
+		_, err := tx.Exec(`INSERT INTO device_certificates (device_id, serial, first_seen) VALUES (?, ?, ?)
+			ON CONFLICT (device_id, serial) DO NOTHING`, p.id.ID, serial, now)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("registering device %s: %w", p.id.ID, err)
+	}
+	m.seen.Store(key, struct{}{})
+	return nil
+}
+
+func (m *MP) handleWhoami(w http.ResponseWriter, r *http.Request) error {
+	p := peerOf(r)
+	out := wire.Whoami{Subject: p.leaf.Subject.CommonName, Serial: p.leaf.SerialNumber.String(), Location: p.location, Profile: p.id.Kind}
+	if p.id.Kind == trust.KindDevice {
+		out.DeviceID, out.Profile = p.id.ID, "client"
+		if err := m.registerDevice(r.Context(), p); err != nil {
+			return err
+		}
+	}
+	api.WriteJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// Limits on what a device may tell about itself.
+const (
+	maxField     = 256
+	maxAddresses = 32
+	maxWarnings  = 10
+)
+
+func checkField(key, v string) error {
+	if len(v) > maxField {
+		return api.BadRequest("%s: at most %d bytes", key, maxField)
+	}
+	if strings.ContainsAny(v, "\n\r\x00") {
+		return api.BadRequest("%s: control characters are not allowed", key)
+	}
+	return nil
+}
+
+func checkAddresses(addrs []string) error {
+	if len(addrs) > maxAddresses {
+		return api.BadRequest("addresses: at most %d", maxAddresses)
+	}
+	for _, a := range addrs {
+		if net.ParseIP(a) == nil {
+			if _, _, err := net.ParseCIDR(a); err != nil {
+				return api.BadRequest("addresses: %q is not an IP address", a)
+			}
+		}
+	}
+	return nil
+}
+
+func (m *MP) handleHello(w http.ResponseWriter, r *http.Request, p *peer) error {
+	var h wire.Hello
+	if err := api.Decode(w, r, &h); err != nil {
+		return err
+	}
+	for k, v := range map[string]string{"name": h.Name, "fqdn": h.FQDN, "os": h.OS, "agent_version": h.AgentVersion, "hardware_id": h.HardwareID} {
+		if err := checkField(k, v); err != nil {
+			return err
+		}
+	}
+	if err := checkAddresses(h.Addresses); err != nil {
+		return err
+	}
+	ctx := r.Context()
+	_, err := m.db.Exec(ctx, `UPDATE devices SET fqdn = ?, os = ?, agent_version = ?, hardware_id = ?, addresses = ?, last_seen = ?, last_location = ?
+		WHERE id = ?`, h.FQDN, h.OS, h.AgentVersion, h.HardwareID, strings.Join(h.Addresses, ","), m.now().Unix(), p.location, p.id.ID)
+	if err != nil {
+		return fmt.Errorf("recording hello: %w", err)
+	}
+	resp := wire.HelloResponse{DeviceID: p.id.ID}
+	if h.HardwareID != "" {
+		others, err := m.devicesWithHardwareID(ctx, h.HardwareID, p.id.ID)
+		if err != nil {
+			return err
+		}
+		for _, other := range others {
+			msg := fmt.Sprintf("probable clone: hardware id %s is also reported by device %s", h.HardwareID, other)
+			m.log.Warn().Str("device_id", p.id.ID).Str("other_device_id", other).Str("hardware_id", h.HardwareID).Msg("probable clone")
+			if err := m.addWarning(ctx, p.id.ID, msg); err != nil {
+				return err
+			}
+			if err := m.addWarning(ctx, other, fmt.Sprintf("probable clone: hardware id %s is also reported by device %s", h.HardwareID, p.id.ID)); err != nil {
+				return err
+			}
+			resp.Warnings = append(resp.Warnings, msg)
+		}
+	}
+	api.WriteJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (m *MP) devicesWithHardwareID(ctx context.Context, hw, except string) ([]string, error) {
+	rows, err := m.db.Query(ctx, `SELECT id FROM devices WHERE hardware_id = ? AND id <> ? AND blocked_at IS NULL ORDER BY id`, hw, except)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
+// addWarning appends a warning to a device (once; the newest maxWarnings are kept).
+func (m *MP) addWarning(ctx context.Context, device, msg string) error {
+	return m.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		var cur string
+		if err := tx.QueryRow(`SELECT warnings FROM devices WHERE id = ?`, device).Scan(&cur); err != nil {
+			return err
+		}
+		ws := splitLines(cur)
+		for _, w := range ws {
+			if w == msg {
+				return nil
+			}
+		}
+		ws = append(ws, msg)
+		if len(ws) > maxWarnings {
+			ws = ws[len(ws)-maxWarnings:]
+		}
+		_, err := tx.Exec(`UPDATE devices SET warnings = ? WHERE id = ?`, strings.Join(ws, "\n"), device)
+		return err
+	})
+}
+
+func splitLines(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
+
+func (m *MP) handleCheckin(w http.ResponseWriter, r *http.Request, p *peer) error {
+	var c wire.Checkin
+	if err := api.Decode(w, r, &c); err != nil {
+		return err
+	}
+	if c.Location != wire.Intranet && c.Location != wire.Internet {
+		return api.BadRequest("location: must be intranet or internet")
+	}
+	switch c.Compliance {
+	case "":
+		c.Compliance = "unknown"
+	case "compliant", "noncompliant", "unknown":
+	default:
+		return api.BadRequest("compliance: must be compliant, noncompliant or unknown")
+	}
+	if err := checkField("agent_version", c.AgentVersion); err != nil {
+		return err
+	}
+	if err := checkAddresses(c.Addresses); err != nil {
+		return err
+	}
+	m.checkins.add(p.id.ID, c, m.now())
+	pol, err := m.devicePolicy(r.Context(), p.id.ID)
+	if err != nil {
+		return err
+	}
+	every, _ := time.ParseDuration(pol.Client.CheckinInterval)
+	api.WriteJSON(w, http.StatusOK, wire.CheckinResponse{NextCheckinSeconds: int(every / time.Second), PolicyETag: policyETag(pol)})
+	return nil
+}
+
+func (m *MP) handleBundle(w http.ResponseWriter, r *http.Request) error {
+	var pem strings.Builder
+	for _, c := range m.verifier.Anchors.Roots {
+		pem.WriteString(encodeCert(c))
+	}
+	api.WriteJSON(w, http.StatusOK, wire.Bundle{Roots: pem.String()})
+	return nil
+}
+
+// handleLocate lists the site's MPs for the caller's location: the intranet URLs of MPs
+// that take intranet connections, or the internet URLs of those that take internet ones.
+func (m *MP) handleLocate(w http.ResponseWriter, r *http.Request) error {
+	p := peerOf(r)
+	col, modes := "intranet_url", []any{ModeIntranet, ModeBoth}
+	if p.location == wire.Internet {
+		col, modes = "internet_url", []any{ModeInternet, ModeBoth}
+	}
+	rows, err := m.db.Query(r.Context(), `SELECT `+col+` FROM management_points WHERE mode IN (?, ?) AND last_seen > ? ORDER BY id`,
+		append(modes, m.now().Add(-10*time.Minute).Unix())...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	out := wire.Locate{Location: p.location, MPs: []string{}, DPs: []string{}}
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return err
+		}
+		out.MPs = append(out.MPs, u)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	api.WriteJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// ErrNoDevice is returned for an unknown device id.
+var ErrNoDevice = errors.New("no such device")
+
+const deviceColumns = `id, name, fqdn, os, agent_version, cert_serial, pubkey_hash, hardware_id, first_seen, last_seen,
+	last_location, addresses, compliance, blocked_at, warnings`
+
+func scanDevice(row interface{ Scan(...any) error }) (wire.Device, error) {
+	var d wire.Device
+	var first, last int64
+	var addrs, warnings string
+	var blocked sql.NullInt64
+	if err := row.Scan(&d.ID, &d.Name, &d.FQDN, &d.OS, &d.AgentVersion, &d.Serial, &d.PublicKeyHash, &d.HardwareID,
+		&first, &last, &d.LastLocation, &addrs, &d.Compliance, &blocked, &warnings); err != nil {
+		return wire.Device{}, err
+	}
+	d.FirstSeen, d.LastSeen = time.Unix(first, 0).UTC(), time.Unix(last, 0).UTC()
+	if addrs != "" {
+		d.Addresses = strings.Split(addrs, ",")
+	}
+	d.Warnings = splitLines(warnings)
+	if blocked.Valid {
+		at := time.Unix(blocked.Int64, 0).UTC()
+		d.Blocked, d.BlockedAt = true, &at
+	}
+	return d, nil
+}
+
+// Device returns one device with its groups and live channels.
+func (m *MP) Device(ctx context.Context, id string) (wire.Device, error) {
+	if err := m.checkins.flush(ctx); err != nil {
+		return wire.Device{}, err
+	}
+	d, err := scanDevice(m.db.QueryRow(ctx, `SELECT `+deviceColumns+` FROM devices WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return wire.Device{}, api.Wrap(ErrNoDevice, http.StatusNotFound, "not_found", fmt.Sprintf("no device %q", id))
+	}
+	if err != nil {
+		return wire.Device{}, err
+	}
+	rows, err := m.db.Query(ctx, `SELECT group_name FROM group_members WHERE device_id = ? ORDER BY group_name`, id)
+	if err != nil {
+		return wire.Device{}, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var g string
+		if err := rows.Scan(&g); err != nil {
+			return wire.Device{}, err
+		}
+		d.Groups = append(d.Groups, g)
+	}
+	if err := m.db.QueryRow(ctx, `SELECT COUNT(*) FROM notify_connections WHERE device_id = ?`, id).Scan(&d.Connected); err != nil {
+		return wire.Device{}, err
+	}
+	return d, rows.Err()
+}
+
+// Devices lists every device, most recently seen first.
+func (m *MP) Devices(ctx context.Context) ([]wire.Device, error) {
+	if err := m.checkins.flush(ctx); err != nil {
+		return nil, err
+	}
+	rows, err := m.db.Query(ctx, `SELECT `+deviceColumns+` FROM devices ORDER BY last_seen DESC, id LIMIT 10000`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []wire.Device{}
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].LastSeen.After(out[j].LastSeen) })
+	return out, rows.Err()
+}
+
+func encodeCert(c *x509.Certificate) string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+}

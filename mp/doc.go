@@ -1,0 +1,12 @@
+// Package mp owns the management point: its intranet and internet listeners behind mutual
+// TLS (revocation and blocking checked in the handshake), device registration and clone
+// detection, policy documents and device groups, check-in, status messages, the
+// notification channel (a WebSocket per device, with events passed between MPs through the
+// site database), the admin API behind `ibcm device|group|policy`, and load shedding.
+// DNS publishing of its SRV records is in mp/dnspub.
+//
+// Its tables (devices, device_certificates, device_groups, group_members, policies,
+// status_messages, management_points, notify_connections) live in the site database; their
+// SQL is in store.go and the files beside it. mp never imports ca: what it needs of the PKI
+// is internal/trust.
+package mp

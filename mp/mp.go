@@ -1,0 +1,172 @@
+package mp
+
+import (
+	"context"
+	"crypto/rand"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/trust"
+	"github.com/ibcm-project/ibcm/internal/wire"
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// Migrate creates or updates the MP's tables in the site database.
+func Migrate(ctx context.Context, db *sitedb.DB) error {
+	ms, err := sitedb.LoadMigrations(migrationFS, "migrations")
+	if err != nil {
+		return err
+	}
+	return db.Migrate(ctx, "mp", ms)
+}
+
+// Connection modes, as in Configuration Manager.
+const (
+	ModeIntranet = "intranet"
+	ModeInternet = "internet"
+	ModeBoth     = "both"
+)
+
+// Options configure a management point.
+type Options struct {
+	ID          string // unique per MP of the site
+	Mode        string // intranet, internet or both
+	IntranetURL string // how intranet devices reach this MP (empty in internet mode)
+	InternetURL string // how internet devices reach this MP (empty in intranet mode)
+	// DefaultPolicy is stored as the "default" policy when the site has none yet.
+	DefaultPolicy wire.Policy
+	MaxInFlight   int // requests served at once before 503 + Retry-After; 1024 when zero
+	MaxNotify     int // notification channels at once before 503; 200000 when zero
+	PingInterval  time.Duration
+	Now           func() time.Time
+	Log           zerolog.Logger
+}
+
+// MP is a management point.
+type MP struct {
+	db       *sitedb.DB
+	verifier *trust.Verifier
+	o        Options
+	now      func() time.Time
+	log      zerolog.Logger
+
+	inflight chan struct{}
+	hub      *hub
+	checkins *checkinBuffer
+	policies *policyCache
+	seen     sync.Map // device id + "/" + serial: registered by this process
+
+	mu      sync.RWMutex
+	blocked map[string]bool // device ids, kept current by device events
+}
+
+// New opens the MP over the site database: it applies the MP's migrations, stores the
+// default policy if there is none, and registers this MP for GET /v1/locate.
+func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options) (*MP, error) {
+	switch o.Mode {
+	case ModeIntranet, ModeInternet, ModeBoth:
+	default:
+		return nil, fmt.Errorf("mp: mode %q: must be intranet, internet or both", o.Mode)
+	}
+	if o.ID == "" {
+		return nil, errors.New("mp: an id is required")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 1024
+	}
+	if o.MaxNotify <= 0 {
+		o.MaxNotify = 200000
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = 30 * time.Second
+	}
+	if err := Migrate(ctx, db); err != nil {
+		return nil, err
+	}
+	m := &MP{db: db, verifier: verifier, o: o, now: o.Now, log: o.Log, inflight: make(chan struct{}, o.MaxInFlight), blocked: map[string]bool{}}
+	m.hub = newHub(m)
+	m.checkins = &checkinBuffer{db: db, pending: map[string]pendingCheckin{}}
+	m.policies = &policyCache{byDevice: map[string]string{}, byName: map[string]*wire.Policy{}}
+	if err := m.ensureDefaultPolicy(ctx); err != nil {
+		return nil, err
+	}
+	if err := m.register(ctx); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Start loads the blocked devices and subscribes to device events; it returns once the
+// subscription is live, and keeps it until ctx is done.
+func (m *MP) Start(ctx context.Context) error {
+	if err := m.hub.listen(ctx); err != nil {
+		return err
+	}
+	go m.heartbeat(ctx)
+	go m.checkins.run(ctx, 500*time.Millisecond, func(err error) { m.log.Warn().Err(err).Msg("writing check-ins") })
+	return nil
+}
+
+// register records this MP and clears notification channels a previous run left behind.
+func (m *MP) register(ctx context.Context) error {
+	if _, err := m.db.Exec(ctx, `DELETE FROM notify_connections WHERE mp_id = ?`, m.o.ID); err != nil {
+		return fmt.Errorf("clearing stale connections: %w", err)
+	}
+	_, err := m.db.Exec(ctx, `INSERT INTO management_points (id, mode, intranet_url, internet_url, last_seen) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET mode = excluded.mode, intranet_url = excluded.intranet_url,
+			internet_url = excluded.internet_url, last_seen = excluded.last_seen`,
+		m.o.ID, m.o.Mode, m.o.IntranetURL, m.o.InternetURL, m.now().Unix())
+	if err != nil {
+		return fmt.Errorf("registering MP %s: %w", m.o.ID, err)
+	}
+	return nil
+}
+
+func (m *MP) heartbeat(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := m.db.Exec(ctx, `UPDATE management_points SET last_seen = ? WHERE id = ?`, m.now().Unix(), m.o.ID); err != nil && ctx.Err() == nil {
+				m.log.Warn().Err(err).Msg("MP heartbeat")
+			}
+		}
+	}
+}
+
+func (m *MP) isBlocked(deviceID string) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.blocked[deviceID]
+}
+
+func (m *MP) setBlocked(deviceID string, blocked bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if blocked {
+		m.blocked[deviceID] = true
+	} else {
+		delete(m.blocked, deviceID)
+	}
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

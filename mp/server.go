@@ -1,0 +1,155 @@
+package mp
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+
+	"github.com/ibcm-project/ibcm/internal/api"
+	"github.com/ibcm-project/ibcm/internal/trust"
+	"github.com/ibcm-project/ibcm/internal/wire"
+)
+
+// errBlocked refuses a blocked device's handshake.
+var errBlocked = errors.New("device blocked")
+
+// TLSConfig returns the TLS configuration of an MP listener: a client certificate is
+// required in the handshake and must chain to the site's roots, carry clientAuth, be valid
+// now, not be revoked and not belong to a blocked device. getCert supplies the MP's own
+// certificate (with its stapled OCSP response).
+func (m *MP) TLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+	return &tls.Config{
+		GetCertificate: getCert,
+		ClientAuth:     tls.RequireAnyClientCert,
+		MinVersion:     tls.VersionTLS12,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			leaf, err := m.verifier.Verify(cs.PeerCertificates, x509.ExtKeyUsageClientAuth)
+			if err != nil {
+				return err
+			}
+			if id := trust.Identify(leaf); id.Kind == trust.KindDevice && m.isBlocked(id.ID) {
+				return fmt.Errorf("%w: %s", errBlocked, id.ID)
+			}
+			return nil
+		},
+	}
+}
+
+// Configure sets up an http.Server of this MP for one listener: location is intranet or
+// internet and tags every request that arrives on it.
+func (m *MP) Configure(srv *http.Server, location string) {
+	srv.Handler = m.Handler(location)
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		return context.WithValue(ctx, connKey{}, &trackedConn{Conn: c})
+	}
+	srv.ConnState = func(c net.Conn, s http.ConnState) {
+		if s == http.StateClosed || s == http.StateHijacked {
+			m.hub.forgetConn(c)
+		}
+	}
+}
+
+type connKey struct{}
+
+// trackedConn is a connection whose device is known after its first request, so that
+// blocking the device can close it.
+type trackedConn struct {
+	net.Conn
+	once sync.Once
+}
+
+type peerKey struct{}
+
+// peer is who sent a request, as the handshake proved it.
+type peer struct {
+	leaf     *x509.Certificate
+	id       trust.Identity
+	location string
+}
+
+func peerOf(r *http.Request) *peer { return r.Context().Value(peerKey{}).(*peer) }
+
+// Handler returns the MP API of one listener.
+//
+//	GET  /healthz
+//	GET  /v1/whoami
+//	POST /v1/hello            devices
+//	GET  /v1/policy           devices; ETag, 304 when unchanged
+//	POST /v1/checkin          devices
+//	POST /v1/status           devices
+//	GET  /v1/bundle
+//	GET  /v1/locate
+//	GET  /v1/notify           devices; WebSocket
+//	/v1/admin/...             admin certificates
+func (m *MP) Handler(location string) http.Handler {
+	mux := http.NewServeMux()
+	h := func(fn api.HandlerFunc) http.Handler { return api.Handle(m.log, fn) }
+	device := func(fn func(w http.ResponseWriter, r *http.Request, p *peer) error) http.Handler {
+		return h(func(w http.ResponseWriter, r *http.Request) error {
+			p := peerOf(r)
+			if p.id.Kind != trust.KindDevice {
+				return api.Errorf(http.StatusForbidden, "not_a_device", "this endpoint is for device (client profile) certificates")
+			}
+			if err := m.registerDevice(r.Context(), p); err != nil {
+				return err
+			}
+			return fn(w, r, p)
+		})
+	}
+	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		api.WriteJSON(w, http.StatusOK, wire.Health{Status: "ok", Role: "mp-" + location})
+	}))
+	mux.Handle("GET /v1/whoami", h(m.handleWhoami))
+	mux.Handle("POST /v1/hello", device(m.handleHello))
+	mux.Handle("GET /v1/policy", device(m.handlePolicy))
+	mux.Handle("POST /v1/checkin", device(m.handleCheckin))
+	mux.Handle("POST /v1/status", device(m.handleStatus))
+	mux.Handle("GET /v1/bundle", h(m.handleBundle))
+	mux.Handle("GET /v1/locate", h(m.handleLocate))
+	mux.Handle("GET /v1/notify", device(m.handleNotify))
+	m.adminRoutes(mux, h)
+	mux.Handle("/", h(func(w http.ResponseWriter, r *http.Request) error {
+		return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
+	}))
+	return m.gate(location, mux)
+}
+
+// gate runs before every route: it records who the peer is, refuses a blocked device,
+// remembers the connection for blocking, and sheds load with 503 + Retry-After when too
+// many requests are in flight (the long-lived notification channels are bounded apart).
+func (m *MP) gate(location string, next http.Handler) http.Handler {
+	return api.Handle(m.log, func(w http.ResponseWriter, r *http.Request) error {
+		if r.URL.Path == "/healthz" {
+			next.ServeHTTP(w, r)
+			return nil
+		}
+		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+			return api.Errorf(http.StatusUnauthorized, "client_certificate_required", "a client certificate is required")
+		}
+		leaf := r.TLS.PeerCertificates[0]
+		p := &peer{leaf: leaf, id: trust.Identify(leaf), location: location}
+		if p.id.Kind == trust.KindDevice {
+			if m.isBlocked(p.id.ID) {
+				return api.Errorf(http.StatusForbidden, "device_blocked", "device %s is blocked", p.id.ID)
+			}
+			if tc, ok := r.Context().Value(connKey{}).(*trackedConn); ok {
+				tc.once.Do(func() { m.hub.trackConn(p.id.ID, tc.Conn) })
+			}
+		}
+		if r.URL.Path != "/v1/notify" {
+			select {
+			case m.inflight <- struct{}{}:
+				defer func() { <-m.inflight }()
+			default:
+				return api.Errorf(http.StatusServiceUnavailable, "overloaded", "the management point is busy; retry after the Retry-After seconds")
+			}
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), peerKey{}, p)))
+		return nil
+	})
+}

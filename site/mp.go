@@ -1,0 +1,102 @@
+package site
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/trust"
+	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/mp"
+	"github.com/ibcm-project/ibcm/mp/dnspub"
+)
+
+// openMP makes the management point's listeners (as its mode asks) and its background work:
+// device events, OCSP stapling of its own certificate, and DNS publishing when configured.
+func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger) ([]*server, []func(context.Context), error) {
+	verifier, err := newVerifier(ctx, db, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := trust.NewStapledCert(cfg.Path(cfg.MP.TLSCert), cfg.Path(cfg.MP.TLSKey), log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("loading the MP role's TLS certificate (mp.tls_cert, mp.tls_key): %w", err)
+	}
+	o := mp.Options{ID: cfg.MP.ID, Mode: cfg.MP.Mode, MaxInFlight: cfg.MP.MaxInFlight, Log: log,
+		DefaultPolicy: mp.DefaultPolicy(cfg.Site.IntranetName, hostPort(cfg.MP.InternetURL))}
+	if cfg.MPIntranet() {
+		o.IntranetURL = cfg.MP.IntranetURL
+	}
+	if cfg.MPInternet() {
+		o.InternetURL = cfg.MP.InternetURL
+	}
+	m, err := mp.New(ctx, db, verifier, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := m.Start(ctx); err != nil {
+		return nil, nil, err
+	}
+	var servers []*server
+	add := func(role, addr, url, location string) {
+		servers = append(servers, &server{role: role, addr: addr, url: url, maxConns: cfg.MP.MaxConns,
+			tls: m.TLSConfig(cert.GetCertificate), configure: func(s *http.Server) { m.Configure(s, location) }})
+	}
+	if cfg.MPIntranet() {
+		add("mp-intranet", cfg.MP.IntranetListen, cfg.MP.IntranetURL, wire.Intranet)
+	}
+	if cfg.MPInternet() {
+		add("mp-internet", cfg.MP.InternetListen, cfg.MP.InternetURL, wire.Internet)
+	}
+	bg := []func(context.Context){func(ctx context.Context) { cert.Run(ctx, 30*time.Second) }}
+	if d := cfg.MP.DNS; d != nil && cfg.MPIntranet() {
+		pub, err := newPublisher(cfg, log.With().Str("component", "dnspub").Logger())
+		if err != nil {
+			return nil, nil, err
+		}
+		bg = append(bg, func(ctx context.Context) {
+			if err := pub.Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error().Err(err).Msg("DNS publishing stopped")
+			}
+		})
+	}
+	return servers, bg, nil
+}
+
+func newPublisher(cfg *Config, log zerolog.Logger) (*dnspub.Publisher, error) {
+	d := cfg.MP.DNS
+	secret, err := os.ReadFile(cfg.Path(d.SecretFile))
+	if err != nil {
+		return nil, fmt.Errorf("mp.dns.secret_file: %w", err)
+	}
+	_, portStr, _ := net.SplitHostPort(hostPort(cfg.MP.IntranetURL))
+	port, _ := strconv.Atoi(portStr)
+	zone := strings.TrimSuffix(d.Zone, ".") + "."
+	dc := dnspub.Config{Server: d.Server, Zone: zone, KeyName: d.KeyName, Algorithm: d.Algorithm,
+		Secret: strings.TrimSpace(string(secret)), TTL: time.Duration(d.TTL)}
+	if err := dc.Validate(); err != nil {
+		return nil, err
+	}
+	return dnspub.New(dc, dnspub.Records(zone, strings.TrimSuffix(d.Target, ".")+".", uint16(port), cfg.Site.Code, d.CMName), log)
+}
+
+// hostPort returns the host:port of an https URL (port 443 when it has none).
+func hostPort(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return rawURL
+	}
+	if u.Port() == "" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return u.Host
+}
