@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/ibcm-project/ibcm/internal/trust"
 )
 
 // Profile names a kind of certificate the CA issues. The profile, not the request, decides
@@ -64,15 +66,13 @@ func (p Profile) extKeyUsages() []x509.ExtKeyUsage {
 
 // ProfileOf tells which profile issued a certificate, from what the profile put in it.
 func ProfileOf(c *x509.Certificate) Profile {
-	for _, u := range c.URIs {
-		switch {
-		case strings.HasPrefix(u.String(), "urn:ibcm:device:"):
-			return Client
-		case strings.HasPrefix(u.String(), "urn:ibcm:site:"):
-			return SiteServer
-		case strings.HasPrefix(u.String(), "urn:ibcm:user:"):
-			return Admin
-		}
+	switch trust.Identify(c).Kind {
+	case trust.KindDevice:
+		return Client
+	case trust.KindServer:
+		return SiteServer
+	case trust.KindUser:
+		return Admin
 	}
 	for _, e := range c.ExtKeyUsage {
 		if e == x509.ExtKeyUsageOCSPSigning {

@@ -296,4 +296,3 @@ func (m *MP) Groups(ctx context.Context) ([]wire.Group, error) {
 	}
 	return out, rows.Err()
 }
-

@@ -3,8 +3,8 @@ package mp
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"database/sql"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"

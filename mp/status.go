@@ -64,4 +64,3 @@ func (m *MP) handleStatus(w http.ResponseWriter, r *http.Request, p *peer) error
 	api.WriteJSON(w, http.StatusOK, ack)
 	return nil
 }
-
