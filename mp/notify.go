@@ -223,12 +223,7 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 	_ = tc.Conn.SetDeadline(time.Time{})
 	ws.SetReadLimit(1024)
 	nc := &notifyConn{ws: ws, net: tc.Conn, device: p.id.ID, id: randomID()}
-	remote, _, _ := net.SplitHostPort(r.RemoteAddr)
-	if err := m.openChannel(r.Context(), nc, remote); err != nil {
-		m.log.Error().Err(err).Str("device_id", nc.device).Msg("recording notification channel")
-		ws.Close(websocket.StatusInternalError, "internal error")
-		return nil
-	}
+	// In the hub first, so an event sent once the site records the channel reaches it.
 	m.hub.nNotify.Add(1)
 	h := m.hub
 	h.mu.Lock()
@@ -237,6 +232,11 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 	}
 	h.notify[nc.device][nc] = struct{}{}
 	h.mu.Unlock()
+	remote, _, _ := net.SplitHostPort(r.RemoteAddr)
+	if err := m.openChannel(r.Context(), nc, remote); err != nil {
+		m.log.Error().Err(err).Str("device_id", nc.device).Msg("recording notification channel")
+		nc.net.Close()
+	}
 	blocked := m.isBlocked(nc.device) // a block that raced the upgrade
 	var ping func()
 	ping = func() {

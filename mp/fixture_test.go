@@ -1,0 +1,140 @@
+package mp
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/internal/pgtest"
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/trust"
+	"github.com/ibcm-project/ibcm/internal/wire"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
+
+var hierarchy = sync.OnceValue(func() *ca.Hierarchy {
+	h, err := ca.NewHierarchy("TST", ca.P256, time.Now(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	return h
+})
+
+// fixture is a real CA and a real MP over one site database, the MP's two listeners on
+// real TLS on 127.0.0.1.
+type fixture struct {
+	db       *sitedb.DB
+	ca       *ca.CA
+	mp       *MP
+	intranet string // base URLs
+	internet string
+	roots    *x509.CertPool
+}
+
+func newFixture(t testing.TB, db *sitedb.DB, o Options) *fixture {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	h := hierarchy()
+	c, err := ca.New(ctx, db, ca.Options{SiteCode: "TST", Hierarchy: h, PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked := &trust.RevokedSet{}
+	if err := trust.WatchRevoked(ctx, db, revoked, time.Hour, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	v := &trust.Verifier{Anchors: trust.NewAnchors([]*x509.Certificate{h.Root}, []*x509.Certificate{h.Issuing}), Revoked: revoked}
+	if o.ID == "" {
+		o.ID = "mp-test"
+	}
+	if o.Mode == "" {
+		o.Mode = ModeBoth
+	}
+	o.DefaultPolicy = DefaultPolicy("ibcm.corp.test", "ibcm.example.test:443")
+	o.Log = zerolog.Nop()
+	m, err := New(ctx, db, v, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{db: db, ca: c, mp: m, roots: x509.NewCertPool()}
+	f.roots.AddCert(h.Root)
+	serverCert := f.issue(t, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp", DNS: []string{"127.0.0.1"}, Role: "mp"})
+	for _, loc := range []string{wire.Intranet, wire.Internet} {
+		srv := httptest.NewUnstartedServer(nil)
+		m.Configure(srv.Config, loc)
+		srv.TLS = m.TLSConfig(nil)
+		srv.TLS.Certificates = []tls.Certificate{serverCert}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		if loc == wire.Intranet {
+			f.intranet = srv.URL
+		} else {
+			f.internet = srv.URL
+		}
+	}
+	return f
+}
+
+// issue has the site CA issue a certificate for a key made here.
+func (f *fixture) issue(t testing.TB, spec ca.IssueSpec) tls.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: spec.Subject}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := f.ca.Issue(context.Background(), spec, csr, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key, Leaf: chain[0]}
+}
+
+func (f *fixture) device(t testing.TB, name string) tls.Certificate {
+	return f.issue(t, ca.IssueSpec{Profile: ca.Client, Subject: name})
+}
+
+func deviceID(c tls.Certificate) string { return trust.Identify(c.Leaf).ID }
+
+// handmade signs a certificate with the site's issuing CA outside every profile (for
+// certificates the CA would never issue, such as serverAuth only or already expired).
+func handmade(t testing.TB, tmpl *x509.Certificate) tls.Certificate {
+	t.Helper()
+	h := hierarchy()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, h.Issuing, &key.PublicKey, h.IssuingKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der, h.Issuing.Raw}, PrivateKey: key, Leaf: leaf}
+}
+
+// client returns an HTTP client presenting cert (none when nil), with its own connections.
+func (f *fixture) client(cert *tls.Certificate) *http.Client {
+	cfg := &tls.Config{RootCAs: f.roots}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: false}}
+}
