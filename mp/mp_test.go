@@ -428,7 +428,6 @@ func TestLoadShedding(t *testing.T) {
 	}
 }
 
-
 // waitConnected waits until the site records n notification channels of a device (the
 // server registers a channel just after the upgrade answer the client already has).
 func waitConnected(t testing.TB, m *MP, device string, n int) {

@@ -78,3 +78,14 @@ func TestClientImportsOnlyWireAndTheStandardLibrary(t *testing.T) {
 		}
 	}
 }
+
+// The roles reach the PKI through internal/trust, never by importing the CA (DESIGN.md §3).
+func TestRolesDoNotImportTheCA(t *testing.T) {
+	for _, p := range list(t, "./mp/...") {
+		for _, d := range append(p.Deps, p.Imports...) {
+			if d == "github.com/ibcm-project/ibcm/ca" || strings.HasPrefix(d, "github.com/smallstep/") || strings.HasPrefix(d, "github.com/cloudflare/cfssl") {
+				t.Errorf("%s depends on %s", p.ImportPath, d)
+			}
+		}
+	}
+}
