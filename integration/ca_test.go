@@ -20,7 +20,7 @@ func TestCA(t *testing.T) {
 			root, issuing := s.path("ca/root.crt"), s.path("ca/issuing.crt")
 
 			status := s.try(t, "site", "status")
-			if status.code != 0 || strings.Count(status.stdout, " ok ") != 2 {
+			if status.code != 0 || strings.Count(status.stdout, " ok ") != 4 {
 				t.Fatalf("site status: exit %d\n%s%s", status.code, status.stdout, status.stderr)
 			}
 

@@ -115,31 +115,55 @@ func refused(t *testing.T, name string, args ...string) string {
 // testSite is a site made by `ibcm site init` and running under `ibcm site up`.
 type testSite struct {
 	dir, caURL, publicURL string
-	cmd                   *exec.Cmd
+	mpIntranet, mpInternet string // MP base URLs
+	dsn                    string // PostgreSQL store
+	cmd                    *exec.Cmd
+	stop                   func() // stops `site up` (SIGTERM) and checks it exits cleanly
 }
 
 // startSite inits a site (store "sqlite" or "postgres") and runs `ibcm site up` until the
-// test ends; it returns once both listeners printed their ready line.
+// test ends; it returns once every listener printed its ready line.
 func startSite(t *testing.T, store string) *testSite {
 	t.Helper()
+	s := initSite(t, store)
+	s.start(t, "site", "up", "--dir", s.dir)
+	return s
+}
+
+// initSite runs `ibcm site init` on free loopback ports.
+func initSite(t *testing.T, store string) *testSite {
+	t.Helper()
 	s := &testSite{dir: filepath.Join(t.TempDir(), "site")}
-	caAddr, pubAddr := freeAddr(t), freeAddr(t)
+	caAddr, pubAddr, mpIn, mpOut := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	s.caURL, s.publicURL = "https://"+caAddr, "http://"+pubAddr
+	s.mpIntranet, s.mpInternet = "https://"+mpIn, "https://"+mpOut
 	args := []string{"site", "init", "--dir", s.dir, "--site-code", "E2E", "--intranet-name", "ibcm.corp.test",
-		"--internet-name", "ibcm.example.test", "--ca-addr", caAddr, "--ca-public-addr", pubAddr, "--store", store}
+		"--internet-name", "ibcm.example.test", "--ca-addr", caAddr, "--ca-public-addr", pubAddr,
+		"--mp-intranet-addr", mpIn, "--mp-internet-addr", mpOut, "--store", store}
 	if store == "postgres" {
-		args = append(args, "--dsn", pgtest.DSN(t))
+		s.dsn = pgtest.DSN(t)
+		args = append(args, "--dsn", s.dsn)
 	}
 	must(t, bin.ibcm, args...)
+	return s
+}
 
-	s.cmd = exec.Command(bin.ibcm, "site", "up", "--dir", s.dir)
-	stdout, err := s.cmd.StdoutPipe()
+// start runs an ibcm server command until the test ends; it returns once every listener
+// the command serves printed its ready line ("<role> <url> (listening on ...)").
+func (s *testSite) start(t *testing.T, args ...string) {
+	t.Helper()
+	roles := map[string][]string{"up": {"ca", "ca-public", "mp-intranet", "mp-internet"}, "serve": {"mp-intranet", "mp-internet"}}[args[1]]
+	cmd := exec.Command(bin.ibcm, args...)
+	if args[1] == "up" {
+		s.cmd = cmd
+	}
+	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var logs bytes.Buffer
-	s.cmd.Stderr = &logs
-	if err := s.cmd.Start(); err != nil {
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	ready := make(chan error, 1)
@@ -150,7 +174,11 @@ func startSite(t *testing.T, store string) *testSite {
 			if f := strings.Fields(sc.Text()); len(f) > 0 {
 				seen[f[0]] = true
 			}
-			if seen["ca"] && seen["ca-public"] {
+			all := true
+			for _, r := range roles {
+				all = all && seen[r]
+			}
+			if all {
 				ready <- nil
 				break
 			}
@@ -164,23 +192,31 @@ func startSite(t *testing.T, store string) *testSite {
 			t.Fatalf("%v\n%s", err, logs.String())
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatalf("site up not ready after 30s\n%s", logs.String())
+		t.Fatalf("%v not ready after 30s\n%s", args, logs.String())
 	}
-	t.Cleanup(func() {
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		_ = cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan error, 1)
-		go func() { done <- s.cmd.Wait() }()
+		go func() { done <- cmd.Wait() }()
 		select {
 		case err := <-done:
 			if err != nil {
-				t.Errorf("site up did not stop cleanly on SIGTERM: %v\n%s", err, logs.String())
+				t.Errorf("%v did not stop cleanly on SIGTERM: %v\n%s", args, err, logs.String())
 			}
 		case <-time.After(15 * time.Second):
-			_ = s.cmd.Process.Kill()
-			t.Errorf("site up did not stop within 15s of SIGTERM")
+			_ = cmd.Process.Kill()
+			t.Errorf("%v did not stop within 15s of SIGTERM", args)
 		}
-	})
-	return s
+	}
+	if args[1] == "up" {
+		s.stop = stop
+	}
+	t.Cleanup(stop)
 }
 
 // ibcm runs an admin command against the site (IBCM_DIR names it) and returns its stdout.
