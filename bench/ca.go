@@ -287,7 +287,14 @@ type runningSite struct {
 	done   chan error
 }
 
-func startSite(ctx context.Context, store, dsn string) (_ *runningSite, err error) {
+func startSite(ctx context.Context, store, dsn string) (*runningSite, error) {
+	return startSiteWith(ctx, site.InitOptions{Store: store, DSN: dsn}, "ca ")
+}
+
+// startSiteWith inits a site with o in a new temporary directory, every listener on a free
+// 127.0.0.1 port unless o names one, runs it, and returns once site.Run printed the
+// listener line starting with ready.
+func startSiteWith(ctx context.Context, o site.InitOptions, ready string) (_ *runningSite, err error) {
 	dir, err := os.MkdirTemp("", "ibcm-bench-")
 	if err != nil {
 		return nil, err
@@ -298,24 +305,23 @@ func startSite(ctx context.Context, store, dsn string) (_ *runningSite, err erro
 			s.stop()
 		}
 	}()
-	caAddr, err := freeAddr()
-	if err != nil {
-		return nil, err
+	for _, addr := range []*string{&o.CAAddr, &o.CAPublicAddr, &o.MPIntranetAddr, &o.MPInternetAddr} {
+		if *addr == "" {
+			if *addr, err = freeAddr(); err != nil {
+				return nil, err
+			}
+		}
 	}
-	publicAddr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	s.cfg, err = site.Init(ctx, site.InitOptions{Dir: filepath.Join(dir, "site"), SiteCode: "BEN",
-		IntranetName: "ibcm.bench.test", InternetName: "ibcm.bench.example",
-		CAAddr: caAddr, CAPublicAddr: publicAddr, Store: store, DSN: dsn}, io.Discard)
+	o.Dir, o.SiteCode = filepath.Join(dir, "site"), "BEN"
+	o.IntranetName, o.InternetName = "ibcm.bench.test", "ibcm.bench.example"
+	s.cfg, err = site.Init(ctx, o, io.Discard)
 	if err != nil {
 		return nil, fmt.Errorf("site init: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel
 	s.done = make(chan error, 1)
-	out := &readyWriter{prefix: "ca ", ready: make(chan struct{})}
+	out := &readyWriter{prefix: ready, ready: make(chan struct{})}
 	go func() { s.done <- site.Run(runCtx, s.cfg, out, zerolog.Nop()) }()
 	select {
 	case <-out.ready:
@@ -323,7 +329,7 @@ func startSite(ctx context.Context, store, dsn string) (_ *runningSite, err erro
 	case err := <-s.done:
 		s.done <- err // for stop
 		if err == nil {
-			err = errors.New("stopped before its CA listener was up")
+			err = fmt.Errorf("stopped before its %q listener was up", strings.TrimSpace(ready))
 		}
 		return nil, fmt.Errorf("site run: %w", err)
 	case <-ctx.Done():

@@ -76,7 +76,11 @@ func printResult(w io.Writer, res Result) {
 			if *r.Pass {
 				verdict = "PASS"
 			}
-			target = fmt.Sprintf("%s (%.0f%% of %s)", verdict, 100*r.Value / *r.Target, thousands(*r.Target))
+			limit := ""
+			if r.AtMost {
+				limit = "max "
+			}
+			target = fmt.Sprintf("%s (%.0f%% of %s%s)", verdict, 100*r.Value / *r.Target, limit, thousands(*r.Target))
 		}
 		t.add(r.Name, value, millis(r.P50ms), millis(r.P99ms), target)
 	}

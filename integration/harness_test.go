@@ -114,7 +114,7 @@ func refused(t *testing.T, name string, args ...string) string {
 
 // testSite is a site made by `ibcm site init` and running under `ibcm site up`.
 type testSite struct {
-	dir, caURL, publicURL string
+	dir, caURL, publicURL  string
 	mpIntranet, mpInternet string // MP base URLs
 	dsn                    string // PostgreSQL store
 	cmd                    *exec.Cmd
