@@ -71,6 +71,13 @@ func TestManagementPoint(t *testing.T) {
 			t.Errorf("curl without a client certificate got in: %s", r.stdout)
 		}
 	}
+	// the MP staples a fresh OCSP response for its own certificate
+	needTool(t, "openssl")
+	waitFor(t, 5*time.Second, "an OCSP staple saying good", func() bool {
+		r := runEnv(t, nil, "openssl", "s_client", "-connect", strings.TrimPrefix(s.mpInternet, "https://"), "-status",
+			"-CAfile", s.path("ca/root.crt"), "-cert", filepath.Join(dev, "cert.pem"), "-key", filepath.Join(dev, "key.pem"), "-verify_return_error")
+		return strings.Contains(r.stdout, "OCSP Response Status: successful") && strings.Contains(r.stdout, "Cert Status: good")
+	})
 	if r := curlMP(t, s, dev, s.mpIntranet+"/v1/checkin", "-d", `{"location":"intranet","compliance":"compliant"}`); r.code != 0 || !strings.Contains(r.stdout, "policy_etag") {
 		t.Errorf("check-in: %s%s", r.stdout, r.stderr)
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -442,5 +443,24 @@ func waitConnected(t testing.TB, m *MP, device string, n int) {
 			t.Fatalf("device %s: %d channels, want %d (%v)", device, d.Connected, n, err)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// One certificate connected from two places at once is a probable clone: flagged, not merged.
+func TestCloneFromTwoPlaces(t *testing.T) {
+	f := newFixture(t, sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite)), Options{})
+	pc := f.device(t, "pc-1")
+	fromAddr := func(ip string) *http.Client {
+		c := f.client(&pc)
+		c.Transport.(*http.Transport).DialContext = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext
+		return c
+	}
+	dialNotifyAt(t, f.intranet, fromAddr("127.0.0.1"))
+	waitConnected(t, f.mp, deviceID(pc), 1)
+	dialNotifyAt(t, f.intranet, fromAddr("127.0.0.2"))
+	waitConnected(t, f.mp, deviceID(pc), 2)
+	d, err := f.mp.Device(context.Background(), deviceID(pc))
+	if err != nil || len(d.Warnings) != 1 || !strings.Contains(d.Warnings[0], "127.0.0.1 and 127.0.0.2") {
+		t.Fatalf("device connected from two places: %+v %v", d.Warnings, err)
 	}
 }
