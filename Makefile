@@ -18,7 +18,7 @@ build: ## build bin/ibcm and bin/ibcm-client
 	$(GO) build $(GOTAGS) -o bin/ibcm ./cli/ibcm
 	$(GO) build $(GOTAGS) -o bin/ibcm-client ./cli/ibcm-client
 
-run: build ## run a whole site (CA) on the embedded store in .run/site (made on first run)
+run: build ## run a whole site (CA + MP) on the embedded store in .run/site (made on first run)
 	@test -f $(RUNDIR)/site.yaml || ./bin/ibcm site init --dir $(RUNDIR) --site-code RUN \
 		--intranet-name ibcm.localtest --internet-name ibcm.example.test \
 		--ca-addr 127.0.0.1:8443 --ca-public-addr 127.0.0.1:8080
@@ -50,7 +50,7 @@ fuzz: ## run every fuzz target for FUZZTIME (default 20s) each
 	    echo "== $$pkg $$f"; $(GO) test $(GOTAGS) -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-20s} $$pkg || exit 1; \
 	  done; done
 
-deps: ## install what the tests need (postgresql, openssl, curl) when missing; needs root
+deps: ## install what the tests need (postgresql, bind9, dnsutils, openssl, curl) when missing; needs root
 	@./.ci/deps
 
 clean: ## remove build output and the make-run site
