@@ -22,6 +22,7 @@ import (
 	"github.com/smallstep/certificates/authority/provisioner"
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // Options configure a CA.
@@ -33,9 +34,11 @@ type Options struct {
 	PublicURL   string
 	Validity    map[Profile]time.Duration // per profile; DefaultValidity where missing
 	CRLValidity time.Duration             // how long a CRL stays current; 24h when zero
-	Now         func() time.Time          // defaults to time.Now
-	Rand        io.Reader                 // defaults to crypto/rand
-	Log         zerolog.Logger
+	// Bootstrap is handed to every enrolled device: how to find the site's MPs.
+	Bootstrap *wire.Bootstrap
+	Now       func() time.Time // defaults to time.Now
+	Rand      io.Reader        // defaults to crypto/rand
+	Log       zerolog.Logger
 }
 
 // CA is the site's certificate authority: smallstep's embedded authority signing with the
@@ -50,6 +53,7 @@ type CA struct {
 	urls     issuerURLs
 	validity map[Profile]time.Duration
 	crlTTL   time.Duration
+	boot     *wire.Bootstrap
 	now      func() time.Time
 	rand     io.Reader
 	log      zerolog.Logger
@@ -96,7 +100,7 @@ func New(ctx context.Context, db *sitedb.DB, o Options) (*CA, error) {
 	c := &CA{
 		db: db, h: o.Hierarchy, siteCode: o.SiteCode, issuerID: id,
 		urls:     issuerURLs{crl: base + "/crl/" + id + ".crl", ocsp: base + "/ocsp", issuer: base + "/ca/" + id + ".crt"},
-		validity: validity, crlTTL: o.CRLValidity, now: o.Now, rand: o.Rand, log: o.Log,
+		validity: validity, crlTTL: o.CRLValidity, now: o.Now, rand: o.Rand, log: o.Log, boot: o.Bootstrap,
 	}
 	c.store = &store{db: db, issuerID: id, now: o.Now}
 	if err := c.store.registerCA(ctx, "root", o.Hierarchy.Root); err != nil {

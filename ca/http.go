@@ -106,7 +106,7 @@ func (c *CA) handleEnroll(w http.ResponseWriter, r *http.Request) error {
 	}
 	c.log.Info().Str("serial", chain[0].SerialNumber.String()).Str("subject", chain[0].Subject.CommonName).
 		Str("profile", string(ProfileOf(chain[0]))).Str("remote_addr", r.RemoteAddr).Msg("enrolled")
-	return writeChain(w, chain)
+	return writeChain(w, chain, c.boot)
 }
 
 func (c *CA) handleRenew(w http.ResponseWriter, r *http.Request, v *trust.Verifier) error {
@@ -124,7 +124,7 @@ func (c *CA) handleRenew(w http.ResponseWriter, r *http.Request, v *trust.Verifi
 	}
 	c.log.Info().Str("serial", chain[0].SerialNumber.String()).Str("renewed_from", leaf.SerialNumber.String()).
 		Str("subject", leaf.Subject.CommonName).Msg("renewed")
-	return writeChain(w, chain)
+	return writeChain(w, chain, nil)
 }
 
 func (c *CA) handleBundle(w http.ResponseWriter, r *http.Request) error {
@@ -136,11 +136,11 @@ func (c *CA) handleBundle(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func writeChain(w http.ResponseWriter, chain []*x509.Certificate) error {
+func writeChain(w http.ResponseWriter, chain []*x509.Certificate, boot *wire.Bootstrap) error {
 	leaf := chain[0]
 	api.WriteJSON(w, http.StatusOK, wire.CertificateResponse{
 		Serial: leaf.SerialNumber.String(), SerialHex: SerialHex(leaf.SerialNumber),
-		NotAfter: leaf.NotAfter.UTC(), Certificate: string(EncodeCerts(chain...)),
+		NotAfter: leaf.NotAfter.UTC(), Certificate: string(EncodeCerts(chain...)), Bootstrap: boot,
 	})
 	return nil
 }
@@ -212,7 +212,7 @@ func (c *CA) handleIssue(w http.ResponseWriter, r *http.Request, by string) erro
 	}
 	c.log.Info().Str("serial", chain[0].SerialNumber.String()).Str("subject", chain[0].Subject.CommonName).
 		Str("profile", string(p)).Str("admin", by).Msg("issued")
-	return writeChain(w, chain)
+	return writeChain(w, chain, nil)
 }
 
 // RecordWire converts a Record for the admin API.

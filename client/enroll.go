@@ -145,7 +145,7 @@ func Enroll(ctx context.Context, opts EnrollOptions) (*Identity, error) {
 	st, err := encodeState(state{
 		CAURL: base.String(), DeviceID: DeviceIDOf(chain[0]), Serial: chain[0].SerialNumber.String(),
 		SerialHex: serialHex(chain[0].SerialNumber), NotAfter: chain[0].NotAfter.UTC(), KeyType: kt,
-		RootSHA256: formatFingerprint(pin), UpdatedAt: now().UTC(),
+		RootSHA256: formatFingerprint(pin), UpdatedAt: now().UTC(), Bootstrap: resp.Bootstrap,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("enroll: %w", err)
@@ -159,7 +159,9 @@ func Enroll(ctx context.Context, opts EnrollOptions) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("enroll: storing the identity in %s: %w", opts.Dir, err)
 	}
-	return newIdentity(opts.Dir, base.String(), key, chain, roots), nil
+	id := newIdentity(opts.Dir, base.String(), key, chain, roots)
+	id.Bootstrap = resp.Bootstrap
+	return id, nil
 }
 
 // checkIssued parses the CA's answer and checks it: a client certificate for key that

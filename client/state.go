@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // Names of the files in the state directory.
@@ -45,6 +47,8 @@ type state struct {
 	// RootSHA256 is the pin the device enrolled with, kept for the record.
 	RootSHA256 string    `json:"root_sha256,omitempty"`
 	UpdatedAt  time.Time `json:"updated_at"`
+	// Bootstrap are the site's location settings the CA handed out at enrollment.
+	Bootstrap *wire.Bootstrap `json:"bootstrap,omitempty"`
 }
 
 // Identity is the device's identity as stored in its state directory.
@@ -58,6 +62,9 @@ type Identity struct {
 	// NotBefore and NotAfter bound the certificate's lifetime.
 	NotBefore, NotAfter time.Time
 	KeyType             KeyType
+	// Bootstrap are the site's location settings from enrollment (nil for an identity
+	// enrolled with a CA that sent none).
+	Bootstrap *wire.Bootstrap
 
 	// Certificate is the key with the leaf and issuing chain, ready for tls.Config.
 	Certificate tls.Certificate
@@ -156,7 +163,9 @@ func Load(dir string) (*Identity, error) {
 	if !samePublicKey(chain[0], key) {
 		return nil, fmt.Errorf("%s does not match %s: the certificate was issued for another key", path(CertFile), keyPath)
 	}
-	return newIdentity(dir, st.CAURL, key, chain, roots), nil
+	id := newIdentity(dir, st.CAURL, key, chain, roots)
+	id.Bootstrap = st.Bootstrap
+	return id, nil
 }
 
 // committedPaths returns where each file of the identity is to be read: the staged copy

@@ -66,7 +66,7 @@ func newFixture(t testing.TB, db *sitedb.DB, o Options) *fixture {
 	if o.Mode == "" {
 		o.Mode = ModeBoth
 	}
-	o.DefaultPolicy = DefaultPolicy("ibcm.corp.test", "ibcm.example.test:443")
+	o.DefaultPolicy = DefaultPolicy(testBootstrap)
 	o.Log = zerolog.Nop()
 	m, err := New(ctx, db, v, o)
 	if err != nil {
@@ -138,3 +138,6 @@ func (f *fixture) client(cert *tls.Certificate) *http.Client {
 	}
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: false}}
 }
+
+var testBootstrap = wire.Bootstrap{SiteCode: "TST", InternetMPs: []string{"ibcm.example.test:443"},
+	IntranetDNSSuffixes: []string{"corp.test"}, SRVNames: []string{"_ibcm-mp._tcp"}}

@@ -247,7 +247,7 @@ func TestPolicyAndGroups(t *testing.T) {
 	if status, _ := call(t, c, "GET", f.intranet+"/v1/whoami", nil, nil); status != 200 {
 		t.Fatal("whoami")
 	}
-	bad := DefaultPolicy("ibcm.corp.test", "ibcm.example.test")
+	bad := DefaultPolicy(testBootstrap)
 	bad.Name = "kiosks"
 	bad.Client.CheckinInterval = "5s"
 	bad.RemoteControl.AccessLevel = "root"
@@ -255,7 +255,7 @@ func TestPolicyAndGroups(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "client.checkin_interval") || !strings.Contains(err.Error(), "remote_control.access_level") {
 		t.Fatalf("invalid policy: %v", err)
 	}
-	good := DefaultPolicy("ibcm.corp.test", "ibcm.example.test")
+	good := DefaultPolicy(testBootstrap)
 	good.Name, good.Client.CheckinInterval = "kiosks", "5m"
 	stored, err := f.mp.SetPolicy(ctx, good, "alice")
 	if err != nil || stored.Version != 1 {

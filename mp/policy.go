@@ -21,19 +21,15 @@ import (
 // DefaultPolicyName is the policy of every device not in a group with a policy.
 const DefaultPolicyName = "default"
 
-// DefaultPolicy is the policy a new site starts with: intranetName's domain as the intranet
-// DNS suffix, the SRV name ibcm's MPs publish, the site's internet name for the internet MP,
-// and remote control enabled for full control with the user's consent.
-func DefaultPolicy(intranetName, internetMP string) wire.Policy {
-	suffix := intranetName
-	if _, rest, ok := strings.Cut(intranetName, "."); ok {
-		suffix = rest // mp.corp.example -> corp.example
-	}
+// DefaultPolicy is the policy a new site starts with: the location settings devices got at
+// enrollment, and remote control enabled for full control with the user's consent.
+func DefaultPolicy(b wire.Bootstrap) wire.Policy {
 	return wire.Policy{
-		Name:     DefaultPolicyName,
-		Version:  1,
-		Client:   wire.ClientSettings{CheckinInterval: "15m", RenewalThreshold: 2.0 / 3},
-		Location: wire.LocationSettings{IntranetDNSSuffixes: []string{suffix}, SRVNames: []string{"_ibcm-mp._tcp"}, InternetMPNames: []string{internetMP}, RedetectInterval: "1h"},
+		Name:    DefaultPolicyName,
+		Version: 1,
+		Client:  wire.ClientSettings{CheckinInterval: "15m", RenewalThreshold: 2.0 / 3},
+		Location: wire.LocationSettings{IntranetDNSSuffixes: b.IntranetDNSSuffixes, SRVNames: b.SRVNames,
+			InternetMPNames: b.InternetMPs, RedetectInterval: "1h"},
 		RemoteControl: wire.RemoteControlSettings{
 			Enabled: true, AccessLevel: "full", PromptUser: true, PromptClipboard: true, ShowNotificationIcon: true,
 			ShowConnectionBar: true, PlaySound: "start_end", AllowChat: true, PermittedViewers: []string{},

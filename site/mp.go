@@ -32,7 +32,7 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger)
 		return nil, nil, fmt.Errorf("loading the MP role's TLS certificate (mp.tls_cert, mp.tls_key): %w", err)
 	}
 	o := mp.Options{ID: cfg.MP.ID, Mode: cfg.MP.Mode, MaxInFlight: cfg.MP.MaxInFlight, Log: log,
-		DefaultPolicy: mp.DefaultPolicy(cfg.Site.IntranetName, hostPort(cfg.MP.InternetURL))}
+		DefaultPolicy: mp.DefaultPolicy(cfg.Bootstrap())}
 	if cfg.MPIntranet() {
 		o.IntranetURL = cfg.MP.IntranetURL
 	}
@@ -99,4 +99,19 @@ func hostPort(rawURL string) string {
 		return net.JoinHostPort(u.Hostname(), "443")
 	}
 	return u.Host
+}
+
+// Bootstrap are the location settings devices get at enrollment and in the default policy:
+// the site code, the internet MP, the intranet DNS suffix (the domain of the intranet
+// name: mp.corp.example -> corp.example) and the SRV name MPs publish.
+func (c *Config) Bootstrap() wire.Bootstrap {
+	suffix := c.Site.IntranetName
+	if _, rest, ok := strings.Cut(suffix, "."); ok {
+		suffix = rest
+	}
+	b := wire.Bootstrap{SiteCode: c.Site.Code, IntranetDNSSuffixes: []string{suffix}, SRVNames: []string{"_ibcm-mp._tcp"}, InternetMPs: []string{}}
+	if c.MPInternet() {
+		b.InternetMPs = append(b.InternetMPs, hostPort(c.MP.InternetURL))
+	}
+	return b
 }

@@ -172,7 +172,8 @@ func openCA(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	return ca.New(ctx, db, ca.Options{SiteCode: cfg.Site.Code, Hierarchy: h, PublicURL: cfg.CA.PublicURL,
+	b := cfg.Bootstrap()
+	return ca.New(ctx, db, ca.Options{SiteCode: cfg.Site.Code, Hierarchy: h, PublicURL: cfg.CA.PublicURL, Bootstrap: &b,
 		Validity: cfg.CA.Validity.byProfile(), CRLValidity: time.Duration(cfg.CA.CRLValidity), Log: log})
 }
 

@@ -39,6 +39,17 @@ type CertificateResponse struct {
 	SerialHex   string    `json:"serial_hex"` // upper-case hex, as openssl prints it
 	NotAfter    time.Time `json:"not_after"`
 	Certificate string    `json:"certificate"` // PEM: leaf followed by the issuing chain
+	// Bootstrap is what a freshly enrolled agent needs to find its MP before it has a policy.
+	Bootstrap *Bootstrap `json:"bootstrap,omitempty"`
+}
+
+// Bootstrap are the site's location settings handed out at enrollment; policy can change
+// them later.
+type Bootstrap struct {
+	SiteCode            string   `json:"site_code"`
+	InternetMPs         []string `json:"internet_mps"`          // host:port
+	IntranetDNSSuffixes []string `json:"intranet_dns_suffixes"` // e.g. corp.example
+	SRVNames            []string `json:"srv_names"`             // e.g. _ibcm-mp._tcp
 }
 
 // Bundle is the site's trust bundle: the root certificates clients and servers trust.
