@@ -23,7 +23,7 @@ func newApp() *cli.App {
 		Description: "ibcm-client holds the device's identity: a key made on the device and a certificate\n" +
 			"from the site's CA, kept in a state directory (" + defaultDir + " by default).\n" +
 			"Every flag can also be set from its IBCM_CLIENT_... environment variable.",
-		Commands:             []*cli.Command{enrollCommand(), renewCommand(), statusCommand()},
+		Commands:             []*cli.Command{enrollCommand(), renewCommand(), runCommand(), locationCommand(), statusCommand(), reportCommand()},
 		HideHelpCommand:      true,
 		EnableBashCompletion: false,
 	}

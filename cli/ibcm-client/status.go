@@ -9,14 +9,17 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ibcm-project/ibcm/client"
+	"github.com/ibcm-project/ibcm/client/agent"
 )
 
 func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
-		Usage: "print the device's identity: device id, subject, serial, expiry and whether renewal is due",
-		Description: `status reads the state directory and prints the device's identity. It does not
-contact the CA. The serial is printed in upper-case hex, as openssl x509 -serial prints it.
+		Usage: "print the device's identity and, from the running agent, its location, MP, last check-in and spool",
+		Description: `status reads the state directory and prints the device's identity; when an agent runs on
+the directory it adds what the agent knows now (location, MP, last check-in, spool depth),
+asked over its control socket, so a location switch shows at once. It does not contact the
+CA. The serial is printed in upper-case hex, as openssl x509 -serial prints it.
 
 EXAMPLES:
    ibcm-client status
@@ -46,6 +49,14 @@ type statusReport struct {
 	Expired   bool      `json:"expired"`
 	CAURL     string    `json:"ca_url"`
 	Dir       string    `json:"dir"`
+	// From the running agent (empty when none runs on this state directory).
+	AgentRunning bool       `json:"agent_running"`
+	Location     string     `json:"location"`
+	MP           string     `json:"mp,omitempty"`
+	LastCheckin  *time.Time `json:"last_checkin,omitempty"`
+	SpoolDepth   int        `json:"spool_depth"`
+	Notify       bool       `json:"notify_connected"`
+	LastError    string     `json:"last_error,omitempty"`
 }
 
 func runStatus(c *cli.Context) error {
@@ -59,6 +70,10 @@ func runStatus(c *cli.Context) error {
 		Serial: id.Serial.String(), SerialHex: id.SerialHex(), KeyType: string(id.KeyType),
 		NotBefore: id.NotBefore.UTC(), NotAfter: id.NotAfter.UTC(), RenewAt: id.RenewAt().UTC(),
 		RenewDue: id.RenewDue(now), Expired: id.Expired(now), CAURL: id.CAURL, Dir: id.Dir,
+	}
+	if st, err := agent.Query(c.Context, id.Dir); err == nil {
+		r.AgentRunning, r.Location, r.MP, r.LastCheckin = true, st.Location, st.MP, st.LastCheckin
+		r.SpoolDepth, r.Notify, r.LastError = st.SpoolDepth, st.Notify, st.LastError
 	}
 	if c.Bool("json") {
 		enc := json.NewEncoder(c.App.Writer)
@@ -84,5 +99,21 @@ func runStatus(c *cli.Context) error {
 	fmt.Fprintf(w, "not after:\t%s\n", r.NotAfter.Format(timeFormat))
 	fmt.Fprintf(w, "renew due:\t%s\n", due)
 	fmt.Fprintf(w, "ca:\t%s\n", r.CAURL)
+	if !r.AgentRunning {
+		fmt.Fprintf(w, "agent:\tnot running (ibcm-client run)\n")
+		return w.Flush()
+	}
+	fmt.Fprintf(w, "location:\t%s\n", r.Location)
+	fmt.Fprintf(w, "mp:\t%s\n", r.MP)
+	last := "never"
+	if r.LastCheckin != nil {
+		last = r.LastCheckin.Format(timeFormat)
+	}
+	fmt.Fprintf(w, "last check-in:\t%s\n", last)
+	fmt.Fprintf(w, "notifications:\t%v\n", r.Notify)
+	fmt.Fprintf(w, "spool depth:\t%d\n", r.SpoolDepth)
+	if r.LastError != "" {
+		fmt.Fprintf(w, "last error:\t%s\n", r.LastError)
+	}
 	return w.Flush()
 }

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ibcm-project/ibcm/client"
+	"github.com/ibcm-project/ibcm/client/agent"
+	"github.com/ibcm-project/ibcm/client/location"
+)
+
+func resolvConfFlag() *cli.StringFlag {
+	return &cli.StringFlag{
+		Name: "resolv-conf", Value: "/etc/resolv.conf", EnvVars: []string{"IBCM_CLIENT_RESOLV_CONF"}, TakesFile: true,
+		Usage: "resolver configuration `FILE` (resolv.conf format; nameserver lines may carry IP:PORT)",
+	}
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "run",
+		Usage: "run the agent: location detection, MP check-in, policy, notifications, status spool, renewal",
+		Description: `run is the daemon (etc/ibcm-client.service runs it under systemd). It detects whether the
+device is on the intranet or the internet, uses the MP for that location, re-detects when the
+resolver configuration or the network changes, when the MP fails and on a timer, checks in,
+keeps the notification channel open, delivers spooled status messages and renews the
+certificate at two thirds of its life. Logs are JSON on stderr.
+
+EXAMPLES:
+   ibcm-client run
+
+   ibcm-client run --dir /srv/agent --resolv-conf /run/systemd/resolve/resolv.conf --log-level debug`,
+		Flags: []cli.Flag{
+			dirFlag(), resolvConfFlag(),
+			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"IBCM_CLIENT_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
+		},
+		Action: func(c *cli.Context) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			a, err := agent.New(agent.Options{Dir: c.String("dir"), ResolvConf: c.String("resolv-conf"),
+				Log: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))})
+			if err != nil {
+				return err
+			}
+			return a.Run(c.Context)
+		},
+	}
+}
+
+func locationCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "location",
+		Usage: "run one location detection and print the decision with its evidence",
+		Description: `location detects, once, whether the device is on the intranet or the internet, the way the
+agent does: SRV queries for the intranet MP to the configured resolvers, a TLS probe that must
+meet a site-server certificate of this site, and the internet MP probe at the same time. It
+prints the decision, the queries, answers, probes and their timings. With --json the object
+has "location": "intranet" or "internet" at its top level.
+
+EXAMPLES:
+   ibcm-client location
+
+   ibcm-client location --dir /srv/agent --resolv-conf ./test-resolv.conf --json`,
+		Flags: []cli.Flag{dirFlag(), resolvConfFlag(),
+			&cli.BoolFlag{Name: "json", EnvVars: []string{"IBCM_CLIENT_JSON"}, Usage: "print JSON"}},
+		Action: func(c *cli.Context) error {
+			id, err := client.Load(c.String("dir"))
+			if err != nil {
+				return err
+			}
+			cfg := location.Config{ResolvConf: c.String("resolv-conf"), Roots: id.Roots, ClientCert: &id.Certificate}
+			if b := id.Bootstrap; b != nil {
+				cfg.SiteCode, cfg.IntranetSuffixes, cfg.SRVNames, cfg.InternetMPs = b.SiteCode, b.IntranetDNSSuffixes, b.SRVNames, b.InternetMPs
+			}
+			if p, ok := agent.CachedPolicy(id.Dir); ok {
+				l := p.Location
+				cfg.IntranetSuffixes, cfg.SRVNames, cfg.InternetMPs, cfg.AlwaysInternet = l.IntranetDNSSuffixes, l.SRVNames, l.InternetMPNames, l.AlwaysInternet
+			}
+			d := location.Detect(c.Context, cfg)
+			if c.Bool("json") {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				return enc.Encode(d)
+			}
+			fmt.Fprintf(c.App.Writer, "location: %s\nmp:       %s\nreason:   %s\ntook:     %s\n\n", d.Location, d.MP, d.Reason, d.Took.Round(time.Millisecond))
+			w := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(w, "STEP\tTARGET\tRESULT\tTOOK")
+			for _, s := range d.Evidence {
+				res := s.Result
+				if s.Error != "" {
+					res += " (" + s.Error + ")"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", s.Kind, s.Target, res, s.Took.Round(time.Microsecond))
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func reportCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "report",
+		Usage: "queue a status message for the MP (through the running agent, or into the spool)",
+		Description: `report adds a status message to the agent's spool: delivered at least once, in order,
+removed only when the MP acknowledges it, kept across restarts.
+
+EXAMPLES:
+   ibcm-client report --text "backup finished"
+
+   ibcm-client report --dir /srv/agent --severity warning --component backup --text "disk 91% full"`,
+		Flags: []cli.Flag{dirFlag(),
+			&cli.StringFlag{Name: "severity", Value: "info", EnvVars: []string{"IBCM_CLIENT_SEVERITY"}, Usage: "info, warning or error"},
+			&cli.StringFlag{Name: "component", Value: "user", EnvVars: []string{"IBCM_CLIENT_COMPONENT"}, Usage: "what the message is about"},
+			&cli.StringFlag{Name: "text", Required: true, EnvVars: []string{"IBCM_CLIENT_TEXT"}, Usage: "the message"},
+		},
+		Action: func(c *cli.Context) error {
+			err := agent.SendReport(c.Context, c.String("dir"), c.String("severity"), c.String("component"), c.String("text"))
+			if err == nil {
+				return nil
+			}
+			// no agent running: spool it for the next run
+			return agent.SpoolReport(c.String("dir"), c.String("severity"), c.String("component"), c.String("text"))
+		},
+	}
+}

@@ -1,0 +1,344 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/ibcm-project/ibcm/client"
+	"github.com/ibcm-project/ibcm/client/location"
+	"github.com/ibcm-project/ibcm/client/spool"
+	"github.com/ibcm-project/ibcm/internal/wire"
+)
+
+// Version is the agent version reported to the MP.
+const Version = "0.3.0"
+
+// Files of the state directory the agent adds to the identity's.
+const (
+	PolicyFile = "policy.json" // the last policy, with its ETag
+	SocketFile = "agent.sock"  // the control socket of a running agent
+	SpoolDir   = "spool"
+)
+
+// Options configure the agent.
+type Options struct {
+	Dir        string // the state directory made by `ibcm-client enroll`
+	ResolvConf string // default /etc/resolv.conf
+	Log        *slog.Logger
+	// WatchEvery is how often the resolv.conf file is checked for changes (200ms when zero).
+	WatchEvery time.Duration
+	// SpoolMax bounds the status spool (10000 when zero).
+	SpoolMax int
+}
+
+// Status is what a running agent reports (`ibcm-client status`).
+type Status struct {
+	DeviceID      string          `json:"device_id"`
+	Subject       string          `json:"subject"`
+	Serial        string          `json:"serial"`
+	NotAfter      time.Time       `json:"not_after"`
+	RenewAt       time.Time       `json:"renew_at"`
+	Location      string          `json:"location"`
+	MP            string          `json:"mp"`
+	Reason        string          `json:"reason,omitempty"`
+	DetectedAt    time.Time       `json:"detected_at"`
+	LastCheckin   *time.Time      `json:"last_checkin,omitempty"`
+	LastError     string          `json:"last_error,omitempty"`
+	SpoolDepth    int             `json:"spool_depth"`
+	SpoolDropped  int             `json:"spool_dropped"`
+	PolicyName    string          `json:"policy_name,omitempty"`
+	PolicyVersion int             `json:"policy_version,omitempty"`
+	Notify        bool            `json:"notify_connected"`
+	Evidence      []location.Step `json:"evidence,omitempty"`
+}
+
+// Agent is the running device agent.
+type Agent struct {
+	o     Options
+	log   *slog.Logger
+	spool *spool.Spool
+
+	mu      sync.Mutex
+	id      *client.Identity
+	policy  *cachedPolicy
+	status  Status
+	current location.Decision
+
+	detect  chan bool     // true: the current MP failed
+	renew   chan struct{} // renew now
+	kick    chan struct{} // send the spool now
+	restart chan struct{} // the MP or the certificate changed: new session
+}
+
+type cachedPolicy struct {
+	Policy wire.Policy `json:"policy"`
+	ETag   string      `json:"etag"`
+}
+
+// New loads the identity, the spool and the cached policy.
+func New(o Options) (*Agent, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	if o.ResolvConf == "" {
+		o.ResolvConf = "/etc/resolv.conf"
+	}
+	if o.WatchEvery <= 0 {
+		o.WatchEvery = 200 * time.Millisecond
+	}
+	id, err := client.Load(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := spool.Open(filepath.Join(o.Dir, SpoolDir), o.SpoolMax)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{o: o, log: o.Log, spool: sp, id: id,
+		detect: make(chan bool, 1), renew: make(chan struct{}, 1), kick: make(chan struct{}, 1), restart: make(chan struct{}, 1)}
+	if b, err := os.ReadFile(filepath.Join(o.Dir, PolicyFile)); err == nil {
+		var p cachedPolicy
+		if json.Unmarshal(b, &p) == nil {
+			a.policy = &p
+		}
+	}
+	a.setIdentityStatus(id)
+	return a, nil
+}
+
+func (a *Agent) setIdentityStatus(id *client.Identity) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.id = id
+	a.status.DeviceID, a.status.Subject, a.status.Serial = id.DeviceID, id.Name, id.SerialHex()
+	a.status.NotAfter, a.status.RenewAt = id.NotAfter, id.RenewAt()
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// Redetect asks for a location detection now; failed says the current MP failed (a switch
+// then needs no confirmation).
+func (a *Agent) Redetect(failed bool) {
+	select {
+	case a.detect <- failed:
+	default:
+		if failed { // make sure "failed" is not lost behind a plain request
+			select {
+			case <-a.detect:
+			default:
+			}
+			select {
+			case a.detect <- true:
+			default:
+			}
+		}
+	}
+}
+
+// Report spools a status message for the MP.
+func (a *Agent) Report(severity, component, text string) {
+	if _, err := a.spool.Add(wire.StatusMessage{Time: time.Now().UTC(), Severity: severity, Component: component, Text: text}); err != nil {
+		a.log.Warn("spooling a status message", "err", err)
+	}
+	signal(a.kick)
+}
+
+// Status returns the agent's current state.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.status
+	s.SpoolDepth, s.SpoolDropped = a.spool.Len(), a.spool.Dropped()
+	if a.policy != nil {
+		s.PolicyName, s.PolicyVersion = a.policy.Policy.Name, a.policy.Policy.Version
+	}
+	return s
+}
+
+func (a *Agent) setError(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err == nil {
+		a.status.LastError = ""
+	} else {
+		a.status.LastError = err.Error()
+	}
+}
+
+// Run runs the agent until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	stopSocket, err := a.serveControl(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopSocket()
+	a.Report("info", "agent", "agent "+Version+" started")
+
+	var wg sync.WaitGroup
+	run := func(fn func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn(ctx) }()
+	}
+	run(a.detectLoop)
+	run(a.sessionLoop)
+	run(a.renewLoop)
+	run(func(ctx context.Context) {
+		location.WatchFile(ctx, a.o.ResolvConf, a.o.WatchEvery, func() { a.Redetect(false) })
+	})
+	run(func(ctx context.Context) {
+		if err := location.WatchNetwork(ctx, func() { a.Redetect(false) }); err != nil {
+			a.log.Info("no netlink: address and route changes are seen by the timer only", "err", err)
+		}
+	})
+	<-ctx.Done()
+	wg.Wait()
+	return nil
+}
+
+// locationConfig builds the detection settings: policy where it says, else bootstrap.
+func (a *Agent) locationConfig() location.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cfg := location.Config{ResolvConf: a.o.ResolvConf, Roots: a.id.Roots, ClientCert: &a.id.Certificate}
+	if b := a.id.Bootstrap; b != nil {
+		cfg.SiteCode, cfg.IntranetSuffixes, cfg.SRVNames, cfg.InternetMPs = b.SiteCode, b.IntranetDNSSuffixes, b.SRVNames, b.InternetMPs
+	}
+	if a.policy != nil {
+		l := a.policy.Policy.Location
+		cfg.IntranetSuffixes, cfg.SRVNames, cfg.InternetMPs, cfg.AlwaysInternet = l.IntranetDNSSuffixes, l.SRVNames, l.InternetMPNames, l.AlwaysInternet
+	}
+	return cfg
+}
+
+func (a *Agent) redetectInterval() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.policy != nil {
+		if d, err := time.ParseDuration(a.policy.Policy.Location.RedetectInterval); err == nil && d > 0 {
+			return d
+		}
+	}
+	return time.Hour
+}
+
+// detectLoop detects the location at start, on every request (resolv.conf or network
+// change, MP failure, re-detect-location event) and on a jittered timer. A new location
+// takes over once seen twice in a row (hysteresis), or at once when the current MP failed;
+// a first different result is confirmed right away rather than at the next trigger.
+func (a *Agent) detectLoop(ctx context.Context) {
+	h := location.NewHysteresis(2)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	failed := false
+	noMP := backoff{base: 2 * time.Second, max: time.Minute} // while no MP answers
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case failed = <-a.detect:
+		case <-timer.C:
+		}
+		d := location.Detect(ctx, a.locationConfig())
+		if ctx.Err() != nil {
+			return
+		}
+		switched, cur := h.Observe(d, failed)
+		a.mu.Lock()
+		prev := a.current
+		if switched {
+			a.current = cur
+			a.status.Location, a.status.MP, a.status.Reason, a.status.DetectedAt = cur.Location, cur.MP, cur.Reason, time.Now().UTC()
+		}
+		a.status.Evidence = d.Evidence
+		a.mu.Unlock()
+		next := jitter(a.redetectInterval(), 0.1)
+		switch {
+		case switched && (prev.Location != cur.Location || prev.MP != cur.MP):
+			a.log.Info("location", "location", cur.Location, "mp", cur.MP, "reason", cur.Reason, "duration_ms", d.Took.Milliseconds())
+			if prev.Location != "" {
+				a.Report("info", "location", fmt.Sprintf("location changed from %s (%s) to %s (%s)", prev.Location, prev.MP, cur.Location, cur.MP))
+			}
+			signal(a.restart)
+		case !switched && (d.Location != cur.Location || d.MP != cur.MP):
+			next = 100 * time.Millisecond // confirm the change now
+		}
+		if cur.MP == "" {
+			next = min(next, noMP.next()) // no MP reachable: look again soon, backing off
+		} else {
+			noMP.reset()
+		}
+		failed = false
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(next)
+	}
+}
+
+// renewLoop renews the certificate at two thirds of its life (with jitter), or at once on a
+// renew-cert event; failures retry with backoff while the current certificate stays in use.
+func (a *Agent) renewLoop(ctx context.Context) {
+	b := backoff{base: 30 * time.Second, max: time.Hour}
+	for {
+		a.mu.Lock()
+		id := a.id
+		a.mu.Unlock()
+		wait := time.Until(id.RenewAt())
+		if wait > 0 {
+			wait = jitter(wait, 0.05)
+		}
+		t := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-a.renew:
+			t.Stop()
+		case <-t.C:
+		}
+		newID, err := client.Renew(ctx, client.RenewOptions{Dir: a.o.Dir})
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			left := time.Until(id.NotAfter)
+			level := slog.LevelWarn
+			if left < id.NotAfter.Sub(id.NotBefore)/10 {
+				level = slog.LevelError
+			}
+			a.log.Log(ctx, level, "certificate renewal failed; the current certificate stays in use", "err", err, "expires_in", left.Round(time.Second).String())
+			a.setError(fmt.Errorf("renewal: %w", err))
+			var se *client.ServerError
+			if errors.As(err, &se) && (se.Code == "certificate_revoked" || se.Code == "certificate_expired") {
+				a.Report("error", "renewal", "renewal refused: "+se.Message)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(b.next()):
+			}
+			signal(a.renew)
+			continue
+		}
+		b.reset()
+		a.setIdentityStatus(newID)
+		a.log.Info("certificate renewed", "serial", newID.SerialHex(), "not_after", newID.NotAfter)
+		a.Report("info", "renewal", "certificate renewed: serial "+newID.SerialHex())
+		signal(a.restart)
+	}
+}

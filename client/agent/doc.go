@@ -1,0 +1,7 @@
+// Package agent owns the running device agent (`ibcm-client run`): it detects the device's
+// location and keeps it current, talks to the management point for that location (hello,
+// policy with an on-disk cache, check-in, status messages from the spool, the notification
+// channel), renews the certificate at two thirds of its life, and answers `ibcm-client
+// status` over a Unix socket in the state directory. Every retry loop uses exponential
+// backoff with jitter and a cap, so agents coming back after an outage spread out.
+package agent

@@ -1,0 +1,242 @@
+package location
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// resolver asks every nameserver of resolv.conf at once; the first useful answer wins.
+type resolver struct {
+	servers  []string // "IP:port"
+	timeout  time.Duration
+	attempts int
+}
+
+// answer is a nameserver's reply to one query.
+type answer struct {
+	msg    *dns.Msg
+	server string
+}
+
+// errNoNameservers is the outcome of every query when resolv.conf named none.
+var errNoNameservers = errors.New("no nameservers to ask")
+
+// exchange asks every nameserver for name (fully qualified) and qtype at once, each with
+// r.attempts attempts of r.timeout, and returns the first useful answer: NOERROR or
+// NXDOMAIN. SERVFAIL and timeouts are retried; REFUSED and the like end that
+// nameserver's part. A nameserver that does not answer does not hold up the others.
+func (r *resolver) exchange(ctx context.Context, name string, qtype uint16) (answer, error) {
+	if len(r.servers) == 0 {
+		return answer{}, errNoNameservers
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the nameservers still being asked once one answered
+	type outcome struct {
+		answer
+		err error
+	}
+	out := make(chan outcome, len(r.servers))
+	for _, s := range r.servers {
+		go func() {
+			m, err := r.ask(ctx, s, name, qtype)
+			out <- outcome{answer{m, s}, err}
+		}()
+	}
+	var errs []string
+	for range r.servers {
+		o := <-out
+		if o.err == nil {
+			return o.answer, nil
+		}
+		errs = append(errs, fmt.Sprintf("%s: %v", o.server, o.err))
+	}
+	return answer{}, errors.New(strings.Join(errs, "; "))
+}
+
+// ask asks one nameserver, retrying after a timeout or SERVFAIL.
+func (r *resolver) ask(ctx context.Context, server, name string, qtype uint16) (*dns.Msg, error) {
+	var last error
+	for attempt := 1; attempt <= r.attempts; attempt++ {
+		m, err := r.askOnce(ctx, server, name, qtype)
+		if expired(ctx) {
+			if err == nil && (m.Rcode == dns.RcodeSuccess || m.Rcode == dns.RcodeNameError) {
+				return m, nil
+			}
+			return nil, fmt.Errorf("abandoned in attempt %d: %w", attempt, cause(ctx))
+		}
+		switch {
+		case err != nil:
+			last = err
+			continue
+		case m.Rcode == dns.RcodeSuccess || m.Rcode == dns.RcodeNameError:
+			return m, nil
+		case m.Rcode == dns.RcodeServerFailure:
+			last = errors.New("SERVFAIL")
+			continue
+		default:
+			return nil, errors.New(dns.RcodeToString[m.Rcode])
+		}
+	}
+	if r.attempts > 1 {
+		return nil, fmt.Errorf("%w (%d attempts)", last, r.attempts)
+	}
+	return nil, last
+}
+
+// askOnce sends one query over UDP (again over TCP when the answer was truncated) and
+// waits at most r.timeout.
+func (r *resolver) askOnce(ctx context.Context, server, name string, qtype uint16) (*dns.Msg, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	q := new(dns.Msg)
+	q.SetQuestion(name, qtype)
+	q.SetEdns0(1232, false)
+	m, err := r.exchangeOver(ctx, "udp", server, q)
+	if err == nil && m.Truncated {
+		m, err = r.exchangeOver(ctx, "tcp", server, q)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(m.Question) != 1 || !strings.EqualFold(m.Question[0].Name, name) || m.Question[0].Qtype != qtype {
+		return nil, errors.New("the answer is for another question")
+	}
+	return m, nil
+}
+
+func (r *resolver) exchangeOver(ctx context.Context, network, server string, q *dns.Msg) (*dns.Msg, error) {
+	c := &dns.Client{Net: network, Timeout: r.timeout}
+	co, err := c.DialContext(ctx, server)
+	if err != nil {
+		return nil, describeNetErr(ctx, err, r.timeout)
+	}
+	defer co.Close()
+	// miekg/dns heeds only the context's deadline; closing the connection also ends the
+	// wait when the query is abandoned because another nameserver answered.
+	stop := context.AfterFunc(ctx, func() { _ = co.Close() })
+	defer stop()
+	m, _, err := c.ExchangeWithConnContext(ctx, q, co)
+	if err != nil {
+		return nil, describeNetErr(ctx, err, r.timeout)
+	}
+	return m, nil
+}
+
+// describeNetErr turns timeouts into "no answer within 300ms" rather than socket detail.
+func describeNetErr(ctx context.Context, err error, timeout time.Duration) error {
+	var ne net.Error
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return fmt.Errorf("no answer within %s", timeout)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// records returns the answers to name of type qtype in m, following CNAMEs in the answer.
+func records(m *dns.Msg, name string, qtype uint16) []dns.RR {
+	owners := map[string]bool{dns.CanonicalName(name): true}
+	for range 8 { // CNAME chains are short; bounded against loops
+		grew := false
+		for _, rr := range m.Answer {
+			if c, ok := rr.(*dns.CNAME); ok && owners[dns.CanonicalName(c.Hdr.Name)] && !owners[dns.CanonicalName(c.Target)] {
+				owners[dns.CanonicalName(c.Target)] = true
+				grew = true
+			}
+		}
+		if !grew {
+			break
+		}
+	}
+	var out []dns.RR
+	for _, rr := range m.Answer {
+		if rr.Header().Rrtype == qtype && owners[dns.CanonicalName(rr.Header().Name)] {
+			out = append(out, rr)
+		}
+	}
+	return out
+}
+
+// query asks for name and qtype and records the step; it returns the matching records.
+func (r *resolver) query(ctx context.Context, ev *recorder, name string, qtype uint16) ([]dns.RR, error) {
+	start := time.Now()
+	step := Step{Kind: KindDNS, Target: name + " " + dns.TypeToString[qtype]}
+	a, err := r.exchange(ctx, name, qtype)
+	var rrs []dns.RR
+	if err != nil {
+		step.Error = err.Error()
+	} else {
+		rrs = records(a.msg, name, qtype)
+		var parts []string
+		for _, rr := range rrs {
+			parts = append(parts, strings.TrimPrefix(rr.String(), rr.Header().String()))
+		}
+		switch {
+		case len(rrs) > 0:
+			step.Result = fmt.Sprintf("%s answered: %s", a.server, strings.Join(parts, ", "))
+		case a.msg.Rcode == dns.RcodeNameError:
+			step.Result = fmt.Sprintf("%s answered NXDOMAIN", a.server)
+		default:
+			step.Result = fmt.Sprintf("%s answered: no %s records", a.server, dns.TypeToString[qtype])
+		}
+	}
+	step.Took = time.Since(start)
+	ev.add(step)
+	return rrs, err
+}
+
+// lookupHost returns the addresses of host: the IP itself for an IP literal, otherwise
+// the A and AAAA records (asked at the same time) from the nameservers, IPv4 first.
+func (r *resolver) lookupHost(ctx context.Context, ev *recorder, host string) ([]netip.Addr, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{a.Unmap()}, nil
+	}
+	name := dns.Fqdn(host)
+	type result struct {
+		rrs []dns.RR
+		err error
+	}
+	var res [2]chan result
+	for i, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		res[i] = make(chan result, 1)
+		go func() {
+			rrs, err := r.query(ctx, ev, name, qtype)
+			res[i] <- result{rrs, err}
+		}()
+	}
+	var addrs []netip.Addr
+	var errs []error
+	for _, ch := range res {
+		r := <-ch
+		if r.err != nil {
+			errs = append(errs, r.err)
+		}
+		for _, rr := range r.rrs {
+			var ip net.IP
+			switch rr := rr.(type) {
+			case *dns.A:
+				ip = rr.A
+			case *dns.AAAA:
+				ip = rr.AAAA
+			}
+			if a, ok := netip.AddrFromSlice(ip); ok {
+				addrs = append(addrs, a.Unmap())
+			}
+		}
+	}
+	if len(addrs) == 0 {
+		if len(errs) > 0 {
+			return nil, fmt.Errorf("resolving %s: %w", host, errors.Join(errs...))
+		}
+		return nil, fmt.Errorf("%s has no A or AAAA records", host)
+	}
+	return addrs, nil
+}
