@@ -473,10 +473,13 @@ func (ic *idleConns) closeAll() {
 
 // notifyClients makes one HTTP client per device for notification channels. An upgraded
 // connection never goes back to the transport's pool, so every Dial opens its own TCP
-// connection.
+// connection. The devices present their leaf certificate alone, as the agent can: the MP
+// has the site's issuing CAs as intermediates, and every certificate a device sends is
+// parsed and kept by the MP's crypto/tls for the life of the connection.
 func notifyClients(roots *x509.CertPool, devices []device) []*http.Client {
 	clients := make([]*http.Client, len(devices))
 	for i, d := range devices {
+		d.cert.Certificate = d.cert.Certificate[:1]
 		clients[i] = &http.Client{Transport: &http.Transport{TLSClientConfig: deviceTLS(roots, d), DisableKeepAlives: true}}
 	}
 	return clients

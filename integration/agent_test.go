@@ -30,10 +30,10 @@ import (
 
 // agentStatus is what `ibcm-client status --json` prints of a running agent.
 type agentStatus struct {
-	AgentRunning bool   `json:"agent_running"`
-	Location     string `json:"location"`
-	MP           string `json:"mp"`
-	SpoolDepth   int    `json:"spool_depth"`
+	AgentRunning bool       `json:"agent_running"`
+	Location     string     `json:"location"`
+	MP           string     `json:"mp"`
+	SpoolDepth   int        `json:"spool_depth"`
 	LastCheckin  *time.Time `json:"last_checkin"`
 }
 

@@ -3,14 +3,14 @@ package mp
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/ibcm-project/ibcm/internal/api"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
@@ -154,9 +154,7 @@ func (h *hub) closeDevice(device string) int {
 	}
 	h.mu.Unlock()
 	for _, nc := range ncs {
-		// Say why, then cut the connection whether or not the device answers the close.
-		go func() { _ = nc.ws.Close(websocket.StatusPolicyViolation, "device blocked") }()
-		time.AfterFunc(500*time.Millisecond, func() { nc.net.Close() })
+		go nc.closeWith(closePolicyViolation, "device blocked")
 	}
 	for _, c := range cs {
 		c.Close()
@@ -188,41 +186,175 @@ func (h *hub) deliver(device string, ev wire.Event) {
 	}
 }
 
-// notifyConn is one device's notification channel.
+// notifyConn is one device's notification channel: the hijacked TLS connection, and one
+// goroutine (serve) reading the device's frames. Writes (events, pings, the close) take
+// wmu and a deadline; pings come from a timer, so an idle channel runs nothing else.
 type notifyConn struct {
-	ws     *websocket.Conn
-	net    net.Conn
-	device string
-	id     string
-	ping   *time.Timer
+	m        *MP
+	conn     net.Conn
+	device   string
+	id       string
+	interval time.Duration
+	ping     *time.Timer
+	seen     atomic.Int64 // monotonic nanoseconds of the last frame from the device
+	closed   atomic.Bool
+
+	wmu       sync.Mutex
+	closeSent bool // under wmu: nothing is written after a close frame
+
+	frames wsFrames // the reader's only buffer
 }
 
+// monoBase makes time.Since a monotonic clock for notifyConn.seen.
+var monoBase = time.Now()
+
+func mono() int64 { return int64(time.Since(monoBase)) }
+
+func newNotifyConn(m *MP, conn net.Conn, device string, interval time.Duration) *notifyConn {
+	nc := &notifyConn{m: m, conn: conn, device: device, id: randomID(), interval: interval}
+	nc.seen.Store(mono())
+	return nc
+}
+
+// writeFrame sends one frame within wsWriteWait.
+func (nc *notifyConn) writeFrame(op byte, payload []byte) error {
+	frame := appendFrame(make([]byte, 0, 10+len(payload)), op, payload)
+	nc.wmu.Lock()
+	defer nc.wmu.Unlock()
+	if nc.closeSent {
+		return errChannelClosed
+	}
+	if op == opClose {
+		nc.closeSent = true
+	}
+	_ = nc.conn.SetWriteDeadline(time.Now().Add(wsWriteWait))
+	_, err := nc.conn.Write(frame)
+	return err
+}
+
+// write sends an event; a device that cannot take it within the deadline loses its channel.
 func (nc *notifyConn) write(b []byte) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := nc.ws.Write(ctx, websocket.MessageText, b); err != nil {
-		nc.net.Close()
+	if err := nc.writeFrame(opText, b); err != nil {
+		nc.abort()
 	}
 }
 
-// handleNotify upgrades to a WebSocket and keeps it until either side ends it. The server
-// pings every PingInterval from a timer (no goroutine while idle) and pushes events.
+// closeWith tells the device why its channel ends, and cuts the connection half a second
+// later whether or not the device answers the close.
+func (nc *notifyConn) closeWith(code uint16, reason string) {
+	time.AfterFunc(500*time.Millisecond, nc.abort)
+	if err := nc.writeFrame(opClose, closePayload(code, reason)); err != nil {
+		nc.abort()
+	}
+}
+
+// abort cuts the connection under TLS (no close_notify that could block); the reader
+// then ends the channel.
+func (nc *notifyConn) abort() {
+	nc.closed.Store(true)
+	_ = rawConn(nc.conn).Close()
+}
+
+// pingTick runs on the channel's timer: the device must have sent something (a pong at
+// least) within two intervals, then it is pinged again.
+func (nc *notifyConn) pingTick() {
+	if nc.closed.Load() {
+		return
+	}
+	if time.Duration(mono()-nc.seen.Load()) >= 2*nc.interval {
+		nc.abort()
+		return
+	}
+	if err := nc.writeFrame(opPing, nil); err != nil {
+		nc.abort()
+		return
+	}
+	nc.ping.Reset(nc.interval)
+}
+
+// converse reads the device's frames until the channel ends: pings are answered, any frame
+// counts as a sign of life, a close is answered and ends it, and every other frame ends it
+// with a close code saying why. The connection is closed when it returns.
+func (nc *notifyConn) converse() {
+	defer nc.conn.Close()
+	for {
+		op, p, err := nc.frames.next(nc.conn)
+		if err != nil {
+			var fe *frameError
+			if errors.As(err, &fe) {
+				nc.fail(fe.code, fe.reason)
+			}
+			return
+		}
+		nc.seen.Store(mono())
+		switch op {
+		case opPing:
+			if err := nc.writeFrame(opPong, p); err != nil {
+				return
+			}
+		case opClose:
+			code, err := parseClose(p)
+			var fe *frameError
+			if errors.As(err, &fe) {
+				nc.fail(fe.code, fe.reason)
+				return
+			}
+			// Answer with the same code (RFC 6455 §5.5.1); when the server began the
+			// close, this is the device's answer and there is nothing to say.
+			_ = nc.writeFrame(opClose, closePayload(code, ""))
+			return
+		}
+	}
+}
+
+// fail sends a close frame with code and ends the TLS stream (close_notify), then reads and
+// drops what the device still sends until it hangs up, for a moment, so closing does not
+// reset the connection before the device reads why.
+func (nc *notifyConn) fail(code uint16, reason string) {
+	if err := nc.writeFrame(opClose, closePayload(code, reason)); err != nil {
+		return
+	}
+	if cw, ok := nc.conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = nc.conn.SetReadDeadline(time.Now().Add(wsLinger))
+	_, _ = io.CopyN(io.Discard, nc.conn, wsLingerBytes)
+}
+
+// serve runs the channel on its own goroutine and forgets it when it ends.
+func (nc *notifyConn) serve() {
+	nc.converse()
+	nc.closed.Store(true)
+	nc.ping.Stop()
+	m, h := nc.m, nc.m.hub
+	h.mu.Lock()
+	delete(h.notify[nc.device], nc)
+	if len(h.notify[nc.device]) == 0 {
+		delete(h.notify, nc.device)
+	}
+	h.mu.Unlock()
+	h.nNotify.Add(-1)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := m.db.Exec(ctx, `DELETE FROM notify_connections WHERE conn_id = ?`, nc.id); err != nil {
+		m.log.Warn().Err(err).Msg("forgetting notification channel")
+	}
+}
+
+// handleNotify upgrades to a WebSocket (RFC 6455, ws.go) and hands the connection to one
+// goroutine that keeps it until either side ends it, then returns: net/http then drops the
+// request, its context and its buffers, and the channel holds only the TLS connection. The
+// server pings every PingInterval from a timer and pushes events.
 func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error {
 	if m.hub.nNotify.Load() >= int64(m.o.MaxNotify) {
 		return api.Errorf(http.StatusServiceUnavailable, "overloaded", "too many notification channels on this management point")
 	}
-	tc, _ := r.Context().Value(connKey{}).(*trackedConn)
-	if tc == nil {
-		return api.Errorf(http.StatusInternalServerError, "internal", "connection not tracked")
+	conn, err := upgrade(w, r)
+	if err != nil || conn == nil {
+		return err // an *api.Error to answer, or nil when the upgrade failed after the hijack
 	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
-	if err != nil {
-		return nil // Accept has answered the request
-	}
-	// The http.Server's request deadlines stay on a hijacked connection; this one lives on.
-	_ = tc.Conn.SetDeadline(time.Time{})
-	ws.SetReadLimit(1024)
-	nc := &notifyConn{ws: ws, net: tc.Conn, device: p.id.ID, id: randomID()}
+	nc := newNotifyConn(m, conn, p.id.ID, m.o.PingInterval)
+	nc.ping = time.AfterFunc(nc.interval, nc.pingTick)
 	// In the hub first, so an event sent once the site records the channel reaches it.
 	m.hub.nNotify.Add(1)
 	h := m.hub
@@ -233,41 +365,16 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 	h.notify[nc.device][nc] = struct{}{}
 	h.mu.Unlock()
 	remote, _, _ := net.SplitHostPort(r.RemoteAddr)
-	if err := m.openChannel(r.Context(), nc, remote); err != nil {
-		m.log.Error().Err(err).Str("device_id", nc.device).Msg("recording notification channel")
-		nc.net.Close()
-	}
-	blocked := m.isBlocked(nc.device) // a block that raced the upgrade
-	var ping func()
-	ping = func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		if err := ws.Ping(ctx); err != nil {
-			nc.net.Close()
-			return
-		}
-		nc.ping.Reset(m.o.PingInterval)
-	}
-	nc.ping = time.AfterFunc(m.o.PingInterval, ping)
-
-	if blocked {
-		nc.net.Close()
-	}
-	<-ws.CloseRead(context.Background()).Done()
-
-	nc.ping.Stop()
-	h.mu.Lock()
-	delete(h.notify[nc.device], nc)
-	if len(h.notify[nc.device]) == 0 {
-		delete(h.notify, nc.device)
-	}
-	h.mu.Unlock()
-	m.hub.nNotify.Add(-1)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := m.db.Exec(ctx, `DELETE FROM notify_connections WHERE conn_id = ?`, nc.id); err != nil {
-		m.log.Warn().Err(err).Msg("forgetting notification channel")
+	if err := m.openChannel(ctx, nc, remote); err != nil {
+		m.log.Error().Err(err).Str("device_id", nc.device).Msg("recording notification channel")
+		nc.abort()
 	}
+	if m.isBlocked(nc.device) { // a block that raced the upgrade
+		nc.abort()
+	}
+	go nc.serve()
 	return nil
 }
 
