@@ -16,6 +16,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // FileName is the configuration file of a site directory.
@@ -329,4 +330,31 @@ func (v Validity) byProfile() map[ca.Profile]time.Duration {
 		ca.Client: time.Duration(v.Client), ca.SiteServer: time.Duration(v.SiteServer),
 		ca.Admin: time.Duration(v.Admin), ca.OCSP: time.Duration(v.OCSP),
 	}
+}
+
+// hostPort returns the host:port of an https URL (port 443 when it has none).
+func hostPort(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return rawURL
+	}
+	if u.Port() == "" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return u.Host
+}
+
+// Bootstrap are the location settings devices get at enrollment and in the default policy:
+// the site code, the internet MP, the intranet DNS suffix (the domain of the intranet
+// name: mp.corp.example -> corp.example) and the SRV name MPs publish.
+func (c *Config) Bootstrap() wire.Bootstrap {
+	suffix := c.Site.IntranetName
+	if _, rest, ok := strings.Cut(suffix, "."); ok {
+		suffix = rest
+	}
+	b := wire.Bootstrap{SiteCode: c.Site.Code, IntranetDNSSuffixes: []string{suffix}, SRVNames: []string{"_ibcm-mp._tcp"}, InternetMPs: []string{}}
+	if c.MPInternet() {
+		b.InternetMPs = append(b.InternetMPs, hostPort(c.MP.InternetURL))
+	}
+	return b
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -87,31 +86,4 @@ func newPublisher(cfg *Config, log zerolog.Logger) (*dnspub.Publisher, error) {
 		return nil, err
 	}
 	return dnspub.New(dc, dnspub.Records(zone, strings.TrimSuffix(d.Target, ".")+".", uint16(port), cfg.Site.Code, d.CMName), log)
-}
-
-// hostPort returns the host:port of an https URL (port 443 when it has none).
-func hostPort(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return rawURL
-	}
-	if u.Port() == "" {
-		return net.JoinHostPort(u.Hostname(), "443")
-	}
-	return u.Host
-}
-
-// Bootstrap are the location settings devices get at enrollment and in the default policy:
-// the site code, the internet MP, the intranet DNS suffix (the domain of the intranet
-// name: mp.corp.example -> corp.example) and the SRV name MPs publish.
-func (c *Config) Bootstrap() wire.Bootstrap {
-	suffix := c.Site.IntranetName
-	if _, rest, ok := strings.Cut(suffix, "."); ok {
-		suffix = rest
-	}
-	b := wire.Bootstrap{SiteCode: c.Site.Code, IntranetDNSSuffixes: []string{suffix}, SRVNames: []string{"_ibcm-mp._tcp"}, InternetMPs: []string{}}
-	if c.MPInternet() {
-		b.InternetMPs = append(b.InternetMPs, hostPort(c.MP.InternetURL))
-	}
-	return b
 }
