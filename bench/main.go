@@ -64,7 +64,7 @@ type Row struct {
 }
 
 // suites lists every suite in the order `-suite all` runs them.
-var suites = []Suite{caSuite, mpSuite}
+var suites = []Suite{caSuite, mpSuite, locationSuite}
 
 func main() {
 	os.Exit(run())

@@ -218,7 +218,7 @@ func TestDetect(t *testing.T) {
 		if budget := cfg.withDefaults().Budget; d.Took >= budget+200*time.Millisecond {
 			t.Errorf("took %s, want under the budget %s + 200ms", d.Took, budget)
 		}
-		if srv := findStep(t, d, KindDNS, "_ibcm-mp._tcp.corp.test. SRV"); !strings.Contains(srv.Error, "no answer within 300ms (2 attempts)") {
+		if srv := findStep(t, d, KindDNS, "_ibcm-mp._tcp.corp.test. SRV"); !strings.Contains(srv.Error, "no answer within 250ms (2 attempts)") {
 			t.Errorf("SRV step = %+v, want a timeout", srv)
 		}
 	})

@@ -129,7 +129,7 @@ func (r *resolver) exchangeOver(ctx context.Context, network, server string, q *
 	return m, nil
 }
 
-// describeNetErr turns timeouts into "no answer within 300ms" rather than socket detail.
+// describeNetErr turns timeouts into "no answer within 250ms" rather than socket detail.
 func describeNetErr(ctx context.Context, err error, timeout time.Duration) error {
 	var ne net.Error
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
