@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ibcm-project/ibcm/internal/atomicfile"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
@@ -266,48 +267,10 @@ func ensureDir(dir string) error {
 // dir, fsyncs it, renames it over name and fsyncs dir. A reader sees the old content or
 // the new, never a mix; after a crash the file is old or new.
 func writeFileAtomic(dir, name string, data []byte) error {
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", name, err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return fmt.Errorf("writing %s: %w", name, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("writing %s: %w", name, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("writing %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", name, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("writing %s: %w", name, err)
-	}
-	ok = true
-	return syncDir(dir)
+	return atomicfile.Write(filepath.Join(dir, name), data, 0o600)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	return nil
-}
+func syncDir(dir string) error { return atomicfile.SyncDir(dir) }
 
 // commit replaces several files of the state directory as one change. The crash window
 // and what we chose:

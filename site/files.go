@@ -7,34 +7,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/ibcm-project/ibcm/internal/atomicfile"
 )
 
-// writeFile writes data atomically (temp file, fsync, rename) with the given mode.
+// writeFile writes data atomically with the given mode, making the directory (0700) first.
 func writeFile(path string, data []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.Write(path, data, mode)
 }
 
 // writeKey writes an unencrypted PKCS#8 private key, 0600.

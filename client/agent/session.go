@@ -21,6 +21,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/ibcm-project/ibcm/client"
+	"github.com/ibcm-project/ibcm/internal/atomicfile"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
@@ -218,7 +219,7 @@ func (s *session) fetchPolicy(ctx context.Context) error {
 	}
 	cp := cachedPolicy{Policy: p, ETag: resp.Header.Get("ETag")}
 	b, _ := json.Marshal(cp)
-	if err := writeFile(filepath.Join(s.a.o.Dir, PolicyFile), b); err != nil {
+	if err := atomicfile.Write(filepath.Join(s.a.o.Dir, PolicyFile), b, 0o600); err != nil {
 		s.a.log.Warn("caching the policy", "err", err)
 	}
 	s.a.mu.Lock()

@@ -3,8 +3,8 @@
 // when the management point acknowledges it. The queue is bounded: past its limit the oldest
 // messages are dropped and counted.
 //
-// Each message is one file named by a sequence number, written atomically (temporary file,
-// fsync, rename, fsync of the directory), so a crash leaves either the whole message or none.
+// Each message is one file named by a sequence number, written with internal/atomicfile, so
+// a crash leaves either the whole message or none.
 package spool
 
 import (
@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/ibcm-project/ibcm/internal/atomicfile"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
@@ -51,7 +52,7 @@ func Open(dir string, max int) (*Spool, error) {
 	}
 	for _, e := range entries {
 		name := e.Name()
-		if strings.HasPrefix(name, ".") { // an interrupted write
+		if strings.HasPrefix(name, ".") { // an interrupted atomicfile.Write
 			_ = os.Remove(filepath.Join(dir, name))
 			continue
 		}
@@ -105,7 +106,7 @@ func (s *Spool) Add(m wire.StatusMessage) (wire.StatusMessage, error) {
 		return m, nil
 	}
 	seq := s.next
-	if err := writeFile(s.dir, s.path(seq), b); err != nil {
+	if err := atomicfile.Write(s.path(seq), b, 0o600); err != nil {
 		return m, fmt.Errorf("spooling status message: %w", err)
 	}
 	s.next++
@@ -179,33 +180,4 @@ func (s *Spool) Dropped() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.dropped
-}
-
-// writeFile writes data to path atomically and durably, 0600.
-func writeFile(dir, path string, data []byte) error {
-	tmp, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
