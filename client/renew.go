@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"time"
@@ -25,6 +26,9 @@ type RenewOptions struct {
 	Timeout time.Duration    // per request; DefaultTimeout when zero
 	Now     func() time.Time // time.Now when nil
 	Rand    io.Reader        // crypto/rand when nil
+	// DialContext, when set, makes the connection to the CA (the agent resolves names
+	// through its own resolvers).
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Renew asks the CA for a successor of the device's certificate over mutual TLS with the
@@ -80,6 +84,9 @@ func Renew(ctx context.Context, opts RenewOptions) (*Identity, error) {
 		Certificates: []tls.Certificate{id.Certificate},
 		Time:         now,
 	}, opts.Timeout)
+	if opts.DialContext != nil {
+		hc.Transport.(*http.Transport).DialContext = opts.DialContext
+	}
 	defer hc.CloseIdleConnections()
 	var resp wire.CertificateResponse
 	if err := call(ctx, hc, http.MethodPost, base, "/v1/renew", req, &resp); err != nil {

@@ -30,11 +30,14 @@ import (
 
 // agentStatus is what `ibcm-client status --json` prints of a running agent.
 type agentStatus struct {
-	AgentRunning bool       `json:"agent_running"`
-	Location     string     `json:"location"`
-	MP           string     `json:"mp"`
-	SpoolDepth   int        `json:"spool_depth"`
-	LastCheckin  *time.Time `json:"last_checkin"`
+	AgentRunning  bool       `json:"agent_running"`
+	Location      string     `json:"location"`
+	MP            string     `json:"mp"`
+	SpoolDepth    int        `json:"spool_depth"`
+	LastCheckin   *time.Time `json:"last_checkin"`
+	Notify        bool       `json:"notify_connected"`
+	Serial        string     `json:"serial_hex"`
+	PolicyVersion int        `json:"policy_version"`
 }
 
 func statusOf(t *testing.T, dev string) agentStatus {
@@ -282,7 +285,22 @@ func TestAgentSpoolSurvivesOutage(t *testing.T) {
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")
 	writeResolv(t, resolv, blackHole(t)) // no intranet: the internet MP
 	stopAgent := startAgent(t, dev, resolv)
-	waitFor(t, 10*time.Second, "a first check-in", func() bool { return statusOf(t, dev).LastCheckin != nil })
+	waitFor(t, 10*time.Second, "a first check-in and the notification channel", func() bool {
+		st := statusOf(t, dev)
+		return st.LastCheckin != nil && st.Notify
+	})
+
+	// events on the notification channel: renew-cert renews now, policy-changed fetches
+	id := deviceIDOf(t, dev)
+	before := statusOf(t, dev).Serial
+	s.ibcm(t, "device", "notify", "--event", "renew-cert", id)
+	waitFor(t, 10*time.Second, "the certificate renewed on renew-cert", func() bool { st := statusOf(t, dev); return st.Serial != "" && st.Serial != before })
+	policy := filepath.Join(t.TempDir(), "default.yaml")
+	if err := os.WriteFile(policy, []byte(strings.Replace(s.ibcm(t, "policy", "show"), "checkin_interval: 15m", "checkin_interval: 10m", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.ibcm(t, "policy", "set", "--file", policy, "default")
+	waitFor(t, 5*time.Second, "policy version 2 fetched on policy-changed", func() bool { return statusOf(t, dev).PolicyVersion == 2 })
 
 	s.stop() // the whole site goes down
 	const n = 5

@@ -56,6 +56,8 @@ type statusReport struct {
 	LastCheckin  *time.Time `json:"last_checkin,omitempty"`
 	SpoolDepth   int        `json:"spool_depth"`
 	Notify       bool       `json:"notify_connected"`
+	Policy       string     `json:"policy,omitempty"`
+	PolicyVer    int        `json:"policy_version,omitempty"`
 	LastError    string     `json:"last_error,omitempty"`
 }
 
@@ -74,6 +76,7 @@ func runStatus(c *cli.Context) error {
 	if st, err := agent.Query(c.Context, id.Dir); err == nil {
 		r.AgentRunning, r.Location, r.MP, r.LastCheckin = true, st.Location, st.MP, st.LastCheckin
 		r.SpoolDepth, r.Notify, r.LastError = st.SpoolDepth, st.Notify, st.LastError
+		r.Policy, r.PolicyVer = st.PolicyName, st.PolicyVersion
 	}
 	if c.Bool("json") {
 		enc := json.NewEncoder(c.App.Writer)
@@ -112,6 +115,7 @@ func runStatus(c *cli.Context) error {
 	fmt.Fprintf(w, "last check-in:\t%s\n", last)
 	fmt.Fprintf(w, "notifications:\t%v\n", r.Notify)
 	fmt.Fprintf(w, "spool depth:\t%d\n", r.SpoolDepth)
+	fmt.Fprintf(w, "policy:\t%s (version %d)\n", r.Policy, r.PolicyVer)
 	if r.LastError != "" {
 		fmt.Fprintf(w, "last error:\t%s\n", r.LastError)
 	}

@@ -315,7 +315,7 @@ func (a *Agent) renewLoop(ctx context.Context) {
 			t.Stop()
 		case <-t.C:
 		}
-		newID, err := client.Renew(ctx, client.RenewOptions{Dir: a.o.Dir})
+		newID, err := client.Renew(ctx, client.RenewOptions{Dir: a.o.Dir, DialContext: location.DialContext(a.o.ResolvConf)})
 		if ctx.Err() != nil {
 			return
 		}

@@ -240,3 +240,31 @@ func (r *resolver) lookupHost(ctx context.Context, ev *recorder, host string) ([
 	}
 	return addrs, nil
 }
+
+// DialContext returns a dial function that looks names up through the nameservers of
+// resolvConf, like everything else the agent resolves (DESIGN.md §7), and dials the
+// addresses in turn. IP literals are dialed as they are.
+func DialContext(resolvConf string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		servers, _ := readResolvConf(resolvConf)
+		r := &resolver{servers: servers, timeout: DefaultDNSTimeout, attempts: DefaultDNSAttempts}
+		addrs, err := r.lookupHost(ctx, &recorder{}, host)
+		if err != nil {
+			return nil, err
+		}
+		var d net.Dialer
+		var errs []error
+		for _, a := range addrs {
+			c, err := d.DialContext(ctx, network, net.JoinHostPort(a.String(), port))
+			if err == nil {
+				return c, nil
+			}
+			errs = append(errs, err)
+		}
+		return nil, errors.Join(errs...)
+	}
+}
