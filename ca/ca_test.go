@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -208,6 +209,9 @@ func TestTokenRules(t *testing.T) {
 		revoked, rt, err := c.CreateToken(ctx, TokenSpec{Profile: Client}, "admin:test")
 		if err != nil {
 			t.Fatal(err)
+		}
+		if err := c.RevokeToken(ctx, revoked); err == nil || strings.Contains(err.Error(), revoked) {
+			t.Errorf("revoking by secret: %v (must fail without echoing the secret)", err)
 		}
 		if err := c.RevokeToken(ctx, rt.ID); err != nil {
 			t.Fatal(err)

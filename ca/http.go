@@ -192,7 +192,7 @@ func (c *CA) handleTokenRevoke(w http.ResponseWriter, r *http.Request, by string
 	if err := c.RevokeToken(r.Context(), id); err != nil {
 		return httpError(err)
 	}
-	c.log.Info().Str("token_id", id).Str("admin", by).Msg("enrollment token revoked")
+	c.log.Info().Str("token_id", id).Str("admin", by).Msg("enrollment token revoked") // a secret was refused above
 	api.WriteJSON(w, http.StatusOK, map[string]string{"revoked": id})
 	return nil
 }

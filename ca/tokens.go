@@ -12,11 +12,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ibcm-project/ibcm/internal/api"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 )
 
 // TokenPrefix starts every enrollment token secret, so a leaked one is easy to recognise.
-const TokenPrefix = "ibcm_"
+const TokenPrefix = api.SecretPrefix
 
 // Token is an enrollment token as stored: never its secret, only the secret's hash.
 type Token struct {
@@ -134,6 +135,9 @@ func (c *CA) ListTokens(ctx context.Context) ([]Token, error) {
 
 // RevokeToken makes a token unusable.
 func (c *CA) RevokeToken(ctx context.Context, id string) error {
+	if strings.HasPrefix(id, TokenPrefix) { // never echo a secret back
+		return fmt.Errorf("%w: that is a token's secret, not its id; use the id `ibcm ca token list` shows", ErrNotFound)
+	}
 	res, err := c.db.Exec(ctx, `UPDATE enrollment_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL`,
 		c.now().Unix(), strings.ToLower(id))
 	if err != nil {

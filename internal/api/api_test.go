@@ -103,3 +103,15 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestRedactPath(t *testing.T) {
+	for in, want := range map[string]string{
+		"/v1/admin/tokens/3f9a/revoke":           "/v1/admin/tokens/3f9a/revoke",
+		"/v1/admin/tokens/ibcm_SECRETxyz/revoke": "/v1/admin/tokens/ibcm_<redacted>/revoke",
+		"/a/ibcm_one/b/ibcm_two":                 "/a/ibcm_<redacted>/b/ibcm_<redacted>",
+	} {
+		if got := RedactPath(in); got != want {
+			t.Errorf("RedactPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -28,7 +29,7 @@ func Handle(log zerolog.Logger, fn HandlerFunc) http.Handler {
 		if status >= 500 {
 			ev = log.Error()
 		}
-		ev = ev.Str("request_id", requestID()).Str("method", r.Method).Str("path", r.URL.Path).
+		ev = ev.Str("request_id", requestID()).Str("method", r.Method).Str("path", RedactPath(r.URL.Path)).
 			Str("remote_addr", r.RemoteAddr).Int("status", status).
 			Int64("duration_ms", time.Since(start).Milliseconds()).Err(err)
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
@@ -43,4 +44,22 @@ func requestID() string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// SecretPrefix starts every secret the site hands out (enrollment tokens), so one pasted
+// where it does not belong can be recognised and kept out of logs and answers.
+const SecretPrefix = "ibcm_"
+
+// RedactPath replaces every path segment that is a secret with "ibcm_<redacted>".
+func RedactPath(path string) string {
+	if !strings.Contains(path, SecretPrefix) {
+		return path
+	}
+	parts := strings.Split(path, "/")
+	for i, p := range parts {
+		if strings.HasPrefix(p, SecretPrefix) {
+			parts[i] = SecretPrefix + "<redacted>"
+		}
+	}
+	return strings.Join(parts, "/")
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,7 +89,12 @@ func openSQLite(ctx context.Context, path string) (*DB, error) {
 func openPostgres(ctx context.Context, dsn string) (*DB, error) {
 	connector, err := pq.NewConnector(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("opening postgres database: parsing DSN: %w", err)
+		// The parser's error quotes the DSN, password included: say what is wrong without it.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("opening postgres database: the DSN does not parse (%s); it is not shown because it may hold a password", redactDSN(err.Error(), dsn))
 	}
 	sdb := sql.OpenDB(connector)
 	sdb.SetMaxOpenConns(20)
@@ -225,4 +231,15 @@ func (tx *Tx) Notify(channel, payload string) {
 		}
 	}
 	tx.notes = append(tx.notes, n)
+}
+
+// redactDSN removes the DSN, and any password in it, from a message.
+func redactDSN(msg, dsn string) string {
+	msg = strings.ReplaceAll(msg, dsn, "<dsn>")
+	if u, err := url.Parse(dsn); err == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "<password>")
+		}
+	}
+	return msg
 }

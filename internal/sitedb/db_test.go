@@ -1,11 +1,13 @@
 package sitedb
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -308,4 +310,11 @@ func TestIsUniqueViolation(t *testing.T) {
 			t.Error("IsUniqueViolation true for nil or sql.ErrNoRows")
 		}
 	})
+}
+
+func TestOpenPostgresDoesNotLeakThePassword(t *testing.T) {
+	_, err := Open(context.Background(), Postgres, "postgres://ibcm:s3cr%zzet@db.example/ibcm")
+	if err == nil || strings.Contains(err.Error(), "s3cr") {
+		t.Fatalf("err = %v: must fail without quoting the password", err)
+	}
 }
