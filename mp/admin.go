@@ -171,7 +171,7 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 
 // Block marks a device blocked (or unblocked), and announces it so every MP closes the
 // device's connections and refuses its handshakes. The answer lists the device's
-// certificates, which the caller revokes at the CA.
+// certificates, renewals included, which the caller revokes at the CA.
 func (m *MP) Block(ctx context.Context, id string, block bool) (wire.BlockResult, error) {
 	var serials []string
 	err := m.db.Tx(ctx, func(tx *sitedb.Tx) error {
@@ -187,7 +187,13 @@ func (m *MP) Block(ctx context.Context, id string, block bool) (wire.BlockResult
 		if n, _ := res.RowsAffected(); n == 0 {
 			return api.Wrap(ErrNoDevice, http.StatusNotFound, "not_found", fmt.Sprintf("no device %q", id))
 		}
-		rows, err := tx.Query(`SELECT serial FROM device_certificates WHERE device_id = ? ORDER BY first_seen, serial`, id)
+		// Every certificate the device presented, and every renewal of one of them it has
+		// not presented yet (the CA's certificates table records renewed_from).
+		rows, err := tx.Query(`WITH RECURSIVE chain(serial) AS (
+				SELECT serial FROM device_certificates WHERE device_id = ?
+				UNION
+				SELECT c.serial FROM certificates c JOIN chain ON c.renewed_from = chain.serial
+			) SELECT serial FROM chain ORDER BY serial`, id)
 		if err != nil {
 			return err
 		}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"sort"
 	"strings"
 	"time"
 
@@ -199,11 +198,11 @@ func (m *MP) handleCheckin(w http.ResponseWriter, r *http.Request, p *peer) erro
 	if err := checkAddresses(c.Addresses); err != nil {
 		return err
 	}
-	m.checkins.add(p.id.ID, c, m.now())
 	pol, err := m.devicePolicy(r.Context(), p.id.ID)
 	if err != nil {
 		return err
 	}
+	m.checkins.add(p.id.ID, c, m.now())
 	every, _ := time.ParseDuration(pol.Client.CheckinInterval)
 	api.WriteJSON(w, http.StatusOK, wire.CheckinResponse{NextCheckinSeconds: int(every / time.Second), PolicyETag: policyETag(pol)})
 	return nil
@@ -322,7 +321,6 @@ func (m *MP) Devices(ctx context.Context) ([]wire.Device, error) {
 		}
 		out = append(out, d)
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].LastSeen.After(out[j].LastSeen) })
 	return out, rows.Err()
 }
 

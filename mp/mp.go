@@ -64,6 +64,7 @@ type MP struct {
 	checkins *checkinBuffer
 	policies *policyCache
 	seen     sync.Map // device id + "/" + serial: registered by this process
+	bg       sync.WaitGroup
 
 	mu      sync.RWMutex
 	blocked map[string]bool // device ids, kept current by device events
@@ -114,9 +115,21 @@ func (m *MP) Start(ctx context.Context) error {
 	if err := m.hub.listen(ctx); err != nil {
 		return err
 	}
-	go m.heartbeat(ctx)
-	go m.checkins.run(ctx, 500*time.Millisecond, func(err error) { m.log.Warn().Err(err).Msg("writing check-ins") })
+	m.bg.Add(2)
+	go func() { defer m.bg.Done(); m.heartbeat(ctx) }()
+	go func() {
+		defer m.bg.Done()
+		m.checkins.run(ctx, 500*time.Millisecond, func(err error) { m.log.Warn().Err(err).Msg("writing check-ins") })
+	}()
 	return nil
+}
+
+// Close ends the MP after its listeners have shut down and the context given to Start is
+// done: it cuts the notification channels (http.Server.Shutdown does not see hijacked
+// connections) and waits for the last check-ins to be written.
+func (m *MP) Close() {
+	m.hub.closeAll(5 * time.Second)
+	m.bg.Wait()
 }
 
 // register records this MP and clears notification channels a previous run left behind.

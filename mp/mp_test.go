@@ -464,3 +464,37 @@ func TestCloneFromTwoPlaces(t *testing.T) {
 		t.Fatalf("device connected from two places: %+v %v", d.Warnings, err)
 	}
 }
+
+// A revocation also ends the connections a device already has: requests on a kept-alive
+// connection are refused, and its notification channel is closed at the next ping.
+func TestRevocationEndsLiveConnections(t *testing.T) {
+	f := newFixture(t, sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite)), Options{PingInterval: 100 * time.Millisecond})
+	pc := f.device(t, "pc-r")
+	c := f.client(&pc) // one kept-alive connection
+	if status, _ := call(t, c, "GET", f.intranet+"/v1/whoami", nil, nil); status != 200 {
+		t.Fatal("whoami")
+	}
+	ws := dialNotify(t, f, &pc)
+	waitConnected(t, f.mp, deviceID(pc), 1)
+	if err := f.ca.Revoke(context.Background(), pc.Leaf.SerialNumber.String(), "keyCompromise"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		status, e := call(t, c, "GET", f.intranet+"/v1/whoami", nil, nil)
+		if status == 403 && e.Error.Code == "certificate_revoked" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the kept-alive connection still works after the revocation: %d %+v", status, e)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, _, err := ws.Read(ctx)
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Reason != "certificate revoked" {
+		t.Fatalf("channel after the revocation: %v", err)
+	}
+}

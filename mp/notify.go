@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"sync"
@@ -47,6 +48,7 @@ type hub struct {
 	conns   map[string]map[net.Conn]struct{}
 	devOf   map[net.Conn]string
 	nNotify atomic.Int64
+	live    sync.WaitGroup // one per channel still being served
 }
 
 func newHub(m *MP) *hub {
@@ -75,14 +77,18 @@ func (h *hub) listen(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	if err := h.m.loadBlocked(ctx); err != nil {
+	if _, err := h.m.loadBlocked(ctx); err != nil {
 		return err
 	}
 	go func() {
 		for payload := range events {
 			if payload == "" { // reconnected: events may have been missed
-				if err := h.m.loadBlocked(ctx); err != nil && ctx.Err() == nil {
+				newly, err := h.m.loadBlocked(ctx)
+				if err != nil && ctx.Err() == nil {
 					h.m.log.Warn().Err(err).Msg("reloading blocked devices")
+				}
+				for _, id := range newly { // blocks whose events were missed
+					h.closeDevice(id)
 				}
 				h.m.policies.clear("")
 				continue
@@ -157,7 +163,7 @@ func (h *hub) closeDevice(device string) int {
 		go nc.closeWith(closePolicyViolation, "device blocked")
 	}
 	for _, c := range cs {
-		c.Close()
+		_ = rawConn(c).Close() // no close_notify: it could wait on a slow peer
 	}
 	return len(ncs) + len(cs)
 }
@@ -195,6 +201,7 @@ type notifyConn struct {
 	device   string
 	id       string
 	interval time.Duration
+	serial   *big.Int // of the device's certificate: a revocation ends the channel
 	ping     *time.Timer
 	seen     atomic.Int64 // monotonic nanoseconds of the last frame from the device
 	closed   atomic.Bool
@@ -259,6 +266,10 @@ func (nc *notifyConn) abort() {
 // least) within two intervals, then it is pinged again.
 func (nc *notifyConn) pingTick() {
 	if nc.closed.Load() {
+		return
+	}
+	if rs := nc.m.verifier.Revoked; rs != nil && rs.Contains(nc.serial) {
+		nc.closeWith(closePolicyViolation, "certificate revoked")
 		return
 	}
 	if time.Duration(mono()-nc.seen.Load()) >= 2*nc.interval {
@@ -334,10 +345,32 @@ func (nc *notifyConn) serve() {
 	}
 	h.mu.Unlock()
 	h.nNotify.Add(-1)
+	defer h.live.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := m.db.Exec(ctx, `DELETE FROM notify_connections WHERE conn_id = ?`, nc.id); err != nil {
 		m.log.Warn().Err(err).Msg("forgetting notification channel")
+	}
+}
+
+// closeAll cuts every channel and waits (up to wait) until each has been forgotten.
+func (h *hub) closeAll(wait time.Duration) {
+	h.mu.Lock()
+	var ncs []*notifyConn
+	for _, set := range h.notify {
+		for nc := range set {
+			ncs = append(ncs, nc)
+		}
+	}
+	h.mu.Unlock()
+	for _, nc := range ncs {
+		nc.abort()
+	}
+	done := make(chan struct{})
+	go func() { h.live.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(wait):
 	}
 }
 
@@ -354,9 +387,11 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 		return err // an *api.Error to answer, or nil when the upgrade failed after the hijack
 	}
 	nc := newNotifyConn(m, conn, p.id.ID, m.o.PingInterval)
+	nc.serial = p.leaf.SerialNumber
 	nc.ping = time.AfterFunc(nc.interval, nc.pingTick)
 	// In the hub first, so an event sent once the site records the channel reaches it.
 	m.hub.nNotify.Add(1)
+	m.hub.live.Add(1)
 	h := m.hub
 	h.mu.Lock()
 	if h.notify[nc.device] == nil {
@@ -414,23 +449,32 @@ func (m *MP) Push(ctx context.Context, device string, ev wire.Event) error {
 	})
 }
 
-// loadBlocked reads the blocked devices.
-func (m *MP) loadBlocked(ctx context.Context) error {
+// loadBlocked reads the blocked devices and returns those that were not blocked before.
+func (m *MP) loadBlocked(ctx context.Context) ([]string, error) {
 	rows, err := m.db.Query(ctx, `SELECT id FROM devices WHERE blocked_at IS NOT NULL`)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer rows.Close()
 	set := map[string]bool{}
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
-			return err
+			return nil, err
 		}
 		set[id] = true
 	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
 	m.mu.Lock()
+	var newly []string
+	for id := range set {
+		if !m.blocked[id] {
+			newly = append(newly, id)
+		}
+	}
 	m.blocked = set
 	m.mu.Unlock()
-	return rows.Err()
+	return newly, nil
 }

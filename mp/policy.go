@@ -126,9 +126,11 @@ func ValidatePolicy(p wire.Policy) error {
 
 func policyETag(p wire.Policy) string { return fmt.Sprintf(`"%s.%d"`, p.Name, p.Version) }
 
-// policyCache keeps resolved policies in memory; device events clear it.
+// policyCache keeps resolved policies in memory; device events clear it. gen counts the
+// clears, so a lookup that raced a clear does not store what it read before it.
 type policyCache struct {
 	mu       sync.RWMutex
+	gen      uint64
 	byDevice map[string]string       // device -> policy name
 	byName   map[string]*wire.Policy // name -> document
 }
@@ -136,6 +138,7 @@ type policyCache struct {
 func (c *policyCache) clear(name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.gen++
 	if name == "" {
 		c.byDevice = map[string]string{}
 	}
@@ -158,6 +161,7 @@ func (m *MP) ensureDefaultPolicy(ctx context.Context) error {
 func (m *MP) Policy(ctx context.Context, name string) (wire.Policy, error) {
 	m.policies.mu.RLock()
 	p, ok := m.policies.byName[name]
+	gen := m.policies.gen
 	m.policies.mu.RUnlock()
 	if ok {
 		return *p, nil
@@ -175,7 +179,9 @@ func (m *MP) Policy(ctx context.Context, name string) (wire.Policy, error) {
 		return wire.Policy{}, fmt.Errorf("stored policy %s: %w", name, err)
 	}
 	m.policies.mu.Lock()
-	m.policies.byName[name] = &pol
+	if m.policies.gen == gen {
+		m.policies.byName[name] = &pol
+	}
 	m.policies.mu.Unlock()
 	return pol, nil
 }
@@ -185,6 +191,7 @@ func (m *MP) Policy(ctx context.Context, name string) (wire.Policy, error) {
 func (m *MP) devicePolicy(ctx context.Context, device string) (wire.Policy, error) {
 	m.policies.mu.RLock()
 	name, ok := m.policies.byDevice[device]
+	gen := m.policies.gen
 	m.policies.mu.RUnlock()
 	if !ok {
 		err := m.db.QueryRow(ctx, `SELECT g.policy FROM device_groups g JOIN group_members gm ON gm.group_name = g.name
@@ -195,7 +202,9 @@ func (m *MP) devicePolicy(ctx context.Context, device string) (wire.Policy, erro
 			return wire.Policy{}, err
 		}
 		m.policies.mu.Lock()
-		m.policies.byDevice[device] = name
+		if m.policies.gen == gen {
+			m.policies.byDevice[device] = name
+		}
 		m.policies.mu.Unlock()
 	}
 	return m.Policy(ctx, name)

@@ -132,6 +132,9 @@ func (m *MP) gate(location string, next http.Handler) http.Handler {
 			return api.Errorf(http.StatusUnauthorized, "client_certificate_required", "a client certificate is required")
 		}
 		leaf := r.TLS.PeerCertificates[0]
+		if rs := m.verifier.Revoked; rs != nil && rs.Contains(leaf.SerialNumber) { // revoked after the handshake
+			return api.Errorf(http.StatusForbidden, "certificate_revoked", "certificate %s is revoked", leaf.SerialNumber)
+		}
 		p := &peer{leaf: leaf, id: trust.Identify(leaf), location: location}
 		if p.id.Kind == trust.KindDevice {
 			if m.isBlocked(p.id.ID) {

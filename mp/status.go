@@ -9,13 +9,6 @@ import (
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
-// Limits of a status batch.
-const (
-	maxStatusBatch = 100
-	maxStatusText  = 4096
-	maxStatusField = 32
-)
-
 // handleStatus stores a batch of status messages. Each message is stored once per device
 // whatever how often it is sent (its id is the key), and the answer lists exactly the ids
 // stored, in the same transaction: an acknowledged message is never lost, and a resent one
@@ -25,23 +18,12 @@ func (m *MP) handleStatus(w http.ResponseWriter, r *http.Request, p *peer) error
 	if err := api.Decode(w, r, &b); err != nil {
 		return err
 	}
-	if len(b.Messages) == 0 || len(b.Messages) > maxStatusBatch {
-		return api.BadRequest("messages: between 1 and %d per batch", maxStatusBatch)
+	if len(b.Messages) == 0 || len(b.Messages) > wire.MaxStatusBatch {
+		return api.BadRequest("messages: between 1 and %d per batch", wire.MaxStatusBatch)
 	}
 	for i, msg := range b.Messages {
-		switch {
-		case msg.ID == "" || len(msg.ID) > 64:
-			return api.BadRequest("messages[%d].id: 1 to 64 characters", i)
-		case msg.Severity != "info" && msg.Severity != "warning" && msg.Severity != "error":
-			return api.BadRequest("messages[%d].severity: info, warning or error", i)
-		case len(msg.Text) > maxStatusText:
-			return api.BadRequest("messages[%d].text: at most %d bytes", i, maxStatusText)
-		case len(msg.Component) > 64:
-			return api.BadRequest("messages[%d].component: at most 64 bytes", i)
-		case len(msg.Fields) > maxStatusField:
-			return api.BadRequest("messages[%d].fields: at most %d", i, maxStatusField)
-		case msg.Time.IsZero():
-			return api.BadRequest("messages[%d].time is required", i)
+		if err := msg.Check(); err != nil {
+			return api.BadRequest("messages[%d].%v", i, err)
 		}
 	}
 	now := m.now().Unix()

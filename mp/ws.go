@@ -206,6 +206,11 @@ func (f *wsFrames) next(r io.Reader) (op byte, payload []byte, err error) {
 	if _, err := io.ReadFull(r, f.hdr[:1]); err != nil {
 		return 0, nil, err
 	}
+	// Once a frame has begun, the rest must follow within wsFrameWait.
+	if c, ok := r.(interface{ SetReadDeadline(time.Time) error }); ok {
+		_ = c.SetReadDeadline(time.Now().Add(wsFrameWait))
+		defer func() { _ = c.SetReadDeadline(time.Time{}) }()
+	}
 	return f.rest(r)
 }
 

@@ -345,7 +345,7 @@ func TestNotifyPingTimeout(t *testing.T) {
 		pings++
 	}
 	took := time.Since(start)
-	if took < 2*interval || took > 10*interval || pings < 1 {
+	if took < 3*interval/2 || took > 10*interval || pings < 1 { // the clock started just after the upgrade
 		t.Errorf("a device that never answers was cut after %v and %d pings, want about 2 intervals of %v", took, pings, interval)
 	}
 	waitConnected(t, f.mp, deviceID(quiet), 0)

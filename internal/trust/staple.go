@@ -26,6 +26,7 @@ type StapledCert struct {
 	leaf   *x509.Certificate
 	issuer *x509.Certificate
 	next   time.Time // when to fetch again
+	expiry time.Time // NextUpdate of the stapled response
 	client *http.Client
 	log    zerolog.Logger
 }
@@ -90,15 +91,33 @@ func (s *StapledCert) Refresh(ctx context.Context) error {
 		return fmt.Errorf("OCSP response from %s: %w", s.leaf.OCSPServer[0], err)
 	}
 	if parsed.Status != ocsp.Good {
+		s.setStaple(nil, time.Time{}, time.Time{}) // never staple an old "good" over a revocation
 		return fmt.Errorf("the OCSP responder says this server's certificate is not good (status %d)", parsed.Status)
 	}
-	next := time.Now().Add(parsed.NextUpdate.Sub(parsed.ThisUpdate) / 2)
+	life := parsed.NextUpdate.Sub(parsed.ThisUpdate)
+	if parsed.NextUpdate.IsZero() || life <= 0 {
+		life = time.Hour
+	}
+	s.setStaple(der, time.Now().Add(life/2), parsed.ThisUpdate.Add(life))
+	return nil
+}
+
+func (s *StapledCert) setStaple(der []byte, next, expiry time.Time) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	c := *s.cert
 	c.OCSPStaple = der
-	s.cert, s.next = &c, next
-	s.mu.Unlock()
-	return nil
+	s.cert, s.next, s.expiry = &c, next, expiry
+}
+
+// dropExpired stops stapling a response past its NextUpdate.
+func (s *StapledCert) dropExpired() {
+	s.mu.RLock()
+	stale := s.cert.OCSPStaple != nil && !s.expiry.IsZero() && time.Now().After(s.expiry)
+	s.mu.RUnlock()
+	if stale {
+		s.setStaple(nil, time.Time{}, time.Time{})
+	}
 }
 
 // Run keeps the staple fresh until ctx is done, retrying every retry after a failure.
@@ -110,9 +129,10 @@ func (s *StapledCert) Run(ctx context.Context, retry time.Duration) {
 				return
 			}
 			s.log.Warn().Err(err).Msg("OCSP staple not refreshed; serving without a fresh one")
+			s.dropExpired()
 		} else {
 			s.mu.RLock()
-			wait = time.Until(s.next)
+			wait = max(time.Until(s.next), retry)
 			s.mu.RUnlock()
 		}
 		select {
