@@ -169,6 +169,14 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 	if err := refuseExistingSite(ctx, db); err != nil {
 		return nil, err
 	}
+	// A shared (PostgreSQL) store outlives the temporary directory: if init fails from here
+	// on, take this site's rows out again so that the next init is not refused.
+	done := false
+	defer func() {
+		if !done {
+			forgetSite(cfg, h)
+		}
+	}()
 	authority, err := ca.New(ctx, db, ca.Options{SiteCode: o.SiteCode, Hierarchy: h, PublicURL: cfg.CA.PublicURL,
 		Validity: cfg.CA.Validity.byProfile(), Now: o.Now, Rand: o.Rand, Log: zerolog.Nop()})
 	if err != nil {
@@ -242,6 +250,7 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 	if err := os.Rename(tmp, dir); err != nil {
 		return nil, fmt.Errorf("moving the new site into %s: %w", dir, err)
 	}
+	done = true
 	cfg.dir = dir
 	if o.OfflineRoot == "" {
 		rootKeyPath = cfg.Path("ca/root.key")
@@ -293,6 +302,9 @@ func initPassword(o InitOptions) (password []byte, made bool, err error) {
 		}
 		return p, false, nil
 	case os.Getenv("IBCM_CA_PASSWORD") != "":
+		if len(os.Getenv("IBCM_CA_PASSWORD")) < 8 {
+			return nil, false, errors.New("IBCM_CA_PASSWORD: the password must be at least 8 characters")
+		}
 		return []byte(os.Getenv("IBCM_CA_PASSWORD")), false, nil
 	}
 	b := make([]byte, 24)
@@ -317,6 +329,23 @@ func refuseExistingSite(ctx context.Context, db *sitedb.DB) error {
 		return fmt.Errorf("%w in this database (it holds %d CA certificates); use a new database", ErrSiteExists, n)
 	}
 	return nil // no table yet: a new database
+}
+
+// forgetSite removes what a failed init wrote into a PostgreSQL store (a SQLite store goes
+// with the temporary directory): the certificates of its issuing CA and its CA certificates.
+func forgetSite(cfg *Config, h *ca.Hierarchy) {
+	if cfg.Store.Driver != string(sitedb.Postgres) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	db, err := sitedb.Open(ctx, sitedb.Postgres, cfg.StoreDSN())
+	if err != nil {
+		return
+	}
+	defer db.Close()
+	_, _ = db.Exec(ctx, `DELETE FROM certificates WHERE issuer_id = ?`, ca.IssuerID(h.Issuing))
+	_, _ = db.Exec(ctx, `DELETE FROM ca_certificates WHERE id IN (?, ?)`, ca.IssuerID(h.Root), ca.IssuerID(h.Issuing))
 }
 
 // issue makes a key here, and has the CA issue a certificate for it.

@@ -21,14 +21,14 @@ import (
 
 // openMP makes the management point's listeners (as its mode asks) and its background work:
 // device events, OCSP stapling of its own certificate, and DNS publishing when configured.
-func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger) ([]*server, []func(context.Context), error) {
+func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger) ([]*server, []func(context.Context), *mp.MP, error) {
 	verifier, err := newVerifier(ctx, db, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	cert, err := trust.NewStapledCert(cfg.Path(cfg.MP.TLSCert), cfg.Path(cfg.MP.TLSKey), log)
 	if err != nil {
-		return nil, nil, fmt.Errorf("loading the MP role's TLS certificate (mp.tls_cert, mp.tls_key): %w", err)
+		return nil, nil, nil, fmt.Errorf("loading the MP role's TLS certificate (mp.tls_cert, mp.tls_key): %w", err)
 	}
 	o := mp.Options{ID: cfg.MP.ID, Mode: cfg.MP.Mode, MaxInFlight: cfg.MP.MaxInFlight, Log: log,
 		DefaultPolicy: mp.DefaultPolicy(cfg.Bootstrap())}
@@ -40,10 +40,10 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger)
 	}
 	m, err := mp.New(ctx, db, verifier, o)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if err := m.Start(ctx); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	var servers []*server
 	add := func(role, addr, url, location string) {
@@ -60,7 +60,7 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger)
 	if d := cfg.MP.DNS; d != nil && cfg.MPIntranet() {
 		pub, err := newPublisher(cfg, log.With().Str("component", "dnspub").Logger())
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		bg = append(bg, func(ctx context.Context) {
 			if err := pub.Run(ctx); err != nil && ctx.Err() == nil {
@@ -68,7 +68,7 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger)
 			}
 		})
 	}
-	return servers, bg, nil
+	return servers, bg, m, nil
 }
 
 func newPublisher(cfg *Config, log zerolog.Logger) (*dnspub.Publisher, error) {

@@ -79,6 +79,7 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 	var servers []*server
 	var background []func(context.Context) // run once the listeners are up
 	var done []chan struct{}               // background work to wait for on shutdown
+	var closers []func()                   // after the listeners and the background work
 	if has(roles, RoleCA) {
 		authority, err := openCA(ctx, cfg, db, log.With().Str("component", "ca").Logger())
 		if err != nil {
@@ -106,12 +107,13 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		background = append(background, func(ctx context.Context) { authority.Run(ctx, time.Minute) })
 	}
 	if has(roles, RoleMP) {
-		mps, bg, err := openMP(ctx, cfg, db, log.With().Str("component", "mp").Logger())
+		mps, bg, m, err := openMP(ctx, cfg, db, log.With().Str("component", "mp").Logger())
 		if err != nil {
 			return err
 		}
 		servers = append(servers, mps...)
 		background = append(background, bg...)
+		closers = append(closers, m.Close)
 	}
 
 	errc := make(chan error, len(servers))
@@ -148,6 +150,9 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		case <-ch:
 		case <-shutdownCtx.Done():
 		}
+	}
+	for _, c := range closers {
+		c()
 	}
 	log.Info().Msg("site stopped")
 	return err
