@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -123,8 +124,8 @@ EXAMPLES:
 		},
 		Action: func(c *cli.Context) error {
 			err := agent.SendReport(c.Context, c.String("dir"), c.String("severity"), c.String("component"), c.String("text"))
-			if err == nil {
-				return nil
+			if !errors.Is(err, agent.ErrNotRunning) {
+				return err
 			}
 			// no agent running: spool it for the next run
 			return agent.SpoolReport(c.String("dir"), c.String("severity"), c.String("component"), c.String("text"))

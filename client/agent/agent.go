@@ -148,15 +148,17 @@ func (a *Agent) Redetect(failed bool) {
 }
 
 // Report spools a status message for the MP.
-func (a *Agent) Report(severity, component, text string) {
+func (a *Agent) Report(severity, component, text string) error {
 	before := a.spool.Dropped()
 	if _, err := a.spool.Add(wire.StatusMessage{Time: time.Now().UTC(), Severity: severity, Component: component, Text: text}); err != nil {
 		a.log.Warn("spooling a status message", "err", err)
+		return err
 	}
 	if after := a.spool.Dropped(); after > before {
 		a.log.Warn("status spool full: oldest messages dropped", "dropped", after-before, "dropped_total", after)
 	}
 	signal(a.kick)
+	return nil
 }
 
 // Status returns the agent's current state.

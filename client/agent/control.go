@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ibcm-project/ibcm/client/spool"
@@ -54,7 +55,10 @@ func (a *Agent) serveControl(ctx context.Context) (func(), error) {
 		if m.Severity == "" {
 			m.Severity = "info"
 		}
-		a.Report(m.Severity, m.Component, m.Text)
+		if err := a.Report(m.Severity, m.Component, m.Text); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
 		w.WriteHeader(http.StatusAccepted)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
@@ -83,12 +87,16 @@ func SendReport(ctx context.Context, dir, severity, component, text string) erro
 	if err != nil {
 		return err
 	}
-	resp.Body.Close()
+	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("the agent refused the report: HTTP %d", resp.StatusCode)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return fmt.Errorf("%w: %s", ErrRefused, strings.TrimSpace(string(msg)))
 	}
 	return nil
 }
+
+// ErrRefused means the running agent refused a report (it names why).
+var ErrRefused = errors.New("the agent refused the report")
 
 // ErrNotRunning means no agent answers on the state directory's control socket.
 var ErrNotRunning = errors.New("no agent running for this state directory")

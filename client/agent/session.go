@@ -301,7 +301,14 @@ func (s *session) spoolLoop(ctx context.Context) {
 			continue
 		}
 		var ack wire.StatusAck
-		if _, err := s.do(ctx, http.MethodPost, "/v1/status", wire.StatusBatch{Messages: msgs}, nil, &ack); err != nil {
+		_, err = s.do(ctx, http.MethodPost, "/v1/status", wire.StatusBatch{Messages: msgs}, nil, &ack)
+		var se *client.ServerError
+		if errors.As(err, &se) && se.Status == http.StatusBadRequest {
+			// The MP refuses the batch: find the messages it refuses, one by one, and drop
+			// them, so one bad message cannot hold up all the others for ever.
+			ack, err = s.sendEach(ctx, msgs)
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -318,6 +325,27 @@ func (s *session) spoolLoop(ctx context.Context) {
 			s.a.log.Error("removing acknowledged messages", "err", err)
 		}
 	}
+}
+
+// sendEach sends messages one at a time; those the MP refuses with 400 are dropped (and
+// logged), the others acknowledged as usual.
+func (s *session) sendEach(ctx context.Context, msgs []wire.StatusMessage) (wire.StatusAck, error) {
+	var all wire.StatusAck
+	for _, m := range msgs {
+		var ack wire.StatusAck
+		_, err := s.do(ctx, http.MethodPost, "/v1/status", wire.StatusBatch{Messages: []wire.StatusMessage{m}}, nil, &ack)
+		var se *client.ServerError
+		switch {
+		case errors.As(err, &se) && se.Status == http.StatusBadRequest:
+			s.a.log.Error("the MP refuses a status message: dropped", "id", m.ID, "err", err)
+			all.Acked = append(all.Acked, m.ID)
+		case err != nil:
+			return all, err
+		default:
+			all.Acked = append(all.Acked, ack.Acked...)
+		}
+	}
+	return all, nil
 }
 
 // notifyLoop keeps the notification channel open (reconnecting with backoff) and acts on

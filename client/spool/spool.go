@@ -89,12 +89,16 @@ func (s *Spool) read(seq uint64) (wire.StatusMessage, error) {
 }
 
 // Add stores a message; when it has no id it gets a random one. It returns once the message
-// is on disk. Past the limit the oldest message is dropped.
+// is on disk. A message the MP would refuse (wire.StatusMessage.Check) is refused here.
+// Past the limit the oldest message is dropped.
 func (s *Spool) Add(m wire.StatusMessage) (wire.StatusMessage, error) {
 	if m.ID == "" {
 		b := make([]byte, 16)
 		_, _ = rand.Read(b)
 		m.ID = hex.EncodeToString(b)
+	}
+	if err := m.Check(); err != nil { // what the MP would refuse would block the queue
+		return m, fmt.Errorf("status message not spooled: %w", err)
 	}
 	b, err := json.Marshal(m)
 	if err != nil {

@@ -84,3 +84,24 @@ func TestBoundDropsOldest(t *testing.T) {
 		t.Error("no id assigned")
 	}
 }
+
+// A message the MP would refuse never enters the queue, where it would block the others.
+func TestRefusesWhatTheMPRefuses(t *testing.T) {
+	s, err := Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []wire.StatusMessage{
+		{Severity: "panic", Time: time.Now(), Text: "x"},
+		{Severity: "info", Time: time.Now(), Component: string(make([]byte, 65))},
+		{Severity: "info", Time: time.Now(), Text: string(make([]byte, wire.MaxStatusText+1))},
+		{Severity: "info", Text: "no time"},
+	} {
+		if _, err := s.Add(m); err == nil {
+			t.Errorf("spooled %+v", m)
+		}
+	}
+	if s.Len() != 0 {
+		t.Errorf("%d refused messages in the spool", s.Len())
+	}
+}

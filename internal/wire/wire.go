@@ -1,9 +1,14 @@
 // Package wire holds the JSON types spoken over HTTPS between the site's roles and the
-// ibcm-client agent and admin CLI. It has no logic and imports only the standard library,
-// so the agent can link it without pulling in server code.
+// ibcm-client agent and admin CLI, and the limits both sides check (so the agent never
+// queues what the MP would refuse). It imports only the standard library, so the agent can
+// link it without pulling in server code.
 package wire
 
-import "time"
+import (
+	"errors"
+	"fmt"
+	"time"
+)
 
 // MaxBody is the largest request body any API of the site accepts.
 const MaxBody = 64 << 10
@@ -177,6 +182,32 @@ type StatusMessage struct {
 	Component string            `json:"component"`
 	Text      string            `json:"text"`
 	Fields    map[string]string `json:"fields,omitempty"`
+}
+
+// Limits of status messages.
+const (
+	MaxStatusBatch  = 100
+	MaxStatusText   = 4096
+	MaxStatusFields = 32
+)
+
+// Check tells whether the MP accepts a status message, naming the bad field.
+func (m StatusMessage) Check() error {
+	switch {
+	case m.ID == "" || len(m.ID) > 64:
+		return errors.New("id: 1 to 64 characters")
+	case m.Severity != "info" && m.Severity != "warning" && m.Severity != "error":
+		return fmt.Errorf("severity %q: info, warning or error", m.Severity)
+	case len(m.Text) > MaxStatusText:
+		return fmt.Errorf("text: at most %d bytes", MaxStatusText)
+	case len(m.Component) > 64:
+		return errors.New("component: at most 64 bytes")
+	case len(m.Fields) > MaxStatusFields:
+		return fmt.Errorf("fields: at most %d", MaxStatusFields)
+	case m.Time.IsZero():
+		return errors.New("time is required")
+	}
+	return nil
 }
 
 // StatusBatch is POST /v1/status.
