@@ -233,16 +233,12 @@ func (m *MP) CreateGroup(ctx context.Context, g wire.Group) error {
 	if g.Priority == 0 {
 		g.Priority = 100
 	}
-	return m.db.Tx(ctx, func(tx *sitedb.Tx) error {
-		_, err := tx.Exec(`INSERT INTO device_groups (name, policy, priority, created_at) VALUES (?, ?, ?, ?)`, g.Name, g.Policy, g.Priority, m.now().Unix())
-		if sitedb.IsUniqueViolation(err) {
-			return api.Errorf(http.StatusConflict, "exists", "group %q exists", g.Name)
-		}
-		if err != nil {
-			return err
-		}
-		return m.hub.publish(tx, siteEvent{Kind: kindGroups})
-	})
+	// A new group has no members yet: no device's policy changes.
+	_, err := m.db.Exec(ctx, `INSERT INTO device_groups (name, policy, priority, created_at) VALUES (?, ?, ?, ?)`, g.Name, g.Policy, g.Priority, m.now().Unix())
+	if sitedb.IsUniqueViolation(err) {
+		return api.Errorf(http.StatusConflict, "exists", "group %q exists", g.Name)
+	}
+	return err
 }
 
 // SetMember adds a device to a group or removes it.
@@ -274,7 +270,7 @@ func (m *MP) SetMember(ctx context.Context, group, device string, member bool) e
 				return api.Errorf(http.StatusNotFound, "not_found", "device %q is not in group %q", device, group)
 			}
 		}
-		return m.hub.publish(tx, siteEvent{Kind: kindGroups})
+		return m.hub.publish(tx, siteEvent{Kind: kindGroups, Device: device})
 	})
 }
 

@@ -28,7 +28,7 @@ const (
 	kindPush    = "push"    // deliver Event to Device (or to every device when Device is "")
 	kindBlock   = "block"   // Device is blocked: close its connections everywhere
 	kindUnblock = "unblock" // Device may connect again (with a new certificate)
-	kindGroups  = "groups"  // group membership or group policy changed
+	kindGroups  = "groups"  // Device joined or left a group: its policy may differ
 	kindPolicy  = "policy"  // Policy has a new version
 )
 
@@ -112,9 +112,9 @@ func (h *hub) dispatch(ev siteEvent) {
 		h.m.log.Info().Str("device_id", ev.Device).Int("connections", n).Msg("device blocked: connections closed")
 	case kindUnblock:
 		h.m.setBlocked(ev.Device, false)
-	case kindGroups:
-		h.m.policies.clear("")
-		h.deliver("", wire.Event{Type: wire.EventPolicyChanged, Time: h.m.now().UTC()})
+	case kindGroups: // only the member's policy can have changed: tell only it
+		h.m.policies.forgetDevice(ev.Device)
+		h.deliver(ev.Device, wire.Event{Type: wire.EventPolicyChanged, Time: h.m.now().UTC()})
 	case kindPolicy:
 		h.m.policies.clear(ev.Policy)
 		h.deliver("", wire.Event{Type: wire.EventPolicyChanged, Time: h.m.now().UTC(), Data: map[string]string{"policy": ev.Policy}})

@@ -135,6 +135,14 @@ type policyCache struct {
 	byName   map[string]*wire.Policy // name -> document
 }
 
+// forgetDevice drops the policy resolved for one device.
+func (c *policyCache) forgetDevice(device string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	delete(c.byDevice, device)
+}
+
 func (c *policyCache) clear(name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
