@@ -8,6 +8,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"io"
+	"log"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -80,6 +82,7 @@ func newFixture(t testing.TB, db *sitedb.DB, o Options) *fixture {
 	serverCert := f.issue(t, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp", DNS: []string{"127.0.0.1"}, Role: "mp"})
 	for _, loc := range []string{wire.Intranet, wire.Internet} {
 		srv := httptest.NewUnstartedServer(nil)
+		srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are what the tests want
 		m.Configure(srv.Config, loc)
 		srv.TLS = m.TLSConfig(nil)
 		srv.TLS.Certificates = []tls.Certificate{serverCert}
