@@ -126,7 +126,7 @@ func TestAgentLocation(t *testing.T) {
 	corp.NSUpdate(t, "update add ibcm.corp.test. 60 A 127.0.0.1") // the MP's own name, as the intranet DNS has it
 	mpPort := s.mpIntranet[strings.LastIndex(s.mpIntranet, ":")+1:]
 	intranetMP := "https://ibcm.corp.test:" + mpPort
-	waitFor(t, 5*time.Second, "the MP's SRV record", func() bool { return len(corp.Dig(t, "SRV", "_ibcm-mp._tcp.corp.test")) == 1 })
+	waitFor(t, 15*time.Second, "the MP's SRV record", func() bool { return len(corp.Dig(t, "SRV", "_ibcm-mp._tcp.corp.test")) == 1 })
 
 	dev := enrollDevice(t, s, "pc-21")
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")

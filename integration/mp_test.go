@@ -153,7 +153,7 @@ func TestDNSPublishing(t *testing.T) {
 	s.start(t, "site", "up", "--dir", s.dir)
 	port := s.mpIntranet[strings.LastIndex(s.mpIntranet, ":")+1:]
 	want := fmt.Sprintf("0 0 %s ibcm.corp.test.", port)
-	waitFor(t, 5*time.Second, "SRV records published", func() bool {
+	waitFor(t, 15*time.Second, "SRV records published", func() bool {
 		ibcm, cm := dns.Dig(t, "SRV", "_ibcm-mp._tcp.corp.test"), dns.Dig(t, "SRV", "_mssms_mp_e2e._tcp.corp.test")
 		return len(ibcm) == 1 && ibcm[0] == want && len(cm) == 1 && cm[0] == want
 	})

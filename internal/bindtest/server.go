@@ -236,10 +236,10 @@ func (s *Server) logTail() string {
 func (s *Server) Dig(t testing.TB, qtype, name string) []string {
 	t.Helper()
 	host, port, _ := net.SplitHostPort(s.Addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, lookBinary(t, "dig"), "@"+host, "-p", port,
-		"+short", "+tries=1", "+time=2", qtype, name)
+		"+short", "+tcp", "+tries=2", "+time=5", qtype, name)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -268,9 +268,11 @@ func (s *Server) NSUpdate(t testing.TB, commands ...string) {
 		script.WriteString(c + "\n")
 	}
 	script.WriteString("send\n")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, lookBinary(t, "nsupdate"), "-k", s.keyFile, "-t", "5")
+	// TCP (-v): one exchange that waits for the answer, instead of UDP retries that gave
+	// up after 3 s once on a loaded CI machine.
+	cmd := exec.CommandContext(ctx, lookBinary(t, "nsupdate"), "-v", "-k", s.keyFile, "-t", "20")
 	cmd.Stdin = strings.NewReader(script.String())
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("bindtest: nsupdate: %v\n%s\nscript:\n%s", err, out, script.String())

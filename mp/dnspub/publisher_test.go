@@ -26,6 +26,7 @@ func config(srv *bindtest.Server) Config {
 		KeyName:   srv.KeyName,
 		Algorithm: srv.Algorithm,
 		Secret:    srv.Secret,
+		Timeout:   10 * time.Second, // generous: CI machines run many servers at once
 	}
 }
 
