@@ -119,10 +119,10 @@ func TestManagementPoint(t *testing.T) {
 		t.Errorf("group list:\n%s", out)
 	}
 	var pol wire.Policy
-	r := curlMP(t, s, dev, s.mpInternet+"/v1/policy")
-	if json.Unmarshal([]byte(r.stdout), &pol) != nil || pol.Name != "kiosks" || pol.Client.CheckinInterval != "5m" {
-		t.Errorf("the device's policy after joining kiosks: %s", r.stdout)
-	}
+	waitFor(t, time.Second, "the device's policy is kiosks", func() bool { // the MP hears of the change by event
+		r := curlMP(t, s, dev, s.mpInternet+"/v1/policy")
+		return json.Unmarshal([]byte(r.stdout), &pol) == nil && pol.Name == "kiosks" && pol.Client.CheckinInterval == "5m"
+	})
 
 	// revoke at the CA: the MP refuses the device within a second
 	serial := strings.TrimPrefix(strings.TrimSpace(must(t, "openssl", "x509", "-in", filepath.Join(dev, "cert.pem"), "-noout", "-serial")), "serial=")

@@ -297,6 +297,9 @@ func TestPolicyAndGroups(t *testing.T) {
 	if err := f.mp.SetMember(ctx, "kiosks", deviceID(pc), false); err != nil {
 		t.Fatal(err)
 	}
+	if ev := nextEvent(t, ws); ev.Type != wire.EventPolicyChanged { // the MP has seen the change
+		t.Fatalf("event = %+v", ev)
+	}
 	if status, _ := call(t, c, "GET", f.intranet+"/v1/policy", nil, &pol); status != 200 || pol.Name != "default" {
 		t.Fatalf("policy after leaving the group: %+v", pol)
 	}
