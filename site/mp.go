@@ -21,11 +21,7 @@ import (
 
 // openMP makes the management point's listeners (as its mode asks) and its background work:
 // device events, OCSP stapling of its own certificate, and DNS publishing when configured.
-func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger) ([]*server, []func(context.Context), *mp.MP, error) {
-	verifier, err := newVerifier(ctx, db, log)
-	if err != nil {
-		return nil, nil, nil, err
-	}
+func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Verifier, log zerolog.Logger) ([]*server, []func(context.Context), *mp.MP, error) {
 	cert, err := trust.NewStapledCert(cfg.Path(cfg.MP.TLSCert), cfg.Path(cfg.MP.TLSKey), log)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("loading the MP role's TLS certificate (mp.tls_cert, mp.tls_key): %w", err)

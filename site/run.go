@@ -75,6 +75,11 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		return err
 	}
 	defer db.Close()
+	// One revoked set for every role of this process.
+	verifier, err := newVerifier(ctx, db, log)
+	if err != nil {
+		return err
+	}
 
 	var servers []*server
 	var background []func(context.Context) // run once the listeners are up
@@ -92,10 +97,6 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		if err != nil {
 			return fmt.Errorf("loading the CA role's TLS certificate (ca.tls_cert, ca.tls_key): %w", err)
 		}
-		verifier, err := newVerifier(ctx, db, log)
-		if err != nil {
-			return err
-		}
 		servers = append(servers,
 			&server{role: "ca", addr: cfg.CA.Listen, url: cfg.CA.URL, maxConns: maxConns, handler: authority.Handler(verifier), tls: &tls.Config{
 				Certificates: []tls.Certificate{cert},
@@ -107,7 +108,7 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		background = append(background, func(ctx context.Context) { authority.Run(ctx, time.Minute) })
 	}
 	if has(roles, RoleMP) {
-		mps, bg, m, err := openMP(ctx, cfg, db, log.With().Str("component", "mp").Logger())
+		mps, bg, m, err := openMP(ctx, cfg, db, verifier, log.With().Str("component", "mp").Logger())
 		if err != nil {
 			return err
 		}

@@ -17,7 +17,7 @@ import (
 func TestRunAndStatus(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "site")
 	o := initOptions(dir)
-	o.CAAddr, o.CAPublicAddr = freeAddr(t), freeAddr(t)
+	o.CAAddr, o.CAPublicAddr, o.MPIntranetAddr, o.MPInternetAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	cfg, err := Init(context.Background(), o, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -26,10 +26,10 @@ func TestRunAndStatus(t *testing.T) {
 	ready := make(chan string, 4)
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, lineWriter(ready), zerolog.Nop()) }()
-	for seen := 0; seen < 2; {
+	for seen := 0; seen < len(cfg.Listeners()); {
 		select {
 		case line := <-ready:
-			if strings.HasPrefix(line, "ca") {
+			if strings.Contains(line, "listening on") {
 				seen++
 			}
 		case err := <-done:
