@@ -3,11 +3,12 @@ package site
 import (
 	"context"
 	"io"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ibcm-project/ibcm/internal/freeport"
 
 	"github.com/rs/zerolog"
 )
@@ -66,12 +67,11 @@ func TestRunAndStatus(t *testing.T) {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return a
 }
 
 // lineWriter sends each written line to ch.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ibcm-project/ibcm/internal/freeport"
 
 	"github.com/miekg/dns"
 )
@@ -301,22 +302,4 @@ func lookBinary(t testing.TB, name string) string {
 }
 
 // freePort returns a port that is free on 127.0.0.1 for both UDP and TCP.
-func freePort() (int, error) {
-	var last error
-	for range 20 {
-		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		l, err := net.Listen("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		_ = pc.Close()
-		if err != nil {
-			last = err
-			continue
-		}
-		_ = l.Close()
-		return port, nil
-	}
-	return 0, errors.Join(errors.New("no port free for both UDP and TCP"), last)
-}
+func freePort() (int, error) { return freeport.Pick() }
