@@ -17,7 +17,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -60,31 +59,12 @@ func startAgent(t *testing.T, dev, resolv string) (stop func()) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := false
-	stop = func() {
-		if done {
-			return
-		}
-		done = true
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		ch := make(chan error, 1)
-		go func() { ch <- cmd.Wait() }()
-		select {
-		case err := <-ch:
-			if err != nil {
-				b, _ := os.ReadFile(logf.Name())
-				t.Errorf("agent did not stop cleanly: %v\n%s", err, b)
-			}
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Error("agent did not stop within 10s of SIGTERM")
-		}
-	}
+	agentLog := func() string { b, _ := os.ReadFile(logf.Name()); return string(b) }
+	stop = stopper(t, cmd, "ibcm-client run", agentLog)
 	t.Cleanup(func() {
 		stop()
 		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("agent log:\n%s", b)
+			t.Logf("agent log:\n%s", agentLog())
 		}
 	})
 	waitFor(t, 10*time.Second, "the agent's control socket", func() bool { return statusOf(t, dev).AgentRunning })

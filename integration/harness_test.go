@@ -194,25 +194,7 @@ func (s *testSite) start(t *testing.T, args ...string) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("%v not ready after 30s\n%s", args, logs.String())
 	}
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%v did not stop cleanly on SIGTERM: %v\n%s", args, err, logs.String())
-			}
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Errorf("%v did not stop within 15s of SIGTERM", args)
-		}
-	}
+	stop := stopper(t, cmd, fmt.Sprint(args), logs.String)
 	if args[1] == "up" {
 		s.stop = stop
 	}
@@ -236,3 +218,28 @@ func (s *testSite) try(t *testing.T, args ...string) result {
 }
 
 func (s *testSite) path(p string) string { return filepath.Join(s.dir, p) }
+
+// stopper returns a function (safe to call twice) that ends a started server process the way
+// systemd does, SIGTERM, and fails t unless it exits cleanly within 15 s; logs says what the
+// process printed, for the failure message.
+func stopper(t *testing.T, cmd *exec.Cmd, name string, logs func() string) func() {
+	stopped := false
+	return func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s did not stop cleanly on SIGTERM: %v\n%s", name, err, logs())
+			}
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Errorf("%s did not stop within 15s of SIGTERM", name)
+		}
+	}
+}

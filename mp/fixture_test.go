@@ -14,13 +14,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/ca/catest"
 	"github.com/ibcm-project/ibcm/internal/pgtest"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
@@ -29,13 +29,7 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
 
-var hierarchy = sync.OnceValue(func() *ca.Hierarchy {
-	h, err := ca.NewHierarchy("TST", ca.P256, time.Now(), rand.Reader)
-	if err != nil {
-		panic(err)
-	}
-	return h
-})
+var hierarchy = catest.Hierarchy
 
 // fixture is a real CA and a real MP over one site database, the MP's two listeners on
 // real TLS on 127.0.0.1.

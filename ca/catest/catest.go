@@ -24,8 +24,9 @@ import (
 	"github.com/ibcm-project/ibcm/internal/trust"
 )
 
-// hierarchy is made once per test binary: key generation is the slow part of a CA.
-var hierarchy = sync.OnceValue(func() *ca.Hierarchy {
+// Hierarchy is the CA of site TST, made once per test binary: key generation is the slow
+// part of a CA. Tests that run their own CA over their own store share it.
+var Hierarchy = sync.OnceValue(func() *ca.Hierarchy {
 	h, err := ca.NewHierarchy("TST", ca.P256, time.Now(), rand.Reader)
 	if err != nil {
 		panic(err)
@@ -51,7 +52,7 @@ func Start(t testing.TB) *Server {
 		t.Fatalf("opening the site database: %v", err)
 	}
 	t.Cleanup(func() { _ = db.Close() })
-	h := hierarchy()
+	h := Hierarchy()
 	c, err := ca.New(ctx, db, ca.Options{SiteCode: "TST", Hierarchy: h, PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatalf("ca.New: %v", err)

@@ -44,7 +44,7 @@ EXAMPLES:
    ibcm ca serve --config /srv/ibcm/site.yaml
    IBCM_CA_PASSWORD_FILE=/run/secrets/ca ibcm ca serve --config /etc/ibcm/site.yaml`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Required: true, Usage: "site.yaml to serve", EnvVars: []string{"IBCM_CONFIG"}},
+			configFlag(),
 		},
 		Action: func(c *cli.Context) error { return serve(c, c.String("config"), site.RoleCA) },
 	}

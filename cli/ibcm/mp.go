@@ -30,7 +30,7 @@ EXAMPLES:
    ibcm mp serve --config /etc/ibcm/mp1.yaml
    ibcm mp serve --config /etc/ibcm/mp-dmz.yaml --log-level debug`,
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "config", Required: true, Usage: "site.yaml to serve", EnvVars: []string{"IBCM_CONFIG"}},
+				configFlag(),
 			},
 			Action: func(c *cli.Context) error { return serve(c, c.String("config"), site.RoleMP) },
 		}},

@@ -142,3 +142,8 @@ func dirFlag(required bool) *cli.StringFlag {
 func jsonFlag() *cli.BoolFlag {
 	return &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts", EnvVars: []string{"IBCM_JSON"}}
 }
+
+// configFlag names the site.yaml a role serves.
+func configFlag() *cli.StringFlag {
+	return &cli.StringFlag{Name: "config", Required: true, Usage: "site.yaml to serve", EnvVars: []string{"IBCM_CONFIG"}}
+}
