@@ -23,6 +23,7 @@ import (
 	"github.com/ibcm-project/ibcm/ca/catest"
 	"github.com/ibcm-project/ibcm/internal/pgtest"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/tlspark"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
@@ -78,14 +79,15 @@ func newFixture(t testing.TB, db *sitedb.DB, o Options) *fixture {
 		srv := httptest.NewUnstartedServer(nil)
 		srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are what the tests want
 		m.Configure(srv.Config, loc)
-		srv.TLS = m.TLSConfig(nil)
-		srv.TLS.Certificates = []tls.Certificate{serverCert}
-		srv.StartTLS()
+		cfg := m.TLSConfig(nil)
+		cfg.Certificates = []tls.Certificate{serverCert}
+		srv.Listener = tlspark.NewListener(srv.Listener, cfg) // as site.Run serves an MP
+		srv.Start()
 		t.Cleanup(srv.Close)
 		if loc == wire.Intranet {
-			f.intranet = srv.URL
+			f.intranet = "https://" + srv.Listener.Addr().String()
 		} else {
-			f.internet = srv.URL
+			f.internet = "https://" + srv.Listener.Addr().String()
 		}
 	}
 	return f

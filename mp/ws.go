@@ -5,7 +5,8 @@ package mp
 // unfragmented frames, and reading the device's control frames (ping, pong, close). Every
 // data frame from the device is refused. Keeping it this small is what makes an idle
 // channel cheap: no buffered reader or writer, no goroutine but the reader, nothing of the
-// HTTP request kept after the upgrade.
+// HTTP request kept after the upgrade, and the TLS 1.3 record layer parked outside
+// crypto/tls.
 
 import (
 	"crypto/sha1"
@@ -22,6 +23,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ibcm-project/ibcm/internal/api"
+	"github.com/ibcm-project/ibcm/internal/tlspark"
 )
 
 // Opcodes (RFC 6455 §5.2).
@@ -137,7 +139,18 @@ func upgrade(w http.ResponseWriter, r *http.Request) (net.Conn, error) {
 		return nil, nil
 	}
 	// brw is not kept: net/http's 4 KiB reader and writer go with its conn once the
-	// handler returns.
+	// handler returns. Nor is crypto/tls, over TLS 1.3 from an MP listener: the channel's
+	// record layer is parked (internal/tlspark), which is what keeps an idle channel small.
+	// Anything else (TLS 1.2) stays on crypto/tls.
+	if tc, ok := conn.(*tls.Conn); ok {
+		switch pc, err := tlspark.Park(tc); {
+		case err == nil:
+			conn = pc
+		case !errors.Is(err, tlspark.ErrNotParkable): // data crypto/tls holds would be lost
+			_ = rawConn(conn).Close()
+			return nil, nil
+		}
+	}
 	// The http.Server's request deadlines stay on a hijacked connection; this one lives on.
 	_ = conn.SetDeadline(time.Time{})
 	_ = conn.SetWriteDeadline(time.Now().Add(wsWriteWait))
@@ -149,10 +162,10 @@ func upgrade(w http.ResponseWriter, r *http.Request) (net.Conn, error) {
 	return conn, nil
 }
 
-// rawConn is the connection under a TLS one: closing it ends a stuck TLS write or read
-// without sending a close_notify (which could block).
+// rawConn is the connection under a TLS one (crypto/tls or parked): closing it ends a
+// stuck TLS write or read without sending a close_notify (which could block).
 func rawConn(conn net.Conn) net.Conn {
-	if tc, ok := conn.(*tls.Conn); ok {
+	if tc, ok := conn.(interface{ NetConn() net.Conn }); ok {
 		return tc.NetConn()
 	}
 	return conn

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
+	"github.com/ibcm-project/ibcm/internal/tlspark"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
@@ -421,4 +422,71 @@ func FuzzFrames(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestNotifyChannelParked checks that a TLS 1.3 channel leaves crypto/tls once upgraded
+// (internal/tlspark, what keeps an idle channel small) and still carries pings, events and
+// the close, and that a TLS 1.2 channel works on crypto/tls.
+func TestNotifyChannelParked(t *testing.T) {
+	f := newFixture(t, sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite)), Options{})
+	pc := f.device(t, "pc-1")
+	for _, tc := range []struct {
+		name    string
+		version uint16
+		parked  bool
+	}{
+		{"TLS 1.3 is parked", tls.VersionTLS13, true},
+		{"TLS 1.2 stays on crypto/tls", tls.VersionTLS12, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := tls.Dial("tcp", strings.TrimPrefix(f.intranet, "https://"), &tls.Config{RootCAs: f.roots, Certificates: []tls.Certificate{pc}, MaxVersion: tc.version})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			// a request first on the same connection: the channel need not be its first use
+			if _, err := io.WriteString(c, "GET /v1/whoami HTTP/1.1\r\nHost: mp\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("whoami: %v %v", resp, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			if _, err := io.WriteString(c, upgradeRequest("")); err != nil {
+				t.Fatal(err)
+			}
+			if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("upgrade: %v %v", resp, err)
+			}
+			waitConnected(t, f.mp, deviceID(pc), 1)
+			f.mp.hub.mu.Lock()
+			var nc *notifyConn
+			for nc = range f.mp.hub.notify[deviceID(pc)] {
+			}
+			f.mp.hub.mu.Unlock()
+			if _, parked := nc.conn.(*tlspark.Conn); parked != tc.parked {
+				t.Fatalf("channel on %T, parked %v, want %v", nc.conn, parked, tc.parked)
+			}
+			if _, err := c.Write(clientFrame(0x89, true, []byte("are you there"))); err != nil {
+				t.Fatal(err)
+			}
+			if op, p, err := serverFrame(br); err != nil || op != opPong || string(p) != "are you there" {
+				t.Fatalf("ping answered op %#x %q %v", op, p, err)
+			}
+			if err := f.mp.Push(context.Background(), deviceID(pc), wire.Event{Type: wire.EventPolicyChanged}); err != nil {
+				t.Fatal(err)
+			}
+			if op, p, err := serverFrame(br); err != nil || op != opText || !strings.Contains(string(p), wire.EventPolicyChanged) {
+				t.Fatalf("event arrived as op %#x %q %v", op, p, err)
+			}
+			if _, err := c.Write(clientFrame(0x88, true, closePayload(closeNormal, "bye"))); err != nil {
+				t.Fatal(err)
+			}
+			expectClose(t, br, closeNormal)
+			waitConnected(t, f.mp, deviceID(pc), 0)
+		})
+	}
 }

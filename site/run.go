@@ -16,6 +16,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/tlspark"
 	"github.com/ibcm-project/ibcm/internal/trust"
 )
 
@@ -231,6 +232,7 @@ type server struct {
 	role, addr, url string
 	handler         http.Handler
 	tls             *tls.Config
+	parkable        bool // MP: a notification channel's TLS may be parked (internal/tlspark)
 	maxConns        int
 	configure       func(*http.Server) // optional: the role's own hooks
 	ln              net.Listener
@@ -243,7 +245,10 @@ func (s *server) listen() error {
 		return fmt.Errorf("%s listener on %s: %w", s.role, s.addr, err)
 	}
 	ln = netutil.LimitListener(ln, s.maxConns)
-	if s.tls != nil {
+	switch {
+	case s.tls != nil && s.parkable:
+		ln = tlspark.NewListener(ln, s.tls)
+	case s.tls != nil:
 		ln = tls.NewListener(ln, s.tls)
 	}
 	s.ln = ln

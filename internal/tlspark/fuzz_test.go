@@ -1,0 +1,69 @@
+package tlspark
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// streamConn is a net.Conn that reads a fixed stream and drops what is written.
+type streamConn struct{ r *bytes.Reader }
+
+func (c streamConn) Read(p []byte) (int, error)     { return c.r.Read(p) }
+func (streamConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (streamConn) Close() error                     { return nil }
+func (streamConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (streamConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (streamConn) SetDeadline(time.Time) error      { return nil }
+func (streamConn) SetReadDeadline(time.Time) error  { return nil }
+func (streamConn) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzRead feeds the record layer a stream from the network, starting with records a
+// peer with the test secrets really sends (data, KeyUpdate, close_notify): it must end
+// with an error or EOF, never panic, and never return more than the stream could hold.
+func FuzzRead(f *testing.F) {
+	s := suites[0]
+	secret := bytes.Repeat([]byte{1}, 32)
+	var seed bytes.Buffer
+	w := &Conn{raw: streamConnWriter{&seed}, suite: s}
+	w.out.setSecret(s, secret)
+	w.Write([]byte("hello"))
+	f.Add(seed.Bytes())
+	w.wmu.Lock()
+	w.writeRecord(recordTypeHandshake, []byte{typeKeyUpdate, 0, 0, 1, 0})
+	w.out.update(s)
+	w.wmu.Unlock()
+	w.Write(bytes.Repeat([]byte("z"), 3000))
+	f.Add(seed.Bytes())
+	w.CloseWrite()
+	f.Add(seed.Bytes())
+	f.Add([]byte{23, 3, 3, 0, 0})
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		for _, known := range []bool{true, false} {
+			c := &Conn{raw: streamConn{bytes.NewReader(stream)}, suite: s, inKnown: known, inLo: 0, inHi: 3}
+			c.in.setSecret(s, secret)
+			c.out.setSecret(s, secret)
+			n, err := io.Copy(io.Discard, c)
+			if err == nil && len(stream) == 0 {
+				t.Fatal("an empty stream read as a clean close")
+			}
+			if n > int64(len(stream)) {
+				t.Fatalf("read %d bytes of data from a %d-byte stream", n, len(stream))
+			}
+		}
+	})
+}
+
+// streamConnWriter is a net.Conn that appends what is written to a buffer.
+type streamConnWriter struct{ b *bytes.Buffer }
+
+func (c streamConnWriter) Read([]byte) (int, error)       { return 0, io.EOF }
+func (c streamConnWriter) Write(p []byte) (int, error)    { return c.b.Write(p) }
+func (streamConnWriter) Close() error                     { return nil }
+func (streamConnWriter) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (streamConnWriter) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (streamConnWriter) SetDeadline(time.Time) error      { return nil }
+func (streamConnWriter) SetReadDeadline(time.Time) error  { return nil }
+func (streamConnWriter) SetWriteDeadline(time.Time) error { return nil }
