@@ -103,6 +103,15 @@ func Park(tc *tls.Conn) (*Conn, error) {
 
 // Conn is a parked TLS 1.3 connection: a net.Conn whose records this package seals and
 // opens. Read is for one goroutine at a time; Write may be called from any.
+//
+// The first record Conn reads is the one place it is weaker than crypto/tls: it is opened
+// with each sequence number from the range Park computed (at most maxCandidates), so an
+// active attacker on the path could, once, drop up to that many of the peer's records
+// unnoticed, or replay one of the peer's last application records from before Park. From
+// the second record on, numbering is exact. For the MP's notification channel neither
+// matters: the records before Park are HTTP request text, which is never a valid client
+// WebSocket frame (the channel closes with a protocol error), and the peer's frames are
+// pongs, pings and a close, whose loss the ping timeout covers.
 type Conn struct {
 	raw   net.Conn
 	suite *suite
