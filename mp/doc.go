@@ -2,7 +2,8 @@
 // TLS (revocation and blocking checked in the handshake), device registration and clone
 // detection, policy documents and device groups, check-in, status messages, the
 // notification channel (a WebSocket per device, with events passed between MPs through the
-// site database), the admin API behind `ibcm device|group|policy`, and load shedding.
+// site database; once upgraded, its TLS 1.3 record layer is parked outside crypto/tls by
+// internal/tlspark, so an idle device costs a few KiB), the admin API behind `ibcm device|group|policy`, and load shedding.
 // DNS publishing of its SRV records is in mp/dnspub.
 //
 // Its tables (devices, device_certificates, device_groups, group_members, policies,

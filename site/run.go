@@ -227,6 +227,13 @@ func LoadHierarchy(cfg *Config) (*ca.Hierarchy, error) {
 	return &ca.Hierarchy{Root: roots[0], Issuing: iss[0], IssuingKey: key}, nil
 }
 
+// slowClientTimeouts cut a client that is slow to shake hands or send its request
+// headers, slow to send a body or read an answer, or idle between requests; tests shorten
+// them. A hijacked connection (the MP's notification channel) has its own.
+var slowClientTimeouts = struct{ header, read, write, idle time.Duration }{
+	header: 10 * time.Second, read: 30 * time.Second, write: 30 * time.Second, idle: 2 * time.Minute,
+}
+
 // server is one listener of the site with hardened HTTP timeouts and a connection limit.
 type server struct {
 	role, addr, url string
@@ -254,10 +261,10 @@ func (s *server) listen() error {
 	s.ln = ln
 	s.srv = &http.Server{
 		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: slowClientTimeouts.header, // also bounds the TLS handshake
+		ReadTimeout:       slowClientTimeouts.read,
+		WriteTimeout:      slowClientTimeouts.write,
+		IdleTimeout:       slowClientTimeouts.idle,
 		MaxHeaderBytes:    16 << 10,
 	}
 	if s.configure != nil {

@@ -2,6 +2,8 @@ package site
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"io"
 	"path/filepath"
 	"strings"
@@ -16,6 +18,31 @@ import (
 // Run serves every listener; Status reports them healthy while it runs and down after it
 // stopped, and Run returns cleanly when its context ends.
 func TestRunAndStatus(t *testing.T) {
+	cfg, stop := runSite(t)
+	hs, err := Status(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hs {
+		if !h.Healthy {
+			t.Errorf("%s not healthy while running: %s", h.Role, h.Error)
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	hs, _ = Status(context.Background(), cfg)
+	for _, h := range hs {
+		if h.Healthy || h.Error == "" {
+			t.Errorf("%s reported healthy after shutdown", h.Role)
+		}
+	}
+}
+
+// runSite initialises a site on free ports and runs it until every listener is up. stop
+// ends it and returns what Run did; it runs at the end of the test too.
+func runSite(t *testing.T) (cfg *Config, stop func() error) {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "site")
 	o := initOptions(dir)
 	o.CAAddr, o.CAPublicAddr, o.MPIntranetAddr, o.MPInternetAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
@@ -39,30 +66,21 @@ func TestRunAndStatus(t *testing.T) {
 			t.Fatal("listeners not ready after 20s")
 		}
 	}
-	hs, err := Status(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(15 * time.Second):
+				runErr = errors.New("Run did not return after its context ended")
+			}
+		})
+		return runErr
 	}
-	for _, h := range hs {
-		if !h.Healthy {
-			t.Errorf("%s not healthy while running: %s", h.Role, h.Error)
-		}
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("Run did not return after its context ended")
-	}
-	hs, _ = Status(context.Background(), cfg)
-	for _, h := range hs {
-		if h.Healthy || h.Error == "" {
-			t.Errorf("%s reported healthy after shutdown", h.Role)
-		}
-	}
+	t.Cleanup(func() { _ = stop() })
+	return cfg, stop
 }
 
 func freeAddr(t *testing.T) string {
