@@ -3,10 +3,10 @@ package site
 import (
 	"context"
 	"errors"
-	"sync"
 	"io"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
