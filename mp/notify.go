@@ -236,6 +236,7 @@ func (nc *notifyConn) writeFrame(op byte, payload []byte) error {
 	}
 	_ = nc.conn.SetWriteDeadline(time.Now().Add(wsWriteWait))
 	_, err := nc.conn.Write(frame)
+	_ = nc.conn.SetWriteDeadline(time.Time{})
 	return err
 }
 

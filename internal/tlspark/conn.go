@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
@@ -28,22 +29,23 @@ const (
 	recordTypeApplicationData = 23
 	maxPlaintext              = 1 << 14
 	maxCiphertext             = maxPlaintext + 256
+	typeFinished              = 20
 	typeKeyUpdate             = 24
 
 	alertCloseNotify       = 0
 	alertUnexpectedMessage = 10
 	alertBadRecordMAC      = 20
 	alertRecordOverflow    = 22
+	alertIllegalParameter  = 47
 	alertDecodeError       = 50
 
-	// maxCandidates bounds the sequence numbers the first record after Park is tried
-	// with; a connection that leaves more open is not parked.
-	maxCandidates = 16
+	// maxUseless is how many records in a row may carry nothing (empty data, KeyUpdate)
+	// before the peer is cut off, as crypto/tls does.
+	maxUseless = 16
 )
 
 // ErrNotParkable means the connection cannot be parked (not TLS 1.3, not from a Listener,
-// or too much traffic before Park to know the receiving sequence number); it is untouched
-// and can be used as it is.
+// or its handshake could not be followed); it is untouched and can be used as it is.
 var ErrNotParkable = errors.New("tlspark: connection cannot be parked")
 
 // ErrPending means the peer sent data that crypto/tls already holds: the connection is no
@@ -64,19 +66,8 @@ func Park(tc *tls.Conn) (*Conn, error) {
 		return nil, fmt.Errorf("%w: %s", ErrNotParkable, tls.VersionName(cs.Version))
 	}
 	s := suiteByID(cs.CipherSuite)
-	if s == nil || !cc.verified {
-		return nil, fmt.Errorf("%w: cipher suite %s", ErrNotParkable, tls.CipherSuiteName(cs.CipherSuite))
-	}
-	// The client's records so far: its handshake took at least one encrypted record and at
-	// most the ones received by VerifyConnection and two more (CertificateVerify,
-	// Finished); the request that led here took at least one.
-	in := cc.in.encrypted
-	lo, hi := uint64(1), in-1
-	if in > cc.inAtVerify+2 {
-		lo = max(lo, in-cc.inAtVerify-2)
-	}
-	if in < 2 || hi-lo+1 > maxCandidates {
-		return nil, fmt.Errorf("%w: %d records received", ErrNotParkable, in)
+	if s == nil || !cc.verified || !cc.flight.ok {
+		return nil, fmt.Errorf("%w: the handshake (%s) was not followed", ErrNotParkable, tls.CipherSuiteName(cs.CipherSuite))
 	}
 	if !cc.in.atBoundary() || !cc.out.atBoundary() {
 		return nil, ErrPending
@@ -93,42 +84,35 @@ func Park(tc *tls.Conn) (*Conn, error) {
 	if len(clientSecret) != s.hash().Size() || len(serverSecret) != s.hash().Size() {
 		return nil, fmt.Errorf("%w: traffic secrets not logged", ErrNotParkable)
 	}
-	c := &Conn{raw: cc.Conn, suite: s, inLo: lo, inHi: hi}
+	c := &Conn{raw: cc.Conn, suite: s}
 	c.in.setSecret(s, clientSecret)
 	c.out.setSecret(s, serverSecret)
-	c.in.seq = lo
+	// Every record after the client's handshake flight, and every record the server sent
+	// after its own, was under the application keys.
+	c.in.seq = cc.in.encrypted - cc.flight.records
 	c.out.seq = cc.out.records - cc.outAtVerify
 	return c, nil
 }
 
 // Conn is a parked TLS 1.3 connection: a net.Conn whose records this package seals and
-// opens. Read is for one goroutine at a time; Write may be called from any.
-//
-// The first record Conn reads is the one place it is weaker than crypto/tls: it is opened
-// with each sequence number from the range Park computed (at most maxCandidates), so an
-// active attacker on the path could, once, drop up to that many of the peer's records
-// unnoticed, or replay one of the peer's last application records from before Park. From
-// the second record on, numbering is exact. For the MP's notification channel neither
-// matters: the records before Park are HTTP request text, which is never a valid client
-// WebSocket frame (the channel closes with a protocol error), and the peer's frames are
-// pongs, pings and a close, whose loss the ping timeout covers.
+// opens. Read is for one goroutine at a time; Write, Close and CloseWrite may be called
+// from any. A read error, a read deadline included, ends the read side.
 type Conn struct {
 	raw   net.Conn
 	suite *suite
 
 	// Read side, owned by the reader.
-	in         trafficKeys
-	inLo, inHi uint64 // until the first record opens: the sequence numbers it may have
-	inKnown    bool
-	hdr        [recordHeaderLen]byte
-	plain      []byte // decrypted and not yet read; nil when idle
-	rerr       error  // sticky: the read side has failed or ended
+	in      trafficKeys
+	hdr     [recordHeaderLen]byte
+	plain   []byte // decrypted and not yet read; nil when idle
+	useless int    // records in a row that carried no data
+	rerr    error  // sticky: the read side has failed or ended
 
-	// Write side.
+	// Write side, under wmu.
 	wmu       sync.Mutex
 	out       trafficKeys
-	updateOut bool // the peer asked for a KeyUpdate: send ours before more data
 	werr      error
+	updateOut atomic.Bool // the peer asked for a KeyUpdate: ours goes before our next data
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -153,12 +137,24 @@ func (k *trafficKeys) update(s *suite) {
 	k.setSecret(s, s.expandLabel(k.secret, "traffic upd", len(k.secret)))
 }
 
-func (k *trafficKeys) nonce(seq uint64) []byte {
-	n := k.iv
+// nonce is the per-record nonce: the IV xor the sequence number (RFC 8446 §5.3).
+func nonce(iv [12]byte, seq uint64) []byte {
 	for i := range 8 {
-		n[4+i] ^= byte(seq >> (56 - 8*i))
+		iv[4+i] ^= byte(seq >> (56 - 8*i))
 	}
-	return n[:]
+	return iv[:]
+}
+
+// innerPlaintext splits a decrypted record into its content type and content (§5.2).
+func innerPlaintext(plain []byte) (typ byte, content []byte, ok bool) {
+	i := len(plain) - 1
+	for i >= 0 && plain[i] == 0 {
+		i--
+	}
+	if i < 0 {
+		return 0, nil, false
+	}
+	return plain[i], plain[:i], true
 }
 
 // Read returns application data. A close_notify from the peer is io.EOF.
@@ -196,21 +192,28 @@ func (c *Conn) readRecord() error {
 	if _, err := io.ReadFull(c.raw, record); err != nil {
 		return err
 	}
-	plain, err := c.open(record)
+	aead, err := c.suite.aead(c.in.key)
+	if err != nil {
+		return err
+	}
+	plain, err := aead.Open(record[:0], nonce(c.in.iv, c.in.seq), record, c.hdr[:])
 	if err != nil {
 		return c.fatal(alertBadRecordMAC, "tlspark: record does not authenticate")
 	}
-	// TLSInnerPlaintext: content, the real type, then zeros.
-	i := len(plain) - 1
-	for i >= 0 && plain[i] == 0 {
-		i--
+	c.in.seq++
+	if len(plain) > maxPlaintext+1 {
+		return c.fatal(alertRecordOverflow, "tlspark: record of %d bytes", len(plain))
 	}
-	if i < 0 {
+	typ, content, ok := innerPlaintext(plain)
+	if !ok {
 		return c.fatal(alertUnexpectedMessage, "tlspark: record without a content type")
 	}
-	typ, content := plain[i], plain[:i]
-	if len(content) > maxPlaintext {
-		return c.fatal(alertRecordOverflow, "tlspark: record of %d bytes", len(content))
+	if typ != recordTypeApplicationData || len(content) == 0 {
+		if c.useless++; c.useless > maxUseless {
+			return c.fatal(alertUnexpectedMessage, "tlspark: too many records without data")
+		}
+	} else {
+		c.useless = 0
 	}
 	switch typ {
 	case recordTypeApplicationData:
@@ -225,54 +228,29 @@ func (c *Conn) readRecord() error {
 		}
 		return fmt.Errorf("tlspark: remote error: alert %d", content[1])
 	case recordTypeHandshake:
-		return c.handshakeMessages(content)
+		return c.keyUpdate(content)
 	}
 	return c.fatal(alertUnexpectedMessage, "tlspark: unexpected content type %d", typ)
 }
 
-// open decrypts a record in place. Until one has opened, each sequence number still
-// possible is tried; the tag of the right one authenticates, any other fails.
-func (c *Conn) open(record []byte) ([]byte, error) {
-	aead, err := c.suite.aead(c.in.key)
-	if err != nil {
-		return nil, err
-	}
-	if c.inKnown {
-		plain, err := aead.Open(record[:0], c.in.nonce(c.in.seq), record, c.hdr[:])
-		if err == nil {
-			c.in.seq++
-		}
-		return plain, err
-	}
-	for seq := c.inLo; seq <= c.inHi; seq++ {
-		// Open on a copy: a failed Open may have overwritten its destination.
-		if plain, err := aead.Open(nil, c.in.nonce(seq), record, c.hdr[:]); err == nil {
-			c.inKnown, c.in.seq = true, seq+1
-			return plain, nil
-		}
-	}
-	return nil, errors.New("no sequence number opens the record")
-}
-
-// handshakeMessages handles post-handshake messages: only KeyUpdate is valid from a
-// client, and it ends the record (RFC 8446 §5.1).
-func (c *Conn) handshakeMessages(b []byte) error {
-	if len(b) != 5 || b[0] != typeKeyUpdate || b[1] != 0 || b[2] != 0 || b[3] != 1 || b[4] > 1 {
+// keyUpdate handles a post-handshake message: only KeyUpdate is valid from a client, and
+// it ends its record (RFC 8446 §5.1). Asked for ours, it is sent before our next data
+// (§4.6.3), by the next Write: the reader never waits on the write side.
+func (c *Conn) keyUpdate(b []byte) error {
+	if len(b) != 5 || b[0] != typeKeyUpdate || b[1] != 0 || b[2] != 0 || b[3] != 1 {
 		return c.fatal(alertUnexpectedMessage, "tlspark: unexpected post-handshake message")
 	}
+	if b[4] > 1 {
+		return c.fatal(alertIllegalParameter, "tlspark: KeyUpdate with request_update %d", b[4])
+	}
 	c.in.update(c.suite)
-	c.inKnown = true
-	var err error
 	if b[4] == 1 { // update_requested
-		c.wmu.Lock()
-		c.updateOut = true
-		err = c.flushKeyUpdate()
-		c.wmu.Unlock()
+		c.updateOut.Store(true)
 	}
 	if testHookKeyUpdate != nil {
 		testHookKeyUpdate()
 	}
-	return err
+	return nil
 }
 
 // testHookKeyUpdate, when set by a test, runs after each KeyUpdate from the peer.
@@ -282,8 +260,12 @@ var testHookKeyUpdate func()
 func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if err := c.flushKeyUpdate(); err != nil {
-		return 0, err
+	if c.updateOut.Load() {
+		if err := c.writeRecord(recordTypeHandshake, []byte{typeKeyUpdate, 0, 0, 1, 0}); err != nil {
+			return 0, err
+		}
+		c.updateOut.Store(false)
+		c.out.update(c.suite)
 	}
 	n := 0
 	for len(p) > 0 {
@@ -297,20 +279,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// flushKeyUpdate answers a peer's update_requested (under wmu).
-func (c *Conn) flushKeyUpdate() error {
-	if !c.updateOut {
-		return nil
-	}
-	if err := c.writeRecord(recordTypeHandshake, []byte{typeKeyUpdate, 0, 0, 1, 0}); err != nil {
-		return err
-	}
-	c.updateOut = false
-	c.out.update(c.suite)
-	return nil
-}
-
-// writeRecord seals and sends one record (under wmu).
+// writeRecord seals and sends one record (under wmu). A failed write ends the write side.
 func (c *Conn) writeRecord(typ byte, content []byte) error {
 	if c.werr != nil {
 		return c.werr
@@ -324,7 +293,7 @@ func (c *Conn) writeRecord(typ byte, content []byte) error {
 	b[0], b[1], b[2] = recordTypeApplicationData, 3, 3
 	binary.BigEndian.PutUint16(b[3:], uint16(n))
 	inner := append(append(b[recordHeaderLen:], content...), typ)
-	b = aead.Seal(b[:recordHeaderLen], c.out.nonce(c.out.seq), inner, b[:recordHeaderLen])
+	b = aead.Seal(b[:recordHeaderLen], nonce(c.out.iv, c.out.seq), inner, b[:recordHeaderLen])
 	c.out.seq++
 	if _, err := c.raw.Write(b); err != nil {
 		c.werr = err
@@ -333,44 +302,41 @@ func (c *Conn) writeRecord(typ byte, content []byte) error {
 	return nil
 }
 
-// fatal sends an alert, best effort, and returns the error the read side ends with.
+// fatal sends an alert if no write is under way, and returns the error the read side
+// ends with.
 func (c *Conn) fatal(alert byte, format string, args ...any) error {
-	c.sendAlert(alert)
+	if c.wmu.TryLock() {
+		c.endWrite(2, alert) // level fatal
+		c.wmu.Unlock()
+	}
 	return fmt.Errorf(format, args...)
 }
 
-func (c *Conn) sendAlert(alert byte) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+// endWrite sends an alert within a second and ends the write side (under wmu).
+func (c *Conn) endWrite(level, alert byte) error {
 	if c.werr != nil {
-		return
+		return c.werr
 	}
 	_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = c.writeRecord(recordTypeAlert, []byte{2, alert}) // fatal
-	if alert == alertCloseNotify {
-		c.werr = errors.New("tlspark: close_notify sent")
-	} else {
-		c.werr = fmt.Errorf("tlspark: alert %d sent", alert)
-	}
+	err := c.writeRecord(recordTypeAlert, []byte{level, alert})
+	c.werr = fmt.Errorf("tlspark: write side ended (alert %d sent)", alert)
+	return err
 }
 
 // CloseWrite sends close_notify; the TCP connection stays open for reading.
 func (c *Conn) CloseWrite() error {
 	c.wmu.Lock()
-	if c.werr != nil {
-		c.wmu.Unlock()
-		return c.werr
-	}
-	_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
-	err := c.writeRecord(recordTypeAlert, []byte{1, alertCloseNotify})
-	c.werr = errors.New("tlspark: close_notify sent")
-	c.wmu.Unlock()
-	return err
+	defer c.wmu.Unlock()
+	return c.endWrite(1, alertCloseNotify)
 }
 
-// Close sends close_notify (within a second) and closes the TCP connection.
+// Close sends close_notify (within a second, unless a write is under way: crypto/tls does
+// the same) and closes the TCP connection.
 func (c *Conn) Close() error {
-	_ = c.CloseWrite()
+	if c.wmu.TryLock() {
+		_ = c.endWrite(1, alertCloseNotify)
+		c.wmu.Unlock()
+	}
 	return c.raw.Close()
 }
 

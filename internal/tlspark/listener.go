@@ -13,18 +13,24 @@
 // client works; KeyUpdate (RFC 8446 §4.6.3) is honoured both ways.
 //
 // Park needs what crypto/tls does not export, so a Listener collects it while the
-// handshake runs: the traffic secrets, through a KeyLogWriter that belongs to the
-// connection and writes nowhere, and the number of records sent and received, by reading
-// the record headers that pass through. Session tickets are off on a Listener, so that
-// after the handshake the server sends only what the application writes, and the count of
-// records it has sent under the application key is exact. On the receiving side the client
-// decides how many records its own handshake takes, so the count is known within a few
-// records; the first record after Park is opened with each sequence number still possible
-// and the one that authenticates fixes it (see Conn).
+// handshake runs, through a KeyLogWriter that belongs to the connection and writes nowhere
+// (the traffic secrets) and a wrapper around the TCP connection that reads the record
+// headers passing through (the sequence numbers). Session tickets are off on a Listener, so
+// after the handshake the server sends only what the application writes and the count of
+// records it has sent under its application key is exact. The client decides how many
+// records its own handshake flight takes, so the wrapper opens that flight's records with
+// the client handshake key until the Finished, and from there the count is exact too.
+//
+// One thing Park cannot see: a KeyUpdate the client sent before Park was handled inside
+// crypto/tls, so the parked keys are stale and the client's next record does not
+// authenticate. The connection then ends (it fails closed); clients do not update keys at
+// the start of a connection.
 package tlspark
 
 import (
+	"crypto/cipher"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/hex"
 	"net"
 	"strings"
@@ -55,11 +61,10 @@ func (l *listener) Accept() (net.Conn, error) {
 	cfg.SessionTicketsDisabled = true
 	verify := l.config.VerifyConnection
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		// The server has sent its whole flight and the client's certificate is in: every
-		// record the server sends from here on is under its application traffic key.
+		// The server has sent its whole flight: every record it sends from here on is
+		// under its application traffic key.
 		cc.verified = true
 		cc.outAtVerify = cc.out.records
-		cc.inAtVerify = cc.in.encrypted
 		if verify != nil {
 			return verify(cs)
 		}
@@ -69,22 +74,26 @@ func (l *listener) Accept() (net.Conn, error) {
 }
 
 // countedConn is the TCP connection under a parkable tls.Conn: it counts the records that
-// pass each way and keeps the traffic secrets the handshake logs. crypto/tls reads under
-// its input lock and writes under its output lock, so each direction has one user at a
-// time; the handshake (VerifyConnection, the key log) runs before either is shared.
+// pass each way, finds where the client's handshake flight ends, and keeps the traffic
+// secrets the handshake logs. crypto/tls reads under its input lock and writes under its
+// output lock, so each direction has one user at a time; the handshake (VerifyConnection,
+// the key log, the flight) runs before either is shared.
 type countedConn struct {
 	net.Conn
 	in, out recordCounter
 	secrets secretLog
+	flight  clientFlight
 
 	verified    bool
 	outAtVerify uint64 // records sent when VerifyConnection ran
-	inAtVerify  uint64 // encrypted records received when VerifyConnection ran
 }
 
 func (c *countedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.in.feed(p[:n])
+	if !c.flight.done {
+		c.flight.feed(p[:n], &c.secrets)
+	}
 	return n, err
 }
 
@@ -128,12 +137,119 @@ func (rc *recordCounter) feed(p []byte) {
 // atBoundary reports whether the stream so far ends where a record ends.
 func (rc *recordCounter) atBoundary() bool { return rc.hdrN == 0 && rc.left == 0 }
 
+// clientFlight opens the client's encrypted handshake records (Certificate,
+// CertificateVerify, Finished; RFC 8446 §4.4) as they arrive, only to count them: the
+// record that completes the Finished is the last before the client's application key.
+// crypto/tls verifies the same records; this keeps nothing of them.
+type clientFlight struct {
+	done    bool
+	records uint64 // the flight's records; valid when ok
+	ok      bool   // the Finished was found
+
+	pending []byte // bytes of records not yet complete
+	aead    cipher.AEAD
+	iv      [12]byte
+	msg     [4]byte // the handshake message header being read
+	msgN    int     // its bytes so far
+	left    int     // bytes of the message body still to come
+}
+
+// feed takes bytes the client sent. Records before its flight are plaintext (ClientHello,
+// ChangeCipherSpec) and skipped; anything unexpected (TLS 1.2, a record that does not
+// open) ends the search without a result, and the connection cannot be parked.
+func (f *clientFlight) feed(p []byte, secrets *secretLog) {
+	f.pending = append(f.pending, p...)
+	for len(f.pending) >= recordHeaderLen {
+		n := recordHeaderLen + int(binary.BigEndian.Uint16(f.pending[3:5]))
+		if n > recordHeaderLen+maxCiphertext {
+			f.stop(false) // crypto/tls refuses it too
+			return
+		}
+		if len(f.pending) < n {
+			return
+		}
+		record := f.pending[:n]
+		f.pending = f.pending[n:]
+		if record[0] == recordTypeApplicationData && !f.open(record, secrets) {
+			f.stop(false)
+		}
+		if f.done {
+			return
+		}
+	}
+}
+
+func (f *clientFlight) open(record []byte, secrets *secretLog) bool {
+	if f.aead == nil {
+		secret := secrets.takeClientHandshake()
+		if secret == nil {
+			return false // no TLS 1.3 handshake secret: TLS 1.2
+		}
+		// The secret's length is the suite's hash; of the suites it fits, the one whose
+		// key opens the first record is the one negotiated.
+		for _, s := range suites {
+			if s.hash().Size() != len(secret) {
+				continue
+			}
+			aead, err := s.aead(s.expandLabel(secret, "key", s.keyLen))
+			if err != nil {
+				continue
+			}
+			copy(f.iv[:], s.expandLabel(secret, "iv", 12))
+			if _, err := aead.Open(nil, nonce(f.iv, 0), record[recordHeaderLen:], record[:recordHeaderLen]); err == nil {
+				f.aead = aead
+				break
+			}
+		}
+		if f.aead == nil {
+			return false
+		}
+	}
+	plain, err := f.aead.Open(nil, nonce(f.iv, f.records), record[recordHeaderLen:], record[:recordHeaderLen])
+	if err != nil {
+		return false
+	}
+	f.records++
+	typ, content, ok := innerPlaintext(plain)
+	if !ok || typ != recordTypeHandshake {
+		return false
+	}
+	for len(content) > 0 {
+		if f.left == 0 && f.msgN < len(f.msg) {
+			k := copy(f.msg[f.msgN:], content)
+			f.msgN += k
+			content = content[k:]
+			if f.msgN < len(f.msg) {
+				break
+			}
+			f.left = int(f.msg[1])<<16 | int(f.msg[2])<<8 | int(f.msg[3])
+		}
+		k := min(f.left, len(content))
+		f.left -= k
+		content = content[k:]
+		if f.left == 0 {
+			if f.msg[0] == typeFinished {
+				// The Finished ends its record (§5.1): the application key follows.
+				f.stop(len(content) == 0)
+				return true
+			}
+			f.msgN = 0
+		}
+	}
+	return true
+}
+
+func (f *clientFlight) stop(ok bool) {
+	*f = clientFlight{done: true, ok: ok, records: f.records}
+}
+
 // secretLog is a connection's KeyLogWriter (NSS key log lines, one per Write): it keeps
-// the two TLS 1.3 application traffic secrets and drops every other line. Nothing is
-// written anywhere.
+// the TLS 1.3 client handshake secret and the two application traffic secrets, and drops
+// every other line. Nothing is written anywhere.
 type secretLog struct {
-	mu             sync.Mutex
-	client, server []byte
+	mu              sync.Mutex
+	clientHandshake []byte
+	client, server  []byte
 }
 
 func (s *secretLog) Write(line []byte) (int, error) {
@@ -143,6 +259,8 @@ func (s *secretLog) Write(line []byte) (int, error) {
 	}
 	var dst *[]byte
 	switch f[0] {
+	case "CLIENT_HANDSHAKE_TRAFFIC_SECRET":
+		dst = &s.clientHandshake
 	case "CLIENT_TRAFFIC_SECRET_0":
 		dst = &s.client
 	case "SERVER_TRAFFIC_SECRET_0":
@@ -158,6 +276,14 @@ func (s *secretLog) Write(line []byte) (int, error) {
 	*dst = secret
 	s.mu.Unlock()
 	return len(line), nil
+}
+
+func (s *secretLog) takeClientHandshake() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	secret := s.clientHandshake
+	s.clientHandshake = nil
+	return secret
 }
 
 func (s *secretLog) take() (client, server []byte) {

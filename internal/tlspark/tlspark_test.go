@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -49,6 +50,9 @@ func newTestPKI(t *testing.T) *testPKI {
 			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{eku},
 			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+		for i := range 40 { // a certificate of over 1 KiB: its handshake message spans records when they are small
+			tmpl.DNSNames = append(tmpl.DNSNames, fmt.Sprintf("host-%02d.tlspark.test", i))
+		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 		if err != nil {
 			t.Fatal(err)
@@ -262,12 +266,17 @@ func TestOpenSSLPeer(t *testing.T) {
 	updates := make(chan struct{}, 10)
 	testHookKeyUpdate = func() { updates <- struct{}{} }
 	t.Cleanup(func() { testHookKeyUpdate = nil })
-	for _, s := range []string{"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"} {
-		t.Run(s, func(t *testing.T) {
+	for _, tc := range []struct{ suite, maxFrag string }{
+		{"TLS_AES_128_GCM_SHA256", "16384"},
+		{"TLS_AES_256_GCM_SHA384", "16384"},
+		{"TLS_CHACHA20_POLY1305_SHA256", "16384"},
+		{"TLS_AES_128_GCM_SHA256", "512"}, // the client's Certificate message in three records
+	} {
+		t.Run(tc.suite+"/"+tc.maxFrag, func(t *testing.T) {
 			addr, conns := acceptOne(t, p.server)
 			parked := make(chan error, 1)
 			go func() { serveParked(<-conns, 1, parked) }()
-			cmd := exec.Command("openssl", "s_client", "-connect", addr, "-tls1_3", "-ciphersuites", s,
+			cmd := exec.Command("openssl", "s_client", "-connect", addr, "-tls1_3", "-ciphersuites", tc.suite, "-max_send_frag", tc.maxFrag,
 				"-cert", filepath.Join(p.dir, "client.pem"), "-key", filepath.Join(p.dir, "client.key"),
 				"-CAfile", filepath.Join(p.dir, "ca.pem"), "-verify_return_error", "-quiet", "-no_ign_eof")
 			stdin, _ := cmd.StdinPipe()
@@ -321,7 +330,7 @@ func TestOpenSSLPeer(t *testing.T) {
 
 // newTestConn is one end of a parked connection with known secrets, at sequence 0.
 func newTestConn(raw net.Conn, s *suite, in, out []byte) *Conn {
-	c := &Conn{raw: raw, suite: s, inKnown: true}
+	c := &Conn{raw: raw, suite: s}
 	c.in.setSecret(s, in)
 	c.out.setSecret(s, out)
 	return c
@@ -370,11 +379,14 @@ func TestKeyUpdateIsAnswered(t *testing.T) {
 func TestBadRecords(t *testing.T) {
 	s := suites[0]
 	clientSecret, serverSecret := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
-	valid := func(typ byte, content []byte) []byte { // one sealed record, as the client sends it
+	valid := func(typ byte, content []byte, more ...[]byte) []byte { // sealed records, as the client sends them
 		var b bytes.Buffer
 		w := newTestConn(streamConnWriter{&b}, s, serverSecret, clientSecret)
 		w.wmu.Lock()
 		_ = w.writeRecord(typ, content)
+		for _, m := range more {
+			_ = w.writeRecord(typ, m)
+		}
 		w.wmu.Unlock()
 		return b.Bytes()
 	}
@@ -392,6 +404,9 @@ func TestBadRecords(t *testing.T) {
 		{"unknown content type", valid(99, []byte("x")), "unexpected content type"},
 		{"post-handshake message other than KeyUpdate", valid(recordTypeHandshake, []byte{4, 0, 0, 0}), "unexpected post-handshake"},
 		{"fatal alert", valid(recordTypeAlert, []byte{2, 40}), "alert 40"},
+		{"KeyUpdate with request_update 2", valid(recordTypeHandshake, []byte{typeKeyUpdate, 0, 0, 1, 2}), "request_update 2"},
+		{"17 empty records", valid(recordTypeApplicationData, nil, make([][]byte, maxUseless)...), "too many records without data"},
+		{"too much padding", valid(0, append([]byte("x\x17"), make([]byte, maxPlaintext+200)...)), "record of"},
 		{"close_notify", valid(recordTypeAlert, []byte{1, 0}), "EOF"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
