@@ -19,6 +19,9 @@ import (
 // sqlitePragmas configures every SQLite connection; _txlock=immediate makes
 // BeginTx issue BEGIN IMMEDIATE so a write transaction holds the write lock
 // from its start instead of failing with SQLITE_BUSY when it upgrades.
+// sqliteMaxConns bounds a SQLite store's connections (readers run side by side in WAL mode).
+const sqliteMaxConns = 8
+
 const sqlitePragmas = "_pragma=busy_timeout(10000)" +
 	"&_pragma=journal_mode(WAL)" +
 	"&_pragma=foreign_keys(1)" +
@@ -77,7 +80,12 @@ func openSQLite(ctx context.Context, path string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening sqlite database %s: %w", abs, err)
 	}
-	sdb.SetMaxIdleConns(4)
+	// SQLite writes one transaction at a time; a waiting writer sleeps in a system call,
+	// which costs an OS thread for as long as it waits. A burst of requests (10,000 devices
+	// reconnecting) then left hundreds of threads behind. So connections are few and
+	// requests queue for one in the pool instead.
+	sdb.SetMaxOpenConns(sqliteMaxConns)
+	sdb.SetMaxIdleConns(sqliteMaxConns)
 	sdb.SetConnMaxIdleTime(5 * time.Minute)
 	if err := sdb.PingContext(ctx); err != nil {
 		_ = sdb.Close()
