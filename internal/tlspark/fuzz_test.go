@@ -65,3 +65,36 @@ func (streamConnWriter) RemoteAddr() net.Addr             { return &net.TCPAddr{
 func (streamConnWriter) SetDeadline(time.Time) error      { return nil }
 func (streamConnWriter) SetReadDeadline(time.Time) error  { return nil }
 func (streamConnWriter) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzClientFlight feeds the handshake follower what a client could send during a
+// handshake, in chunks: it must never panic, hold at most one record's worth of bytes, and
+// report a flight only when one was really found.
+func FuzzClientFlight(f *testing.F) {
+	s := suites[0]
+	secret := bytes.Repeat([]byte{3}, 32)
+	var flight bytes.Buffer
+	w := &Conn{raw: streamConnWriter{&flight}, suite: s}
+	w.out.setSecret(s, secret)
+	w.wmu.Lock()
+	w.writeRecord(recordTypeHandshake, []byte{11, 0, 0, 2, 0, 0})                         // Certificate (empty)
+	w.writeRecord(recordTypeHandshake, append([]byte{20, 0, 0, 32}, make([]byte, 32)...)) // Finished
+	w.wmu.Unlock()
+	f.Add(append([]byte{22, 3, 1, 0, 1, 1, 20, 3, 3, 0, 1, 1}, flight.Bytes()...), uint8(7))
+	f.Add(flight.Bytes(), uint8(1))
+	f.Fuzz(func(t *testing.T, stream []byte, chunk uint8) {
+		var fl clientFlight
+		log := &secretLog{clientHandshake: secret}
+		step := int(chunk%64) + 1
+		for len(stream) > 0 && !fl.done {
+			k := min(step, len(stream))
+			fl.feed(stream[:k], log)
+			stream = stream[k:]
+			if len(fl.pending) > recordHeaderLen+maxCiphertext+step {
+				t.Fatalf("%d bytes pending", len(fl.pending))
+			}
+		}
+		if fl.ok && fl.records == 0 {
+			t.Fatal("a flight of no records")
+		}
+	})
+}

@@ -427,3 +427,53 @@ func TestBadRecords(t *testing.T) {
 		})
 	}
 }
+
+// TestClientFlightCounts: the handshake follower counts the client's encrypted handshake
+// records up to the one that ends the Finished, however the bytes arrive.
+func TestClientFlightCounts(t *testing.T) {
+	s := suites[0]
+	secret := bytes.Repeat([]byte{3}, 32)
+	sealed := func(contents ...[]byte) []byte {
+		var b bytes.Buffer
+		w := &Conn{raw: streamConnWriter{&b}, suite: s}
+		w.out.setSecret(s, secret)
+		for _, c := range contents {
+			w.wmu.Lock()
+			_ = w.writeRecord(recordTypeHandshake, c)
+			w.wmu.Unlock()
+		}
+		return b.Bytes()
+	}
+	plaintext := []byte{22, 3, 1, 0, 2, 1, 0, 20, 3, 3, 0, 1, 1} // a ClientHello stub, ChangeCipherSpec
+	cert := []byte{11, 0, 0, 4, 0, 0, 0, 0}
+	finished := append([]byte{20, 0, 0, 32}, make([]byte, 32)...)
+	for _, tc := range []struct {
+		name    string
+		stream  []byte
+		secret  []byte
+		ok      bool
+		records uint64
+	}{
+		{"a record per message", append(plaintext, sealed(cert, finished)...), secret, true, 2},
+		{"Finished split over two records", append(plaintext, sealed(cert, finished[:10], finished[10:])...), secret, true, 3},
+		{"both in one record", sealed(append(append([]byte{}, cert...), finished...)), secret, true, 1},
+		{"data after the Finished in its record", sealed(cert, append(append([]byte{}, finished...), 4, 0, 0, 0)), secret, false, 2},
+		{"no handshake secret (TLS 1.2)", sealed(cert, finished), nil, false, 0},
+		{"another key", sealed(cert, finished), bytes.Repeat([]byte{4}, 32), false, 0},
+	} {
+		for _, step := range []int{1, 7, 1 << 20} {
+			t.Run(fmt.Sprintf("%s/%d", tc.name, step), func(t *testing.T) {
+				var fl clientFlight
+				log := &secretLog{clientHandshake: tc.secret}
+				for b := tc.stream; len(b) > 0 && !fl.done; {
+					k := min(step, len(b))
+					fl.feed(b[:k], log)
+					b = b[k:]
+				}
+				if !fl.done || fl.ok != tc.ok || (tc.ok && fl.records != tc.records) {
+					t.Fatalf("done %v ok %v records %d, want ok %v records %d", fl.done, fl.ok, fl.records, tc.ok, tc.records)
+				}
+			})
+		}
+	}
+}
