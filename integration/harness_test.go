@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/freeport"
+	"github.com/ibcm-project/ibcm/internal/peertest"
 
 	"github.com/ibcm-project/ibcm/internal/pgtest"
 )
@@ -43,15 +44,7 @@ func TestMain(m *testing.M) {
 }
 
 // needTool fails the test (under CI) or skips it when a real peer is missing.
-func needTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s not found: run `make deps` as root", name)
-		}
-		t.Skipf("%s not found: run `make deps` as root", name)
-	}
-}
+func needTool(t *testing.T, name string) { t.Helper(); peertest.Need(t, name) }
 
 func freeAddr(t *testing.T) string {
 	t.Helper()

@@ -17,12 +17,10 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/freeport"
+	"github.com/ibcm-project/ibcm/internal/peertest"
 
 	"github.com/miekg/dns"
 )
-
-// installHint is the advice given when a BIND binary is missing.
-const installHint = "run `make deps` as root (apt-get install bind9 bind9-dnsutils)"
 
 const (
 	readyTimeout = 10 * time.Second // named must answer a SOA query within this
@@ -280,25 +278,10 @@ func (s *Server) NSUpdate(t testing.TB, commands ...string) {
 	}
 }
 
-// lookBinary finds a BIND binary on PATH or in /usr/sbin and /usr/bin (not on
-// every user's PATH). When missing it skips t, or fails it when CI=true.
+// lookBinary finds a BIND binary (see peertest.Need).
 func lookBinary(t testing.TB, name string) string {
 	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/usr/bin"} {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	msg := fmt.Sprintf("%s not found: %s", name, installHint)
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s", msg)
-	}
-	t.Skip(msg)
-	return ""
+	return peertest.Need(t, name)
 }
 
 // freePort returns a port that is free on 127.0.0.1 for both UDP and TCP.

@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ibcm-project/ibcm/internal/peertest"
 )
 
 // testPKI is a CA with a server certificate for 127.0.0.1 and a client certificate, as
@@ -246,22 +248,11 @@ func TestParkRefuses(t *testing.T) {
 	})
 }
 
-// needTool fails the test under CI=true when a real peer is missing, and skips it otherwise.
-func needTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s not found: run `make deps` as root", name)
-		}
-		t.Skipf("%s not found: run `make deps` as root", name)
-	}
-}
-
 // TestOpenSSLPeer runs each TLS 1.3 cipher suite against openssl s_client, another record
 // layer than ours and crypto/tls's, with KeyUpdate both ways after Park: 'K' makes
 // s_client send one that asks for ours back, 'k' one that does not.
 func TestOpenSSLPeer(t *testing.T) {
-	needTool(t, "openssl")
+	peertest.Need(t, "openssl")
 	p := newTestPKI(t)
 	updates := make(chan struct{}, 10)
 	testHookKeyUpdate = func() { updates <- struct{}{} }
@@ -381,7 +372,7 @@ func TestBadRecords(t *testing.T) {
 	clientSecret, serverSecret := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
 	valid := func(typ byte, content []byte, more ...[]byte) []byte { // sealed records, as the client sends them
 		var b bytes.Buffer
-		w := newTestConn(streamConnWriter{&b}, s, serverSecret, clientSecret)
+		w := newTestConn(streamConn{w: &b}, s, serverSecret, clientSecret)
 		w.wmu.Lock()
 		_ = w.writeRecord(typ, content)
 		for _, m := range more {
@@ -410,7 +401,7 @@ func TestBadRecords(t *testing.T) {
 		{"close_notify", valid(recordTypeAlert, []byte{1, 0}), "EOF"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newTestConn(streamConn{bytes.NewReader(tc.stream)}, s, clientSecret, serverSecret)
+			r := newTestConn(streamConn{r: bytes.NewReader(tc.stream)}, s, clientSecret, serverSecret)
 			_, err := r.Read(make([]byte, 10))
 			if tc.want == "EOF" {
 				if err != io.EOF {
@@ -435,7 +426,7 @@ func TestClientFlightCounts(t *testing.T) {
 	secret := bytes.Repeat([]byte{3}, 32)
 	sealed := func(contents ...[]byte) []byte {
 		var b bytes.Buffer
-		w := &Conn{raw: streamConnWriter{&b}, suite: s}
+		w := &Conn{raw: streamConn{w: &b}, suite: s}
 		w.out.setSecret(s, secret)
 		for _, c := range contents {
 			w.wmu.Lock()
