@@ -383,7 +383,7 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 	if m.hub.nNotify.Load() >= int64(m.o.MaxNotify) {
 		return api.Errorf(http.StatusServiceUnavailable, "overloaded", "too many notification channels on this management point")
 	}
-	conn, err := upgrade(w, r)
+	conn, err := upgrade(w, r, m.log.With().Str("device_id", p.id.ID).Logger())
 	if err != nil || conn == nil {
 		return err // an *api.Error to answer, or nil when the upgrade failed after the hijack
 	}

@@ -22,6 +22,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/rs/zerolog"
+
 	"github.com/ibcm-project/ibcm/internal/api"
 	"github.com/ibcm-project/ibcm/internal/tlspark"
 )
@@ -119,7 +121,7 @@ func checkUpgrade(w http.ResponseWriter, r *http.Request) (string, error) {
 // of the request is kept). It returns an *api.Error to answer when the request is not a
 // valid handshake, and (nil, nil) when the connection was hijacked but is unusable (it is
 // then closed).
-func upgrade(w http.ResponseWriter, r *http.Request) (net.Conn, error) {
+func upgrade(w http.ResponseWriter, r *http.Request, log zerolog.Logger) (net.Conn, error) {
 	accept, err := checkUpgrade(w, r)
 	if err != nil {
 		return nil, err
@@ -147,8 +149,11 @@ func upgrade(w http.ResponseWriter, r *http.Request) (net.Conn, error) {
 		case err == nil:
 			conn = pc
 		case !errors.Is(err, tlspark.ErrNotParkable): // data crypto/tls holds would be lost
+			log.Info().Err(err).Msg("notification channel refused")
 			_ = rawConn(conn).Close()
 			return nil, nil
+		default: // it works, at crypto/tls's cost in memory: say so
+			log.Info().Err(err).Msg("notification channel not parked")
 		}
 	}
 	// The http.Server's request deadlines stay on a hijacked connection; this one lives on.

@@ -34,6 +34,7 @@ const (
 
 	alertCloseNotify       = 0
 	alertUnexpectedMessage = 10
+	alertUserCanceled      = 90
 	alertBadRecordMAC      = 20
 	alertRecordOverflow    = 22
 	alertIllegalParameter  = 47
@@ -159,6 +160,9 @@ func innerPlaintext(plain []byte) (typ byte, content []byte, ok bool) {
 
 // Read returns application data. A close_notify from the peer is io.EOF.
 func (c *Conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
 	for len(c.plain) == 0 {
 		if c.rerr != nil {
 			return 0, c.rerr
@@ -220,11 +224,15 @@ func (c *Conn) readRecord() error {
 		c.plain = content
 		return nil
 	case recordTypeAlert:
-		if len(content) != 2 {
+		switch {
+		case len(content) == 0:
+			return c.fatal(alertUnexpectedMessage, "tlspark: empty alert")
+		case len(content) != 2:
 			return c.fatal(alertDecodeError, "tlspark: malformed alert")
-		}
-		if content[1] == alertCloseNotify {
+		case content[1] == alertCloseNotify:
 			return io.EOF
+		case content[1] == alertUserCanceled:
+			return nil // ignored, as crypto/tls does; a close_notify follows
 		}
 		return fmt.Errorf("tlspark: remote error: alert %d", content[1])
 	case recordTypeHandshake:
@@ -234,7 +242,8 @@ func (c *Conn) readRecord() error {
 }
 
 // keyUpdate handles a post-handshake message: only KeyUpdate is valid from a client, and
-// it ends its record (RFC 8446 §5.1). Asked for ours, it is sent before our next data
+// it ends its record (RFC 8446 §5.1); one split over two records, which no client sends,
+// ends the connection. Asked for ours, it is sent before our next data
 // (§4.6.3), by the next Write: the reader never waits on the write side.
 func (c *Conn) keyUpdate(b []byte) error {
 	if len(b) != 5 || b[0] != typeKeyUpdate || b[1] != 0 || b[2] != 0 || b[3] != 1 {
@@ -260,11 +269,10 @@ var testHookKeyUpdate func()
 func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.updateOut.Load() {
+	if c.updateOut.Swap(false) { // a request read while this runs is answered by the next Write
 		if err := c.writeRecord(recordTypeHandshake, []byte{typeKeyUpdate, 0, 0, 1, 0}); err != nil {
-			return 0, err
+			return 0, err // the write side has ended
 		}
-		c.updateOut.Store(false)
 		c.out.update(c.suite)
 	}
 	n := 0

@@ -21,6 +21,9 @@
 // records its own handshake flight takes, so the wrapper opens that flight's records with
 // the client handshake key until the Finished, and from there the count is exact too.
 //
+// The tls.Config given to NewListener must not set GetConfigForClient or KeyLogWriter:
+// either would take the place of what the Listener sets, and no connection would park.
+//
 // One thing Park cannot see: a KeyUpdate the client sent before Park was handled inside
 // crypto/tls, so the parked keys are stale and the client's next record does not
 // authenticate. The connection then ends (it fails closed); clients do not update keys at
@@ -177,9 +180,14 @@ func (f *clientFlight) feed(p []byte, secrets *secretLog) {
 			return
 		}
 	}
+	if len(f.pending) == 0 {
+		f.pending = nil
+	}
 }
 
 func (f *clientFlight) open(record []byte, secrets *secretLog) bool {
+	hdr, body := record[:recordHeaderLen], record[recordHeaderLen:]
+	var plain []byte
 	if f.aead == nil {
 		secret := secrets.takeClientHandshake()
 		if secret == nil {
@@ -195,23 +203,30 @@ func (f *clientFlight) open(record []byte, secrets *secretLog) bool {
 			if err != nil {
 				continue
 			}
-			copy(f.iv[:], s.expandLabel(secret, "iv", 12))
-			if _, err := aead.Open(nil, nonce(f.iv, 0), record[recordHeaderLen:], record[:recordHeaderLen]); err == nil {
-				f.aead = aead
+			var iv [12]byte
+			copy(iv[:], s.expandLabel(secret, "iv", 12))
+			if p, err := aead.Open(nil, nonce(iv, 0), body, hdr); err == nil {
+				f.aead, f.iv, plain = aead, iv, p
 				break
 			}
 		}
 		if f.aead == nil {
 			return false
 		}
-	}
-	plain, err := f.aead.Open(nil, nonce(f.iv, f.records), record[recordHeaderLen:], record[:recordHeaderLen])
-	if err != nil {
-		return false
+	} else {
+		var err error
+		if plain, err = f.aead.Open(body[:0], nonce(f.iv, f.records), body, hdr); err != nil {
+			return false
+		}
 	}
 	f.records++
 	typ, content, ok := innerPlaintext(plain)
-	if !ok || typ != recordTypeHandshake {
+	switch {
+	case !ok:
+		return false
+	case typ == recordTypeAlert && len(content) == 2 && content[1] == alertUserCanceled:
+		return true // ignored, as crypto/tls does; a close_notify follows
+	case typ != recordTypeHandshake:
 		return false
 	}
 	for len(content) > 0 {

@@ -160,46 +160,55 @@ func serveParked(tc *tls.Conn, pre int, parked chan<- error) {
 
 func TestParkedConnectionCarriesTLS(t *testing.T) {
 	p := newTestPKI(t)
+	for _, pre := range []int{0, 1, 7, 40} {
+		t.Run(fmt.Sprintf("%d requests first", pre), func(t *testing.T) { parkAndEcho(t, p.server, p.client, pre) })
+	}
+	t.Run("no client certificate asked", func(t *testing.T) {
+		cfg := p.server.Clone()
+		cfg.ClientAuth = tls.NoClientCert
+		parkAndEcho(t, cfg, p.client, 1)
+	})
+}
+
+// parkAndEcho has a crypto/tls client make pre requests, ask for Park, and then exchange
+// data both ways, three records of it included, before a clean close.
+func parkAndEcho(t *testing.T, server, client *tls.Config, pre int) {
 	big := make([]byte, 40000) // three records each way
 	rand.Read(big)
-	for _, pre := range []int{0, 1, 7, 40} {
-		t.Run(strings.Repeat("r", min(pre, 8)), func(t *testing.T) {
-			addr, conns := acceptOne(t, p.server)
-			parked := make(chan error, 1)
-			go func() { serveParked(<-conns, pre, parked) }()
-			c, err := tls.Dial("tcp", addr, p.client)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			for range pre {
-				c.Write([]byte("req?"))
-				if got := readN(t, c, 3); got != "ok\n" {
-					t.Fatalf("answer %q", got)
-				}
-			}
-			c.Write([]byte("park"))
-			if err := <-parked; err != nil {
-				t.Fatalf("Park: %v", err)
-			}
-			if got := readN(t, c, 7); got != "parked\n" {
-				t.Fatalf("after Park: %q", got)
-			}
-			for _, msg := range [][]byte{[]byte("ping"), big, []byte("x")} {
-				if _, err := c.Write(msg); err != nil {
-					t.Fatal(err)
-				}
-				if got := readN(t, c, len(msg)); got != string(msg) {
-					t.Fatalf("echo of %d bytes differs", len(msg))
-				}
-			}
-			if err := c.CloseWrite(); err != nil {
-				t.Fatal(err)
-			}
-			if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
-				t.Fatalf("after close_notify: %q, %v (want a clean EOF)", rest, err)
-			}
-		})
+	addr, conns := acceptOne(t, server)
+	parked := make(chan error, 1)
+	go func() { serveParked(<-conns, pre, parked) }()
+	c, err := tls.Dial("tcp", addr, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range pre {
+		c.Write([]byte("req?"))
+		if got := readN(t, c, 3); got != "ok\n" {
+			t.Fatalf("answer %q", got)
+		}
+	}
+	c.Write([]byte("park"))
+	if err := <-parked; err != nil {
+		t.Fatalf("Park: %v", err)
+	}
+	if got := readN(t, c, 7); got != "parked\n" {
+		t.Fatalf("after Park: %q", got)
+	}
+	for _, msg := range [][]byte{[]byte("ping"), big, []byte("x")} {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if got := readN(t, c, len(msg)); got != string(msg) {
+			t.Fatalf("echo of %d bytes differs", len(msg))
+		}
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Fatalf("after close_notify: %q, %v (want a clean EOF)", rest, err)
 	}
 }
 
@@ -398,7 +407,9 @@ func TestBadRecords(t *testing.T) {
 		{"KeyUpdate with request_update 2", valid(recordTypeHandshake, []byte{typeKeyUpdate, 0, 0, 1, 2}), "request_update 2"},
 		{"17 empty records", valid(recordTypeApplicationData, nil, make([][]byte, maxUseless)...), "too many records without data"},
 		{"too much padding", valid(0, append([]byte("x\x17"), make([]byte, maxPlaintext+200)...)), "record of"},
+		{"empty alert", valid(recordTypeAlert, nil), "empty alert"},
 		{"close_notify", valid(recordTypeAlert, []byte{1, 0}), "EOF"},
+		{"user_canceled, then close_notify", valid(recordTypeAlert, []byte{1, alertUserCanceled}, []byte{1, 0}), "EOF"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newTestConn(streamConn{r: bytes.NewReader(tc.stream)}, s, clientSecret, serverSecret)
@@ -424,13 +435,18 @@ func TestBadRecords(t *testing.T) {
 func TestClientFlightCounts(t *testing.T) {
 	s := suites[0]
 	secret := bytes.Repeat([]byte{3}, 32)
+	userCanceled := []byte{recordTypeAlert, 1, alertUserCanceled} // an alert record, where a handshake content starts with its type
 	sealed := func(contents ...[]byte) []byte {
 		var b bytes.Buffer
 		w := &Conn{raw: streamConn{w: &b}, suite: s}
 		w.out.setSecret(s, secret)
 		for _, c := range contents {
+			typ := byte(recordTypeHandshake)
+			if bytes.Equal(c, userCanceled) {
+				typ, c = recordTypeAlert, c[1:]
+			}
 			w.wmu.Lock()
-			_ = w.writeRecord(recordTypeHandshake, c)
+			_ = w.writeRecord(typ, c)
 			w.wmu.Unlock()
 		}
 		return b.Bytes()
@@ -447,6 +463,7 @@ func TestClientFlightCounts(t *testing.T) {
 	}{
 		{"a record per message", append(plaintext, sealed(cert, finished)...), secret, true, 2},
 		{"Finished split over two records", append(plaintext, sealed(cert, finished[:10], finished[10:])...), secret, true, 3},
+		{"user_canceled between (ignored, as crypto/tls does)", sealed(cert, userCanceled, finished), secret, true, 3},
 		{"both in one record", sealed(append(append([]byte{}, cert...), finished...)), secret, true, 1},
 		{"data after the Finished in its record", sealed(cert, append(append([]byte{}, finished...), 4, 0, 0, 0)), secret, false, 2},
 		{"no handshake secret (TLS 1.2)", sealed(cert, finished), nil, false, 0},
