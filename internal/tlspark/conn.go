@@ -70,6 +70,10 @@ func Park(tc *tls.Conn) (*Conn, error) {
 	if s == nil || !cc.verified || !cc.flight.ok {
 		return nil, fmt.Errorf("%w: the handshake (%s) was not followed", ErrNotParkable, tls.CipherSuiteName(cs.CipherSuite))
 	}
+	clientSecret, serverSecret := cc.secrets.take()
+	if len(clientSecret) != s.hash().Size() || len(serverSecret) != s.hash().Size() {
+		return nil, fmt.Errorf("%w: traffic secrets not logged", ErrNotParkable)
+	}
 	if !cc.in.atBoundary() || !cc.out.atBoundary() {
 		return nil, ErrPending
 	}
@@ -81,10 +85,6 @@ func Park(tc *tls.Conn) (*Conn, error) {
 		return nil, ErrPending
 	}
 	_ = cc.Conn.SetDeadline(time.Time{})
-	clientSecret, serverSecret := cc.secrets.take()
-	if len(clientSecret) != s.hash().Size() || len(serverSecret) != s.hash().Size() {
-		return nil, fmt.Errorf("%w: traffic secrets not logged", ErrNotParkable)
-	}
 	c := &Conn{raw: cc.Conn, suite: s}
 	c.in.setSecret(s, clientSecret)
 	c.out.setSecret(s, serverSecret)
