@@ -76,6 +76,13 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		return err
 	}
 	defer db.Close()
+	// On SQLite, events stay in this process: refuse to be a second serving process on
+	// the file, before anything is written or listened on.
+	release, err := db.LockServing()
+	if err != nil {
+		return err
+	}
+	defer release()
 	// One revoked set for every role of this process.
 	verifier, err := newVerifier(ctx, db, log)
 	if err != nil {

@@ -47,6 +47,10 @@
 // whenever events may have been missed (reconnect, slow reader): the receiver
 // should then reload its state. Payloads are never empty.
 //
+// Since events on SQLite never leave the process, a process that serves site roles on a
+// SQLite store holds LockServing for its life: a second serving process on the same file
+// is refused with ErrServedElsewhere instead of silently missing every event.
+//
 // # Migrations
 //
 // Each component keeps its schema in numbered files, NNN_name.sql, usually

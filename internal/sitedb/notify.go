@@ -216,8 +216,10 @@ func (s *subscription) run(ctx context.Context, detach func()) {
 // hub carries notifications between the DBs a process opened on one SQLite
 // file. hubs holds one per cleaned absolute path, counted by open DBs.
 type hub struct {
-	path string
-	refs int // guarded by hubsMu
+	path    string
+	refs    int          // guarded by hubsMu
+	serving int          // LockServing holders; guarded by hubsMu
+	lock    *servingLock // held while serving > 0
 
 	mu   sync.Mutex
 	subs map[string]map[*subscription]struct{}
