@@ -55,22 +55,38 @@ var ErrPending = errors.New("tlspark: the peer sent data before the connection w
 
 // Park takes over tc, a TLS 1.3 server connection accepted by a Listener whose handshake is
 // complete and which the peer has nothing more in flight on (for a WebSocket: after the
-// upgrade request, before the answer). tc must not be used afterwards, whatever Park
-// returns, unless the error is ErrNotParkable.
+// upgrade request, before the answer), within ParkWindow of its start. tc must not be
+// used afterwards, whatever Park returns, unless the error is ErrNotParkable; once Park
+// succeeds, tc's reads and writes fail. Park is tried once: whatever it returns, the
+// secrets it needs are gone from tc's side, so a connection it refused stays on crypto/tls.
 func Park(tc *tls.Conn) (*Conn, error) {
 	cc, ok := tc.NetConn().(*countedConn)
 	if !ok {
 		return nil, fmt.Errorf("%w: not accepted by a tlspark listener", ErrNotParkable)
 	}
 	cs := tc.ConnectionState()
-	if !cs.HandshakeComplete || cs.Version != tls.VersionTLS13 {
+	if !cs.HandshakeComplete {
+		return nil, fmt.Errorf("%w: the handshake is not complete", ErrNotParkable)
+	}
+	cc.expire()
+	clientSecret, serverSecret := cc.secrets.take()
+	parked := false
+	defer func() {
+		if !parked {
+			clear(clientSecret)
+			clear(serverSecret)
+		}
+	}()
+	if cs.Version != tls.VersionTLS13 {
 		return nil, fmt.Errorf("%w: %s", ErrNotParkable, tls.VersionName(cs.Version))
 	}
 	s := suiteByID(cs.CipherSuite)
 	if s == nil || !cc.verified || !cc.flight.ok {
 		return nil, fmt.Errorf("%w: the handshake (%s) was not followed", ErrNotParkable, tls.CipherSuiteName(cs.CipherSuite))
 	}
-	clientSecret, serverSecret := cc.secrets.take()
+	if cc.expired.Load() {
+		return nil, fmt.Errorf("%w: not parked within %v of its start, the connection's secrets were dropped", ErrNotParkable, ParkWindow)
+	}
 	if len(clientSecret) != s.hash().Size() || len(serverSecret) != s.hash().Size() {
 		return nil, fmt.Errorf("%w: traffic secrets not logged", ErrNotParkable)
 	}
@@ -84,6 +100,10 @@ func Park(tc *tls.Conn) (*Conn, error) {
 	if n, err := tc.Read(probe[:]); n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) || !cc.in.atBoundary() {
 		return nil, ErrPending
 	}
+	// From here on the records are ours: were crypto/tls to send one, it would reuse a
+	// sequence number, a nonce under the same key.
+	cc.parked.Store(true)
+	parked = true
 	_ = cc.Conn.SetDeadline(time.Time{})
 	c := &Conn{raw: cc.Conn, suite: s}
 	c.in.setSecret(s, clientSecret)
@@ -97,12 +117,15 @@ func Park(tc *tls.Conn) (*Conn, error) {
 
 // Conn is a parked TLS 1.3 connection: a net.Conn whose records this package seals and
 // opens. Read is for one goroutine at a time; Write, Close and CloseWrite may be called
-// from any. A read error, a read deadline included, ends the read side.
+// from any. A read error, a read deadline included, ends the read side. A side's secret
+// and keys are zeroed when it ends: the write side with a failed write, CloseWrite or
+// Close; the read side with a read error or Close.
 type Conn struct {
 	raw   net.Conn
 	suite *suite
 
-	// Read side, owned by the reader.
+	// Read side, under rmu (held by Read, and by Close to end the side).
+	rmu     sync.Mutex
 	in      trafficKeys
 	hdr     [recordHeaderLen]byte
 	plain   []byte // decrypted and not yet read; nil when idle
@@ -126,16 +149,28 @@ type trafficKeys struct {
 	seq    uint64
 }
 
+// setSecret takes secret over (it is zeroed when replaced or wiped) and derives the keys.
 func (k *trafficKeys) setSecret(s *suite, secret []byte) {
+	k.wipe()
 	k.secret = secret
 	k.key = s.expandLabel(secret, "key", s.keyLen)
-	copy(k.iv[:], s.expandLabel(secret, "iv", 12))
+	iv := s.expandLabel(secret, "iv", 12)
+	copy(k.iv[:], iv)
+	clear(iv)
 	k.seq = 0
 }
 
-// update moves to the next traffic secret (KeyUpdate).
+// update moves to the next traffic secret (KeyUpdate); the old one is zeroed.
 func (k *trafficKeys) update(s *suite) {
 	k.setSecret(s, s.expandLabel(k.secret, "traffic upd", len(k.secret)))
+}
+
+// wipe zeroes the secret and keys of a direction that has ended.
+func (k *trafficKeys) wipe() {
+	clear(k.secret)
+	clear(k.key)
+	clear(k.iv[:])
+	k.secret, k.key = nil, nil
 }
 
 // nonce is the per-record nonce: the IV xor the sequence number (RFC 8446 §5.3).
@@ -163,18 +198,29 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	for len(c.plain) == 0 {
 		if c.rerr != nil {
 			return 0, c.rerr
 		}
 		c.plain = nil // drop the record buffer while waiting for the next one
 		if err := c.readRecord(); err != nil {
-			c.rerr = err
+			c.endRead(err)
 		}
 	}
 	n := copy(p, c.plain)
 	c.plain = c.plain[n:]
 	return n, nil
+}
+
+// endRead ends the read side with err and zeroes its keys (under rmu).
+func (c *Conn) endRead(err error) {
+	if c.rerr == nil {
+		c.rerr = err
+	}
+	c.plain = nil
+	c.in.wipe()
 }
 
 // readRecord reads and opens one record, handling alerts and KeyUpdate.
@@ -305,6 +351,7 @@ func (c *Conn) writeRecord(typ byte, content []byte) error {
 	c.out.seq++
 	if _, err := c.raw.Write(b); err != nil {
 		c.werr = err
+		c.out.wipe()
 		return err
 	}
 	return nil
@@ -328,6 +375,7 @@ func (c *Conn) endWrite(level, alert byte) error {
 	_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
 	err := c.writeRecord(recordTypeAlert, []byte{level, alert})
 	c.werr = fmt.Errorf("tlspark: write side ended (alert %d sent)", alert)
+	c.out.wipe()
 	return err
 }
 
@@ -339,13 +387,19 @@ func (c *Conn) CloseWrite() error {
 }
 
 // Close sends close_notify (within a second, unless a write is under way: crypto/tls does
-// the same) and closes the TCP connection.
+// the same), closes the TCP connection and ends the read side (a Read under way returns
+// first, as the connection under it is closed). A write under way fails and ends the
+// write side.
 func (c *Conn) Close() error {
 	if c.wmu.TryLock() {
 		_ = c.endWrite(1, alertCloseNotify)
 		c.wmu.Unlock()
 	}
-	return c.raw.Close()
+	err := c.raw.Close()
+	c.rmu.Lock()
+	c.endRead(net.ErrClosed)
+	c.rmu.Unlock()
+	return err
 }
 
 // NetConn returns the TCP connection: closing it ends the Conn without a close_notify.

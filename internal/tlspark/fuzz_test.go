@@ -44,7 +44,7 @@ func FuzzRead(f *testing.F) {
 	secret := bytes.Repeat([]byte{1}, 32)
 	var seed bytes.Buffer
 	w := &Conn{raw: streamConn{w: &seed}, suite: s}
-	w.out.setSecret(s, secret)
+	w.out.setSecret(s, bytes.Clone(secret))
 	w.Write([]byte("hello"))
 	f.Add(seed.Bytes())
 	w.wmu.Lock()
@@ -58,8 +58,8 @@ func FuzzRead(f *testing.F) {
 	f.Add([]byte{23, 3, 3, 0, 0})
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		c := &Conn{raw: streamConn{r: bytes.NewReader(stream)}, suite: s}
-		c.in.setSecret(s, secret)
-		c.out.setSecret(s, secret)
+		c.in.setSecret(s, bytes.Clone(secret))
+		c.out.setSecret(s, bytes.Clone(secret))
 		n, err := io.Copy(io.Discard, c)
 		if err == nil && len(stream) == 0 {
 			t.Fatal("an empty stream read as a clean close")
@@ -78,7 +78,7 @@ func FuzzClientFlight(f *testing.F) {
 	secret := bytes.Repeat([]byte{3}, 32)
 	var flight bytes.Buffer
 	w := &Conn{raw: streamConn{w: &flight}, suite: s}
-	w.out.setSecret(s, secret)
+	w.out.setSecret(s, bytes.Clone(secret))
 	w.wmu.Lock()
 	w.writeRecord(recordTypeHandshake, []byte{11, 0, 0, 2, 0, 0})                         // Certificate (empty)
 	w.writeRecord(recordTypeHandshake, append([]byte{20, 0, 0, 32}, make([]byte, 32)...)) // Finished
@@ -87,7 +87,7 @@ func FuzzClientFlight(f *testing.F) {
 	f.Add(flight.Bytes(), uint8(1))
 	f.Fuzz(func(t *testing.T, stream []byte, chunk uint8) {
 		var fl clientFlight
-		log := &secretLog{clientHandshake: secret}
+		log := &secretLog{clientHandshake: bytes.Clone(secret)}
 		step := int(chunk%64) + 1
 		for len(stream) > 0 && !fl.done {
 			k := min(step, len(stream))

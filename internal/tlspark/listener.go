@@ -24,6 +24,14 @@
 // The tls.Config given to NewListener must not set GetConfigForClient or KeyLogWriter:
 // either would take the place of what the Listener sets, and no connection would park.
 //
+// The captured secrets live no longer than they may be needed: a connection that is not
+// parked within ParkWindow of being accepted (a kept-alive request connection) drops them
+// at its next read or write, and every connection drops them when it is closed or when
+// Park refuses it. Secrets and keys this package owns are zeroed when they are dropped;
+// what crypto/tls and the AEAD implementations keep of them is theirs. Once parked, the
+// tls.Conn can no longer read or write: its records would reuse the parked sequence
+// numbers, that is, nonces under the same key.
+//
 // One thing Park cannot see: a KeyUpdate the client sent before Park was handled inside
 // crypto/tls, so the parked keys are stale and the client's next record does not
 // authenticate. The connection then ends (it fails closed); clients do not update keys at
@@ -31,26 +39,40 @@
 package tlspark
 
 import (
+	"bytes"
 	"crypto/cipher"
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"net"
-	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 )
+
+// ParkWindow is how long after it was accepted a connection may still be parked. The
+// secrets of a connection not parked by then are dropped, so a request connection kept
+// alive for hours does not carry them for its life. A device opens its notification
+// channel right after its first requests; one that reuses an older connection for it gets
+// a channel on crypto/tls, which works at crypto/tls's cost in memory.
+const ParkWindow = 2 * time.Minute
+
+// errParked is what the tls.Conn of a parked connection gets when it reads or writes.
+var errParked = errors.New("tlspark: the connection is parked: crypto/tls may no longer read or write it")
 
 // NewListener is tls.NewListener for connections that may be parked: each accepted
 // connection gets its own copy of config with a KeyLogWriter that keeps its traffic
 // secrets (and writes nowhere), session tickets off, and VerifyConnection wrapped to note
 // where the handshake's records end.
 func NewListener(inner net.Listener, config *tls.Config) net.Listener {
-	return &listener{Listener: inner, config: config}
+	return &listener{Listener: inner, config: config, now: time.Now}
 }
 
 type listener struct {
 	net.Listener
 	config *tls.Config
+	now    func() time.Time
 }
 
 func (l *listener) Accept() (net.Conn, error) {
@@ -58,7 +80,7 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	cc := &countedConn{Conn: c}
+	cc := &countedConn{Conn: c, now: l.now, parkBy: l.now().Add(ParkWindow)}
 	cfg := l.config.Clone()
 	cfg.KeyLogWriter = &cc.secrets
 	cfg.SessionTicketsDisabled = true
@@ -89,9 +111,18 @@ type countedConn struct {
 
 	verified    bool
 	outAtVerify uint64 // records sent when VerifyConnection ran
+
+	now     func() time.Time
+	parkBy  time.Time   // the end of the connection's ParkWindow
+	expired atomic.Bool // the window has passed and the secrets are gone
+	parked  atomic.Bool // Park took over: crypto/tls may no longer read or write
 }
 
 func (c *countedConn) Read(p []byte) (int, error) {
+	if c.parked.Load() {
+		return 0, errParked
+	}
+	c.expire()
 	n, err := c.Conn.Read(p)
 	c.in.feed(p[:n])
 	if !c.flight.done {
@@ -101,9 +132,27 @@ func (c *countedConn) Read(p []byte) (int, error) {
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
+	if c.parked.Load() {
+		return 0, errParked
+	}
+	c.expire()
 	n, err := c.Conn.Write(p)
 	c.out.feed(p[:n])
 	return n, err
+}
+
+// Close drops the secrets of a connection that was never parked, and closes it.
+func (c *countedConn) Close() error {
+	c.secrets.drop()
+	return c.Conn.Close()
+}
+
+// expire drops the secrets once the connection's ParkWindow has passed.
+func (c *countedConn) expire() {
+	if !c.expired.Load() && c.now().After(c.parkBy) {
+		c.expired.Store(true)
+		c.secrets.drop()
+	}
 }
 
 // recordCounter follows a stream of TLS records by their 5-byte headers.
@@ -193,22 +242,28 @@ func (f *clientFlight) open(record []byte, secrets *secretLog) bool {
 		if secret == nil {
 			return false // no TLS 1.3 handshake secret: TLS 1.2
 		}
+		defer clear(secret)
 		// The secret's length is the suite's hash; of the suites it fits, the one whose
 		// key opens the first record is the one negotiated.
 		for _, s := range suites {
 			if s.hash().Size() != len(secret) {
 				continue
 			}
-			aead, err := s.aead(s.expandLabel(secret, "key", s.keyLen))
+			key := s.expandLabel(secret, "key", s.keyLen)
+			aead, err := s.aead(key) // keeps its own expanded copy
+			clear(key)
 			if err != nil {
 				continue
 			}
 			var iv [12]byte
-			copy(iv[:], s.expandLabel(secret, "iv", 12))
+			ivb := s.expandLabel(secret, "iv", 12)
+			copy(iv[:], ivb)
+			clear(ivb)
 			if p, err := aead.Open(nil, nonce(iv, 0), body, hdr); err == nil {
 				f.aead, f.iv, plain = aead, iv, p
 				break
 			}
+			clear(iv[:])
 		}
 		if f.aead == nil {
 			return false
@@ -254,26 +309,29 @@ func (f *clientFlight) open(record []byte, secrets *secretLog) bool {
 	return true
 }
 
+// stop ends the search; the handshake key's IV is overwritten and its AEAD let go.
 func (f *clientFlight) stop(ok bool) {
 	*f = clientFlight{done: true, ok: ok, records: f.records}
 }
 
 // secretLog is a connection's KeyLogWriter (NSS key log lines, one per Write): it keeps
 // the TLS 1.3 client handshake secret and the two application traffic secrets, and drops
-// every other line. Nothing is written anywhere.
+// every other line. Nothing is written anywhere. The line itself belongs to crypto/tls
+// (io.Writer may not change it), so only the decoded copies are zeroed.
 type secretLog struct {
 	mu              sync.Mutex
 	clientHandshake []byte
 	client, server  []byte
+	closed          bool // taken or dropped: later lines are ignored
 }
 
 func (s *secretLog) Write(line []byte) (int, error) {
-	f := strings.Fields(string(line))
+	f := bytes.Fields(line) // slices of line: no copy of the secret's hex
 	if len(f) != 3 {
 		return len(line), nil
 	}
 	var dst *[]byte
-	switch f[0] {
+	switch string(f[0]) {
 	case "CLIENT_HANDSHAKE_TRAFFIC_SECRET":
 		dst = &s.clientHandshake
 	case "CLIENT_TRAFFIC_SECRET_0":
@@ -283,16 +341,23 @@ func (s *secretLog) Write(line []byte) (int, error) {
 	default:
 		return len(line), nil
 	}
-	secret, err := hex.DecodeString(f[2])
-	if err != nil {
+	secret := make([]byte, hex.DecodedLen(len(f[2])))
+	if _, err := hex.Decode(secret, f[2]); err != nil {
+		clear(secret)
 		return len(line), nil
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		clear(secret)
+		return len(line), nil
+	}
+	clear(*dst)
 	*dst = secret
-	s.mu.Unlock()
 	return len(line), nil
 }
 
+// takeClientHandshake hands over the client handshake secret: the caller zeroes it.
 func (s *secretLog) takeClientHandshake() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -301,10 +366,28 @@ func (s *secretLog) takeClientHandshake() []byte {
 	return secret
 }
 
+// take hands over the traffic secrets (the caller owns and zeroes them) and drops the
+// rest: the log is done.
 func (s *secretLog) take() (client, server []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	client, server = s.client, s.server
 	s.client, s.server = nil, nil
+	s.dropLocked()
 	return client, server
+}
+
+// drop zeroes and forgets every secret, and ignores later lines.
+func (s *secretLog) drop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropLocked()
+}
+
+func (s *secretLog) dropLocked() {
+	for _, b := range []*[]byte{&s.clientHandshake, &s.client, &s.server} {
+		clear(*b)
+		*b = nil
+	}
+	s.closed = true
 }

@@ -331,8 +331,8 @@ func TestOpenSSLPeer(t *testing.T) {
 // newTestConn is one end of a parked connection with known secrets, at sequence 0.
 func newTestConn(raw net.Conn, s *suite, in, out []byte) *Conn {
 	c := &Conn{raw: raw, suite: s}
-	c.in.setSecret(s, in)
-	c.out.setSecret(s, out)
+	c.in.setSecret(s, bytes.Clone(in)) // the Conn zeroes its secrets when done
+	c.out.setSecret(s, bytes.Clone(out))
 	return c
 }
 
@@ -439,7 +439,7 @@ func TestClientFlightCounts(t *testing.T) {
 	sealed := func(contents ...[]byte) []byte {
 		var b bytes.Buffer
 		w := &Conn{raw: streamConn{w: &b}, suite: s}
-		w.out.setSecret(s, secret)
+		w.out.setSecret(s, bytes.Clone(secret))
 		for _, c := range contents {
 			typ := byte(recordTypeHandshake)
 			if bytes.Equal(c, userCanceled) {
@@ -472,7 +472,7 @@ func TestClientFlightCounts(t *testing.T) {
 		for _, step := range []int{1, 7, 1 << 20} {
 			t.Run(fmt.Sprintf("%s/%d", tc.name, step), func(t *testing.T) {
 				var fl clientFlight
-				log := &secretLog{clientHandshake: tc.secret}
+				log := &secretLog{clientHandshake: bytes.Clone(tc.secret)}
 				for b := tc.stream; len(b) > 0 && !fl.done; {
 					k := min(step, len(b))
 					fl.feed(b[:k], log)
