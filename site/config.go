@@ -75,7 +75,14 @@ type MPConfig struct {
 	MaxConns       int        `yaml:"max_conns,omitempty"`     // open connections per listener
 	MaxInFlight    int        `yaml:"max_in_flight,omitempty"` // requests at once before 503
 	DNS            *DNSConfig `yaml:"dns,omitempty"`           // publish the SRV records
+	// ParkIdleChannels: a TLS 1.3 notification channel leaves crypto/tls once upgraded
+	// (internal/tlspark); true when unset. ParksIdleChannels reads it.
+	ParkIdleChannels *bool `yaml:"park_idle_channels,omitempty"`
 }
+
+// ParksIdleChannels reports whether the MP parks its idle notification channels
+// (mp.park_idle_channels, on unless set to false).
+func (m *MPConfig) ParksIdleChannels() bool { return m.ParkIdleChannels == nil || *m.ParkIdleChannels }
 
 // DNSConfig is the MP's DNS publishing: RFC 2136 updates signed with TSIG.
 type DNSConfig struct {

@@ -39,6 +39,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"duration", base + "ca: {validity: {client: soon}}\n", "not a duration"},
 		{"short validity", base + "ca: {validity: {client: 1m}}\n", "ca.validity.client"},
 		{"intranet name", strings.Replace(base, "a.corp", "-bad-", 1), "site.intranet_name"},
+		{"park switch", base + "mp: {park_idle_channels: maybe}\n", "line 3: cannot unmarshal !!str `maybe` into bool"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -44,7 +44,7 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 	var servers []*server
 	add := func(role, addr, url, location string) {
 		servers = append(servers, &server{role: role, addr: addr, url: url, maxConns: cfg.MP.MaxConns,
-			tls: m.TLSConfig(cert.GetCertificate), parkable: true, configure: func(s *http.Server) { m.Configure(s, location) }})
+			tls: m.TLSConfig(cert.GetCertificate), parkable: cfg.MP.ParksIdleChannels(), configure: func(s *http.Server) { m.Configure(s, location) }})
 	}
 	if cfg.MPIntranet() {
 		add("mp-intranet", cfg.MP.IntranetListen, cfg.MP.IntranetURL, wire.Intranet)

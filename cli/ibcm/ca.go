@@ -38,7 +38,8 @@ func caServeCommand() *cli.Command {
 		Name:  "serve",
 		Usage: "run the CA role alone",
 		Description: `Runs the CA's HTTPS listener (enroll, renew, admin API) and its plain-HTTP
-listener (CRL, OCSP, CA certificates) from a site.yaml until SIGINT or SIGTERM.
+listener (CRL, OCSP, CA certificates) from a site.yaml until SIGINT or SIGTERM. Roles in
+separate processes need a PostgreSQL store: on SQLite a second serving process is refused.
 
 EXAMPLES:
    ibcm ca serve --config /srv/ibcm/site.yaml

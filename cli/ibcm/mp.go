@@ -25,6 +25,9 @@ func mpCommand() *cli.Command {
 			Usage: "run the MP role alone",
 			Description: `Runs the management point's listeners (intranet and/or internet, as mp.mode says) from a
 site.yaml until SIGINT or SIGTERM. Several MPs share one PostgreSQL store; give each its own mp.id.
+On a SQLite store every role runs in one process (ibcm site up): a second process serving the
+same SQLite site is refused. mp.park_idle_channels: false keeps notification channels on
+crypto/tls instead of parking them.
 
 EXAMPLES:
    ibcm mp serve --config /etc/ibcm/mp1.yaml
