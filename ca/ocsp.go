@@ -65,7 +65,8 @@ func (c *CA) rotateResponder(ctx context.Context) error {
 // currentResponder returns the OCSP responder to sign with, issuing its certificate first
 // when there is none or the current one is due for renewal. However many callers find it
 // due at once, one of them issues and the others wait for that certificate, or go on
-// with the current one while it is still valid.
+// with the current one while it is still valid (as the issuing caller does if the
+// issuance fails: the next caller tries again).
 func (c *CA) currentResponder(ctx context.Context) (*ocspResponder, error) {
 	s := &c.ocsp
 	now := c.now()
@@ -100,10 +101,15 @@ func (c *CA) currentResponder(ctx context.Context) (*ocspResponder, error) {
 	s.issuing = nil
 	s.mu.Unlock()
 	close(is.done)
-	if is.err == nil {
-		s.cache.forgetAll() // responses signed by the old certificate are not served again
+	if is.err != nil {
+		if r != nil && now.Before(r.cert.NotAfter) {
+			c.log.Error().Err(is.err).Time("not_after", r.cert.NotAfter).Msg("renewing the OCSP signing certificate; signing with the current one meanwhile")
+			return r, nil
+		}
+		return nil, is.err
 	}
-	return is.r, is.err
+	s.cache.forgetAll() // responses signed by the old certificate are not served again
+	return is.r, nil
 }
 
 // issueResponder makes a key in memory and has the CA issue it an ocsp certificate.

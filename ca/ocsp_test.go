@@ -415,3 +415,43 @@ func BenchmarkOCSP(b *testing.B) {
 		}
 	})
 }
+
+// TestOCSPResponderRenewalFailure: when the renewal of a due responder certificate fails,
+// answers are still signed with the current one, and the next request tries again.
+func TestOCSPResponderRenewalFailure(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	clock := &testClock{t: time.Now()}
+	c := newClockedCA(t, db, clock)
+	leaf := issueClient(t, c, "pc")
+	if err := c.Prepare(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	old := c.ocsp.responder.cert
+	ctx := context.Background()
+	if _, err := db.Exec(ctx, `CREATE TRIGGER no_ocsp BEFORE INSERT ON certificates WHEN NEW.profile = 'ocsp'
+		BEGIN SELECT RAISE(ABORT, 'refused by the test'); END`); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(17 * time.Hour)
+	req, _ := ocsp.ParseRequest(ocspRequest(t, leaf, c.Issuing(), crypto.SHA1))
+	der, err := c.OCSP(ctx, req)
+	if err != nil {
+		t.Fatalf("OCSP while the renewal fails: %v", err)
+	}
+	if r, err := ocsp.ParseResponseForCert(der, leaf, c.Issuing()); err != nil || !r.Certificate.Equal(old) {
+		t.Fatalf("answer while the renewal fails: %v, signed by the current certificate: %v", err, err == nil && r.Certificate.Equal(old))
+	}
+	if _, err := db.Exec(ctx, `DROP TRIGGER no_ocsp`); err != nil {
+		t.Fatal(err)
+	}
+	der, err = c.OCSP(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := ocsp.ParseResponseForCert(der, leaf, c.Issuing()); err != nil || r.Certificate.Equal(old) {
+		t.Errorf("after the failure cleared: %v, still the old certificate", err)
+	}
+	if n := countOCSPCerts(t, db); n != 2 {
+		t.Errorf("%d OCSP signing certificates, want 2", n)
+	}
+}
