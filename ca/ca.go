@@ -13,7 +13,6 @@ import (
 	"math/big"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -58,8 +57,7 @@ type CA struct {
 	rand     io.Reader
 	log      zerolog.Logger
 
-	mu        sync.RWMutex // guards responder
-	responder *ocspResponder
+	ocsp ocspState // the OCSP responder and its response cache (ocsp.go)
 }
 
 type issuerURLs struct{ crl, ocsp, issuer string }
@@ -284,6 +282,9 @@ func ReasonName(code int) string {
 // Revoke revokes a certificate with an RFC 5280 reason. The revocation is announced to
 // every server of the site and a new CRL is published before Revoke returns.
 func (c *CA) Revoke(ctx context.Context, serial string, reason string) error {
+	// Once this returns, no OCSP answer about serial cached before is served again (the
+	// other CA servers of the site learn of the revocation from its announcement).
+	defer c.ocsp.cache.forget(serial)
 	code, ok := Reasons[reason]
 	if !ok {
 		for n := range Reasons {

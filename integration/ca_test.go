@@ -58,9 +58,14 @@ func TestCA(t *testing.T) {
 				t.Errorf("ca show:\n%s", show)
 			}
 
-			// a valid certificate: OCSP good
-			if out := ocsp(t, s, client+".crt"); !strings.Contains(out, ": good") {
-				t.Errorf("openssl ocsp on a valid certificate:\n%s", out)
+			// a valid certificate: OCSP good; asked again, the CA serves the answer it signed
+			// the first time, and openssl still verifies it
+			first := ocsp(t, s, client+".crt")
+			if !strings.Contains(first, ": good") {
+				t.Errorf("openssl ocsp on a valid certificate:\n%s", first)
+			}
+			if again := ocsp(t, s, client+".crt"); ocspSignature(again) != ocspSignature(first) || ocspSignature(first) == "" {
+				t.Errorf("openssl ocsp asked twice got two signatures:\n%s\n%s", first, again)
 			}
 
 			// revoke -> CRL over HTTP lists it with its reason; openssl verify -crl_check and ocsp say revoked
@@ -132,6 +137,15 @@ func ocsp(t *testing.T, s *testSite, cert string) string {
 		t.Fatalf("openssl ocsp: exit %d\n%s", r.code, out)
 	}
 	return out
+}
+
+// ocspSignature returns the signature of the response in openssl ocsp -resp_text output.
+func ocspSignature(out string) string {
+	m := regexp.MustCompile(`(?s)OCSP Response Data:.*?Signature Algorithm: \S+\s+(?:Signature Value:\s+)?([0-9a-f:\s]+)`).FindStringSubmatch(out)
+	if m == nil {
+		return ""
+	}
+	return strings.Join(strings.Fields(m[1]), "")
 }
 
 func writeCat(t *testing.T, out string, files ...string) {

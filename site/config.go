@@ -312,9 +312,13 @@ func (c *Config) StoreDSN() string {
 	return c.Store.DSN
 }
 
+// PasswordEnv is the environment variable that holds the issuing key's password, read by
+// site init and by every command that opens the CA (it wins over ca.password_file).
+const PasswordEnv = "IBCM_CA_PASSWORD"
+
 // Password returns the issuing key's password: IBCM_CA_PASSWORD, or the password file.
 func (c *Config) Password() ([]byte, error) {
-	if p := os.Getenv("IBCM_CA_PASSWORD"); p != "" {
+	if p := os.Getenv(PasswordEnv); p != "" {
 		return []byte(p), nil
 	}
 	if c.CA.PasswordFile == "" {

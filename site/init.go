@@ -301,11 +301,11 @@ func initPassword(o InitOptions) (password []byte, made bool, err error) {
 			return nil, false, errors.New("--password-file: the password must be at least 8 characters")
 		}
 		return p, false, nil
-	case os.Getenv("IBCM_CA_PASSWORD") != "":
-		if len(os.Getenv("IBCM_CA_PASSWORD")) < 8 {
-			return nil, false, errors.New("IBCM_CA_PASSWORD: the password must be at least 8 characters")
+	case os.Getenv(PasswordEnv) != "":
+		if len(os.Getenv(PasswordEnv)) < 8 {
+			return nil, false, errors.New(PasswordEnv + ": the password must be at least 8 characters")
 		}
-		return []byte(os.Getenv("IBCM_CA_PASSWORD")), false, nil
+		return []byte(os.Getenv(PasswordEnv)), false, nil
 	}
 	b := make([]byte, 24)
 	if _, err := io.ReadFull(o.Rand, b); err != nil {

@@ -38,12 +38,14 @@ func caServeCommand() *cli.Command {
 		Name:  "serve",
 		Usage: "run the CA role alone",
 		Description: `Runs the CA's HTTPS listener (enroll, renew, admin API) and its plain-HTTP
-listener (CRL, OCSP, CA certificates) from a site.yaml until SIGINT or SIGTERM. Roles in
-separate processes need a PostgreSQL store: on SQLite a second serving process is refused.
+listener (CRL, OCSP, CA certificates) from a site.yaml until SIGINT or SIGTERM. The
+issuing key's password comes from IBCM_CA_PASSWORD when it is set, else from the file
+ca.password_file of the site.yaml names. Roles in separate processes need a PostgreSQL
+store: on SQLite a second serving process is refused.
 
 EXAMPLES:
    ibcm ca serve --config /srv/ibcm/site.yaml
-   IBCM_CA_PASSWORD_FILE=/run/secrets/ca ibcm ca serve --config /etc/ibcm/site.yaml`,
+   IBCM_CA_PASSWORD="$(cat /run/secrets/ca)" ibcm ca serve --config /etc/ibcm/site.yaml`,
 		Flags: []cli.Flag{
 			configFlag(),
 		},

@@ -7,10 +7,11 @@ import (
 	"testing"
 
 	"github.com/ibcm-project/ibcm/internal/clitest"
+	"github.com/ibcm-project/ibcm/site"
 )
 
 func TestCommandTree(t *testing.T) {
-	clitest.CheckTree(t, newApp(), "IBCM_")
+	clitest.CheckTree(t, newApp(), "IBCM_", site.PasswordEnv)
 }
 
 func TestUsageErrorsExitWithTheUsageCode(t *testing.T) {
