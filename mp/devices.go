@@ -297,10 +297,14 @@ func (m *MP) Device(ctx context.Context, id string) (wire.Device, error) {
 		}
 		d.Groups = append(d.Groups, g)
 	}
+	if err := rows.Err(); err != nil {
+		return wire.Device{}, err
+	}
+	rows.Close()
 	if err := m.db.QueryRow(ctx, `SELECT COUNT(*) FROM notify_connections WHERE device_id = ?`, id).Scan(&d.Connected); err != nil {
 		return wire.Device{}, err
 	}
-	return d, rows.Err()
+	return d, nil
 }
 
 // Devices lists every device, most recently seen first.

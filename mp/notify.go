@@ -202,6 +202,7 @@ type notifyConn struct {
 	id       string
 	interval time.Duration
 	serial   *big.Int // of the device's certificate: a revocation ends the channel
+	notAfter int64    // of that certificate, unix seconds: so does its expiry
 	ping     *time.Timer
 	seen     atomic.Int64 // monotonic nanoseconds of the last frame from the device
 	closed   atomic.Bool
@@ -263,14 +264,33 @@ func (nc *notifyConn) abort() {
 	_ = rawConn(nc.conn).Close()
 }
 
-// pingTick runs on the channel's timer: the device must have sent something (a pong at
-// least) within two intervals, then it is pinged again.
+// expired reports whether the channel's certificate has expired at now.
+func (nc *notifyConn) expired(now time.Time) bool { return now.After(time.Unix(nc.notAfter, 0)) }
+
+// nextTick is how long until the channel's timer fires again: a ping interval, or just
+// past the certificate's NotAfter when that comes first, so an idle channel is cut on time
+// without a timer of its own.
+func (nc *notifyConn) nextTick(now time.Time) time.Duration {
+	if left := time.Unix(nc.notAfter, 0).Sub(now) + time.Millisecond; left < nc.interval {
+		return left
+	}
+	return nc.interval
+}
+
+// pingTick runs on the channel's timer: a revoked or expired certificate ends the channel;
+// otherwise the device must have sent something (a pong at least) within two intervals,
+// then it is pinged again.
 func (nc *notifyConn) pingTick() {
 	if nc.closed.Load() {
 		return
 	}
 	if rs := nc.m.verifier.Revoked; rs != nil && rs.Contains(nc.serial) {
 		nc.closeWith(closePolicyViolation, "certificate revoked")
+		return
+	}
+	now := nc.m.now()
+	if nc.expired(now) {
+		nc.closeWith(closePolicyViolation, "certificate expired")
 		return
 	}
 	if time.Duration(mono()-nc.seen.Load()) >= 2*nc.interval {
@@ -281,7 +301,7 @@ func (nc *notifyConn) pingTick() {
 		nc.abort()
 		return
 	}
-	nc.ping.Reset(nc.interval)
+	nc.ping.Reset(nc.nextTick(now))
 }
 
 // converse reads the device's frames until the channel ends: pings are answered, any frame
@@ -388,8 +408,8 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 		return err // an *api.Error to answer, or nil when the upgrade failed after the hijack
 	}
 	nc := newNotifyConn(m, conn, p.id.ID, m.o.PingInterval)
-	nc.serial = p.leaf.SerialNumber
-	nc.ping = time.AfterFunc(nc.interval, nc.pingTick)
+	nc.serial, nc.notAfter = p.leaf.SerialNumber, p.leaf.NotAfter.Unix()
+	nc.ping = time.AfterFunc(nc.nextTick(m.now()), nc.pingTick)
 	// In the hub first, so an event sent once the site records the channel reaches it.
 	m.hub.nNotify.Add(1)
 	m.hub.live.Add(1)
