@@ -9,8 +9,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // testClock is the MP's injected clock, moved by the test.
@@ -118,5 +121,224 @@ func TestExpiryEndsIdleChannelOnTime(t *testing.T) {
 	if cut.Before(pc.Leaf.NotAfter) || cut.After(pc.Leaf.NotAfter.Add(2*time.Second)) {
 		t.Errorf("channel cut at %v, certificate valid until %v", cut.Format(time.StampMilli), pc.Leaf.NotAfter.Format(time.StampMilli))
 	}
+	waitConnected(t, f.mp, deviceID(pc), 0)
+}
+
+// fromAddr is an HTTP client presenting cert whose connections come from ip (127.0.0.x).
+func (f *fixture) fromAddr(cert *tls.Certificate, ip string) *http.Client {
+	c := f.client(cert)
+	c.Transport.(*http.Transport).DialContext = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext
+	return c
+}
+
+// liveChan is a channel that answers pings (as the agent's does: it always reads).
+type liveChan struct {
+	ws   *websocket.Conn
+	done chan error // the error that ended reading
+}
+
+func live(t testing.TB, base string, c *http.Client) *liveChan {
+	t.Helper()
+	l := &liveChan{ws: dialNotifyAt(t, base, c), done: make(chan error, 1)}
+	go func() {
+		for {
+			if _, _, err := l.ws.Read(context.Background()); err != nil {
+				l.done <- err
+				return
+			}
+		}
+	}()
+	return l
+}
+
+// closedWith waits for the server to close the channel and returns its reason.
+func (l *liveChan) closedWith(t testing.TB) string {
+	t.Helper()
+	select {
+	case err := <-l.done:
+		var ce websocket.CloseError
+		if !errors.As(err, &ce) {
+			t.Fatalf("channel ended without a close frame: %v", err)
+		}
+		return ce.Reason
+	case <-time.After(5 * time.Second):
+		t.Fatal("the channel is still open")
+		return ""
+	}
+}
+
+// open reports whether the channel answers a ping.
+func (l *liveChan) open() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return l.ws.Ping(ctx) == nil
+}
+
+// channelRows lists the conn ids the site records for a device, oldest first.
+func channelRows(t testing.TB, db *sitedb.DB, device string) []string {
+	t.Helper()
+	rows, err := db.Query(context.Background(), `SELECT conn_id FROM notify_connections WHERE device_id = ? ORDER BY opened_ns, conn_id`, device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// One certificate holds at most MaxChannelsPerDevice channels: a new one closes the oldest,
+// and the site's rows follow.
+func TestChannelCapClosesOldest(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{})
+	pc := f.device(t, "pc-1")
+	var chans []*liveChan
+	for i := range defaultMaxChannelsPerDevice {
+		chans = append(chans, live(t, f.intranet, f.client(&pc)))
+		waitConnected(t, f.mp, deviceID(pc), i+1)
+	}
+	first := channelRows(t, f.db, deviceID(pc))
+	chans = append(chans, live(t, f.intranet, f.client(&pc)))
+	if reason := chans[0].closedWith(t); reason != "too many notification channels for this device" {
+		t.Errorf("the oldest channel closed with %q", reason)
+	}
+	waitConnected(t, f.mp, deviceID(pc), defaultMaxChannelsPerDevice)
+	for i, ws := range chans[1:] {
+		if !ws.open() {
+			t.Errorf("channel %d of %d closed, want only the oldest", i+2, len(chans))
+		}
+	}
+	for _, id := range channelRows(t, f.db, deviceID(pc)) {
+		if id == first[0] {
+			t.Error("the closed channel still has its row")
+		}
+	}
+}
+
+// The cap counts the channels of every MP: the oldest, held by another MP, is closed there.
+func TestChannelCapAcrossMPs(t *testing.T) {
+	dsn := sitedbtest.NewDSN(t, sitedb.Postgres)
+	a := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-a", MaxChannelsPerDevice: 2})
+	b := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-b", MaxChannelsPerDevice: 2})
+	pc := a.device(t, "pc-1")
+	onB := live(t, b.intranet, b.client(&pc))
+	waitConnected(t, a.mp, deviceID(pc), 1)
+	onA := live(t, a.intranet, a.client(&pc))
+	waitConnected(t, a.mp, deviceID(pc), 2)
+	newest := live(t, a.intranet, a.client(&pc))
+	if reason := onB.closedWith(t); reason != "too many notification channels for this device" {
+		t.Errorf("the oldest channel (on the other MP) closed with %q", reason)
+	}
+	waitConnected(t, b.mp, deviceID(pc), 2)
+	if !onA.open() || !newest.open() {
+		t.Error("a channel within the cap was closed")
+	}
+	if n := b.mp.hub.nNotify.Load(); n != 0 {
+		t.Errorf("the other MP still holds %d channels", n)
+	}
+}
+
+// A device that roams (new address, its old TCP connection silently gone, so the MP still
+// holds the old channel) is not a clone: no warning, and the dead channel goes.
+func TestRoamingIsNotAClone(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{PingInterval: time.Second})
+	pc := f.device(t, "pc-1")
+	f.rawUpgrade(t, pc) // from 127.0.0.1, then silent: it answers nothing, as a dropped connection
+	live(t, f.intranet, f.fromAddr(&pc, "127.0.0.2"))
+	waitConnected(t, f.mp, deviceID(pc), 2)
+	waitConnected(t, f.mp, deviceID(pc), 1) // the old channel was found dead
+	d, err := f.mp.Device(context.Background(), deviceID(pc))
+	if err != nil || len(d.Warnings) != 0 {
+		t.Fatalf("a roaming device was flagged: %q %v", d.Warnings, err)
+	}
+}
+
+// A broadcast reaches every channel through a fixed set of writers. Channels whose writer
+// is stuck (a write in progress, as to a device whose TCP send buffer is full: the test
+// holds their write lock) hold up neither the others nor a goroutine each: their event
+// waits in their queue and goes out once the stuck write ends.
+func TestBroadcastFanOutIsBounded(t *testing.T) {
+	const n, stuck = 150, 100
+	f := newFixture(t, sqliteDB(t), Options{MaxChannelsPerDevice: n})
+	pc := f.device(t, "pc-1")
+	clients := map[string]*bufio.Reader{} // by the client's address
+	for range n {
+		c, br := f.rawConn(t, pc)
+		if _, err := io.WriteString(c, upgradeRequest("")); err != nil {
+			t.Fatal(err)
+		}
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		clients[c.LocalAddr().String()] = br
+	}
+	waitConnected(t, f.mp, deviceID(pc), n)
+	f.mp.hub.mu.Lock()
+	var held, free []*notifyConn
+	for nc := range f.mp.hub.notify[deviceID(pc)] {
+		if len(held) < stuck {
+			held = append(held, nc)
+		} else {
+			free = append(free, nc)
+		}
+	}
+	f.mp.hub.mu.Unlock()
+	for _, nc := range held {
+		nc.wmu.Lock()
+	}
+	before := runtime.NumGoroutine()
+	if err := f.mp.Push(context.Background(), "", wire.Event{Type: wire.EventRedetectLocation}); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent := func(nc *notifyConn) {
+		t.Helper()
+		br := clients[rawConn(nc.conn).RemoteAddr().String()]
+		op, p, err := serverFrame(br)
+		if err != nil || op != opText || !strings.Contains(string(p), wire.EventRedetectLocation) {
+			t.Fatalf("broadcast arrived as op %#x %q %v", op, p, err)
+		}
+	}
+	for _, nc := range free {
+		expectEvent(nc)
+	}
+	if grown := runtime.NumGoroutine() - before; grown > stuck/2 {
+		t.Errorf("%d goroutines more during a broadcast with %d stuck channels: the fan-out is not bounded", grown, stuck)
+	}
+	for _, nc := range held { // the stuck writes end
+		nc.wmu.Unlock()
+		nc.flush()
+	}
+	for _, nc := range held {
+		expectEvent(nc)
+	}
+	waitConnected(t, f.mp, deviceID(pc), n)
+}
+
+// A channel that cannot take its queued frames (more than wsMaxQueued wait behind a stuck
+// write) is cut rather than holding them.
+func TestChannelQueueIsBounded(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{})
+	pc := f.device(t, "pc-1")
+	f.rawUpgrade(t, pc)
+	f.mp.hub.mu.Lock()
+	var nc *notifyConn
+	for nc = range f.mp.hub.notify[deviceID(pc)] {
+	}
+	f.mp.hub.mu.Unlock()
+	nc.wmu.Lock()
+	for range wsMaxQueued + 1 {
+		f.mp.hub.deliver(deviceID(pc), wire.Event{Type: wire.EventPolicyChanged})
+	}
+	nc.wmu.Unlock()
 	waitConnected(t, f.mp, deviceID(pc), 0)
 }

@@ -75,6 +75,9 @@ type MPConfig struct {
 	MaxConns       int        `yaml:"max_conns,omitempty"`     // open connections per listener
 	MaxInFlight    int        `yaml:"max_in_flight,omitempty"` // requests at once before 503
 	DNS            *DNSConfig `yaml:"dns,omitempty"`           // publish the SRV records
+
+	// Notification channels of one device across the site; a new one beyond closes the oldest.
+	MaxChannelsPerDevice int `yaml:"max_channels_per_device,omitempty"`
 }
 
 // DNSConfig is the MP's DNS publishing: RFC 2136 updates signed with TSIG.
@@ -177,6 +180,9 @@ func (c *Config) setDefaults() {
 	if c.MP.MaxConns == 0 {
 		c.MP.MaxConns = 150000
 	}
+	if c.MP.MaxChannelsPerDevice == 0 {
+		c.MP.MaxChannelsPerDevice = 3
+	}
 	if c.MP.DNS != nil {
 		d(&c.MP.DNS.Algorithm, "hmac-sha256")
 		d(&c.MP.DNS.Target, c.Site.IntranetName)
@@ -245,6 +251,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MP.MaxConns < 0 || c.MP.MaxInFlight < 0 {
 		bad("mp.max_conns", "must not be negative")
+	}
+	if n := c.MP.MaxChannelsPerDevice; n < 1 || n > 100 {
+		bad("mp.max_channels_per_device", "must be between 1 and 100 (got %d)", n)
 	}
 	if dns := c.MP.DNS; dns != nil {
 		if _, _, err := net.SplitHostPort(dns.Server); err != nil {
