@@ -342,3 +342,51 @@ func TestChannelQueueIsBounded(t *testing.T) {
 	nc.wmu.Unlock()
 	waitConnected(t, f.mp, deviceID(pc), 0)
 }
+
+func seenCount(m *MP) int {
+	n := 0
+	m.seen.Range(func(any, any) bool { n++; return true })
+	return n
+}
+
+// The MP remembers the devices it registered (to skip the database on the next request)
+// by one certificate each, and forgets a certificate once it has expired: the set does not
+// grow with renewals, nor keep devices whose certificate can no longer connect.
+func TestSeenIsBounded(t *testing.T) {
+	clock := &testClock{}
+	f := newFixture(t, sqliteDB(t), Options{Now: clock.now})
+	id := randomID()
+	var last tls.Certificate
+	for i := range 5 { // one device renewing: a new certificate each time, the same device id
+		last = handmade(t, &x509.Certificate{Subject: pkix.Name{CommonName: "renewing"}, NotBefore: time.Now().Add(-time.Minute),
+			NotAfter: time.Now().Add(time.Duration(i+1) * time.Hour), URIs: []*url.URL{deviceCert(id)},
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		if status, _ := call(t, f.client(&last), "GET", f.intranet+"/v1/whoami", nil, nil); status != http.StatusOK {
+			t.Fatalf("whoami: %d", status)
+		}
+	}
+	if n := seenCount(f.mp); n != 1 {
+		t.Errorf("after 5 certificates of one device the MP remembers %d, want 1", n)
+	}
+	d, err := f.mp.Device(context.Background(), id)
+	if err != nil || d.Serial != last.Leaf.SerialNumber.String() {
+		t.Errorf("device records certificate %s (%v), want the last one %s", d.Serial, err, last.Leaf.SerialNumber)
+	}
+	other := f.device(t, "pc-2")
+	if status, _ := call(t, f.client(&other), "GET", f.intranet+"/v1/whoami", nil, nil); status != http.StatusOK {
+		t.Fatalf("whoami: %d", status)
+	}
+	if n := seenCount(f.mp); n != 2 {
+		t.Errorf("two devices, %d remembered", n)
+	}
+	clock.moveTo(expiredAt(last))
+	f.mp.forgetExpired()
+	if n := seenCount(f.mp); n != 1 {
+		t.Errorf("after the first device's certificate expired, %d remembered, want 1", n)
+	}
+	clock.moveTo(expiredAt(other))
+	f.mp.forgetExpired()
+	if n := seenCount(f.mp); n != 0 {
+		t.Errorf("after every certificate expired, %d remembered, want 0", n)
+	}
+}

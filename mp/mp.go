@@ -70,7 +70,7 @@ type MP struct {
 	hub      *hub
 	checkins *checkinBuffer
 	policies *policyCache
-	seen     sync.Map // device id + "/" + serial: registered by this process
+	seen     sync.Map // device id → seenCert registered by this process; expired ones go each minute
 	bg       sync.WaitGroup
 
 	mu      sync.RWMutex
@@ -168,6 +168,7 @@ func (m *MP) heartbeat(ctx context.Context) {
 			if _, err := m.db.Exec(ctx, `UPDATE management_points SET last_seen = ? WHERE id = ?`, m.now().Unix(), m.o.ID); err != nil && ctx.Err() == nil {
 				m.log.Warn().Err(err).Msg("MP heartbeat")
 			}
+			m.forgetExpired()
 		}
 	}
 }
