@@ -390,3 +390,39 @@ func TestSeenIsBounded(t *testing.T) {
 		t.Errorf("after every certificate expired, %d remembered, want 0", n)
 	}
 }
+
+// waitWarning waits until the device carries exactly one warning containing want.
+func waitWarning(t testing.TB, m *MP, device, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		d, err := m.Device(context.Background(), device)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.Warnings) == 1 && strings.Contains(d.Warnings[0], want) {
+			return
+		}
+		if len(d.Warnings) > 1 || time.Now().After(deadline) {
+			t.Fatalf("warnings %q, want one with %q", d.Warnings, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The same certificate live on two MPs (a clone on the internet, the original on the
+// intranet) is flagged too: the probe travels to the MP holding the older channel.
+func TestCloneAcrossMPs(t *testing.T) {
+	dsn := sitedbtest.NewDSN(t, sitedb.Postgres)
+	a := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-a", PingInterval: time.Second})
+	b := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-b", PingInterval: time.Second})
+	pc := a.device(t, "pc-1")
+	onA := live(t, a.intranet, a.fromAddr(&pc, "127.0.0.1"))
+	waitConnected(t, a.mp, deviceID(pc), 1)
+	onB := live(t, b.internet, b.fromAddr(&pc, "127.0.0.3"))
+	waitConnected(t, a.mp, deviceID(pc), 2)
+	waitWarning(t, b.mp, deviceID(pc), "127.0.0.1 and 127.0.0.3")
+	if !onA.open() || !onB.open() {
+		t.Error("a clone's channel was closed")
+	}
+}

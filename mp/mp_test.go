@@ -464,20 +464,7 @@ func TestCloneFromTwoPlaces(t *testing.T) {
 	waitConnected(t, f.mp, deviceID(pc), 1)
 	two := live(t, f.intranet, f.fromAddr(&pc, "127.0.0.2"))
 	waitConnected(t, f.mp, deviceID(pc), 2)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		d, err := f.mp.Device(context.Background(), deviceID(pc))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(d.Warnings) == 1 && strings.Contains(d.Warnings[0], "127.0.0.1 and 127.0.0.2") {
-			break
-		}
-		if len(d.Warnings) > 1 || time.Now().After(deadline) {
-			t.Fatalf("device connected from two places: warnings %q", d.Warnings)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitWarning(t, f.mp, deviceID(pc), "127.0.0.1 and 127.0.0.2")
 	if !one.open() || !two.open() {
 		t.Error("a clone's channel was closed")
 	}

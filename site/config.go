@@ -252,8 +252,8 @@ func (c *Config) Validate() error {
 	if c.MP.MaxConns < 0 || c.MP.MaxInFlight < 0 {
 		bad("mp.max_conns", "must not be negative")
 	}
-	if n := c.MP.MaxChannelsPerDevice; n < 1 || n > 100 {
-		bad("mp.max_channels_per_device", "must be between 1 and 100 (got %d)", n)
+	if c.MP.MaxChannelsPerDevice < 1 {
+		bad("mp.max_channels_per_device", "must be at least 1 (got %d)", c.MP.MaxChannelsPerDevice)
 	}
 	if dns := c.MP.DNS; dns != nil {
 		if _, _, err := net.SplitHostPort(dns.Server); err != nil {
