@@ -394,7 +394,7 @@ func TestSeenIsBounded(t *testing.T) {
 // waitWarning waits until the device carries exactly one warning containing want.
 func waitWarning(t testing.TB, m *MP, device, want string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		d, err := m.Device(context.Background(), device)
 		if err != nil {
@@ -414,8 +414,8 @@ func waitWarning(t testing.TB, m *MP, device, want string) {
 // intranet) is flagged too: the probe travels to the MP holding the older channel.
 func TestCloneAcrossMPs(t *testing.T) {
 	dsn := sitedbtest.NewDSN(t, sitedb.Postgres)
-	a := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-a", PingInterval: time.Second})
-	b := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-b", PingInterval: time.Second})
+	a := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-a", PingInterval: 3 * time.Second})
+	b := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-b", PingInterval: 3 * time.Second})
 	pc := a.device(t, "pc-1")
 	onA := live(t, a.intranet, a.fromAddr(&pc, "127.0.0.1"))
 	waitConnected(t, a.mp, deviceID(pc), 1)
@@ -424,5 +424,26 @@ func TestCloneAcrossMPs(t *testing.T) {
 	waitWarning(t, b.mp, deviceID(pc), "127.0.0.1 and 127.0.0.3")
 	if !onA.open() || !onB.open() {
 		t.Error("a clone's channel was closed")
+	}
+}
+
+// A channel closed for the cap by another MP while this MP missed the event (its listener
+// reconnected) is closed when the MP catches up: its row is gone.
+func TestMissedCloseIsCaughtUp(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{})
+	pc, other := f.device(t, "pc-1"), f.device(t, "pc-2")
+	closed, kept := live(t, f.intranet, f.client(&pc)), live(t, f.intranet, f.client(&other))
+	waitConnected(t, f.mp, deviceID(pc), 1)
+	waitConnected(t, f.mp, deviceID(other), 1)
+	// what another MP's openChannel does, without the event reaching this MP
+	if _, err := f.db.Exec(context.Background(), `DELETE FROM notify_connections WHERE device_id = ?`, deviceID(pc)); err != nil {
+		t.Fatal(err)
+	}
+	f.mp.hub.catchUp(context.Background())
+	if reason := closed.closedWith(t); reason != "too many notification channels for this device" {
+		t.Errorf("closed with %q", reason)
+	}
+	if !kept.open() {
+		t.Error("a channel with its row was closed")
 	}
 }

@@ -458,7 +458,8 @@ func waitConnected(t testing.TB, m *MP, device string, n int) {
 // One certificate connected from two places at once, both channels alive, is a probable
 // clone: flagged, not merged (both channels stay).
 func TestCloneFromTwoPlaces(t *testing.T) {
-	f := newFixture(t, sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite)), Options{PingInterval: time.Second})
+	// The interval is the time a probed channel has to answer: ample under load.
+	f := newFixture(t, sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite)), Options{PingInterval: 3 * time.Second})
 	pc := f.device(t, "pc-1")
 	one := live(t, f.intranet, f.fromAddr(&pc, "127.0.0.1"))
 	waitConnected(t, f.mp, deviceID(pc), 1)

@@ -148,14 +148,7 @@ func (h *hub) listen(ctx context.Context) error {
 	go func() {
 		for payload := range events {
 			if payload == "" { // reconnected: events may have been missed
-				newly, err := h.m.loadBlocked(ctx)
-				if err != nil && ctx.Err() == nil {
-					h.m.log.Warn().Err(err).Msg("reloading blocked devices")
-				}
-				for _, id := range newly { // blocks whose events were missed
-					h.closeDevice(id)
-				}
-				h.m.policies.clear("")
+				h.catchUp(ctx)
 				continue
 			}
 			var ev siteEvent
@@ -166,6 +159,61 @@ func (h *hub) listen(ctx context.Context) error {
 			h.dispatch(ev)
 		}
 	}()
+	return nil
+}
+
+// catchUp redoes what missed events would have done: blocks, policy changes, and the
+// channels closed for the per-device cap (their rows are gone).
+func (h *hub) catchUp(ctx context.Context) {
+	newly, err := h.m.loadBlocked(ctx)
+	if err != nil && ctx.Err() == nil {
+		h.m.log.Warn().Err(err).Msg("reloading blocked devices")
+	}
+	for _, id := range newly { // blocks whose events were missed
+		h.closeDevice(id)
+	}
+	h.m.policies.clear("")
+	if err := h.closeForgotten(ctx); err != nil && ctx.Err() == nil {
+		h.m.log.Warn().Err(err).Msg("reloading notification channels")
+	}
+}
+
+// closeForgotten closes this MP's channels whose rows another MP deleted for the cap.
+func (h *hub) closeForgotten(ctx context.Context) error {
+	// The channels recorded before the query: each has a row the query sees, unless it
+	// was deleted since.
+	h.mu.Lock()
+	var recorded []*notifyConn
+	for _, set := range h.notify {
+		for nc := range set {
+			if nc.recorded.Load() {
+				recorded = append(recorded, nc)
+			}
+		}
+	}
+	h.mu.Unlock()
+	rows, err := h.m.db.Query(ctx, `SELECT conn_id FROM notify_connections WHERE mp_id = ?`, h.m.o.ID)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	ids := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return err
+		}
+		ids[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, nc := range recorded {
+		if !ids[nc.id] {
+			h.m.log.Info().Str("device_id", nc.device).Msg("notification channel closed: the device has too many")
+			go nc.closeWith(closePolicyViolation, "too many notification channels for this device")
+		}
+	}
 	return nil
 }
 
@@ -281,13 +329,14 @@ type notifyConn struct {
 	ping     *time.Timer
 	seen     atomic.Int64 // monotonic nanoseconds of the last frame from the device
 	closed   atomic.Bool
+	recorded atomic.Bool // the site has its row (notify_connections)
 
-	wmu       sync.Mutex
-	closeSent bool // under wmu: nothing is written after a close frame
-	qmu       sync.Mutex
-	queue     [][]byte // under qmu: frames for the next writer; nil when none
+	wmu   sync.Mutex
+	qmu   sync.Mutex
+	queue [][]byte // under qmu: frames for the next writer; nil when none
 
-	frames wsFrames // the reader's only buffer
+	frames    wsFrames // the reader's only buffer
+	closeSent bool     // under wmu: nothing is written after a close frame (last: it packs after frames)
 }
 
 // monoBase makes time.Since a monotonic clock for notifyConn.seen.
@@ -586,6 +635,8 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 	if err := m.openChannel(ctx, nc, remote); err != nil {
 		m.log.Error().Err(err).Str("device_id", nc.device).Msg("recording notification channel")
 		nc.abort()
+	} else {
+		nc.recorded.Store(true)
 	}
 	if m.isBlocked(nc.device) { // a block that raced the upgrade
 		nc.abort()
