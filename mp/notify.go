@@ -210,8 +210,7 @@ func (h *hub) closeForgotten(ctx context.Context) error {
 	}
 	for _, nc := range recorded {
 		if !ids[nc.id] {
-			h.m.log.Info().Str("device_id", nc.device).Msg("notification channel closed: the device has too many")
-			go nc.closeWith(closePolicyViolation, "too many notification channels for this device")
+			nc.closeOverCap()
 		}
 	}
 	return nil
@@ -237,8 +236,7 @@ func (h *hub) dispatch(ev siteEvent) {
 		}
 	case kindClose:
 		if nc := h.channel(ev.Device, ev.Conn); nc != nil {
-			h.m.log.Info().Str("device_id", ev.Device).Msg("notification channel closed: the device has too many")
-			go nc.closeWith(closePolicyViolation, "too many notification channels for this device")
+			nc.closeOverCap()
 		}
 	case kindProbe:
 		if nc := h.channel(ev.Device, ev.Conn); nc != nil {
@@ -456,6 +454,12 @@ func (nc *notifyConn) probe(ip, newIP string) {
 // probeWait is how long a probed channel has to answer: as long as a ping interval, at most
 // as long as a frame may take to write.
 func (m *MP) probeWait() time.Duration { return min(m.o.PingInterval, wsWriteWait) }
+
+// closeOverCap closes a channel that its device's newer ones pushed over the cap.
+func (nc *notifyConn) closeOverCap() {
+	nc.m.log.Info().Str("device_id", nc.device).Msg("notification channel closed: the device has too many")
+	go nc.closeWith(closePolicyViolation, "too many notification channels for this device")
+}
 
 // closeWith tells the device why its channel ends, and cuts the connection half a second
 // later whether or not the device answers the close.
