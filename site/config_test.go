@@ -49,8 +49,12 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Parse([]byte(base)); err != nil {
+	cfg, err := Parse([]byte(base))
+	if err != nil {
 		t.Fatalf("minimal config: %v", err)
+	}
+	if cfg.MP.MaxChannelsPerDevice != 3 {
+		t.Errorf("mp.max_channels_per_device defaults to %d, want 3", cfg.MP.MaxChannelsPerDevice)
 	}
 }
 
