@@ -428,7 +428,8 @@ func TestCloneAcrossMPs(t *testing.T) {
 }
 
 // A channel closed for the cap by another MP while this MP missed the event (its listener
-// reconnected) is closed when the MP catches up: its row is gone.
+// reconnected) is closed when the MP catches up: its row is gone. A row left without its
+// channel goes.
 func TestMissedCloseIsCaughtUp(t *testing.T) {
 	f := newFixture(t, sqliteDB(t), Options{})
 	pc, other := f.device(t, "pc-1"), f.device(t, "pc-2")
@@ -439,11 +440,19 @@ func TestMissedCloseIsCaughtUp(t *testing.T) {
 	if _, err := f.db.Exec(context.Background(), `DELETE FROM notify_connections WHERE device_id = ?`, deviceID(pc)); err != nil {
 		t.Fatal(err)
 	}
+	// and a row this MP left behind without its channel (its delete failed)
+	if _, err := f.db.Exec(context.Background(), `INSERT INTO notify_connections (conn_id, device_id, mp_id, remote_ip, since, opened_ns)
+		VALUES ('stale', ?, ?, '127.0.0.9', 0, 0)`, deviceID(other), f.mp.o.ID); err != nil {
+		t.Fatal(err)
+	}
 	f.mp.hub.catchUp(context.Background())
 	if reason := closed.closedWith(t); reason != "too many notification channels for this device" {
 		t.Errorf("closed with %q", reason)
 	}
 	if !kept.open() {
 		t.Error("a channel with its row was closed")
+	}
+	if ids := channelRows(t, f.db, deviceID(other)); len(ids) != 1 || ids[0] == "stale" {
+		t.Errorf("rows of the kept channel's device: %q, want its own only", ids)
 	}
 }

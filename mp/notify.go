@@ -173,25 +173,19 @@ func (h *hub) catchUp(ctx context.Context) {
 		h.closeDevice(id)
 	}
 	h.m.policies.clear("")
-	if err := h.closeForgotten(ctx); err != nil && ctx.Err() == nil {
+	if err := h.reconcile(ctx); err != nil && ctx.Err() == nil {
 		h.m.log.Warn().Err(err).Msg("reloading notification channels")
 	}
 }
 
-// closeForgotten closes this MP's channels whose rows another MP deleted for the cap.
-func (h *hub) closeForgotten(ctx context.Context) error {
-	// The channels recorded before the query: each has a row the query sees, unless it
-	// was deleted since.
-	h.mu.Lock()
-	var recorded []*notifyConn
-	for _, set := range h.notify {
-		for nc := range set {
-			if nc.recorded.Load() {
-				recorded = append(recorded, nc)
-			}
-		}
-	}
-	h.mu.Unlock()
+// reconcile makes this MP's channels and its rows agree again: a channel whose row another
+// MP deleted (for the cap, in an event this MP missed) is closed, and a row left without
+// its channel (its delete failed) is deleted.
+func (h *hub) reconcile(ctx context.Context) error {
+	// The channels recorded before the query each have a row the query sees, unless it was
+	// deleted since; a row the query sees has its channel in the hub after the query,
+	// unless that channel has ended (a channel enters the hub before its row is written).
+	recorded := h.channels(func(nc *notifyConn) bool { return nc.recorded.Load() })
 	rows, err := h.m.db.Query(ctx, `SELECT conn_id FROM notify_connections WHERE mp_id = ?`, h.m.o.ID)
 	if err != nil {
 		return err
@@ -208,12 +202,36 @@ func (h *hub) closeForgotten(ctx context.Context) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
+	rows.Close()
 	for _, nc := range recorded {
 		if !ids[nc.id] {
 			nc.closeOverCap()
 		}
 	}
+	for _, nc := range h.channels(func(*notifyConn) bool { return true }) {
+		delete(ids, nc.id)
+	}
+	for id := range ids {
+		if _, err := h.m.db.Exec(ctx, `DELETE FROM notify_connections WHERE conn_id = ?`, id); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// channels lists this MP's channels that keep says to.
+func (h *hub) channels(keep func(*notifyConn) bool) []*notifyConn {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []*notifyConn
+	for _, set := range h.notify {
+		for nc := range set {
+			if keep(nc) {
+				out = append(out, nc)
+			}
+		}
+	}
+	return out
 }
 
 func (h *hub) dispatch(ev siteEvent) {
