@@ -294,8 +294,9 @@ func startSite(ctx context.Context, store, dsn string) (*runningSite, error) {
 
 // startSiteWith inits a site with o in a new temporary directory, every listener on a free
 // 127.0.0.1 port unless o names one, runs it, and returns once site.Run printed the
-// listener line starting with ready.
-func startSiteWith(ctx context.Context, o site.InitOptions, ready string) (_ *runningSite, err error) {
+// listener line starting with ready. configure, when given, changes the configuration
+// before the site runs.
+func startSiteWith(ctx context.Context, o site.InitOptions, ready string, configure ...func(*site.Config)) (_ *runningSite, err error) {
 	dir, err := os.MkdirTemp("", "ibcm-bench-")
 	if err != nil {
 		return nil, err
@@ -318,6 +319,9 @@ func startSiteWith(ctx context.Context, o site.InitOptions, ready string) (_ *ru
 	s.cfg, err = site.Init(ctx, o, io.Discard)
 	if err != nil {
 		return nil, fmt.Errorf("site init: %w", err)
+	}
+	for _, fn := range configure {
+		fn(s.cfg)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"gopkg.in/yaml.v3"
 
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/site"
@@ -88,7 +89,9 @@ func runMP(ctx context.Context, o Options, progress io.Writer) (Result, error) {
 	}
 
 	fmt.Fprintln(progress, "mp: starting a site on sqlite (CA and MP in this process)")
-	s, err := startSiteWith(ctx, site.InitOptions{Store: "sqlite"}, "mp-intranet")
+	s, err := startSiteWith(ctx, site.InitOptions{Store: "sqlite"}, "mp-intranet", func(c *site.Config) {
+		c.MP.MaxChannelsPerDevice = channelsPerCert(*mpBreakdown, breakdownDevices)
+	})
 	if err != nil {
 		return res, err
 	}
@@ -471,6 +474,31 @@ func (ic *idleConns) closeAll() {
 	wg.Wait()
 }
 
+// breakdownDevices is how many device certificates the profiled idle channels share.
+const breakdownDevices = 20
+
+// channelsPerCert is the mp.max_channels_per_device a benchmark needs to hold n idle
+// channels (and the warm-up ones) over certs certificates: the channels stand for devices
+// that would each hold one, and enrolling that many would time the CA, not the MP.
+func channelsPerCert(n, certs int) int {
+	perCert := func(k int) int { return (k + certs - 1) / certs } // each round starts at the first
+	return max(1, perCert(mpIdleWarmup)+perCert(n))
+}
+
+// setChannelsPerDevice sets mp.max_channels_per_device in the site.yaml at path.
+func setChannelsPerDevice(path string, n int) error {
+	cfg, err := site.Load(path)
+	if err != nil {
+		return err
+	}
+	cfg.MP.MaxChannelsPerDevice = n
+	body, err := yaml.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, body, 0o600)
+}
+
 // notifyClients makes one HTTP client per device for notification channels. An upgraded
 // connection never goes back to the transport's pool, so every Dial opens its own TCP
 // connection. The devices present their leaf certificate alone, as the agent can: the MP
@@ -515,6 +543,9 @@ func idleMemory(ctx context.Context, progress io.Writer) (Row, []string, error) 
 		"--ca-addr", addrs[0], "--ca-public-addr", addrs[1], "--mp-intranet-addr", addrs[2], "--mp-internet-addr", addrs[3])
 	if out, err := initCmd.CombinedOutput(); err != nil {
 		return Row{}, nil, fmt.Errorf("ibcm site init: %w\n%s", err, out)
+	}
+	if err := setChannelsPerDevice(filepath.Join(dir, site.FileName), channelsPerCert(*mpIdle, *mpIdleDevices)); err != nil {
+		return Row{}, nil, err
 	}
 
 	fmt.Fprintln(progress, "mp: ibcm site up (separate process)")
@@ -704,7 +735,7 @@ type idleSpec struct {
 // child process (this benchmark binary again), so the heap profile and the memory
 // statistics of this process are the MP's side alone.
 func idleBreakdown(ctx context.Context, s *runningSite, n int) ([]string, error) {
-	devices, err := enrollDevices(ctx, s, 20)
+	devices, err := enrollDevices(ctx, s, breakdownDevices)
 	if err != nil {
 		return nil, err
 	}

@@ -206,6 +206,9 @@ func (m *MP) Block(ctx context.Context, id string, block bool) (wire.BlockResult
 			serials = append(serials, s)
 		}
 		rows.Close()
+		if err := rows.Err(); err != nil { // a list cut short would leave a certificate unrevoked
+			return fmt.Errorf("listing the certificates of device %s: %w", id, err)
+		}
 		return m.hub.publish(tx, siteEvent{Kind: kind, Device: id})
 	})
 	if err != nil {

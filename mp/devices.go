@@ -18,15 +18,20 @@ import (
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
+// seenCert is the certificate this MP process registered for a device (MP.seen).
+type seenCert struct {
+	serial   string
+	notAfter int64 // unix seconds
+}
+
 // registerDevice records a device on its first contact with this MP process (and on its
 // first contact with a new certificate): first contact registers the device.
 func (m *MP) registerDevice(ctx context.Context, p *peer) error {
-	key := p.id.ID + "/" + p.leaf.SerialNumber.String()
-	if _, ok := m.seen.Load(key); ok {
+	serial := p.leaf.SerialNumber.String()
+	if v, ok := m.seen.Load(p.id.ID); ok && v.(seenCert).serial == serial {
 		return nil
 	}
 	now := m.now().Unix()
-	serial := p.leaf.SerialNumber.String()
 	err := m.db.Tx(ctx, func(tx *sitedb.Tx) error {
 		if _, err := tx.Exec(`INSERT INTO devices (id, name, cert_serial, pubkey_hash, first_seen, last_seen, last_location)
 			VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -42,8 +47,21 @@ func (m *MP) registerDevice(ctx context.Context, p *peer) error {
 	if err != nil {
 		return fmt.Errorf("registering device %s: %w", p.id.ID, err)
 	}
-	m.seen.Store(key, struct{}{})
+	m.seen.Store(p.id.ID, seenCert{serial: serial, notAfter: p.leaf.NotAfter.Unix()}) // a renewal replaces the old one
 	return nil
+}
+
+// forgetExpired drops from MP.seen the devices whose registered certificate has expired:
+// that certificate can no longer connect, and a new one registers again. With one entry per
+// device, seen holds at most the devices with a valid certificate that came to this MP.
+func (m *MP) forgetExpired() {
+	now := m.now().Unix()
+	m.seen.Range(func(k, v any) bool {
+		if now > v.(seenCert).notAfter {
+			m.seen.Delete(k)
+		}
+		return true
+	})
 }
 
 func (m *MP) handleWhoami(w http.ResponseWriter, r *http.Request) error {
@@ -297,10 +315,14 @@ func (m *MP) Device(ctx context.Context, id string) (wire.Device, error) {
 		}
 		d.Groups = append(d.Groups, g)
 	}
+	if err := rows.Err(); err != nil {
+		return wire.Device{}, err
+	}
+	rows.Close()
 	if err := m.db.QueryRow(ctx, `SELECT COUNT(*) FROM notify_connections WHERE device_id = ?`, id).Scan(&d.Connected); err != nil {
 		return wire.Device{}, err
 	}
-	return d, rows.Err()
+	return d, nil
 }
 
 // Devices lists every device, most recently seen first.

@@ -36,6 +36,10 @@ const (
 	ModeBoth     = "both"
 )
 
+// defaultMaxChannelsPerDevice is Options.MaxChannelsPerDevice when zero: an agent holds one
+// channel, and a reconnection may overlap a dying one for a moment.
+const defaultMaxChannelsPerDevice = 3
+
 // Options configure a management point.
 type Options struct {
 	ID          string // unique per MP of the site
@@ -46,9 +50,12 @@ type Options struct {
 	DefaultPolicy wire.Policy
 	MaxInFlight   int // requests served at once before 503 + Retry-After; 1024 when zero
 	MaxNotify     int // notification channels at once before 503; 200000 when zero
-	PingInterval  time.Duration
-	Now           func() time.Time
-	Log           zerolog.Logger
+	// MaxChannelsPerDevice bounds the notification channels of one device across the
+	// site; a new one beyond it closes the oldest. 3 when zero.
+	MaxChannelsPerDevice int
+	PingInterval         time.Duration
+	Now                  func() time.Time
+	Log                  zerolog.Logger
 }
 
 // MP is a management point.
@@ -63,7 +70,7 @@ type MP struct {
 	hub      *hub
 	checkins *checkinBuffer
 	policies *policyCache
-	seen     sync.Map // device id + "/" + serial: registered by this process
+	seen     sync.Map // device id → seenCert registered by this process; expired ones go each minute
 	bg       sync.WaitGroup
 
 	mu      sync.RWMutex
@@ -89,6 +96,9 @@ func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options
 	}
 	if o.MaxNotify <= 0 {
 		o.MaxNotify = 200000
+	}
+	if o.MaxChannelsPerDevice <= 0 {
+		o.MaxChannelsPerDevice = defaultMaxChannelsPerDevice
 	}
 	if o.PingInterval <= 0 {
 		o.PingInterval = 30 * time.Second
@@ -158,6 +168,7 @@ func (m *MP) heartbeat(ctx context.Context) {
 			if _, err := m.db.Exec(ctx, `UPDATE management_points SET last_seen = ? WHERE id = ?`, m.now().Unix(), m.o.ID); err != nil && ctx.Err() == nil {
 				m.log.Warn().Err(err).Msg("MP heartbeat")
 			}
+			m.forgetExpired()
 		}
 	}
 }

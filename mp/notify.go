@@ -30,6 +30,8 @@ const (
 	kindUnblock = "unblock" // Device may connect again (with a new certificate)
 	kindGroups  = "groups"  // Device joined or left a group: its policy may differ
 	kindPolicy  = "policy"  // Policy has a new version
+	kindClose   = "close"   // channel Conn of Device is beyond the per-device cap: close it
+	kindProbe   = "probe"   // Device opened another channel from NewIP: ping channel Conn (from ConnIP)
 )
 
 type siteEvent struct {
@@ -37,7 +39,21 @@ type siteEvent struct {
 	Device string      `json:"device,omitempty"`
 	Policy string      `json:"policy,omitempty"`
 	Event  *wire.Event `json:"event,omitempty"`
+	Conn   string      `json:"conn,omitempty"`
+	ConnIP string      `json:"conn_ip,omitempty"`
+	NewIP  string      `json:"new_ip,omitempty"`
 }
+
+// Writers of the channels' queued frames (events, probes): a broadcast to every channel
+// costs channelWriters goroutines, not one per channel, and a writer never waits for a
+// channel another goroutine is writing to (the frame waits in that channel's queue). A
+// writer blocks only on a channel whose TCP send buffer is full, for at most wsWriteWait,
+// and that channel is then cut.
+const (
+	channelWriters = 32
+	writerBacklog  = 4096 // channels waiting for a writer before the dispatcher waits
+	wsMaxQueued    = 64   // frames waiting on one channel before it is cut as too slow
+)
 
 // hub holds this MP's live connections by device: notification channels and the
 // connections of ordinary requests (so a block can close them all).
@@ -49,10 +65,58 @@ type hub struct {
 	devOf   map[net.Conn]string
 	nNotify atomic.Int64
 	live    sync.WaitGroup // one per channel still being served
+
+	jobs chan *notifyConn // channels with queued frames, for the writers
+	done <-chan struct{}  // the writers have stopped
 }
 
 func newHub(m *MP) *hub {
-	return &hub{m: m, notify: map[string]map[*notifyConn]struct{}{}, conns: map[string]map[net.Conn]struct{}{}, devOf: map[net.Conn]string{}}
+	return &hub{m: m, notify: map[string]map[*notifyConn]struct{}{}, conns: map[string]map[net.Conn]struct{}{}, devOf: map[net.Conn]string{},
+		jobs: make(chan *notifyConn, writerBacklog)}
+}
+
+// startWriters runs the channel writers until ctx is done.
+func (h *hub) startWriters(ctx context.Context, wg *sync.WaitGroup) {
+	h.done = ctx.Done()
+	for range channelWriters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case nc := <-h.jobs:
+					nc.flush()
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+}
+
+// send queues a frame on a channel and hands the channel to a writer. It waits only for
+// room in the writers' backlog, never for the channel.
+func (h *hub) send(nc *notifyConn, frame []byte) {
+	if !nc.enqueue(frame) {
+		nc.abort() // it cannot keep up
+		return
+	}
+	select {
+	case h.jobs <- nc:
+	case <-h.done:
+	}
+}
+
+// channel returns the channel id of device on this MP, or nil.
+func (h *hub) channel(device, id string) *notifyConn {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for nc := range h.notify[device] {
+		if nc.id == id {
+			return nc
+		}
+	}
+	return nil
 }
 
 // publish announces an event to every MP of the site when tx commits.
@@ -80,17 +144,11 @@ func (h *hub) listen(ctx context.Context) error {
 	if _, err := h.m.loadBlocked(ctx); err != nil {
 		return err
 	}
+	h.startWriters(ctx, &h.m.bg)
 	go func() {
 		for payload := range events {
 			if payload == "" { // reconnected: events may have been missed
-				newly, err := h.m.loadBlocked(ctx)
-				if err != nil && ctx.Err() == nil {
-					h.m.log.Warn().Err(err).Msg("reloading blocked devices")
-				}
-				for _, id := range newly { // blocks whose events were missed
-					h.closeDevice(id)
-				}
-				h.m.policies.clear("")
+				h.catchUp(ctx)
 				continue
 			}
 			var ev siteEvent
@@ -102,6 +160,78 @@ func (h *hub) listen(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// catchUp redoes what missed events would have done: blocks, policy changes, and the
+// channels closed for the per-device cap (their rows are gone).
+func (h *hub) catchUp(ctx context.Context) {
+	newly, err := h.m.loadBlocked(ctx)
+	if err != nil && ctx.Err() == nil {
+		h.m.log.Warn().Err(err).Msg("reloading blocked devices")
+	}
+	for _, id := range newly { // blocks whose events were missed
+		h.closeDevice(id)
+	}
+	h.m.policies.clear("")
+	if err := h.reconcile(ctx); err != nil && ctx.Err() == nil {
+		h.m.log.Warn().Err(err).Msg("reloading notification channels")
+	}
+}
+
+// reconcile makes this MP's channels and its rows agree again: a channel whose row another
+// MP deleted (for the cap, in an event this MP missed) is closed, and a row left without
+// its channel (its delete failed) is deleted.
+func (h *hub) reconcile(ctx context.Context) error {
+	// The channels recorded before the query each have a row the query sees, unless it was
+	// deleted since; a row the query sees has its channel in the hub after the query,
+	// unless that channel has ended (a channel enters the hub before its row is written).
+	recorded := h.channels(func(nc *notifyConn) bool { return nc.recorded.Load() })
+	rows, err := h.m.db.Query(ctx, `SELECT conn_id FROM notify_connections WHERE mp_id = ?`, h.m.o.ID)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	ids := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return err
+		}
+		ids[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	rows.Close()
+	for _, nc := range recorded {
+		if !ids[nc.id] {
+			nc.closeOverCap()
+		}
+	}
+	for _, nc := range h.channels(func(*notifyConn) bool { return true }) {
+		delete(ids, nc.id)
+	}
+	for id := range ids {
+		if _, err := h.m.db.Exec(ctx, `DELETE FROM notify_connections WHERE conn_id = ?`, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// channels lists this MP's channels that keep says to.
+func (h *hub) channels(keep func(*notifyConn) bool) []*notifyConn {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []*notifyConn
+	for _, set := range h.notify {
+		for nc := range set {
+			if keep(nc) {
+				out = append(out, nc)
+			}
+		}
+	}
+	return out
 }
 
 func (h *hub) dispatch(ev siteEvent) {
@@ -121,6 +251,14 @@ func (h *hub) dispatch(ev siteEvent) {
 	case kindPush:
 		if ev.Event != nil {
 			h.deliver(ev.Device, *ev.Event)
+		}
+	case kindClose:
+		if nc := h.channel(ev.Device, ev.Conn); nc != nil {
+			nc.closeOverCap()
+		}
+	case kindProbe:
+		if nc := h.channel(ev.Device, ev.Conn); nc != nil {
+			nc.probe(ev.ConnIP, ev.NewIP)
 		}
 	}
 }
@@ -169,10 +307,10 @@ func (h *hub) closeDevice(device string) int {
 }
 
 // deliver sends an event to the notification channels of a device, or of every device
-// when device is "". Each write runs on its own goroutine with a deadline, so one slow
-// device cannot hold up the others.
+// when device is "", through the writers: one slow device cannot hold up the others.
 func (h *hub) deliver(device string, ev wire.Event) {
 	b, _ := json.Marshal(ev)
+	frame := appendFrame(nil, opText, b) // one for every channel: writers only read it
 	h.mu.Lock()
 	var targets []*notifyConn
 	if device == "" {
@@ -188,13 +326,14 @@ func (h *hub) deliver(device string, ev wire.Event) {
 	}
 	h.mu.Unlock()
 	for _, nc := range targets {
-		go nc.write(b)
+		h.send(nc, frame)
 	}
 }
 
 // notifyConn is one device's notification channel: the hijacked TLS connection, and one
 // goroutine (serve) reading the device's frames. Writes (events, pings, the close) take
-// wmu and a deadline; pings come from a timer, so an idle channel runs nothing else.
+// wmu and a deadline; events wait in queue for whoever writes next. Pings come from a
+// timer, so an idle channel runs nothing else.
 type notifyConn struct {
 	m        *MP
 	conn     net.Conn
@@ -202,14 +341,18 @@ type notifyConn struct {
 	id       string
 	interval time.Duration
 	serial   *big.Int // of the device's certificate: a revocation ends the channel
+	notAfter int64    // of that certificate, unix seconds: so does its expiry
 	ping     *time.Timer
 	seen     atomic.Int64 // monotonic nanoseconds of the last frame from the device
 	closed   atomic.Bool
+	recorded atomic.Bool // the site has its row (notify_connections)
 
-	wmu       sync.Mutex
-	closeSent bool // under wmu: nothing is written after a close frame
+	wmu   sync.Mutex
+	qmu   sync.Mutex
+	queue [][]byte // under qmu: frames for the next writer; nil when none
 
-	frames wsFrames // the reader's only buffer
+	frames    wsFrames // the reader's only buffer
+	closeSent bool     // under wmu: nothing is written after a close frame (last: it packs after frames)
 }
 
 // monoBase makes time.Since a monotonic clock for notifyConn.seen.
@@ -223,15 +366,22 @@ func newNotifyConn(m *MP, conn net.Conn, device string, interval time.Duration) 
 	return nc
 }
 
-// writeFrame sends one frame within wsWriteWait.
+// writeFrame sends one frame within wsWriteWait, then what was queued meanwhile.
 func (nc *notifyConn) writeFrame(op byte, payload []byte) error {
 	frame := appendFrame(make([]byte, 0, 10+len(payload)), op, payload)
 	nc.wmu.Lock()
-	defer nc.wmu.Unlock()
+	err := nc.writeLocked(frame)
+	nc.wmu.Unlock()
+	nc.flush()
+	return err
+}
+
+// writeLocked sends one frame within wsWriteWait; the caller holds wmu.
+func (nc *notifyConn) writeLocked(frame []byte) error {
 	if nc.closeSent {
 		return errChannelClosed
 	}
-	if op == opClose {
+	if frame[0]&0x0F == opClose {
 		nc.closeSent = true
 	}
 	_ = nc.conn.SetWriteDeadline(time.Now().Add(wsWriteWait))
@@ -240,11 +390,93 @@ func (nc *notifyConn) writeFrame(op byte, payload []byte) error {
 	return err
 }
 
-// write sends an event; a device that cannot take it within the deadline loses its channel.
-func (nc *notifyConn) write(b []byte) {
-	if err := nc.writeFrame(opText, b); err != nil {
-		nc.abort()
+// enqueue adds a frame for the next writer; false when the channel has too many waiting.
+func (nc *notifyConn) enqueue(frame []byte) bool {
+	nc.qmu.Lock()
+	defer nc.qmu.Unlock()
+	if len(nc.queue) >= wsMaxQueued {
+		return false
 	}
+	nc.queue = append(nc.queue, frame)
+	return true
+}
+
+func (nc *notifyConn) takeQueue() [][]byte {
+	nc.qmu.Lock()
+	defer nc.qmu.Unlock()
+	q := nc.queue
+	nc.queue = nil
+	return q
+}
+
+func (nc *notifyConn) queued() bool {
+	nc.qmu.Lock()
+	defer nc.qmu.Unlock()
+	return len(nc.queue) > 0
+}
+
+// flush writes the queued frames unless another goroutine is writing to the channel: every
+// writer flushes after it lets go of wmu, so that one writes them. A device that cannot
+// take a frame within the deadline loses its channel.
+func (nc *notifyConn) flush() {
+	for nc.queued() && nc.wmu.TryLock() {
+		var err error
+		for _, f := range nc.takeQueue() {
+			if err = nc.writeLocked(f); err != nil {
+				break
+			}
+		}
+		nc.wmu.Unlock()
+		if errors.Is(err, errChannelClosed) {
+			nc.takeQueue() // closing: nothing more goes out
+			return
+		}
+		if err != nil {
+			nc.abort()
+			return
+		}
+	}
+}
+
+// pingFrame is a server ping without payload, shared by every probe.
+var pingFrame = appendFrame(nil, opPing, nil)
+
+// probe tells a clone from a roaming device, once the device opened another channel from
+// newIP while this one (from ip) is open. A roaming device's old channel is dead or dying:
+// its TCP connection is gone, and the MP may not know yet. A clone's answers. So the
+// channel is pinged: answering within the probe wait flags a probable clone (both channels
+// stay: flagged, not merged); silence cuts it.
+func (nc *notifyConn) probe(ip, newIP string) {
+	start := mono()
+	nc.m.hub.send(nc, pingFrame)
+	time.AfterFunc(nc.m.probeWait(), func() {
+		if nc.closed.Load() {
+			return
+		}
+		log := nc.m.log.With().Str("device_id", nc.device).Str("remote_addr", newIP).Str("other_addr", ip).Logger()
+		if nc.seen.Load() <= start {
+			log.Info().Msg("notification channel silent since the device connected from another address: closed")
+			nc.abort()
+			return
+		}
+		log.Warn().Msg("probable clone")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		msg := fmt.Sprintf("probable clone: the certificate of this device is connected from %s and %s at once", ip, newIP)
+		if err := nc.m.addWarning(ctx, nc.device, msg); err != nil {
+			log.Error().Err(err).Msg("recording a clone warning")
+		}
+	})
+}
+
+// probeWait is how long a probed channel has to answer: as long as a ping interval, at most
+// as long as a frame may take to write.
+func (m *MP) probeWait() time.Duration { return min(m.o.PingInterval, wsWriteWait) }
+
+// closeOverCap closes a channel that its device's newer ones pushed over the cap.
+func (nc *notifyConn) closeOverCap() {
+	nc.m.log.Info().Str("device_id", nc.device).Msg("notification channel closed: the device has too many")
+	go nc.closeWith(closePolicyViolation, "too many notification channels for this device")
 }
 
 // closeWith tells the device why its channel ends, and cuts the connection half a second
@@ -263,14 +495,33 @@ func (nc *notifyConn) abort() {
 	_ = rawConn(nc.conn).Close()
 }
 
-// pingTick runs on the channel's timer: the device must have sent something (a pong at
-// least) within two intervals, then it is pinged again.
+// expired reports whether the channel's certificate has expired at now.
+func (nc *notifyConn) expired(now time.Time) bool { return now.After(time.Unix(nc.notAfter, 0)) }
+
+// nextTick is how long until the channel's timer fires again: a ping interval, or just
+// past the certificate's NotAfter when that comes first, so an idle channel is cut on time
+// without a timer of its own.
+func (nc *notifyConn) nextTick(now time.Time) time.Duration {
+	if left := time.Unix(nc.notAfter, 0).Sub(now) + time.Millisecond; left < nc.interval {
+		return left
+	}
+	return nc.interval
+}
+
+// pingTick runs on the channel's timer: a revoked or expired certificate ends the channel;
+// otherwise the device must have sent something (a pong at least) within two intervals,
+// then it is pinged again.
 func (nc *notifyConn) pingTick() {
 	if nc.closed.Load() {
 		return
 	}
 	if rs := nc.m.verifier.Revoked; rs != nil && rs.Contains(nc.serial) {
 		nc.closeWith(closePolicyViolation, "certificate revoked")
+		return
+	}
+	now := nc.m.now()
+	if nc.expired(now) {
+		nc.closeWith(closePolicyViolation, "certificate expired")
 		return
 	}
 	if time.Duration(mono()-nc.seen.Load()) >= 2*nc.interval {
@@ -281,7 +532,7 @@ func (nc *notifyConn) pingTick() {
 		nc.abort()
 		return
 	}
-	nc.ping.Reset(nc.interval)
+	nc.ping.Reset(nc.nextTick(now))
 }
 
 // converse reads the device's frames until the channel ends: pings are answered, any frame
@@ -388,8 +639,8 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 		return err // an *api.Error to answer, or nil when the upgrade failed after the hijack
 	}
 	nc := newNotifyConn(m, conn, p.id.ID, m.o.PingInterval)
-	nc.serial = p.leaf.SerialNumber
-	nc.ping = time.AfterFunc(nc.interval, nc.pingTick)
+	nc.serial, nc.notAfter = p.leaf.SerialNumber, p.leaf.NotAfter.Unix()
+	nc.ping = time.AfterFunc(nc.nextTick(m.now()), nc.pingTick)
 	// In the hub first, so an event sent once the site records the channel reaches it.
 	m.hub.nNotify.Add(1)
 	m.hub.live.Add(1)
@@ -406,6 +657,8 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 	if err := m.openChannel(ctx, nc, remote); err != nil {
 		m.log.Error().Err(err).Str("device_id", nc.device).Msg("recording notification channel")
 		nc.abort()
+	} else {
+		nc.recorded.Store(true)
 	}
 	if m.isBlocked(nc.device) { // a block that raced the upgrade
 		nc.abort()
@@ -414,33 +667,57 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 	return nil
 }
 
-// openChannel records a notification channel and flags a probable clone when the same
-// device is connected from another address at the same time.
+// openChannel records a notification channel. Beyond the device's cap, its oldest
+// channels (on any MP) are forgotten and closed. Each other channel of the device from
+// another address is probed: a clone holds two live channels, a roaming device a live one
+// and a dead one.
 func (m *MP) openChannel(ctx context.Context, nc *notifyConn, remote string) error {
-	rows, err := m.db.Query(ctx, `SELECT DISTINCT remote_ip FROM notify_connections WHERE device_id = ? AND remote_ip <> ?`, nc.device, remote)
-	if err != nil {
-		return err
-	}
-	var others []string
-	for rows.Next() {
-		var ip string
-		if err := rows.Scan(&ip); err != nil {
-			rows.Close()
+	return m.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		// The device's row lock makes its channels open one at a time across the site, so
+		// two MPs cannot both stay under the cap.
+		if _, err := tx.Exec(`UPDATE devices SET last_seen = last_seen WHERE id = ?`, nc.device); err != nil {
 			return err
 		}
-		others = append(others, ip)
-	}
-	rows.Close()
-	for _, ip := range others {
-		msg := fmt.Sprintf("probable clone: the certificate of this device is connected from %s and %s at once", ip, remote)
-		m.log.Warn().Str("device_id", nc.device).Str("remote_addr", remote).Str("other_addr", ip).Msg("probable clone")
-		if err := m.addWarning(ctx, nc.device, msg); err != nil {
+		if _, err := tx.Exec(`INSERT INTO notify_connections (conn_id, device_id, mp_id, remote_ip, since, opened_ns) VALUES (?, ?, ?, ?, ?, ?)`,
+			nc.id, nc.device, m.o.ID, remote, m.now().Unix(), m.now().UnixNano()); err != nil {
 			return err
 		}
-	}
-	_, err = m.db.Exec(ctx, `INSERT INTO notify_connections (conn_id, device_id, mp_id, remote_ip, since) VALUES (?, ?, ?, ?, ?)`,
-		nc.id, nc.device, m.o.ID, remote, m.now().Unix())
-	return err
+		rows, err := tx.Query(`SELECT conn_id, remote_ip FROM notify_connections WHERE device_id = ? AND conn_id <> ?
+			ORDER BY opened_ns DESC, conn_id DESC`, nc.device, nc.id)
+		if err != nil {
+			return err
+		}
+		var others []siteEvent // newest first
+		for rows.Next() {
+			ev := siteEvent{Device: nc.device, NewIP: remote}
+			if err := rows.Scan(&ev.Conn, &ev.ConnIP); err != nil {
+				rows.Close()
+				return err
+			}
+			others = append(others, ev)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for i, ev := range others {
+			switch {
+			case i+1 >= m.o.MaxChannelsPerDevice: // with the new one, over the cap
+				if _, err := tx.Exec(`DELETE FROM notify_connections WHERE conn_id = ?`, ev.Conn); err != nil {
+					return err
+				}
+				ev.Kind = kindClose
+			case ev.ConnIP != remote:
+				ev.Kind = kindProbe
+			default:
+				continue
+			}
+			if err := m.hub.publish(tx, ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // Push sends an event to one device (or all when device is ""), wherever it is connected.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/ibcm-project/ibcm/internal/api"
 	"github.com/ibcm-project/ibcm/internal/trust"
@@ -119,7 +120,8 @@ func (m *MP) Handler(location string) http.Handler {
 	return m.gate(location, mux)
 }
 
-// gate runs before every route: it records who the peer is, refuses a blocked device,
+// gate runs before every route: it records who the peer is, refuses a revoked or expired
+// certificate (the handshake checked both, but a connection outlives it) and a blocked device,
 // remembers the connection for blocking, and sheds load with 503 + Retry-After when too
 // many requests are in flight (the long-lived notification channels are bounded apart).
 func (m *MP) gate(location string, next http.Handler) http.Handler {
@@ -131,9 +133,16 @@ func (m *MP) gate(location string, next http.Handler) http.Handler {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 			return api.Errorf(http.StatusUnauthorized, "client_certificate_required", "a client certificate is required")
 		}
+		// A kept-alive connection carries the handshake's certificate for as long as it
+		// lives: every request checks it again, and a refusal also ends the connection.
 		leaf := r.TLS.PeerCertificates[0]
 		if rs := m.verifier.Revoked; rs != nil && rs.Contains(leaf.SerialNumber) { // revoked after the handshake
+			w.Header().Set("Connection", "close")
 			return api.Errorf(http.StatusForbidden, "certificate_revoked", "certificate %s is revoked", leaf.SerialNumber)
+		}
+		if m.now().After(leaf.NotAfter) { // expired after the handshake
+			w.Header().Set("Connection", "close")
+			return api.Errorf(http.StatusForbidden, "certificate_expired", "certificate %s expired at %s", leaf.SerialNumber, leaf.NotAfter.UTC().Format(time.RFC3339))
 		}
 		p := &peer{leaf: leaf, id: trust.Identify(leaf), location: location}
 		if p.id.Kind == trust.KindDevice {

@@ -78,6 +78,9 @@ type MPConfig struct {
 	// ParkIdleChannels: a TLS 1.3 notification channel leaves crypto/tls once upgraded
 	// (internal/tlspark); true when unset. ParksIdleChannels reads it.
 	ParkIdleChannels *bool `yaml:"park_idle_channels,omitempty"`
+
+	// Notification channels of one device across the site; a new one beyond closes the oldest.
+	MaxChannelsPerDevice int `yaml:"max_channels_per_device,omitempty"`
 }
 
 // ParksIdleChannels reports whether the MP parks its idle notification channels
@@ -184,6 +187,9 @@ func (c *Config) setDefaults() {
 	if c.MP.MaxConns == 0 {
 		c.MP.MaxConns = 150000
 	}
+	if c.MP.MaxChannelsPerDevice == 0 {
+		c.MP.MaxChannelsPerDevice = 3
+	}
 	if c.MP.DNS != nil {
 		d(&c.MP.DNS.Algorithm, "hmac-sha256")
 		d(&c.MP.DNS.Target, c.Site.IntranetName)
@@ -252,6 +258,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MP.MaxConns < 0 || c.MP.MaxInFlight < 0 {
 		bad("mp.max_conns", "must not be negative")
+	}
+	if c.MP.MaxChannelsPerDevice < 1 {
+		bad("mp.max_channels_per_device", "must be at least 1 (got %d)", c.MP.MaxChannelsPerDevice)
 	}
 	if dns := c.MP.DNS; dns != nil {
 		if _, _, err := net.SplitHostPort(dns.Server); err != nil {

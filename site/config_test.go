@@ -40,6 +40,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"short validity", base + "ca: {validity: {client: 1m}}\n", "ca.validity.client"},
 		{"intranet name", strings.Replace(base, "a.corp", "-bad-", 1), "site.intranet_name"},
 		{"park switch", base + "mp: {park_idle_channels: maybe}\n", "line 3: cannot unmarshal !!str `maybe` into bool"},
+		{"channels per device", base + "mp: {max_channels_per_device: -1}\n", "mp.max_channels_per_device"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -49,8 +50,12 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Parse([]byte(base)); err != nil {
+	cfg, err := Parse([]byte(base))
+	if err != nil {
 		t.Fatalf("minimal config: %v", err)
+	}
+	if cfg.MP.MaxChannelsPerDevice != 3 {
+		t.Errorf("mp.max_channels_per_device defaults to %d, want 3", cfg.MP.MaxChannelsPerDevice)
 	}
 }
 

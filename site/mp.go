@@ -26,7 +26,7 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("loading the MP role's TLS certificate (mp.tls_cert, mp.tls_key): %w", err)
 	}
-	o := mp.Options{ID: cfg.MP.ID, Mode: cfg.MP.Mode, MaxInFlight: cfg.MP.MaxInFlight, Log: log,
+	o := mp.Options{ID: cfg.MP.ID, Mode: cfg.MP.Mode, MaxInFlight: cfg.MP.MaxInFlight, MaxChannelsPerDevice: cfg.MP.MaxChannelsPerDevice, Log: log,
 		DefaultPolicy: mp.DefaultPolicy(cfg.Bootstrap())}
 	if cfg.MPIntranet() {
 		o.IntranetURL = cfg.MP.IntranetURL
