@@ -417,7 +417,8 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 // openChannel records a notification channel and flags a probable clone when the same
 // device is connected from another address at the same time.
 func (m *MP) openChannel(ctx context.Context, nc *notifyConn, remote string) error {
-	rows, err := m.db.Query(ctx, `SELECT DISTINCT remote_ip FROM notify_connections WHERE device_id = ? AND remote_ip <> ?`, nc.device, remote)
+	rows, err := m.db.Query(ctx, `SELECT DISTINCT remote_ip FROM notify_connections WHERE device_id = ? AND remote_ip <> ? AND `+liveChannel,
+		nc.device, remote, m.aliveSince())
 	if err != nil {
 		return err
 	}
