@@ -217,10 +217,11 @@ func TestFaultNetworkFlap(t *testing.T) {
 	corp.NSUpdate(t, "update add ibcm.corp.test. 60 A 127.0.0.1",
 		fmt.Sprintf("update add _ibcm-mp._tcp.corp.test. 60 SRV 0 0 %s ibcm.corp.test.", port(s.mpIntranet)))
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")
-	intranet := frontDNS(t, corp.Addr, nil) // the corporate resolver (BIND), seen by the test
+	var order atomic.Uint64                         // numbers the SRV queries to either resolver
+	intranet := frontDNS(t, &order, corp.Addr, nil) // the corporate resolver (BIND), seen by the test
 	var flapBack atomic.Bool
 	flapBack.Store(true)
-	hotel := frontDNS(t, "", func() { // knows nothing of corp.test; the network flips back as the agent asks
+	hotel := frontDNS(t, &order, "", func() { // knows nothing of corp.test; the network flips back as the agent asks
 		if flapBack.Load() {
 			_ = writeResolvFile(resolv, intranet.addr)
 		}
@@ -234,13 +235,13 @@ func TestFaultNetworkFlap(t *testing.T) {
 	first := statusOf(t, dev)
 
 	const flaps = 10
+	var last uint64
 	for i := 0; i < flaps; i++ {
-		intranet.drain()
 		if err := writeResolvFile(resolv, hotel.addr); err != nil {
 			t.Fatal(err)
 		}
-		hotel.waitSRV(t, "the other network's", 5*time.Second) // the agent saw the other network once...
-		intranet.waitSRV(t, "the intranet's", 5*time.Second)   // ...and the intranet again on its next look
+		seen := hotel.waitSRV(t, "the other network's", last, 5*time.Second) // the agent saw the other network once...
+		last = intranet.waitSRV(t, "the intranet's", seen, 5*time.Second)    // ...and the intranet again on its next look
 		if st := statusOf(t, dev); st.Location != first.Location || st.MP != first.MP {
 			t.Fatalf("flap %d moved the agent to %s %s, from %s %s", i+1, st.Location, st.MP, first.Location, first.MP)
 		}
@@ -510,25 +511,30 @@ func checkStoredOnce(t *testing.T, driver sitedb.Driver, dsn, component string, 
 }
 
 // frontDNS is a resolver the test watches: it forwards every query to upstream (BIND), or
-// answers NXDOMAIN when upstream is "", and tells of every SRV query; onSRV runs before
-// an SRV query is answered.
+// answers NXDOMAIN when upstream is "", and tells of every SRV query with its number from
+// order (shared by the fronts of a test, so it says which query came first; the agent
+// detects one look at a time); onSRV runs before an SRV query is answered.
 type dnsFront struct {
 	addr string
-	srv  chan struct{}
+	srv  chan uint64
 }
 
-func frontDNS(t *testing.T, upstream string, onSRV func()) *dnsFront {
+func frontDNS(t *testing.T, order *atomic.Uint64, upstream string, onSRV func()) *dnsFront {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &dnsFront{addr: pc.LocalAddr().String(), srv: make(chan struct{}, 100)}
+	f := &dnsFront{addr: pc.LocalAddr().String(), srv: make(chan uint64, 1000)}
 	client := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
 	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		isSRV := len(r.Question) == 1 && r.Question[0].Qtype == dns.TypeSRV
-		if isSRV && onSRV != nil {
-			onSRV()
+		var n uint64
+		if isSRV {
+			n = order.Add(1)
+			if onSRV != nil {
+				onSRV()
+			}
 		}
 		m := new(dns.Msg)
 		if upstream == "" {
@@ -541,7 +547,7 @@ func frontDNS(t *testing.T, upstream string, onSRV func()) *dnsFront {
 		_ = w.WriteMsg(m)
 		if isSRV {
 			select {
-			case f.srv <- struct{}{}:
+			case f.srv <- n:
 			default:
 			}
 		}
@@ -551,24 +557,19 @@ func frontDNS(t *testing.T, upstream string, onSRV func()) *dnsFront {
 	return f
 }
 
-// drain forgets the SRV queries seen so far.
-func (f *dnsFront) drain() {
+// waitSRV waits for an SRV query numbered after after, and returns its number.
+func (f *dnsFront) waitSRV(t *testing.T, which string, after uint64, d time.Duration) uint64 {
+	t.Helper()
+	deadline := time.After(d)
 	for {
 		select {
-		case <-f.srv:
-		default:
-			return
+		case n := <-f.srv:
+			if n > after {
+				return n
+			}
+		case <-deadline:
+			t.Fatalf("no SRV query to %s resolver within %v", which, d)
 		}
-	}
-}
-
-// waitSRV waits for the next SRV query.
-func (f *dnsFront) waitSRV(t *testing.T, which string, d time.Duration) {
-	t.Helper()
-	select {
-	case <-f.srv:
-	case <-time.After(d):
-		t.Fatalf("no SRV query to %s resolver within %v", which, d)
 	}
 }
 
