@@ -116,6 +116,7 @@ func TestFaultMPKilled(t *testing.T) {
 	mp2In, _, mp2 := addMP(t, s, "mp2")
 	mps[port("https://"+mp2In)] = mp2
 	adminURL := map[string]string{port(s.mpIntranet): s.mpIntranet, port("https://" + mp2In): "https://" + mp2In}
+	mpID := map[string]string{port(s.mpIntranet): "mp1", port("https://" + mp2In): "mp2"}
 	waitFor(t, 15*time.Second, "both MPs' SRV records", func() bool { return len(corp.Dig(t, "SRV", "_ibcm-mp._tcp.corp.test")) == 2 })
 
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")
@@ -167,6 +168,41 @@ func TestFaultMPKilled(t *testing.T) {
 		return connectedOn(t, s, adminURL[survivorPort], id) == 1
 	})
 	t.Logf("the killed MP's channel row was no longer counted %v after the SIGKILL", time.Since(killed).Round(time.Millisecond))
+	// and the one counted is the survivor's: both rows are there
+	want := map[string]int{mpID[victimPort]: 1, mpID[survivorPort]: 1}
+	if got := channelRows(t, s.dsn, id); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("channel rows of the device by MP: %v, want %v", got, want)
+	}
+}
+
+// channelRows counts a device's rows in notify_connections by MP.
+func channelRows(t *testing.T, dsn, id string) map[string]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := sitedb.Open(ctx, sitedb.Postgres, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query(ctx, `SELECT mp_id, COUNT(*) FROM notify_connections WHERE device_id = ? GROUP BY mp_id`, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := map[string]int{}
+	for rows.Next() {
+		var mp string
+		var n int
+		if err := rows.Scan(&mp, &n); err != nil {
+			t.Fatal(err)
+		}
+		got[mp] = n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
 
 // TestFaultCADownDuringRenewal: with the CA stopped, a renewal (the renew-cert event) fails;
