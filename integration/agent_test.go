@@ -37,6 +37,7 @@ type agentStatus struct {
 	Notify        bool       `json:"notify_connected"`
 	Serial        string     `json:"serial_hex"`
 	PolicyVersion int        `json:"policy_version"`
+	LastError     string     `json:"last_error"`
 }
 
 func statusOf(t *testing.T, dev string) agentStatus {

@@ -126,7 +126,17 @@ func startSite(t *testing.T, store string) *testSite {
 // initSite runs `ibcm site init` on free loopback ports.
 func initSite(t *testing.T, store string) *testSite {
 	t.Helper()
-	s := &testSite{dir: filepath.Join(t.TempDir(), "site")}
+	dsn := ""
+	if store == "postgres" {
+		dsn = pgtest.DSN(t)
+	}
+	return initSiteDSN(t, store, dsn)
+}
+
+// initSiteDSN is initSite with the PostgreSQL database given (store "postgres").
+func initSiteDSN(t *testing.T, store, dsn string) *testSite {
+	t.Helper()
+	s := &testSite{dir: filepath.Join(t.TempDir(), "site"), dsn: dsn}
 	caAddr, pubAddr, mpIn, mpOut := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	s.caURL, s.publicURL = "https://"+caAddr, "http://"+pubAddr
 	s.mpIntranet, s.mpInternet = "https://"+mpIn, "https://"+mpOut
@@ -134,18 +144,19 @@ func initSite(t *testing.T, store string) *testSite {
 		"--internet-name", "ibcm.example.test", "--ca-addr", caAddr, "--ca-public-addr", pubAddr,
 		"--mp-intranet-addr", mpIn, "--mp-internet-addr", mpOut, "--store", store}
 	if store == "postgres" {
-		s.dsn = pgtest.DSN(t)
 		args = append(args, "--dsn", s.dsn)
 	}
 	must(t, bin.ibcm, args...)
 	return s
 }
 
-// start runs an ibcm server command until the test ends; it returns once every listener
-// the command serves printed its ready line ("<role> <url> (listening on ...)").
-func (s *testSite) start(t *testing.T, args ...string) {
+// start runs an ibcm server command (site up, ca serve, mp serve) until the test ends; it
+// returns once every listener the command serves printed its ready line
+// ("<role> <url> (listening on ...)").
+func (s *testSite) start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	roles := map[string][]string{"up": {"ca", "ca-public", "mp-intranet", "mp-internet"}, "serve": {"mp-intranet", "mp-internet"}}[args[1]]
+	roles := map[string][]string{"site up": {"ca", "ca-public", "mp-intranet", "mp-internet"},
+		"ca serve": {"ca", "ca-public"}, "mp serve": {"mp-intranet", "mp-internet"}}[args[0]+" "+args[1]]
 	cmd := exec.Command(bin.ibcm, args...)
 	if args[1] == "up" {
 		s.cmd = cmd
@@ -187,11 +198,12 @@ func (s *testSite) start(t *testing.T, args ...string) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("%v not ready after 30s\n%s", args, logs.String())
 	}
-	stop := stopper(t, cmd, fmt.Sprint(args), logs.String)
+	p := newProc(t, cmd, fmt.Sprint(args), logs.String)
 	if args[1] == "up" {
-		s.stop = stop
+		s.stop = p.stop
 	}
-	t.Cleanup(stop)
+	t.Cleanup(p.stop)
+	return p
 }
 
 // ibcm runs an admin command against the site (IBCM_DIR names it) and returns its stdout.
@@ -216,23 +228,48 @@ func (s *testSite) path(p string) string { return filepath.Join(s.dir, p) }
 // systemd does, SIGTERM, and fails t unless it exits cleanly within 15 s; logs says what the
 // process printed, for the failure message.
 func stopper(t *testing.T, cmd *exec.Cmd, name string, logs func() string) func() {
-	stopped := false
-	return func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%s did not stop cleanly on SIGTERM: %v\n%s", name, err, logs())
-			}
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Errorf("%s did not stop within 15s of SIGTERM", name)
-		}
+	return newProc(t, cmd, name, logs).stop
+}
+
+// proc is a started server process. stop ends it the way systemd does (SIGTERM) and fails
+// the test unless it exits cleanly within 15 s; kill ends it the way a crash does (SIGKILL).
+// Whichever comes first ends it; the other then does nothing.
+type proc struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	name  string
+	logs  func() string // what the process printed, for failure messages
+	ended bool
+}
+
+func newProc(t *testing.T, cmd *exec.Cmd, name string, logs func() string) *proc {
+	return &proc{t: t, cmd: cmd, name: name, logs: logs}
+}
+
+func (p *proc) stop() {
+	if p.ended {
+		return
 	}
+	p.ended = true
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			p.t.Errorf("%s did not stop cleanly on SIGTERM: %v\n%s", p.name, err, p.logs())
+		}
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		p.t.Errorf("%s did not stop within 15s of SIGTERM", p.name)
+	}
+}
+
+func (p *proc) kill() {
+	if p.ended {
+		return
+	}
+	p.ended = true
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
 }

@@ -319,7 +319,7 @@ func (m *MP) Device(ctx context.Context, id string) (wire.Device, error) {
 		return wire.Device{}, err
 	}
 	rows.Close()
-	if err := m.db.QueryRow(ctx, `SELECT COUNT(*) FROM notify_connections WHERE device_id = ?`, id).Scan(&d.Connected); err != nil {
+	if err := m.db.QueryRow(ctx, `SELECT COUNT(*) FROM notify_connections WHERE device_id = ? AND `+liveChannel, id, m.aliveSince()).Scan(&d.Connected); err != nil {
 		return wire.Device{}, err
 	}
 	return d, nil

@@ -157,19 +157,42 @@ func (m *MP) register(ctx context.Context) error {
 	return nil
 }
 
+// An MP records that it is alive every heartbeatEvery. The channels of an MP not seen for
+// mpDeadAfter are not live (it was killed, or lost the database): device show and clone
+// detection ignore them, and they are deleted once it has been gone for forgetDeadMPAfter.
+// An MP that starts again deletes its own at once (register).
+const (
+	heartbeatEvery    = 5 * time.Second
+	mpDeadAfter       = 3 * heartbeatEvery
+	forgetDeadMPAfter = time.Hour
+)
+
+// liveChannel is the condition on notify_connections that keeps the rows of live MPs; its
+// argument is m.aliveSince().
+const liveChannel = `mp_id IN (SELECT id FROM management_points WHERE last_seen >= ?)`
+
+// aliveSince is the last_seen an MP must have reached to count as alive.
+func (m *MP) aliveSince() int64 { return m.now().Add(-mpDeadAfter).Unix() }
+
 func (m *MP) heartbeat(ctx context.Context) {
-	t := time.NewTicker(time.Minute)
+	t := time.NewTicker(heartbeatEvery)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := m.db.Exec(ctx, `UPDATE management_points SET last_seen = ? WHERE id = ?`, m.now().Unix(), m.o.ID); err != nil && ctx.Err() == nil {
-				m.log.Warn().Err(err).Msg("MP heartbeat")
-			}
-			m.forgetExpired()
 		}
+		now := m.now()
+		_, err := m.db.Exec(ctx, `UPDATE management_points SET last_seen = ? WHERE id = ?`, now.Unix(), m.o.ID)
+		if err == nil {
+			_, err = m.db.Exec(ctx, `DELETE FROM notify_connections WHERE mp_id IN (SELECT id FROM management_points WHERE last_seen < ?)`,
+				now.Add(-forgetDeadMPAfter).Unix())
+		}
+		if err != nil && ctx.Err() == nil {
+			m.log.Warn().Err(err).Msg("MP heartbeat")
+		}
+		m.forgetExpired()
 	}
 }
 

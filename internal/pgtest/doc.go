@@ -19,6 +19,8 @@
 // hint to install them (make deps). Run as root, the server runs as the
 // postgres system user, since PostgreSQL refuses to run as root.
 //
-// Programs that are not tests (benchmarks) use Start, Server.NewDatabase and
-// Server.Stop directly.
+// Programs that are not tests (benchmarks), and tests that take the server down
+// (Server.StopServer, Server.StartServer: same cluster, same port), use Start,
+// Server.NewDatabase and Server.Stop directly; SynchronousCommit makes a server
+// whose acknowledged commits survive a crash of the server process.
 package pgtest

@@ -99,3 +99,55 @@ func sign(x int) int {
 	}
 	return 0
 }
+
+// TestRestartKeepsData: StopServer and StartServer keep the cluster and the port, and with
+// SynchronousCommit a commit survives a crash of the server (-m immediate).
+func TestRestartKeepsData(t *testing.T) {
+	if _, err := findBinaries(); err != nil {
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := Start(ctx, SynchronousCommit())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	dsn, err := s.NewDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("postgres", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, "CREATE TABLE t (x INTEGER)"); err != nil {
+		t.Fatal(err)
+	}
+	for i, mode := range []string{"fast", "immediate"} {
+		if _, err := db.ExecContext(ctx, "INSERT INTO t VALUES ($1)", i); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.StopServer(ctx, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.PingContext(ctx); err == nil {
+			t.Fatalf("-m %s: the server still answers", mode)
+		}
+		if err := s.StartServer(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		// the pool's connection died with the server: database/sql dials again
+		for try := 0; ; try++ {
+			err = db.QueryRowContext(ctx, "SELECT COUNT(*) FROM t").Scan(&n)
+			if err == nil || try == 3 {
+				break
+			}
+		}
+		if err != nil || n != i+1 {
+			t.Fatalf("after -m %s and a start on the same port: %d rows (%v), want %d", mode, n, err, i+1)
+		}
+	}
+}

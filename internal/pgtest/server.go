@@ -33,17 +33,29 @@ type Server struct {
 	binDir  string
 	runAs   string // system user running the server; "" for the current user
 	port    int
+	durable bool    // synchronous_commit on
 	admin   *sql.DB // connection to the "postgres" database
 }
 
+// Option changes how Start sets up the server.
+type Option func(*Server)
+
+// SynchronousCommit keeps synchronous_commit on (fsync stays off): a commit the server
+// has acknowledged survives a crash of the server process (StopServer("immediate")),
+// though not of the machine. Without it such a crash may lose the last commits.
+func SynchronousCommit() Option { return func(s *Server) { s.durable = true } }
+
 // Start initialises a cluster in a new temporary directory and starts a server
 // on it. The caller must Stop it.
-func Start(ctx context.Context) (*Server, error) {
+func Start(ctx context.Context, opts ...Option) (*Server, error) {
 	binDir, err := findBinaries()
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{binDir: binDir}
+	for _, o := range opts {
+		o(s)
+	}
 	if os.Geteuid() == 0 {
 		s.runAs = "postgres"
 	}
@@ -84,24 +96,25 @@ func (s *Server) start(ctx context.Context) error {
 		return fmt.Errorf("starting PostgreSQL: picking a port: %w", err)
 	}
 	s.port = port
+	syncCommit := "off"
+	if s.durable {
+		syncCommit = "on"
+	}
 	conf := fmt.Sprintf(`
 # pgtest: a throwaway server, durability off
 listen_addresses = '127.0.0.1'
 port = %d
 unix_socket_directories = '%s'
 fsync = off
-synchronous_commit = off
+synchronous_commit = %s
 full_page_writes = off
 max_connections = 200
-`, port, s.dir)
+`, port, s.dir, syncCommit)
 	if err := appendFile(filepath.Join(s.dataDir, "postgresql.conf"), conf); err != nil {
 		return fmt.Errorf("starting PostgreSQL: %w", err)
 	}
-
-	// -w waits until the server accepts connections.
-	out, err = s.command(ctx, "pg_ctl", "-D", s.dataDir, "-l", s.logFile, "-w", "-t", "60", "start").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("starting PostgreSQL: pg_ctl start: %w\n%s\nserver log %s:\n%s", err, tail(out, 10), s.logFile, s.logTail())
+	if err := s.StartServer(ctx); err != nil {
+		return err
 	}
 
 	connector, err := pq.NewConnector(s.dsn("postgres"))
@@ -156,9 +169,28 @@ func (s *Server) Stop() error {
 func (s *Server) stopServer() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := s.command(ctx, "pg_ctl", "-D", s.dataDir, "-m", "immediate", "-w", "stop").CombinedOutput()
+	return s.StopServer(ctx, "immediate")
+}
+
+// StopServer stops the server process and keeps its cluster and port, so StartServer can
+// start it again: mode "fast" (pg_ctl stop -m fast: clients are disconnected, a clean
+// shutdown) or "immediate" (-m immediate: the server process quits at once, as in a crash,
+// and recovers from its WAL on the next start).
+func (s *Server) StopServer(ctx context.Context, mode string) error {
+	out, err := s.command(ctx, "pg_ctl", "-D", s.dataDir, "-m", mode, "-w", "stop").CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("stopping PostgreSQL: %w\n%s", err, tail(out, 10))
+		return fmt.Errorf("stopping PostgreSQL (-m %s): %w\n%s", mode, err, tail(out, 10))
+	}
+	return nil
+}
+
+// StartServer starts the server on its cluster and port, and returns once it accepts
+// connections.
+func (s *Server) StartServer(ctx context.Context) error {
+	// -w waits until the server accepts connections.
+	out, err := s.command(ctx, "pg_ctl", "-D", s.dataDir, "-l", s.logFile, "-w", "-t", "60", "start").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("starting PostgreSQL: pg_ctl start: %w\n%s\nserver log %s:\n%s", err, tail(out, 10), s.logFile, s.logTail())
 	}
 	return nil
 }
