@@ -138,7 +138,9 @@ func Renew(ctx context.Context, opts RenewOptions) (*Identity, error) {
 	}
 	// A leftover pending key names the old serial and is never used again.
 	_ = os.Remove(filepath.Join(opts.Dir, PendingKeyFile))
-	return newIdentity(opts.Dir, id.CAURL, key, chain, id.RootCerts), nil
+	renewed := newIdentity(opts.Dir, id.CAURL, key, chain, id.RootCerts)
+	renewed.Bootstrap = id.Bootstrap
+	return renewed, nil
 }
 
 // pendingKey returns the key of the renewal of id's certificate: the one in PendingKeyFile
