@@ -11,10 +11,6 @@ import (
 	"time"
 )
 
-// ErrRenewalSuperseded means the certificate was already renewed for another key: a copy
-// of the certificate and its key exists somewhere (see Renew).
-var ErrRenewalSuperseded = errors.New("certificate already renewed for another key")
-
 // Renew issues the successor of old, a certificate the caller proved to hold in a TLS
 // handshake, for the key of the CSR (a new key, or the current one for a renewal that keeps
 // it; the CSR's names are ignored: the successor names what old names). A revoked or

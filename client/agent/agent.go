@@ -195,6 +195,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("%w: is another `ibcm-client run`, renew or enroll working on %s?", err, a.o.Dir)
 	}
 	defer unlock()
+	// Another writer may have changed the identity between New and the lock.
+	id, err := client.Load(a.o.Dir)
+	if err != nil {
+		return err
+	}
+	a.setIdentityStatus(id)
 	stopSocket, err := a.serveControl(ctx)
 	if err != nil {
 		return err
