@@ -24,7 +24,7 @@ import (
 // written (0600, fsynced) before the request, and bound to the serial of the certificate
 // being renewed, so every retry asks for the same key and the CA answers with the same
 // successor: a lost answer costs nothing. It is removed once the successor is stored, or
-// when the CA refuses the request outright (4xx).
+// when the CA refuses the request outright (see refusedOutright).
 const PendingKeyFile = "renew-key.pem"
 
 // pendingSerialHeader is the PEM header of PendingKeyFile naming the renewed serial.
@@ -106,9 +106,8 @@ func Renew(ctx context.Context, opts RenewOptions) (*Identity, error) {
 	defer hc.CloseIdleConnections()
 	var resp wire.CertificateResponse
 	if err := call(ctx, hc, http.MethodPost, base, "/v1/renew", req, &resp); err != nil {
-		var se *ServerError
-		if errors.As(err, &se) && se.Status >= 400 && se.Status < 500 {
-			// Refused outright: no usable certificate exists for this key.
+		if refusedOutright(err) {
+			// No usable certificate exists for this key: the next attempt starts afresh.
 			_ = os.Remove(filepath.Join(opts.Dir, PendingKeyFile))
 		}
 		return nil, fmt.Errorf("renew %s: %w", id.SerialHex(), err)
@@ -141,6 +140,15 @@ func Renew(ctx context.Context, opts RenewOptions) (*Identity, error) {
 	renewed := newIdentity(opts.Dir, id.CAURL, key, chain, id.RootCerts)
 	renewed.Bootstrap = id.Bootstrap
 	return renewed, nil
+}
+
+// refusedOutright reports whether err is the CA's own final refusal (a 4xx with its JSON
+// error code, not a timeout or rate limit, nor a proxy's page), after which asking again
+// with the same key cannot succeed.
+func refusedOutright(err error) bool {
+	var se *ServerError
+	return errors.As(err, &se) && se.Code != "" && se.Status >= 400 && se.Status < 500 &&
+		se.Status != http.StatusRequestTimeout && se.Status != http.StatusTooManyRequests
 }
 
 // pendingKey returns the key of the renewal of id's certificate: the one in PendingKeyFile
