@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -131,5 +134,39 @@ func TestRenewCopiedIdentity(t *testing.T) {
 				t.Errorf("a refused renewal left %v", got)
 			}
 		})
+	}
+}
+
+// TestPendingKeyBoundToSerial: a pending key written for another certificate (a crash
+// after the commit, before its removal) is never sent; one that others can read is refused.
+func TestPendingKeyBoundToSerial(t *testing.T) {
+	tc := startCA(t)
+	dir := t.TempDir()
+	id := enroll(t, tc, dir)
+	stale, err := P256.generate(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKCS8PrivateKey(stale)
+	block := &pem.Block{Type: "PRIVATE KEY", Headers: map[string]string{pendingSerialHeader: "12345"}, Bytes: der}
+	path := filepath.Join(dir, PendingKeyFile)
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := pendingKey(dir, id, false, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if samePublicKey(&x509.Certificate{PublicKey: stale.Public()}, got) {
+		t.Error("a pending key written for another serial was used")
+	}
+	if again, err := pendingKey(dir, id, false, rand.Reader); err != nil || !samePublicKey(&x509.Certificate{PublicKey: got.Public()}, again) {
+		t.Errorf("the stored pending key is not reused: %v", err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Renew(context.Background(), RenewOptions{Dir: dir}); !errors.Is(err, ErrKeyPermissions) {
+		t.Errorf("Renew with a pending key readable by others = %v, want ErrKeyPermissions", err)
 	}
 }
