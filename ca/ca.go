@@ -171,6 +171,10 @@ func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, t Template,
 // unwrapStep returns our own sentinel from inside a smallstep error when there is one,
 // so callers can tell a spent token from a failure.
 func unwrapStep(err error) error {
+	var r refusal
+	if errors.As(err, &r) {
+		return r.err
+	}
 	for _, s := range []error{ErrTokenUsed, ErrTokenExpired, ErrTokenRevoked, ErrTokenInvalid} {
 		if errors.Is(err, s) {
 			return fmt.Errorf("%w", s)
@@ -219,41 +223,6 @@ func (c *CA) Issue(ctx context.Context, spec IssueSpec, csrData []byte, by strin
 		return nil, err
 	}
 	return c.sign(ctx, csr, t, by)
-}
-
-// Renew issues a successor of old, a certificate the caller proved to hold in a TLS
-// handshake. With csr the successor gets the CSR's key (rekey, the default of the agent);
-// without it the old key. A revoked or expired certificate is refused.
-func (c *CA) Renew(ctx context.Context, old *x509.Certificate, csrData []byte) ([]*x509.Certificate, error) {
-	if c.now().After(old.NotAfter) {
-		return nil, fmt.Errorf("%w at %s: enroll again with a token", ErrExpired, old.NotAfter.UTC().Format(time.RFC3339))
-	}
-	if rev, err := c.store.revocation(ctx, old.SerialNumber.String()); err != nil {
-		return nil, err
-	} else if rev != nil {
-		return nil, fmt.Errorf("%w (%s) at %s: enroll again with a token", ErrRevoked, rev.Reason, rev.RevokedAt.Format(time.RFC3339))
-	}
-	var pub crypto.PublicKey
-	if len(csrData) > 0 {
-		csr, err := CheckCSR(csrData, ProfileOf(old))
-		if err != nil {
-			return nil, err
-		}
-		pub = csr.PublicKey
-	}
-	var (
-		chain []*x509.Certificate
-		err   error
-	)
-	if pub != nil {
-		chain, err = c.auth.Rekey(old, pub)
-	} else {
-		chain, err = c.auth.Renew(old)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("renewing %s: %w", old.SerialNumber, err)
-	}
-	return chain, nil
 }
 
 // Reasons maps the RFC 5280 reason names `ibcm ca revoke` accepts to their codes.

@@ -23,4 +23,7 @@ var (
 	ErrBadReason       = errors.New("unknown revocation reason")
 	ErrRevoked         = errors.New("certificate revoked")
 	ErrExpired         = errors.New("certificate expired")
+	// ErrRenewalSuperseded means the certificate was already renewed for another key: a
+	// copy of the certificate and its key exists somewhere (see Renew).
+	ErrRenewalSuperseded = errors.New("certificate already renewed for another key")
 )

@@ -119,6 +119,10 @@ func (c *CA) handleRenew(w http.ResponseWriter, r *http.Request, v *trust.Verifi
 		return err
 	}
 	chain, err := c.Renew(r.Context(), leaf, []byte(req.CSR))
+	if errors.Is(err, ErrRenewalSuperseded) {
+		c.log.Warn().Str("serial", leaf.SerialNumber.String()).Str("device_id", deviceIDOf(leaf)).Str("subject", leaf.Subject.CommonName).
+			Str("remote_addr", r.RemoteAddr).Msg("renewal refused: the certificate was already renewed for another key (probable clone)")
+	}
 	if err != nil {
 		return httpError(err)
 	}
@@ -310,6 +314,7 @@ func httpError(err error) error {
 		{ErrBadReason, http.StatusBadRequest, "bad_reason"},
 		{ErrRevoked, http.StatusForbidden, "certificate_revoked"},
 		{ErrExpired, http.StatusForbidden, "certificate_expired"},
+		{ErrRenewalSuperseded, http.StatusConflict, "renewal_superseded"},
 		{trust.ErrNoCertificate, http.StatusUnauthorized, "client_certificate_required"},
 		{trust.ErrUntrusted, http.StatusForbidden, "untrusted_certificate"},
 		{trust.ErrExpired, http.StatusForbidden, "certificate_expired"},

@@ -43,7 +43,6 @@ var (
 	_ stepdb.CertificateRevocationListDB = (*store)(nil)
 	_ interface {
 		StoreCertificateChain(provisioner.Interface, ...*x509.Certificate) error
-		StoreRenewedCertificate(*x509.Certificate, ...*x509.Certificate) error
 	} = (*store)(nil)
 )
 
@@ -83,13 +82,18 @@ func insertCert(tx *sitedb.Tx, c *x509.Certificate, issuerID, issuedBy, renewedF
 
 // StoreCertificateChain records a newly signed certificate. The provisioner's ID says who
 // authorized it; for "token:<id>" the token is consumed in the same transaction, so a
-// token can never be spent without its certificate being recorded, nor twice.
+// token can never be spent without its certificate being recorded, nor twice. For
+// "renew:<old serial>" the certificate is recorded as the one successor of old (see
+// storeRenewal).
 func (s *store) StoreCertificateChain(p provisioner.Interface, chain ...*x509.Certificate) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	by := "ca"
 	if p != nil {
 		by = p.GetID()
+	}
+	if old, ok := strings.CutPrefix(by, "renew:"); ok {
+		return s.db.Tx(ctx, func(tx *sitedb.Tx) error { return s.storeRenewal(tx, old, chain[0]) })
 	}
 	return s.db.Tx(ctx, func(tx *sitedb.Tx) error {
 		if id, ok := strings.CutPrefix(by, "token:"); ok {
@@ -98,16 +102,6 @@ func (s *store) StoreCertificateChain(p provisioner.Interface, chain ...*x509.Ce
 			}
 		}
 		return insertCert(tx, chain[0], s.issuerID, by, "", s.now())
-	})
-}
-
-// StoreRenewedCertificate records a certificate made by renewing old.
-func (s *store) StoreRenewedCertificate(old *x509.Certificate, chain ...*x509.Certificate) error {
-	ctx, cancel := s.ctx()
-	defer cancel()
-	sn := old.SerialNumber.String()
-	return s.db.Tx(ctx, func(tx *sitedb.Tx) error {
-		return insertCert(tx, chain[0], s.issuerID, "renew:"+sn, sn, s.now())
 	})
 }
 
@@ -140,17 +134,27 @@ func (s *store) IsRevoked(serial string) (bool, error) {
 }
 
 // Revoke records a revocation and announces it on trust.RevokedChannel in the same
-// transaction, so every server's revoked set learns of it as soon as it is committed.
+// transaction, so every server's revoked set learns of it as soon as it is committed. A
+// revocation for keyCompromise revokes, in the same transaction, every certificate renewed
+// from this one, transitively: whoever holds the compromised key may have renewed it.
 func (s *store) Revoke(rci *stepdb.RevokedCertificateInfo) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	err := s.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		if rci.ReasonCode == reasonKeyCompromise {
+			if err := lockCert(tx, rci.Serial); err != nil {
+				return err
+			}
+		}
 		if _, err := tx.Exec(`INSERT INTO revoked_certificates (serial, reason_code, reason, revoked_at, expires_at)
 			VALUES (?, ?, ?, ?, ?)`,
 			rci.Serial, rci.ReasonCode, rci.Reason, rci.RevokedAt.Unix(), rci.ExpiresAt.Unix()); err != nil {
 			return err
 		}
 		tx.Notify(trust.RevokedChannel, rci.Serial)
+		if rci.ReasonCode == reasonKeyCompromise {
+			return revokeSuccessors(tx, rci)
+		}
 		return nil
 	})
 	if sitedb.IsUniqueViolation(err) {
@@ -242,3 +246,151 @@ func (s *store) IsSSHHost(string) (bool, error)                 { return false, 
 func (s *store) GetSSHHostPrincipals() ([]string, error)        { return nil, nil }
 func (s *store) StoreSSHCertificate(*ssh.Certificate) error     { return stepdb.ErrNotImplemented }
 func (s *store) Shutdown() error                                { return nil }
+
+// reasonKeyCompromise is RFC 5280's keyCompromise reason code.
+const reasonKeyCompromise = 1
+
+// lockCert takes the row lock of an issued certificate until the transaction ends (on
+// SQLite every write transaction holds the database's write lock anyway). Renewals and
+// keyCompromise revocations of one certificate take this lock before they look at its
+// successors or its revocation, so they take turns: a renewal either commits before the
+// revocation looks for successors (and is revoked with them) or sees the revocation.
+func lockCert(tx *sitedb.Tx, serial string) error {
+	res, err := tx.Exec(`UPDATE certificates SET renewed_from = renewed_from WHERE serial = ?`, serial)
+	if err != nil {
+		return fmt.Errorf("locking certificate %s: %w", serial, err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return refusal{fmt.Errorf("%w: certificate %s is not in the CA's records", ErrNotFound, serial)}
+	}
+	return nil
+}
+
+// refusal carries an outcome of the store through smallstep's error wrapping, with its
+// message (see unwrapStep).
+type refusal struct{ err error }
+
+func (r refusal) Error() string { return r.err.Error() }
+func (r refusal) Unwrap() error { return r.err }
+
+// errRenewed means another renewal of the same certificate committed first.
+var errRenewed = errors.New("certificate already renewed")
+
+// storeRenewal records c as the successor of the certificate with serial old. Under old's
+// lock it checks that old is not revoked and has no successor yet, so of two racing
+// renewals exactly one is recorded; the other gets errRenewed (and its certificate, never
+// recorded, is never handed out).
+func (s *store) storeRenewal(tx *sitedb.Tx, old string, c *x509.Certificate) error {
+	if err := lockCert(tx, old); err != nil {
+		return err
+	}
+	var revoked, renewed int
+	if err := tx.QueryRow(`SELECT COUNT(*) FROM revoked_certificates WHERE serial = ?`, old).Scan(&revoked); err != nil {
+		return fmt.Errorf("checking the revocation of %s: %w", old, err)
+	}
+	if revoked > 0 {
+		return refusal{fmt.Errorf("%w: certificate %s was revoked while it was being renewed", ErrRevoked, old)}
+	}
+	if err := tx.QueryRow(`SELECT COUNT(*) FROM certificates WHERE renewed_from = ?`, old).Scan(&renewed); err != nil {
+		return fmt.Errorf("looking for the successor of %s: %w", old, err)
+	}
+	if renewed > 0 {
+		return refusal{errRenewed}
+	}
+	return insertCert(tx, c, s.issuerID, "renew:"+old, old, s.now())
+}
+
+// successors returns the certificates renewed from serial, oldest first. There is at most
+// one, except for forks recorded before renewal was idempotent.
+func (s *store) successors(ctx context.Context, serial string) ([]*x509.Certificate, error) {
+	rows, err := s.db.Query(ctx, `SELECT der FROM certificates WHERE renewed_from = ? ORDER BY created_at, serial`, serial)
+	if err != nil {
+		return nil, fmt.Errorf("looking for the successor of %s: %w", serial, err)
+	}
+	defer rows.Close()
+	var out []*x509.Certificate
+	for rows.Next() {
+		var der []byte
+		if err := rows.Scan(&der); err != nil {
+			return nil, fmt.Errorf("looking for the successor of %s: %w", serial, err)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("parsing the successor of %s: %w", serial, err)
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// revokeSuccessors revokes, with rci's reason and time, every certificate renewed from
+// rci.Serial, transitively, taking each one's lock before looking for its own successors.
+func revokeSuccessors(tx *sitedb.Tx, rci *stepdb.RevokedCertificateInfo) error {
+	seen := map[string]bool{rci.Serial: true}
+	for queue := []string{rci.Serial}; len(queue) > 0; queue = queue[1:] {
+		rows, err := tx.Query(`SELECT serial, not_after FROM certificates WHERE renewed_from = ?`, queue[0])
+		if err != nil {
+			return fmt.Errorf("looking for the successors of %s: %w", queue[0], err)
+		}
+		type succ struct {
+			serial   string
+			notAfter int64
+		}
+		var next []succ
+		for rows.Next() {
+			var n succ
+			if err := rows.Scan(&n.serial, &n.notAfter); err != nil {
+				rows.Close()
+				return err
+			}
+			next = append(next, n)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, n := range next {
+			if seen[n.serial] {
+				continue
+			}
+			seen[n.serial] = true
+			if err := lockCert(tx, n.serial); err != nil {
+				return err
+			}
+			res, err := tx.Exec(`INSERT INTO revoked_certificates (serial, reason_code, reason, revoked_at, expires_at)
+				VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING`,
+				n.serial, rci.ReasonCode, rci.Reason, rci.RevokedAt.Unix(), n.notAfter)
+			if err != nil {
+				return fmt.Errorf("revoking %s, renewed from a compromised certificate: %w", n.serial, err)
+			}
+			if k, _ := res.RowsAffected(); k > 0 {
+				tx.Notify(trust.RevokedChannel, n.serial)
+			}
+			queue = append(queue, n.serial)
+		}
+	}
+	return nil
+}
+
+// recordConflict records a refused renewal of old for the public key refused (see the
+// renewal_conflicts table).
+func (s *store) recordConflict(ctx context.Context, old, successor *x509.Certificate, refused string) error {
+	now := s.now().Unix()
+	_, err := s.db.Exec(ctx, `INSERT INTO renewal_conflicts
+		(old_serial, device_id, subject, successor_serial, refused_key, attempts, first_at, last_at)
+		VALUES (?, ?, ?, ?, ?, 1, ?, ?)
+		ON CONFLICT (old_serial) DO UPDATE SET attempts = renewal_conflicts.attempts + 1,
+			refused_key = excluded.refused_key, last_at = excluded.last_at`,
+		old.SerialNumber.String(), deviceIDOf(old), old.Subject.CommonName, successor.SerialNumber.String(), refused, now, now)
+	if err != nil {
+		return fmt.Errorf("recording the refused renewal of %s: %w", old.SerialNumber, err)
+	}
+	return nil
+}
+
+func deviceIDOf(c *x509.Certificate) string {
+	if id := trust.Identify(c); id.Kind == trust.KindDevice {
+		return id.ID
+	}
+	return ""
+}

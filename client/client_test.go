@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
@@ -374,7 +375,7 @@ func TestLoadNotEnrolled(t *testing.T) {
 func TestInterruptedRenewal(t *testing.T) {
 	tc := startCA(t)
 	src := t.TempDir()
-	enroll(t, tc, src)
+	oldID := enroll(t, tc, src)
 	old := map[string][]byte{}
 	for _, f := range commitOrder {
 		old[f] = readFile(t, filepath.Join(src, f))
@@ -387,6 +388,10 @@ func TestInterruptedRenewal(t *testing.T) {
 	for _, f := range commitOrder {
 		cur[f] = readFile(t, filepath.Join(src, f))
 	}
+	// Until the change is committed, the pending key of the renewal is there too.
+	b, _ := pem.Decode(cur[KeyFile])
+	b.Headers = map[string]string{pendingSerialHeader: oldID.Serial.String()}
+	pending := pem.EncodeToMemory(b)
 
 	for _, tt := range []struct {
 		name    string
@@ -413,6 +418,9 @@ func TestInterruptedRenewal(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			if err := os.WriteFile(filepath.Join(dir, PendingKeyFile), pending, 0o600); err != nil {
+				t.Fatal(err)
+			}
 			// A reader sees a whole identity without changing anything.
 			id, err := Load(dir)
 			if err != nil {
@@ -421,15 +429,15 @@ func TestInterruptedRenewal(t *testing.T) {
 			if got := id.Serial.Cmp(renewed.Serial) == 0; got != tt.renewed {
 				t.Errorf("Load sees the renewed certificate = %v, want %v", got, tt.renewed)
 			}
-			if len(entries(t, dir)) != len(tt.live)+len(tt.staged) {
+			if len(entries(t, dir)) != len(tt.live)+len(tt.staged)+1 {
 				t.Error("Load changed the directory")
 			}
 			// A writer finishes or undoes the change.
 			if err := recoverStaged(dir); err != nil {
 				t.Fatalf("recoverStaged: %v", err)
 			}
-			if got := entries(t, dir); len(got) != 4 {
-				t.Errorf("after recovery the directory holds %v", got)
+			if got := entries(t, dir); len(got) != 5 {
+				t.Errorf("after recovery the directory holds %v, want the identity and the pending key", got)
 			}
 			after, err := Load(dir)
 			if err != nil {
@@ -438,8 +446,21 @@ func TestInterruptedRenewal(t *testing.T) {
 			if after.Serial.Cmp(id.Serial) != 0 {
 				t.Errorf("recovery chose serial %s, Load before it saw %s", after.SerialHex(), id.SerialHex())
 			}
-			if _, err := Renew(context.Background(), RenewOptions{Dir: dir}); err != nil {
-				t.Errorf("Renew after recovery: %v", err)
+			// Rolled back: the retry asks with the pending key and gets the same successor.
+			// Rolled forward: the renewed identity renews on (each of these directories is
+			// a copy of it, so only the first copy may; the others are clones).
+			again, err := Renew(context.Background(), RenewOptions{Dir: dir})
+			var se *ServerError
+			switch {
+			case !tt.renewed && err != nil:
+				t.Errorf("Renew after rolling back: %v", err)
+			case !tt.renewed && again.Serial.Cmp(renewed.Serial) != 0:
+				t.Errorf("Renew after rolling back got %s, the CA's answer before the crash was %s", again.SerialHex(), renewed.SerialHex())
+			case tt.renewed && err != nil && !(errors.As(err, &se) && se.Code == "renewal_superseded"):
+				t.Errorf("Renew after rolling forward: %v", err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, PendingKeyFile)); err == nil {
+				t.Error("the pending key is left after the renewal finished")
 			}
 		})
 	}

@@ -29,4 +29,11 @@
 // Every file is written 0600 through a temporary file, fsync and rename. A change of
 // several files (enrollment, renewal) is staged as "<name>.new" files first and committed
 // by renaming them; see commit for how an interrupted change is finished or undone.
+// During a renewal, renew-key.pem holds the key asked for until the answer is stored (see
+// PendingKeyFile): the CA gives a certificate one successor, so retries must ask for the
+// same key.
+//
+// The directory has one writer: the running agent, which holds LockDir for its life and
+// does renewals and re-enrollments asked for on the command line itself, or, when no
+// agent runs, the one command that holds LockDir.
 package client

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -159,6 +160,8 @@ func Enroll(ctx context.Context, opts EnrollOptions) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("enroll: storing the identity in %s: %w", opts.Dir, err)
 	}
+	// A renewal key pending for the replaced identity is never sent now.
+	_ = os.Remove(filepath.Join(opts.Dir, PendingKeyFile))
 	id := newIdentity(opts.Dir, base.String(), key, chain, roots)
 	id.Bootstrap = resp.Bootstrap
 	return id, nil

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/atomicfile"
@@ -343,4 +344,30 @@ func recoverStaged(dir string) error {
 		_ = os.Remove(t)
 	}
 	return nil
+}
+
+// ErrBusy means another process holds the state directory's writer lock.
+var ErrBusy = errors.New("another ibcm-client process is writing the state directory")
+
+// LockDir takes the writer lock of the state directory (an exclusive flock on the
+// directory itself), without waiting: ErrBusy when another process holds it. The running
+// agent holds it for its whole life and does every write itself (the CLI hands renew and
+// enroll to it over the control socket); a CLI command that writes while no agent runs
+// holds it for the command. A directory that does not exist yet needs no lock.
+func LockDir(dir string) (unlock func(), err error) {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return func() {}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("locking the state directory: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w (%s)", ErrBusy, dir)
+		}
+		return nil, fmt.Errorf("locking the state directory: %w", err)
+	}
+	return func() { f.Close() }, nil
 }

@@ -303,6 +303,11 @@ func (m *MP) Device(ctx context.Context, id string) (wire.Device, error) {
 	if err != nil {
 		return wire.Device{}, err
 	}
+	clones, err := trust.CloneWarnings(ctx, m.db, id)
+	if err != nil {
+		return wire.Device{}, err
+	}
+	d.Warnings = append(d.Warnings, clones[id]...)
 	rows, err := m.db.Query(ctx, `SELECT group_name FROM group_members WHERE device_id = ? ORDER BY group_name`, id)
 	if err != nil {
 		return wire.Device{}, err
@@ -330,6 +335,10 @@ func (m *MP) Devices(ctx context.Context) ([]wire.Device, error) {
 	if err := m.checkins.flush(ctx); err != nil {
 		return nil, err
 	}
+	clones, err := trust.CloneWarnings(ctx, m.db, "")
+	if err != nil {
+		return nil, err
+	}
 	rows, err := m.db.Query(ctx, `SELECT `+deviceColumns+` FROM devices ORDER BY last_seen DESC, id LIMIT 10000`)
 	if err != nil {
 		return nil, err
@@ -341,6 +350,7 @@ func (m *MP) Devices(ctx context.Context) ([]wire.Device, error) {
 		if err != nil {
 			return nil, err
 		}
+		d.Warnings = append(d.Warnings, clones[d.ID]...)
 		out = append(out, d)
 	}
 	return out, rows.Err()

@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"sync"
@@ -46,6 +47,14 @@ type Server struct {
 // and requests client certificates, as `ibcm site up` does. It stops when t ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWrapped(t, nil)
+}
+
+// StartWrapped is Start with the CA's HTTPS handler passed through wrap (when not nil),
+// for tests that disturb the conversation, such as dropping the connection after the CA
+// has answered.
+func StartWrapped(t testing.TB, wrap func(http.Handler) http.Handler) *Server {
+	t.Helper()
 	ctx := context.Background()
 	db, err := sitedb.Open(ctx, sitedb.SQLite, filepath.Join(t.TempDir(), "site.db"))
 	if err != nil {
@@ -71,7 +80,11 @@ func Start(t testing.TB) *Server {
 	}
 	revoked := &trust.RevokedSet{}
 	v := &trust.Verifier{Anchors: trust.NewAnchors([]*x509.Certificate{h.Root}, []*x509.Certificate{h.Issuing}), Revoked: revoked}
-	srv := httptest.NewUnstartedServer(c.Handler(v))
+	handler := c.Handler(v)
+	if wrap != nil {
+		handler = wrap(handler)
+	}
+	srv := httptest.NewUnstartedServer(handler)
 	srv.TLS = &tls.Config{
 		Certificates: []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, h.Issuing.Raw, h.Root.Raw}, PrivateKey: key}},
 		ClientAuth:   tls.RequestClientCert,

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ibcm-project/ibcm/client"
+	"github.com/ibcm-project/ibcm/client/agent"
 )
 
 func enrollCommand() *cli.Command {
@@ -25,7 +26,10 @@ openssl x509 -in root.crt -noout -fingerprint -sha256). The token is a secret: p
 in IBCM_CLIENT_TOKEN or a file (--token-file) rather than on the command line, where
 other users can see it. It is never printed.
 
-enroll refuses to replace an existing identity unless --force is given.
+enroll refuses to replace an existing identity unless --force is given. While
+ibcm-client run runs on the directory, the running agent does the enrollment (over its
+control socket) and switches to the new identity at once, so the state directory has one
+writer.
 
 EXAMPLES:
    IBCM_CLIENT_TOKEN=... ibcm-client enroll --ca https://ca.corp.example:8443 \
@@ -66,11 +70,26 @@ func runEnroll(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--key-type: %w", err)
 	}
-	id, err := client.Enroll(c.Context, client.EnrollOptions{
+	opts := client.EnrollOptions{
 		Dir: c.String("dir"), CAURL: c.String("ca"), Token: token, RootSHA256: c.String("root-sha256"),
 		Name: c.String("name"), FQDN: c.String("fqdn"), KeyType: kt, Force: c.Bool("force"),
 		Timeout: c.Duration("timeout"),
-	})
+	}
+	res, err := agent.Enroll(c.Context, opts.Dir, opts)
+	if err == nil {
+		fmt.Fprintf(c.App.Writer, "enrolled %s as device %s through the running agent\nserial %s, valid until %s; stored in %s\n",
+			res.Name, res.DeviceID, res.SerialHex, res.NotAfter.UTC().Format(timeFormat), res.Dir)
+		return nil
+	}
+	if !errors.Is(err, agent.ErrNotRunning) {
+		return err
+	}
+	unlock, err := client.LockDir(opts.Dir)
+	if err != nil {
+		return fmt.Errorf("%w: an agent may be starting; try again", err)
+	}
+	defer unlock()
+	id, err := client.Enroll(c.Context, opts)
 	if err != nil {
 		return err
 	}

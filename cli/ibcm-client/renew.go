@@ -1,12 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ibcm-project/ibcm/client"
+	"github.com/ibcm-project/ibcm/client/agent"
 )
 
 func renewCommand() *cli.Command {
@@ -16,6 +18,14 @@ func renewCommand() *cli.Command {
 		Description: `renew asks the CA that issued the device's certificate for a successor, proving the
 device's identity with the current certificate in the TLS handshake. A new key is made
 for the new certificate unless --keep-key is given. The device id stays the same.
+
+The key asked for is stored (renew-key.pem) before the request and asked for again on
+every retry, so an answer lost on the way costs nothing: the CA gives a certificate one
+successor. A certificate already renewed for another key is refused (renewal_superseded):
+a copy of this device's key and certificate exists, and the site shows a clone warning.
+
+While ibcm-client run runs on the directory, the running agent does the renewal (over its
+control socket), so the state directory has one writer; otherwise renew does it itself.
 
 A revoked or expired certificate cannot be renewed: enroll again with a new token
 (ibcm-client enroll --force).
@@ -51,6 +61,20 @@ func runRenew(c *cli.Context) error {
 			return nil
 		}
 	}
+	res, err := agent.Renew(c.Context, dir, c.Bool("keep-key"))
+	if err == nil {
+		fmt.Fprintf(c.App.Writer, "renewed device %s through the running agent: serial %s, valid until %s\n",
+			res.DeviceID, res.SerialHex, res.NotAfter.UTC().Format(timeFormat))
+		return nil
+	}
+	if !errors.Is(err, agent.ErrNotRunning) {
+		return err
+	}
+	unlock, err := client.LockDir(dir)
+	if err != nil {
+		return fmt.Errorf("%w: an agent may be starting; try again", err)
+	}
+	defer unlock()
 	id, err := client.Renew(c.Context, client.RenewOptions{Dir: dir, KeepKey: c.Bool("keep-key"), Timeout: c.Duration("timeout")})
 	if err != nil {
 		return err

@@ -346,6 +346,8 @@ func caRevokeCommand() *cli.Command {
 		Description: `SERIAL is hex as openssl prints it (with or without colons) or decimal. REASON is an
 RFC 5280 name: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,
 cessationOfOperation, privilegeWithdrawn, aACompromise. A revocation is final.
+keyCompromise also revokes every certificate renewed from this one, transitively: whoever
+holds the key may have renewed it.
 
 EXAMPLES:
    ibcm ca revoke --dir /srv/ibcm --reason keyCompromise 5A0F3C9E2B1D4E6F7A8B9C0D1E2F3A4B

@@ -71,8 +71,12 @@ type Agent struct {
 	status  Status
 	current location.Decision
 
+	// writeMu makes the agent the one writer of the identity: its renewals and those asked
+	// for over the control socket (`ibcm-client renew`, `enroll --force`) take turns.
+	writeMu sync.Mutex
 	detect  chan bool     // true: the current MP failed
 	renew   chan struct{} // renew now
+	rewrote chan struct{} // the identity was replaced: the renewal schedule starts again
 	kick    chan struct{} // send the spool now
 	restart chan struct{} // the MP or the certificate changed: new session
 }
@@ -102,7 +106,7 @@ func New(o Options) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{o: o, log: o.Log, spool: sp, id: id,
-		detect: make(chan bool, 1), renew: make(chan struct{}, 1), kick: make(chan struct{}, 1), restart: make(chan struct{}, 1)}
+		detect: make(chan bool, 1), renew: make(chan struct{}, 1), rewrote: make(chan struct{}, 1), kick: make(chan struct{}, 1), restart: make(chan struct{}, 1)}
 	if b, err := os.ReadFile(filepath.Join(o.Dir, PolicyFile)); err == nil {
 		var p cachedPolicy
 		if json.Unmarshal(b, &p) == nil {
@@ -183,8 +187,20 @@ func (a *Agent) setError(err error) {
 	}
 }
 
-// Run runs the agent until ctx is done.
+// Run runs the agent until ctx is done. It holds the state directory's writer lock the
+// whole time (see client.LockDir).
 func (a *Agent) Run(ctx context.Context) error {
+	unlock, err := client.LockDir(a.o.Dir)
+	if err != nil {
+		return fmt.Errorf("%w: is another `ibcm-client run`, renew or enroll working on %s?", err, a.o.Dir)
+	}
+	defer unlock()
+	// Another writer may have changed the identity between New and the lock.
+	id, err := client.Load(a.o.Dir)
+	if err != nil {
+		return err
+	}
+	a.setIdentityStatus(id)
 	stopSocket, err := a.serveControl(ctx)
 	if err != nil {
 		return err
@@ -298,6 +314,8 @@ func (a *Agent) detectLoop(ctx context.Context) {
 
 // renewLoop renews the certificate at two thirds of its life (with jitter), or at once on a
 // renew-cert event; failures retry with backoff while the current certificate stays in use.
+// Every new identity (a renewal here or through the control socket, an enrollment)
+// restarts the schedule.
 func (a *Agent) renewLoop(ctx context.Context) {
 	b := backoff{base: 30 * time.Second, max: time.Hour}
 	for {
@@ -313,38 +331,88 @@ func (a *Agent) renewLoop(ctx context.Context) {
 		case <-ctx.Done():
 			t.Stop()
 			return
+		case <-a.rewrote:
+			t.Stop()
+			b.reset()
+			continue
 		case <-a.renew:
 			t.Stop()
 		case <-t.C:
 		}
-		newID, err := client.Renew(ctx, client.RenewOptions{Dir: a.o.Dir, DialContext: location.DialContext(a.o.ResolvConf)})
+		_, err := a.Renew(ctx, false)
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil {
-			left := time.Until(id.NotAfter)
-			level := slog.LevelWarn
-			if left < id.NotAfter.Sub(id.NotBefore)/10 {
-				level = slog.LevelError
-			}
-			a.log.Log(ctx, level, "certificate renewal failed; the current certificate stays in use", "err", err, "expires_in", left.Round(time.Second).String())
-			a.setError(fmt.Errorf("renewal: %w", err))
-			var se *client.ServerError
-			if errors.As(err, &se) && (se.Code == "certificate_revoked" || se.Code == "certificate_expired") {
-				a.Report("error", "renewal", "renewal refused: "+se.Message)
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(b.next()):
-			}
-			signal(a.renew)
+		if err == nil {
+			b.reset()
 			continue
 		}
-		b.reset()
-		a.setIdentityStatus(newID)
-		a.log.Info("certificate renewed", "serial", newID.SerialHex(), "not_after", newID.NotAfter)
-		a.Report("info", "renewal", "certificate renewed: serial "+newID.SerialHex())
-		signal(a.restart)
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.rewrote:
+			b.reset()
+			continue
+		case <-time.After(b.next()):
+		}
+		signal(a.renew)
 	}
+}
+
+// Renew renews the certificate now, as the one writer of the state directory (see
+// client.Renew), and switches the agent to the new identity.
+func (a *Agent) Renew(ctx context.Context, keepKey bool) (*client.Identity, error) {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	a.mu.Lock()
+	id := a.id
+	a.mu.Unlock()
+	newID, err := client.Renew(ctx, client.RenewOptions{Dir: a.o.Dir, KeepKey: keepKey, DialContext: location.DialContext(a.o.ResolvConf)})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		left := time.Until(id.NotAfter)
+		level := slog.LevelWarn
+		if left < id.NotAfter.Sub(id.NotBefore)/10 {
+			level = slog.LevelError
+		}
+		a.log.Log(ctx, level, "certificate renewal failed; the current certificate stays in use", "err", err, "expires_in", left.Round(time.Second).String())
+		a.setError(fmt.Errorf("renewal: %w", err))
+		var se *client.ServerError
+		switch {
+		case errors.As(err, &se) && se.Code == "renewal_superseded":
+			a.log.Error("renewal refused: this certificate was already renewed with another key; a copy of this device's key and certificate exists (probable clone)", "serial", id.SerialHex())
+			a.Report("error", "renewal", "renewal refused, probable clone: "+se.Message)
+		case errors.As(err, &se) && (se.Code == "certificate_revoked" || se.Code == "certificate_expired"):
+			a.Report("error", "renewal", "renewal refused: "+se.Message)
+		}
+		return nil, err
+	}
+	a.setIdentityStatus(newID)
+	a.setError(nil)
+	a.log.Info("certificate renewed", "serial", newID.SerialHex(), "not_after", newID.NotAfter)
+	a.Report("info", "renewal", "certificate renewed: serial "+newID.SerialHex())
+	signal(a.rewrote)
+	signal(a.restart)
+	return newID, nil
+}
+
+// Enroll replaces the identity with a new enrollment (`ibcm-client enroll --force` while
+// the agent runs), as the one writer of the state directory, and switches to it.
+func (a *Agent) Enroll(ctx context.Context, opts client.EnrollOptions) (*client.Identity, error) {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	opts.Dir = a.o.Dir
+	id, err := client.Enroll(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	a.setIdentityStatus(id)
+	a.setError(nil)
+	a.log.Info("enrolled again", "device_id", id.DeviceID, "serial", id.SerialHex(), "not_after", id.NotAfter)
+	a.Report("info", "agent", "enrolled again: device "+id.DeviceID+", serial "+id.SerialHex())
+	signal(a.rewrote)
+	signal(a.restart)
+	return id, nil
 }

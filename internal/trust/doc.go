@@ -4,7 +4,8 @@
 // notifications), and the verification of a peer's certificate chain that TLS handshakes and
 // routes use.
 //
-// The CA writes the tables this package reads (ca_certificates, revoked_certificates) and
+// The CA writes the tables this package reads (ca_certificates, revoked_certificates, and
+// renewal_conflicts for the clone warnings of CloneWarnings) and
 // announces every revocation on the RevokedChannel notification channel; servers call
 // WatchRevoked once at start and then ask the RevokedSet in every handshake.
 package trust

@@ -31,9 +31,10 @@ type EnrollRequest struct {
 	CSR     string `json:"csr"`               // PEM "CERTIFICATE REQUEST"
 }
 
-// RenewRequest asks the CA for a new certificate for the identity presented in the TLS
-// handshake. With CSR set the new certificate gets the CSR's key (rekey); without it the
-// old key is kept.
+// RenewRequest asks the CA for the successor of the certificate presented in the TLS
+// handshake, for the CSR's key: a new key (rekey), or the current one to keep it. The CSR is
+// required. The same certificate with the same key always gets the same successor; another
+// key for an already renewed certificate is refused (409 renewal_superseded).
 type RenewRequest struct {
 	CSR string `json:"csr,omitempty"`
 }
