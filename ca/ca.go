@@ -252,8 +252,16 @@ func ReasonName(code int) string {
 // every server of the site and a new CRL is published before Revoke returns.
 func (c *CA) Revoke(ctx context.Context, serial string, reason string) error {
 	// Once this returns, no OCSP answer about serial cached before is served again (the
-	// other CA servers of the site learn of the revocation from its announcement).
-	defer c.ocsp.cache.forget(serial)
+	// other CA servers of the site learn of the revocation from its announcement). A
+	// keyCompromise also revokes the successors, whose serials only the store knows: then
+	// every cached answer goes.
+	defer func() {
+		if reason == "keyCompromise" {
+			c.ocsp.cache.forgetAll()
+		} else {
+			c.ocsp.cache.forget(serial)
+		}
+	}()
 	code, ok := Reasons[reason]
 	if !ok {
 		for n := range Reasons {
