@@ -252,16 +252,8 @@ func ReasonName(code int) string {
 // every server of the site and a new CRL is published before Revoke returns.
 func (c *CA) Revoke(ctx context.Context, serial string, reason string) error {
 	// Once this returns, no OCSP answer about serial cached before is served again (the
-	// other CA servers of the site learn of the revocation from its announcement). A
-	// keyCompromise also revokes the successors, whose serials only the store knows: then
-	// every cached answer goes.
-	defer func() {
-		if reason == "keyCompromise" {
-			c.ocsp.cache.forgetAll()
-		} else {
-			c.ocsp.cache.forget(serial)
-		}
-	}()
+	// other CA servers of the site learn of the revocation from its announcement).
+	defer c.forgetOCSP(ctx, serial, reason)
 	code, ok := Reasons[reason]
 	if !ok {
 		for n := range Reasons {
@@ -287,6 +279,28 @@ func (c *CA) Revoke(ctx context.Context, serial string, reason string) error {
 		return fmt.Errorf("revoking %s: %w", serial, err)
 	}
 	return nil
+}
+
+// forgetOCSP drops the cached OCSP answers about serial and, after a keyCompromise (which
+// revokes the successors too), about every certificate renewed from it; when the store
+// cannot say which those are, every cached answer.
+func (c *CA) forgetOCSP(ctx context.Context, serial, reason string) {
+	c.ocsp.cache.forget(serial)
+	if reason != "keyCompromise" {
+		return
+	}
+	for queue := []string{serial}; len(queue) > 0; queue = queue[1:] {
+		next, err := c.store.successors(ctx, queue[0])
+		if err != nil {
+			c.ocsp.cache.forgetAll()
+			return
+		}
+		for _, n := range next {
+			sn := n.SerialNumber.String()
+			c.ocsp.cache.forget(sn)
+			queue = append(queue, sn)
+		}
+	}
 }
 
 // ResolveSerial turns a serial as a person types it (hex as openssl prints it, with or
