@@ -303,6 +303,10 @@ type Device struct {
 	BlockedAt     *time.Time `json:"blocked_at,omitempty"`
 	Warnings      []string   `json:"warnings,omitempty"`
 	Connected     int        `json:"connected"` // live notification channels
+
+	// LastLocation is the MP listener the device last came in on, which is what counts;
+	// ClaimedLocation is where its agent said it was at its last check-in.
+	ClaimedLocation string `json:"claimed_location,omitempty"`
 }
 
 // Group is a device group (admin API).
