@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -334,6 +335,65 @@ func TestDetect(t *testing.T) {
 		if limit := 2 * cfg.withDefaults().DNSTimeout; d.Took >= limit {
 			t.Errorf("took %s, want under 2×DNSTimeout = %s", d.Took, limit)
 		}
+	})
+
+	t.Run("split DNS", func(t *testing.T) {
+		// A laptop with two resolvers: the local one knows nothing of corp.test (NXDOMAIN,
+		// or NODATA), the VPN's has the SRV record and answers after it. The positive
+		// answer wins, in either resolv.conf order.
+		intranetRecords := []string{
+			"_ibcm-mp._tcp.corp.test. 60 IN SRV 0 0 " + portOf(s.intraMP) + " mp1.corp.test.",
+			"mp1.corp.test. 60 IN A 127.0.0.1",
+		}
+		for _, tc := range []struct {
+			name     string
+			negative []string // records of the resolver without the SRV record
+			want     string   // in its answer
+			vpnFirst bool     // the VPN's resolver first in resolv.conf
+		}{
+			{"NXDOMAIN first", nil, "NXDOMAIN", false},
+			{"NODATA first", []string{`_ibcm-mp._tcp.corp.test. 60 IN TXT "not here"`}, "no SRV records", false},
+			{"NXDOMAIN second", nil, "NXDOMAIN", true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				first := make(chan struct{})
+				var once sync.Once
+				local := startOrderedDNS(t, nil, func() { once.Do(func() { close(first) }) }, tc.negative...)
+				vpn := startOrderedDNS(t, first, nil, intranetRecords...) // answers once the local one has
+				servers := []string{local, vpn}
+				if tc.vpnFirst {
+					servers = []string{vpn, local}
+				}
+				d := Detect(ctx, s.config(writeResolvConf(t, servers...)))
+				t.Logf("%s", describe(d))
+				wantDecision(t, d, wire.Intranet, s.intraURL)
+				if srv := findStep(t, d, KindDNS, "_ibcm-mp._tcp.corp.test. SRV"); !strings.Contains(srv.Result, vpn+" answered: 0 0 "+portOf(s.intraMP)) {
+					t.Errorf("SRV step = %+v, want the VPN resolver's answer", srv)
+				}
+			})
+		}
+		t.Run("both negative", func(t *testing.T) {
+			d := Detect(ctx, s.config(writeResolvConf(t, startDNS(t), startDNS(t, `_ibcm-mp._tcp.corp.test. 60 IN TXT "not here"`))))
+			wantDecision(t, d, wire.Internet, s.inetURL)
+			if srv := findStep(t, d, KindDNS, "_ibcm-mp._tcp.corp.test. SRV"); !srv.OK() || !strings.Contains(srv.Result, "NXDOMAIN") && !strings.Contains(srv.Result, "no SRV records") {
+				t.Errorf("SRV step = %+v, want a negative answer", srv)
+			}
+		})
+		t.Run("negative and a black hole", func(t *testing.T) {
+			// The black hole may still hold the positive answer: it gets its short
+			// timeout and attempts, no more.
+			cfg := s.config(writeResolvConf(t, startDNS(t), startBlackHole(t)))
+			d := Detect(ctx, cfg)
+			t.Logf("took %s\n%s", d.Took, describe(d))
+			wantDecision(t, d, wire.Internet, s.inetURL)
+			c := cfg.withDefaults()
+			if limit := time.Duration(c.DNSAttempts)*c.DNSTimeout + 200*time.Millisecond; d.Took >= limit {
+				t.Errorf("took %s, want under DNSAttempts×DNSTimeout + 200ms = %s", d.Took, limit)
+			}
+			if srv := findStep(t, d, KindDNS, "_ibcm-mp._tcp.corp.test. SRV"); !strings.Contains(srv.Result, "NXDOMAIN") || !strings.Contains(srv.Result, "no answer within") {
+				t.Errorf("SRV step = %+v, want the NXDOMAIN and the black hole's timeout", srv)
+			}
+		})
 	})
 
 	t.Run("budget", func(t *testing.T) {

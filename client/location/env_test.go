@@ -167,6 +167,14 @@ func startFakeMP(t *testing.T, cert tls.Certificate, answer func(c net.Conn, sto
 // stands in for a resolver the device does not control, such as a hotel's.
 func startDNS(t *testing.T, records ...string) string {
 	t.Helper()
+	return startOrderedDNS(t, nil, nil, records...)
+}
+
+// startOrderedDNS is startDNS whose answers wait until after is closed (nil: no wait),
+// and which calls answered after each answer it sends (nil: none): two nameservers whose
+// answers come in a known order.
+func startOrderedDNS(t *testing.T, after <-chan struct{}, answered func(), records ...string) string {
+	t.Helper()
 	zone := map[string][]dns.RR{}
 	for _, s := range records {
 		rr, err := dns.NewRR(s)
@@ -193,7 +201,16 @@ func startDNS(t *testing.T, records ...string) string {
 				m.Answer = append(m.Answer, rr)
 			}
 		}
+		if after != nil {
+			select {
+			case <-after:
+			case <-time.After(5 * time.Second): // the other nameserver was never asked
+			}
+		}
 		_ = w.WriteMsg(m)
+		if answered != nil {
+			answered()
+		}
 	})
 	started := make(chan struct{})
 	srv := &dns.Server{PacketConn: pc, Handler: handler, NotifyStartedFunc: func() { close(started) }}
