@@ -23,6 +23,10 @@ func TestProbe(t *testing.T) {
 		}
 	}
 
+	// register the device first, so that holding the slot below races with no registration
+	if status, _ := call(t, f.client(&pc), "GET", f.intranet+"/v1/whoami", nil, nil); status != 200 {
+		t.Fatal("whoami")
+	}
 	// hold the only request slot with a body that never finishes, until whoami is shed
 	pr, pw := io.Pipe()
 	defer pw.Close()
