@@ -148,10 +148,14 @@ func TestAgentLocation(t *testing.T) {
 	id := deviceIDOf(t, dev)
 	waitFor(t, 5*time.Second, "the MP records the internet location", func() bool {
 		var d struct {
-			LastLocation string `json:"last_location"`
+			LastLocation    string `json:"last_location"`
+			ClaimedLocation string `json:"claimed_location"`
 		}
-		return json.Unmarshal([]byte(s.ibcm(t, "device", "show", "--json", id)), &d) == nil && d.LastLocation == "internet"
+		return json.Unmarshal([]byte(s.ibcm(t, "device", "show", "--json", id)), &d) == nil && d.LastLocation == "internet" && d.ClaimedLocation == "internet"
 	})
+	if out := s.ibcm(t, "device", "show", id); !strings.Contains(out, "claimed location") {
+		t.Errorf("ibcm device show does not show the claimed location:\n%s", out)
+	}
 	t.Logf("back to the intranet resolver -> intranet in %v", switchTo("intranet", corp.Addr))
 
 	// a rogue resolver answers the SRV query and points at a server with another CA's

@@ -2,6 +2,7 @@ package mp
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -19,16 +20,21 @@ type checkinBuffer struct {
 	mu      sync.Mutex
 	pending map[string]pendingCheckin
 	flushMu sync.Mutex // one flush at a time
+	// mismatches holds device id + "/" + claimed + "/" + listener for every location
+	// mismatch this process has flagged, so a device that keeps claiming the wrong
+	// location costs the database and the log once, not at every check-in.
+	mismatches sync.Map
 }
 
 type pendingCheckin struct {
-	wire.Checkin
-	at time.Time
+	wire.Checkin        // Location is what the agent claims
+	listener     string // the location of the listener it came in on: what is recorded
+	at           time.Time
 }
 
-func (b *checkinBuffer) add(device string, c wire.Checkin, at time.Time) {
+func (b *checkinBuffer) add(device string, c wire.Checkin, listener string, at time.Time) {
 	b.mu.Lock()
-	b.pending[device] = pendingCheckin{Checkin: c, at: at}
+	b.pending[device] = pendingCheckin{Checkin: c, listener: listener, at: at}
 	b.mu.Unlock()
 }
 
@@ -45,8 +51,8 @@ func (b *checkinBuffer) flush(ctx context.Context) error {
 	}
 	err := b.db.Tx(ctx, func(tx *sitedb.Tx) error {
 		for id, c := range batch {
-			if _, err := tx.Exec(`UPDATE devices SET last_seen = ?, last_location = ?, addresses = ?, agent_version = CASE WHEN ? = '' THEN agent_version ELSE ? END, compliance = ?
-				WHERE id = ?`, c.at.Unix(), c.Location, strings.Join(c.Addresses, ","), c.AgentVersion, c.AgentVersion, c.Compliance, id); err != nil {
+			if _, err := tx.Exec(`UPDATE devices SET last_seen = ?, last_location = ?, claimed_location = ?, addresses = ?, agent_version = CASE WHEN ? = '' THEN agent_version ELSE ? END, compliance = ?
+				WHERE id = ?`, c.at.Unix(), c.listener, c.Location, strings.Join(c.Addresses, ","), c.AgentVersion, c.AgentVersion, c.Compliance, id); err != nil {
 				return err
 			}
 		}
@@ -63,6 +69,28 @@ func (b *checkinBuffer) flush(ctx context.Context) error {
 		b.mu.Unlock()
 	}
 	return err
+}
+
+// flagLocationMismatch records, once, that device p checked in on the listener of
+// p.location claiming to be on claimed: a device warning and one log line. The recorded
+// location is always the listener's; the claim is only evidence (an agent fooled into
+// the wrong decision, or a device lying).
+func (m *MP) flagLocationMismatch(ctx context.Context, p *peer, claimed string) error {
+	key := p.id.ID + "/" + claimed + "/" + p.location
+	if _, seen := m.checkins.mismatches.LoadOrStore(key, struct{}{}); seen {
+		return nil
+	}
+	msg := fmt.Sprintf("location mismatch: checks in on the %s listener but claims %s", p.location, claimed)
+	added, err := m.addWarningOnce(ctx, p.id.ID, msg)
+	if err != nil {
+		m.checkins.mismatches.Delete(key) // flagged at the next check-in instead
+		return fmt.Errorf("flagging a location mismatch: %w", err)
+	}
+	if added {
+		m.log.Warn().Str("device_id", p.id.ID).Str("location", p.location).Str("claimed_location", claimed).
+			Msg("location mismatch: the device claims another location than the listener it checked in on")
+	}
+	return nil
 }
 
 // run flushes every interval until ctx is done, then once more.

@@ -168,7 +168,13 @@ func (m *MP) devicesWithHardwareID(ctx context.Context, hw, except string) ([]st
 
 // addWarning appends a warning to a device (once; the newest maxWarnings are kept).
 func (m *MP) addWarning(ctx context.Context, device, msg string) error {
-	return m.db.Tx(ctx, func(tx *sitedb.Tx) error {
+	_, err := m.addWarningOnce(ctx, device, msg)
+	return err
+}
+
+// addWarningOnce is addWarning that also tells whether the warning is new.
+func (m *MP) addWarningOnce(ctx context.Context, device, msg string) (added bool, err error) {
+	err = m.db.Tx(ctx, func(tx *sitedb.Tx) error {
 		var cur string
 		if err := tx.QueryRow(`SELECT warnings FROM devices WHERE id = ?`, device).Scan(&cur); err != nil {
 			return err
@@ -184,8 +190,10 @@ func (m *MP) addWarning(ctx context.Context, device, msg string) error {
 			ws = ws[len(ws)-maxWarnings:]
 		}
 		_, err := tx.Exec(`UPDATE devices SET warnings = ? WHERE id = ?`, strings.Join(ws, "\n"), device)
+		added = err == nil
 		return err
 	})
+	return added && err == nil, err
 }
 
 func splitLines(s string) []string {
@@ -220,7 +228,12 @@ func (m *MP) handleCheckin(w http.ResponseWriter, r *http.Request, p *peer) erro
 	if err != nil {
 		return err
 	}
-	m.checkins.add(p.id.ID, c, m.now())
+	if c.Location != p.location {
+		if err := m.flagLocationMismatch(r.Context(), p, c.Location); err != nil {
+			return err
+		}
+	}
+	m.checkins.add(p.id.ID, c, p.location, m.now()) // the listener's location is recorded, the claim kept beside it
 	every, _ := time.ParseDuration(pol.Client.CheckinInterval)
 	api.WriteJSON(w, http.StatusOK, wire.CheckinResponse{NextCheckinSeconds: int(every / time.Second), PolicyETag: policyETag(pol)})
 	return nil
@@ -268,7 +281,7 @@ func (m *MP) handleLocate(w http.ResponseWriter, r *http.Request) error {
 var ErrNoDevice = errors.New("no such device")
 
 const deviceColumns = `id, name, fqdn, os, agent_version, cert_serial, pubkey_hash, hardware_id, first_seen, last_seen,
-	last_location, addresses, compliance, blocked_at, warnings`
+	last_location, claimed_location, addresses, compliance, blocked_at, warnings`
 
 func scanDevice(row interface{ Scan(...any) error }) (wire.Device, error) {
 	var d wire.Device
@@ -276,7 +289,7 @@ func scanDevice(row interface{ Scan(...any) error }) (wire.Device, error) {
 	var addrs, warnings string
 	var blocked sql.NullInt64
 	if err := row.Scan(&d.ID, &d.Name, &d.FQDN, &d.OS, &d.AgentVersion, &d.Serial, &d.PublicKeyHash, &d.HardwareID,
-		&first, &last, &d.LastLocation, &addrs, &d.Compliance, &blocked, &warnings); err != nil {
+		&first, &last, &d.LastLocation, &d.ClaimedLocation, &addrs, &d.Compliance, &blocked, &warnings); err != nil {
 		return wire.Device{}, err
 	}
 	d.FirstSeen, d.LastSeen = time.Unix(first, 0).UTC(), time.Unix(last, 0).UTC()

@@ -79,6 +79,7 @@ func peerOf(r *http.Request) *peer { return r.Context().Value(peerKey{}).(*peer)
 //
 //	GET  /healthz
 //	GET  /v1/whoami
+//	GET  /v1/probe            the listener's location, for the agent's location probe
 //	POST /v1/hello            devices
 //	GET  /v1/policy           devices; ETag, 304 when unchanged
 //	POST /v1/checkin          devices
@@ -106,6 +107,7 @@ func (m *MP) Handler(location string) http.Handler {
 		api.WriteJSON(w, http.StatusOK, wire.Health{Status: "ok", Role: "mp-" + location})
 	}))
 	mux.Handle("GET /v1/whoami", h(m.handleWhoami))
+	mux.Handle("GET "+wire.ProbePath, h(m.handleProbe))
 	mux.Handle("POST /v1/hello", device(m.handleHello))
 	mux.Handle("GET /v1/policy", device(m.handlePolicy))
 	mux.Handle("POST /v1/checkin", device(m.handleCheckin))
@@ -123,7 +125,9 @@ func (m *MP) Handler(location string) http.Handler {
 // gate runs before every route: it records who the peer is, refuses a revoked or expired
 // certificate (the handshake checked both, but a connection outlives it) and a blocked device,
 // remembers the connection for blocking, and sheds load with 503 + Retry-After when too
-// many requests are in flight (the long-lived notification channels are bounded apart).
+// many requests are in flight (the long-lived notification channels are bounded apart; a
+// location probe is never shed, or a busy intranet MP would send its devices to the
+// internet).
 func (m *MP) gate(location string, next http.Handler) http.Handler {
 	return api.Handle(m.log, func(w http.ResponseWriter, r *http.Request) error {
 		if r.URL.Path == "/healthz" {
@@ -153,7 +157,7 @@ func (m *MP) gate(location string, next http.Handler) http.Handler {
 				tc.once.Do(func() { m.hub.trackConn(p.id.ID, tc.Conn) })
 			}
 		}
-		if r.URL.Path != "/v1/notify" {
+		if r.URL.Path != "/v1/notify" && r.URL.Path != wire.ProbePath { // a probe costs no more than /healthz
 			select {
 			case m.inflight <- struct{}{}:
 				defer func() { <-m.inflight }()

@@ -62,7 +62,8 @@ func locationCommand() *cli.Command {
 		Usage: "run one location detection and print the decision with its evidence",
 		Description: `location detects, once, whether the device is on the intranet or the internet, the way the
 agent does: SRV queries for the intranet MP to the configured resolvers, a TLS probe that must
-meet a site-server certificate of this site, and the internet MP probe at the same time. It
+meet a site-server certificate of an MP of this site whose answer to GET /v1/probe, over that
+connection, says it is the intranet listener, and the internet MP probe at the same time. It
 prints the decision, the queries, answers, probes and their timings. With --json the object
 has "location": "intranet" or "internet" at its top level.
 

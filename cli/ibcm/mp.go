@@ -65,9 +65,9 @@ func deviceCommand() *cli.Command {
 						return printJSON(c.App.Writer, ds)
 					}
 					w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(w, "ID\tNAME\tLOCATION\tLAST SEEN\tSTATE")
+					fmt.Fprintln(w, "ID\tNAME\tLOCATION\tCLAIMED\tLAST SEEN\tSTATE")
 					for _, d := range ds {
-						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", d.ID, d.Name, dash(d.LastLocation), d.LastSeen.Format(time.RFC3339), deviceState(d))
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Name, dash(d.LastLocation), dash(d.ClaimedLocation), d.LastSeen.Format(time.RFC3339), deviceState(d))
 					}
 					return w.Flush()
 				},
@@ -99,8 +99,8 @@ func deviceCommand() *cli.Command {
 					w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 					fmt.Fprintf(w, "id\t%s\nname\t%s\nfqdn\t%s\nos\t%s\nagent\t%s\n", d.ID, d.Name, dash(d.FQDN), dash(d.OS), dash(d.AgentVersion))
 					fmt.Fprintf(w, "certificate\t%s\nhardware id\t%s\n", d.Serial, dash(d.HardwareID))
-					fmt.Fprintf(w, "first seen\t%s\nlast seen\t%s\nlocation\t%s\naddresses\t%s\n", d.FirstSeen.Format(time.RFC3339),
-						d.LastSeen.Format(time.RFC3339), dash(d.LastLocation), dash(strings.Join(d.Addresses, ", ")))
+					fmt.Fprintf(w, "first seen\t%s\nlast seen\t%s\nlocation\t%s (the MP listener it came in on)\nclaimed location\t%s (what the agent decided)\naddresses\t%s\n",
+						d.FirstSeen.Format(time.RFC3339), d.LastSeen.Format(time.RFC3339), dash(d.LastLocation), dash(d.ClaimedLocation), dash(strings.Join(d.Addresses, ", ")))
 					fmt.Fprintf(w, "groups\t%s\ncompliance\t%s\nconnected\t%d\nstate\t%s\n", dash(strings.Join(d.Groups, ", ")), d.Compliance, d.Connected, deviceState(d))
 					for _, warn := range d.Warnings {
 						fmt.Fprintf(w, "WARNING\t%s\n", warn)

@@ -167,11 +167,11 @@ func (d *detector) intranet(ctx context.Context, ev *recorder) found {
 		for _, srv := range orderSRV(a.recs, d.intn) {
 			host := strings.TrimSuffix(srv.Target, ".")
 			probed++
-			if addr, ok := d.tryMP(ctx, ev, host, srv.Port); ok {
+			if addr, ok := d.tryMP(ctx, ev, host, srv.Port, wire.Intranet); ok {
 				return found{
 					mp:   mpURL(host, srv.Port),
 					addr: addr,
-					why:  fmt.Sprintf("%s from %s SRV proved to be an MP of site %s", net.JoinHostPort(host, strconv.Itoa(int(srv.Port))), a.name, d.cfg.SiteCode),
+					why:  fmt.Sprintf("%s from %s SRV proved to be an intranet listener of an MP of site %s", net.JoinHostPort(host, strconv.Itoa(int(srv.Port))), a.name, d.cfg.SiteCode),
 				}
 			}
 			failed++
@@ -198,7 +198,7 @@ func (d *detector) internet(ctx context.Context, ev *recorder) found {
 		results[i] = make(chan string, 1)
 		wg.Go(func() {
 			host, port, _ := splitHostPort(hp) // checked by Validate
-			addr, _ := d.tryMP(ctx, ev, host, port)
+			addr, _ := d.tryMP(ctx, ev, host, port, "")
 			results[i] <- addr
 		})
 	}
@@ -212,9 +212,9 @@ func (d *detector) internet(ctx context.Context, ev *recorder) found {
 }
 
 // tryMP resolves host through the nameservers (an IP literal as itself) and probes its
-// addresses in turn until one handshake proves it an MP of this site; it returns that
-// address with the port.
-func (d *detector) tryMP(ctx context.Context, ev *recorder, host string, port uint16) (string, bool) {
+// addresses in turn until one proves it an MP of this site (and, with listener set, that
+// listener of it); it returns that address with the port.
+func (d *detector) tryMP(ctx context.Context, ev *recorder, host string, port uint16, listener string) (string, bool) {
 	addrs, err := d.dns.lookupHost(ctx, ev, host)
 	if err != nil {
 		return "", false
@@ -223,7 +223,7 @@ func (d *detector) tryMP(ctx context.Context, ev *recorder, host string, port ui
 		if expired(ctx) {
 			return "", false
 		}
-		if d.probe(ctx, ev, host, port, a) == nil {
+		if d.probe(ctx, ev, host, port, a, listener) == nil {
 			return netip.AddrPortFrom(a, port).String(), true
 		}
 	}

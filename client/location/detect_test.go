@@ -2,17 +2,23 @@ package location
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/bindtest"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/mp"
 )
 
 // site is the world of TestDetect: the site TST's CA, its MP on the intranet published in
@@ -23,10 +29,12 @@ type site struct {
 	device   ca.IssueSpec
 	cfg      Config // for a resolv.conf to be filled in
 	bind     *bindtest.Server
-	intraMP  *mpServer // mp1.corp.test
-	inetMP   *mpServer // mp.example.test, reached as 127.0.0.1:port
-	intraURL string    // https://mp1.corp.test:port
-	inetURL  string    // https://127.0.0.1:port
+	mp       *mp.MP          // the site's MP (both modes), whose listeners these are
+	mpCert   tls.Certificate // mp1.corp.test (and 127.0.0.1)
+	intraMP  *mpServer       // mp1.corp.test
+	inetMP   *mpServer       // mp.example.test, reached as 127.0.0.1:port
+	intraURL string          // https://mp1.corp.test:port
+	inetURL  string          // https://127.0.0.1:port
 }
 
 func newSite(t *testing.T) *site {
@@ -35,8 +43,10 @@ func newSite(t *testing.T) *site {
 	s.roots = x509.NewCertPool()
 	s.roots.AddCert(s.ca.h.Root)
 	device := s.ca.issue(t, ca.IssueSpec{Profile: ca.Client, Subject: "pc-01", DNS: []string{"pc-01.corp.test"}})
-	s.intraMP = startMP(t, s.ca.issue(t, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp1", DNS: []string{"mp1.corp.test", "127.0.0.1"}, Role: "mp"}))
-	s.inetMP = startMP(t, s.ca.issue(t, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp-internet", DNS: []string{"mp.example.test", "127.0.0.1"}, Role: "mp"}))
+	s.mp = newMP(t, s.ca)
+	s.mpCert = s.ca.issue(t, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp1", DNS: []string{"mp1.corp.test", "127.0.0.1"}, Role: "mp"})
+	s.intraMP = serveMP(t, s.mp, s.mpCert, wire.Intranet)
+	s.inetMP = serveMP(t, s.mp, s.ca.issue(t, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp-internet", DNS: []string{"mp.example.test", "127.0.0.1"}, Role: "mp"}), wire.Internet)
 	s.intraURL = "https://mp1.corp.test:" + portOf(s.intraMP)
 	s.inetURL = "https://" + s.inetMP.addr
 
@@ -89,11 +99,11 @@ func TestDetect(t *testing.T) {
 			t.Errorf("A step = %+v, want 127.0.0.1", a)
 		}
 		probe := findStep(t, d, KindProbe, "mp1.corp.test:"+portOf(s.intraMP)+" at 127.0.0.1")
-		if !probe.OK() || !strings.Contains(probe.Result, "MP of site TST") {
-			t.Errorf("probe step = %+v, want an MP of site TST", probe)
+		if !probe.OK() || !strings.Contains(probe.Result, "intranet listener of an MP of site TST") {
+			t.Errorf("probe step = %+v, want an intranet listener of an MP of site TST", probe)
 		}
-		if !s.intraMP.sawClient("pc-01") {
-			t.Errorf("the MP did not see the device certificate pc-01")
+		if want := fmt.Sprintf("client certificate serial %x", s.cfg.ClientCert.Leaf.SerialNumber); !strings.Contains(probe.Result, want) {
+			t.Errorf("probe step = %+v, want the MP's answer naming the device certificate (%s)", probe, want)
 		}
 		if !strings.Contains(d.Reason, "mp1.corp.test") {
 			t.Errorf("reason %q does not name the MP", d.Reason)
@@ -146,12 +156,13 @@ func TestDetect(t *testing.T) {
 		}{
 			{"another CA", otherSite, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp1", DNS: []string{"mp1.corp.test", "127.0.0.1"}, Role: "mp"}, "unknown authority"},
 			{"another site code", sameRootOtherCode, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp1", DNS: []string{"mp1.corp.test", "127.0.0.1"}, Role: "mp"}, "urn:ibcm:site:OTH:role:mp, not urn:ibcm:site:TST:role:mp"},
-			{"not an MP", s.ca, ca.IssueSpec{Profile: ca.SiteServer, Subject: "dp1", DNS: []string{"mp1.corp.test", "127.0.0.1"}, Role: "dp"}, "urn:ibcm:site:TST:role:dp, not urn:ibcm:site:TST:role:mp"},
+			{"a DP", s.ca, ca.IssueSpec{Profile: ca.SiteServer, Subject: "dp1", DNS: []string{"mp1.corp.test", "127.0.0.1"}, Role: "dp"}, "urn:ibcm:site:TST:role:dp, not urn:ibcm:site:TST:role:mp"},
+			{"the CA", s.ca, ca.IssueSpec{Profile: ca.SiteServer, Subject: "ca", DNS: []string{"mp1.corp.test", "127.0.0.1"}, Role: "ca"}, "urn:ibcm:site:TST:role:ca, not urn:ibcm:site:TST:role:mp"},
 			{"no site URI", s.ca, ca.IssueSpec{Profile: ca.Client, Subject: "mp1", DNS: []string{"mp1.corp.test"}}, "incompatible key usage"},
 			{"another name", s.ca, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp2", DNS: []string{"mp2.corp.test", "127.0.0.1"}, Role: "mp"}, "not mp1.corp.test"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				rogue := startMP(t, tc.issuer.issue(t, tc.spec))
+				rogue := serveMP(t, s.mp, tc.issuer.issue(t, tc.spec), wire.Intranet) // the site's own MP, with that certificate
 				resolver := startDNS(t,
 					"_ibcm-mp._tcp.corp.test. 60 IN SRV 0 0 "+portOf(rogue)+" mp1.corp.test.",
 					"mp1.corp.test. 60 IN A 127.0.0.1",
@@ -168,6 +179,99 @@ func TestDetect(t *testing.T) {
 				}
 				if !strings.Contains(d.Reason, "1 of 1 SRV targets failed the probe") {
 					t.Errorf("reason %q does not say the probe failed", d.Reason)
+				}
+			})
+		}
+	})
+
+	t.Run("the site's internet listener", func(t *testing.T) {
+		// A café's resolver serves a corp.test zone (a real BIND) whose SRV record points at
+		// the site's internet MP listener, which, as for an MP in both modes, presents the
+		// very certificate of the intranet listener: a genuine MP of this site for the
+		// name. Only its answer on the verified connection tells it is no intranet listener.
+		both := serveMP(t, s.mp, s.mpCert, wire.Internet)
+		cafe := bindtest.Start(t, "corp.test.")
+		cafe.NSUpdate(t,
+			"update add mp1.corp.test. 60 A 127.0.0.1",
+			"update add _ibcm-mp._tcp.corp.test. 60 SRV 0 0 "+portOf(both)+" mp1.corp.test.",
+		)
+		d := Detect(ctx, s.config(writeResolvConf(t, cafe.Addr)))
+		t.Logf("%s", describe(d))
+		wantDecision(t, d, wire.Internet, s.inetURL)
+		probe := findStep(t, d, KindProbe, "mp1.corp.test:"+portOf(both))
+		if probe.OK() || !strings.Contains(probe.Error, "says this is its internet listener, not an intranet one") || !strings.Contains(probe.Error, `certificate "mp1"`) {
+			t.Errorf("probe step = %+v, want the MP's internet answer", probe)
+		}
+		// and the same BIND pointing at the intranet listener: intranet
+		cafe.NSUpdate(t,
+			"update delete _ibcm-mp._tcp.corp.test. SRV",
+			"update add _ibcm-mp._tcp.corp.test. 60 SRV 0 0 "+portOf(s.intraMP)+" mp1.corp.test.",
+		)
+		wantDecision(t, Detect(ctx, s.config(writeResolvConf(t, cafe.Addr))), wire.Intranet, s.intraURL)
+	})
+
+	t.Run("device refused", func(t *testing.T) {
+		// The intranet MP refuses a certificate that is not of this site: no answer, so
+		// no proof, however good the MP's own certificate.
+		stranger := newCA(t, newHierarchy(t, "TST"), "TST").issue(t, ca.IssueSpec{Profile: ca.Client, Subject: "pc-x", DNS: []string{"pc-x.corp.test"}})
+		cfg := s.config(writeResolvConf(t, s.bind.Addr))
+		cfg.ClientCert = &stranger
+		d := Detect(ctx, cfg)
+		t.Logf("%s", describe(d))
+		if d.Location != wire.Internet {
+			t.Fatalf("decision %s, want internet\n%s", d.Location, describe(d))
+		}
+		if probe := findStep(t, d, KindProbe, "mp1.corp.test:"+portOf(s.intraMP)); probe.OK() || !strings.Contains(probe.Error, "bad certificate") {
+			t.Errorf("probe step = %+v, want the MP's refusal", probe)
+		}
+	})
+
+	t.Run("broken MP", func(t *testing.T) {
+		// Servers holding a genuine intranet MP certificate of this site that answer the
+		// probe badly: none proves an intranet listener.
+		respond := func(status, contentType, body string) func(net.Conn, <-chan struct{}) {
+			return func(c net.Conn, _ <-chan struct{}) {
+				_, _ = fmt.Fprintf(c, "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", status, contentType, len(body), body)
+			}
+		}
+		serial := s.cfg.ClientCert.Leaf.SerialNumber.String()
+		for _, tc := range []struct {
+			name   string
+			answer func(net.Conn, <-chan struct{})
+			want   string
+		}{
+			{"internet", respond("200 OK", "application/json", `{"location":"internet","serial":"`+serial+`"}`), "says this is its internet listener"},
+			{"garbage", respond("200 OK", "application/json", "<html>intranet</html>"), "not a JSON object"},
+			{"not JSON", respond("200 OK", "text/plain", `{"location":"intranet","serial":"`+serial+`"}`), `is "text/plain", not JSON`},
+			{"two objects", respond("200 OK", "application/json", `{"location":"intranet","serial":"`+serial+`"}{"location":"internet"}`), "data after the JSON object"},
+			{"no location", respond("200 OK", "application/json", `{"serial":"`+serial+`"}`), `location "" is neither`},
+			{"wrong type", respond("200 OK", "application/json", `{"location":1,"serial":"`+serial+`"}`), "not a JSON object"},
+			{"another serial", respond("200 OK", "application/json", `{"location":"intranet","serial":"42"}`), "it saw client certificate serial 42, not this device's"},
+			{"too much", respond("200 OK", "application/json", `{"location":"intranet","serial":"`+serial+`"}`+strings.Repeat(" ", 8000)), "over 4096 bytes"},
+			{"endless headers", func(c net.Conn, stop <-chan struct{}) {
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+				for i := 0; i < 1000; i++ {
+					if _, err := fmt.Fprintf(c, "X-Pad-%d: %s\r\n", i, strings.Repeat("a", 100)); err != nil {
+						return
+					}
+				}
+			}, "over 4096 bytes"},
+			{"refused", respond("403 Forbidden", "application/json", `{"error":{"code":"device_blocked","message":"device is blocked"}}`), "it refused GET /v1/probe: 403 Forbidden device_blocked: device is blocked"},
+			{"silent", func(_ net.Conn, stop <-chan struct{}) { <-stop }, "no answer to GET /v1/probe within 300ms"},
+			{"hang up", func(net.Conn, <-chan struct{}) {}, "no answer to GET /v1/probe"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				fake := startFakeMP(t, s.mpCert, tc.answer)
+				cfg := s.config(writeResolvConf(t, startDNS(t,
+					"_ibcm-mp._tcp.corp.test. 60 IN SRV 0 0 "+portOf(fake)+" mp1.corp.test.",
+					"mp1.corp.test. 60 IN A 127.0.0.1",
+				)))
+				cfg.ProbeTimeout = 300 * time.Millisecond
+				d := Detect(ctx, cfg)
+				t.Logf("%s", describe(d))
+				wantDecision(t, d, wire.Internet, s.inetURL)
+				if probe := findStep(t, d, KindProbe, "mp1.corp.test:"+portOf(fake)); probe.OK() || !strings.Contains(probe.Error, tc.want) {
+					t.Errorf("probe error = %q, want it to contain %q", probe.Error, tc.want)
 				}
 			})
 		}
@@ -231,6 +335,65 @@ func TestDetect(t *testing.T) {
 		if limit := 2 * cfg.withDefaults().DNSTimeout; d.Took >= limit {
 			t.Errorf("took %s, want under 2×DNSTimeout = %s", d.Took, limit)
 		}
+	})
+
+	t.Run("split DNS", func(t *testing.T) {
+		// A laptop with two resolvers: the local one knows nothing of corp.test (NXDOMAIN,
+		// or NODATA), the VPN's has the SRV record and answers after it. The positive
+		// answer wins, in either resolv.conf order.
+		intranetRecords := []string{
+			"_ibcm-mp._tcp.corp.test. 60 IN SRV 0 0 " + portOf(s.intraMP) + " mp1.corp.test.",
+			"mp1.corp.test. 60 IN A 127.0.0.1",
+		}
+		for _, tc := range []struct {
+			name     string
+			negative []string // records of the resolver without the SRV record
+			want     string   // in its answer
+			vpnFirst bool     // the VPN's resolver first in resolv.conf
+		}{
+			{"NXDOMAIN first", nil, "NXDOMAIN", false},
+			{"NODATA first", []string{`_ibcm-mp._tcp.corp.test. 60 IN TXT "not here"`}, "no SRV records", false},
+			{"NXDOMAIN second", nil, "NXDOMAIN", true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				first := make(chan struct{})
+				var once sync.Once
+				local := startOrderedDNS(t, nil, func() { once.Do(func() { close(first) }) }, tc.negative...)
+				vpn := startOrderedDNS(t, first, nil, intranetRecords...) // answers once the local one has
+				servers := []string{local, vpn}
+				if tc.vpnFirst {
+					servers = []string{vpn, local}
+				}
+				d := Detect(ctx, s.config(writeResolvConf(t, servers...)))
+				t.Logf("%s", describe(d))
+				wantDecision(t, d, wire.Intranet, s.intraURL)
+				if srv := findStep(t, d, KindDNS, "_ibcm-mp._tcp.corp.test. SRV"); !strings.Contains(srv.Result, vpn+" answered: 0 0 "+portOf(s.intraMP)) {
+					t.Errorf("SRV step = %+v, want the VPN resolver's answer", srv)
+				}
+			})
+		}
+		t.Run("both negative", func(t *testing.T) {
+			d := Detect(ctx, s.config(writeResolvConf(t, startDNS(t), startDNS(t, `_ibcm-mp._tcp.corp.test. 60 IN TXT "not here"`))))
+			wantDecision(t, d, wire.Internet, s.inetURL)
+			if srv := findStep(t, d, KindDNS, "_ibcm-mp._tcp.corp.test. SRV"); !srv.OK() || !strings.Contains(srv.Result, "NXDOMAIN") && !strings.Contains(srv.Result, "no SRV records") {
+				t.Errorf("SRV step = %+v, want a negative answer", srv)
+			}
+		})
+		t.Run("negative and a black hole", func(t *testing.T) {
+			// The black hole may still hold the positive answer: it gets its short
+			// timeout and attempts, no more.
+			cfg := s.config(writeResolvConf(t, startDNS(t), startBlackHole(t)))
+			d := Detect(ctx, cfg)
+			t.Logf("took %s\n%s", d.Took, describe(d))
+			wantDecision(t, d, wire.Internet, s.inetURL)
+			c := cfg.withDefaults()
+			if limit := time.Duration(c.DNSAttempts)*c.DNSTimeout + 200*time.Millisecond; d.Took >= limit {
+				t.Errorf("took %s, want under DNSAttempts×DNSTimeout + 200ms = %s", d.Took, limit)
+			}
+			if srv := findStep(t, d, KindDNS, "_ibcm-mp._tcp.corp.test. SRV"); !strings.Contains(srv.Result, "NXDOMAIN") || !strings.Contains(srv.Result, "no answer within") {
+				t.Errorf("SRV step = %+v, want the NXDOMAIN and the black hole's timeout", srv)
+			}
+		})
 	})
 
 	t.Run("budget", func(t *testing.T) {

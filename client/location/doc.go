@@ -7,8 +7,12 @@
 // timeout, retries) for the SRV records of the intranet MP names under each
 // intranet DNS suffix, and probes the SRV targets in RFC 2782 order. A target
 // counts only when its TLS certificate chains to the site's pinned roots,
-// names the target host and carries the URI urn:ibcm:site:<code>:role:mp: DNS
-// alone never decides. The internet MPs are probed at the same time, so a
+// names the target host and carries the URI urn:ibcm:site:<code>:role:mp, and
+// when the MP, asked GET /v1/probe over that same verified connection, answers
+// that this is its intranet listener: the site's internet MP holds an MP
+// certificate of this site too (in both modes the same one), so a hostile
+// resolver pointing the SRV record at it proves nothing. DNS alone never
+// decides. The internet MPs are probed at the same time, so a
 // black-holed intranet DNS costs the short DNS timeout, not a hang.
 //
 //	d := location.Detect(ctx, location.Config{

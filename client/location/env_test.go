@@ -1,6 +1,7 @@
 package location
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,10 +10,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"io"
+	"log"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,12 +27,17 @@ import (
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/trust"
+	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/mp"
 )
 
 // testCA is a real site CA (smallstep's embedded authority over a SQLite site database).
 type testCA struct {
-	h  *ca.Hierarchy
-	ca *ca.CA
+	h    *ca.Hierarchy
+	ca   *ca.CA
+	db   *sitedb.DB
+	site string
 }
 
 // newHierarchy makes a site's root and issuing CA.
@@ -55,7 +63,7 @@ func newCA(t *testing.T, h *ca.Hierarchy, site string) testCA {
 	if err != nil {
 		t.Fatalf("ca.New: %v", err)
 	}
-	return testCA{h: h, ca: c}
+	return testCA{h: h, ca: c, db: db, site: site}
 }
 
 // issue has the CA issue a certificate for a new key and returns it with its chain.
@@ -76,26 +84,64 @@ func (c testCA) issue(t *testing.T, spec ca.IssueSpec) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{chain[0].Raw, c.h.Issuing.Raw}, PrivateKey: key, Leaf: chain[0]}
 }
 
-// mpServer is a TLS listener on 127.0.0.1 that, like an MP, demands a client certificate.
-// It completes handshakes and hangs up; it remembers the client certificates it saw.
+// newMP is a real management point of the site of c, over its database (both modes);
+// serveMP puts a listener of it on 127.0.0.1.
+func newMP(t *testing.T, c testCA) *mp.MP {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	v := &trust.Verifier{Anchors: trust.NewAnchors([]*x509.Certificate{c.h.Root}, []*x509.Certificate{c.h.Issuing}), Revoked: &trust.RevokedSet{}}
+	m, err := mp.New(ctx, c.db, v, mp.Options{ID: "mp-test", Mode: mp.ModeBoth, DefaultPolicy: mp.DefaultPolicy(wire.Bootstrap{SiteCode: c.site, InternetMPs: []string{"mp.example.test:443"}, IntranetDNSSuffixes: []string{"corp.test"}, SRVNames: []string{DefaultSRVName}}), Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatalf("mp.New: %v", err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatalf("starting the MP: %v", err)
+	}
+	t.Cleanup(func() { cancel(); m.Close() })
+	return m
+}
+
+// mpServer is a TLS listener on 127.0.0.1.
 type mpServer struct {
 	addr string
 	port uint16
-
-	mu    sync.Mutex
-	peers []string // common names of the client certificates presented
 }
 
-func startMP(t *testing.T, cert tls.Certificate) *mpServer {
+func listen(t *testing.T) (net.Listener, *mpServer) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &mpServer{addr: l.Addr().String(), port: uint16(l.Addr().(*net.TCPAddr).Port)}
+	return l, &mpServer{addr: l.Addr().String(), port: uint16(l.Addr().(*net.TCPAddr).Port)}
+}
+
+// serveMP serves m's listener of location (wire.Intranet or wire.Internet) on 127.0.0.1,
+// presenting cert, as site.Run does: the MP's own TLS configuration demands and checks
+// the client certificate.
+func serveMP(t *testing.T, m *mp.MP, cert tls.Certificate, location string) *mpServer {
+	t.Helper()
+	l, s := listen(t)
+	cfg := m.TLSConfig(nil)
+	cfg.Certificates = []tls.Certificate{cert}
+	srv := &http.Server{ErrorLog: log.New(io.Discard, "", 0)} // refused handshakes are what some tests want
+	m.Configure(srv, location)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(tls.NewListener(l, cfg)) }()
+	t.Cleanup(func() { _ = srv.Close(); <-done })
+	return s
+}
+
+// startFakeMP is a TLS server presenting cert that, after the handshake, reads one HTTP
+// request and lets answer write whatever it likes: a broken or hostile server holding a
+// genuine MP certificate.
+func startFakeMP(t *testing.T, cert tls.Certificate, answer func(c net.Conn, stop <-chan struct{})) *mpServer {
+	t.Helper()
+	l, s := listen(t)
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12}
+	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = l.Close(); wg.Wait() })
+	t.Cleanup(func() { close(stop); _ = l.Close(); wg.Wait() })
 	wg.Go(func() {
 		for {
 			c, err := l.Accept()
@@ -106,38 +152,28 @@ func startMP(t *testing.T, cert tls.Certificate) *mpServer {
 				defer c.Close()
 				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 				tc := tls.Server(c, cfg)
-				if tc.Handshake() != nil {
+				if _, err := http.ReadRequest(bufio.NewReader(tc)); err != nil {
 					return
 				}
-				if pc := tc.ConnectionState().PeerCertificates; len(pc) > 0 {
-					s.mu.Lock()
-					s.peers = append(s.peers, pc[0].Subject.CommonName)
-					s.mu.Unlock()
-				}
+				answer(tc, stop)
 			})
 		}
 	})
 	return s
 }
 
-// sawClient tells whether a client presented a certificate for cn, waiting a little for
-// handshakes the server is still finishing (in TLS 1.3 the client is done first).
-func (s *mpServer) sawClient(cn string) bool {
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		s.mu.Lock()
-		saw := slices.Contains(s.peers, cn)
-		s.mu.Unlock()
-		if saw {
-			return true
-		}
-	}
-	return false
-}
-
 // startDNS serves the given records on 127.0.0.1 over UDP with miekg/dns: a name it
 // knows gets its records of the asked type (maybe none), any other name NXDOMAIN. It
 // stands in for a resolver the device does not control, such as a hotel's.
 func startDNS(t *testing.T, records ...string) string {
+	t.Helper()
+	return startOrderedDNS(t, nil, nil, records...)
+}
+
+// startOrderedDNS is startDNS whose answers wait until after is closed (nil: no wait),
+// and which calls answered after each answer it sends (nil: none): two nameservers whose
+// answers come in a known order.
+func startOrderedDNS(t *testing.T, after <-chan struct{}, answered func(), records ...string) string {
 	t.Helper()
 	zone := map[string][]dns.RR{}
 	for _, s := range records {
@@ -165,7 +201,16 @@ func startDNS(t *testing.T, records ...string) string {
 				m.Answer = append(m.Answer, rr)
 			}
 		}
+		if after != nil {
+			select {
+			case <-after:
+			case <-time.After(5 * time.Second): // the other nameserver was never asked
+			}
+		}
 		_ = w.WriteMsg(m)
+		if answered != nil {
+			answered()
+		}
 	})
 	started := make(chan struct{})
 	srv := &dns.Server{PacketConn: pc, Handler: handler, NotifyStartedFunc: func() { close(started) }}

@@ -12,7 +12,7 @@ import (
 	"github.com/miekg/dns"
 )
 
-// resolver asks every nameserver of resolv.conf at once; the first useful answer wins.
+// resolver asks every nameserver of resolv.conf at once; the first positive answer wins.
 type resolver struct {
 	servers  []string // "IP:port"
 	timeout  time.Duration
@@ -23,15 +23,20 @@ type resolver struct {
 type answer struct {
 	msg    *dns.Msg
 	server string
+	others []string // when msg is negative: what the other nameservers did, "server: why"
 }
 
 // errNoNameservers is the outcome of every query when resolv.conf named none.
 var errNoNameservers = errors.New("no nameservers to ask")
 
 // exchange asks every nameserver for name (fully qualified) and qtype at once, each with
-// r.attempts attempts of r.timeout, and returns the first useful answer: NOERROR or
-// NXDOMAIN. SERVFAIL and timeouts are retried; REFUSED and the like end that
-// nameserver's part. A nameserver that does not answer does not hold up the others.
+// r.attempts attempts of r.timeout. The first positive answer (records of qtype for name)
+// wins at once. A negative one (NXDOMAIN, or NOERROR without such records) wins only when
+// no other nameserver has a positive answer: on a split-DNS laptop the local resolver
+// knows nothing of the intranet zone and the VPN's does, whichever answers first. So a
+// negative answer waits for the others, a black-holed one at most its attempts of the
+// short timeout. SERVFAIL and timeouts are retried; REFUSED and the like end that
+// nameserver's part.
 func (r *resolver) exchange(ctx context.Context, name string, qtype uint16) (answer, error) {
 	if len(r.servers) == 0 {
 		return answer{}, errNoNameservers
@@ -46,18 +51,37 @@ func (r *resolver) exchange(ctx context.Context, name string, qtype uint16) (ans
 	for _, s := range r.servers {
 		go func() {
 			m, err := r.ask(ctx, s, name, qtype)
-			out <- outcome{answer{m, s}, err}
+			out <- outcome{answer{msg: m, server: s}, err}
 		}()
 	}
+	var negative *answer
 	var errs []string
 	for range r.servers {
 		o := <-out
-		if o.err == nil {
+		switch {
+		case o.err != nil:
+			errs = append(errs, fmt.Sprintf("%s: %v", o.server, o.err))
+		case len(records(o.msg, name, qtype)) > 0:
 			return o.answer, nil
+		case negative == nil:
+			negative = &o.answer
+		default:
+			errs = append(errs, fmt.Sprintf("%s: %s too", o.server, negativeText(o.msg, qtype)))
 		}
-		errs = append(errs, fmt.Sprintf("%s: %v", o.server, o.err))
+	}
+	if negative != nil {
+		negative.others = errs
+		return *negative, nil
 	}
 	return answer{}, errors.New(strings.Join(errs, "; "))
+}
+
+// negativeText says what a negative answer was.
+func negativeText(m *dns.Msg, qtype uint16) string {
+	if m.Rcode == dns.RcodeNameError {
+		return "NXDOMAIN"
+	}
+	return "no " + dns.TypeToString[qtype] + " records"
 }
 
 // ask asks one nameserver, retrying after a timeout or SERVFAIL.
@@ -187,19 +211,35 @@ func (r *resolver) query(ctx context.Context, ev *recorder, name string, qtype u
 		default:
 			step.Result = fmt.Sprintf("%s answered: no %s records", a.server, dns.TypeToString[qtype])
 		}
+		if len(rrs) == 0 && len(a.others) > 0 {
+			step.Result += "; " + strings.Join(a.others, "; ")
+		}
 	}
 	step.Took = time.Since(start)
 	ev.add(step)
 	return rrs, err
 }
 
+// resolutionDelay is how long lookupHost waits for the other address family once one has
+// answered with addresses: RFC 8305's recommended Resolution Delay. Since a negative answer
+// now waits for every nameserver, an AAAA query that one nameserver answers "none" and a
+// black hole never answers would otherwise hold up an A answer for the black hole's
+// timeouts.
+const resolutionDelay = 50 * time.Millisecond
+
+// errResolutionDelay is why the other address family's query is abandoned.
+var errResolutionDelay = fmt.Errorf("the other address family answered first (waited %s, RFC 8305)", resolutionDelay)
+
 // lookupHost returns the addresses of host: the IP itself for an IP literal, otherwise
-// the A and AAAA records (asked at the same time) from the nameservers, IPv4 first.
+// the A and AAAA records (asked at the same time) from the nameservers, IPv4 first. Once
+// one of them has addresses, the other gets resolutionDelay more.
 func (r *resolver) lookupHost(ctx context.Context, ev *recorder, host string) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a.Unmap()}, nil
 	}
 	name := dns.Fqdn(host)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	type result struct {
 		rrs []dns.RR
 		err error
@@ -212,11 +252,28 @@ func (r *resolver) lookupHost(ctx context.Context, ev *recorder, host string) ([
 			res[i] <- result{rrs, err}
 		}()
 	}
+	var got [2]*result
+	var delay <-chan time.Time
+	for pending := 2; pending > 0; {
+		select {
+		case x := <-res[0]:
+			got[0], res[0] = &x, nil
+		case x := <-res[1]:
+			got[1], res[1] = &x, nil
+		case <-delay:
+			cancel(errResolutionDelay) // the query still out ends at once and records why
+			delay = nil
+			continue
+		}
+		pending--
+		if delay == nil && pending > 0 && ((got[0] != nil && len(got[0].rrs) > 0) || (got[1] != nil && len(got[1].rrs) > 0)) {
+			delay = time.After(resolutionDelay)
+		}
+	}
 	var addrs []netip.Addr
 	var errs []error
-	for _, ch := range res {
-		r := <-ch
-		if r.err != nil {
+	for _, r := range got {
+		if r.err != nil { // only reported when there are no addresses, so never errResolutionDelay
 			errs = append(errs, r.err)
 		}
 		for _, rr := range r.rrs {

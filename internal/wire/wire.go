@@ -145,6 +145,19 @@ type Whoami struct {
 	Blocked  bool   `json:"blocked"`
 }
 
+// ProbePath is where a location probe asks an MP which listener it reached.
+const ProbePath = "/v1/probe"
+
+// Probe is the answer of GET /v1/probe: the location of the MP listener the request came
+// in on, and the serial of the client certificate the MP saw on that connection. The
+// agent's location probe believes it only over a TLS connection on which it verified
+// the MP's certificate, so it tells an intranet listener of this site from the internet
+// one, which presents an MP certificate of this site too (DESIGN.md §7).
+type Probe struct {
+	Location string `json:"location"` // intranet or internet
+	Serial   string `json:"serial"`   // decimal
+}
+
 // Hello registers or updates the facts a device knows about itself (POST /v1/hello).
 type Hello struct {
 	Name         string   `json:"name,omitempty"`
@@ -304,6 +317,10 @@ type Device struct {
 	BlockedAt     *time.Time `json:"blocked_at,omitempty"`
 	Warnings      []string   `json:"warnings,omitempty"`
 	Connected     int        `json:"connected"` // live notification channels
+
+	// LastLocation is the MP listener the device last came in on, which is what counts;
+	// ClaimedLocation is where its agent said it was at its last check-in.
+	ClaimedLocation string `json:"claimed_location,omitempty"`
 }
 
 // Group is a device group (admin API).
