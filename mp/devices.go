@@ -250,14 +250,15 @@ func (m *MP) handleBundle(w http.ResponseWriter, r *http.Request) error {
 
 // handleLocate lists the site's MPs for the caller's location: the intranet URLs of MPs
 // that take intranet connections, or the internet URLs of those that take internet ones.
+// An MP that stopped heartbeating (mpDeadAfter) is not listed.
 func (m *MP) handleLocate(w http.ResponseWriter, r *http.Request) error {
 	p := peerOf(r)
 	col, modes := "intranet_url", []any{ModeIntranet, ModeBoth}
 	if p.location == wire.Internet {
 		col, modes = "internet_url", []any{ModeInternet, ModeBoth}
 	}
-	rows, err := m.db.Query(r.Context(), `SELECT `+col+` FROM management_points WHERE mode IN (?, ?) AND last_seen > ? ORDER BY id`,
-		append(modes, m.now().Add(-10*time.Minute).Unix())...)
+	rows, err := m.db.Query(r.Context(), `SELECT `+col+` FROM management_points WHERE mode IN (?, ?) AND last_seen >= ? ORDER BY id`,
+		append(modes, m.aliveSince())...)
 	if err != nil {
 		return err
 	}

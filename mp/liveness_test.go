@@ -2,11 +2,13 @@ package mp
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // The channel rows of an MP that stopped heartbeating (killed) are not live: device show
@@ -37,4 +39,25 @@ func TestChannelsOfDeadMPAreNotLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitConnected(t, f.mp, id, 2)
+}
+
+// GET /v1/locate lists only MPs that heartbeat: a killed MP is not offered to devices.
+func TestLocateListsLiveMPs(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	f := newFixture(t, db, Options{})
+	pc := f.device(t, "pc-locating")
+	ctx := context.Background()
+	for id, seen := range map[string]time.Time{"mp-killed": time.Now().Add(-time.Minute), "mp-alive": time.Now()} {
+		if _, err := db.Exec(ctx, `INSERT INTO management_points (id, mode, intranet_url, internet_url, last_seen) VALUES (?, 'both', ?, ?, ?)`,
+			id, "https://"+id+".corp:9443", "https://"+id+".example:443", seen.Unix()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var loc wire.Locate
+	if status, _ := call(t, f.client(&pc), "GET", f.intranet+"/v1/locate", nil, &loc); status != 200 {
+		t.Fatalf("locate: %d", status)
+	}
+	if !slices.Contains(loc.MPs, "https://mp-alive.corp:9443") || slices.Contains(loc.MPs, "https://mp-killed.corp:9443") {
+		t.Errorf("locate lists %v: want the live MP and not the killed one", loc.MPs)
+	}
 }
