@@ -233,7 +233,7 @@ func TestFaultCADownDuringRenewal(t *testing.T) {
 		t.Fatalf("the current certificate no longer works at the MP: %s%s", r.stdout, r.stderr)
 	}
 
-	s.start(t, "ca", "serve", "--config", s.path("site.yaml"))
+	caProc = s.start(t, "ca", "serve", "--config", s.path("site.yaml"))
 	// No new event: the agent's own retry (30 s backoff with jitter, so 15-30 s) renews.
 	waitFor(t, 45*time.Second, "the certificate renewed once the CA is back", func() bool { st := statusOf(t, dev); return st.Serial != "" && st.Serial != before })
 	took := time.Since(failed)
@@ -242,6 +242,15 @@ func TestFaultCADownDuringRenewal(t *testing.T) {
 		t.Errorf("renewed %v after the failure: the agent did not back off", took)
 	}
 	waitFor(t, 10*time.Second, "the channel open again with the new certificate", func() bool { st := statusOf(t, dev); return st.Notify && st.LastError == "" })
+
+	// Once more, but a renew-cert event sent when the CA is back does not wait out the backoff.
+	before = statusOf(t, dev).Serial
+	caProc.stop()
+	s.ibcm(t, "device", "notify", "--event", wire.EventRenewCert, id)
+	waitFor(t, 10*time.Second, "the second renewal failing with the CA down", func() bool { return strings.Contains(statusOf(t, dev).LastError, "renewal") })
+	s.start(t, "ca", "serve", "--config", s.path("site.yaml"))
+	s.ibcm(t, "device", "notify", "--event", wire.EventRenewCert, id)
+	waitFor(t, 8*time.Second, "the certificate renewed at once on renew-cert during the backoff", func() bool { st := statusOf(t, dev); return st.Serial != "" && st.Serial != before })
 }
 
 // TestFaultNetworkFlap: the resolver configuration flips to a resolver that does not know

@@ -313,7 +313,8 @@ func (a *Agent) detectLoop(ctx context.Context) {
 }
 
 // renewLoop renews the certificate at two thirds of its life (with jitter), or at once on a
-// renew-cert event; failures retry with backoff while the current certificate stays in use.
+// renew-cert event (also during the backoff); failures retry with backoff while the current
+// certificate stays in use.
 // Every new identity (a renewal here or through the control socket, an enrollment)
 // restarts the schedule.
 func (a *Agent) renewLoop(ctx context.Context) {
@@ -353,6 +354,7 @@ func (a *Agent) renewLoop(ctx context.Context) {
 		case <-a.rewrote:
 			b.reset()
 			continue
+		case <-a.renew: // a renew-cert event does not wait out the backoff
 		case <-time.After(b.next()):
 		}
 		signal(a.renew)
