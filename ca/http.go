@@ -13,6 +13,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/ibcm-project/ibcm/internal/api"
+	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
@@ -35,7 +36,9 @@ import (
 //	GET  /v1/admin/crl
 func (c *CA) Handler(v *trust.Verifier) http.Handler {
 	mux := http.NewServeMux()
-	h := func(fn api.HandlerFunc) http.Handler { return api.Handle(c.log, fn) }
+	h := func(fn api.HandlerFunc) http.Handler {
+		return api.Handle(c.log, api.ShedWhen(sitedb.IsUnavailable, fn))
+	}
 	admin := func(fn func(w http.ResponseWriter, r *http.Request, name string) error) http.Handler {
 		return h(func(w http.ResponseWriter, r *http.Request) error {
 			leaf, err := c.peer(r, v)

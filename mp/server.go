@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/api"
+	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
@@ -90,7 +91,9 @@ func peerOf(r *http.Request) *peer { return r.Context().Value(peerKey{}).(*peer)
 //	/v1/admin/...             admin certificates
 func (m *MP) Handler(location string) http.Handler {
 	mux := http.NewServeMux()
-	h := func(fn api.HandlerFunc) http.Handler { return api.Handle(m.log, fn) }
+	h := func(fn api.HandlerFunc) http.Handler {
+		return api.Handle(m.log, api.ShedWhen(sitedb.IsUnavailable, fn))
+	}
 	device := func(fn func(w http.ResponseWriter, r *http.Request, p *peer) error) http.Handler {
 		return h(func(w http.ResponseWriter, r *http.Request) error {
 			p := peerOf(r)

@@ -48,6 +48,25 @@ func BadRequest(format string, args ...any) *Error {
 	return Errorf(http.StatusBadRequest, "bad_request", format, args...)
 }
 
+// Unavailable is the 503 "unavailable" (sent with Retry-After) for a store that cannot be
+// reached right now; err stays the cause, for the log.
+func Unavailable(err error) *Error {
+	return Wrap(err, http.StatusServiceUnavailable, "unavailable", "the site database is unavailable right now; retry later")
+}
+
+// ShedWhen returns fn with each error for which unavailable reports true, and that is not
+// already an *Error, sent as Unavailable.
+func ShedWhen(unavailable func(error) bool, fn HandlerFunc) HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		err := fn(w, r)
+		var e *Error
+		if err != nil && !errors.As(err, &e) && unavailable(err) {
+			return Unavailable(err)
+		}
+		return err
+	}
+}
+
 // StatusOf returns the status WriteError would send for err.
 func StatusOf(err error) int {
 	var e *Error

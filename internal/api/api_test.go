@@ -3,10 +3,13 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/rs/zerolog"
 
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
@@ -113,5 +116,39 @@ func TestRedactPath(t *testing.T) {
 		if got := RedactPath(in); got != want {
 			t.Errorf("RedactPath(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// ShedWhen turns the store's unavailability into a 503 with Retry-After and leaves other
+// errors, and errors already meant for the caller, as they are.
+func TestShedWhen(t *testing.T) {
+	down := errors.New("connection refused")
+	isDown := func(err error) bool { return errors.Is(err, down) }
+	for _, tc := range []struct {
+		name       string
+		err        error
+		status     int
+		code       string
+		retryAfter bool
+	}{
+		{"store down", fmt.Errorf("storing: %w", down), 503, "unavailable", true},
+		{"other error", errors.New("bug"), 500, "internal", false},
+		{"caller's error kept", Wrap(down, 400, "bad_request", "no"), 400, "bad_request", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := Handle(zerolog.Nop(), ShedWhen(isDown, func(http.ResponseWriter, *http.Request) error { return tc.err }))
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+			var body wire.Error
+			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || rec.Code != tc.status || body.Error.Code != tc.code {
+				t.Fatalf("HTTP %d %s, want %d %s", rec.Code, rec.Body, tc.status, tc.code)
+			}
+			if got := rec.Header().Get("Retry-After") != ""; got != tc.retryAfter {
+				t.Errorf("Retry-After present %v, want %v", got, tc.retryAfter)
+			}
+			if strings.Contains(rec.Body.String(), "refused") {
+				t.Errorf("the cause reached the caller: %s", rec.Body)
+			}
+		})
 	}
 }
