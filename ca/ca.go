@@ -253,7 +253,7 @@ func ReasonName(code int) string {
 func (c *CA) Revoke(ctx context.Context, serial string, reason string) error {
 	// Once this returns, no OCSP answer about serial cached before is served again (the
 	// other CA servers of the site learn of the revocation from its announcement).
-	defer c.forgetOCSP(ctx, serial, reason)
+	defer func() { c.forgetOCSP(ctx, serial, reason) }() // reason as normalised below
 	code, ok := Reasons[reason]
 	if !ok {
 		for n := range Reasons {
