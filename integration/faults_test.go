@@ -70,6 +70,11 @@ func TestFaultPostgresRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		reporters.waitEach(t, 3) // and while PostgreSQL is down
+		// A request that needs the database is answered 503 with Retry-After, so clients back off.
+		r := curlMP(t, s, watched, s.mpInternet+"/v1/hello", "-i", "-X", "POST", "-H", "Content-Type: application/json", "-d", `{"os":"debian 12"}`)
+		if r.code != 0 || !strings.Contains(r.stdout, " 503") || !strings.Contains(strings.ToLower(r.stdout), "retry-after:") || !strings.Contains(r.stdout, `"unavailable"`) {
+			t.Errorf("hello with PostgreSQL down (-m %s): want 503 unavailable with Retry-After, got exit %d\n%s%s", mode, r.code, r.stdout, r.stderr)
+		}
 		if err := pg.StartServer(ctx); err != nil {
 			t.Fatal(err)
 		}
