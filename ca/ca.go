@@ -12,6 +12,7 @@ import (
 	"io"
 	"math/big"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -60,6 +61,9 @@ type CA struct {
 
 	mu        sync.RWMutex // guards responder
 	responder *ocspResponder
+
+	signing chan struct{} // enrollments checking and signing at once (Enroll)
+	tokens  tokenCache
 }
 
 type issuerURLs struct{ crl, ocsp, issuer string }
@@ -101,6 +105,7 @@ func New(ctx context.Context, db *sitedb.DB, o Options) (*CA, error) {
 		db: db, h: o.Hierarchy, siteCode: o.SiteCode, issuerID: id,
 		urls:     issuerURLs{crl: base + "/crl/" + id + ".crl", ocsp: base + "/ocsp", issuer: base + "/ca/" + id + ".crt"},
 		validity: validity, crlTTL: o.CRLValidity, now: o.Now, rand: o.Rand, log: o.Log, boot: o.Bootstrap,
+		signing: make(chan struct{}, 2*runtime.GOMAXPROCS(0)),
 	}
 	c.store = &store{db: db, issuerID: id, now: o.Now}
 	if err := c.store.registerCA(ctx, "root", o.Hierarchy.Root); err != nil {
@@ -144,7 +149,8 @@ func (c *CA) IssuerID() string { return c.issuerID }
 // for the options we pass.
 type issuer struct {
 	provisioner.Interface
-	id string
+	id     string
+	signed func() // when set, called once the certificate is signed, before it is recorded
 }
 
 func (i issuer) GetID() string             { return i.id }
@@ -153,7 +159,7 @@ func (i issuer) GetName() string           { return i.id }
 func (i issuer) GetType() provisioner.Type { return provisioner.TypeJWK }
 
 // sign issues a certificate for csr with the contents of t.
-func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, t Template, by string) ([]*x509.Certificate, error) {
+func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, t Template, by string, signed func()) ([]*x509.Certificate, error) {
 	now := c.now().UTC().Truncate(time.Second)
 	notBefore, notAfter := now.Add(-time.Minute), now.Add(c.validity[t.Profile])
 	if notAfter.After(c.h.Issuing.NotAfter) {
@@ -163,7 +169,7 @@ func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, t Template,
 		t.apply(cert, c.siteCode, notBefore, notAfter, c.urls)
 		return nil
 	})
-	chain, err := c.auth.SignWithContext(ctx, csr, provisioner.SignOptions{}, issuer{id: by}, modify)
+	chain, err := c.auth.SignWithContext(ctx, csr, provisioner.SignOptions{}, issuer{id: by, signed: signed}, modify)
 	if err != nil {
 		return nil, unwrapStep(err)
 	}
@@ -199,6 +205,17 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 	if tok.Profile != p {
 		return nil, fmt.Errorf("%w: token %s is for the %s profile, the request asks for %s", ErrWrongProfile, tok.ID, tok.Profile, p)
 	}
+	// Checking and signing are CPU work: a few at a time keep the goroutines that wait
+	// on the database runnable at once, so a crowd of enrollments does not slow the
+	// commits that all of them wait for. The slot is given back once the certificate
+	// is signed, before it waits for its group commit.
+	select {
+	case c.signing <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	release := sync.OnceFunc(func() { <-c.signing })
+	defer release()
 	csr, err := CheckCSR(csrData, p)
 	if err != nil {
 		return nil, err
@@ -207,7 +224,11 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 	if err != nil {
 		return nil, err
 	}
-	return c.sign(ctx, csr, t, "token:"+tok.ID)
+	chain, err := c.sign(ctx, csr, t, "token:"+tok.ID, release)
+	if err != nil && isRefusal(err) {
+		c.tokens.forget(tok.ID) // spent, revoked or expired: refuse the next ones before signing
+	}
+	return chain, err
 }
 
 // Issue issues a certificate an admin asked for; the CSR proves possession of the key.
@@ -220,7 +241,7 @@ func (c *CA) Issue(ctx context.Context, spec IssueSpec, csrData []byte, by strin
 	if err != nil {
 		return nil, err
 	}
-	return c.sign(ctx, csr, t, by)
+	return c.sign(ctx, csr, t, by, nil)
 }
 
 // Renew issues a successor of old, a certificate the caller proved to hold in a TLS

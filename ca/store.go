@@ -7,7 +7,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/smallstep/certificates/authority/provisioner"
@@ -36,6 +35,7 @@ type store struct {
 	db       *sitedb.DB
 	issuerID string
 	now      func() time.Time
+	issued   issued // group commit of new certificates (issued.go)
 }
 
 var (
@@ -85,20 +85,14 @@ func insertCert(tx *sitedb.Tx, c *x509.Certificate, issuerID, issuedBy, renewedF
 // authorized it; for "token:<id>" the token is consumed in the same transaction, so a
 // token can never be spent without its certificate being recorded, nor twice.
 func (s *store) StoreCertificateChain(p provisioner.Interface, chain ...*x509.Certificate) error {
-	ctx, cancel := s.ctx()
-	defer cancel()
 	by := "ca"
 	if p != nil {
 		by = p.GetID()
 	}
-	return s.db.Tx(ctx, func(tx *sitedb.Tx) error {
-		if id, ok := strings.CutPrefix(by, "token:"); ok {
-			if err := consumeToken(tx, id, s.now()); err != nil {
-				return err
-			}
-		}
-		return insertCert(tx, chain[0], s.issuerID, by, "", s.now())
-	})
+	if i, ok := p.(issuer); ok && i.signed != nil {
+		i.signed()
+	}
+	return s.record(chain[0], by)
 }
 
 // StoreRenewedCertificate records a certificate made by renewing old.

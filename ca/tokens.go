@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/api"
@@ -146,22 +147,72 @@ func (c *CA) RevokeToken(ctx context.Context, id string) error {
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("token %q: %w (or already revoked)", id, ErrNotFound)
 	}
+	c.tokens.forget(strings.ToLower(id))
 	return nil
 }
 
-// lookupToken finds a token by its secret and checks that it can still enroll.
+// lookupToken finds a token by its secret and checks that it can still enroll. What a
+// token is bound to never changes, so it is remembered by the secret's hash: a bulk
+// token's devices then cost no read. Whether it may still be used (uses, revocation,
+// expiry) is checked again by the transaction that consumes it (consumeToken).
 func (c *CA) lookupToken(ctx context.Context, secret string) (Token, error) {
 	if !strings.HasPrefix(secret, TokenPrefix) || len(secret) > 128 {
 		return Token{}, fmt.Errorf("%w: malformed token", ErrTokenInvalid)
 	}
-	t, err := scanToken(c.db.QueryRow(ctx, `SELECT `+tokenColumns+` FROM enrollment_tokens WHERE hash = ?`, hashSecret(secret)))
+	hash := hashSecret(secret)
+	if t, ok := c.tokens.get(hash); ok {
+		return t, t.usable(c.now())
+	}
+	t, err := scanToken(c.db.QueryRow(ctx, `SELECT `+tokenColumns+` FROM enrollment_tokens WHERE hash = ?`, hash))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Token{}, fmt.Errorf("%w: unknown token", ErrTokenInvalid)
 	}
 	if err != nil {
 		return Token{}, fmt.Errorf("reading token: %w", err)
 	}
-	return t, t.usable(c.now())
+	if err := t.usable(c.now()); err != nil {
+		return Token{}, err
+	}
+	c.tokens.put(hash, t)
+	return t, nil
+}
+
+// maxCachedTokens bounds the tokens lookupToken remembers; past it, it starts afresh.
+const maxCachedTokens = 10000
+
+// tokenCache holds usable tokens by the hash of their secret. A token is forgotten when
+// this CA revokes it or a transaction refuses it, so the next request is refused before
+// signing; another server's revocation is caught by the consuming transaction.
+type tokenCache struct {
+	mu sync.Mutex
+	m  map[string]Token
+}
+
+func (tc *tokenCache) get(hash string) (Token, bool) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	t, ok := tc.m[hash]
+	return t, ok
+}
+
+func (tc *tokenCache) put(hash string, t Token) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if tc.m == nil || len(tc.m) >= maxCachedTokens {
+		tc.m = map[string]Token{}
+	}
+	t.UsesLeft = 1 // not tracked here; the consuming transaction decides
+	tc.m[hash] = t
+}
+
+func (tc *tokenCache) forget(id string) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	for h, t := range tc.m {
+		if t.ID == id {
+			delete(tc.m, h)
+		}
+	}
 }
 
 func (t Token) usable(now time.Time) error {

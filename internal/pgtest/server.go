@@ -34,16 +34,24 @@ type Server struct {
 	runAs   string // system user running the server; "" for the current user
 	port    int
 	admin   *sql.DB // connection to the "postgres" database
+	durable bool    // fsync and synchronous commit on, as in production
 }
 
 // Start initialises a cluster in a new temporary directory and starts a server
-// on it. The caller must Stop it.
-func Start(ctx context.Context) (*Server, error) {
+// on it, durability off (fsync, synchronous_commit and full_page_writes). The
+// caller must Stop it.
+func Start(ctx context.Context) (*Server, error) { return startServer(ctx, false) }
+
+// StartDurable is Start with durability on, as a production server runs: every
+// commit waits for its WAL to reach the disk. For benchmarks; tests use Start.
+func StartDurable(ctx context.Context) (*Server, error) { return startServer(ctx, true) }
+
+func startServer(ctx context.Context, durable bool) (*Server, error) {
 	binDir, err := findBinaries()
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{binDir: binDir}
+	s := &Server{binDir: binDir, durable: durable}
 	if os.Geteuid() == 0 {
 		s.runAs = "postgres"
 	}
@@ -84,16 +92,20 @@ func (s *Server) start(ctx context.Context) error {
 		return fmt.Errorf("starting PostgreSQL: picking a port: %w", err)
 	}
 	s.port = port
+	durability := "off"
+	if s.durable {
+		durability = "on"
+	}
 	conf := fmt.Sprintf(`
-# pgtest: a throwaway server, durability off
+# pgtest: a throwaway server, durability %[3]s
 listen_addresses = '127.0.0.1'
-port = %d
-unix_socket_directories = '%s'
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+port = %[1]d
+unix_socket_directories = '%[2]s'
+fsync = %[3]s
+synchronous_commit = %[3]s
+full_page_writes = %[3]s
 max_connections = 200
-`, port, s.dir)
+`, port, s.dir, durability)
 	if err := appendFile(filepath.Join(s.dataDir, "postgresql.conf"), conf); err != nil {
 		return fmt.Errorf("starting PostgreSQL: %w", err)
 	}
