@@ -216,7 +216,8 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 	}
 	release := sync.OnceFunc(func() { <-c.signing })
 	defer release()
-	csr, err := CheckCSR(csrData, p)
+	// The signer verifies the request's signature before anything else: once is enough.
+	csr, err := parseCSR(csrData, p)
 	if err != nil {
 		return nil, err
 	}
@@ -225,8 +226,14 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 		return nil, err
 	}
 	chain, err := c.sign(ctx, csr, t, "token:"+tok.ID, release)
-	if err != nil && isRefusal(err) {
+	switch {
+	case err == nil:
+	case isRefusal(err):
 		c.tokens.forget(tok.ID) // spent, revoked or expired: refuse the next ones before signing
+	default:
+		if sigErr := csr.CheckSignature(); sigErr != nil {
+			return nil, fmt.Errorf("%w: signature does not verify: %v", ErrBadCSR, sigErr)
+		}
 	}
 	return chain, err
 }

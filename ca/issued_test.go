@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
@@ -181,4 +182,27 @@ func TestTokenRevokedByAnotherServerIsRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A request whose signature does not verify is refused as a bad CSR (the signer verifies
+// it, Enroll does not verify it twice), and neither stores a certificate nor spends a use.
+func TestEnrollRefusesBadCSRSignature(t *testing.T) {
+	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
+		c := newTestCA(t, db)
+		secret, tok, err := c.CreateToken(context.Background(), TokenSpec{Profile: Client, Uses: 2}, "admin:test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		block, _ := pem.Decode(csrPEM(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "pc-1"}}))
+		block.Bytes[len(block.Bytes)-1] ^= 0x01 // the last byte of the signature
+		if _, err := x509.ParseCertificateRequest(block.Bytes); err != nil {
+			t.Fatalf("the tampered request must still parse: %v", err)
+		}
+		if _, err := c.Enroll(context.Background(), secret, "", pem.EncodeToMemory(block)); !errors.Is(err, ErrBadCSR) {
+			t.Fatalf("tampered CSR: %v, want ErrBadCSR", err)
+		}
+		if n, left := certsBy(t, db, tok.ID); n != 0 || left != 2 {
+			t.Errorf("%d certificates and %d uses left, want 0 and 2", n, left)
+		}
+	})
 }
