@@ -20,5 +20,6 @@
 // postgres system user, since PostgreSQL refuses to run as root.
 //
 // Programs that are not tests (benchmarks) use Start, Server.NewDatabase and
-// Server.Stop directly.
+// Server.Stop directly; StartDurable starts a server with durability on, as a
+// production server runs, for measuring what a commit costs.
 package pgtest
