@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -62,7 +63,9 @@ func (s *store) record(cert *x509.Certificate, by string) error {
 	g.queue = g.queue[n:]
 	g.mu.Unlock()
 
-	s.commitGroup(group)
+	ctx, cancel := s.ctx()
+	s.commitGroup(ctx, group)
+	cancel()
 
 	g.mu.Lock()
 	if len(g.queue) > 0 {
@@ -78,10 +81,8 @@ func (s *store) record(cert *x509.Certificate, by string) error {
 
 // commitGroup records a group in one transaction. When the transaction fails as a whole
 // (not a refused token: a database error), each certificate is tried again alone, so one
-// bad row does not fail the others.
-func (s *store) commitGroup(group []*pendingCert) {
-	ctx, cancel := s.ctx()
-	defer cancel()
+// bad row does not fail the others; the retries share ctx's deadline.
+func (s *store) commitGroup(ctx context.Context, group []*pendingCert) {
 	now := s.now()
 	refused := make([]error, len(group))
 	err := s.db.Tx(ctx, func(tx *sitedb.Tx) error {
@@ -114,9 +115,9 @@ func (s *store) commitGroup(group []*pendingCert) {
 		}
 		return insertCerts(tx, rows, s.issuerID, now)
 	})
-	if err != nil && len(group) > 1 {
+	if err != nil && len(group) > 1 && ctx.Err() == nil {
 		for _, p := range group {
-			s.commitGroup([]*pendingCert{p})
+			s.commitGroup(ctx, []*pendingCert{p})
 		}
 		return
 	}

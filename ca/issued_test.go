@@ -109,7 +109,7 @@ func TestGroupCommitGrantsOnlyTheUsesLeft(t *testing.T) {
 			tok := []string{scarce, plenty}[i%2]
 			group = append(group, &pendingCert{cert: testLeaf(t, int64(1000+i)), by: "token:" + hashSecret(tok)[:16], done: make(chan struct{})})
 		}
-		c.store.commitGroup(group)
+		c.store.commitGroup(context.Background(), group)
 		granted := map[int]int{}
 		for i, p := range group {
 			<-p.done
@@ -203,6 +203,33 @@ func TestEnrollRefusesBadCSRSignature(t *testing.T) {
 		}
 		if n, left := certsBy(t, db, tok.ID); n != 0 || left != 2 {
 			t.Errorf("%d certificates and %d uses left, want 0 and 2", n, left)
+		}
+	})
+}
+
+// A group whose transaction fails (here two certificates with one serial) is tried again
+// one certificate at a time: the good ones are recorded and spend their uses, the bad one
+// fails alone and spends nothing.
+func TestGroupCommitFailureFailsOnlyTheBadCertificate(t *testing.T) {
+	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
+		c := newTestCA(t, db)
+		secret := mustToken(t, c, TokenSpec{Profile: Client, Uses: 10})
+		id := hashSecret(secret)[:16]
+		dup := testLeaf(t, 7000)
+		group := []*pendingCert{
+			{cert: dup, by: "token:" + id, done: make(chan struct{})},
+			{cert: testLeaf(t, 7001), by: "token:" + id, done: make(chan struct{})},
+			{cert: dup, by: "token:" + id, done: make(chan struct{})},
+		}
+		c.store.commitGroup(context.Background(), group)
+		for i, p := range group {
+			<-p.done
+			if (p.err == nil) != (i < 2) {
+				t.Errorf("certificate %d: %v", i, p.err)
+			}
+		}
+		if n, left := certsBy(t, db, id); n != 2 || left != 8 {
+			t.Errorf("%d certificates and %d uses left, want 2 and 8", n, left)
 		}
 	})
 }
