@@ -12,7 +12,6 @@ import (
 	"io"
 	"math/big"
 	"net/url"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -62,8 +61,7 @@ type CA struct {
 	mu        sync.RWMutex // guards responder
 	responder *ocspResponder
 
-	signing chan struct{} // enrollments checking and signing at once (Enroll)
-	tokens  tokenCache
+	tokens tokenCache // what bulk tokens are bound to (lookupToken)
 }
 
 type issuerURLs struct{ crl, ocsp, issuer string }
@@ -105,7 +103,6 @@ func New(ctx context.Context, db *sitedb.DB, o Options) (*CA, error) {
 		db: db, h: o.Hierarchy, siteCode: o.SiteCode, issuerID: id,
 		urls:     issuerURLs{crl: base + "/crl/" + id + ".crl", ocsp: base + "/ocsp", issuer: base + "/ca/" + id + ".crt"},
 		validity: validity, crlTTL: o.CRLValidity, now: o.Now, rand: o.Rand, log: o.Log, boot: o.Bootstrap,
-		signing: make(chan struct{}, 2*runtime.GOMAXPROCS(0)),
 	}
 	c.store = &store{db: db, issuerID: id, now: o.Now}
 	if err := c.store.registerCA(ctx, "root", o.Hierarchy.Root); err != nil {
@@ -149,8 +146,7 @@ func (c *CA) IssuerID() string { return c.issuerID }
 // for the options we pass.
 type issuer struct {
 	provisioner.Interface
-	id     string
-	signed func() // when set, called once the certificate is signed, before it is recorded
+	id string
 }
 
 func (i issuer) GetID() string             { return i.id }
@@ -159,7 +155,7 @@ func (i issuer) GetName() string           { return i.id }
 func (i issuer) GetType() provisioner.Type { return provisioner.TypeJWK }
 
 // sign issues a certificate for csr with the contents of t.
-func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, t Template, by string, signed func()) ([]*x509.Certificate, error) {
+func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, t Template, by string) ([]*x509.Certificate, error) {
 	now := c.now().UTC().Truncate(time.Second)
 	notBefore, notAfter := now.Add(-time.Minute), now.Add(c.validity[t.Profile])
 	if notAfter.After(c.h.Issuing.NotAfter) {
@@ -169,7 +165,7 @@ func (c *CA) sign(ctx context.Context, csr *x509.CertificateRequest, t Template,
 		t.apply(cert, c.siteCode, notBefore, notAfter, c.urls)
 		return nil
 	})
-	chain, err := c.auth.SignWithContext(ctx, csr, provisioner.SignOptions{}, issuer{id: by, signed: signed}, modify)
+	chain, err := c.auth.SignWithContext(ctx, csr, provisioner.SignOptions{}, issuer{id: by}, modify)
 	if err != nil {
 		return nil, unwrapStep(err)
 	}
@@ -205,17 +201,6 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 	if tok.Profile != p {
 		return nil, fmt.Errorf("%w: token %s is for the %s profile, the request asks for %s", ErrWrongProfile, tok.ID, tok.Profile, p)
 	}
-	// Checking and signing are CPU work: a few at a time keep the goroutines that wait
-	// on the database runnable at once, so a crowd of enrollments does not slow the
-	// commits that all of them wait for. The slot is given back once the certificate
-	// is signed, before it waits for its group commit.
-	select {
-	case c.signing <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	release := sync.OnceFunc(func() { <-c.signing })
-	defer release()
 	// The signer verifies the request's signature before anything else: once is enough.
 	csr, err := parseCSR(csrData, p)
 	if err != nil {
@@ -225,7 +210,7 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 	if err != nil {
 		return nil, err
 	}
-	chain, err := c.sign(ctx, csr, t, "token:"+tok.ID, release)
+	chain, err := c.sign(ctx, csr, t, "token:"+tok.ID)
 	switch {
 	case err == nil:
 	case isRefusal(err):
@@ -248,7 +233,7 @@ func (c *CA) Issue(ctx context.Context, spec IssueSpec, csrData []byte, by strin
 	if err != nil {
 		return nil, err
 	}
-	return c.sign(ctx, csr, t, by, nil)
+	return c.sign(ctx, csr, t, by)
 }
 
 // Renew issues a successor of old, a certificate the caller proved to hold in a TLS

@@ -89,9 +89,6 @@ func (s *store) StoreCertificateChain(p provisioner.Interface, chain ...*x509.Ce
 	if p != nil {
 		by = p.GetID()
 	}
-	if i, ok := p.(issuer); ok && i.signed != nil {
-		i.signed()
-	}
 	return s.record(chain[0], by)
 }
 
