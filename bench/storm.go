@@ -178,9 +178,11 @@ func runStorm(ctx context.Context, o Options, progress io.Writer) (Result, error
 	restarted.Store(&now)
 	stopErr := up.stop()
 	stopped := time.Since(now)
-	if up, err = startUp(ctx, bin, dir, logPath, nil); err != nil {
+	again, err := startUp(ctx, bin, dir, logPath, nil)
+	if err != nil {
 		return res, fmt.Errorf("starting the MP again: %w", err)
 	}
+	up = again
 	listening := time.Since(now)
 	fmt.Fprintf(progress, "storm: MP stopped in %s, listening again after %s; waiting for the agents\n", stopped.Round(time.Millisecond), listening.Round(time.Millisecond))
 	deadline := time.After(*stormWait)
