@@ -16,18 +16,22 @@ import (
 const maxGroup = 64
 
 // issued records newly signed certificates with group commit: the enrollments that arrive
-// while a transaction is being committed wait, and the next transaction records all of
-// them and consumes their tokens at once. A bulk token shared by hundreds of devices is
-// then one row updated once per transaction instead of once per device, and a durable
-// server flushes its log once for the group. Each certificate is still recorded in the
+// while the committers are busy wait, and the next free committer records all of them and
+// consumes their tokens in one transaction. A bulk token shared by hundreds of devices is
+// then updated once per transaction instead of once per device, and a durable server
+// flushes its log once for the group. Each certificate is still recorded in the
 // transaction that consumes its token, and a refused one stores nothing.
 //
-// There is no goroutine of its own: the first caller to find it idle commits, and hands
-// the queue on to the first waiter when its own group is done.
+// PostgreSQL takes several transactions at once: a committer per token shard
+// (tokenShards), each spending from its own shard, so one group's commit does not wait
+// for another's flush to the disk on the token's row. SQLite writes one transaction at a
+// time: one committer. A committer is a goroutine that starts when certificates wait and
+// ends when none do.
 type issued struct {
 	mu    sync.Mutex
 	queue []*pendingCert
-	busy  bool // a caller is committing; it hands on to queue[0]
+	free  []int // committers not running, by shard
+	init  bool
 }
 
 // pendingCert is one certificate waiting to be recorded.
@@ -36,53 +40,61 @@ type pendingCert struct {
 	by   string // who authorized it; "token:<id>" consumes a use of the token
 	err  error
 	done chan struct{} // closed once err is final
-	lead chan struct{} // told to commit the next group
 }
 
 // record stores cert as authorized by by and returns once its transaction committed or
 // failed.
 func (s *store) record(cert *x509.Certificate, by string) error {
-	p := &pendingCert{cert: cert, by: by, done: make(chan struct{}), lead: make(chan struct{}, 1)}
+	p := &pendingCert{cert: cert, by: by, done: make(chan struct{})}
 	g := &s.issued
 	g.mu.Lock()
-	g.queue = append(g.queue, p)
-	if g.busy {
-		g.mu.Unlock()
-		select {
-		case <-p.done:
-			return p.err
-		case <-p.lead: // p is queue[0] now
+	if !g.init {
+		g.init = true
+		n := 1
+		if s.db.Driver() == sitedb.Postgres {
+			n = tokenShards
 		}
-	} else {
-		g.busy = true
-		g.mu.Unlock()
+		for i := n - 1; i >= 0; i-- {
+			g.free = append(g.free, i)
+		}
 	}
-	g.mu.Lock()
-	n := min(len(g.queue), maxGroup)
-	group := g.queue[:n:n]
-	g.queue = g.queue[n:]
-	g.mu.Unlock()
-
-	ctx, cancel := s.ctx()
-	s.commitGroup(ctx, group)
-	cancel()
-
-	g.mu.Lock()
-	if len(g.queue) > 0 {
-		g.queue[0].lead <- struct{}{}
-	} else {
-		g.busy = false
-		g.queue = nil
+	g.queue = append(g.queue, p)
+	if k := len(g.free); k > 0 {
+		shard := g.free[k-1]
+		g.free = g.free[:k-1]
+		go s.commitLoop(shard)
 	}
 	g.mu.Unlock()
 	<-p.done
 	return p.err
 }
 
+// commitLoop commits groups from the queue until it is empty.
+func (s *store) commitLoop(shard int) {
+	g := &s.issued
+	for {
+		g.mu.Lock()
+		if len(g.queue) == 0 {
+			g.free = append(g.free, shard)
+			g.queue = nil
+			g.mu.Unlock()
+			return
+		}
+		n := min(len(g.queue), maxGroup)
+		group := g.queue[:n:n]
+		g.queue = g.queue[n:]
+		g.mu.Unlock()
+		ctx, cancel := s.ctx()
+		s.commitGroup(ctx, group, shard)
+		cancel()
+	}
+}
+
 // commitGroup records a group in one transaction. When the transaction fails as a whole
 // (not a refused token: a database error), each certificate is tried again alone, so one
-// bad row does not fail the others; the retries share ctx's deadline.
-func (s *store) commitGroup(ctx context.Context, group []*pendingCert) {
+// bad row does not fail the others; the retries share ctx's deadline. Tokens are spent
+// from shard when it has the uses.
+func (s *store) commitGroup(ctx context.Context, group []*pendingCert, shard int) {
 	now := s.now()
 	refused := make([]error, len(group))
 	err := s.db.Tx(ctx, func(tx *sitedb.Tx) error {
@@ -99,7 +111,7 @@ func (s *store) commitGroup(ctx context.Context, group []*pendingCert) {
 		}
 		for _, id := range order {
 			idx := byToken[id]
-			granted, why, err := consumeUses(tx, id, len(idx), now)
+			granted, why, err := consumeUses(tx, id, len(idx), shard, now)
 			if err != nil {
 				return err
 			}
@@ -117,7 +129,7 @@ func (s *store) commitGroup(ctx context.Context, group []*pendingCert) {
 	})
 	if err != nil && len(group) > 1 && ctx.Err() == nil {
 		for _, p := range group {
-			s.commitGroup(ctx, []*pendingCert{p})
+			s.commitGroup(ctx, []*pendingCert{p}, shard)
 		}
 		return
 	}
@@ -130,22 +142,24 @@ func (s *store) commitGroup(ctx context.Context, group []*pendingCert) {
 	}
 }
 
-// consumeUses spends n uses of a token. It returns how many were granted and, when fewer
-// than n, why the rest were refused. All n at once is one update; when the token has
-// fewer left, the uses are taken one at a time until it refuses, so the limit is exact.
-func consumeUses(tx *sitedb.Tx, id string, n int, now time.Time) (int, error, error) {
-	if n > 1 {
-		res, err := tx.Exec(`UPDATE enrollment_tokens SET uses_left = uses_left - ?
-			WHERE id = ? AND uses_left >= ? AND revoked_at IS NULL AND expires_at > ?`, n, id, n, now.Unix())
-		if err != nil {
-			return 0, nil, fmt.Errorf("consuming token: %w", err)
-		}
-		if k, err := res.RowsAffected(); err != nil || k == 1 {
-			return n, nil, err
-		}
+// consumeUses spends n uses of a token from shard prefer, or another with n left. It
+// returns how many were granted and, when fewer than n, why the rest were refused. All
+// n at once is one update; when no shard has n left, the uses are taken one at a time
+// until the token refuses, so the limit is exact.
+func consumeUses(tx *sitedb.Tx, id string, n, prefer int, now time.Time) (int, error, error) {
+	res, err := tx.Exec(`UPDATE enrollment_token_shards SET uses_left = uses_left - ?
+		WHERE token_id = ? AND uses_left >= ? AND shard = (SELECT shard FROM enrollment_token_shards
+			WHERE token_id = ? AND uses_left >= ? ORDER BY CASE WHEN shard = ? THEN 0 ELSE 1 END, shard LIMIT 1)
+		AND EXISTS (SELECT 1 FROM enrollment_tokens WHERE id = ? AND revoked_at IS NULL AND expires_at > ?)`,
+		n, id, n, id, n, prefer, id, now.Unix())
+	if err != nil {
+		return 0, nil, fmt.Errorf("consuming token: %w", err)
+	}
+	if k, err := res.RowsAffected(); err != nil || k == 1 {
+		return n, nil, err
 	}
 	for i := range n {
-		if err := consumeToken(tx, id, now); err != nil {
+		if err := consumeToken(tx, id, prefer, now); err != nil {
 			if isRefusal(err) {
 				return i, err, nil
 			}

@@ -90,7 +90,7 @@ func certsBy(t *testing.T, db *sitedb.DB, id string) (certs, usesLeft int) {
 	if err := db.QueryRow(ctx, `SELECT COUNT(*) FROM certificates WHERE issued_by = ?`, "token:"+id).Scan(&certs); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.QueryRow(ctx, `SELECT uses_left FROM enrollment_tokens WHERE id = ?`, id).Scan(&usesLeft); err != nil {
+	if err := db.QueryRow(ctx, `SELECT COALESCE(SUM(uses_left), 0) FROM enrollment_token_shards WHERE token_id = ?`, id).Scan(&usesLeft); err != nil {
 		t.Fatal(err)
 	}
 	return certs, usesLeft
@@ -109,7 +109,7 @@ func TestGroupCommitGrantsOnlyTheUsesLeft(t *testing.T) {
 			tok := []string{scarce, plenty}[i%2]
 			group = append(group, &pendingCert{cert: testLeaf(t, int64(1000+i)), by: "token:" + hashSecret(tok)[:16], done: make(chan struct{})})
 		}
-		c.store.commitGroup(context.Background(), group)
+		c.store.commitGroup(context.Background(), group, 0)
 		granted := map[int]int{}
 		for i, p := range group {
 			<-p.done
@@ -221,7 +221,7 @@ func TestGroupCommitFailureFailsOnlyTheBadCertificate(t *testing.T) {
 			{cert: testLeaf(t, 7001), by: "token:" + id, done: make(chan struct{})},
 			{cert: dup, by: "token:" + id, done: make(chan struct{})},
 		}
-		c.store.commitGroup(context.Background(), group)
+		c.store.commitGroup(context.Background(), group, 0)
 		for i, p := range group {
 			<-p.done
 			if (p.err == nil) != (i < 2) {
@@ -230,6 +230,84 @@ func TestGroupCommitFailureFailsOnlyTheBadCertificate(t *testing.T) {
 		}
 		if n, left := certsBy(t, db, id); n != 2 || left != 8 {
 			t.Errorf("%d certificates and %d uses left, want 2 and 8", n, left)
+		}
+	})
+}
+
+// A token's uses are split over shards: a group needing more than any one shard has is
+// served from all of them, never beyond what is left, and ListTokens shows the sum.
+func TestGroupCommitSpendsAcrossShards(t *testing.T) {
+	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
+		c := newTestCA(t, db)
+		secret := mustToken(t, c, TokenSpec{Profile: Client, Uses: 10}) // shards 3, 3, 2, 2
+		id := hashSecret(secret)[:16]
+		commit := func(first int64, n int) (granted int) {
+			var group []*pendingCert
+			for i := range n {
+				group = append(group, &pendingCert{cert: testLeaf(t, first+int64(i)), by: "token:" + id, done: make(chan struct{})})
+			}
+			c.store.commitGroup(context.Background(), group, 1)
+			for _, p := range group {
+				<-p.done
+				switch {
+				case p.err == nil:
+					granted++
+				case !errors.Is(p.err, ErrTokenUsed):
+					t.Errorf("certificate: %v", p.err)
+				}
+			}
+			return granted
+		}
+		if g := commit(8000, 8); g != 8 {
+			t.Errorf("a group of 8 on a token of 10 uses: %d granted", g)
+		}
+		toks, err := c.ListTokens(context.Background())
+		if err != nil || len(toks) != 1 || toks[0].UsesLeft != 2 {
+			t.Fatalf("ListTokens: %+v, %v; want one token with 2 uses left", toks, err)
+		}
+		if g := commit(8100, 3); g != 2 {
+			t.Errorf("a group of 3 on the last 2 uses: %d granted", g)
+		}
+		if n, left := certsBy(t, db, id); n != 10 || left != 0 {
+			t.Errorf("%d certificates and %d uses left, want 10 and 0", n, left)
+		}
+	})
+}
+
+// A token made before its uses moved to shards (003_tokens.sql) keeps its uses left.
+func TestTokensBeforeShardsKeepTheirUses(t *testing.T) {
+	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
+		ctx := context.Background()
+		ms, err := sitedb.LoadMigrations(migrationFS, "migrations")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var before []sitedb.Migration
+		for _, m := range ms {
+			if m.Version < 3 {
+				before = append(before, m)
+			}
+		}
+		if err := db.Migrate(ctx, "ca", before); err != nil {
+			t.Fatal(err)
+		}
+		secret := TokenPrefix + "before-shards"
+		id := hashSecret(secret)[:16]
+		if _, err := db.Exec(ctx, `INSERT INTO enrollment_tokens (id, hash, profile, subject, uses, uses_left, expires_at, created_at, created_by)
+			VALUES (?, ?, 'client', '', 5, 2, ?, ?, 'admin:test')`, id, hashSecret(secret), time.Now().Add(time.Hour).Unix(), time.Now().Unix()); err != nil {
+			t.Fatal(err)
+		}
+		c := newTestCA(t, db) // applies 003
+		csr := func() []byte {
+			return csrPEM(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "pc-1"}})
+		}
+		for i := range 2 {
+			if _, err := c.Enroll(ctx, secret, "", csr()); err != nil {
+				t.Fatalf("use %d of the 2 left: %v", i+1, err)
+			}
+		}
+		if _, err := c.Enroll(ctx, secret, "", csr()); !errors.Is(err, ErrTokenUsed) {
+			t.Fatalf("a third use: %v, want ErrTokenUsed", err)
 		}
 	})
 }

@@ -89,17 +89,33 @@ func (c *CA) CreateToken(ctx context.Context, spec TokenSpec, by string) (string
 	now := c.now().UTC().Truncate(time.Second)
 	t := Token{ID: hash[:16], Profile: spec.Profile, Subject: spec.Subject, Uses: spec.Uses, UsesLeft: spec.Uses,
 		ExpiresAt: now.Add(spec.TTL), CreatedAt: now, CreatedBy: by}
-	_, err = c.db.Exec(ctx, `INSERT INTO enrollment_tokens
-		(id, hash, profile, subject, uses, uses_left, expires_at, created_at, created_by)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		t.ID, hash, string(t.Profile), t.Subject, t.Uses, t.UsesLeft, t.ExpiresAt.Unix(), t.CreatedAt.Unix(), by)
+	err = c.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO enrollment_tokens
+			(id, hash, profile, subject, uses, uses_left, expires_at, created_at, created_by)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			t.ID, hash, string(t.Profile), t.Subject, t.Uses, t.UsesLeft, t.ExpiresAt.Unix(), t.CreatedAt.Unix(), by); err != nil {
+			return err
+		}
+		for i := range tokenShards {
+			n := t.Uses/tokenShards + min(max(t.Uses%tokenShards-i, 0), 1)
+			if _, err := tx.Exec(`INSERT INTO enrollment_token_shards (token_id, shard, uses_left) VALUES (?, ?, ?)`, t.ID, i, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return "", Token{}, fmt.Errorf("storing token: %w", err)
 	}
 	return secret, t, nil
 }
 
-const tokenColumns = `id, profile, subject, uses, uses_left, expires_at, created_at, created_by, revoked_at`
+// tokenShards is how many rows a new token's uses are split over (003_tokens.sql).
+const tokenShards = 4
+
+const tokenColumns = `id, profile, subject, uses,
+	(SELECT COALESCE(SUM(s.uses_left), 0) FROM enrollment_token_shards s WHERE s.token_id = enrollment_tokens.id),
+	expires_at, created_at, created_by, revoked_at`
 
 func scanToken(row interface{ Scan(...any) error }) (Token, error) {
 	var t Token
@@ -228,22 +244,29 @@ func (t Token) usable(now time.Time) error {
 }
 
 // consumeToken spends one use of a token inside the transaction that records the
-// certificate. When two enrollments race for the last use, exactly one update matches.
-func consumeToken(tx *sitedb.Tx, id string, now time.Time) error {
-	res, err := tx.Exec(`UPDATE enrollment_tokens SET uses_left = uses_left - 1
-		WHERE id = ? AND uses_left > 0 AND revoked_at IS NULL AND expires_at > ?`, id, now.Unix())
-	if err != nil {
-		return fmt.Errorf("consuming token: %w", err)
+// certificate: from shard prefer when it has one, else from another. When transactions
+// race for the last uses, a shard's update matches only while it has one left; one that
+// lost its shard to another transaction looks again while the token has uses left.
+func consumeToken(tx *sitedb.Tx, id string, prefer int, now time.Time) error {
+	for range 2 * tokenShards {
+		res, err := tx.Exec(`UPDATE enrollment_token_shards SET uses_left = uses_left - 1
+			WHERE token_id = ? AND uses_left > 0 AND shard = (SELECT shard FROM enrollment_token_shards
+				WHERE token_id = ? AND uses_left > 0 ORDER BY CASE WHEN shard = ? THEN 0 ELSE 1 END, shard LIMIT 1)
+			AND EXISTS (SELECT 1 FROM enrollment_tokens WHERE id = ? AND revoked_at IS NULL AND expires_at > ?)`,
+			id, id, prefer, id, now.Unix())
+		if err != nil {
+			return fmt.Errorf("consuming token: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 1 {
+			return err
+		}
+		t, err := scanToken(tx.QueryRow(`SELECT `+tokenColumns+` FROM enrollment_tokens WHERE id = ?`, id))
+		if err != nil {
+			return fmt.Errorf("%w: token %s: %v", ErrTokenInvalid, id, err)
+		}
+		if err := t.usable(now); err != nil {
+			return err
+		}
 	}
-	if n, err := res.RowsAffected(); err != nil || n == 1 {
-		return err
-	}
-	t, err := scanToken(tx.QueryRow(`SELECT `+tokenColumns+` FROM enrollment_tokens WHERE id = ?`, id))
-	if err != nil {
-		return fmt.Errorf("%w: token %s: %v", ErrTokenInvalid, id, err)
-	}
-	if err := t.usable(now); err != nil {
-		return err
-	}
-	return fmt.Errorf("%w: token %s", ErrTokenUsed, id)
+	return fmt.Errorf("%w: token %s: its last uses are being spent by other enrollments", ErrTokenUsed, id)
 }
