@@ -271,7 +271,8 @@ func runStorm(ctx context.Context, o Options, progress io.Writer) (Result, error
 		"storm: not simulated: the catch-up GET of the policy an agent sends after reconnecting",
 	)
 	if r := relost.Load(); r > 0 {
-		res.Notes = append(res.Notes, fmt.Sprintf("storm: %d channels were opened on the stopping MP after the SIGTERM and lost again (an agent is back once its channel is on the new process)", r))
+		first := firstRelost.Load()
+		res.Notes = append(res.Notes, fmt.Sprintf("storm: %d channels were opened after the SIGTERM and lost again; an agent is back once its channel stays (the first was lost %s after the SIGTERM: %v)", r, first.after.Round(time.Millisecond), first.err))
 	}
 	for msg, c := range counts.other {
 		res.Notes = append(res.Notes, fmt.Sprintf("storm: %d dials failed with %q", c, msg))
@@ -311,6 +312,14 @@ func (c *stormCounts) fail(err error) {
 // run keeps the agent's notification channel open until ctx ends, as the agent's notify
 // loop does. opening bounds the first dials, so the channels open before the storm at a
 // pace the MP takes; after that the agent's schedule alone decides when it dials.
+// relostInfo is the first channel lost again after the restart: when, and how.
+type relostInfo struct {
+	after time.Duration
+	err   error
+}
+
+var firstRelost atomic.Pointer[relostInfo]
+
 func (a *stormAgent) run(ctx context.Context, url string, opening chan struct{}, counts *stormCounts, restarted *atomic.Pointer[time.Time], back, relost *atomic.Int64) {
 	first := true
 	for ctx.Err() == nil {
@@ -347,9 +356,18 @@ func (a *stormAgent) run(ctx context.Context, url string, opening chan struct{},
 			a.backAt = time.Now()
 			back.Add(1)
 		}
-		done := ws.CloseRead(context.Background()) // answers the MP's pings, ends when the channel does
+		ended := make(chan error, 1)
+		go func() { // reading answers the MP's pings; the read fails when the channel ends
+			for {
+				if _, _, err := ws.Read(context.Background()); err != nil {
+					ended <- err
+					return
+				}
+			}
+		}()
+		var why error
 		select {
-		case <-done.Done():
+		case why = <-ended:
 		case <-ctx.Done():
 			_ = ws.CloseNow()
 			return
@@ -360,7 +378,9 @@ func (a *stormAgent) run(ctx context.Context, url string, opening chan struct{},
 		case !a.backAt.IsZero(): // came back to the MP that was stopping: not back yet
 			a.backAt = time.Time{}
 			back.Add(-1)
-			relost.Add(1)
+			if relost.Add(1) == 1 {
+				firstRelost.Store(&relostInfo{after: time.Since(*restarted.Load()), err: why})
+			}
 		case a.lostAt.IsZero():
 			a.lostAt = time.Now()
 		}
