@@ -31,9 +31,8 @@ var stormSuite = Suite{
 }
 
 var (
-	stormAgents  = flag.Int("storm-agents", 10000, "storm suite: simulated agents, each holding one notification channel")
-	stormDevices = flag.Int("storm-devices", 50, "storm suite: device certificates the agents are spread over")
-	stormWait    = flag.Duration("storm-wait", 60*time.Second, "storm suite: how long after the restart an agent may take to come back before it counts as given up")
+	stormAgents = flag.Int("storm-agents", 10000, "storm suite: simulated agents, each holding one notification channel")
+	stormWait   = flag.Duration("storm-wait", 60*time.Second, "storm suite: how long after the restart an agent may take to come back before it counts as given up")
 )
 
 const (
@@ -41,7 +40,7 @@ const (
 	stormDialers = 32 // channels being opened at once before the storm
 )
 
-// stormAgent is one simulated agent: its own TLS client (one of the device certificates),
+// stormAgent is one simulated agent: its own device certificate and TLS client,
 // the agent's own reconnect schedule (agent.Reconnect: exponential backoff with jitter and
 // a cap, a 503's Retry-After honoured), and the times it lost and got back its channel.
 type stormAgent struct {
@@ -68,8 +67,8 @@ type stormCounts struct {
 func runStorm(ctx context.Context, o Options, progress io.Writer) (Result, error) {
 	res := Result{Suite: "storm"}
 	n := *stormAgents
-	if n < 1 || *stormDevices < 1 {
-		return res, errors.New("-storm-agents and -storm-devices must be at least 1")
+	if n < 1 {
+		return res, errors.New("-storm-agents must be at least 1")
 	}
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
@@ -103,11 +102,13 @@ func runStorm(ctx context.Context, o Options, progress io.Writer) (Result, error
 		return res, err
 	}
 	s := &runningSite{dir: tmp, cfg: cfg}
-	fmt.Fprintf(progress, "storm: enrolling %d devices\n", *stormDevices)
-	devices, err := enrollDevices(ctx, s, *stormDevices)
+	fmt.Fprintf(progress, "storm: enrolling %d devices, one per agent\n", n)
+	t0 := time.Now()
+	devices, err := enrollMany(ctx, s, n)
 	if err != nil {
 		return res, err
 	}
+	enrollTime := time.Since(t0)
 	roots, err := s.roots()
 	if err != nil {
 		return res, err
@@ -142,7 +143,7 @@ func runStorm(ctx context.Context, o Options, progress io.Writer) (Result, error
 	url := "wss://" + mpAddr + "/v1/notify"
 	agents := make([]*stormAgent, n)
 	for i := range agents {
-		agents[i] = &stormAgent{client: clients[i%len(clients)], rc: agent.NewReconnect(), up: make(chan struct{})}
+		agents[i] = &stormAgent{client: clients[i], rc: agent.NewReconnect(), up: make(chan struct{})}
 	}
 	var counts stormCounts
 	var restarted atomic.Pointer[time.Time] // the moment the MP was told to stop
@@ -152,7 +153,7 @@ func runStorm(ctx context.Context, o Options, progress io.Writer) (Result, error
 	var back, relost atomic.Int64 // agents back after the restart; channels lost again after coming back
 	opening := make(chan struct{}, stormDialers)
 	fmt.Fprintf(progress, "storm: %d agents opening their notification channels\n", n)
-	t0 := time.Now()
+	t0 = time.Now()
 	for _, a := range agents {
 		wg.Add(1)
 		go func() {
@@ -263,7 +264,7 @@ func runStorm(ctx context.Context, o Options, progress io.Writer) (Result, error
 		hist = append(hist, fmt.Sprintf("%d:%d", i, c))
 	}
 	res.Notes = append(res.Notes,
-		fmt.Sprintf("storm: the real `ibcm site up` (CA + MP, SQLite) in its own process; %d simulated agents in this process, each its own WebSocket notification channel (wss /v1/notify, TCP + full TLS 1.3 handshake) over %d device certificates, from %d 127.0.0.x source addresses; opened in %s, %d at once", n, len(devices), stormSources, openTime.Round(time.Millisecond), stormDialers),
+		fmt.Sprintf("storm: the real `ibcm site up` (CA + MP, SQLite) in its own process; %d simulated agents in this process, each with its own device certificate (enrolled through the enroll API in %s) and its own WebSocket notification channel (wss /v1/notify, TCP + full TLS 1.3 handshake), from %d 127.0.0.x source addresses; opened in %s, %d at once", n, enrollTime.Round(time.Millisecond), stormSources, openTime.Round(time.Millisecond), stormDialers),
 		"storm: every agent reconnects on agent.Reconnect, the agent's own schedule (after a lost channel or failed dial: exponential backoff from 1 s, full jitter, cap 5 min; a 503's Retry-After honoured) and dials as the agent does (5 s connect, 5 s TLS handshake, 15 s in all)",
 		fmt.Sprintf("storm: restart = SIGTERM, wait for the exit (%s), start again on the same directory and ports, until its mp-intranet line; reconnections counted from the SIGTERM", stopped.Round(time.Millisecond)),
 		fmt.Sprintf("storm: references as in the mp suite, before the channels were opened: %d dialers, dial + full TLS 1.3 handshake + GET /healthz with Connection: close, -duration/2 each, on the bare crypto/tls server (in this process) and on the MP process", mpConcurrency),
@@ -401,24 +402,51 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// stormClients makes one HTTP client per device certificate and source address, dialing
-// as the agent's session client does (client/agent/session.go): 5 s to connect, 5 s for
-// the TLS handshake, 15 s for the whole request. A WebSocket never goes back to the pool,
-// so every dial is a new TCP connection and a full handshake.
-func stormClients(roots *x509.CertPool, devices []device) []*http.Client {
-	var clients []*http.Client
-	for src := range stormSources {
-		local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+src))}
-		dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second, LocalAddr: local}
-		for _, d := range devices {
-			d.cert.Certificate = d.cert.Certificate[:1] // the leaf alone, as the agent sends it
-			tc := deviceTLS(roots, d)
-			tc.ClientSessionCache = nil
-			clients = append(clients, &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
-				DialContext: dialer.DialContext, TLSClientConfig: tc, TLSHandshakeTimeout: 5 * time.Second,
-				DisableKeepAlives: true,
-			}})
+// enrollMany enrolls n devices through the enroll API, 8 at a time.
+func enrollMany(ctx context.Context, s *runningSite, n int) ([]device, error) {
+	const workers = 8
+	parts := make([][]device, workers)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		k := n/workers + min(max(n%workers-w, 0), 1)
+		if k == 0 {
+			continue
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			parts[w], errs[w] = enrollDevices(ctx, s, k)
+		}()
+	}
+	wg.Wait()
+	var all []device
+	for w := range workers {
+		if errs[w] != nil {
+			return nil, errs[w]
+		}
+		all = append(all, parts[w]...)
+	}
+	return all, nil
+}
+
+// stormClients makes one HTTP client per device, each dialing from one of stormSources
+// 127.0.0.x addresses, as the agent's session client dials (client/agent/session.go): 5 s
+// to connect, 5 s for the TLS handshake, 15 s for the whole request. A WebSocket never
+// goes back to the pool, so every dial is a new TCP connection and a full handshake.
+func stormClients(roots *x509.CertPool, devices []device) []*http.Client {
+	dialers := make([]*net.Dialer, stormSources)
+	for i := range dialers {
+		dialers[i] = &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second,
+			LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i))}}
+	}
+	clients := make([]*http.Client, len(devices))
+	for i, d := range devices {
+		d.cert.Certificate = d.cert.Certificate[:1] // the leaf alone, as the agent sends it
+		clients[i] = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
+			DialContext: dialers[i%stormSources].DialContext, TLSClientConfig: deviceTLS(roots, d),
+			TLSHandshakeTimeout: 5 * time.Second, DisableKeepAlives: true,
+		}}
 	}
 	return clients
 }
