@@ -521,94 +521,30 @@ func idleMemory(ctx context.Context, progress io.Writer) (Row, []string, error) 
 		return Row{}, nil, err
 	}
 	defer os.RemoveAll(tmp)
-	bin := *mpBinary
-	if bin == "" {
-		bin = filepath.Join(tmp, "ibcm")
-		fmt.Fprintln(progress, "mp: go build ./cli/ibcm")
-		cmd := exec.CommandContext(ctx, "go", "build", "-tags", "nobadger,nomysql,nopgx,nobbolt", "-o", bin, "./cli/ibcm")
-		cmd.Stdout, cmd.Stderr = progress, progress
-		if err := cmd.Run(); err != nil {
-			return Row{}, nil, fmt.Errorf("go build ./cli/ibcm (run the bench from the module root, or pass -mp-binary): %w", err)
-		}
-	}
-	var addrs [4]string
-	for i := range addrs {
-		if addrs[i], err = freeAddr(); err != nil {
-			return Row{}, nil, err
-		}
+	bin, err := ibcmBinary(ctx, tmp, progress)
+	if err != nil {
+		return Row{}, nil, err
 	}
 	dir := filepath.Join(tmp, "site")
-	initCmd := exec.CommandContext(ctx, bin, "site", "init", "--dir", dir, "--site-code", "BEN",
-		"--intranet-name", "ibcm.bench.test", "--internet-name", "ibcm.bench.example",
-		"--ca-addr", addrs[0], "--ca-public-addr", addrs[1], "--mp-intranet-addr", addrs[2], "--mp-internet-addr", addrs[3])
-	if out, err := initCmd.CombinedOutput(); err != nil {
-		return Row{}, nil, fmt.Errorf("ibcm site init: %w\n%s", err, out)
+	if err := initSiteDir(ctx, bin, dir); err != nil {
+		return Row{}, nil, err
 	}
 	if err := setChannelsPerDevice(filepath.Join(dir, site.FileName), channelsPerCert(*mpIdle, *mpIdleDevices)); err != nil {
 		return Row{}, nil, err
 	}
 
 	fmt.Fprintln(progress, "mp: ibcm site up (separate process)")
-	logFile, err := os.Create(filepath.Join(tmp, "site-up.log"))
-	if err != nil {
-		return Row{}, nil, err
-	}
-	defer logFile.Close()
-	up := exec.Command(bin, "site", "up", "--dir", dir)
+	var env []string
 	if *mpGOGC != "" {
-		up.Env = append(os.Environ(), "GOGC="+*mpGOGC)
+		env = []string{"GOGC=" + *mpGOGC}
 	}
-	up.Stderr = logFile
-	stdout, err := up.StdoutPipe()
+	up, err := startUp(ctx, bin, dir, filepath.Join(tmp, "site-up.log"), env)
 	if err != nil {
 		return Row{}, nil, err
 	}
-	if err := up.Start(); err != nil {
-		return Row{}, nil, err
-	}
-	exited := make(chan error, 1)
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		seen := false
-		for sc.Scan() {
-			if !seen && strings.HasPrefix(sc.Text(), "mp-intranet") {
-				seen = true
-				close(ready)
-			}
-		}
-		exited <- up.Wait()
-	}()
-	stopped := false
-	stop := func() error {
-		if stopped {
-			return nil
-		}
-		stopped = true
-		_ = up.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			return err
-		case <-time.After(20 * time.Second):
-			_ = up.Process.Kill()
-			<-exited
-			return errors.New("ibcm site up did not stop within 20s of SIGTERM; killed")
-		}
-	}
-	defer stop()
-	select {
-	case <-ready:
-	case err := <-exited:
-		exited <- err
-		stopped = true
-		log, _ := os.ReadFile(logFile.Name())
-		return Row{}, nil, fmt.Errorf("ibcm site up exited before its mp-intranet listener was up: %v\n%s", err, tail(log, 2000))
-	case <-time.After(60 * time.Second):
-		return Row{}, nil, errors.New("ibcm site up: no mp-intranet line within 60s")
-	case <-ctx.Done():
-		return Row{}, nil, ctx.Err()
-	}
-	pid := up.Process.Pid
+	defer up.stop()
+	stop := up.stop
+	pid := up.pid()
 
 	cfg, err := site.Load(filepath.Join(dir, site.FileName))
 	if err != nil {
@@ -1003,4 +939,113 @@ func idleClient(path string) error {
 		return fmt.Errorf("%d channels were closed by the MP while idle", lost)
 	}
 	return nil
+}
+
+// ibcmBinary returns -mp-binary, or builds ./cli/ibcm into dir.
+func ibcmBinary(ctx context.Context, dir string, progress io.Writer) (string, error) {
+	if *mpBinary != "" {
+		return *mpBinary, nil
+	}
+	bin := filepath.Join(dir, "ibcm")
+	fmt.Fprintln(progress, "go build ./cli/ibcm")
+	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "nobadger,nomysql,nopgx,nobbolt", "-o", bin, "./cli/ibcm")
+	cmd.Stdout, cmd.Stderr = progress, progress
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("go build ./cli/ibcm (run the bench from the module root, or pass -mp-binary): %w", err)
+	}
+	return bin, nil
+}
+
+// initSiteDir runs `ibcm site init` into dir, every listener on a free 127.0.0.1 port.
+func initSiteDir(ctx context.Context, bin, dir string) error {
+	var addrs [4]string
+	for i := range addrs {
+		var err error
+		if addrs[i], err = freeAddr(); err != nil {
+			return err
+		}
+	}
+	initCmd := exec.CommandContext(ctx, bin, "site", "init", "--dir", dir, "--site-code", "BEN",
+		"--intranet-name", "ibcm.bench.test", "--internet-name", "ibcm.bench.example",
+		"--ca-addr", addrs[0], "--ca-public-addr", addrs[1], "--mp-intranet-addr", addrs[2], "--mp-internet-addr", addrs[3])
+	if out, err := initCmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("ibcm site init: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// upProcess is `ibcm site up` running as its own process.
+type upProcess struct {
+	cmd     *exec.Cmd
+	log     string
+	exited  chan error
+	stopped bool
+}
+
+// startUp starts `ibcm site up --dir dir`, its stderr to logPath, with env added to this
+// process's environment, and returns once it printed its mp-intranet listener line.
+func startUp(ctx context.Context, bin, dir, logPath string, env []string) (*upProcess, error) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close() // the child has its own descriptor
+	up := &upProcess{cmd: exec.Command(bin, "site", "up", "--dir", dir), log: logPath, exited: make(chan error, 1)}
+	if len(env) > 0 {
+		up.cmd.Env = append(os.Environ(), env...)
+	}
+	up.cmd.Stderr = logFile
+	stdout, err := up.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := up.cmd.Start(); err != nil {
+		return nil, err
+	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		seen := false
+		for sc.Scan() {
+			if !seen && strings.HasPrefix(sc.Text(), "mp-intranet") {
+				seen = true
+				close(ready)
+			}
+		}
+		up.exited <- up.cmd.Wait()
+	}()
+	select {
+	case <-ready:
+		return up, nil
+	case err := <-up.exited:
+		up.exited <- err
+		up.stopped = true
+		log, _ := os.ReadFile(logPath)
+		return nil, fmt.Errorf("ibcm site up exited before its mp-intranet listener was up: %v\n%s", err, tail(log, 2000))
+	case <-time.After(60 * time.Second):
+		_ = up.stop()
+		return nil, errors.New("ibcm site up: no mp-intranet line within 60s")
+	case <-ctx.Done():
+		_ = up.stop()
+		return nil, ctx.Err()
+	}
+}
+
+func (up *upProcess) pid() int { return up.cmd.Process.Pid }
+
+// stop sends SIGTERM and waits for the process to exit, killing it after 20 s.
+func (up *upProcess) stop() error {
+	if up.stopped {
+		return nil
+	}
+	up.stopped = true
+	_ = up.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-up.exited:
+		return err
+	case <-time.After(20 * time.Second):
+		_ = up.cmd.Process.Kill()
+		<-up.exited
+		return errors.New("ibcm site up did not stop within 20s of SIGTERM; killed")
+	}
 }

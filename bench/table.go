@@ -81,6 +81,9 @@ func printResult(w io.Writer, res Result) {
 				limit = "max "
 			}
 			target = fmt.Sprintf("%s (%.0f%% of %s%s)", verdict, 100*r.Value / *r.Target, limit, thousands(*r.Target))
+			if *r.Target == 0 {
+				target = fmt.Sprintf("%s (%s0)", verdict, limit)
+			}
 		}
 		t.add(r.Name, value, millis(r.P50ms), millis(r.P99ms), target)
 	}
@@ -97,8 +100,12 @@ func millis(v *float64) string {
 	return strconv.FormatFloat(*v, 'f', 2, 64)
 }
 
-// thousands formats v rounded to a whole number with comma separators: 12,345.
+// thousands formats v rounded to a whole number with comma separators: 12,345; a number
+// below 100 that is not whole keeps one decimal: 11.1.
 func thousands(v float64) string {
+	if v < 100 && v != float64(int64(v)) {
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	}
 	s := strconv.FormatInt(int64(v+0.5), 10)
 	var b strings.Builder
 	for i, c := range s {

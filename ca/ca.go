@@ -58,6 +58,8 @@ type CA struct {
 	log      zerolog.Logger
 
 	ocsp ocspState // the OCSP responder and its response cache (ocsp.go)
+
+	tokens tokenCache // what bulk tokens are bound to (lookupToken)
 }
 
 type issuerURLs struct{ crl, ocsp, issuer string }
@@ -201,7 +203,8 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 	if tok.Profile != p {
 		return nil, fmt.Errorf("%w: token %s is for the %s profile, the request asks for %s", ErrWrongProfile, tok.ID, tok.Profile, p)
 	}
-	csr, err := CheckCSR(csrData, p)
+	// The signer verifies the request's signature before anything else: once is enough.
+	csr, err := parseCSR(csrData, p)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +212,17 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 	if err != nil {
 		return nil, err
 	}
-	return c.sign(ctx, csr, t, "token:"+tok.ID)
+	chain, err := c.sign(ctx, csr, t, "token:"+tok.ID)
+	switch {
+	case err == nil:
+	case isRefusal(err):
+		c.tokens.forget(tok.ID) // spent, revoked or expired: refuse the next ones before signing
+	default:
+		if sigErr := csr.CheckSignature(); sigErr != nil {
+			return nil, fmt.Errorf("%w: signature does not verify: %v", ErrBadCSR, sigErr)
+		}
+	}
+	return chain, err
 }
 
 // Issue issues a certificate an admin asked for; the CSR proves possession of the key.

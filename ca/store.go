@@ -36,6 +36,7 @@ type store struct {
 	db       *sitedb.DB
 	issuerID string
 	now      func() time.Time
+	issued   issued // group commit of new certificates (issued.go)
 }
 
 var (
@@ -86,23 +87,16 @@ func insertCert(tx *sitedb.Tx, c *x509.Certificate, issuerID, issuedBy, renewedF
 // "renew:<old serial>" the certificate is recorded as the one successor of old (see
 // storeRenewal).
 func (s *store) StoreCertificateChain(p provisioner.Interface, chain ...*x509.Certificate) error {
-	ctx, cancel := s.ctx()
-	defer cancel()
 	by := "ca"
 	if p != nil {
 		by = p.GetID()
 	}
 	if old, ok := strings.CutPrefix(by, "renew:"); ok {
+		ctx, cancel := s.ctx()
+		defer cancel()
 		return s.db.Tx(ctx, func(tx *sitedb.Tx) error { return s.storeRenewal(tx, old, chain[0]) })
 	}
-	return s.db.Tx(ctx, func(tx *sitedb.Tx) error {
-		if id, ok := strings.CutPrefix(by, "token:"); ok {
-			if err := consumeToken(tx, id, s.now()); err != nil {
-				return err
-			}
-		}
-		return insertCert(tx, chain[0], s.issuerID, by, "", s.now())
-	})
+	return s.record(chain[0], by) // enrollments and admin issues: group commit (issued.go)
 }
 
 // GetCertificate returns the issued certificate with a decimal serial.

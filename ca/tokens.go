@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/api"
@@ -88,17 +89,33 @@ func (c *CA) CreateToken(ctx context.Context, spec TokenSpec, by string) (string
 	now := c.now().UTC().Truncate(time.Second)
 	t := Token{ID: hash[:16], Profile: spec.Profile, Subject: spec.Subject, Uses: spec.Uses, UsesLeft: spec.Uses,
 		ExpiresAt: now.Add(spec.TTL), CreatedAt: now, CreatedBy: by}
-	_, err = c.db.Exec(ctx, `INSERT INTO enrollment_tokens
-		(id, hash, profile, subject, uses, uses_left, expires_at, created_at, created_by)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		t.ID, hash, string(t.Profile), t.Subject, t.Uses, t.UsesLeft, t.ExpiresAt.Unix(), t.CreatedAt.Unix(), by)
+	err = c.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO enrollment_tokens
+			(id, hash, profile, subject, uses, uses_left, expires_at, created_at, created_by)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			t.ID, hash, string(t.Profile), t.Subject, t.Uses, t.UsesLeft, t.ExpiresAt.Unix(), t.CreatedAt.Unix(), by); err != nil {
+			return err
+		}
+		for i := range tokenShards {
+			n := t.Uses/tokenShards + min(max(t.Uses%tokenShards-i, 0), 1)
+			if _, err := tx.Exec(`INSERT INTO enrollment_token_shards (token_id, shard, uses_left) VALUES (?, ?, ?)`, t.ID, i, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return "", Token{}, fmt.Errorf("storing token: %w", err)
 	}
 	return secret, t, nil
 }
 
-const tokenColumns = `id, profile, subject, uses, uses_left, expires_at, created_at, created_by, revoked_at`
+// tokenShards is how many rows a new token's uses are split over (003_tokens.sql).
+const tokenShards = 4
+
+const tokenColumns = `id, profile, subject, uses,
+	(SELECT COALESCE(SUM(s.uses_left), 0) FROM enrollment_token_shards s WHERE s.token_id = enrollment_tokens.id),
+	expires_at, created_at, created_by, revoked_at`
 
 func scanToken(row interface{ Scan(...any) error }) (Token, error) {
 	var t Token
@@ -146,22 +163,72 @@ func (c *CA) RevokeToken(ctx context.Context, id string) error {
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("token %q: %w (or already revoked)", id, ErrNotFound)
 	}
+	c.tokens.forget(strings.ToLower(id))
 	return nil
 }
 
-// lookupToken finds a token by its secret and checks that it can still enroll.
+// lookupToken finds a token by its secret and checks that it can still enroll. What a
+// token is bound to never changes, so it is remembered by the secret's hash: a bulk
+// token's devices then cost no read. Whether it may still be used (uses, revocation,
+// expiry) is checked again by the transaction that consumes it (consumeToken).
 func (c *CA) lookupToken(ctx context.Context, secret string) (Token, error) {
 	if !strings.HasPrefix(secret, TokenPrefix) || len(secret) > 128 {
 		return Token{}, fmt.Errorf("%w: malformed token", ErrTokenInvalid)
 	}
-	t, err := scanToken(c.db.QueryRow(ctx, `SELECT `+tokenColumns+` FROM enrollment_tokens WHERE hash = ?`, hashSecret(secret)))
+	hash := hashSecret(secret)
+	if t, ok := c.tokens.get(hash); ok {
+		return t, t.usable(c.now())
+	}
+	t, err := scanToken(c.db.QueryRow(ctx, `SELECT `+tokenColumns+` FROM enrollment_tokens WHERE hash = ?`, hash))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Token{}, fmt.Errorf("%w: unknown token", ErrTokenInvalid)
 	}
 	if err != nil {
 		return Token{}, fmt.Errorf("reading token: %w", err)
 	}
-	return t, t.usable(c.now())
+	if err := t.usable(c.now()); err != nil {
+		return Token{}, err
+	}
+	c.tokens.put(hash, t)
+	return t, nil
+}
+
+// maxCachedTokens bounds the tokens lookupToken remembers; past it, it starts afresh.
+const maxCachedTokens = 10000
+
+// tokenCache holds usable tokens by the hash of their secret. A token is forgotten when
+// this CA revokes it or a transaction refuses it, so the next request is refused before
+// signing; another server's revocation is caught by the consuming transaction.
+type tokenCache struct {
+	mu sync.Mutex
+	m  map[string]Token
+}
+
+func (tc *tokenCache) get(hash string) (Token, bool) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	t, ok := tc.m[hash]
+	return t, ok
+}
+
+func (tc *tokenCache) put(hash string, t Token) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if tc.m == nil || len(tc.m) >= maxCachedTokens {
+		tc.m = map[string]Token{}
+	}
+	t.UsesLeft = 1 // not tracked here; the consuming transaction decides
+	tc.m[hash] = t
+}
+
+func (tc *tokenCache) forget(id string) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	for h, t := range tc.m {
+		if t.ID == id {
+			delete(tc.m, h)
+		}
+	}
 }
 
 func (t Token) usable(now time.Time) error {
@@ -177,22 +244,29 @@ func (t Token) usable(now time.Time) error {
 }
 
 // consumeToken spends one use of a token inside the transaction that records the
-// certificate. When two enrollments race for the last use, exactly one update matches.
-func consumeToken(tx *sitedb.Tx, id string, now time.Time) error {
-	res, err := tx.Exec(`UPDATE enrollment_tokens SET uses_left = uses_left - 1
-		WHERE id = ? AND uses_left > 0 AND revoked_at IS NULL AND expires_at > ?`, id, now.Unix())
-	if err != nil {
-		return fmt.Errorf("consuming token: %w", err)
+// certificate: from shard prefer when it has one, else from another. When transactions
+// race for the last uses, a shard's update matches only while it has one left; one that
+// lost its shard to another transaction looks again while the token has uses left.
+func consumeToken(tx *sitedb.Tx, id string, prefer int, now time.Time) error {
+	for range 2 * tokenShards {
+		res, err := tx.Exec(`UPDATE enrollment_token_shards SET uses_left = uses_left - 1
+			WHERE token_id = ? AND uses_left > 0 AND shard = (SELECT shard FROM enrollment_token_shards
+				WHERE token_id = ? AND uses_left > 0 ORDER BY CASE WHEN shard = ? THEN 0 ELSE 1 END, shard LIMIT 1)
+			AND EXISTS (SELECT 1 FROM enrollment_tokens WHERE id = ? AND revoked_at IS NULL AND expires_at > ?)`,
+			id, id, prefer, id, now.Unix())
+		if err != nil {
+			return fmt.Errorf("consuming token: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 1 {
+			return err
+		}
+		t, err := scanToken(tx.QueryRow(`SELECT `+tokenColumns+` FROM enrollment_tokens WHERE id = ?`, id))
+		if err != nil {
+			return fmt.Errorf("%w: token %s: %v", ErrTokenInvalid, id, err)
+		}
+		if err := t.usable(now); err != nil {
+			return err
+		}
 	}
-	if n, err := res.RowsAffected(); err != nil || n == 1 {
-		return err
-	}
-	t, err := scanToken(tx.QueryRow(`SELECT `+tokenColumns+` FROM enrollment_tokens WHERE id = ?`, id))
-	if err != nil {
-		return fmt.Errorf("%w: token %s: %v", ErrTokenInvalid, id, err)
-	}
-	if err := t.usable(now); err != nil {
-		return err
-	}
-	return fmt.Errorf("%w: token %s", ErrTokenUsed, id)
+	return fmt.Errorf("%w: token %s: its last uses are being spent by other enrollments", ErrTokenUsed, id)
 }

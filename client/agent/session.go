@@ -351,10 +351,10 @@ func (s *session) sendEach(ctx context.Context, msgs []wire.StatusMessage) (wire
 // notifyLoop keeps the notification channel open (reconnecting with backoff) and acts on
 // its events.
 func (s *session) notifyLoop(ctx context.Context) {
-	b := backoff{base: time.Second, max: 5 * time.Minute}
+	rc := NewReconnect()
 	url := "wss" + strings.TrimPrefix(s.base, "https") + "/v1/notify"
 	for {
-		ws, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: s.http})
+		ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: s.http})
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -363,11 +363,11 @@ func (s *session) notifyLoop(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(b.next()):
+			case <-time.After(rc.Wait(resp)): // a 503's Retry-After is honoured
 			}
 			continue
 		}
-		b.reset()
+		rc.Connected()
 		s.setNotify(true)
 		// Events may have been missed while disconnected: catch up.
 		if err := s.fetchPolicy(ctx); err != nil {
@@ -402,7 +402,7 @@ func (s *session) notifyLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(b.next()):
+		case <-time.After(rc.Wait(nil)):
 		}
 	}
 }

@@ -22,5 +22,7 @@
 // Programs that are not tests (benchmarks), and tests that take the server down
 // (Server.StopServer, Server.StartServer: same cluster, same port), use Start,
 // Server.NewDatabase and Server.Stop directly; SynchronousCommit makes a server
-// whose acknowledged commits survive a crash of the server process.
+// whose acknowledged commits survive a crash of the server process, and Durable
+// one with durability on, as a production server runs, for measuring what a
+// commit costs.
 package pgtest

@@ -151,3 +151,42 @@ func TestRestartKeepsData(t *testing.T) {
 		}
 	}
 }
+
+// Start turns durability off; Durable leaves it on, as a production server runs.
+func TestDurability(t *testing.T) {
+	if _, err := findBinaries(); err != nil {
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Start(ctx, Durable())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := s.Stop(); err != nil {
+			t.Error(err)
+		}
+	}()
+	show := func(admin *sql.DB, setting string) string {
+		var v string
+		if err := admin.QueryRowContext(ctx, "SHOW "+setting).Scan(&v); err != nil {
+			t.Fatalf("SHOW %s: %v", setting, err)
+		}
+		return v
+	}
+	shared := DSN(t) // the shared server, from Start
+	db, err := sql.Open("postgres", shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, setting := range []string{"fsync", "synchronous_commit", "full_page_writes"} {
+		if v := show(s.admin, setting); v != "on" {
+			t.Errorf("Durable: %s = %s, want on", setting, v)
+		}
+		if v := show(db, setting); v != "off" {
+			t.Errorf("Start: %s = %s, want off", setting, v)
+		}
+	}
+}

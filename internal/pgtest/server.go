@@ -27,14 +27,15 @@ var ErrNotFound = errors.New("PostgreSQL server binaries not found: run `make de
 
 // Server is a running throwaway PostgreSQL server.
 type Server struct {
-	dir     string // temporary directory holding everything below
-	dataDir string
-	logFile string
-	binDir  string
-	runAs   string // system user running the server; "" for the current user
-	port    int
-	durable bool    // synchronous_commit on
-	admin   *sql.DB // connection to the "postgres" database
+	dir        string // temporary directory holding everything below
+	dataDir    string
+	logFile    string
+	binDir     string
+	runAs      string // system user running the server; "" for the current user
+	port       int
+	syncCommit bool    // synchronous_commit on
+	durable    bool    // fsync, synchronous_commit and full_page_writes on
+	admin      *sql.DB // connection to the "postgres" database
 }
 
 // Option changes how Start sets up the server.
@@ -43,10 +44,15 @@ type Option func(*Server)
 // SynchronousCommit keeps synchronous_commit on (fsync stays off): a commit the server
 // has acknowledged survives a crash of the server process (StopServer("immediate")),
 // though not of the machine. Without it such a crash may lose the last commits.
-func SynchronousCommit() Option { return func(s *Server) { s.durable = true } }
+func SynchronousCommit() Option { return func(s *Server) { s.syncCommit = true } }
+
+// Durable turns durability on as a production server runs (fsync, synchronous_commit and
+// full_page_writes): every commit waits for its WAL to reach the disk. For benchmarks that
+// measure what a commit costs; tests use the default.
+func Durable() Option { return func(s *Server) { s.durable = true } }
 
 // Start initialises a cluster in a new temporary directory and starts a server
-// on it. The caller must Stop it.
+// on it, durability off unless an Option says otherwise. The caller must Stop it.
 func Start(ctx context.Context, opts ...Option) (*Server, error) {
 	binDir, err := findBinaries()
 	if err != nil {
@@ -96,20 +102,22 @@ func (s *Server) start(ctx context.Context) error {
 		return fmt.Errorf("starting PostgreSQL: picking a port: %w", err)
 	}
 	s.port = port
-	syncCommit := "off"
-	if s.durable {
-		syncCommit = "on"
+	onOff := func(b bool) string {
+		if b {
+			return "on"
+		}
+		return "off"
 	}
 	conf := fmt.Sprintf(`
-# pgtest: a throwaway server, durability off
+# pgtest: a throwaway server, durability %[3]s
 listen_addresses = '127.0.0.1'
-port = %d
-unix_socket_directories = '%s'
-fsync = off
-synchronous_commit = %s
-full_page_writes = off
+port = %[1]d
+unix_socket_directories = '%[2]s'
+fsync = %[3]s
+synchronous_commit = %[4]s
+full_page_writes = %[3]s
 max_connections = 200
-`, port, s.dir, syncCommit)
+`, port, s.dir, onOff(s.durable), onOff(s.durable || s.syncCommit))
 	if err := appendFile(filepath.Join(s.dataDir, "postgresql.conf"), conf); err != nil {
 		return fmt.Errorf("starting PostgreSQL: %w", err)
 	}

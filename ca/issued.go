@@ -1,0 +1,204 @@
+package ca
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+)
+
+// maxGroup bounds how many newly signed certificates one transaction records.
+const maxGroup = 64
+
+// issued records newly signed certificates with group commit: the enrollments that arrive
+// while the committers are busy wait, and the next free committer records all of them and
+// consumes their tokens in one transaction. A bulk token shared by hundreds of devices is
+// then updated once per transaction instead of once per device, and a durable server
+// flushes its log once for the group. Each certificate is still recorded in the
+// transaction that consumes its token, and a refused one stores nothing.
+//
+// PostgreSQL takes several transactions at once: a committer per token shard
+// (tokenShards), each spending from its own shard, so one group's commit does not wait
+// for another's flush to the disk on the token's row. SQLite writes one transaction at a
+// time: one committer. A committer is a goroutine that starts when certificates wait and
+// ends when none do.
+type issued struct {
+	mu    sync.Mutex
+	queue []*pendingCert
+	free  []int // committers not running, by shard
+	init  bool
+}
+
+// pendingCert is one certificate waiting to be recorded.
+type pendingCert struct {
+	cert *x509.Certificate
+	by   string // who authorized it; "token:<id>" consumes a use of the token
+	err  error
+	done chan struct{} // closed once err is final
+}
+
+// record stores cert as authorized by by and returns once its transaction committed or
+// failed.
+func (s *store) record(cert *x509.Certificate, by string) error {
+	p := &pendingCert{cert: cert, by: by, done: make(chan struct{})}
+	g := &s.issued
+	g.mu.Lock()
+	if !g.init {
+		g.init = true
+		n := 1
+		if s.db.Driver() == sitedb.Postgres {
+			n = tokenShards
+		}
+		for i := n - 1; i >= 0; i-- {
+			g.free = append(g.free, i)
+		}
+	}
+	g.queue = append(g.queue, p)
+	if k := len(g.free); k > 0 {
+		shard := g.free[k-1]
+		g.free = g.free[:k-1]
+		go s.commitLoop(shard)
+	}
+	g.mu.Unlock()
+	<-p.done
+	return p.err
+}
+
+// commitLoop commits groups from the queue until it is empty.
+func (s *store) commitLoop(shard int) {
+	g := &s.issued
+	for {
+		g.mu.Lock()
+		if len(g.queue) == 0 {
+			g.free = append(g.free, shard)
+			g.queue = nil
+			g.mu.Unlock()
+			return
+		}
+		n := min(len(g.queue), maxGroup)
+		group := g.queue[:n:n]
+		g.queue = g.queue[n:]
+		g.mu.Unlock()
+		ctx, cancel := s.ctx()
+		s.commitGroup(ctx, group, shard)
+		cancel()
+	}
+}
+
+// commitGroup records a group in one transaction. When the transaction fails as a whole
+// (not a refused token: a database error), each certificate is tried again alone, so one
+// bad row does not fail the others; the retries share ctx's deadline. Tokens are spent
+// from shard when it has the uses.
+func (s *store) commitGroup(ctx context.Context, group []*pendingCert, shard int) {
+	now := s.now()
+	refused := make([]error, len(group))
+	err := s.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		clear(refused)
+		byToken := map[string][]int{}
+		var order []string
+		for i, p := range group {
+			if id, ok := strings.CutPrefix(p.by, "token:"); ok {
+				if byToken[id] == nil {
+					order = append(order, id)
+				}
+				byToken[id] = append(byToken[id], i)
+			}
+		}
+		for _, id := range order {
+			idx := byToken[id]
+			granted, why, err := consumeUses(tx, id, len(idx), shard, now)
+			if err != nil {
+				return err
+			}
+			for _, i := range idx[granted:] {
+				refused[i] = why
+			}
+		}
+		var rows []*pendingCert
+		for i, p := range group {
+			if refused[i] == nil {
+				rows = append(rows, p)
+			}
+		}
+		return insertCerts(tx, rows, s.issuerID, now)
+	})
+	if err != nil && len(group) > 1 && ctx.Err() == nil {
+		for _, p := range group {
+			s.commitGroup(ctx, []*pendingCert{p}, shard)
+		}
+		return
+	}
+	for i, p := range group {
+		p.err = err
+		if err == nil {
+			p.err = refused[i]
+		}
+		close(p.done)
+	}
+}
+
+// consumeUses spends n uses of a token from shard prefer, or another with n left. It
+// returns how many were granted and, when fewer than n, why the rest were refused. All
+// n at once is one update; when no shard has n left, the uses are taken one at a time
+// until the token refuses, so the limit is exact.
+func consumeUses(tx *sitedb.Tx, id string, n, prefer int, now time.Time) (int, error, error) {
+	res, err := tx.Exec(`UPDATE enrollment_token_shards SET uses_left = uses_left - ?
+		WHERE token_id = ? AND uses_left >= ? AND shard = (SELECT shard FROM enrollment_token_shards
+			WHERE token_id = ? AND uses_left >= ? ORDER BY CASE WHEN shard = ? THEN 0 ELSE 1 END, shard LIMIT 1)
+		AND EXISTS (SELECT 1 FROM enrollment_tokens WHERE id = ? AND revoked_at IS NULL AND expires_at > ?)`,
+		n, id, n, id, n, prefer, id, now.Unix())
+	if err != nil {
+		return 0, nil, fmt.Errorf("consuming token: %w", err)
+	}
+	if k, err := res.RowsAffected(); err != nil || k == 1 {
+		return n, nil, err
+	}
+	for i := range n {
+		if err := consumeToken(tx, id, prefer, now); err != nil {
+			if isRefusal(err) {
+				return i, err, nil
+			}
+			return 0, nil, err
+		}
+	}
+	return n, nil, nil
+}
+
+// isRefusal tells a token that cannot enroll from a database failure.
+func isRefusal(err error) bool {
+	for _, s := range []error{ErrTokenUsed, ErrTokenExpired, ErrTokenRevoked, ErrTokenInvalid} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// insertCerts records certificates in one statement.
+func insertCerts(tx *sitedb.Tx, rows []*pendingCert, issuerID string, now time.Time) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	var q strings.Builder
+	q.WriteString(`INSERT INTO certificates
+		(serial, profile, subject, issuer_id, not_before, not_after, der, issued_by, renewed_from, created_at) VALUES `)
+	args := make([]any, 0, 10*len(rows))
+	for i, p := range rows {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)")
+		c := p.cert
+		args = append(args, c.SerialNumber.String(), string(ProfileOf(c)), c.Subject.CommonName, issuerID,
+			c.NotBefore.Unix(), c.NotAfter.Unix(), c.Raw, p.by, now.Unix())
+	}
+	if _, err := tx.Exec(q.String(), args...); err != nil {
+		return fmt.Errorf("recording %d certificate(s): %w", len(rows), err)
+	}
+	return nil
+}
