@@ -71,7 +71,10 @@ type MP struct {
 	checkins *checkinBuffer
 	policies *policyCache
 	seen     sync.Map // device id → seenCert registered by this process; expired ones go each minute
-	bg       sync.WaitGroup
+	// superseded: decimal serial → seenCert{successor serial, NotAfter} of each certificate
+	// refused because its device already presented a renewal of it; expired ones go too.
+	superseded sync.Map
+	bg         sync.WaitGroup
 
 	mu      sync.RWMutex
 	blocked map[string]bool // device ids, kept current by device events

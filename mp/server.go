@@ -100,7 +100,7 @@ func (m *MP) Handler(location string) http.Handler {
 			if p.id.Kind != trust.KindDevice {
 				return api.Errorf(http.StatusForbidden, "not_a_device", "this endpoint is for device (client profile) certificates")
 			}
-			if err := m.registerDevice(r.Context(), p); err != nil {
+			if err := m.registerDevice(w, r, p); err != nil {
 				return err
 			}
 			return fn(w, r, p)
