@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/big"
 	"sync"
 	"time"
 
@@ -128,6 +129,10 @@ func (m *MP) Start(ctx context.Context) error {
 	if err := m.hub.listen(ctx); err != nil {
 		return err
 	}
+	if rs := m.verifier.Revoked; rs != nil {
+		stop := rs.OnRevoke(m.hub.closeSerial)
+		context.AfterFunc(ctx, stop)
+	}
 	m.bg.Add(2)
 	go func() { defer m.bg.Done(); m.heartbeat(ctx) }()
 	go func() {
@@ -197,6 +202,12 @@ func (m *MP) heartbeat(ctx context.Context) {
 		}
 		m.forgetExpired()
 	}
+}
+
+// isRevoked reports whether the certificate serial is in the site's revoked set.
+func (m *MP) isRevoked(serial *big.Int) bool {
+	rs := m.verifier.Revoked
+	return rs != nil && rs.Contains(serial)
 }
 
 func (m *MP) isBlocked(deviceID string) bool {

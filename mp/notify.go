@@ -62,7 +62,7 @@ type hub struct {
 	mu      sync.Mutex
 	notify  map[string]map[*notifyConn]struct{}
 	conns   map[string]map[net.Conn]struct{}
-	devOf   map[net.Conn]string
+	devOf   map[net.Conn]connOwner
 	nNotify atomic.Int64
 	live    sync.WaitGroup // one per channel still being served
 
@@ -71,7 +71,7 @@ type hub struct {
 }
 
 func newHub(m *MP) *hub {
-	return &hub{m: m, notify: map[string]map[*notifyConn]struct{}{}, conns: map[string]map[net.Conn]struct{}{}, devOf: map[net.Conn]string{},
+	return &hub{m: m, notify: map[string]map[*notifyConn]struct{}{}, conns: map[string]map[net.Conn]struct{}{}, devOf: map[net.Conn]connOwner{},
 		jobs: make(chan *notifyConn, writerBacklog)}
 }
 
@@ -263,25 +263,69 @@ func (h *hub) dispatch(ev siteEvent) {
 	}
 }
 
-func (h *hub) trackConn(device string, c net.Conn) {
+// connOwner is who a tracked request connection belongs to: the device, and the serial
+// of the certificate its handshake presented.
+type connOwner struct {
+	device string
+	serial *big.Int
+}
+
+func (h *hub) trackConn(device string, serial *big.Int, c net.Conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.conns[device] == nil {
 		h.conns[device] = map[net.Conn]struct{}{}
 	}
 	h.conns[device][c] = struct{}{}
-	h.devOf[c] = device
+	h.devOf[c] = connOwner{device: device, serial: serial}
 }
 
 func (h *hub) forgetConn(c net.Conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if d, ok := h.devOf[c]; ok {
+	if o, ok := h.devOf[c]; ok {
+		d := o.device
 		delete(h.conns[d], c)
 		if len(h.conns[d]) == 0 {
 			delete(h.conns, d)
 		}
 		delete(h.devOf, c)
+	}
+}
+
+// closeSerial ends this MP's connections that present the certificate serial (decimal),
+// which was just revoked (trust.RevokedSet.OnRevoke): its notification channels with a
+// close saying why, its tracked request connections at once. A connection that joins the
+// hub after this looks at the revoked set itself (handleNotify, gate), so none is missed.
+func (h *hub) closeSerial(serial string) {
+	sn, ok := new(big.Int).SetString(serial, 10)
+	if !ok {
+		return
+	}
+	h.mu.Lock()
+	var ncs []*notifyConn
+	for _, set := range h.notify {
+		for nc := range set {
+			if nc.serial != nil && nc.serial.Cmp(sn) == 0 {
+				ncs = append(ncs, nc)
+			}
+		}
+	}
+	var cs []net.Conn
+	for c, o := range h.devOf {
+		if o.serial != nil && o.serial.Cmp(sn) == 0 {
+			cs = append(cs, c)
+		}
+	}
+	h.mu.Unlock()
+	for _, nc := range ncs {
+		go nc.closeWith(closePolicyViolation, "certificate revoked")
+	}
+	for _, c := range cs {
+		_ = rawConn(c).Close() // no close_notify: it could wait on a slow peer
+	}
+	if n := len(ncs) + len(cs); n > 0 {
+		h.m.log.Info().Str("serial", serial).Int("connections", n).Msg("certificate revoked: connections closed")
 	}
 }
 
@@ -532,7 +576,7 @@ func (nc *notifyConn) pingTick() {
 	if nc.closed.Load() {
 		return
 	}
-	if rs := nc.m.verifier.Revoked; rs != nil && rs.Contains(nc.serial) {
+	if nc.m.isRevoked(nc.serial) { // closeSerial closed it, unless the set was reloaded
 		nc.closeWith(closePolicyViolation, "certificate revoked")
 		return
 	}
@@ -679,7 +723,7 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 	} else {
 		nc.recorded.Store(true)
 	}
-	if m.isBlocked(nc.device) { // a block that raced the upgrade
+	if m.isBlocked(nc.device) || m.isRevoked(nc.serial) { // a block or revocation that raced the upgrade
 		nc.abort()
 	}
 	go nc.serve()

@@ -8,5 +8,6 @@
 // renewal_conflicts for the clone warnings of CloneWarnings, and certificates.renewed_from
 // for PresentedRenewal, which it matches with the MP's device_certificates) and
 // announces every revocation on the RevokedChannel notification channel; servers call
-// WatchRevoked once at start and then ask the RevokedSet in every handshake.
+// WatchRevoked once at start and then ask the RevokedSet in every handshake; RevokedSet.OnRevoke
+// tells them of each new revocation, so they can end the connections that present it.
 package trust
