@@ -81,7 +81,8 @@ func TestRefusedRenewalWarnsDevice(t *testing.T) {
 // TestSupersededCertificateRefused: once the device presented the renewal C1 of its
 // certificate C0 at an MP, C0 is refused with 403 certificate_superseded and the device is
 // warned of a clone (a copy that never renews keeps using C0; the MP accepted it silently).
-// C0 works until then: the agent may not have received its renewal yet. A second MP
+// A channel C0 opened before is closed. C0 works until then: the agent may not have
+// received its renewal yet. A second MP
 // process, without its cache, refuses C0 too. Security review finding; its test.
 func TestSupersededCertificateRefused(t *testing.T) {
 	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) { testSupersededCertificateRefused(t, db) })
@@ -122,6 +123,8 @@ func testSupersededCertificateRefused(t *testing.T, db *sitedb.DB) {
 	if st, e := whoami(f, &oldCert, "/v1/whoami"); st != 200 {
 		t.Fatalf("the old certificate before the renewal reached an MP: %d %+v", st, e)
 	}
+	copyChannel := live(t, f.intranet, f.client(&oldCert))
+	waitConnected(t, f.mp, id, 1)
 	if st, e := whoami(f, &newCert, "/v1/whoami"); st != 200 {
 		t.Fatalf("the renewed certificate: %d %+v", st, e)
 	}
@@ -130,6 +133,9 @@ func testSupersededCertificateRefused(t *testing.T, db *sitedb.DB) {
 		if st != http.StatusForbidden || e.Error.Code != "certificate_superseded" {
 			t.Errorf("the superseded certificate at %s: %d %+v, want 403 certificate_superseded", path, st, e)
 		}
+	}
+	if reason := copyChannel.closedWith(t); reason != "certificate superseded" {
+		t.Errorf("the channel of the superseded certificate closed with %q", reason)
 	}
 	d, err := f.mp.Device(ctx, id)
 	if err != nil {

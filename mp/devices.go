@@ -32,8 +32,9 @@ var ErrCertificateSuperseded = errors.New("certificate superseded by its renewal
 // registerDevice records a device on its first contact with this MP process (and on its
 // first contact with a new certificate): first contact registers the device. A
 // certificate whose renewal the device has already presented is refused (403
-// certificate_superseded) and the device gets a clone warning; the refusal is remembered
-// (MP.superseded), so neither answer costs a query after the first.
+// certificate_superseded) and the device gets a clone warning, and the channels that
+// present it on this MP are closed; the refusal is remembered (MP.superseded), so neither
+// answer costs a query after the first.
 func (m *MP) registerDevice(w http.ResponseWriter, r *http.Request, p *peer) error {
 	err := m.registerCert(r.Context(), p)
 	if errors.Is(err, ErrCertificateSuperseded) {
@@ -64,6 +65,9 @@ func (m *MP) registerCert(ctx context.Context, p *peer) error {
 			return fmt.Errorf("recording a clone warning for device %s: %w", p.id.ID, err)
 		}
 		m.superseded.Store(serial, seenCert{serial: succ, notAfter: p.leaf.NotAfter.Unix()})
+		// A channel the copy opened before the device presented the renewal goes too (its
+		// request connections get this answer at their next request).
+		m.hub.closeChannels(p.id.ID, p.leaf.SerialNumber, "certificate superseded")
 		return supersededError(serial, succ)
 	}
 	now := m.now().Unix()

@@ -302,15 +302,8 @@ func (h *hub) closeSerial(serial string) {
 	if !ok {
 		return
 	}
+	n := h.closeChannels("", sn, "certificate revoked")
 	h.mu.Lock()
-	var ncs []*notifyConn
-	for _, set := range h.notify {
-		for nc := range set {
-			if nc.serial != nil && nc.serial.Cmp(sn) == 0 {
-				ncs = append(ncs, nc)
-			}
-		}
-	}
 	var cs []net.Conn
 	for c, o := range h.devOf {
 		if o.serial != nil && o.serial.Cmp(sn) == 0 {
@@ -318,15 +311,35 @@ func (h *hub) closeSerial(serial string) {
 		}
 	}
 	h.mu.Unlock()
-	for _, nc := range ncs {
-		go nc.closeWith(closePolicyViolation, "certificate revoked")
-	}
 	for _, c := range cs {
 		_ = rawConn(c).Close() // no close_notify: it could wait on a slow peer
 	}
-	if n := len(ncs) + len(cs); n > 0 {
+	if n += len(cs); n > 0 {
 		h.m.log.Info().Str("serial", serial).Int("connections", n).Msg("certificate revoked: connections closed")
 	}
+}
+
+// closeChannels closes this MP's notification channels that present the certificate
+// serial (of device, or of any device when device is ""), telling why, and returns how
+// many.
+func (h *hub) closeChannels(device string, serial *big.Int, reason string) int {
+	h.mu.Lock()
+	var ncs []*notifyConn
+	for d, set := range h.notify {
+		if device != "" && d != device {
+			continue
+		}
+		for nc := range set {
+			if nc.serial != nil && nc.serial.Cmp(serial) == 0 {
+				ncs = append(ncs, nc)
+			}
+		}
+	}
+	h.mu.Unlock()
+	for _, nc := range ncs {
+		go nc.closeWith(closePolicyViolation, reason)
+	}
+	return len(ncs)
 }
 
 // closeDevice closes every connection of a device on this MP and returns how many.
