@@ -589,7 +589,7 @@ func (nc *notifyConn) pingTick() {
 	if nc.closed.Load() {
 		return
 	}
-	if nc.m.isRevoked(nc.serial) { // closeSerial closed it, unless the set was reloaded
+	if nc.m.isRevoked(nc.serial) { // a backstop: closeSerial closes it when the revocation is announced
 		nc.closeWith(closePolicyViolation, "certificate revoked")
 		return
 	}
