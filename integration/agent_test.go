@@ -286,6 +286,11 @@ func TestAgentSpoolSurvivesOutage(t *testing.T) {
 	}
 	s.ibcm(t, "policy", "set", "--file", policy, "default")
 	waitFor(t, 5*time.Second, "policy version 2 fetched on policy-changed", func() bool { return statusOf(t, dev).PolicyVersion == 2 })
+	// The agent left its old certificate behind with its session: the MP, which refuses a
+	// certificate whose renewal the device presented, has nothing to warn of.
+	if out := s.ibcm(t, "device", "show", id); strings.Contains(out, "WARNING") || strings.Contains(out, "probable clone") {
+		t.Errorf("the renewing agent was flagged:\n%s", out)
+	}
 
 	s.stop() // the whole site goes down
 	const n = 5

@@ -456,3 +456,30 @@ func TestMissedCloseIsCaughtUp(t *testing.T) {
 		t.Errorf("rows of the kept channel's device: %q, want its own only", ids)
 	}
 }
+
+// A clone (the same key and certificate, from another address) that opens channels in a
+// burst pushes the real device's channel over the cap before a probe of it reports: the
+// real channel answered the probe, so the clone is flagged all the same (the warning was
+// lost: the probe saw the channel closed and said nothing). With a cap of one, the clone's
+// first channel pushes the real one out without an earlier probe at all. Security review
+// finding; its test.
+func TestCloneBurstOverCapIsFlagged(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cap  int
+	}{{"default cap", defaultMaxChannelsPerDevice}, {"cap of one", 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, sqliteDB(t), Options{PingInterval: 2 * time.Second, MaxChannelsPerDevice: tc.cap})
+			pc := f.device(t, "pc-1")
+			real := live(t, f.intranet, f.fromAddr(&pc, "127.0.0.1"))
+			waitConnected(t, f.mp, deviceID(pc), 1)
+			for range tc.cap {
+				live(t, f.intranet, f.fromAddr(&pc, "127.0.0.2"))
+			}
+			if reason := real.closedWith(t); reason != "too many notification channels for this device" {
+				t.Errorf("the real channel closed with %q", reason)
+			}
+			waitWarning(t, f.mp, deviceID(pc), "probable clone: the certificate of this device is connected from 127.0.0.1 and 127.0.0.2")
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -75,4 +76,79 @@ func TestRefusedRenewalWarnsDevice(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestSupersededCertificateRefused: once the device presented the renewal C1 of its
+// certificate C0 at an MP, C0 is refused with 403 certificate_superseded and the device is
+// warned of a clone (a copy that never renews keeps using C0; the MP accepted it silently).
+// A channel C0 opened before is closed. C0 works until then: the agent may not have
+// received its renewal yet. A second MP
+// process, without its cache, refuses C0 too. Security review finding; its test.
+func TestSupersededCertificateRefused(t *testing.T) {
+	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) { testSupersededCertificateRefused(t, db) })
+}
+
+func testSupersededCertificateRefused(t *testing.T, db *sitedb.DB) {
+	ctx := context.Background()
+	c, err := ca.New(ctx, db, ca.Options{SiteCode: "TST", Hierarchy: hierarchy(), PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr := func() ([]byte, *ecdsa.PrivateKey) {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der, key
+	}
+	req, key := csr()
+	chain, err := c.Issue(ctx, ca.IssueSpec{Profile: ca.Client, Subject: "pc-7"}, req, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req2, key2 := csr()
+	chain2, err := c.Renew(ctx, chain[0], req2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, db, Options{})
+	oldCert := tls.Certificate{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key, Leaf: chain[0]}
+	newCert := tls.Certificate{Certificate: [][]byte{chain2[0].Raw, chain2[1].Raw}, PrivateKey: key2, Leaf: chain2[0]}
+	id := deviceID(oldCert)
+	whoami := func(f *fixture, cert *tls.Certificate, path string) (int, wire.Error) {
+		t.Helper()
+		return call(t, f.client(cert), "GET", f.intranet+path, nil, nil)
+	}
+	if st, e := whoami(f, &oldCert, "/v1/whoami"); st != 200 {
+		t.Fatalf("the old certificate before the renewal reached an MP: %d %+v", st, e)
+	}
+	copyChannel := live(t, f.intranet, f.client(&oldCert))
+	waitConnected(t, f.mp, id, 1)
+	if st, e := whoami(f, &newCert, "/v1/whoami"); st != 200 {
+		t.Fatalf("the renewed certificate: %d %+v", st, e)
+	}
+	for _, path := range []string{"/v1/whoami", "/v1/policy", "/v1/notify", "/v1/whoami"} {
+		st, e := whoami(f, &oldCert, path)
+		if st != http.StatusForbidden || e.Error.Code != "certificate_superseded" {
+			t.Errorf("the superseded certificate at %s: %d %+v, want 403 certificate_superseded", path, st, e)
+		}
+	}
+	if reason := copyChannel.closedWith(t); reason != "certificate superseded" {
+		t.Errorf("the channel of the superseded certificate closed with %q", reason)
+	}
+	d, err := f.mp.Device(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Warnings) != 1 || !strings.Contains(d.Warnings[0], "probable clone") || !strings.Contains(d.Warnings[0], ca.SerialHex(oldCert.Leaf.SerialNumber)) {
+		t.Errorf("device warnings = %q, want one clone warning naming %s", d.Warnings, ca.SerialHex(oldCert.Leaf.SerialNumber))
+	}
+	if st, e := whoami(f, &newCert, "/v1/policy"); st != 200 {
+		t.Errorf("the renewed certificate after the clone was refused: %d %+v", st, e)
+	}
+	other := newFixture(t, db, Options{ID: "mp-other"})
+	if st, e := whoami(other, &oldCert, "/v1/whoami"); st != http.StatusForbidden || e.Error.Code != "certificate_superseded" {
+		t.Errorf("the superseded certificate at another MP: %d %+v, want 403 certificate_superseded", st, e)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/api"
@@ -24,15 +25,53 @@ type seenCert struct {
 	notAfter int64 // unix seconds
 }
 
+// ErrCertificateSuperseded refuses a device certificate whose renewal the device already
+// presented at an MP: the agent never goes back to an older certificate, a copy of it does.
+var ErrCertificateSuperseded = errors.New("certificate superseded by its renewal")
+
 // registerDevice records a device on its first contact with this MP process (and on its
-// first contact with a new certificate): first contact registers the device.
-func (m *MP) registerDevice(ctx context.Context, p *peer) error {
+// first contact with a new certificate): first contact registers the device. A
+// certificate whose renewal the device has already presented is refused (403
+// certificate_superseded) and the device gets a clone warning, and the channels that
+// present it on this MP are closed; the refusal is remembered (MP.superseded), so neither
+// answer costs a query after the first.
+func (m *MP) registerDevice(w http.ResponseWriter, r *http.Request, p *peer) error {
+	err := m.registerCert(r.Context(), p)
+	if errors.Is(err, ErrCertificateSuperseded) {
+		w.Header().Set("Connection", "close") // its connection ends with the refusal
+	}
+	return err
+}
+
+// registerCert is registerDevice without the answer.
+func (m *MP) registerCert(ctx context.Context, p *peer) error {
 	serial := p.leaf.SerialNumber.String()
 	if v, ok := m.seen.Load(p.id.ID); ok && v.(seenCert).serial == serial {
 		return nil
 	}
+	if v, ok := m.superseded.Load(serial); ok {
+		return supersededError(serial, v.(seenCert).serial)
+	}
+	succ, err := trust.PresentedRenewal(ctx, m.db, p.id.ID, serial)
+	if err != nil {
+		return fmt.Errorf("checking device %s: %w", p.id.ID, err)
+	}
+	if succ != "" {
+		msg := fmt.Sprintf("probable clone: certificate %s is still presented although the device already presented its renewal %s",
+			trust.HexSerial(serial), trust.HexSerial(succ))
+		m.log.Warn().Str("device_id", p.id.ID).Str("serial", serial).Str("successor_serial", succ).Str("location", p.location).
+			Msg("probable clone: superseded certificate refused")
+		if err := m.addWarning(ctx, p.id.ID, msg); err != nil {
+			return fmt.Errorf("recording a clone warning for device %s: %w", p.id.ID, err)
+		}
+		m.superseded.Store(serial, seenCert{serial: succ, notAfter: p.leaf.NotAfter.Unix()})
+		// A channel the copy opened before the device presented the renewal goes too (its
+		// request connections get this answer at their next request).
+		m.hub.closeChannels(p.id.ID, p.leaf.SerialNumber, "certificate superseded")
+		return supersededError(serial, succ)
+	}
 	now := m.now().Unix()
-	err := m.db.Tx(ctx, func(tx *sitedb.Tx) error {
+	err = m.db.Tx(ctx, func(tx *sitedb.Tx) error {
 		if _, err := tx.Exec(`INSERT INTO devices (id, name, cert_serial, pubkey_hash, first_seen, last_seen, last_location)
 			VALUES (?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET name = excluded.name, cert_serial = excluded.cert_serial,
@@ -51,17 +90,25 @@ func (m *MP) registerDevice(ctx context.Context, p *peer) error {
 	return nil
 }
 
-// forgetExpired drops from MP.seen the devices whose registered certificate has expired:
-// that certificate can no longer connect, and a new one registers again. With one entry per
-// device, seen holds at most the devices with a valid certificate that came to this MP.
+func supersededError(serial, succ string) error {
+	return api.Wrap(ErrCertificateSuperseded, http.StatusForbidden, "certificate_superseded",
+		fmt.Sprintf("certificate %s was renewed as %s, which this device already uses", trust.HexSerial(serial), trust.HexSerial(succ)))
+}
+
+// forgetExpired drops from MP.seen the devices whose registered certificate has expired,
+// and from MP.superseded the refused certificates that have: such a certificate can no
+// longer connect, and a new one registers again. With one entry per device, seen holds at
+// most the devices with a valid certificate that came to this MP.
 func (m *MP) forgetExpired() {
 	now := m.now().Unix()
-	m.seen.Range(func(k, v any) bool {
-		if now > v.(seenCert).notAfter {
-			m.seen.Delete(k)
-		}
-		return true
-	})
+	for _, set := range []*sync.Map{&m.seen, &m.superseded} {
+		set.Range(func(k, v any) bool {
+			if now > v.(seenCert).notAfter {
+				set.Delete(k)
+			}
+			return true
+		})
+	}
 }
 
 func (m *MP) handleWhoami(w http.ResponseWriter, r *http.Request) error {
@@ -69,7 +116,7 @@ func (m *MP) handleWhoami(w http.ResponseWriter, r *http.Request) error {
 	out := wire.Whoami{Subject: p.leaf.Subject.CommonName, Serial: p.leaf.SerialNumber.String(), Location: p.location, Profile: p.id.Kind}
 	if p.id.Kind == trust.KindDevice {
 		out.DeviceID, out.Profile = p.id.ID, "client"
-		if err := m.registerDevice(r.Context(), p); err != nil {
+		if err := m.registerDevice(w, r, p); err != nil {
 			return err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/big"
 	"sync"
 	"time"
 
@@ -71,7 +72,10 @@ type MP struct {
 	checkins *checkinBuffer
 	policies *policyCache
 	seen     sync.Map // device id → seenCert registered by this process; expired ones go each minute
-	bg       sync.WaitGroup
+	// superseded: decimal serial → seenCert{successor serial, NotAfter} of each certificate
+	// refused because its device already presented a renewal of it; expired ones go too.
+	superseded sync.Map
+	bg         sync.WaitGroup
 
 	mu      sync.RWMutex
 	blocked map[string]bool // device ids, kept current by device events
@@ -124,6 +128,10 @@ func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options
 func (m *MP) Start(ctx context.Context) error {
 	if err := m.hub.listen(ctx); err != nil {
 		return err
+	}
+	if rs := m.verifier.Revoked; rs != nil {
+		stop := rs.OnRevoke(m.hub.closeSerial)
+		context.AfterFunc(ctx, stop)
 	}
 	m.bg.Add(2)
 	go func() { defer m.bg.Done(); m.heartbeat(ctx) }()
@@ -194,6 +202,12 @@ func (m *MP) heartbeat(ctx context.Context) {
 		}
 		m.forgetExpired()
 	}
+}
+
+// isRevoked reports whether the certificate serial is in the site's revoked set.
+func (m *MP) isRevoked(serial *big.Int) bool {
+	rs := m.verifier.Revoked
+	return rs != nil && rs.Contains(serial)
 }
 
 func (m *MP) isBlocked(deviceID string) bool {

@@ -62,7 +62,7 @@ type hub struct {
 	mu      sync.Mutex
 	notify  map[string]map[*notifyConn]struct{}
 	conns   map[string]map[net.Conn]struct{}
-	devOf   map[net.Conn]string
+	devOf   map[net.Conn]connOwner
 	nNotify atomic.Int64
 	live    sync.WaitGroup // one per channel still being served
 
@@ -71,7 +71,7 @@ type hub struct {
 }
 
 func newHub(m *MP) *hub {
-	return &hub{m: m, notify: map[string]map[*notifyConn]struct{}{}, conns: map[string]map[net.Conn]struct{}{}, devOf: map[net.Conn]string{},
+	return &hub{m: m, notify: map[string]map[*notifyConn]struct{}{}, conns: map[string]map[net.Conn]struct{}{}, devOf: map[net.Conn]connOwner{},
 		jobs: make(chan *notifyConn, writerBacklog)}
 }
 
@@ -205,7 +205,7 @@ func (h *hub) reconcile(ctx context.Context) error {
 	rows.Close()
 	for _, nc := range recorded {
 		if !ids[nc.id] {
-			nc.closeOverCap()
+			nc.closeOverCap("", "") // who pushed it out is not known here: no probe
 		}
 	}
 	for _, nc := range h.channels(func(*notifyConn) bool { return true }) {
@@ -254,7 +254,7 @@ func (h *hub) dispatch(ev siteEvent) {
 		}
 	case kindClose:
 		if nc := h.channel(ev.Device, ev.Conn); nc != nil {
-			nc.closeOverCap()
+			nc.closeOverCap(ev.ConnIP, ev.NewIP)
 		}
 	case kindProbe:
 		if nc := h.channel(ev.Device, ev.Conn); nc != nil {
@@ -263,26 +263,83 @@ func (h *hub) dispatch(ev siteEvent) {
 	}
 }
 
-func (h *hub) trackConn(device string, c net.Conn) {
+// connOwner is who a tracked request connection belongs to: the device, and the serial
+// of the certificate its handshake presented.
+type connOwner struct {
+	device string
+	serial *big.Int
+}
+
+func (h *hub) trackConn(device string, serial *big.Int, c net.Conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.conns[device] == nil {
 		h.conns[device] = map[net.Conn]struct{}{}
 	}
 	h.conns[device][c] = struct{}{}
-	h.devOf[c] = device
+	h.devOf[c] = connOwner{device: device, serial: serial}
 }
 
 func (h *hub) forgetConn(c net.Conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if d, ok := h.devOf[c]; ok {
+	if o, ok := h.devOf[c]; ok {
+		d := o.device
 		delete(h.conns[d], c)
 		if len(h.conns[d]) == 0 {
 			delete(h.conns, d)
 		}
 		delete(h.devOf, c)
 	}
+}
+
+// closeSerial ends this MP's connections that present the certificate serial (decimal),
+// which was just revoked (trust.RevokedSet.OnRevoke): its notification channels with a
+// close saying why, its tracked request connections at once. A connection that joins the
+// hub after this looks at the revoked set itself (handleNotify, gate), so none is missed.
+func (h *hub) closeSerial(serial string) {
+	sn, ok := new(big.Int).SetString(serial, 10)
+	if !ok {
+		return
+	}
+	n := h.closeChannels("", sn, "certificate revoked")
+	h.mu.Lock()
+	var cs []net.Conn
+	for c, o := range h.devOf {
+		if o.serial != nil && o.serial.Cmp(sn) == 0 {
+			cs = append(cs, c)
+		}
+	}
+	h.mu.Unlock()
+	for _, c := range cs {
+		_ = rawConn(c).Close() // no close_notify: it could wait on a slow peer
+	}
+	if n += len(cs); n > 0 {
+		h.m.log.Info().Str("serial", serial).Int("connections", n).Msg("certificate revoked: connections closed")
+	}
+}
+
+// closeChannels closes this MP's notification channels that present the certificate
+// serial (of device, or of any device when device is ""), telling why, and returns how
+// many.
+func (h *hub) closeChannels(device string, serial *big.Int, reason string) int {
+	h.mu.Lock()
+	var ncs []*notifyConn
+	for d, set := range h.notify {
+		if device != "" && d != device {
+			continue
+		}
+		for nc := range set {
+			if nc.serial != nil && nc.serial.Cmp(serial) == 0 {
+				ncs = append(ncs, nc)
+			}
+		}
+	}
+	h.mu.Unlock()
+	for _, nc := range ncs {
+		go nc.closeWith(closePolicyViolation, reason)
+	}
+	return len(ncs)
 }
 
 // closeDevice closes every connection of a device on this MP and returns how many.
@@ -366,11 +423,18 @@ func newNotifyConn(m *MP, conn net.Conn, device string, interval time.Duration) 
 	return nc
 }
 
-// writeFrame sends one frame within wsWriteWait, then what was queued meanwhile.
+// writeFrame sends the frames queued so far and then one frame, each within wsWriteWait,
+// then what was queued meanwhile: frames go out in the order they were given, so a probe's
+// ping precedes the close that follows it.
 func (nc *notifyConn) writeFrame(op byte, payload []byte) error {
 	frame := appendFrame(make([]byte, 0, 10+len(payload)), op, payload)
 	nc.wmu.Lock()
-	err := nc.writeLocked(frame)
+	var err error
+	for _, f := range append(nc.takeQueue(), frame) {
+		if err = nc.writeLocked(f); err != nil {
+			break
+		}
+	}
 	nc.wmu.Unlock()
 	nc.flush()
 	return err
@@ -444,19 +508,21 @@ var pingFrame = appendFrame(nil, opPing, nil)
 // probe tells a clone from a roaming device, once the device opened another channel from
 // newIP while this one (from ip) is open. A roaming device's old channel is dead or dying:
 // its TCP connection is gone, and the MP may not know yet. A clone's answers. So the
-// channel is pinged: answering within the probe wait flags a probable clone (both channels
-// stay: flagged, not merged); silence cuts it.
+// channel is pinged: any frame from it within the probe wait (the pong, or the answer to a
+// ping of the timer) flags a probable clone, even when the channel was closed meanwhile (a
+// clone's burst of channels can push the real device's over the cap); both channels stay
+// otherwise: flagged, not merged. Silence cuts it. A close frame is no answer (converse
+// does not count it).
 func (nc *notifyConn) probe(ip, newIP string) {
 	start := mono()
 	nc.m.hub.send(nc, pingFrame)
 	time.AfterFunc(nc.m.probeWait(), func() {
-		if nc.closed.Load() {
-			return
-		}
 		log := nc.m.log.With().Str("device_id", nc.device).Str("remote_addr", newIP).Str("other_addr", ip).Logger()
 		if nc.seen.Load() <= start {
-			log.Info().Msg("notification channel silent since the device connected from another address: closed")
-			nc.abort()
+			if !nc.closed.Load() {
+				log.Info().Msg("notification channel silent since the device connected from another address: closed")
+				nc.abort()
+			}
 			return
 		}
 		log.Warn().Msg("probable clone")
@@ -473,9 +539,17 @@ func (nc *notifyConn) probe(ip, newIP string) {
 // as long as a frame may take to write.
 func (m *MP) probeWait() time.Duration { return min(m.o.PingInterval, wsWriteWait) }
 
-// closeOverCap closes a channel that its device's newer ones pushed over the cap.
-func (nc *notifyConn) closeOverCap() {
+// closeOverCap closes a channel (from ip) that its device's newer ones (the newest from
+// newIP) pushed over the cap. When they come from another address, the channel is probed
+// on its way out (its ping goes before the close): a roaming device's old channel answers
+// nothing, but one that answers is another holder of the certificate, and a clone that
+// pushes the real device's channel out must not go unreported. ip and newIP are "" when
+// unknown.
+func (nc *notifyConn) closeOverCap(ip, newIP string) {
 	nc.m.log.Info().Str("device_id", nc.device).Msg("notification channel closed: the device has too many")
+	if newIP != "" && newIP != ip {
+		nc.probe(ip, newIP)
+	}
 	go nc.closeWith(closePolicyViolation, "too many notification channels for this device")
 }
 
@@ -515,7 +589,7 @@ func (nc *notifyConn) pingTick() {
 	if nc.closed.Load() {
 		return
 	}
-	if rs := nc.m.verifier.Revoked; rs != nil && rs.Contains(nc.serial) {
+	if nc.m.isRevoked(nc.serial) { // a backstop: closeSerial closes it when the revocation is announced
 		nc.closeWith(closePolicyViolation, "certificate revoked")
 		return
 	}
@@ -549,7 +623,9 @@ func (nc *notifyConn) converse() {
 			}
 			return
 		}
-		nc.seen.Store(mono())
+		if op != opClose { // answering our close is no sign of life (see probe)
+			nc.seen.Store(mono())
+		}
 		switch op {
 		case opPing:
 			if err := nc.writeFrame(opPong, p); err != nil {
@@ -660,7 +736,7 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 	} else {
 		nc.recorded.Store(true)
 	}
-	if m.isBlocked(nc.device) { // a block that raced the upgrade
+	if m.isBlocked(nc.device) || m.isRevoked(nc.serial) { // a block or revocation that raced the upgrade
 		nc.abort()
 	}
 	go nc.serve()

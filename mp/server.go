@@ -100,7 +100,7 @@ func (m *MP) Handler(location string) http.Handler {
 			if p.id.Kind != trust.KindDevice {
 				return api.Errorf(http.StatusForbidden, "not_a_device", "this endpoint is for device (client profile) certificates")
 			}
-			if err := m.registerDevice(r.Context(), p); err != nil {
+			if err := m.registerDevice(w, r, p); err != nil {
 				return err
 			}
 			return fn(w, r, p)
@@ -143,7 +143,13 @@ func (m *MP) gate(location string, next http.Handler) http.Handler {
 		// A kept-alive connection carries the handshake's certificate for as long as it
 		// lives: every request checks it again, and a refusal also ends the connection.
 		leaf := r.TLS.PeerCertificates[0]
-		if rs := m.verifier.Revoked; rs != nil && rs.Contains(leaf.SerialNumber) { // revoked after the handshake
+		p := &peer{leaf: leaf, id: trust.Identify(leaf), location: location}
+		if tc, ok := r.Context().Value(connKey{}).(*trackedConn); ok && p.id.Kind == trust.KindDevice {
+			// Tracked before the revoked set is read: a revocation that comes after the read
+			// finds the connection (hub.closeSerial).
+			tc.once.Do(func() { m.hub.trackConn(p.id.ID, leaf.SerialNumber, tc.Conn) })
+		}
+		if m.isRevoked(leaf.SerialNumber) { // revoked after the handshake
 			w.Header().Set("Connection", "close")
 			return api.Errorf(http.StatusForbidden, "certificate_revoked", "certificate %s is revoked", leaf.SerialNumber)
 		}
@@ -151,14 +157,8 @@ func (m *MP) gate(location string, next http.Handler) http.Handler {
 			w.Header().Set("Connection", "close")
 			return api.Errorf(http.StatusForbidden, "certificate_expired", "certificate %s expired at %s", leaf.SerialNumber, leaf.NotAfter.UTC().Format(time.RFC3339))
 		}
-		p := &peer{leaf: leaf, id: trust.Identify(leaf), location: location}
-		if p.id.Kind == trust.KindDevice {
-			if m.isBlocked(p.id.ID) {
-				return api.Errorf(http.StatusForbidden, "device_blocked", "device %s is blocked", p.id.ID)
-			}
-			if tc, ok := r.Context().Value(connKey{}).(*trackedConn); ok {
-				tc.once.Do(func() { m.hub.trackConn(p.id.ID, tc.Conn) })
-			}
+		if p.id.Kind == trust.KindDevice && m.isBlocked(p.id.ID) {
+			return api.Errorf(http.StatusForbidden, "device_blocked", "device %s is blocked", p.id.ID)
 		}
 		if r.URL.Path != "/v1/notify" && r.URL.Path != wire.ProbePath { // a probe costs no more than /healthz
 			select {

@@ -86,6 +86,10 @@ type session struct {
 }
 
 func (s *session) run(ctx context.Context) {
+	// A session ends when the MP or the certificate changes: its kept-alive connections go
+	// with it (their handshake presented the certificate; after a renewal the MP refuses it
+	// as superseded once the new one has been presented).
+	defer s.http.CloseIdleConnections()
 	log := s.a.log.With("mp", s.base, "location", s.location)
 	b := backoff{base: time.Second, max: 5 * time.Minute}
 	for { // hello and the first policy, until they work

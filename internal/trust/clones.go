@@ -37,13 +37,38 @@ func CloneWarnings(ctx context.Context, db *sitedb.DB, device string) (map[strin
 			return nil, fmt.Errorf("reading refused renewals: %w", err)
 		}
 		out[id] = append(out[id], fmt.Sprintf("probable clone: certificate %s was already renewed as %s; %d renewal(s) of it with another key refused, the last at %s",
-			hexSerial(old), hexSerial(succ), attempts, time.Unix(last, 0).UTC().Format(time.RFC3339)))
+			HexSerial(old), HexSerial(succ), attempts, time.Unix(last, 0).UTC().Format(time.RFC3339)))
 	}
 	return out, rows.Err()
 }
 
-// hexSerial writes a decimal serial as openssl prints it.
-func hexSerial(dec string) string {
+// PresentedRenewal returns a renewal of certificate serial (decimal: its successor, or a
+// successor's, as the CA's certificates.renewed_from records them) that device has
+// already presented at an MP (the MP's device_certificates), or "" when it has presented
+// none. The agent uses only its newest certificate once it has it, so whoever presents the
+// older one afterwards holds a copy of the device's key and certificate.
+func PresentedRenewal(ctx context.Context, db *sitedb.DB, device, serial string) (string, error) {
+	rows, err := db.Query(ctx, `WITH RECURSIVE line(serial) AS (
+			SELECT serial FROM certificates WHERE renewed_from = ?
+			UNION
+			SELECT c.serial FROM certificates c JOIN line ON c.renewed_from = line.serial
+		) SELECT d.serial FROM device_certificates d JOIN line ON d.serial = line.serial
+		WHERE d.device_id = ? ORDER BY d.first_seen DESC, d.serial LIMIT 1`, serial, device)
+	if err != nil {
+		return "", fmt.Errorf("reading the renewals of certificate %s: %w", serial, err)
+	}
+	defer rows.Close()
+	var succ string
+	if rows.Next() {
+		if err := rows.Scan(&succ); err != nil {
+			return "", fmt.Errorf("reading the renewals of certificate %s: %w", serial, err)
+		}
+	}
+	return succ, rows.Err()
+}
+
+// HexSerial writes a decimal serial as openssl prints it.
+func HexSerial(dec string) string {
 	n, ok := new(big.Int).SetString(dec, 10)
 	if !ok {
 		return dec

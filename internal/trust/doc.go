@@ -4,8 +4,10 @@
 // notifications), and the verification of a peer's certificate chain that TLS handshakes and
 // routes use.
 //
-// The CA writes the tables this package reads (ca_certificates, revoked_certificates, and
-// renewal_conflicts for the clone warnings of CloneWarnings) and
+// The CA writes the tables this package reads (ca_certificates, revoked_certificates,
+// renewal_conflicts for the clone warnings of CloneWarnings, and certificates.renewed_from
+// for PresentedRenewal, which it matches with the MP's device_certificates) and
 // announces every revocation on the RevokedChannel notification channel; servers call
-// WatchRevoked once at start and then ask the RevokedSet in every handshake.
+// WatchRevoked once at start and then ask the RevokedSet in every handshake; RevokedSet.OnRevoke
+// tells them of each new revocation, so they can end the connections that present it.
 package trust

@@ -20,8 +20,37 @@ const RevokedChannel = "ibcm_revoked"
 // a TLS handshake can check it without a database round trip. The zero value is empty and
 // ready to use.
 type RevokedSet struct {
-	mu      sync.RWMutex
-	serials map[string]struct{}
+	mu       sync.RWMutex
+	serials  map[string]struct{}
+	watchers map[*func(string)]struct{}
+}
+
+// OnRevoke calls fn with each decimal serial that enters the set from now on (by Add or
+// Replace), once Contains reports it, so a server can end the connections that already
+// present it. fn runs on the goroutine that changed the set and must not block. stop ends
+// the calls.
+func (s *RevokedSet) OnRevoke(fn func(serial string)) (stop func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.watchers == nil {
+		s.watchers = map[*func(string)]struct{}{}
+	}
+	key := &fn
+	s.watchers[key] = struct{}{}
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.watchers, key)
+	}
+}
+
+// watchersLocked lists the OnRevoke functions; the caller holds mu.
+func (s *RevokedSet) watchersLocked() []func(string) {
+	fns := make([]func(string), 0, len(s.watchers))
+	for fn := range s.watchers {
+		fns = append(fns, *fn)
+	}
+	return fns
 }
 
 // Contains reports whether serial is revoked.
@@ -45,11 +74,18 @@ func (s *RevokedSet) Len() int {
 // Add puts one decimal serial in the set.
 func (s *RevokedSet) Add(serial string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.serials == nil {
 		s.serials = make(map[string]struct{})
 	}
+	_, had := s.serials[serial]
 	s.serials[serial] = struct{}{}
+	fns := s.watchersLocked()
+	s.mu.Unlock()
+	if !had {
+		for _, fn := range fns {
+			fn(serial)
+		}
+	}
 }
 
 // Replace swaps the whole set for the given decimal serials.
@@ -59,8 +95,20 @@ func (s *RevokedSet) Replace(serials []string) {
 		m[sn] = struct{}{}
 	}
 	s.mu.Lock()
+	old := s.serials
 	s.serials = m
+	fns := s.watchersLocked()
 	s.mu.Unlock()
+	if len(fns) == 0 {
+		return
+	}
+	for sn := range m {
+		if _, had := old[sn]; !had {
+			for _, fn := range fns {
+				fn(sn)
+			}
+		}
+	}
 }
 
 // LoadRevoked reads every revoked serial from the site database.

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"testing"
@@ -142,4 +143,28 @@ func testWatchRevoked(t *testing.T, driver sitedb.Driver) {
 		}
 	}
 	t.Logf("revocation reached the other handle in %v", time.Since(start))
+}
+
+// OnRevoke hears each serial once, when it enters the set (by Add or by a Replace that
+// brings it), after Contains reports it; not the serials already there, nor after stop.
+func TestOnRevoke(t *testing.T) {
+	var set trust.RevokedSet
+	set.Add("1")
+	var heard []string
+	stop := set.OnRevoke(func(sn string) {
+		n, _ := new(big.Int).SetString(sn, 10)
+		if !set.Contains(n) {
+			t.Errorf("told of %s before the set holds it", sn)
+		}
+		heard = append(heard, sn)
+	})
+	set.Add("2")
+	set.Add("2")
+	set.Add("1")
+	set.Replace([]string{"1", "2", "3"})
+	stop()
+	set.Add("4")
+	if got := fmt.Sprint(heard); got != "[2 3]" {
+		t.Errorf("heard %s, want [2 3]", got)
+	}
 }
