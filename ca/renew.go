@@ -3,9 +3,7 @@ package ca
 import (
 	"context"
 	"crypto"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -98,6 +96,5 @@ func publicKeyHash(pub crypto.PublicKey) string {
 	if err != nil {
 		return ""
 	}
-	sum := sha256.Sum256(der)
-	return hex.EncodeToString(sum[:])
+	return keyHash(der)
 }
