@@ -328,6 +328,7 @@ func httpError(err error) error {
 		{ErrRevoked, http.StatusForbidden, "certificate_revoked"},
 		{ErrExpired, http.StatusForbidden, "certificate_expired"},
 		{ErrRenewalSuperseded, http.StatusConflict, "renewal_superseded"},
+		{ErrDeviceBlocked, http.StatusForbidden, "device_blocked"},
 		{trust.ErrNoCertificate, http.StatusUnauthorized, "client_certificate_required"},
 		{trust.ErrUntrusted, http.StatusForbidden, "untrusted_certificate"},
 		{trust.ErrExpired, http.StatusForbidden, "certificate_expired"},

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/smallstep/certificates/authority/provisioner"
@@ -81,6 +82,8 @@ type store struct {
 	db       *sitedb.DB
 	issuerID string
 	now      func() time.Time
+
+	devicesExist atomic.Bool // the MP's devices table was found (see checkDevice)
 }
 
 var (
@@ -399,9 +402,9 @@ func (r refusal) Unwrap() error { return r.err }
 var errRenewed = errors.New("certificate already renewed")
 
 // storeRenewal records c as the successor of the certificate with serial old. Under old's
-// lock it checks that old is not revoked and has no successor yet, so of two racing
-// renewals exactly one is recorded; the other gets errRenewed (and its certificate, never
-// recorded, is never handed out).
+// lock it checks that old is not revoked, that its device is not blocked and that it has no
+// successor yet, so of two racing renewals exactly one is recorded; the other gets
+// errRenewed (and its certificate, never recorded, is never handed out).
 func (s *store) storeRenewal(tx *sitedb.Tx, old string, c *x509.Certificate) error {
 	if err := lockCert(tx, old); err != nil {
 		return err
@@ -412,6 +415,9 @@ func (s *store) storeRenewal(tx *sitedb.Tx, old string, c *x509.Certificate) err
 	}
 	if revoked > 0 {
 		return refusal{fmt.Errorf("%w: certificate %s was revoked while it was being renewed", ErrRevoked, old)}
+	}
+	if err := s.checkDevice(tx.QueryRow, deviceIDOf(c), true); err != nil {
+		return err
 	}
 	if err := tx.QueryRow(`SELECT COUNT(*) FROM certificates WHERE renewed_from = ?`, old).Scan(&renewed); err != nil {
 		return fmt.Errorf("looking for the successor of %s: %w", old, err)
@@ -535,6 +541,50 @@ func (s *store) recordConflict(ctx context.Context, old, successor *x509.Certifi
 		old.SerialNumber.String(), deviceIDOf(old), old.Subject.CommonName, successor.SerialNumber.String(), refused, now, now)
 	if err != nil {
 		return fmt.Errorf("recording the refused renewal of %s: %w", old.SerialNumber, err)
+	}
+	return nil
+}
+
+// checkDevice fails with ErrDeviceBlocked when device (a device id, or "" for a certificate
+// that names none) is blocked. This is the CA's one read of the MP's devices table, which
+// the MP's Block sets and lists the device's certificates in one transaction. With lock,
+// inside a renewal's transaction on PostgreSQL, it takes the device row's share lock, so a renewal
+// and a block take turns: either the renewal commits first and the block's listing (after
+// its UPDATE of the row) includes the new certificate, or the renewal waits for the block
+// and sees it. Before the MP's tables exist no device is blocked.
+func (s *store) checkDevice(queryRow func(query string, args ...any) *sql.Row, device string, lock bool) error {
+	if device == "" {
+		return nil
+	}
+	if !s.devicesExist.Load() {
+		q := `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'devices'`
+		if s.db.Driver() == sitedb.Postgres {
+			q = `SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = 'devices' AND schemaname = ANY (current_schemas(false))`
+		}
+		var n int
+		if err := queryRow(q).Scan(&n); err != nil {
+			return fmt.Errorf("looking for the devices table: %w", err)
+		}
+		if n == 0 {
+			return nil
+		}
+		s.devicesExist.Store(true)
+	}
+	q := `SELECT blocked_at FROM devices WHERE id = ?`
+	if lock && s.db.Driver() == sitedb.Postgres {
+		q += ` FOR SHARE`
+	}
+	var at sql.NullInt64
+	err := queryRow(q, device).Scan(&at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading whether device %s is blocked: %w", device, err)
+	}
+	if at.Valid {
+		return refusal{fmt.Errorf("%w: device %s was blocked at %s; an admin unblocks it and it enrolls again",
+			ErrDeviceBlocked, device, time.Unix(at.Int64, 0).UTC().Format(time.RFC3339))}
 	}
 	return nil
 }
