@@ -3,12 +3,16 @@ package ca
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // crlReasons returns the reason code of every entry of the CA's current CRL, by decimal serial.
@@ -135,4 +139,32 @@ func TestKeyHashesFilledAtStart(t *testing.T) {
 			t.Errorf("%d certificates without a key hash; %s's is %q, want %q", n, a.SerialNumber, h, publicKeyHash(a.PublicKey))
 		}
 	})
+}
+
+// The admin API answers a keyCompromise of an already revoked certificate with what it did,
+// not with an error.
+func TestRevokeAPISaysWhatItDid(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	ctx := context.Background()
+	c := newTestCA(t, db)
+	a := enrollClient(t, c, "pc-01")
+	b := mustRenew(t, c, a, newKey(t))
+	if err := c.Revoke(ctx, a.SerialNumber.String(), "privilegeWithdrawn"); err != nil {
+		t.Fatal(err)
+	}
+	srv, hc := serveTLS(t, c, clientCert(t, c, IssueSpec{Profile: Admin, Subject: "alice"}))
+	resp, err := hc.Post(srv.URL+"/v1/admin/certificates/"+SerialHex(a.SerialNumber)+"/revoke", "application/json",
+		strings.NewReader(`{"reason":"keyCompromise"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got wire.Revoked
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || got.Reason != "keyCompromise" || got.ReasonChangedFrom != "privilegeWithdrawn" ||
+		!slices.Equal(got.AlsoRevoked, []string{SerialHex(b.SerialNumber)}) {
+		t.Errorf("HTTP %d %+v, want 200, keyCompromise changed from privilegeWithdrawn, %s also revoked", resp.StatusCode, got, SerialHex(b.SerialNumber))
+	}
 }
