@@ -126,7 +126,15 @@ func TestKeyHashesFilledAtStart(t *testing.T) {
 		if _, err := db.Exec(ctx, `UPDATE certificates SET spki_sha256 = NULL`); err != nil {
 			t.Fatal(err)
 		}
-		newTestCA(t, db)
+		// A row the parser refuses stops neither the start nor a keyCompromise.
+		if _, err := db.Exec(ctx, `INSERT INTO certificates (serial, profile, subject, issuer_id, not_before, not_after, der, issued_by, created_at)
+			VALUES ('1', 'client', 'junk', 'x', 0, 0, ?, 'test', 0)`, []byte("not DER")); err != nil {
+			t.Fatal(err)
+		}
+		c = newTestCA(t, db)
+		if _, err := c.RevokeWith(ctx, a.SerialNumber.String(), "keyCompromise", false); err != nil {
+			t.Errorf("keyCompromise with an unreadable row in the table: %v", err)
+		}
 		var n int
 		if err := db.QueryRow(ctx, `SELECT COUNT(*) FROM certificates WHERE spki_sha256 IS NULL`).Scan(&n); err != nil {
 			t.Fatal(err)

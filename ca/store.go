@@ -57,12 +57,12 @@ func fillKeyHashes(tx *sitedb.Tx) error {
 			rows.Close()
 			return fmt.Errorf("reading certificates without a key hash: %w", err)
 		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			rows.Close()
-			return fmt.Errorf("parsing certificate %s: %w", serial, err)
+		// One the parser refuses gets '' (no key to match): it must not stop the CA
+		// from starting, nor a keyCompromise revocation.
+		fill[serial] = ""
+		if c, err := x509.ParseCertificate(der); err == nil {
+			fill[serial] = keyHash(c.RawSubjectPublicKeyInfo)
 		}
-		fill[serial] = keyHash(c.RawSubjectPublicKeyInfo)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
