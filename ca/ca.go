@@ -19,6 +19,7 @@ import (
 	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
+	stepdb "github.com/smallstep/certificates/db"
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -261,12 +262,33 @@ func ReasonName(code int) string {
 	return fmt.Sprintf("reason-%d", code)
 }
 
-// Revoke revokes a certificate with an RFC 5280 reason. The revocation is announced to
-// every server of the site and a new CRL is published before Revoke returns.
+// Revoke revokes a certificate with an RFC 5280 reason (see RevokeWith).
 func (c *CA) Revoke(ctx context.Context, serial string, reason string) error {
-	// Once this returns, no OCSP answer about serial cached before is served again (the
-	// other CA servers of the site learn of the revocation from its announcement).
-	defer func() { c.forgetOCSP(ctx, serial, reason) }() // reason as normalised below
+	_, err := c.RevokeWith(ctx, serial, reason, false)
+	return err
+}
+
+// Revocation says what RevokeWith did.
+type Revocation struct {
+	Serial string // decimal
+	Reason string // as RFC 5280 names it
+	// ChangedFrom is the earlier reason of a certificate that was already revoked, which a
+	// keyCompromise revocation changed to keyCompromise.
+	ChangedFrom string
+	// Also lists the other certificates (decimal serials) revoked with it, or whose
+	// reason was changed to keyCompromise: its successors and, for keyCompromise, every
+	// certificate of the same key and theirs.
+	Also []string
+}
+
+// RevokeWith revokes a certificate with an RFC 5280 reason and, with successors, every
+// certificate renewed from it, transitively (blocking a device revokes so). keyCompromise
+// always revokes the successors, and every certificate of the same key too; of a
+// certificate already revoked for another reason it changes the reason to keyCompromise
+// and revokes the rest (see store.revoke). Every revocation is announced to every server
+// of the site and a new CRL is published before RevokeWith returns; a revocation that
+// finds nothing to do fails with ErrAlreadyRevoked.
+func (c *CA) RevokeWith(ctx context.Context, serial, reason string, successors bool) (Revocation, error) {
 	code, ok := Reasons[reason]
 	if !ok {
 		for n := range Reasons {
@@ -276,44 +298,38 @@ func (c *CA) Revoke(ctx context.Context, serial string, reason string) error {
 		}
 	}
 	if !ok {
-		return fmt.Errorf("%w %q: use one of unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn, aACompromise", ErrBadReason, reason)
+		return Revocation{}, fmt.Errorf("%w %q: use one of unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn, aACompromise", ErrBadReason, reason)
 	}
 	cert, err := c.store.certificate(ctx, serial)
 	if err != nil {
-		return err
+		return Revocation{}, err
 	}
-	err = c.auth.Revoke(provisioner.NewContextWithMethod(ctx, provisioner.RevokeMethod), &authority.RevokeOptions{
-		Serial: serial, Reason: reason, ReasonCode: code, MTLS: true, Crt: cert,
-	})
-	if err != nil {
-		if rev, _ := c.store.revocation(ctx, serial); rev != nil {
-			return fmt.Errorf("%w: %s (%s at %s)", ErrAlreadyRevoked, serial, rev.Reason, rev.RevokedAt.Format(time.RFC3339))
-		}
-		return fmt.Errorf("revoking %s: %w", serial, err)
-	}
-	return nil
-}
-
-// forgetOCSP drops the cached OCSP answers about serial and, after a keyCompromise (which
-// revokes the successors too), about every certificate renewed from it; when the store
-// cannot say which those are, every cached answer.
-func (c *CA) forgetOCSP(ctx context.Context, serial, reason string) {
+	// The store records the revocation directly rather than through smallstep's
+	// authority.Revoke, whose only other work (a no-op for its soft CAS) is the CRL
+	// below, so that it can say what it did and revoke the successors with a flag.
+	out, err := c.store.revoke(ctx, &stepdb.RevokedCertificateInfo{
+		Serial: serial, ReasonCode: code, Reason: reason, MTLS: true,
+		RevokedAt: c.now().UTC().Truncate(time.Second), ExpiresAt: cert.NotAfter,
+	}, successors)
+	// Once this returns, no OCSP answer cached before about a certificate it revoked is
+	// served again (the other CA servers of the site learn of it from its announcement).
 	c.ocsp.cache.forget(serial)
-	if reason != "keyCompromise" {
-		return
+	for _, sn := range out.Also {
+		c.ocsp.cache.forget(sn)
 	}
-	for queue := []string{serial}; len(queue) > 0; queue = queue[1:] {
-		next, err := c.store.successors(ctx, queue[0])
-		if err != nil {
-			c.ocsp.cache.forgetAll()
-			return
+	if err != nil {
+		if (successors || code == reasonKeyCompromise) && !errors.Is(err, ErrAlreadyRevoked) {
+			c.ocsp.cache.forgetAll() // a failed commit may have committed: it cannot say what
 		}
-		for _, n := range next {
-			sn := n.SerialNumber.String()
-			c.ocsp.cache.forget(sn)
-			queue = append(queue, sn)
+		if errors.Is(err, ErrAlreadyRevoked) || errors.Is(err, ErrNotFound) {
+			return Revocation{}, err
 		}
+		return Revocation{}, fmt.Errorf("revoking %s: %w", serial, err)
 	}
+	if err := c.RefreshCRL(); err != nil {
+		return Revocation{}, fmt.Errorf("revoked %s, but publishing the new CRL failed: %w", serial, err)
+	}
+	return Revocation{Serial: serial, Reason: reason, ChangedFrom: out.ChangedFrom, Also: out.Also}, nil
 }
 
 // ResolveSerial turns a serial as a person types it (hex as openssl prints it, with or

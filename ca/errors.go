@@ -23,6 +23,9 @@ var (
 	ErrBadReason       = errors.New("unknown revocation reason")
 	ErrRevoked         = errors.New("certificate revoked")
 	ErrExpired         = errors.New("certificate expired")
+	// ErrDeviceBlocked means the certificate names a device an admin blocked (the MP's
+	// devices table): it is not renewed.
+	ErrDeviceBlocked = errors.New("device blocked")
 	// ErrRenewalSuperseded means the certificate was already renewed for another key: a
 	// copy of the certificate and its key exists somewhere (see Renew).
 	ErrRenewalSuperseded = errors.New("certificate already renewed for another key")

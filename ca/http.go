@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"math/big"
 	"net/http"
 	"net/url"
 	"strings"
@@ -280,15 +281,24 @@ func (c *CA) handleRevoke(w http.ResponseWriter, r *http.Request, by string) err
 	if err != nil {
 		return httpError(err)
 	}
-	if err := c.Revoke(r.Context(), serial, req.Reason); err != nil {
+	rev, err := c.RevokeWith(r.Context(), serial, req.Reason, req.Successors)
+	if err != nil {
 		return httpError(err)
 	}
-	c.log.Info().Str("serial", serial).Str("reason", req.Reason).Str("admin", by).Msg("certificate revoked")
+	out := wire.Revoked{ReasonChangedFrom: rev.ChangedFrom}
+	for _, sn := range rev.Also {
+		if n, ok := new(big.Int).SetString(sn, 10); ok {
+			out.AlsoRevoked = append(out.AlsoRevoked, SerialHex(n))
+		}
+	}
+	c.log.Info().Str("serial", serial).Str("reason", rev.Reason).Str("reason_changed_from", rev.ChangedFrom).
+		Strs("also_revoked", rev.Also).Str("admin", by).Msg("certificate revoked")
 	rec, err := c.Get(r.Context(), serial)
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, RecordWire(rec, false))
+	out.Certificate = RecordWire(rec, false)
+	api.WriteJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -318,6 +328,7 @@ func httpError(err error) error {
 		{ErrRevoked, http.StatusForbidden, "certificate_revoked"},
 		{ErrExpired, http.StatusForbidden, "certificate_expired"},
 		{ErrRenewalSuperseded, http.StatusConflict, "renewal_superseded"},
+		{ErrDeviceBlocked, http.StatusForbidden, "device_blocked"},
 		{trust.ErrNoCertificate, http.StatusUnauthorized, "client_certificate_required"},
 		{trust.ErrUntrusted, http.StatusForbidden, "untrusted_certificate"},
 		{trust.ErrExpired, http.StatusForbidden, "certificate_expired"},

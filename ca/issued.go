@@ -186,16 +186,16 @@ func insertCerts(tx *sitedb.Tx, rows []*pendingCert, issuerID string, now time.T
 	}
 	var q strings.Builder
 	q.WriteString(`INSERT INTO certificates
-		(serial, profile, subject, issuer_id, not_before, not_after, der, issued_by, renewed_from, created_at) VALUES `)
-	args := make([]any, 0, 10*len(rows))
+		(serial, profile, subject, issuer_id, not_before, not_after, der, issued_by, renewed_from, created_at, spki_sha256) VALUES `)
+	args := make([]any, 0, 11*len(rows))
 	for i, p := range rows {
 		if i > 0 {
 			q.WriteString(", ")
 		}
-		q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)")
+		q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)")
 		c := p.cert
 		args = append(args, c.SerialNumber.String(), string(ProfileOf(c)), c.Subject.CommonName, issuerID,
-			c.NotBefore.Unix(), c.NotAfter.Unix(), c.Raw, p.by, now.Unix())
+			c.NotBefore.Unix(), c.NotAfter.Unix(), c.Raw, p.by, now.Unix(), keyHash(c.RawSubjectPublicKeyInfo))
 	}
 	if _, err := tx.Exec(q.String(), args...); err != nil {
 		return fmt.Errorf("recording %d certificate(s): %w", len(rows), err)

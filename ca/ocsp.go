@@ -18,6 +18,7 @@ import (
 	cfocsp "github.com/cloudflare/cfssl/ocsp"
 	"golang.org/x/crypto/ocsp"
 
+	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
 )
 
@@ -201,13 +202,15 @@ func (c *CA) OCSP(ctx context.Context, req *ocsp.Request) ([]byte, error) {
 // watchRevocations keeps the OCSP cache honest until ctx is done. It subscribes to the
 // site's revocation announcements (trust.RevokedChannel) and only while subscribed lets
 // responses be cached: an announced serial's responses are forgotten, and all of them
-// whenever announcements may have been missed. It retries a failed subscription every
-// retry; meanwhile every response is signed afresh.
+// whenever announcements may have been missed. While the subscription's connection is
+// lost (a revocation made on another CA server would not be heard of) nothing is cached
+// and everything cached is dropped, and again when it is back. It retries a failed
+// subscription every retry; meanwhile every response is signed afresh.
 func (c *CA) watchRevocations(ctx context.Context, retry time.Duration) {
 	cache := &c.ocsp.cache
 	defer cache.setLive(false)
 	for ctx.Err() == nil {
-		events, err := c.db.Listen(ctx, trust.RevokedChannel)
+		events, err := c.db.ListenWithDown(ctx, trust.RevokedChannel)
 		if err != nil {
 			c.log.Warn().Err(err).Msg("subscribing to revocations; OCSP responses are not cached meanwhile")
 			select {
@@ -217,9 +220,13 @@ func (c *CA) watchRevocations(ctx context.Context, retry time.Duration) {
 			continue
 		}
 		for sn := range events {
-			if sn == "" {
+			switch sn {
+			case "":
 				cache.setLive(true) // subscribed, or back after missing some: start afresh
-			} else {
+			case sitedb.Down:
+				cache.setLive(false) // until it is back
+				c.log.Warn().Msg("lost the connection that hears of revocations; OCSP responses are not cached until it is back")
+			default:
 				cache.forget(sn)
 			}
 			if cache.applied != nil {

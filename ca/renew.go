@@ -3,9 +3,8 @@ package ca
 import (
 	"context"
 	"crypto"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
+	"database/sql"
 	"errors"
 	"fmt"
 	"time"
@@ -14,8 +13,8 @@ import (
 // Renew issues the successor of old, a certificate the caller proved to hold in a TLS
 // handshake, for the key of the CSR (a new key, or the current one for a renewal that keeps
 // it; the CSR's names are ignored: the successor names what old names). A revoked or
-// expired certificate is refused. The successor gets the profile's current validity,
-// clamped to the issuing CA's lifetime.
+// expired certificate, or one of a blocked device, is refused. The successor gets the
+// profile's current validity, clamped to the issuing CA's lifetime.
 //
 // Renewal is idempotent by key. A certificate has at most one successor: asked again with
 // the same public key, Renew returns the same certificate (a lost answer is harmless);
@@ -31,6 +30,10 @@ func (c *CA) Renew(ctx context.Context, old *x509.Certificate, csrData []byte) (
 		return nil, err
 	} else if rev != nil {
 		return nil, fmt.Errorf("%w (%s) at %s: enroll again with a token", ErrRevoked, rev.Reason, rev.RevokedAt.Format(time.RFC3339))
+	}
+	// Checked again under the certificate's lock when the successor is recorded.
+	if err := c.store.checkDevice(func(q string, args ...any) *sql.Row { return c.db.QueryRow(ctx, q, args...) }, deviceIDOf(old), false); err != nil {
+		return nil, unwrapStep(err)
 	}
 	p := ProfileOf(old)
 	if p == "" || p == OCSP {
@@ -98,6 +101,5 @@ func publicKeyHash(pub crypto.PublicKey) string {
 	if err != nil {
 		return ""
 	}
-	sum := sha256.Sum256(der)
-	return hex.EncodeToString(sum[:])
+	return keyHash(der)
 }

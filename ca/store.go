@@ -2,12 +2,15 @@ package ca
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"database/sql"
 	"embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/smallstep/certificates/authority/provisioner"
@@ -27,7 +30,50 @@ func Migrate(ctx context.Context, db *sitedb.DB) error {
 	if err != nil {
 		return err
 	}
-	return db.Migrate(ctx, "ca", ms)
+	if err := db.Migrate(ctx, "ca", ms); err != nil {
+		return err
+	}
+	return db.Tx(ctx, fillKeyHashes)
+}
+
+// keyHash is how the CA names a public key: the SHA-256 of its SubjectPublicKeyInfo, hex.
+func keyHash(spki []byte) string {
+	sum := sha256.Sum256(spki)
+	return hex.EncodeToString(sum[:])
+}
+
+// fillKeyHashes writes certificates.spki_sha256 where it is missing: rows recorded before
+// migration 004, or by an older CA server of the site since.
+func fillKeyHashes(tx *sitedb.Tx) error {
+	rows, err := tx.Query(`SELECT serial, der FROM certificates WHERE spki_sha256 IS NULL`)
+	if err != nil {
+		return fmt.Errorf("reading certificates without a key hash: %w", err)
+	}
+	fill := map[string]string{}
+	for rows.Next() {
+		var serial string
+		var der []byte
+		if err := rows.Scan(&serial, &der); err != nil {
+			rows.Close()
+			return fmt.Errorf("reading certificates without a key hash: %w", err)
+		}
+		// One the parser refuses gets '' (no key to match): it must not stop the CA
+		// from starting, nor a keyCompromise revocation.
+		fill[serial] = ""
+		if c, err := x509.ParseCertificate(der); err == nil {
+			fill[serial] = keyHash(c.RawSubjectPublicKeyInfo)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading certificates without a key hash: %w", err)
+	}
+	for serial, h := range fill {
+		if _, err := tx.Exec(`UPDATE certificates SET spki_sha256 = ? WHERE serial = ?`, h, serial); err != nil {
+			return fmt.Errorf("recording the key hash of %s: %w", serial, err)
+		}
+	}
+	return nil
 }
 
 // store holds all of the CA's SQL. It implements smallstep's database interfaces so the
@@ -37,6 +83,8 @@ type store struct {
 	issuerID string
 	now      func() time.Time
 	issued   issued // group commit of new certificates (issued.go)
+
+	devicesExist atomic.Bool // the MP's devices table was found (see checkDevice)
 }
 
 var (
@@ -71,10 +119,10 @@ func insertCert(tx *sitedb.Tx, c *x509.Certificate, issuerID, issuedBy, renewedF
 		from = renewedFrom
 	}
 	_, err := tx.Exec(`INSERT INTO certificates
-		(serial, profile, subject, issuer_id, not_before, not_after, der, issued_by, renewed_from, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		(serial, profile, subject, issuer_id, not_before, not_after, der, issued_by, renewed_from, created_at, spki_sha256)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		c.SerialNumber.String(), string(ProfileOf(c)), c.Subject.CommonName, issuerID,
-		c.NotBefore.Unix(), c.NotAfter.Unix(), c.Raw, issuedBy, from, now.Unix())
+		c.NotBefore.Unix(), c.NotAfter.Unix(), c.Raw, issuedBy, from, now.Unix(), keyHash(c.RawSubjectPublicKeyInfo))
 	if err != nil {
 		return fmt.Errorf("recording certificate %s: %w", c.SerialNumber, err)
 	}
@@ -127,34 +175,100 @@ func (s *store) IsRevoked(serial string) (bool, error) {
 	return n > 0, err
 }
 
-// Revoke records a revocation and announces it on trust.RevokedChannel in the same
-// transaction, so every server's revoked set learns of it as soon as it is committed. A
-// revocation for keyCompromise revokes, in the same transaction, every certificate renewed
-// from this one, transitively: whoever holds the compromised key may have renewed it.
+// Revoke records a revocation for smallstep's interface (the CA revokes through revoke,
+// which says what it did).
 func (s *store) Revoke(rci *stepdb.RevokedCertificateInfo) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
+	_, err := s.revoke(ctx, rci, false)
+	if errors.Is(err, ErrAlreadyRevoked) {
+		return stepdb.ErrAlreadyExists
+	}
+	return err
+}
+
+// revokeOutcome says what one revocation did besides revoking its certificate.
+type revokeOutcome struct {
+	// ChangedFrom is the earlier reason of a certificate already revoked that a
+	// keyCompromise revocation changed to keyCompromise.
+	ChangedFrom string
+	// Also lists the other certificates revoked with it, or whose reason it changed to
+	// keyCompromise (decimal serials).
+	Also []string
+}
+
+// revoke records a revocation and announces it on trust.RevokedChannel in the same
+// transaction, so every server's revoked set learns of it as soon as it is committed.
+//
+// With successors (always for keyCompromise) it also revokes, in the same transaction and
+// with the same reason, every unexpired certificate renewed from this one, transitively:
+// whoever holds its key may have renewed it; the device whose privilege is withdrawn may
+// have renewed it since it was listed. A keyCompromise also revokes every unexpired
+// certificate of the same key (a renewal may keep its key), and theirs, transitively.
+// Each certificate's lock is taken before its successors are looked for (see lockCert).
+//
+// A keyCompromise of a certificate already revoked for another reason changes that reason
+// to keyCompromise (RFC 5280 allows it; the CRL and OCSP then say keyCompromise) and still
+// revokes the rest. A revocation that finds nothing to do fails with ErrAlreadyRevoked.
+func (s *store) revoke(ctx context.Context, rci *stepdb.RevokedCertificateInfo, successors bool) (revokeOutcome, error) {
+	var out revokeOutcome
+	keyCompromise := rci.ReasonCode == reasonKeyCompromise
+	line := successors || keyCompromise
 	err := s.db.Tx(ctx, func(tx *sitedb.Tx) error {
-		if rci.ReasonCode == reasonKeyCompromise {
+		out = revokeOutcome{}
+		if line {
 			if err := lockCert(tx, rci.Serial); err != nil {
 				return err
 			}
 		}
-		if _, err := tx.Exec(`INSERT INTO revoked_certificates (serial, reason_code, reason, revoked_at, expires_at)
-			VALUES (?, ?, ?, ?, ?)`,
-			rci.Serial, rci.ReasonCode, rci.Reason, rci.RevokedAt.Unix(), rci.ExpiresAt.Unix()); err != nil {
+		prev, err := revocationTx(tx, rci.Serial)
+		if err != nil {
 			return err
 		}
-		tx.Notify(trust.RevokedChannel, rci.Serial)
-		if rci.ReasonCode == reasonKeyCompromise {
-			return revokeSuccessors(tx, rci)
+		changed, err := revokeOne(tx, rci.Serial, rci, rci.ExpiresAt.Unix())
+		if err != nil {
+			return err
+		}
+		if changed && prev != nil {
+			out.ChangedFrom = prev.Reason
+		}
+		if line {
+			if out.Also, err = revokeLine(tx, rci, keyCompromise, s.now()); err != nil {
+				return err
+			}
+		}
+		if prev != nil && !changed && len(out.Also) == 0 {
+			return fmt.Errorf("%w: %s (%s at %s)", ErrAlreadyRevoked, rci.Serial, prev.Reason, prev.RevokedAt.Format(time.RFC3339))
 		}
 		return nil
 	})
-	if sitedb.IsUniqueViolation(err) {
-		return stepdb.ErrAlreadyExists
+	return out, err
+}
+
+// revokeOne records the revocation of serial with rci's reason and time, or, for a
+// keyCompromise of a certificate revoked for another reason, changes its reason (keeping
+// the time it was revoked), and announces it. It reports whether it changed anything.
+func revokeOne(tx *sitedb.Tx, serial string, rci *stepdb.RevokedCertificateInfo, expiresAt int64) (bool, error) {
+	conflict := `DO NOTHING`
+	if rci.ReasonCode == reasonKeyCompromise {
+		conflict = `DO UPDATE SET reason_code = excluded.reason_code, reason = excluded.reason
+			WHERE revoked_certificates.reason_code <> excluded.reason_code`
 	}
-	return err
+	res, err := tx.Exec(`INSERT INTO revoked_certificates (serial, reason_code, reason, revoked_at, expires_at)
+		VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) `+conflict,
+		serial, rci.ReasonCode, rci.Reason, rci.RevokedAt.Unix(), expiresAt)
+	if err != nil {
+		return false, fmt.Errorf("revoking %s: %w", serial, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("revoking %s: %w", serial, err)
+	}
+	if n == 0 {
+		return false, nil
+	}
+	tx.Notify(trust.RevokedChannel, serial)
+	return true, nil
 }
 
 // GetRevokedCertificates lists every revocation (for the CRL).
@@ -182,15 +296,26 @@ func (s *store) GetRevokedCertificates() (*[]stepdb.RevokedCertificateInfo, erro
 
 // revocation returns the revocation of a decimal serial, or nil.
 func (s *store) revocation(ctx context.Context, serial string) (*stepdb.RevokedCertificateInfo, error) {
+	return scanRevocation(s.db.QueryRow(ctx, selectRevocation, serial), serial)
+}
+
+// revocationTx is revocation inside a transaction.
+func revocationTx(tx *sitedb.Tx, serial string) (*stepdb.RevokedCertificateInfo, error) {
+	return scanRevocation(tx.QueryRow(selectRevocation, serial), serial)
+}
+
+const selectRevocation = `SELECT serial, reason_code, reason, revoked_at, expires_at
+	FROM revoked_certificates WHERE serial = ?`
+
+func scanRevocation(row *sql.Row, serial string) (*stepdb.RevokedCertificateInfo, error) {
 	var r stepdb.RevokedCertificateInfo
 	var at, exp int64
-	err := s.db.QueryRow(ctx, `SELECT serial, reason_code, reason, revoked_at, expires_at
-		FROM revoked_certificates WHERE serial = ?`, serial).Scan(&r.Serial, &r.ReasonCode, &r.Reason, &at, &exp)
+	err := row.Scan(&r.Serial, &r.ReasonCode, &r.Reason, &at, &exp)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading the revocation of %s: %w", serial, err)
 	}
 	r.RevokedAt, r.ExpiresAt = time.Unix(at, 0).UTC(), time.Unix(exp, 0).UTC()
 	return &r, nil
@@ -271,9 +396,9 @@ func (r refusal) Unwrap() error { return r.err }
 var errRenewed = errors.New("certificate already renewed")
 
 // storeRenewal records c as the successor of the certificate with serial old. Under old's
-// lock it checks that old is not revoked and has no successor yet, so of two racing
-// renewals exactly one is recorded; the other gets errRenewed (and its certificate, never
-// recorded, is never handed out).
+// lock it checks that old is not revoked, that its device is not blocked and that it has no
+// successor yet, so of two racing renewals exactly one is recorded; the other gets
+// errRenewed (and its certificate, never recorded, is never handed out).
 func (s *store) storeRenewal(tx *sitedb.Tx, old string, c *x509.Certificate) error {
 	if err := lockCert(tx, old); err != nil {
 		return err
@@ -284,6 +409,9 @@ func (s *store) storeRenewal(tx *sitedb.Tx, old string, c *x509.Certificate) err
 	}
 	if revoked > 0 {
 		return refusal{fmt.Errorf("%w: certificate %s was revoked while it was being renewed", ErrRevoked, old)}
+	}
+	if err := s.checkDevice(tx.QueryRow, deviceIDOf(c), true); err != nil {
+		return err
 	}
 	if err := tx.QueryRow(`SELECT COUNT(*) FROM certificates WHERE renewed_from = ?`, old).Scan(&renewed); err != nil {
 		return fmt.Errorf("looking for the successor of %s: %w", old, err)
@@ -317,31 +445,60 @@ func (s *store) successors(ctx context.Context, serial string) ([]*x509.Certific
 	return out, rows.Err()
 }
 
-// revokeSuccessors revokes, with rci's reason and time, every certificate renewed from
-// rci.Serial, transitively, taking each one's lock before looking for its own successors.
-func revokeSuccessors(tx *sitedb.Tx, rci *stepdb.RevokedCertificateInfo) error {
-	seen := map[string]bool{rci.Serial: true}
-	for queue := []string{rci.Serial}; len(queue) > 0; queue = queue[1:] {
-		rows, err := tx.Query(`SELECT serial, not_after FROM certificates WHERE renewed_from = ?`, queue[0])
+// revokeLine revokes, with rci's reason and time, every unexpired certificate renewed from
+// rci.Serial and, when sameKey, every unexpired certificate of the same public key,
+// transitively over both, taking each one's lock before looking for its own successors.
+// It returns the serials it revoked or changed, and traverses expired certificates too
+// (one may have been renewed before it expired).
+func revokeLine(tx *sitedb.Tx, rci *stepdb.RevokedCertificateInfo, sameKey bool, now time.Time) ([]string, error) {
+	if sameKey {
+		if err := fillKeyHashes(tx); err != nil {
+			return nil, err
+		}
+	}
+	type node struct {
+		serial, key string
+		notAfter    int64
+	}
+	scan := func(query string, arg string) ([]node, error) {
+		rows, err := tx.Query(query, arg)
 		if err != nil {
-			return fmt.Errorf("looking for the successors of %s: %w", queue[0], err)
+			return nil, err
 		}
-		type succ struct {
-			serial   string
-			notAfter int64
-		}
-		var next []succ
+		defer rows.Close()
+		var out []node
 		for rows.Next() {
-			var n succ
-			if err := rows.Scan(&n.serial, &n.notAfter); err != nil {
-				rows.Close()
-				return err
+			var n node
+			var key sql.NullString
+			if err := rows.Scan(&n.serial, &key, &n.notAfter); err != nil {
+				return nil, err
 			}
-			next = append(next, n)
+			n.key = key.String
+			out = append(out, n)
 		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
+		return out, rows.Err()
+	}
+	var changed []string
+	seen := map[string]bool{rci.Serial: true}
+	seenKey := map[string]bool{}
+	var rootKey sql.NullString
+	if err := tx.QueryRow(`SELECT spki_sha256 FROM certificates WHERE serial = ?`, rci.Serial).Scan(&rootKey); err != nil {
+		return nil, fmt.Errorf("reading the key of %s: %w", rci.Serial, err)
+	}
+	queue := []node{{serial: rci.Serial, key: rootKey.String}}
+	for ; len(queue) > 0; queue = queue[1:] {
+		cur := queue[0]
+		next, err := scan(`SELECT serial, spki_sha256, not_after FROM certificates WHERE renewed_from = ?`, cur.serial)
+		if err != nil {
+			return nil, fmt.Errorf("looking for the successors of %s: %w", cur.serial, err)
+		}
+		if sameKey && cur.key != "" && !seenKey[cur.key] {
+			seenKey[cur.key] = true
+			same, err := scan(`SELECT serial, spki_sha256, not_after FROM certificates WHERE spki_sha256 = ?`, cur.key)
+			if err != nil {
+				return nil, fmt.Errorf("looking for the certificates of the key of %s: %w", cur.serial, err)
+			}
+			next = append(next, same...)
 		}
 		for _, n := range next {
 			if seen[n.serial] {
@@ -349,21 +506,21 @@ func revokeSuccessors(tx *sitedb.Tx, rci *stepdb.RevokedCertificateInfo) error {
 			}
 			seen[n.serial] = true
 			if err := lockCert(tx, n.serial); err != nil {
-				return err
+				return nil, err
 			}
-			res, err := tx.Exec(`INSERT INTO revoked_certificates (serial, reason_code, reason, revoked_at, expires_at)
-				VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING`,
-				n.serial, rci.ReasonCode, rci.Reason, rci.RevokedAt.Unix(), n.notAfter)
-			if err != nil {
-				return fmt.Errorf("revoking %s, renewed from a compromised certificate: %w", n.serial, err)
+			if n.notAfter > now.Unix() {
+				ok, err := revokeOne(tx, n.serial, rci, n.notAfter)
+				if err != nil {
+					return nil, err
+				}
+				if ok {
+					changed = append(changed, n.serial)
+				}
 			}
-			if k, _ := res.RowsAffected(); k > 0 {
-				tx.Notify(trust.RevokedChannel, n.serial)
-			}
-			queue = append(queue, n.serial)
+			queue = append(queue, n)
 		}
 	}
-	return nil
+	return changed, nil
 }
 
 // recordConflict records a refused renewal of old for the public key refused (see the
@@ -378,6 +535,50 @@ func (s *store) recordConflict(ctx context.Context, old, successor *x509.Certifi
 		old.SerialNumber.String(), deviceIDOf(old), old.Subject.CommonName, successor.SerialNumber.String(), refused, now, now)
 	if err != nil {
 		return fmt.Errorf("recording the refused renewal of %s: %w", old.SerialNumber, err)
+	}
+	return nil
+}
+
+// checkDevice fails with ErrDeviceBlocked when device (a device id, or "" for a certificate
+// that names none) is blocked. This is the CA's one read of the MP's devices table, which
+// the MP's Block sets and lists the device's certificates in one transaction. With lock,
+// inside a renewal's transaction on PostgreSQL, it takes the device row's share lock, so a renewal
+// and a block take turns: either the renewal commits first and the block's listing (after
+// its UPDATE of the row) includes the new certificate, or the renewal waits for the block
+// and sees it. Before the MP's tables exist no device is blocked.
+func (s *store) checkDevice(queryRow func(query string, args ...any) *sql.Row, device string, lock bool) error {
+	if device == "" {
+		return nil
+	}
+	if !s.devicesExist.Load() {
+		q := `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'devices'`
+		if s.db.Driver() == sitedb.Postgres {
+			q = `SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = 'devices' AND schemaname = ANY (current_schemas(false))`
+		}
+		var n int
+		if err := queryRow(q).Scan(&n); err != nil {
+			return fmt.Errorf("looking for the devices table: %w", err)
+		}
+		if n == 0 {
+			return nil
+		}
+		s.devicesExist.Store(true)
+	}
+	q := `SELECT blocked_at FROM devices WHERE id = ?`
+	if lock && s.db.Driver() == sitedb.Postgres {
+		q += ` FOR SHARE`
+	}
+	var at sql.NullInt64
+	err := queryRow(q, device).Scan(&at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading whether device %s is blocked: %w", device, err)
+	}
+	if at.Valid {
+		return refusal{fmt.Errorf("%w: device %s was blocked at %s; an admin unblocks it and it enrolls again",
+			ErrDeviceBlocked, device, time.Unix(at.Int64, 0).UTC().Format(time.RFC3339))}
 	}
 	return nil
 }

@@ -346,8 +346,10 @@ func caRevokeCommand() *cli.Command {
 		Description: `SERIAL is hex as openssl prints it (with or without colons) or decimal. REASON is an
 RFC 5280 name: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,
 cessationOfOperation, privilegeWithdrawn, aACompromise. A revocation is final.
-keyCompromise also revokes every certificate renewed from this one, transitively: whoever
-holds the key may have renewed it.
+keyCompromise also revokes every certificate of the same key (a renewal may keep its key)
+and every certificate renewed from one of those, transitively: whoever holds the key may
+have renewed it. keyCompromise of a certificate already revoked for another reason changes
+its reason to keyCompromise and revokes the others.
 
 EXAMPLES:
    ibcm ca revoke --dir /srv/ibcm --reason keyCompromise 5A0F3C9E2B1D4E6F7A8B9C0D1E2F3A4B
@@ -364,13 +366,25 @@ EXAMPLES:
 			if err != nil {
 				return err
 			}
-			var ct wire.Certificate
-			if err := a.do(c.Context, http.MethodPost, "/v1/admin/certificates/"+url.PathEscape(serial)+"/revoke", wire.RevokeRequest{Reason: c.String("reason")}, &ct); err != nil {
+			var rev wire.Revoked
+			if err := a.do(c.Context, http.MethodPost, "/v1/admin/certificates/"+url.PathEscape(serial)+"/revoke", wire.RevokeRequest{Reason: c.String("reason")}, &rev); err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.Writer, "revoked %s (%s, %s)\n", ct.SerialHex, ct.Subject, ct.Reason)
+			printRevoked(c.App.Writer, "", rev)
 			return nil
 		},
+	}
+}
+
+// printRevoked says what a revocation did, each line after indent.
+func printRevoked(w io.Writer, indent string, rev wire.Revoked) {
+	if rev.ReasonChangedFrom != "" {
+		fmt.Fprintf(w, "%scertificate %s (%s) was already revoked (%s); its reason is now %s\n", indent, rev.SerialHex, rev.Subject, rev.ReasonChangedFrom, rev.Reason)
+	} else {
+		fmt.Fprintf(w, "%srevoked certificate %s (%s, %s)\n", indent, rev.SerialHex, rev.Subject, rev.Reason)
+	}
+	for _, sn := range rev.AlsoRevoked {
+		fmt.Fprintf(w, "%s  and revoked certificate %s with it (%s)\n", indent, sn, rev.Reason)
 	}
 }
 

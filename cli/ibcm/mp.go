@@ -199,16 +199,19 @@ func blockDevice(c *cli.Context, block bool) error {
 	if err != nil {
 		return err
 	}
+	// Each certificate with its successors: the CA refuses to renew for a blocked device,
+	// and revoking the line under the CA's locks also catches a renewal that raced the
+	// listing.
 	for _, serial := range res.Serials {
-		var ct wire.Certificate
-		err := ca.do(c.Context, http.MethodPost, "/v1/admin/certificates/"+url.PathEscape(serial)+"/revoke", wire.RevokeRequest{Reason: c.String("reason")}, &ct)
+		var rev wire.Revoked
+		err := ca.do(c.Context, http.MethodPost, "/v1/admin/certificates/"+url.PathEscape(serial)+"/revoke", wire.RevokeRequest{Reason: c.String("reason"), Successors: true}, &rev)
 		switch {
 		case err != nil && strings.Contains(err.Error(), "already_revoked"):
 			fmt.Fprintf(c.App.Writer, "  certificate %s was already revoked\n", serial)
 		case err != nil:
 			return fmt.Errorf("the device is blocked, but revoking its certificate %s failed (run ibcm ca revoke): %w", serial, err)
 		default:
-			fmt.Fprintf(c.App.Writer, "  revoked certificate %s (%s)\n", ct.SerialHex, ct.Reason)
+			printRevoked(c.App.Writer, "  ", rev)
 		}
 	}
 	return nil

@@ -45,7 +45,9 @@
 // transaction are delivered once, as PostgreSQL does. The channel returned by
 // Listen first receives "" when the subscription is live, and "" again
 // whenever events may have been missed (reconnect, slow reader): the receiver
-// should then reload its state. Payloads are never empty.
+// should then reload its state. Payloads are never empty. ListenWithDown also
+// says Down while a PostgreSQL listener is disconnected, for readers that must
+// stop trusting what they hold until the next "".
 //
 // Since events on SQLite never leave the process, a process that serves site roles on a
 // SQLite store holds LockServing for its life: a second serving process on the same file

@@ -47,22 +47,46 @@ func (db *DB) Notify(ctx context.Context, channel, payload string) error {
 // reader fell more than 256 events behind): the reader should then reload
 // what it watches. Every other value is a payload, never empty.
 func (db *DB) Listen(ctx context.Context, channel string) (<-chan string, error) {
+	return db.listen(ctx, channel, false)
+}
+
+// Down is the value a channel of ListenWithDown receives when the subscription
+// has lost its connection to the database: from then until the next "" it
+// misses notifications. No payload is Down: PostgreSQL's cannot hold a NUL.
+const Down = "\x00down"
+
+// ListenWithDown is Listen for a reader that must know while notifications
+// cannot reach it (a cache that is correct only while it hears of every
+// change): its channel also receives Down when the connection is lost, then ""
+// once it is back. Payloads received just before the loss may follow Down. On
+// SQLite notifications travel within the process and are never lost.
+func (db *DB) ListenWithDown(ctx context.Context, channel string) (<-chan string, error) {
+	return db.listen(ctx, channel, true)
+}
+
+func (db *DB) listen(ctx context.Context, channel string, reportDown bool) (<-chan string, error) {
 	if channel == "" {
 		return nil, fmt.Errorf("listening: %w", ErrBadNotification)
 	}
 	if db.driver == Postgres {
-		return db.listenPostgres(ctx, channel)
+		return db.listenPostgres(ctx, channel, reportDown)
 	}
 	return db.hub.subscribe(ctx, channel), nil
 }
 
-func (db *DB) listenPostgres(ctx context.Context, channel string) (<-chan string, error) {
+func (db *DB) listenPostgres(ctx context.Context, channel string, reportDown bool) (<-chan string, error) {
+	s := newSubscription()
 	connectFailed := make(chan error, 1)
 	l := pq.NewListener(db.dsn, listenMinReconnect, listenMaxReconnect, func(ev pq.ListenerEventType, err error) {
-		if ev == pq.ListenerEventConnectionAttemptFailed {
+		switch ev {
+		case pq.ListenerEventConnectionAttemptFailed:
 			select {
 			case connectFailed <- err:
 			default:
+			}
+		case pq.ListenerEventDisconnected:
+			if reportDown {
+				s.deliverDown()
 			}
 		}
 	})
@@ -81,7 +105,6 @@ func (db *DB) listenPostgres(ctx context.Context, channel string) (<-chan string
 		return nil, fmt.Errorf("listening on %q: %w", channel, err)
 	}
 
-	s := newSubscription()
 	s.deliver("") // live
 	go s.run(ctx, nil)
 	go func() {
@@ -146,6 +169,22 @@ func (s *subscription) deliver(payload string) {
 	} else {
 		s.owed = true
 	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// deliverDown queues Down whatever the queue holds, and forgets an owed "": the
+// "" that follows the reconnect reloads.
+func (s *subscription) deliverDown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.queue = append(s.queue, Down)
+	s.owed = false
 	select {
 	case s.wake <- struct{}{}:
 	default:

@@ -256,3 +256,55 @@ func TestListenReconnect(t *testing.T) {
 	}
 	expect(t, ch, "again")
 }
+
+// TestListenWithDown kills the listening PostgreSQL backend: a ListenWithDown channel
+// says Down, then "" once the listener is back, then delivers again; a Listen channel on
+// the same channel never sees Down.
+func TestListenWithDown(t *testing.T) {
+	db := openFresh(t, Postgres)
+	plain := listen(t, db, "c")
+	ch, err := db.ListenWithDown(testContext(t), "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, "")
+	ctx := testContext(t)
+	var killed int
+	err = db.QueryRow(ctx, `SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND query LIKE 'LISTEN%'`).Scan(&killed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if killed != 2 {
+		t.Fatalf("terminated %d listening backends, want 2", killed)
+	}
+	expect(t, ch, Down, "")
+	expect(t, plain, "")
+	if err := db.Notify(ctx, "c", "again"); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, "again")
+	expect(t, plain, "again")
+}
+
+// Down is queued even when the queue is full, and takes the place of an owed "": the
+// reader hears of the loss, and goes live again only with the reconnect's "".
+func TestDownWhenQueueFull(t *testing.T) {
+	s := newSubscription()
+	for i := range listenBuffer + 1 {
+		s.deliver(fmt.Sprint(i))
+	}
+	s.deliverDown()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.run(ctx, nil)
+	for i := range listenBuffer {
+		expect(t, s.out, fmt.Sprint(i))
+	}
+	expect(t, s.out, Down)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.owed || len(s.queue) > 0 {
+		t.Errorf("after Down the subscription still owes a \"\" (%v) or holds %d values", s.owed, len(s.queue))
+	}
+}

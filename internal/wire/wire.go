@@ -121,6 +121,22 @@ type Certificate struct {
 // keyCompromise or superseded.
 type RevokeRequest struct {
 	Reason string `json:"reason"`
+	// Successors also revokes every certificate renewed from this one, transitively
+	// (keyCompromise always does; blocking a device asks for it).
+	Successors bool `json:"successors,omitempty"`
+}
+
+// Revoked answers a revocation (admin API): the certificate as it now stands, and what
+// else the revocation did.
+type Revoked struct {
+	Certificate
+	// ReasonChangedFrom is set when the certificate was already revoked for this reason
+	// and a keyCompromise revocation changed it to keyCompromise.
+	ReasonChangedFrom string `json:"reason_changed_from,omitempty"`
+	// AlsoRevoked lists (hex, as openssl prints them) the other certificates revoked with
+	// it, or whose reason was changed to keyCompromise: its successors and, for
+	// keyCompromise, every certificate of the same key.
+	AlsoRevoked []string `json:"also_revoked,omitempty"`
 }
 
 // Health is the body of GET /healthz on every listener.
