@@ -49,6 +49,17 @@ func mode(t *testing.T, path string) os.FileMode {
 	return fi.Mode().Perm()
 }
 
+// stateDir returns a new empty directory as private as a state directory must be
+// (t.TempDir makes them 0755).
+func stateDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 func readFile(t *testing.T, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -364,6 +375,32 @@ func TestLoadRefusesOpenKey(t *testing.T) {
 	}
 }
 
+// TestOpenStateDirRefused: reading or renewing an identity whose directory group or
+// others can enter is refused with the fix; enroll tightens the directory to 0700.
+func TestOpenStateDirRefused(t *testing.T) {
+	tc := startCA(t)
+	dir := t.TempDir()
+	enroll(t, tc, dir)
+	if err := os.Chmod(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	want := dir + " has mode 0750; run chmod 700 " + dir
+	if _, err := Load(dir); !errors.Is(err, ErrDirPermissions) || !strings.Contains(err.Error(), want) {
+		t.Errorf("Load of a 0750 directory = %v, want ErrDirPermissions saying %q", err, want)
+	}
+	if _, err := Renew(context.Background(), RenewOptions{Dir: dir}); !errors.Is(err, ErrDirPermissions) {
+		t.Errorf("Renew in a 0750 directory = %v, want ErrDirPermissions", err)
+	}
+	opts := tc.enrollOptions(t, dir)
+	opts.Force = true
+	if _, err := Enroll(context.Background(), opts); err != nil {
+		t.Fatalf("Enroll --force into the 0750 directory: %v", err)
+	}
+	if got := mode(t, dir); got != 0o700 {
+		t.Errorf("Enroll left the directory %04o, want 0700", got)
+	}
+}
+
 func TestLoadNotEnrolled(t *testing.T) {
 	if _, err := Load(t.TempDir()); !errors.Is(err, ErrNotEnrolled) {
 		t.Errorf("Load of an empty directory = %v, want ErrNotEnrolled", err)
@@ -407,7 +444,7 @@ func TestInterruptedRenewal(t *testing.T) {
 		{"all but state renamed", cur, map[string][]byte{StateFile: cur[StateFile]}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			dir := t.TempDir()
+			dir := stateDir(t)
 			for f, b := range tt.live {
 				if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
 					t.Fatal(err)

@@ -16,6 +16,9 @@ var (
 	ErrPinMismatch = errors.New("the CA did not present the pinned root certificate")
 	// ErrKeyPermissions means key.pem can be read or written by group or others.
 	ErrKeyPermissions = errors.New("private key file is accessible by group or others")
+	// ErrDirPermissions means the state directory is open to group or others, or is not
+	// the effective user's.
+	ErrDirPermissions = errors.New("the state directory is not private to its owner")
 )
 
 // ServerError is an error answer of the CA: the HTTP status and the JSON body

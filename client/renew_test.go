@@ -108,7 +108,7 @@ func TestRenewCopiedIdentity(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			real := t.TempDir()
 			enroll(t, tc, real)
-			clone := t.TempDir()
+			clone := stateDir(t)
 			for _, f := range commitOrder {
 				if err := os.WriteFile(filepath.Join(clone, f), readFile(t, filepath.Join(real, f)), 0o600); err != nil {
 					t.Fatal(err)

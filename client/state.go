@@ -119,8 +119,8 @@ func DeviceIDOf(c *x509.Certificate) string {
 // yet renamed into place (a writer is committing, or crashed while committing; see
 // commit) it reads the staged files where they exist, which is the identity the change
 // leaves behind. It refuses a key file that group or others can access, and checks that
-// the key matches the certificate. It returns an error wrapping ErrNotEnrolled when dir
-// holds no identity.
+// the key matches the certificate, and a state directory that fails CheckDir. It returns
+// an error wrapping ErrNotEnrolled when dir holds no identity.
 func Load(dir string) (*Identity, error) {
 	path, err := committedPaths(dir)
 	if err != nil {
@@ -128,6 +128,9 @@ func Load(dir string) (*Identity, error) {
 	}
 	st, err := readState(path(StateFile))
 	if err != nil {
+		return nil, err
+	}
+	if err := CheckDir(dir); err != nil {
 		return nil, err
 	}
 	keyPath := path(KeyFile)
@@ -253,13 +256,55 @@ func hasIdentity(dir string) (bool, error) {
 	return false, nil
 }
 
-// ensureDir creates the state directory with mode 0700, or tightens an existing one to it.
+// ensureDir creates the state directory with mode 0700, or tightens an existing one to it;
+// it refuses one that another user owns.
 func ensureDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating the state directory: %w", err)
 	}
+	if err := checkOwner(dir); err != nil {
+		return err
+	}
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return fmt.Errorf("setting the state directory to mode 0700: %w", err)
+	}
+	return CheckDir(dir)
+}
+
+// CheckDir checks that dir is a directory of the effective user that nobody else can
+// enter (no group or other bits): the device key lives there, and so does the running
+// agent's control socket, which is safe only because nobody else can reach it. Its
+// refusals wrap ErrDirPermissions and name the fix; a missing dir is an fs.ErrNotExist.
+func CheckDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("checking the state directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: %s is not a directory", ErrDirPermissions, dir)
+	}
+	if err := checkOwner(dir); err != nil {
+		return err
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%w: %s has mode %04o; run chmod 700 %s", ErrDirPermissions, dir, perm, dir)
+	}
+	return nil
+}
+
+// checkOwner refuses a dir that the effective user does not own.
+func checkOwner(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("checking the state directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("checking the state directory %s: no owner information", dir)
+	}
+	if euid := os.Geteuid(); int(st.Uid) != euid {
+		return fmt.Errorf("%w: %s is owned by uid %d, not by uid %d that runs ibcm-client; run ibcm-client as its owner, or chown %d %s",
+			ErrDirPermissions, dir, st.Uid, euid, euid, dir)
 	}
 	return nil
 }

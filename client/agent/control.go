@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,7 +25,17 @@ import (
 // (POST /report), `ibcm-client renew` (POST /renew) and `ibcm-client enroll` (POST /enroll)
 // on a Unix socket in the state directory, 0600. Renewals and enrollments asked for here
 // are done by the agent, so the state directory has one writer.
+//
+// /enroll with force replaces the device's identity with one from any CA the caller
+// names, so only the agent's own user and root may use the socket. Two locks guard it:
+// the socket is bound inside the state directory, which is checked just before to be the
+// agent user's and closed to everyone else (so nobody else can reach the socket, not even
+// between bind and chmod); and every connection's peer uid is read from the kernel
+// (SO_PEERCRED) and anyone else's request is refused with 403.
 func (a *Agent) serveControl(ctx context.Context) (func(), error) {
+	if err := client.CheckDir(a.o.Dir); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
 	path := filepath.Join(a.o.Dir, SocketFile)
 	if c, err := net.Dial("unix", path); err == nil {
 		c.Close()
@@ -41,26 +52,18 @@ func (a *Agent) serveControl(ctx context.Context) (func(), error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(a.Status())
+		writeJSON(w, http.StatusOK, a.Status())
 	})
 	mux.HandleFunc("POST /report", func(w http.ResponseWriter, r *http.Request) {
-		var m struct {
-			Severity  string `json:"severity"`
-			Component string `json:"component"`
-			Text      string `json:"text"`
-		}
-		dec := json.NewDecoder(io.LimitReader(r.Body, 8<<10))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&m); err != nil || m.Text == "" {
-			http.Error(w, "want {severity, component, text}", http.StatusBadRequest)
+		var m reportRequest
+		if !decodeControl(w, r, &m) {
 			return
 		}
 		if m.Severity == "" {
 			m.Severity = "info"
 		}
 		if err := a.Report(m.Severity, m.Component, m.Text); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 			return
 		}
 		w.WriteHeader(http.StatusAccepted)
@@ -70,7 +73,9 @@ func (a *Agent) serveControl(ctx context.Context) (func(), error) {
 		if !decodeControl(w, r, &req) {
 			return
 		}
-		id, err := a.Renew(r.Context(), req.KeepKey)
+		ctx, cancel := context.WithTimeout(r.Context(), writeTimeout)
+		defer cancel()
+		id, err := a.Renew(ctx, req.KeepKey)
 		writeIdentity(w, id, err)
 	})
 	mux.HandleFunc("POST /enroll", func(w http.ResponseWriter, r *http.Request) {
@@ -78,16 +83,15 @@ func (a *Agent) serveControl(ctx context.Context) (func(), error) {
 		if !decodeControl(w, r, &req) {
 			return
 		}
-		kt, err := client.ParseKeyType(req.KeyType)
-		if err != nil {
-			writeIdentity(w, nil, err)
-			return
-		}
-		id, err := a.Enroll(r.Context(), client.EnrollOptions{CAURL: req.CAURL, Token: req.Token, RootSHA256: req.RootSHA256,
+		kt, _ := client.ParseKeyType(req.KeyType) // checked by decodeControl
+		ctx, cancel := context.WithTimeout(r.Context(), writeTimeout)
+		defer cancel()
+		id, err := a.Enroll(ctx, client.EnrollOptions{CAURL: req.CAURL, Token: req.Token, RootSHA256: req.RootSHA256,
 			Name: req.Name, FQDN: req.FQDN, KeyType: kt, Force: req.Force, Timeout: req.Timeout})
 		writeIdentity(w, id, err)
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: a.onlyOwner(mux), ConnContext: withPeer,
+		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
 	go func() { _ = srv.Serve(ln) }()
 	return func() {
 		_ = srv.Close()
@@ -95,9 +99,95 @@ func (a *Agent) serveControl(ctx context.Context) (func(), error) {
 	}, nil
 }
 
+// peer is the process on the other end of a control connection.
+type peer struct{ UID, PID int }
+
+type peerKey struct{}
+
+// peerResult is what withPeer found out about a connection.
+type peerResult struct {
+	peer peer
+	err  error
+}
+
+func withPeer(ctx context.Context, c net.Conn) context.Context {
+	p, err := peerOf(c)
+	return context.WithValue(ctx, peerKey{}, peerResult{p, err})
+}
+
+// onlyOwner refuses, with 403, every request from a peer that is neither the agent's own
+// effective user nor root. The first refusal of each uid is logged.
+func (a *Agent) onlyOwner(next http.Handler) http.Handler {
+	euid := os.Geteuid()
+	who := fmt.Sprintf("uid %d (the agent's user) and root", euid)
+	if euid == 0 {
+		who = "root"
+	}
+	var logged sync.Map // uid (or -1: unreadable credentials) → struct{}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		pr, _ := r.Context().Value(peerKey{}).(peerResult)
+		if pr.err == nil && (pr.peer.UID == euid || pr.peer.UID == 0) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		key := pr.peer.UID
+		if pr.err != nil {
+			key = -1
+		}
+		if _, seen := logged.LoadOrStore(key, struct{}{}); !seen {
+			if pr.err != nil {
+				a.log.Warn("control socket: refused a connection whose peer credentials cannot be read", "err", pr.err)
+			} else {
+				a.log.Warn("control socket: refused a connection from another user (logged once per uid)", "uid", pr.peer.UID, "pid", pr.peer.PID, "path", r.URL.Path)
+			}
+		}
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusForbidden, "forbidden", "only "+who+" may use the agent's control socket")
+	})
+}
+
+// Limits of the control requests.
+const (
+	maxControlBody = 16 << 10
+	// MaxControlTimeout bounds the per-request timeout an enrollment through the agent
+	// may ask for: the enrollment makes two requests to the CA, and the CLI waits
+	// writeTimeout for all of it.
+	MaxControlTimeout = time.Minute
+	maxURL            = 2048
+	maxToken          = 512
+	maxName           = 64  // a certificate's common name (RFC 5280 ub-common-name)
+	maxFQDN           = 253 // a DNS name
+	maxComponent      = 64
+)
+
+// checker is a control request that checks its own fields after decoding.
+type checker interface{ check() error }
+
+type reportRequest struct {
+	Severity  string `json:"severity"`
+	Component string `json:"component"`
+	Text      string `json:"text"`
+}
+
+func (m *reportRequest) check() error {
+	switch {
+	case m.Text == "":
+		return errors.New("text is required")
+	case len(m.Text) > wire.MaxStatusText:
+		return fmt.Errorf("text exceeds %d bytes", wire.MaxStatusText)
+	case len(m.Component) > maxComponent:
+		return fmt.Errorf("component exceeds %d bytes", maxComponent)
+	case len(m.Severity) > maxComponent:
+		return fmt.Errorf("severity exceeds %d bytes", maxComponent)
+	}
+	return nil
+}
+
 type renewRequest struct {
 	KeepKey bool `json:"keep_key"`
 }
+
+func (*renewRequest) check() error { return nil }
 
 // enrollRequest carries an enrollment token: it crosses only the 0600 socket and is never
 // logged.
@@ -110,6 +200,29 @@ type enrollRequest struct {
 	KeyType    string        `json:"key_type"`
 	Force      bool          `json:"force"`
 	Timeout    time.Duration `json:"timeout"`
+}
+
+// check bounds every field; what is left to check (the URL's form, an empty token) the
+// enrollment itself refuses before it sends anything.
+func (e *enrollRequest) check() error {
+	for _, f := range []struct {
+		name, v string
+		max     int
+	}{{"ca_url", e.CAURL, maxURL}, {"token", e.Token, maxToken}, {"name", e.Name, maxName}, {"fqdn", e.FQDN, maxFQDN}} {
+		if len(f.v) > f.max {
+			return fmt.Errorf("%s exceeds %d bytes", f.name, f.max)
+		}
+	}
+	if _, err := client.ParseFingerprint(e.RootSHA256); err != nil {
+		return fmt.Errorf("root_sha256: %w", err)
+	}
+	if _, err := client.ParseKeyType(e.KeyType); err != nil {
+		return fmt.Errorf("key_type: %w", err)
+	}
+	if e.Timeout < 0 || e.Timeout > MaxControlTimeout {
+		return fmt.Errorf("timeout %s: must be between 0 (the default, %s) and %s", e.Timeout, client.DefaultTimeout, MaxControlTimeout)
+	}
+	return nil
 }
 
 // IdentityResult is the identity a renewal or an enrollment through the agent left.
@@ -129,29 +242,66 @@ type controlFailure struct {
 	Message  string `json:"message"`
 }
 
-func decodeControl(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 16<<10))
+// decodeControl reads one JSON object (at most maxControlBody bytes, no unknown fields,
+// nothing after it) into v and checks its fields; otherwise it answers 413 or 400.
+func decodeControl(w http.ResponseWriter, r *http.Request, v checker) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxControlBody))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+	err := dec.Decode(v)
+	if err == nil {
+		if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
+			err = errors.New("data after the JSON object")
+			if terr != nil {
+				err = terr
+			}
+		}
+	}
+	if err == nil {
+		err = v.check()
+	}
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("request body exceeds %d bytes", maxControlBody))
+		return false
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "bad_request", "bad request: "+err.Error())
 		return false
 	}
 	return true
 }
 
-func writeIdentity(w http.ResponseWriter, id *client.Identity, err error) {
+func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, message string) {
+	writeJSON(w, status, wire.Error{Error: wire.ErrorDetail{Code: code, Message: message}})
+}
+
+// refusal is the error for an answer of the agent other than success or a failed
+// renewal or enrollment.
+func refusal(status int, body []byte) error {
+	var e wire.Error
+	if json.Unmarshal(body, &e) == nil && e.Error.Message != "" {
+		return fmt.Errorf("%w (HTTP %d, %s): %s", ErrRefused, status, e.Error.Code, e.Error.Message)
+	}
+	return fmt.Errorf("%w (HTTP %d): %s", ErrRefused, status, strings.TrimSpace(string(body)))
+}
+
+func writeIdentity(w http.ResponseWriter, id *client.Identity, err error) {
 	if err != nil {
 		f := controlFailure{Message: err.Error()}
 		var se *client.ServerError
 		if errors.As(err, &se) {
 			f.CAStatus, f.Code, f.Message = se.Status, se.Code, se.Message
 		}
-		w.WriteHeader(http.StatusBadGateway)
-		_ = json.NewEncoder(w).Encode(f)
+		writeJSON(w, http.StatusBadGateway, f)
 		return
 	}
-	_ = json.NewEncoder(w).Encode(IdentityResult{DeviceID: id.DeviceID, Name: id.Name, SerialHex: id.SerialHex(), NotAfter: id.NotAfter.UTC(), Dir: id.Dir})
+	writeJSON(w, http.StatusOK, IdentityResult{DeviceID: id.DeviceID, Name: id.Name, SerialHex: id.SerialHex(), NotAfter: id.NotAfter.UTC(), Dir: id.Dir})
 }
 
 // Renew has the agent running on dir renew its certificate; ErrNotRunning when no agent
@@ -198,7 +348,7 @@ func identityCall(ctx context.Context, dir, path string, body []byte) (IdentityR
 		}
 		return out, fmt.Errorf("the running agent: %s", f.Message)
 	}
-	return out, fmt.Errorf("%w: %s", ErrRefused, strings.TrimSpace(string(data)))
+	return out, refusal(resp.StatusCode, data)
 }
 
 // Query asks a running agent in dir for its status; ErrNotRunning when none answers.
@@ -209,7 +359,14 @@ func Query(ctx context.Context, dir string) (Status, error) {
 		return s, err
 	}
 	defer resp.Body.Close()
-	return s, json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&s)
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return s, fmt.Errorf("reading the agent's answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return s, refusal(resp.StatusCode, data)
+	}
+	return s, json.Unmarshal(data, &s)
 }
 
 // SendReport hands a status message to a running agent; ErrNotRunning when none answers.
@@ -221,8 +378,8 @@ func SendReport(ctx context.Context, dir, severity, component, text string) erro
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusAccepted {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return fmt.Errorf("%w: %s", ErrRefused, strings.TrimSpace(string(msg)))
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return refusal(resp.StatusCode, msg)
 	}
 	return nil
 }

@@ -2,7 +2,8 @@
 // location and keeps it current, talks to the management point for that location (hello,
 // policy with an on-disk cache, check-in, status messages from the spool, the notification
 // channel), renews the certificate at two thirds of its life, and answers `ibcm-client
-// status`, `report`, `renew` and `enroll` over a Unix socket in the state directory. It is
+// status`, `report`, `renew` and `enroll` over a Unix socket in the state directory, for
+// its own user and root only (checked by the kernel-reported peer uid). It is
 // the state directory's one writer while it runs: it holds client.LockDir, and `renew`
 // and `enroll --force` hand their work to it. Every retry loop uses exponential
 // backoff with jitter and a cap, so agents coming back after an outage spread out.
