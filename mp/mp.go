@@ -50,9 +50,7 @@ type Options struct {
 	// DefaultPolicy is stored as the "default" policy when the site has none yet.
 	DefaultPolicy wire.Policy
 	MaxInFlight   int // requests served at once before 503 + Retry-After; 1024 when zero
-	// (notification channels being opened are bounded apart, at MaxInFlight/16, and a
-	// refused one is told to retry after openRetryAfter seconds)
-	MaxNotify int // notification channels at once before 503; 200000 when zero
+	MaxNotify     int // notification channels at once before 503; 200000 when zero
 	// MaxChannelsPerDevice bounds the notification channels of one device across the
 	// site; a new one beyond it closes the oldest. 3 when zero.
 	MaxChannelsPerDevice int
@@ -69,8 +67,7 @@ type MP struct {
 	now      func() time.Time
 	log      zerolog.Logger
 
-	inflight chan struct{} // requests being served (MaxInFlight)
-	opening  chan struct{} // notification channels being opened (MaxInFlight/16)
+	inflight chan struct{}
 	hub      *hub
 	checkins *checkinBuffer
 	policies *policyCache
@@ -113,7 +110,7 @@ func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options
 	if err := Migrate(ctx, db); err != nil {
 		return nil, err
 	}
-	m := &MP{db: db, verifier: verifier, o: o, now: o.Now, log: o.Log, inflight: make(chan struct{}, o.MaxInFlight), opening: make(chan struct{}, max(1, o.MaxInFlight/16)), blocked: map[string]bool{}}
+	m := &MP{db: db, verifier: verifier, o: o, now: o.Now, log: o.Log, inflight: make(chan struct{}, o.MaxInFlight), blocked: map[string]bool{}}
 	m.hub = newHub(m)
 	m.checkins = &checkinBuffer{db: db, pending: map[string]pendingCheckin{}}
 	m.policies = &policyCache{byDevice: map[string]string{}, byName: map[string]*wire.Policy{}}
@@ -177,10 +174,6 @@ const (
 	mpDeadAfter       = 3 * heartbeatEvery
 	forgetDeadMPAfter = time.Hour
 )
-
-// openRetryAfter is the Retry-After, in seconds, of a channel open refused for load: longer
-// than other requests', since a storm of reconnecting devices is what fills the slots.
-const openRetryAfter = 5
 
 // liveChannel is the condition on notify_connections that keeps the rows of live MPs; its
 // argument is m.aliveSince().

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -161,20 +160,7 @@ func (m *MP) gate(location string, next http.Handler) http.Handler {
 		if p.id.Kind == trust.KindDevice && m.isBlocked(p.id.ID) {
 			return api.Errorf(http.StatusForbidden, "device_blocked", "device %s is blocked", p.id.ID)
 		}
-		switch r.URL.Path {
-		case wire.ProbePath: // a probe costs no more than /healthz
-		case "/v1/notify":
-			// Opening a channel (registration, recording it in the store) is bounded apart from
-			// other requests, and a refused one is asked to wait longer: in a reconnect storm
-			// every device opens one at once, and each open costs a write to the store.
-			select {
-			case m.opening <- struct{}{}:
-				defer func() { <-m.opening }()
-			default:
-				w.Header().Set("Retry-After", strconv.Itoa(openRetryAfter))
-				return api.Errorf(http.StatusServiceUnavailable, "overloaded", "the management point is opening too many notification channels; retry after the Retry-After seconds")
-			}
-		default:
+		if r.URL.Path != "/v1/notify" && r.URL.Path != wire.ProbePath { // a probe costs no more than /healthz
 			select {
 			case m.inflight <- struct{}{}:
 				defer func() { <-m.inflight }()

@@ -85,7 +85,7 @@ func WriteError(w http.ResponseWriter, err error) {
 	if errors.As(err, &e) {
 		status, body.Error.Code, body.Error.Message = e.Status, e.Code, e.Message
 	}
-	if (status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests) && w.Header().Get("Retry-After") == "" {
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", "1")
 	}
 	WriteJSON(w, status, body)
