@@ -152,3 +152,61 @@ func testSupersededCertificateRefused(t *testing.T, db *sitedb.DB) {
 		t.Errorf("the superseded certificate at another MP: %d %+v, want 403 certificate_superseded", st, e)
 	}
 }
+
+// When the copy renewed first, the real device's renewal is refused (renewal_superseded)
+// and the line is contested: its older certificate is not refused, or the copy would lock
+// the real device out. The device is flagged and both keep working until an admin acts.
+func TestContestedLineNotRefused(t *testing.T) {
+	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
+		ctx := context.Background()
+		c, err := ca.New(ctx, db, ca.Options{SiteCode: "TST", Hierarchy: hierarchy(), PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		csr := func() ([]byte, *ecdsa.PrivateKey) {
+			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return der, key
+		}
+		req, key := csr()
+		chain, err := c.Issue(ctx, ca.IssueSpec{Profile: ca.Client, Subject: "pc-8"}, req, "admin:test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := newFixture(t, db, Options{})
+		device := tls.Certificate{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key, Leaf: chain[0]}
+		if st, e := call(t, f.client(&device), "GET", f.intranet+"/v1/whoami", nil, nil); st != 200 {
+			t.Fatalf("the device before any renewal: %d %+v", st, e)
+		}
+		// The copy renews first and presents its renewal.
+		copyReq, copyKey := csr()
+		copyChain, err := c.Renew(ctx, chain[0], copyReq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clone := tls.Certificate{Certificate: [][]byte{copyChain[0].Raw, copyChain[1].Raw}, PrivateKey: copyKey, Leaf: copyChain[0]}
+		if st, e := call(t, f.client(&clone), "GET", f.intranet+"/v1/whoami", nil, nil); st != 200 {
+			t.Fatalf("the copy's renewal: %d %+v", st, e)
+		}
+		// The real device's renewal is refused: the line is contested.
+		realReq, _ := csr()
+		if _, err := c.Renew(ctx, chain[0], realReq); !errors.Is(err, ca.ErrRenewalSuperseded) {
+			t.Fatalf("the real device's renewal after the copy's: %v, want renewal_superseded", err)
+		}
+		for _, mp := range []*fixture{f, newFixture(t, db, Options{ID: "mp-other"})} {
+			if st, e := call(t, mp.client(&device), "GET", mp.intranet+"/v1/policy", nil, nil); st != 200 {
+				t.Errorf("the real device's certificate on a contested line: %d %+v, want 200", st, e)
+			}
+		}
+		d, err := f.mp.Device(ctx, deviceID(device))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.Warnings) == 0 || !strings.Contains(strings.Join(d.Warnings, "\n"), "probable clone") {
+			t.Errorf("a contested line raised no clone warning: %q", d.Warnings)
+		}
+	})
+}

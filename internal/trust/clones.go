@@ -47,13 +47,21 @@ func CloneWarnings(ctx context.Context, db *sitedb.DB, device string) (map[strin
 // already presented at an MP (the MP's device_certificates), or "" when it has presented
 // none. The agent uses only its newest certificate once it has it, so whoever presents the
 // older one afterwards holds a copy of the device's key and certificate.
+//
+// A contested line returns "": when the CA refused a renewal of serial or of a later
+// certificate of its line (renewal_conflicts), the copy may be the one that renewed first,
+// and refusing the older certificate would lock the real device out. Both then keep
+// working until an admin acts on the clone warning the refusal raised (revoke with
+// keyCompromise, enroll again).
 func PresentedRenewal(ctx context.Context, db *sitedb.DB, device, serial string) (string, error) {
 	rows, err := db.Query(ctx, `WITH RECURSIVE line(serial) AS (
 			SELECT serial FROM certificates WHERE renewed_from = ?
 			UNION
 			SELECT c.serial FROM certificates c JOIN line ON c.renewed_from = line.serial
 		) SELECT d.serial FROM device_certificates d JOIN line ON d.serial = line.serial
-		WHERE d.device_id = ? ORDER BY d.first_seen DESC, d.serial LIMIT 1`, serial, device)
+		WHERE d.device_id = ?
+		AND NOT EXISTS (SELECT 1 FROM renewal_conflicts r WHERE r.old_serial = ? OR r.old_serial IN (SELECT serial FROM line))
+		ORDER BY d.first_seen DESC, d.serial LIMIT 1`, serial, device, serial)
 	if err != nil {
 		return "", fmt.Errorf("reading the renewals of certificate %s: %w", serial, err)
 	}
