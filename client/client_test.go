@@ -576,3 +576,30 @@ func TestKeyTypes(t *testing.T) {
 		t.Error("ParseKeyType(ed25519) succeeded")
 	}
 }
+
+// Root may read the state directory of an agent that runs as a user of its own
+// (`ibcm-client status` as root); that user may not read another user's, and the mode
+// rule holds for root too.
+func TestRootLoadsAgentUsersDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root to give the directory away (make test runs as root)")
+	}
+	tc := startCA(t)
+	dir := filepath.Join(t.TempDir(), "state")
+	enroll(t, tc, dir)
+	if err := os.Chown(dir, 65534, -1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(dir); err != nil {
+		t.Errorf("root's Load of a directory owned by uid 65534: %v", err)
+	}
+	if err := CheckDir(dir); !errors.Is(err, ErrDirPermissions) {
+		t.Errorf("CheckDir (the agent's own check) of another user's directory: %v, want ErrDirPermissions", err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(dir); !errors.Is(err, ErrDirPermissions) {
+		t.Errorf("root's Load of an open directory: %v, want ErrDirPermissions", err)
+	}
+}

@@ -130,7 +130,7 @@ func Load(dir string) (*Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := CheckDir(dir); err != nil {
+	if err := checkDir(dir, true); err != nil { // root may read an agent user's directory
 		return nil, err
 	}
 	keyPath := path(KeyFile)
@@ -275,7 +275,11 @@ func ensureDir(dir string) error {
 // enter (no group or other bits): the device key lives there, and so does the running
 // agent's control socket, which is safe only because nobody else can reach it. Its
 // refusals wrap ErrDirPermissions and name the fix; a missing dir is an fs.ErrNotExist.
-func CheckDir(dir string) error {
+func CheckDir(dir string) error { return checkDir(dir, false) }
+
+// checkDir is CheckDir; with rootMayRead, root may use a directory another user owns (root
+// running `ibcm-client status` or `renew` for an agent that runs as a user of its own).
+func checkDir(dir string, rootMayRead bool) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("checking the state directory: %w", err)
@@ -283,8 +287,10 @@ func CheckDir(dir string) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("%w: %s is not a directory", ErrDirPermissions, dir)
 	}
-	if err := checkOwner(dir); err != nil {
-		return err
+	if !rootMayRead || os.Geteuid() != 0 {
+		if err := checkOwner(dir); err != nil {
+			return err
+		}
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return fmt.Errorf("%w: %s has mode %04o; run chmod 700 %s", ErrDirPermissions, dir, perm, dir)
@@ -303,8 +309,8 @@ func checkOwner(dir string) error {
 		return fmt.Errorf("checking the state directory %s: no owner information", dir)
 	}
 	if euid := os.Geteuid(); int(st.Uid) != euid {
-		return fmt.Errorf("%w: %s is owned by uid %d, not by uid %d that runs ibcm-client; run ibcm-client as its owner, or chown %d %s",
-			ErrDirPermissions, dir, st.Uid, euid, euid, dir)
+		return fmt.Errorf("%w: %s is owned by uid %d, not by uid %d that runs ibcm-client; run ibcm-client as its owner",
+			ErrDirPermissions, dir, st.Uid, euid)
 	}
 	return nil
 }

@@ -101,6 +101,9 @@ func New(o Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := client.CheckDir(o.Dir); err != nil { // Load lets root read another user's; the agent runs only in its own
+		return nil, err
+	}
 	sp, err := spool.Open(filepath.Join(o.Dir, SpoolDir), o.SpoolMax)
 	if err != nil {
 		return nil, err
