@@ -82,6 +82,18 @@ func (c *CA) successor(ctx context.Context, old *x509.Certificate, pub crypto.Pu
 			return nil, fmt.Errorf("%w: %s was renewed as %s, which expired at %s: enroll again with a token",
 				ErrExpired, SerialHex(old.SerialNumber), SerialHex(s.SerialNumber), s.NotAfter.UTC().Format(time.RFC3339))
 		}
+		// The device asks again only for an answer it never got. Once an MP has seen the
+		// successor, the device has it and renews that one next: asking again for old's
+		// successor, even with the same key (a renewal that kept its key), is a copy.
+		if seen, err := c.store.presented(ctx, s.SerialNumber.String()); err != nil {
+			return nil, err
+		} else if seen {
+			if err := c.store.recordConflict(ctx, old, s, publicKeyHash(pub)); err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %s was already renewed as %s, which the device has used since; a copy of this certificate and its key exists (probable clone)",
+				ErrRenewalSuperseded, SerialHex(old.SerialNumber), SerialHex(s.SerialNumber))
+		}
 		return []*x509.Certificate{s, c.h.Issuing}, nil
 	}
 	if err := c.store.recordConflict(ctx, old, succs[0], publicKeyHash(pub)); err != nil {

@@ -324,3 +324,29 @@ func TestKeyCompromiseRacingRenewal(t *testing.T) {
 		}
 	})
 }
+
+// Once an MP has seen the successor, the device has it: asking again for the old
+// certificate's successor, even with the same key (a renewal that kept its key, whose
+// key a copy holds too), is refused as superseded and recorded as a clone.
+func TestRenewAgainAfterSuccessorReachedAnMP(t *testing.T) {
+	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
+		c := newTestCA(t, db)
+		a := enrollClient(t, c, "pc-01")
+		id := registerDevice(t, db, a)
+		k := newKey(t)
+		b := mustRenew(t, c, a, k)
+		if again := mustRenew(t, c, a, k); !bytes.Equal(again.Raw, b.Raw) { // the answer was lost: same successor
+			t.Fatalf("a retry before the successor reached an MP got %s, want %s", again.SerialNumber, b.SerialNumber)
+		}
+		if _, err := db.Exec(context.Background(), `INSERT INTO device_certificates (device_id, serial, first_seen) VALUES (?, ?, ?)`,
+			id, b.SerialNumber.String(), time.Now().Unix()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := renewFor(t, c, a, k); !errors.Is(err, ErrRenewalSuperseded) {
+			t.Fatalf("the same key asking again after the successor reached an MP: %v, want ErrRenewalSuperseded", err)
+		}
+		if got := conflictAttempts(t, db, a); got != 1 {
+			t.Errorf("conflict attempts = %d, want 1", got)
+		}
+	})
+}

@@ -583,6 +583,19 @@ func (s *store) checkDevice(queryRow func(query string, args ...any) *sql.Row, d
 	return nil
 }
 
+// presented reports whether a device presented certificate serial at an MP (the MP's
+// device_certificates); false before the MP's tables exist (checkDevice finds them).
+func (s *store) presented(ctx context.Context, serial string) (bool, error) {
+	if !s.devicesExist.Load() {
+		return false, nil
+	}
+	var n int
+	if err := s.db.QueryRow(ctx, `SELECT COUNT(*) FROM device_certificates WHERE serial = ?`, serial).Scan(&n); err != nil {
+		return false, fmt.Errorf("reading whether certificate %s reached an MP: %w", serial, err)
+	}
+	return n > 0, nil
+}
+
 func deviceIDOf(c *x509.Certificate) string {
 	if id := trust.Identify(c); id.Kind == trust.KindDevice {
 		return id.ID
