@@ -46,13 +46,14 @@ func TestCopiedIdentityRenewal(t *testing.T) {
 	if r := curlMP(t, s, dev, s.mpInternet+"/v1/whoami"); r.code != 0 {
 		t.Fatalf("whoami with the renewed certificate: %s%s", r.stdout, r.stderr)
 	}
-	// The copy still holds the original certificate; its renewal has been presented at the
-	// MP, so the MP refuses it and warns of the clone.
-	if r := curlMP(t, s, clone, s.mpInternet+"/v1/whoami"); !strings.Contains(r.stdout, "certificate_superseded") {
-		t.Errorf("the copy's certificate at the MP after the device presented its renewal: %s%s, want certificate_superseded", r.stdout, r.stderr)
+	// The copy still holds the original certificate. Its renewal was refused, so the line is
+	// contested: the MP does not refuse the original (the copy might have been the one that
+	// renewed first), and device show warns of the clone until the admin revokes.
+	if r := curlMP(t, s, clone, s.mpInternet+"/v1/whoami"); r.code != 0 || strings.Contains(r.stdout, "certificate_superseded") {
+		t.Errorf("the copy's certificate on a contested line: %s%s, want it still served", r.stdout, r.stderr)
 	}
-	if out := s.ibcm(t, "device", "show", id); !strings.Contains(out, "probable clone: certificate "+original+" is still presented") {
-		t.Errorf("device show does not warn of the superseded certificate:\n%s", out)
+	if out := s.ibcm(t, "device", "show", id); !strings.Contains(out, "probable clone: certificate "+original+" was already renewed") {
+		t.Errorf("device show does not warn of the clone:\n%s", out)
 	}
 	start := time.Now()
 	s.ibcm(t, "ca", "revoke", "--reason", "keyCompromise", original)
