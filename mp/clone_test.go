@@ -26,18 +26,7 @@ import (
 func TestRefusedRenewalWarnsDevice(t *testing.T) {
 	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
 		ctx := context.Background()
-		c, err := ca.New(ctx, db, ca.Options{SiteCode: "TST", Hierarchy: hierarchy(), PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		csr := func() ([]byte, *ecdsa.PrivateKey) {
-			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-			der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return der, key
-		}
+		c, csr := testCA(t, db)
 		req, key := csr()
 		chain, err := c.Issue(ctx, ca.IssueSpec{Profile: ca.Client, Subject: "pc-7"}, req, "admin:test")
 		if err != nil {
@@ -90,18 +79,7 @@ func TestSupersededCertificateRefused(t *testing.T) {
 
 func testSupersededCertificateRefused(t *testing.T, db *sitedb.DB) {
 	ctx := context.Background()
-	c, err := ca.New(ctx, db, ca.Options{SiteCode: "TST", Hierarchy: hierarchy(), PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr := func() ([]byte, *ecdsa.PrivateKey) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return der, key
-	}
+	c, csr := testCA(t, db)
 	req, key := csr()
 	chain, err := c.Issue(ctx, ca.IssueSpec{Profile: ca.Client, Subject: "pc-7"}, req, "admin:test")
 	if err != nil {
@@ -159,18 +137,7 @@ func testSupersededCertificateRefused(t *testing.T, db *sitedb.DB) {
 func TestContestedLineNotRefused(t *testing.T) {
 	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
 		ctx := context.Background()
-		c, err := ca.New(ctx, db, ca.Options{SiteCode: "TST", Hierarchy: hierarchy(), PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		csr := func() ([]byte, *ecdsa.PrivateKey) {
-			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-			der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return der, key
-		}
+		c, csr := testCA(t, db)
 		req, key := csr()
 		chain, err := c.Issue(ctx, ca.IssueSpec{Profile: ca.Client, Subject: "pc-8"}, req, "admin:test")
 		if err != nil {
@@ -209,4 +176,22 @@ func TestContestedLineNotRefused(t *testing.T) {
 			t.Errorf("a contested line raised no clone warning: %q", d.Warnings)
 		}
 	})
+}
+
+// testCA is a CA of site TST on db and a maker of CSRs for new P-256 keys, for the tests
+// that renew through the real CA.
+func testCA(t *testing.T, db *sitedb.DB) (*ca.CA, func() ([]byte, *ecdsa.PrivateKey)) {
+	t.Helper()
+	c, err := ca.New(context.Background(), db, ca.Options{SiteCode: "TST", Hierarchy: hierarchy(), PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, func() ([]byte, *ecdsa.PrivateKey) {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der, key
+	}
 }
