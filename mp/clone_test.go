@@ -330,3 +330,42 @@ func TestMissedRenewalIsCaughtUp(t *testing.T) {
 		refused(old)
 	})
 }
+
+// A line contested after its older certificate was refused: the copy renewed first and
+// presented its renewal, so the real device's certificate was refused as superseded; then
+// the real device's renewal is refused and the line is contested. The refusal the MP
+// remembers gives way within supersededRecheck: the real device is served again, flagged.
+func TestContestedAfterRefusalServedAgain(t *testing.T) {
+	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
+		ctx := context.Background()
+		clk := &testClock{}
+		f := newFixture(t, db, Options{Now: clk.now})
+		c, csr := testCA(t, db)
+		req, key := csr()
+		chain, err := c.Issue(ctx, ca.IssueSpec{Profile: ca.Client, Subject: "pc-10"}, req, "admin:test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		device := tls.Certificate{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key, Leaf: chain[0]}
+		copyReq, copyKey := csr()
+		copyChain, err := c.Renew(ctx, chain[0], copyReq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clone := tls.Certificate{Certificate: [][]byte{copyChain[0].Raw, copyChain[1].Raw}, PrivateKey: copyKey, Leaf: copyChain[0]}
+		if st, e := call(t, f.client(&clone), "GET", f.intranet+"/v1/whoami", nil, nil); st != 200 {
+			t.Fatalf("the copy's renewal: %d %+v", st, e)
+		}
+		if st, e := call(t, f.client(&device), "GET", f.intranet+"/v1/policy", nil, nil); st != http.StatusForbidden || e.Error.Code != "certificate_superseded" {
+			t.Fatalf("the real device before its renewal was refused: %d %+v, want 403 certificate_superseded", st, e)
+		}
+		realReq, _ := csr()
+		if _, err := c.Renew(ctx, chain[0], realReq); !errors.Is(err, ca.ErrRenewalSuperseded) {
+			t.Fatalf("the real device's renewal after the copy's: %v, want renewal_superseded", err)
+		}
+		clk.move(supersededRecheck)
+		if st, e := call(t, f.client(&device), "GET", f.intranet+"/v1/policy", nil, nil); st != 200 {
+			t.Errorf("the real device on a line contested since its refusal: %d %+v, want 200", st, e)
+		}
+	})
+}

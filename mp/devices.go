@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/api"
@@ -26,6 +25,18 @@ type seenCert struct {
 	notAfter int64 // unix seconds
 }
 
+// refusedCert is a certificate this MP refused as superseded (MP.superseded).
+type refusedCert struct {
+	successor string // the renewal the device presented
+	notAfter  int64  // of the refused certificate, unix seconds
+	checked   int64  // when the store last said so, unix seconds
+}
+
+// supersededRecheck is how long a refusal is answered from MP.superseded before the store
+// is asked again: the line may have been contested since (a renewal the CA refused
+// afterwards), and then the refused certificate may be the real device's.
+const supersededRecheck = time.Minute
+
 // ErrCertificateSuperseded refuses a device certificate whose renewal the device already
 // presented at an MP: the agent never goes back to an older certificate, a copy of it does.
 var ErrCertificateSuperseded = errors.New("certificate superseded by its renewal")
@@ -34,8 +45,8 @@ var ErrCertificateSuperseded = errors.New("certificate superseded by its renewal
 // first contact with a new certificate): first contact registers the device. A
 // certificate whose renewal the device has already presented is refused (403
 // certificate_superseded) and the device gets a clone warning, and the channels that
-// present it on this MP are closed; the refusal is remembered (MP.superseded), so neither
-// answer costs a query after the first. The first presentation of a renewal is announced
+// present it on this MP are closed; the refusal is remembered (MP.superseded, for
+// supersededRecheck), so neither answer costs a query after the first. The first presentation of a renewal is announced
 // to every MP of the site (kindSuperseded): each drops the older certificate from its
 // cache and closes what presents it (supersedeOlder).
 func (m *MP) registerDevice(w http.ResponseWriter, r *http.Request, p *peer) error {
@@ -57,13 +68,17 @@ func (m *MP) registerCert(ctx context.Context, p *peer) error {
 		}
 		cached = true // renewals may go unheard of meanwhile: the store decides
 	}
-	if v, ok := m.superseded.Load(serial); ok {
-		return supersededError(serial, v.(seenCert).serial)
+	refused, wasRefused := m.superseded.Load(serial)
+	if wasRefused && m.now().Unix()-refused.(refusedCert).checked < int64(supersededRecheck/time.Second) {
+		return supersededError(serial, refused.(refusedCert).successor)
 	}
 	gen := m.supersedes.Load() // before the store is read: see below
 	succ, err := trust.PresentedRenewal(ctx, m.db, p.id.ID, serial)
 	if err != nil {
 		return fmt.Errorf("checking device %s: %w", p.id.ID, err)
+	}
+	if wasRefused && succ == "" {
+		m.superseded.CompareAndDelete(serial, refused) // contested since: served again
 	}
 	if succ != "" {
 		msg := fmt.Sprintf("probable clone: certificate %s is still presented although the device already presented its renewal %s",
@@ -73,7 +88,7 @@ func (m *MP) registerCert(ctx context.Context, p *peer) error {
 		if err := m.addWarning(ctx, p.id.ID, msg); err != nil {
 			return fmt.Errorf("recording a clone warning for device %s: %w", p.id.ID, err)
 		}
-		m.superseded.Store(serial, seenCert{serial: succ, notAfter: p.leaf.NotAfter.Unix()})
+		m.superseded.Store(serial, refusedCert{successor: succ, notAfter: p.leaf.NotAfter.Unix(), checked: m.now().Unix()})
 		m.seen.CompareAndDelete(p.id.ID, entry)
 		// A channel the copy opened before the device presented the renewal goes too (its
 		// request connections get this answer at their next request).
@@ -222,14 +237,18 @@ func supersededError(serial, succ string) error {
 // most the devices with a valid certificate that came to this MP.
 func (m *MP) forgetExpired() {
 	now := m.now().Unix()
-	for _, set := range []*sync.Map{&m.seen, &m.superseded} {
-		set.Range(func(k, v any) bool {
-			if now > v.(seenCert).notAfter {
-				set.Delete(k)
-			}
-			return true
-		})
-	}
+	m.seen.Range(func(k, v any) bool {
+		if now > v.(seenCert).notAfter {
+			m.seen.CompareAndDelete(k, v)
+		}
+		return true
+	})
+	m.superseded.Range(func(k, v any) bool {
+		if now > v.(refusedCert).notAfter {
+			m.superseded.CompareAndDelete(k, v)
+		}
+		return true
+	})
 }
 
 func (m *MP) handleWhoami(w http.ResponseWriter, r *http.Request) error {

@@ -73,8 +73,8 @@ type MP struct {
 	checkins *checkinBuffer
 	policies *policyCache
 	seen     sync.Map // device id → seenCert registered by this process; expired ones go each minute
-	// superseded: decimal serial → seenCert{successor serial, NotAfter} of each certificate
-	// refused because its device already presented a renewal of it; expired ones go too.
+	// superseded: decimal serial → refusedCert of each certificate refused because its
+	// device already presented a renewal of it; expired ones go too.
 	superseded sync.Map
 	// supersedes counts the renewals heard of (supersedeOlder), so that a registration that
 	// raced one does not cache a certificate the renewal superseded (registerCert).
