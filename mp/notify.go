@@ -182,6 +182,7 @@ func (h *hub) listen(ctx context.Context) error {
 // channels closed for the per-device cap (their rows are gone), and the renewals
 // presented since the last catch-up (MP.resyncSuperseded); then MP.seen is trusted again.
 func (h *hub) catchUp(ctx context.Context) {
+	h.m.eventsLive.Store(false) // until the missed renewals are done
 	h.m.resyncSuperseded(ctx)
 	h.m.eventsLive.Store(true)
 	newly, err := h.m.loadBlocked(ctx)
@@ -798,6 +799,14 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 	}
 	if m.isBlocked(nc.device) || m.isRevoked(nc.serial) { // a block or revocation that raced the upgrade
 		nc.abort()
+	}
+	// A renewal announced since registerDevice let the channel in may have been handled
+	// before the channel joined the hub: then it dropped the certificate from MP.seen
+	// (supersedeOlder, or registerCert after it), and the store decides again.
+	if v, ok := m.seen.Load(nc.device); !ok || v.(seenCert).serial != nc.serial.String() {
+		if err := m.registerCert(ctx, p); errors.Is(err, ErrCertificateSuperseded) {
+			go nc.closeWith(closePolicyViolation, "certificate superseded")
+		}
 	}
 	go nc.serve()
 	return nil
