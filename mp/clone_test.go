@@ -10,10 +10,12 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
 
 	"github.com/ibcm-project/ibcm/ca"
@@ -368,4 +370,90 @@ func TestContestedAfterRefusalServedAgain(t *testing.T) {
 			t.Errorf("the real device on a line contested since its refusal: %d %+v, want 200", st, e)
 		}
 	})
+}
+
+// Two MPs on PostgreSQL whose subscriptions to site events lose their connection (and
+// cannot get it back for a while): the renewals presented at MP-A meanwhile are not heard
+// of at MP-B, which asks the store for the certificates it has cached (a copy is refused
+// at once), and catches up when its subscription is back: the channel of another copy
+// closes then.
+func TestRenewalHeardOfAfterListenerDown(t *testing.T) {
+	ctx := context.Background()
+	dsn := sitedbtest.NewDSN(t, sitedb.Postgres)
+	a := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-a"})
+	b := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-b"})
+	c, csr := testCA(t, a.db)
+	type line struct{ old, renewed tls.Certificate }
+	issue := func(name string) line {
+		t.Helper()
+		req, key := csr()
+		chain, err := c.Issue(ctx, ca.IssueSpec{Profile: ca.Client, Subject: name}, req, "admin:test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		req2, key2 := csr()
+		chain2, err := c.Renew(ctx, chain[0], req2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := line{tls.Certificate{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key, Leaf: chain[0]},
+			tls.Certificate{Certificate: [][]byte{chain2[0].Raw, chain2[1].Raw}, PrivateKey: key2, Leaf: chain2[0]}}
+		if st, e := call(t, b.client(&l.old), "GET", b.intranet+"/v1/whoami", nil, nil); st != 200 {
+			t.Fatalf("the copy at MP-B: %d %+v", st, e)
+		}
+		return l
+	}
+	withChannel, cached := issue("pc-1"), issue("pc-2")
+	ch := live(t, b.intranet, b.client(&withChannel.old))
+	waitConnected(t, b.mp, deviceID(withChannel.old), 1)
+
+	var name string
+	if err := a.db.QueryRow(ctx, `SELECT current_database()`).Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/postgres" // a database cannot refuse connections from a session on itself
+	admin := sitedbtest.Open(t, sitedb.Postgres, u.String())
+	allow := func(yes bool) {
+		t.Helper()
+		if _, err := admin.Exec(ctx, `ALTER DATABASE "`+name+`" WITH ALLOW_CONNECTIONS `+map[bool]string{true: "true", false: "false"}[yes]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	allow(false)
+	t.Cleanup(func() { allow(true) })
+	if _, err := a.db.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND query LIKE 'LISTEN%'`); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); b.mp.eventsLive.Load(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("MP-B was not told that its subscription lost its connection")
+		}
+	}
+
+	for _, l := range []line{withChannel, cached} {
+		if st, e := call(t, a.client(&l.renewed), "GET", a.intranet+"/v1/whoami", nil, nil); st != 200 {
+			t.Fatalf("the renewed certificate at MP-A: %d %+v", st, e)
+		}
+	}
+	if st, e := call(t, b.client(&cached.old), "GET", b.intranet+"/v1/policy", nil, nil); st != http.StatusForbidden || e.Error.Code != "certificate_superseded" {
+		t.Errorf("a cached copy at MP-B while its subscription is down: %d %+v, want 403 certificate_superseded", st, e)
+	}
+	if !ch.open() {
+		t.Fatal("the other copy's channel closed before MP-B caught up")
+	}
+	allow(true)
+	select {
+	case err := <-ch.done:
+		var ce websocket.CloseError
+		if !errors.As(err, &ce) || ce.Reason != "certificate superseded" {
+			t.Errorf("the copy's channel after MP-B caught up: %v, want closed with \"certificate superseded\"", err)
+		}
+	case <-time.After(15 * time.Second): // the listener's reconnect backoff reaches 10 s
+		t.Fatal("the copy's channel is still open after MP-B's subscription came back")
+	}
 }
