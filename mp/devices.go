@@ -46,9 +46,9 @@ var ErrCertificateSuperseded = errors.New("certificate superseded by its renewal
 // certificate whose renewal the device has already presented is refused (403
 // certificate_superseded) and the device gets a clone warning, and the channels that
 // present it on this MP are closed; the refusal is remembered (MP.superseded, for
-// supersededRecheck), so neither answer costs a query after the first. The first presentation of a renewal is announced
-// to every MP of the site (kindSuperseded): each drops the older certificate from its
-// cache and closes what presents it (supersedeOlder).
+// supersededRecheck), so neither answer costs a query after the first. The first
+// presentation of a renewal is announced to every MP of the site (kindSuperseded): each
+// drops the older certificate from its cache and closes what presents it (supersedeOlder).
 func (m *MP) registerDevice(w http.ResponseWriter, r *http.Request, p *peer) error {
 	err := m.registerCert(r.Context(), p)
 	if errors.Is(err, ErrCertificateSuperseded) {
