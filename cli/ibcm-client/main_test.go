@@ -11,6 +11,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/ca/catest"
+	"github.com/ibcm-project/ibcm/internal/cliapp"
 	"github.com/ibcm-project/ibcm/internal/clitest"
 )
 
@@ -29,13 +30,19 @@ func TestCommandTree(t *testing.T) {
 	}
 }
 
+// TestFlagsAfterArguments runs every command with its flags after its arguments, and with
+// one argument too many (see clitest.CheckArgs).
+func TestFlagsAfterArguments(t *testing.T) {
+	clitest.CheckArgs(t, newApp, nil)
+}
+
 // run runs the app as the binary would and returns stdout and stderr.
 func run(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	app := newApp()
 	app.Writer, app.ErrWriter = &out, &errOut
-	err := app.RunContext(context.Background(), append([]string{"ibcm-client"}, args...))
+	err := cliapp.Run(context.Background(), app, append([]string{"ibcm-client"}, args...))
 	return out.String() + errOut.String(), err
 }
 

@@ -6,12 +6,19 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ibcm-project/ibcm/internal/cliapp"
 	"github.com/ibcm-project/ibcm/internal/clitest"
 	"github.com/ibcm-project/ibcm/site"
 )
 
 func TestCommandTree(t *testing.T) {
 	clitest.CheckTree(t, newApp(), "IBCM_", site.PasswordEnv)
+}
+
+// TestFlagsAfterArguments runs every command with its flags after its arguments, and with
+// one argument too many (see clitest.CheckArgs).
+func TestFlagsAfterArguments(t *testing.T) {
+	clitest.CheckArgs(t, newApp, nil)
 }
 
 func TestUsageErrorsExitWithTheUsageCode(t *testing.T) {
@@ -30,7 +37,7 @@ func TestUsageErrorsExitWithTheUsageCode(t *testing.T) {
 			app := newApp()
 			var out bytes.Buffer
 			app.Writer, app.ErrWriter = &out, &out
-			err := app.RunContext(context.Background(), append([]string{"ibcm"}, tc.args...))
+			err := cliapp.Run(context.Background(), app, append([]string{"ibcm"}, tc.args...))
 			if err == nil || exitCode(err) != tc.want {
 				t.Fatalf("err = %v (exit %d), want exit %d", err, exitCode(err), tc.want)
 			}
