@@ -46,6 +46,13 @@ func run(t *testing.T, args ...string) (string, error) {
 	return out.String() + errOut.String(), err
 }
 
+func TestBadLogLevelIsRefused(t *testing.T) {
+	_, err := run(t, "status", "--dir", t.TempDir(), "--log-level", "chatty")
+	if err == nil || cliapp.ExitCode(err) != cliapp.ExitUsage || !strings.Contains(err.Error(), `--log-level: must be debug, info, warn or error (got "chatty")`) {
+		t.Errorf("--log-level chatty: %v", err)
+	}
+}
+
 func TestHelpHidesToken(t *testing.T) {
 	t.Setenv("IBCM_CLIENT_TOKEN", "s3cret-token-value")
 	out, err := run(t, "enroll", "--help")

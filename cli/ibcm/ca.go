@@ -245,7 +245,11 @@ func issueCertificate(ctx context.Context, c *cli.Command) error {
 	// never issued.
 	var outs []*output
 	if keyPath != "" {
-		o, err := reserve(c, keyPath, 0o600, "--key-out")
+		flag := "--out"
+		if keyOut != "" {
+			flag = "--key-out"
+		}
+		o, err := reserve(c, keyPath, 0o600, flag)
 		if err != nil {
 			return err
 		}
