@@ -36,6 +36,11 @@ func TestFlagsAfterArguments(t *testing.T) {
 	clitest.CheckArgs(t, newApp, nil)
 }
 
+// TestHelpEndsWithExamples: every command's --help ends with its EXAMPLES.
+func TestHelpEndsWithExamples(t *testing.T) {
+	clitest.CheckHelp(t, newApp)
+}
+
 // run runs the app as the binary would and returns stdout and stderr.
 func run(t *testing.T, args ...string) (string, error) {
 	t.Helper()

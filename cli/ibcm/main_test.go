@@ -21,6 +21,11 @@ func TestFlagsAfterArguments(t *testing.T) {
 	clitest.CheckArgs(t, newApp, nil)
 }
 
+// TestHelpEndsWithExamples: every command's --help ends with its EXAMPLES.
+func TestHelpEndsWithExamples(t *testing.T) {
+	clitest.CheckHelp(t, newApp)
+}
+
 func TestUsageErrorsExitWithTheUsageCode(t *testing.T) {
 	initArgs := []string{"site", "init", "--dir", t.TempDir() + "/s", "--site-code", "ABC", "--intranet-name", "a.b", "--internet-name", "c.d"}
 	cases := []struct {

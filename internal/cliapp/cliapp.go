@@ -76,6 +76,7 @@ func Setup(root *cli.Command) *cli.Command {
 	root.ArgValidator = checkArgs
 	root.Commands = append(root.Commands, manCommand())
 	walk(root, setupCommand)
+	helpTemplates(root, true)
 	return root
 }
 
@@ -160,6 +161,7 @@ func isGroup(cmd *cli.Command) bool {
 
 func setupCommand(cmd *cli.Command) {
 	cmd.OnUsageError = onUsageError
+	helpTemplates(cmd, false)
 	if !isGroup(cmd) {
 		cmd.HideHelpCommand = true // "help" is an argument like any other (--help shows help)
 	}

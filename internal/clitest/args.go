@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -186,4 +187,40 @@ func sample(f cli.Flag) string {
 		return "item"
 	}
 	return "value"
+}
+
+// CheckHelp runs --help of every command without subcommands and of the root: the help
+// must end with the EXAMPLES section, after the options.
+func CheckHelp(t *testing.T, newApp func() *cli.Command) {
+	t.Helper()
+	var paths [][]string
+	var walk func(path []string, cmds []*cli.Command)
+	walk = func(path []string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			p := append(slices.Clone(path), c.Name)
+			if len(c.Commands) == 0 {
+				paths = append(paths, p)
+			}
+			walk(p, c.Commands)
+		}
+	}
+	walk(nil, newApp().Commands)
+	for _, path := range append(paths, nil) {
+		app := newApp()
+		var out strings.Builder
+		err := cliapp.Run(context.Background(), withWriters(app, &out), append(append([]string{app.Name}, path...), "--help"))
+		help := out.String()
+		i := strings.LastIndex(help, "\nEXAMPLES:\n")
+		if err != nil || i < 0 || sectionRE.MatchString(help[i+1:]) || !strings.Contains(help[:i], "OPTIONS:") {
+			t.Errorf("%s --help does not end with EXAMPLES after the options (err %v):\n%s", strings.Join(append([]string{app.Name}, path...), " "), err, help)
+		}
+	}
+}
+
+// sectionRE finds a section heading of a help text.
+var sectionRE = regexp.MustCompile(`\n\n[A-Z][A-Z ]*:\n`)
+
+func withWriters(app *cli.Command, w io.Writer) *cli.Command {
+	app.Writer, app.ErrWriter = w, w
+	return app
 }
