@@ -112,12 +112,12 @@ func Report(w io.Writer, root *cli.Command, err error) {
 	fmt.Fprintf(w, "usage: %s  (see %s --help)\n", UsageLine(cmd), cmd.FullName())
 }
 
-// UsageLine is the one-line synopsis of a command: its full name, [options] when it has
-// flags, its subcommands or its arguments.
+// UsageLine is the one-line synopsis of a command: its full name, then its subcommands,
+// or [options] and its arguments.
 func UsageLine(cmd *cli.Command) string {
 	var b strings.Builder
 	b.WriteString(cmd.FullName())
-	if len(cmd.Flags) > 0 || cmd.Root() != cmd {
+	if !isGroup(cmd) {
 		b.WriteString(" [options]")
 	}
 	if subs := visibleNames(cmd); len(subs) > 0 {

@@ -74,7 +74,7 @@ func TestErrors(t *testing.T) {
 		{"unknown flag", "", []string{"ca", "revoke", "1F", "--profile", "p", "--reasn", "x"}, `unknown flag --reasn for "x ca revoke"; did you mean --reason?`, "x ca revoke"},
 		{"flag without value", "", []string{"ca", "revoke", "1F", "--profile"}, `--profile needs a value`, "x ca revoke"},
 		{"required flag", "", []string{"ca", "revoke", "1F"}, `--profile is required`, "x ca revoke"},
-		{"unknown command", "", []string{"ca", "revkoe", "--reason", "x"}, `unknown command "revkoe" for "x ca"; did you mean "revoke"?`, "x ca [options] COMMAND (revoke, issue"},
+		{"unknown command", "", []string{"ca", "revkoe", "--reason", "x"}, `unknown command "revkoe" for "x ca"; did you mean "revoke"?`, "x ca COMMAND (revoke, issue"},
 		{"unknown command, nothing close", "", []string{"ca", "frobnicate"}, `unknown command "frobnicate" for "x ca"`, "x ca"},
 		{"usage error of an action", "", []string{"ca", "issue"}, `--out: pick one`, "x ca issue"},
 	}
