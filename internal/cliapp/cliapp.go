@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 
 	"github.com/urfave/cli/v3"
@@ -36,8 +37,9 @@ const ExitUsage = 2
 // UsageError is input the user has to change: a bad flag value, a missing or unexpected
 // argument, an unknown command. Report prints it with the usage line of its command.
 type UsageError struct {
-	cmd *cli.Command // the command whose usage to show; nil until known
-	err error
+	cmd     *cli.Command // the command whose usage to show; nil until known
+	err     error
+	noUsage bool // the input was not on the command line (an environment variable)
 }
 
 func (e *UsageError) Error() string { return e.err.Error() }
@@ -92,7 +94,10 @@ func Run(ctx context.Context, root *cli.Command, args []string) error {
 		return err
 	}
 	if explained, ok := explainSourceError(root, err); ok {
-		return &UsageError{err: explained}
+		return &UsageError{err: explained, noUsage: true}
+	}
+	if m := noHelpRE.FindStringSubmatch(err.Error()); m != nil {
+		return &UsageError{err: fmt.Errorf("no help for %q: there is no such command", m[1])}
 	}
 	return err
 }
@@ -102,7 +107,7 @@ func Run(ctx context.Context, root *cli.Command, args []string) error {
 func Report(w io.Writer, root *cli.Command, err error) {
 	fmt.Fprintf(w, "%s: %v\n", root.Name, err)
 	var ue *UsageError
-	if !errors.As(err, &ue) {
+	if !errors.As(err, &ue) || ue.noUsage {
 		return
 	}
 	cmd := ue.cmd
@@ -148,6 +153,9 @@ func walk(cmd *cli.Command, fn func(*cli.Command)) {
 }
 
 var one = 1
+
+// noHelpRE is the framework's answer to help for an unknown command (an exit code 3).
+var noHelpRE = regexp.MustCompile(`^No help topic for '(.*)'`)
 
 // isGroup reports whether cmd has subcommands (besides the framework's help command).
 func isGroup(cmd *cli.Command) bool {

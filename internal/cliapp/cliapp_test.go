@@ -70,7 +70,8 @@ func TestErrors(t *testing.T) {
 		{"number", "", []string{"ca", "revoke", "1F", "--profile", "p", "--uses", "many"}, `--uses: must be a whole number (got "many")`, "x ca revoke"},
 		{"number validator", "", []string{"ca", "revoke", "1F", "--profile", "p", "--uses", "0"}, `--uses: must be at least 1 (got "0")`, "x ca revoke"},
 		{"persistent flag after the argument", "", []string{"ca", "revoke", "1F", "--profile", "p", "--log-level", "chatty"}, `--log-level: must be debug or info (got "chatty")`, "x ca revoke"},
-		{"from the environment", "X_TTL=2", []string{"ca", "revoke", "1F", "--profile", "p"}, `X_TTL (--ttl): must be a duration such as 2h or 30m (got "2")`, "x"},
+		{"from the environment", "X_TTL=2", []string{"ca", "revoke", "1F", "--profile", "p"}, `X_TTL (--ttl): must be a duration such as 2h or 30m (got "2")`, ""},
+		{"help for an unknown command", "", []string{"help", "nosuch"}, `no help for "nosuch": there is no such command`, "x COMMAND"},
 		{"unknown flag", "", []string{"ca", "revoke", "1F", "--profile", "p", "--reasn", "x"}, `unknown flag --reasn for "x ca revoke"; did you mean --reason?`, "x ca revoke"},
 		{"flag without value", "", []string{"ca", "revoke", "1F", "--profile"}, `--profile needs a value`, "x ca revoke"},
 		{"required flag", "", []string{"ca", "revoke", "1F"}, `--profile is required`, "x ca revoke"},
@@ -101,6 +102,9 @@ func TestErrors(t *testing.T) {
 			var report bytes.Buffer
 			Report(&report, app, err)
 			lines := strings.Split(strings.TrimSpace(report.String()), "\n")
+			if tc.cmd == "" { // not from the command line: no usage line
+				lines = append(lines, "usage: ")
+			}
 			if len(lines) != 2 || lines[0] != "x: "+tc.want || !strings.HasPrefix(lines[1], "usage: "+tc.cmd) {
 				t.Errorf("report:\n%s\nwant x: %s\nand usage: %s...", report.String(), tc.want, tc.cmd)
 			}
