@@ -129,6 +129,16 @@ func TestIssueIntoAMissingDirectoryIssuesNothing(t *testing.T) {
 	if _, err := os.Stat(taken + ".crt"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a refused issue left %s.crt: %v", taken, err)
 	}
+	// a request the CA refuses leaves none of the files made for it
+	refused := filepath.Join(t.TempDir(), "pc-5")
+	if _, err := ibcm(t, io.Discard, "ca", "issue", "--dir", dir, "--profile", "no-such-profile", "--subject", "pc-5", "--out", refused); err == nil {
+		t.Error("issue with an unknown profile succeeded")
+	}
+	for _, f := range []string{refused + ".key", refused + ".crt"} {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a refused issue left %s: %v", f, err)
+		}
+	}
 	if after := len(certificates(t, dir)); after != before {
 		t.Errorf("%d certificates issued by refused issues", after-before)
 	}

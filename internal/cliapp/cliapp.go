@@ -76,7 +76,7 @@ func Setup(root *cli.Command) *cli.Command {
 	root.ConfigureShellCompletionCommand = configureCompletion
 	root.ExitErrHandler = func(context.Context, *cli.Command, error) {} // Report prints, main exits
 	root.ArgValidator = checkArgs
-	root.Commands = append(root.Commands, manCommand())
+	root.Commands = append(root.Commands, manCommand(root.Name))
 	walk(root, setupCommand)
 	helpTemplates(root, true)
 	return root

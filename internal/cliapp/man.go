@@ -11,17 +11,17 @@ import (
 )
 
 // manCommand writes the man pages; `make man` runs it. It is hidden: it is for packagers.
-func manCommand() *cli.Command {
+func manCommand(program string) *cli.Command {
 	return &cli.Command{
 		Name:      "man",
 		Hidden:    true,
 		Usage:     "write a man page for the program and for each of its commands into DIR",
 		Arguments: []cli.Argument{Arg("DIR")},
-		Description: `Writes NAME.1 for the program and NAME-COMMAND-SUBCOMMAND.1 for every command, made from
-the same text as --help.
+		Description: fmt.Sprintf(`Writes %[1]s.1 for the program and %[1]s-COMMAND-SUBCOMMAND.1 for every command, made
+from the same text as --help.
 
 EXAMPLES:
-   ibcm man ./man && man -l man/ibcm-ca-revoke.1`,
+   %[1]s man ./man && man -l man/%[1]s.1`, program),
 		Action: func(_ context.Context, cmd *cli.Command) error {
 			n, err := WriteMan(cmd.Root(), cmd.StringArg("DIR"))
 			if err == nil {
