@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ibcm-project/ibcm/internal/cliapp"
+	"github.com/ibcm-project/ibcm/internal/config"
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/site"
 )
@@ -357,16 +358,13 @@ EXAMPLES:
 				),
 				Action: func(ctx context.Context, c *cli.Command) error {
 					name := c.StringArg("NAME")
-					f, err := os.Open(c.String("file"))
+					data, err := os.ReadFile(c.String("file"))
 					if err != nil {
 						return err
 					}
-					defer f.Close()
-					dec := yaml.NewDecoder(f)
-					dec.KnownFields(true)
 					var p wire.Policy
-					if err := dec.Decode(&p); err != nil {
-						return usageError("%s: %v", c.String("file"), err)
+					if err := config.Decode(c.String("file"), data, &p); err != nil {
+						return usageError("%v", err)
 					}
 					p.Name = name
 					a, err := newRoleClient(c, site.RoleMP)
