@@ -35,8 +35,8 @@ type testConfig struct {
 		Servers     []testDNS      `yaml:"servers"`
 		Labels      map[string]int `yaml:"labels"`
 	} `yaml:"mp"`
-	Untagged string
-	Skipped  string `yaml:"-"`
+	Untagged   string
+	Skipped    string `yaml:"-"`
 	testInline `yaml:",inline"`
 }
 
