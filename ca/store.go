@@ -583,6 +583,27 @@ func (s *store) checkDevice(queryRow func(query string, args ...any) *sql.Row, d
 	return nil
 }
 
+// deviceName returns the registered name of device id, for a re-enroll token: ErrNotFound
+// when no MP has registered it, ErrDeviceBlocked while it is blocked.
+func (s *store) deviceName(ctx context.Context, id string) (string, error) {
+	queryRow := func(query string, args ...any) *sql.Row { return s.db.QueryRow(ctx, query, args...) }
+	if err := s.checkDevice(queryRow, id, false); err != nil {
+		return "", err
+	}
+	if !s.devicesExist.Load() {
+		return "", fmt.Errorf("%w: no device %q (no MP has registered a device yet)", ErrNotFound, id)
+	}
+	var name string
+	err := queryRow(`SELECT name FROM devices WHERE id = ?`, id).Scan(&name)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("%w: no device %q", ErrNotFound, id)
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading device %s: %w", id, err)
+	}
+	return name, nil
+}
+
 // presented reports whether a device presented certificate serial at an MP (the MP's
 // device_certificates); false before the MP's tables exist (checkDevice finds them).
 func (s *store) presented(ctx context.Context, serial string) (bool, error) {
