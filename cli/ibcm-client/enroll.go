@@ -50,7 +50,7 @@ EXAMPLES:
 			&cli.StringFlag{Name: "root-sha256", Sources: cli.EnvVars("IBCM_CLIENT_ROOT_SHA256"), Required: true,
 				Usage: "SHA-256 `FINGERPRINT` of the site's root certificate (hex, colons allowed)"},
 			&cli.StringFlag{Name: "name", Sources: cli.EnvVars("IBCM_CLIENT_NAME"),
-				Usage: "device `NAME` for the certificate's CN (default: the short host name)"},
+				Usage: "device `NAME` for the certificate's CN (default: the token's subject when it is bound to one, else the short host name)"},
 			&cli.StringFlag{Name: "fqdn", Sources: cli.EnvVars("IBCM_CLIENT_FQDN"),
 				Usage: "the device's `FQDN`, put in the certificate as its DNS name (must start with the name)"},
 			&cli.StringFlag{Name: "key-type", Value: string(client.P256), Sources: cli.EnvVars("IBCM_CLIENT_KEY_TYPE"),

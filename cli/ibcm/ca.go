@@ -75,14 +75,16 @@ func caTokenCommand() *cli.Command {
 
 EXAMPLES:
    ibcm ca token create --dir /srv/ibcm --profile client --subject pc-0042 --ttl 2h
-   TOKEN=$(ibcm ca token create --dir /srv/ibcm --profile client --uses 500 --ttl 168h)`,
+   TOKEN=$(ibcm ca token create --dir /srv/ibcm --profile client --uses 500 --ttl 168h)
+   ibcm ca token create --dir /srv/ibcm --device 6defabdb-743f-4a34-9830-20527b338cb5   # re-enroll a known device`,
 				Flags: append(adminFlags(),
 					&cli.StringFlag{Name: "profile", Value: "client", Usage: "client or admin", Sources: cli.EnvVars("IBCM_TOKEN_PROFILE")},
 					&cli.StringFlag{Name: "subject", Usage: "the only device or user name this token enrolls", Sources: cli.EnvVars("IBCM_TOKEN_SUBJECT")},
 					&cli.IntFlag{Name: "uses", Value: 1, Usage: "how many enrollments the token allows", Sources: cli.EnvVars("IBCM_TOKEN_USES"),
 						Validator: cliapp.AtLeast(1)},
-					&cli.DurationFlag{Name: "ttl", Value: 24 * time.Hour, Usage: "how long the token stays usable, such as 2h or 168h", Sources: cli.EnvVars("IBCM_TOKEN_TTL"),
+					&cli.DurationFlag{Name: "ttl", Value: 24 * time.Hour, Usage: "how long the token stays usable, such as 2h or 168h (a --device token: 1h unless set, at most 24h)", Sources: cli.EnvVars("IBCM_TOKEN_TTL"),
 						Validator: cliapp.Positive},
+					&cli.StringFlag{Name: "device", Usage: "re-enroll token for this existing device `ID`: one use, the certificate keeps its device id and name", Sources: cli.EnvVars("IBCM_TOKEN_DEVICE")},
 				),
 				Action: func(ctx context.Context, c *cli.Command) error {
 					a, err := newAdminClient(c)
@@ -90,8 +92,12 @@ EXAMPLES:
 						return err
 					}
 					var t wire.TokenCreated
+					ttl := c.Duration("ttl").String()
+					if c.String("device") != "" && !c.IsSet("ttl") {
+						ttl = "" // the CA's default for a re-enroll token
+					}
 					if err := a.do(ctx, http.MethodPost, "/v1/admin/tokens", wire.TokenCreateRequest{
-						Profile: c.String("profile"), Subject: c.String("subject"), Uses: c.Int("uses"), TTL: c.Duration("ttl").String(),
+						Profile: c.String("profile"), Subject: c.String("subject"), Uses: c.Int("uses"), TTL: ttl, DeviceID: c.String("device"),
 					}, &t); err != nil {
 						return err
 					}

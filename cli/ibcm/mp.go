@@ -130,11 +130,21 @@ EXAMPLES:
 			},
 			{
 				Name:      "unblock",
-				Usage:     "let a blocked device back in (it enrolls again: its old certificates stay revoked)",
+				Usage:     "let a blocked device back in; prints a one-time token that re-enrolls it under the same device id",
 				Arguments: []cli.Argument{cliapp.Arg("ID")},
-				Description: `EXAMPLES:
-   ibcm device unblock --dir /srv/ibcm 6defabdb-743f-4a34-9830-20527b338cb5`,
-				Flags:  adminFlags(),
+				Description: `Its old certificates stay revoked, so the device enrolls again. unblock prints a re-enroll
+token bound to the device (one use, valid --token-ttl, only its hash is kept): enrolling with
+it makes a certificate for the same device id and name, so the device keeps its groups and
+history. A running agent switches to the new identity without a restart. The token is printed
+alone on stdout, the rest on stderr.
+
+EXAMPLES:
+   ibcm device unblock --dir /srv/ibcm 6defabdb-743f-4a34-9830-20527b338cb5 > token
+   # then on the device:
+   ibcm-client enroll --force --token-file token --ca https://ibcm.corp.example:8443 --root-sha256 3f1a...9c`,
+				Flags: append(adminFlags(),
+					&cli.DurationFlag{Name: "token-ttl", Value: time.Hour, Usage: "how long the re-enroll token stays usable (at most 24h)", Sources: cli.EnvVars("IBCM_REENROLL_TTL")},
+				),
 				Action: func(ctx context.Context, c *cli.Command) error { return blockDevice(ctx, c, false) },
 			},
 			{
@@ -190,7 +200,21 @@ func blockDevice(ctx context.Context, c *cli.Command, block bool) error {
 		return err
 	}
 	if !block {
-		fmt.Fprintf(c.Root().Writer, "unblocked %s (%s); it needs a new certificate: enroll it again\n", res.Device.ID, res.Device.Name)
+		// As `ca token create`: the secret alone on stdout, the rest on stderr.
+		fmt.Fprintf(c.Root().ErrWriter, "unblocked %s (%s); its old certificates stay revoked: enroll it again\n", res.Device.ID, res.Device.Name)
+		ca, err := newAdminClient(c)
+		if err != nil {
+			return err
+		}
+		var t wire.TokenCreated
+		if err := ca.do(ctx, http.MethodPost, "/v1/admin/tokens", wire.TokenCreateRequest{
+			Profile: "client", DeviceID: res.Device.ID, TTL: c.Duration("token-ttl").String(),
+		}, &t); err != nil {
+			return fmt.Errorf("the device is unblocked, but making its re-enroll token failed (ibcm ca token create --device %s): %w", res.Device.ID, err)
+		}
+		fmt.Fprintln(c.Root().Writer, t.Secret)
+		fmt.Fprintf(c.Root().ErrWriter, "token %s re-enrolls it (one use, until %s) as device %s, %s:\n  ibcm-client enroll --force --token-file FILE --ca %s --root-sha256 ROOT-SHA256\n",
+			t.ID, t.ExpiresAt.Format(time.RFC3339), res.Device.ID, t.Subject, ca.base)
 		return nil
 	}
 	fmt.Fprintf(c.Root().Writer, "blocked %s (%s): its connections are closed on every MP\n", res.Device.ID, res.Device.Name)
