@@ -67,8 +67,8 @@ func TestReenrollAfterUnblock(t *testing.T) {
 	waitFor(t, 5*time.Second, "device show with the new certificate and its channel", func() bool {
 		return json.Unmarshal([]byte(s.ibcm(t, "device", "show", "--json", id)), &d) == nil && d.Connected >= 1 && strings.EqualFold(hexOf(t, d.Serial), st.Serial)
 	})
-	if d.ID != id || d.Name != "pc-40" || d.Blocked || !slices.Contains(d.Groups, "kiosks") {
-		t.Errorf("device after re-enrollment: %+v, want id %s, name pc-40, unblocked, in kiosks", d, id)
+	if d.ID != id || d.Name != "pc-40" || d.Blocked || !slices.Contains(d.Groups, "kiosks") || len(d.Warnings) != 0 {
+		t.Errorf("device after re-enrollment: %+v, want id %s, name pc-40, unblocked, in kiosks, no warnings", d, id)
 	}
 	if out := s.ibcm(t, "device", "show", id); !strings.Contains(out, id) || !strings.Contains(out, "kiosks") {
 		t.Errorf("device show:\n%s", out)
