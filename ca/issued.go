@@ -110,9 +110,34 @@ func (s *store) commitGroup(ctx context.Context, group []*pendingCert, shard int
 	refused := make([]error, len(group))
 	err := s.db.Tx(ctx, func(tx *sitedb.Tx) error {
 		clear(refused)
+		// A token's certificate names a device no block holds: a re-enroll token's device
+		// may have been blocked since its first check (EnrollWith).
+		byDevice := map[string][]int{}
+		var devices []string
+		for i, p := range group {
+			if id := deviceIDOf(p.cert); id != "" && strings.HasPrefix(p.by, "token:") {
+				if byDevice[id] == nil {
+					devices = append(devices, id)
+				}
+				byDevice[id] = append(byDevice[id], i)
+			}
+		}
+		blocked, err := s.blockedAmong(tx, devices)
+		if err != nil {
+			return err
+		}
+		for id, at := range blocked {
+			for _, i := range byDevice[id] {
+				refused[i] = refusal{fmt.Errorf("%w: device %s was blocked at %s while it enrolled again",
+					ErrDeviceBlocked, id, time.Unix(at, 0).UTC().Format(time.RFC3339))}
+			}
+		}
 		byToken := map[string][]int{}
 		var order []string
 		for i, p := range group {
+			if refused[i] != nil {
+				continue
+			}
 			if id, ok := strings.CutPrefix(p.by, "token:"); ok {
 				if byToken[id] == nil {
 					order = append(order, id)

@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -74,8 +76,13 @@ func TestReenrollTokenKeepsTheDeviceID(t *testing.T) {
 
 		// Not for a blocked device: neither made nor used while it is blocked.
 		pending := mustToken(t, c, TokenSpec{Profile: Client, DeviceID: id})
-		if err := db.Tx(ctx, func(tx *sitedb.Tx) error { _, err := blockSQL(tx, id); return err }); err != nil {
+		var listed []string
+		if err := db.Tx(ctx, func(tx *sitedb.Tx) error { var err error; listed, err = blockSQL(tx, id); return err }); err != nil {
 			t.Fatal(err)
+		}
+		// The block lists the re-enrolled certificate, which no MP has seen yet, for revocation.
+		if !slices.Contains(listed, chain[0].SerialNumber.String()) {
+			t.Errorf("the block lists %v, not the re-enrolled certificate %s", listed, chain[0].SerialNumber)
 		}
 		if _, _, err := c.CreateToken(ctx, TokenSpec{Profile: Client, DeviceID: id}, "admin:test"); !errors.Is(err, ErrDeviceBlocked) {
 			t.Errorf("re-enroll token for a blocked device: %v, want ErrDeviceBlocked", err)
@@ -164,4 +171,66 @@ func TestNameFromToken(t *testing.T) {
 			t.Errorf("unbound token, name from token: the request's default name stays (%v)", err)
 		}
 	})
+}
+
+// On PostgreSQL a re-enrollment that passed its first check before a block committed waits
+// for the block under the device row's lock when it records the certificate, and is
+// refused: the token stays unspent and no certificate the block did not list exists.
+func TestReenrollRacingBlock(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.Postgres, sitedbtest.NewDSN(t, sitedb.Postgres))
+	ctx := context.Background()
+	c := newTestCA(t, db)
+	id := registerDevice(t, db, enrollClient(t, c, "pc-race"))
+	secret, tok, err := c.CreateToken(ctx, TokenSpec{Profile: Client, DeviceID: id}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	enrolled := make(chan error, 1)
+	err = db.Tx(ctx, func(tx *sitedb.Tx) error {
+		if _, err := tx.Exec(`UPDATE devices SET blocked_at = ? WHERE id = ?`, time.Now().Unix(), id); err != nil {
+			return err
+		}
+		csr := csrPEM(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "pc-race"}})
+		go func() { _, err := c.Enroll(ctx, secret, "", csr); enrolled <- err }()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			var waiting int
+			if err := db.QueryRow(ctx, `SELECT COUNT(*) FROM pg_stat_activity
+				WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+				return err
+			}
+			if waiting > 0 {
+				break
+			}
+			select {
+			case err := <-enrolled:
+				enrolled <- err
+				return fmt.Errorf("the re-enrollment did not wait for the block's transaction: %v", err)
+			default:
+			}
+			if time.Now().After(deadline) {
+				return errors.New("the re-enrollment never waited for the block's transaction")
+			}
+		}
+		_, err := blockSQL(tx, id)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-enrolled; !errors.Is(err, ErrDeviceBlocked) {
+		t.Errorf("re-enrollment racing the block = %v, want ErrDeviceBlocked", err)
+	}
+	var n int
+	if err := db.QueryRow(ctx, `SELECT COUNT(*) FROM certificates WHERE issued_by = ?`, "token:"+tok.ID).Scan(&n); err != nil || n != 0 {
+		t.Errorf("%d certificates recorded for the token while the device was being blocked (%v)", n, err)
+	}
+	ts, err := c.ListTokens(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range ts {
+		if x.ID == tok.ID && x.UsesLeft != 1 {
+			t.Errorf("the refused re-enrollment spent its token (%d uses left)", x.UsesLeft)
+		}
+	}
 }
