@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -224,28 +225,47 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
 			w.add(n, path, "must be a string (got %s)", describe(n))
 		}
 	case reflect.Bool:
-		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" {
+		// yaml.v3 also takes YAML 1.1's yes/no/on/off for a bool.
+		if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!bool" && !slices.Contains(yaml11Bools, n.Value)) {
 			w.add(n, path, "must be true or false (got %s)", describe(n))
 		}
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
-			if n.ShortTag() == "!!float" {
-				w.add(n, path, "must be a whole number (got %s)", describe(n))
-			} else {
-				w.add(n, path, "must be a number (got %s)", describe(n))
+	case reflect.Int64:
+		if t == durationType && n.Kind == yaml.ScalarNode && n.ShortTag() == "!!str" {
+			if _, err := time.ParseDuration(n.Value); err != nil {
+				w.add(n, path, "must be a duration like 30s or 720h (got %s)", describe(n))
 			}
 			return
 		}
-		if !fitsInt(n, t) {
-			w.add(n, path, "the number %s is out of range", n.Value)
-		}
+		w.checkInt(n, t, path)
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		w.checkInt(n, t, path)
 	case reflect.Float32, reflect.Float64:
 		if tag := n.ShortTag(); n.Kind != yaml.ScalarNode || (tag != "!!int" && tag != "!!float") {
 			w.add(n, path, "must be a number (got %s)", describe(n))
 		}
 	}
 	// Interfaces and the rest take whatever yaml.v3 makes of them.
+}
+
+// yaml11Bools are the YAML 1.1 words yaml.v3 decodes into a bool.
+var yaml11Bools = []string{"y", "Y", "yes", "Yes", "YES", "on", "On", "ON", "n", "N", "no", "No", "NO", "off", "Off", "OFF"}
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+// checkInt checks an integer scalar for type t.
+func (w *walker) checkInt(n *yaml.Node, t reflect.Type, path string) {
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
+		if n.ShortTag() == "!!float" {
+			w.add(n, path, "must be a whole number (got %s)", describe(n))
+		} else {
+			w.add(n, path, "must be a number (got %s)", describe(n))
+		}
+		return
+	}
+	if !fitsInt(n, t) {
+		w.add(n, path, "the number %s is out of range", n.Value)
+	}
 }
 
 // fitsInt reports whether the integer scalar n fits type t.
