@@ -210,7 +210,13 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
 			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			w.walk(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), depth+1)
+			k, v := n.Content[i], n.Content[i+1]
+			if k.Kind != yaml.ScalarNode {
+				w.add(k, path, "a key must be a plain name (got %s)", describe(k))
+				continue
+			}
+			w.walk(k, t.Key(), join(path, k.Value), depth+1)
+			w.walk(v, t.Elem(), join(path, k.Value), depth+1)
 		}
 	case reflect.Slice, reflect.Array:
 		if n.Kind != yaml.SequenceNode {
