@@ -244,6 +244,8 @@ func (c *CA) EnrollWith(ctx context.Context, e Enrollment) ([]*x509.Certificate,
 			return nil, unwrapStep(err)
 		}
 		t.URIs = []*url.URL{deviceURIFor(tok.DeviceID)}
+		c.store.reenrolling.begin(tok.DeviceID) // recorded only after a check under the device's lock
+		defer c.store.reenrolling.end(tok.DeviceID)
 	}
 	chain, err := c.sign(ctx, csr, t, "token:"+tok.ID)
 	switch {

@@ -91,14 +91,66 @@ func (s *store) commitLoop(shard int) {
 }
 
 // commit records a group: on PostgreSQL in one statement when it can (recordAtOnce), and
-// what that left in one transaction (commitGroup).
+// what that left in one transaction (commitGroup). A re-enrollment always goes through
+// commitGroup, which checks the device under its row's lock.
 func (s *store) commit(ctx context.Context, group []*pendingCert, shard int) {
 	if s.db.Driver() == sitedb.Postgres {
-		group = s.recordAtOnce(ctx, group, shard)
+		var checked []*pendingCert
+		if s.reenrolling.any() {
+			var fast []*pendingCert
+			for _, p := range group {
+				if s.reenrolling.has(deviceIDOf(p.cert)) {
+					checked = append(checked, p)
+				} else {
+					fast = append(fast, p)
+				}
+			}
+			group = fast
+		}
+		if len(group) > 0 {
+			group = s.recordAtOnce(ctx, group, shard)
+		}
+		group = append(group, checked...)
 	}
 	if len(group) > 0 {
 		s.commitGroup(ctx, group, shard)
 	}
+}
+
+// reenrolling counts the re-enrollments in flight by device id (EnrollWith), so commit
+// knows which certificates of a group need the device check without a query.
+type reenrolling struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (r *reenrolling) begin(device string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.n == nil {
+		r.n = map[string]int{}
+	}
+	r.n[device]++
+}
+
+func (r *reenrolling) end(device string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.n[device]--; r.n[device] <= 0 {
+		delete(r.n, device)
+	}
+}
+
+func (r *reenrolling) any() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.n) > 0
+}
+
+func (r *reenrolling) has(device string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return device != "" && r.n[device] > 0
 }
 
 // commitGroup records a group in one transaction. When the transaction fails as a whole

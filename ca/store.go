@@ -85,6 +85,7 @@ type store struct {
 	issued   issued // group commit of new certificates (issued.go)
 
 	devicesExist atomic.Bool // the MP's devices table was found (see checkDevice)
+	reenrolling  reenrolling // devices being re-enrolled now (issued.go)
 }
 
 var (
