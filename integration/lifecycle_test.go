@@ -20,9 +20,16 @@ import (
 // `ibcm device unblock` prints, through its running agent (enroll --force, no --name, over
 // the control socket). It keeps its device id, name, groups and status messages, and the
 // same agent process is back online with the new certificate (check-in and notification
-// channel) without a restart. The token works once.
+// channel) without a restart. The token works once. On SQLite and on PostgreSQL, whose
+// group commit of enrollments differs (ca/issued.go).
 func TestReenrollAfterUnblock(t *testing.T) {
-	s := startSite(t, "sqlite")
+	for _, store := range []string{"sqlite", "postgres"} {
+		t.Run(store, func(t *testing.T) { testReenrollAfterUnblock(t, store) })
+	}
+}
+
+func testReenrollAfterUnblock(t *testing.T, store string) {
+	s := startSite(t, store)
 	dev := enrollDevice(t, s, "pc-40")
 	id := deviceIDOf(t, dev)
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")
@@ -76,13 +83,8 @@ func TestReenrollAfterUnblock(t *testing.T) {
 	if out := s.ibcm(t, "device", "list"); strings.Count(out, "pc-40") != 1 {
 		t.Errorf("device list shows pc-40 other than once:\n%s", out)
 	}
-	db, err := sitedb.Open(context.Background(), sitedb.SQLite, s.path("site.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	var n int
-	if err := db.QueryRow(context.Background(), `SELECT COUNT(*) FROM status_messages WHERE device_id = ? AND text = 'before the block'`, id).Scan(&n); err != nil || n != 1 {
+	if err := s.db(t).QueryRow(context.Background(), `SELECT COUNT(*) FROM status_messages WHERE device_id = ? AND text = 'before the block'`, id).Scan(&n); err != nil || n != 1 {
 		t.Errorf("the device's message from before the block: %d stored (%v), want 1", n, err)
 	}
 
@@ -102,4 +104,19 @@ func hexOf(t *testing.T, decimal string) string {
 		return ""
 	}
 	return ca.SerialHex(n)
+}
+
+// db opens the site's database (SQLite file or PostgreSQL) until the test ends.
+func (s *testSite) db(t *testing.T) *sitedb.DB {
+	t.Helper()
+	driver, dsn := sitedb.SQLite, s.path("site.db")
+	if s.dsn != "" {
+		driver, dsn = sitedb.Postgres, s.dsn
+	}
+	db, err := sitedb.Open(context.Background(), driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }
