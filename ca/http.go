@@ -64,6 +64,7 @@ func (c *CA) Handler(v *trust.Verifier) http.Handler {
 			return fn(w, r.WithContext(withGrants(r.Context(), g)), name)
 		})
 	}
+	c.userRoutes(mux, admin)
 	mux.Handle("GET /healthz", healthz("ca"))
 	mux.Handle("POST /v1/enroll", h(c.handleEnroll))
 	mux.Handle("POST /v1/renew", h(func(w http.ResponseWriter, r *http.Request) error { return c.handleRenew(w, r, v) }))

@@ -252,6 +252,18 @@ func TestAdminRoutesCheckTheirPermission(t *testing.T) {
 		{"GET", "/v1/admin/certificates/01", "", access.ManagePKI},
 		{"POST", "/v1/admin/certificates/01/revoke", `{"reason":"superseded"}`, access.ManagePKI},
 		{"GET", "/v1/admin/crl", "", access.ManagePKI},
+		{"POST", "/v1/admin/users", `{}`, access.ManageAccess},
+		{"GET", "/v1/admin/users", "", access.ManageAccess},
+		{"GET", "/v1/admin/users/nobody", "", access.ManageAccess},
+		{"POST", "/v1/admin/users/nobody/token", "", access.ManageAccess},
+		{"POST", "/v1/admin/users/nobody/disable", "", access.ManageAccess},
+		{"POST", "/v1/admin/users/nobody/enable", "", access.ManageAccess},
+		{"POST", "/v1/admin/users/nobody/assign", `{"role":"Read-only Analyst"}`, access.ManageAccess},
+		{"POST", "/v1/admin/users/nobody/unassign", `{"role":"Read-only Analyst"}`, access.ManageAccess},
+		{"GET", "/v1/admin/roles", "", access.ManageAccess},
+		{"GET", "/v1/admin/roles/nothing", "", access.ManageAccess},
+		{"POST", "/v1/admin/roles", `{}`, access.ManageAccess},
+		{"DELETE", "/v1/admin/roles/nothing", "", access.ManageAccess},
 	}
 	clients := map[string]*http.Client{}
 	var srv *httptest.Server
