@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/ibcm-project/ibcm/internal/access"
 	"math/big"
 	"sync"
 	"sync/atomic"
@@ -88,6 +89,8 @@ type MP struct {
 
 	mu      sync.RWMutex
 	blocked map[string]bool // device ids, kept current by device events
+
+	access *access.Store // who may use which admin route (access.go)
 }
 
 // New opens the MP over the site database: it applies the MP's migrations, stores the
@@ -120,6 +123,10 @@ func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options
 		return nil, err
 	}
 	m := &MP{db: db, verifier: verifier, o: o, now: o.Now, log: o.Log, inflight: make(chan struct{}, o.MaxInFlight), blocked: map[string]bool{}}
+	var err error
+	if m.access, err = access.Open(ctx, db); err != nil {
+		return nil, err
+	}
 	m.hub = newHub(m)
 	m.checkins = &checkinBuffer{db: db, pending: map[string]pendingCheckin{}}
 	m.policies = &policyCache{byDevice: map[string]string{}, byName: map[string]*wire.Policy{}}
