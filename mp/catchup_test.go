@@ -95,3 +95,17 @@ func TestSupersedeOlderStoreErrorDropsCache(t *testing.T) {
 		}
 	}
 }
+
+// A catch-up done while the subscription is down (a retry after a failed one, before the
+// reconnect) leaves the cache distrusted: renewals presented meanwhile are not heard of
+// until the reconnect's catch-up.
+func TestCatchUpWhileDownKeepsCacheDistrusted(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{})
+	f.mp.hub.down.Store(true) // as on sitedb.Down
+	f.mp.eventsLive.Store(false)
+	t.Cleanup(func() { f.mp.hub.down.Store(false) })
+	f.mp.hub.catchUp(context.Background())
+	if f.mp.eventsLive.Load() {
+		t.Error("a catch-up while the subscription is down made the cached certificates trusted")
+	}
+}

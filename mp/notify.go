@@ -77,6 +77,7 @@ type hub struct {
 
 	owed     chan struct{} // capacity 1: the event loop is to catch up again (retryLater)
 	retrying atomic.Bool   // a retryLater is pending
+	down     atomic.Bool   // the subscription lost its connection (sitedb.Down) and is not back
 }
 
 func newHub(m *MP) *hub {
@@ -170,15 +171,19 @@ func (h *hub) listen(ctx context.Context) error {
 				payload = p
 			case <-h.owed: // a catch-up failed, or a renewal could not be checked: again
 				h.retrying.Store(false)
-				h.catchUp(ctx)
+				if !h.down.Load() { // else the reconnect's "" catches up
+					h.catchUp(ctx)
+				}
 				continue
 			}
 			switch payload {
 			case sitedb.Down:
+				h.down.Store(true)
 				h.m.eventsLive.Store(false)
 				h.m.log.Warn().Msg("lost the connection that hears of site events; cached device certificates are checked against the store until it is back")
 				continue
 			case "": // reconnected, or fell behind: events may have been missed
+				h.down.Store(false)
 				h.catchUp(ctx)
 				continue
 			}
@@ -201,7 +206,7 @@ func (h *hub) listen(ctx context.Context) error {
 func (h *hub) catchUp(ctx context.Context) {
 	h.m.eventsLive.Store(false) // until the missed renewals are done
 	failed := h.m.resyncSuperseded(ctx) != nil
-	h.m.eventsLive.Store(true)
+	h.m.eventsLive.Store(!h.down.Load()) // a Down since: not before the reconnect's catch-up
 	newly, err := h.m.loadBlocked(ctx)
 	if err != nil && ctx.Err() == nil {
 		h.m.log.Warn().Err(err).Msg("reloading blocked devices")
@@ -216,7 +221,7 @@ func (h *hub) catchUp(ctx context.Context) {
 		failed = true
 	}
 	if failed && ctx.Err() == nil {
-		h.retryLater(ctx)
+		h.retryLater()
 	}
 }
 
@@ -225,17 +230,16 @@ const catchUpRetry = 5 * time.Second
 
 // retryLater has the event loop catch up again after catchUpRetry (at most one is
 // pending). The loop runs it, so it never races the events it dispatches.
-func (h *hub) retryLater(ctx context.Context) {
+func (h *hub) retryLater() {
 	if !h.retrying.CompareAndSwap(false, true) {
 		return
 	}
-	t := time.AfterFunc(catchUpRetry, func() {
+	time.AfterFunc(catchUpRetry, func() {
 		select {
 		case h.owed <- struct{}{}:
 		default:
 		}
 	})
-	context.AfterFunc(ctx, func() { t.Stop() })
 }
 
 // reconcile makes this MP's channels and its rows agree again: a channel whose row another
@@ -302,7 +306,7 @@ func (h *hub) dispatch(ctx context.Context, ev siteEvent) {
 		if err := h.m.supersedeOlder(cctx, ev.Device, ev.Successor); err != nil && ctx.Err() == nil {
 			h.m.log.Warn().Err(err).Str("device_id", ev.Device).Str("successor_serial", ev.Successor).
 				Msg("checking the certificates a renewal supersedes; the device's cached certificate was dropped, and a catch-up will close what the renewal supersedes")
-			h.retryLater(ctx)
+			h.retryLater()
 		}
 	case kindBlock:
 		h.m.setBlocked(ev.Device, true)
