@@ -7,8 +7,10 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/ibcm-project/ibcm/internal/access"
 	"io"
 	"math/big"
 	"net/url"
@@ -61,6 +63,8 @@ type CA struct {
 	ocsp ocspState // the OCSP responder and its response cache (ocsp.go)
 
 	tokens tokenCache // what bulk tokens are bound to (lookupToken)
+
+	access *access.Store // who may use which admin route (http.go)
 }
 
 type issuerURLs struct{ crl, ocsp, issuer string }
@@ -110,6 +114,12 @@ func New(ctx context.Context, db *sitedb.DB, o Options) (*CA, error) {
 	if err := c.store.registerCA(ctx, "issuing", o.Hierarchy.Issuing); err != nil {
 		return nil, err
 	}
+	if c.access, err = access.Open(ctx, db); err != nil {
+		return nil, err
+	}
+	if err := c.BootstrapAccess(ctx); err != nil {
+		return nil, err
+	}
 	c.auth, err = authority.NewEmbedded(
 		authority.WithConfig(&config.Config{
 			CRL: &config.CRLConfig{
@@ -129,6 +139,39 @@ func New(ctx context.Context, db *sitedb.DB, o Options) (*CA, error) {
 	}
 	return c, nil
 }
+
+// BootstrapAccess makes the holders of the site's valid admin certificates Full
+// Administrators while the site has no user (access.Store.Bootstrap): site init calls it
+// after issuing the first admin's certificate, and New on every start, which matters once,
+// for a site made before users existed.
+func (c *CA) BootstrapAccess(ctx context.Context) error {
+	rows, err := c.db.Query(ctx, `SELECT DISTINCT subject FROM certificates c WHERE profile = ? AND not_after > ?
+		AND NOT EXISTS (SELECT 1 FROM revoked_certificates r WHERE r.serial = c.serial) ORDER BY subject`, string(Admin), c.now().Unix())
+	if err != nil {
+		return fmt.Errorf("bootstrapping access: %w", err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return fmt.Errorf("bootstrapping access: %w", err)
+		}
+		names = append(names, n)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("bootstrapping access: %w", err)
+	}
+	if did, err := c.access.Bootstrap(ctx, names, "bootstrap"); err != nil {
+		return err
+	} else if did {
+		c.log.Info().Strs("users", names).Str("role", access.FullAdministrator).Msg("first users made from the admin certificates")
+	}
+	return nil
+}
+
+// Access returns the store of users, roles and assignments.
+func (c *CA) Access() *access.Store { return c.access }
 
 // Root returns the site's root certificate.
 func (c *CA) Root() *x509.Certificate { return c.h.Root }
@@ -190,6 +233,25 @@ func unwrapStep(err error) error {
 // be for the requested profile (client when empty) and, when bound to a subject, the CSR
 // must name it. The token is consumed in the transaction that records the certificate.
 func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte) ([]*x509.Certificate, error) {
+	return c.EnrollWith(ctx, Enrollment{Secret: secret, Profile: profile, CSR: csrData})
+}
+
+// Enrollment is what a device presents to enroll.
+type Enrollment struct {
+	Secret  string // the token
+	Profile string // client when empty
+	CSR     []byte // PEM
+	// NameFromToken: the CSR's common name is only a default (the host name); a token bound
+	// to a subject names the certificate instead. Without it, a CSR naming another subject
+	// than the token's is refused.
+	NameFromToken bool
+}
+
+// EnrollWith is Enroll with every option. A re-enroll token (TokenSpec.DeviceID) makes a
+// certificate for its device's id, and only while the device is not blocked; any other
+// token makes a new device id. The device id is never taken from the request.
+func (c *CA) EnrollWith(ctx context.Context, e Enrollment) ([]*x509.Certificate, error) {
+	profile := e.Profile
 	if profile == "" {
 		profile = string(Client)
 	}
@@ -197,7 +259,7 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := c.lookupToken(ctx, secret)
+	tok, err := c.lookupToken(ctx, e.Secret)
 	if err != nil {
 		return nil, err
 	}
@@ -205,13 +267,27 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 		return nil, fmt.Errorf("%w: token %s is for the %s profile, the request asks for %s", ErrWrongProfile, tok.ID, tok.Profile, p)
 	}
 	// The signer verifies the request's signature before anything else: once is enough.
-	csr, err := parseCSR(csrData, p)
+	csr, err := parseCSR(e.CSR, p)
 	if err != nil {
 		return nil, err
 	}
-	t, err := TemplateFromCSR(csr, p, tok.Subject, c.rand)
+	named := csr
+	if e.NameFromToken && tok.Subject != "" {
+		cp := *csr
+		cp.Subject.CommonName = tok.Subject
+		named = &cp
+	}
+	t, err := TemplateFromCSR(named, p, tok.Subject, c.rand)
 	if err != nil {
 		return nil, err
+	}
+	if tok.DeviceID != "" {
+		if err := c.store.checkDevice(func(q string, args ...any) *sql.Row { return c.db.QueryRow(ctx, q, args...) }, tok.DeviceID, false); err != nil {
+			return nil, unwrapStep(err)
+		}
+		t.URIs = []*url.URL{deviceURIFor(tok.DeviceID)}
+		c.store.reenrolling.begin(tok.DeviceID) // recorded only after a check under the device's lock
+		defer c.store.reenrolling.end(tok.DeviceID)
 	}
 	chain, err := c.sign(ctx, csr, t, "token:"+tok.ID)
 	switch {

@@ -91,14 +91,66 @@ func (s *store) commitLoop(shard int) {
 }
 
 // commit records a group: on PostgreSQL in one statement when it can (recordAtOnce), and
-// what that left in one transaction (commitGroup).
+// what that left in one transaction (commitGroup). A re-enrollment always goes through
+// commitGroup, which checks the device under its row's lock.
 func (s *store) commit(ctx context.Context, group []*pendingCert, shard int) {
 	if s.db.Driver() == sitedb.Postgres {
-		group = s.recordAtOnce(ctx, group, shard)
+		var checked []*pendingCert
+		if s.reenrolling.any() {
+			var fast []*pendingCert
+			for _, p := range group {
+				if s.reenrolling.has(deviceIDOf(p.cert)) {
+					checked = append(checked, p)
+				} else {
+					fast = append(fast, p)
+				}
+			}
+			group = fast
+		}
+		if len(group) > 0 {
+			group = s.recordAtOnce(ctx, group, shard)
+		}
+		group = append(group, checked...)
 	}
 	if len(group) > 0 {
 		s.commitGroup(ctx, group, shard)
 	}
+}
+
+// reenrolling counts the re-enrollments in flight by device id (EnrollWith), so commit
+// knows which certificates of a group need the device check without a query.
+type reenrolling struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (r *reenrolling) begin(device string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.n == nil {
+		r.n = map[string]int{}
+	}
+	r.n[device]++
+}
+
+func (r *reenrolling) end(device string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.n[device]--; r.n[device] <= 0 {
+		delete(r.n, device)
+	}
+}
+
+func (r *reenrolling) any() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.n) > 0
+}
+
+func (r *reenrolling) has(device string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return device != "" && r.n[device] > 0
 }
 
 // commitGroup records a group in one transaction. When the transaction fails as a whole
@@ -110,9 +162,34 @@ func (s *store) commitGroup(ctx context.Context, group []*pendingCert, shard int
 	refused := make([]error, len(group))
 	err := s.db.Tx(ctx, func(tx *sitedb.Tx) error {
 		clear(refused)
+		// A token's certificate names a device no block holds: a re-enroll token's device
+		// may have been blocked since its first check (EnrollWith).
+		byDevice := map[string][]int{}
+		var devices []string
+		for i, p := range group {
+			if id := deviceIDOf(p.cert); id != "" && strings.HasPrefix(p.by, "token:") {
+				if byDevice[id] == nil {
+					devices = append(devices, id)
+				}
+				byDevice[id] = append(byDevice[id], i)
+			}
+		}
+		blocked, err := s.blockedAmong(tx, devices)
+		if err != nil {
+			return err
+		}
+		for id, at := range blocked {
+			for _, i := range byDevice[id] {
+				refused[i] = refusal{fmt.Errorf("%w: device %s was blocked at %s while it enrolled again",
+					ErrDeviceBlocked, id, time.Unix(at, 0).UTC().Format(time.RFC3339))}
+			}
+		}
 		byToken := map[string][]int{}
 		var order []string
 		for i, p := range group {
+			if refused[i] != nil {
+				continue
+			}
 			if id, ok := strings.CutPrefix(p.by, "token:"); ok {
 				if byToken[id] == nil {
 					order = append(order, id)

@@ -225,6 +225,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		location.WatchFile(ctx, a.o.ResolvConf, a.o.WatchEvery, func() { a.Redetect(false) })
 	})
 	run(func(ctx context.Context) {
+		// state.json is renamed into place last with every new identity (client.commit).
+		location.WatchFile(ctx, filepath.Join(a.o.Dir, client.StateFile), a.o.WatchEvery, a.reloadIdentity)
+	})
+	run(func(ctx context.Context) {
 		if err := location.WatchNetwork(ctx, func() { a.Redetect(false) }); err != nil {
 			a.log.Info("no netlink: address and route changes are seen by the timer only", "err", err)
 		}
@@ -424,6 +428,32 @@ func (a *Agent) contestSuperseded() {
 	a.log.Error("the MP refuses this certificate as superseded by a renewal this device never made: a copy of its key and certificate exists (probable clone); renewing now to contest it", "serial", serial)
 	_ = a.Report("error", "identity", "certificate "+serial+" refused as superseded by a renewal this device never made: probable clone")
 	signal(a.renew)
+}
+
+// reloadIdentity switches the agent to an identity that appeared in its state directory
+// without going through it (a restored backup, a provisioning tool, an older ibcm-client):
+// new certificate and key for the MP connections and the channel, renewal schedule from
+// the new certificate. The agent's own writes change the file too; they already switched.
+func (a *Agent) reloadIdentity() {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	id, err := client.Load(a.o.Dir)
+	if err != nil {
+		a.log.Warn("the state directory changed but holds no usable identity; the current one stays in use", "err", err)
+		return
+	}
+	a.mu.Lock()
+	cur := a.id
+	a.mu.Unlock()
+	if cur.DeviceID == id.DeviceID && cur.Serial.Cmp(id.Serial) == 0 {
+		return
+	}
+	a.setIdentityStatus(id)
+	a.setError(nil)
+	a.log.Info("new identity in the state directory", "device_id", id.DeviceID, "serial", id.SerialHex(), "not_after", id.NotAfter)
+	a.Report("info", "agent", "switched to the identity found in the state directory: device "+id.DeviceID+", serial "+id.SerialHex())
+	signal(a.rewrote)
+	signal(a.restart)
 }
 
 // Enroll replaces the identity with a new enrollment (`ibcm-client enroll --force` while

@@ -29,6 +29,9 @@ type EnrollRequest struct {
 	Token   string `json:"token"`
 	Profile string `json:"profile,omitempty"` // defaults to "client"
 	CSR     string `json:"csr"`               // PEM "CERTIFICATE REQUEST"
+	// NameFromToken says the CSR's common name is only a default (the host name): when the
+	// token is bound to a subject, that subject is the certificate's name.
+	NameFromToken bool `json:"name_from_token,omitempty"`
 }
 
 // RenewRequest asks the CA for the successor of the certificate presented in the TLS
@@ -68,7 +71,10 @@ type TokenCreateRequest struct {
 	Profile string `json:"profile"`
 	Subject string `json:"subject,omitempty"`
 	Uses    int    `json:"uses,omitempty"` // defaults to 1
-	TTL     string `json:"ttl,omitempty"`  // Go duration, defaults to 24h
+	TTL     string `json:"ttl,omitempty"`  // Go duration, defaults to 24h (1h for a re-enroll token)
+	// DeviceID makes a re-enroll token: single use, bound to this existing device, whose
+	// certificate then names the same device id (and its registered name).
+	DeviceID string `json:"device_id,omitempty"`
 }
 
 // Token describes an enrollment token without its secret.
@@ -76,6 +82,7 @@ type Token struct {
 	ID        string    `json:"id"`
 	Profile   string    `json:"profile"`
 	Subject   string    `json:"subject,omitempty"`
+	DeviceID  string    `json:"device_id,omitempty"` // a re-enroll token's device
 	UsesLeft  int       `json:"uses_left"`
 	Uses      int       `json:"uses"`
 	ExpiresAt time.Time `json:"expires_at"`
@@ -351,4 +358,64 @@ type Group struct {
 type BlockResult struct {
 	Device  Device   `json:"device"`
 	Serials []string `json:"serials"` // certificates of the device to revoke at the CA
+}
+
+// UserCreateRequest adds a user with one role (admin API, ManageAccess); the answer
+// carries a one-time login token for `ibcm login` on the user's own machine.
+type UserCreateRequest struct {
+	Name        string   `json:"name"`
+	DisplayName string   `json:"display_name,omitempty"`
+	Title       string   `json:"title,omitempty"`
+	Org         string   `json:"org,omitempty"`
+	Role        string   `json:"role"`
+	Scopes      []string `json:"scopes,omitempty"` // device groups; none = every device and the site
+	TTL         string   `json:"ttl,omitempty"`    // the login token's lifetime, Go duration, default 24h
+}
+
+// User is a helper or administrator of the site (admin API).
+type User struct {
+	Name        string       `json:"name"`
+	DisplayName string       `json:"display_name,omitempty"`
+	Title       string       `json:"title,omitempty"`
+	Org         string       `json:"org,omitempty"`
+	Disabled    bool         `json:"disabled"`
+	DisabledAt  *time.Time   `json:"disabled_at,omitempty"`
+	CreatedAt   time.Time    `json:"created_at"`
+	CreatedBy   string       `json:"created_by"`
+	Roles       []Assignment `json:"roles"`
+	Permissions []string     `json:"permissions"` // what the roles over the whole site give
+}
+
+// Assignment is a role a user holds over a scope ("" = every device and the site).
+type Assignment struct {
+	Role  string `json:"role"`
+	Scope string `json:"scope,omitempty"`
+}
+
+// UserToken answers a user's creation or a new login token: the secret is shown once.
+type UserToken struct {
+	User      User      `json:"user"`
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// UserDisabled answers disabling a user: the certificates it revoked.
+type UserDisabled struct {
+	User    User     `json:"user"`
+	Revoked []string `json:"revoked"` // serials, hex
+}
+
+// Role is a named set of permissions (admin API).
+type Role struct {
+	Name        string   `json:"name"`
+	Description string   `json:"description,omitempty"`
+	Permissions []string `json:"permissions"`
+	BuiltIn     bool     `json:"built_in"`
+}
+
+// AssignRequest gives or takes a role over scopes (none: every device and the site, or on
+// unassign every scope).
+type AssignRequest struct {
+	Role   string   `json:"role"`
+	Scopes []string `json:"scopes,omitempty"`
 }
