@@ -166,11 +166,11 @@ func (m *MP) supersedeOlder(ctx context.Context, device, successor string) error
 		if err == nil && succ == "" {
 			continue // not renewed, or a contested line
 		}
-		if v, ok := m.seen.Load(device); ok && v.(seenCert).serial == serial {
+		if v, ok := m.seen.Load(device); ok && (v.(seenCert).serial == serial || err != nil && v.(seenCert).serial != successor) {
 			m.seen.CompareAndDelete(device, v) // not one a registration stored since
 		}
 		if err != nil {
-			return err
+			return err // the cached certificate went, whichever serial failed
 		}
 		sn, _ := new(big.Int).SetString(serial, 10)
 		n := m.hub.closeConns(device, sn) // first: once a channel hears why, all is closed
@@ -184,8 +184,10 @@ func (m *MP) supersedeOlder(ctx context.Context, device, successor string) error
 // resyncSuperseded does what the renewal announcements missed since the last catch-up
 // would have done (supersedeOlder for each renewal presented since, give or take
 // resyncSlack of clock difference between MPs). When the store cannot be read, every
-// cached certificate is dropped instead: each device's next request asks the store.
-func (m *MP) resyncSuperseded(ctx context.Context) {
+// cached certificate is dropped instead (each device's next request asks the store) and
+// the error is returned: the channels a missed renewal supersedes make no request, so the
+// catch-up is done again (hub.retryLater).
+func (m *MP) resyncSuperseded(ctx context.Context) error {
 	since := m.syncedAt.Swap(m.now().Unix())
 	err := func() error {
 		rows, err := m.db.Query(ctx, `SELECT d.device_id, d.serial FROM device_certificates d
@@ -220,6 +222,7 @@ func (m *MP) resyncSuperseded(ctx context.Context) {
 		m.supersedes.Add(1)
 		m.seen.Clear()
 	}
+	return err
 }
 
 // resyncSlack is how far before the last catch-up resyncSuperseded looks: the clocks of

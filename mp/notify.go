@@ -74,11 +74,15 @@ type hub struct {
 
 	jobs chan *notifyConn // channels with queued frames, for the writers
 	done <-chan struct{}  // the writers have stopped
+
+	owed     chan struct{} // capacity 1: the event loop is to catch up again (retryLater)
+	retrying atomic.Bool   // a retryLater is pending
+	down     atomic.Bool   // the subscription lost its connection (sitedb.Down) and is not back
 }
 
 func newHub(m *MP) *hub {
 	return &hub{m: m, notify: map[string]map[*notifyConn]struct{}{}, conns: map[string]map[net.Conn]struct{}{}, devOf: map[net.Conn]connOwner{},
-		jobs: make(chan *notifyConn, writerBacklog)}
+		jobs: make(chan *notifyConn, writerBacklog), owed: make(chan struct{}, 1)}
 }
 
 // startWriters runs the channel writers until ctx is done.
@@ -157,13 +161,29 @@ func (h *hub) listen(ctx context.Context) error {
 	}
 	h.startWriters(ctx, &h.m.bg)
 	go func() {
-		for payload := range events {
+		for {
+			var payload string
+			select {
+			case p, ok := <-events:
+				if !ok {
+					return
+				}
+				payload = p
+			case <-h.owed: // a catch-up failed, or a renewal could not be checked: again
+				h.retrying.Store(false)
+				if !h.down.Load() { // else the reconnect's "" catches up
+					h.catchUp(ctx)
+				}
+				continue
+			}
 			switch payload {
 			case sitedb.Down:
+				h.down.Store(true)
 				h.m.eventsLive.Store(false)
 				h.m.log.Warn().Msg("lost the connection that hears of site events; cached device certificates are checked against the store until it is back")
 				continue
 			case "": // reconnected, or fell behind: events may have been missed
+				h.down.Store(false)
 				h.catchUp(ctx)
 				continue
 			}
@@ -181,13 +201,16 @@ func (h *hub) listen(ctx context.Context) error {
 // catchUp redoes what missed events would have done: blocks, policy changes, the
 // channels closed for the per-device cap (their rows are gone), and the renewals
 // presented since the last catch-up (MP.resyncSuperseded); then MP.seen is trusted again.
+// When the store fails it, the catch-up is done again after catchUpRetry (retryLater):
+// the channels a missed event would have closed make no request that could find out.
 func (h *hub) catchUp(ctx context.Context) {
 	h.m.eventsLive.Store(false) // until the missed renewals are done
-	h.m.resyncSuperseded(ctx)
-	h.m.eventsLive.Store(true)
+	failed := h.m.resyncSuperseded(ctx) != nil
+	h.m.eventsLive.Store(!h.down.Load()) // a Down since: not before the reconnect's catch-up
 	newly, err := h.m.loadBlocked(ctx)
 	if err != nil && ctx.Err() == nil {
 		h.m.log.Warn().Err(err).Msg("reloading blocked devices")
+		failed = true
 	}
 	for _, id := range newly { // blocks whose events were missed
 		h.closeDevice(id)
@@ -195,7 +218,28 @@ func (h *hub) catchUp(ctx context.Context) {
 	h.m.policies.clear("")
 	if err := h.reconcile(ctx); err != nil && ctx.Err() == nil {
 		h.m.log.Warn().Err(err).Msg("reloading notification channels")
+		failed = true
 	}
+	if failed && ctx.Err() == nil {
+		h.retryLater()
+	}
+}
+
+// catchUpRetry is how long after a failed catch-up it is done again.
+const catchUpRetry = 5 * time.Second
+
+// retryLater has the event loop catch up again after catchUpRetry (at most one is
+// pending). The loop runs it, so it never races the events it dispatches.
+func (h *hub) retryLater() {
+	if !h.retrying.CompareAndSwap(false, true) {
+		return
+	}
+	time.AfterFunc(catchUpRetry, func() {
+		select {
+		case h.owed <- struct{}{}:
+		default:
+		}
+	})
 }
 
 // reconcile makes this MP's channels and its rows agree again: a channel whose row another
@@ -257,11 +301,12 @@ func (h *hub) channels(keep func(*notifyConn) bool) []*notifyConn {
 func (h *hub) dispatch(ctx context.Context, ev siteEvent) {
 	switch ev.Kind {
 	case kindSuperseded:
-		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		if err := h.m.supersedeOlder(ctx, ev.Device, ev.Successor); err != nil && ctx.Err() == nil {
+		if err := h.m.supersedeOlder(cctx, ev.Device, ev.Successor); err != nil && ctx.Err() == nil {
 			h.m.log.Warn().Err(err).Str("device_id", ev.Device).Str("successor_serial", ev.Successor).
-				Msg("checking the certificates a renewal supersedes; the device's cached certificate was dropped")
+				Msg("checking the certificates a renewal supersedes; the device's cached certificate was dropped, and a catch-up will close what the renewal supersedes")
+			h.retryLater()
 		}
 	case kindBlock:
 		h.m.setBlocked(ev.Device, true)

@@ -79,6 +79,8 @@ type Agent struct {
 	rewrote chan struct{} // the identity was replaced: the renewal schedule starts again
 	kick    chan struct{} // send the spool now
 	restart chan struct{} // the MP or the certificate changed: new session
+
+	contested string // serial (hex) of the certificate contestSuperseded renewed for
 }
 
 type cachedPolicy struct {
@@ -405,6 +407,27 @@ func (a *Agent) Renew(ctx context.Context, keepKey bool) (*client.Identity, erro
 	signal(a.rewrote)
 	signal(a.restart)
 	return newID, nil
+}
+
+// contestSuperseded answers an MP that refuses the current certificate as superseded (403
+// certificate_superseded): a renewal of it was presented at an MP, and this agent never
+// goes back to an older certificate, so a copy of its key and certificate renewed first.
+// The agent renews at once (once per certificate): the CA refuses with renewal_superseded
+// and records the conflict, so the line is contested and the MPs serve this device again,
+// flagged as a probable clone, instead of refusing it until its renewal is due (weeks
+// for a copy that renewed early).
+func (a *Agent) contestSuperseded() {
+	a.mu.Lock()
+	serial := a.id.SerialHex()
+	first := a.contested != serial
+	a.contested = serial
+	a.mu.Unlock()
+	if !first {
+		return
+	}
+	a.log.Error("the MP refuses this certificate as superseded by a renewal this device never made: a copy of its key and certificate exists (probable clone); renewing now to contest it", "serial", serial)
+	_ = a.Report("error", "identity", "certificate "+serial+" refused as superseded by a renewal this device never made: probable clone")
+	signal(a.renew)
 }
 
 // reloadIdentity switches the agent to an identity that appeared in its state directory

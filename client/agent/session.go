@@ -179,6 +179,9 @@ func (s *session) do(ctx context.Context, method, path string, in any, hdr http.
 		if resp.StatusCode == http.StatusServiceUnavailable {
 			return resp, fmt.Errorf("%w: %v", errMPDown, err)
 		}
+		if e.Error.Code == "certificate_superseded" {
+			s.a.contestSuperseded()
+		}
 		return resp, err
 	}
 	if out != nil {
