@@ -1,0 +1,52 @@
+package mp
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/pem"
+	"errors"
+	"testing"
+
+	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
+	"github.com/ibcm-project/ibcm/internal/wire"
+)
+
+// TestBlockRevokesPendingReenrollTokens: a re-enroll token made for a device and not used
+// yet does not outlive a block of the device. It is refused while the device is blocked,
+// and without this it came back to life at the next unblock (alongside the new token that
+// unblock prints), for whoever had kept a copy. Security review finding; its test.
+func TestBlockRevokesPendingReenrollTokens(t *testing.T) {
+	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
+		ctx := context.Background()
+		c, csr := testCA(t, db)
+		req, key := csr()
+		chain, err := c.Issue(ctx, ca.IssueSpec{Profile: ca.Client, Subject: "pc-3"}, req, "admin:test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := newFixture(t, db, Options{})
+		cert := tls.Certificate{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key, Leaf: chain[0]}
+		if status, e := call(t, f.client(&cert), "GET", f.intranet+"/v1/whoami", nil, &wire.Whoami{}); status != 200 {
+			t.Fatalf("whoami: %d %+v", status, e)
+		}
+		id := deviceID(cert)
+		pending, _, err := c.CreateToken(ctx, ca.TokenSpec{Profile: ca.Client, DeviceID: id}, "admin:test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.mp.Block(ctx, id, true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.mp.Block(ctx, id, false); err != nil {
+			t.Fatal(err)
+		}
+		der, _ := csr()
+		_, err = c.EnrollWith(ctx, ca.Enrollment{Secret: pending, NameFromToken: true,
+			CSR: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})})
+		if !errors.Is(err, ca.ErrTokenRevoked) {
+			t.Errorf("a re-enroll token made before the block, used after the unblock: %v, want ErrTokenRevoked", err)
+		}
+	})
+}
