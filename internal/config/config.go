@@ -134,8 +134,9 @@ func syntaxError(name string, err error) error {
 }
 
 type walker struct {
-	file string
-	errs []error
+	file   string
+	errs   []error
+	visits int // nodes walked, aliases expanded (maxVisits)
 }
 
 func (w *walker) add(n *yaml.Node, path, format string, args ...any) {
@@ -153,13 +154,25 @@ var (
 	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
 )
 
-// maxDepth bounds the walk (aliases are followed; yaml.v3 already refuses alias bombs).
-const maxDepth = 64
+// maxDepth bounds the walk's nesting. maxVisits bounds its work: the walk follows
+// aliases, which the node tree keeps unexpanded (yaml.v3's limit on aliasing applies only
+// to the decode after the walk), and repeated merge keys multiply, so a kilobyte would
+// walk billions of nodes. A config file has a few hundred.
+const (
+	maxDepth  = 64
+	maxVisits = 100_000
+)
 
 // walk checks node n against type t at key path.
 func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
 	if depth > maxDepth {
 		w.add(n, path, "nested too deeply")
+		return
+	}
+	if w.visits++; w.visits > maxVisits {
+		if w.visits == maxVisits+1 {
+			w.add(n, path, "too many aliases: the file expands to more than %d values", maxVisits)
+		}
 		return
 	}
 	if n.Kind == yaml.AliasNode && n.Alias != nil {
