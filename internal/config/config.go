@@ -175,9 +175,7 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
 		}
 		return
 	}
-	if n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
+	n = resolve(n)
 	if isNull(n) {
 		return // the zero value
 	}
@@ -205,14 +203,14 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
 		}
 		fields := structFields(t)
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
+			k, v := resolve(n.Content[i]), n.Content[i+1]
 			if k.Value == "<<" && k.ShortTag() == "!!merge" {
 				w.walk(v, t, path, depth+1)
 				continue
 			}
 			f, ok := fields[k.Value]
 			if !ok {
-				w.add(k, join(path, k.Value), "unknown key%s", suggest(k.Value, fields))
+				w.add(n.Content[i], join(path, k.Value), "unknown key%s", suggest(k.Value, fields)) // the alias's line
 				continue
 			}
 			w.walk(v, f, join(path, k.Value), depth+1)
@@ -223,7 +221,7 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
 			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
+			k, v := resolve(n.Content[i]), n.Content[i+1]
 			if k.Kind != yaml.ScalarNode {
 				w.add(k, path, "a key must be a plain name (got %s)", describe(k))
 				continue
@@ -317,6 +315,15 @@ func unmarshalerMessage(err error) string {
 		}
 	}
 	return msg
+}
+
+// resolve returns what an alias stands for (an alias node's Value is the anchor's name):
+// a key may be an alias too.
+func resolve(n *yaml.Node) *yaml.Node {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		return n.Alias
+	}
+	return n
 }
 
 func isNull(n *yaml.Node) bool {

@@ -187,6 +187,25 @@ func TestAliasBomb(t *testing.T) {
 	}
 }
 
+// TestAliasKey: a key may be an alias; the walk checks the key it stands for, not the
+// anchor's name (which let yaml.v3's own message through, or named the wrong key).
+// Security review finding; its test.
+func TestAliasKey(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"site: {code: &version bogus_key}\n*version : 1\n", "f.yaml:2: bogus_key: unknown key"},
+		{"site: {code: &version ratio}\nmp: {*version : [a]}\n", "f.yaml:2: mp.ratio: must be a number"},
+	} {
+		var c testConfig
+		if err := Decode("f.yaml", []byte(tc.in), &c); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Decode(%q) = %v, want %q", tc.in, err, tc.want)
+		}
+	}
+	var c testConfig
+	if err := Decode("f.yaml", []byte("site: {code: &k ratio}\nmp: {*k : 0.5}\n"), &c); err != nil || c.MP.Ratio != 0.5 {
+		t.Errorf("an alias key naming a known key: %v, ratio %v", err, c.MP.Ratio)
+	}
+}
+
 func TestDistance(t *testing.T) {
 	cases := []struct {
 		a, b string
