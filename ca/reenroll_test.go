@@ -260,7 +260,10 @@ func TestReenrollTokenRacingBlock(t *testing.T) {
 		if _, err := blockSQL(tx, id); err != nil {
 			return err
 		}
-		go func() { _, _, err := c.CreateToken(ctx, TokenSpec{Profile: Client, DeviceID: id}, "admin:test"); made <- err }()
+		go func() {
+			_, _, err := c.CreateToken(ctx, TokenSpec{Profile: Client, DeviceID: id}, "admin:test")
+			made <- err
+		}()
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 			var waiting int
 			if err := db.QueryRow(ctx, `SELECT COUNT(*) FROM pg_stat_activity
