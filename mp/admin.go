@@ -171,8 +171,8 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 
 // Block marks a device blocked (or unblocked), and announces it so every MP closes the
 // device's connections and refuses its handshakes; a block also revokes the device's
-// re-enroll tokens not used yet. The answer lists the device's
-// certificates, renewals included, which the caller revokes at the CA.
+// re-enroll tokens not used yet. The answer lists the device's certificates, renewals
+// included, which the caller revokes at the CA.
 func (m *MP) Block(ctx context.Context, id string, block bool) (wire.BlockResult, error) {
 	var serials []string
 	err := m.db.Tx(ctx, func(tx *sitedb.Tx) error {
