@@ -163,16 +163,25 @@ const (
 	maxVisits = 100_000
 )
 
+// spend counts one step of the walk against maxVisits; false once they are spent (the
+// first time, with the error).
+func (w *walker) spend(n *yaml.Node, path string) bool {
+	if w.visits++; w.visits > maxVisits {
+		if w.visits == maxVisits+1 {
+			w.add(n, path, "too many aliases: the file expands to more than %d values", maxVisits)
+		}
+		return false
+	}
+	return true
+}
+
 // walk checks node n against type t at key path.
 func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
 	if depth > maxDepth {
 		w.add(n, path, "nested too deeply")
 		return
 	}
-	if w.visits++; w.visits > maxVisits {
-		if w.visits == maxVisits+1 {
-			w.add(n, path, "too many aliases: the file expands to more than %d values", maxVisits)
-		}
+	if !w.spend(n, path) {
 		return
 	}
 	n = resolve(n)
@@ -210,7 +219,14 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
 			}
 			f, ok := fields[k.Value]
 			if !ok {
-				w.add(n.Content[i], join(path, k.Value), "unknown key%s", suggest(k.Value, fields)) // the alias's line
+				if !w.spend(k, path) {
+					return
+				}
+				if len(w.errs) < maxErrors { // suggest costs: not for a message dropped
+					w.add(n.Content[i], join(path, k.Value), "unknown key%s", suggest(k.Value, fields)) // the alias's line
+				} else {
+					w.add(n.Content[i], join(path, k.Value), "unknown key")
+				}
 				continue
 			}
 			w.walk(v, f, join(path, k.Value), depth+1)
