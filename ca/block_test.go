@@ -38,10 +38,14 @@ func registerDevice(t *testing.T, db *sitedb.DB, cert *x509.Certificate) string 
 	return id
 }
 
-// blockSQL is what mp.MP.Block does in its transaction: mark the device blocked, then list
-// its certificates and their renewals for the CLI to revoke.
+// blockSQL is what mp.MP.Block does in its transaction: mark the device blocked, revoke
+// its unused re-enroll tokens, then list its certificates and their renewals for the CLI to revoke.
 func blockSQL(tx *sitedb.Tx, id string) ([]string, error) {
-	if _, err := tx.Exec(`UPDATE devices SET blocked_at = ? WHERE id = ?`, time.Now().Unix(), id); err != nil {
+	now := time.Now().Unix()
+	if _, err := tx.Exec(`UPDATE devices SET blocked_at = ? WHERE id = ?`, now, id); err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(`UPDATE enrollment_tokens SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL`, now, id); err != nil {
 		return nil, err
 	}
 	rows, err := tx.Query(`WITH RECURSIVE chain(serial) AS (

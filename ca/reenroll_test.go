@@ -96,8 +96,10 @@ func TestReenrollTokenKeepsTheDeviceID(t *testing.T) {
 		if _, _, err := c.CreateToken(ctx, TokenSpec{Profile: Client, DeviceID: id}, "admin:test"); !errors.Is(err, ErrDeviceBlocked) {
 			t.Errorf("re-enroll token for a blocked device: %v, want ErrDeviceBlocked", err)
 		}
-		if _, err := c.Enroll(ctx, pending, "", csr("pc-01")); !errors.Is(err, ErrDeviceBlocked) {
-			t.Errorf("re-enrolling a blocked device: %v, want ErrDeviceBlocked", err)
+		// The block revoked the token made before it (TestReenrollRacingBlock: one the block
+		// missed is refused for the blocked device).
+		if _, err := c.Enroll(ctx, pending, "", csr("pc-01")); !errors.Is(err, ErrTokenRevoked) {
+			t.Errorf("re-enrolling a blocked device: %v, want ErrTokenRevoked", err)
 		}
 	})
 }
@@ -240,6 +242,61 @@ func TestReenrollRacingBlock(t *testing.T) {
 	for _, x := range ts {
 		if x.ID == tok.ID && x.UsesLeft != 1 {
 			t.Errorf("the refused re-enrollment spent its token (%d uses left)", x.UsesLeft)
+		}
+	}
+}
+
+// TestReenrollTokenRacingBlock: on PostgreSQL a re-enroll token made while the device is
+// being blocked waits for the block under the device row's lock and is refused; without
+// the lock it was stored after the block had revoked the device's tokens, and worked
+// again after the unblock. Security review finding; its test.
+func TestReenrollTokenRacingBlock(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.Postgres, sitedbtest.NewDSN(t, sitedb.Postgres))
+	ctx := context.Background()
+	c := newTestCA(t, db)
+	id := registerDevice(t, db, enrollClient(t, c, "pc-race"))
+	made := make(chan error, 1)
+	err := db.Tx(ctx, func(tx *sitedb.Tx) error {
+		if _, err := blockSQL(tx, id); err != nil {
+			return err
+		}
+		go func() {
+			_, _, err := c.CreateToken(ctx, TokenSpec{Profile: Client, DeviceID: id}, "admin:test")
+			made <- err
+		}()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			var waiting int
+			if err := db.QueryRow(ctx, `SELECT COUNT(*) FROM pg_stat_activity
+				WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+				return err
+			}
+			if waiting > 0 {
+				return nil
+			}
+			select {
+			case err := <-made:
+				made <- err
+				return fmt.Errorf("the token was made without waiting for the block's transaction: %v", err)
+			default:
+			}
+			if time.Now().After(deadline) {
+				return errors.New("making the token never waited for the block's transaction")
+			}
+		}
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	if err := <-made; !errors.Is(err, ErrDeviceBlocked) {
+		t.Errorf("re-enroll token made while the device was being blocked: %v, want ErrDeviceBlocked", err)
+	}
+	ts, err := c.ListTokens(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range ts {
+		if x.DeviceID == id && x.RevokedAt == nil {
+			t.Errorf("token %s for the blocked device is not revoked", x.ID)
 		}
 	}
 }

@@ -107,6 +107,13 @@ func (c *CA) CreateToken(ctx context.Context, spec TokenSpec, by string) (string
 	t := Token{ID: hash[:16], Profile: spec.Profile, Subject: spec.Subject, DeviceID: spec.DeviceID, Uses: spec.Uses, UsesLeft: spec.Uses,
 		ExpiresAt: now.Add(spec.TTL), CreatedAt: now, CreatedBy: by}
 	err = c.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		if t.DeviceID != "" {
+			// Again under the device row's lock: a block revokes the device's re-enroll
+			// tokens, so one stored while a block commits would outlive it.
+			if err := c.store.checkDevice(tx.QueryRow, t.DeviceID, true); err != nil {
+				return unwrapStep(err)
+			}
+		}
 		if _, err := tx.Exec(`INSERT INTO enrollment_tokens
 			(id, hash, profile, subject, device_id, uses, uses_left, expires_at, created_at, created_by)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -121,6 +128,9 @@ func (c *CA) CreateToken(ctx context.Context, spec TokenSpec, by string) (string
 		}
 		return nil
 	})
+	if errors.Is(err, ErrDeviceBlocked) {
+		return "", Token{}, err
+	}
 	if err != nil {
 		return "", Token{}, fmt.Errorf("storing token: %w", err)
 	}

@@ -170,8 +170,9 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 }
 
 // Block marks a device blocked (or unblocked), and announces it so every MP closes the
-// device's connections and refuses its handshakes. The answer lists the device's
-// certificates, renewals included, which the caller revokes at the CA.
+// device's connections and refuses its handshakes; a block also revokes the device's
+// re-enroll tokens not used yet. The answer lists the device's certificates, renewals
+// included, which the caller revokes at the CA.
 func (m *MP) Block(ctx context.Context, id string, block bool) (wire.BlockResult, error) {
 	var serials []string
 	err := m.db.Tx(ctx, func(tx *sitedb.Tx) error {
@@ -186,6 +187,14 @@ func (m *MP) Block(ctx context.Context, id string, block bool) (wire.BlockResult
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			return api.Wrap(ErrNoDevice, http.StatusNotFound, "not_found", fmt.Sprintf("no device %q", id))
+		}
+		if block {
+			// A re-enroll token not used yet does not outlive the block: the CA refuses it
+			// while the device is blocked, and it would work again after an unblock, next
+			// to the token the unblock prints.
+			if _, err := tx.Exec(`UPDATE enrollment_tokens SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL`, at, id); err != nil {
+				return fmt.Errorf("revoking the re-enroll tokens of device %s: %w", id, err)
+			}
 		}
 		// Every certificate the device presented, every certificate a re-enroll token for it
 		// made (the CA records one only while the device row is not blocked, under its

@@ -437,7 +437,16 @@ func (a *Agent) contestSuperseded() {
 func (a *Agent) reloadIdentity() {
 	a.writeMu.Lock()
 	defer a.writeMu.Unlock()
-	id, err := client.Load(a.o.Dir)
+	// As in New: Load lets root read another user's directory; the agent takes an identity
+	// only from one it owns (checked again after reading, for a directory swapped meanwhile).
+	err := client.CheckDir(a.o.Dir)
+	var id *client.Identity
+	if err == nil {
+		id, err = client.Load(a.o.Dir)
+	}
+	if err == nil {
+		err = client.CheckDir(a.o.Dir)
+	}
 	if err != nil {
 		a.log.Warn("the state directory changed but holds no usable identity; the current one stays in use", "err", err)
 		return

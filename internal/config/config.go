@@ -134,8 +134,9 @@ func syntaxError(name string, err error) error {
 }
 
 type walker struct {
-	file string
-	errs []error
+	file   string
+	errs   []error
+	visits int // nodes walked, aliases expanded (maxVisits)
 }
 
 func (w *walker) add(n *yaml.Node, path, format string, args ...any) {
@@ -153,8 +154,26 @@ var (
 	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
 )
 
-// maxDepth bounds the walk (aliases are followed; yaml.v3 already refuses alias bombs).
-const maxDepth = 64
+// maxDepth bounds the walk's nesting. maxVisits bounds its work: the walk follows
+// aliases, which the node tree keeps unexpanded (yaml.v3's limit on aliasing applies only
+// to the decode after the walk), and repeated merge keys multiply, so a kilobyte would
+// walk billions of nodes. A config file has a few hundred.
+const (
+	maxDepth  = 64
+	maxVisits = 100_000
+)
+
+// spend counts one step of the walk against maxVisits; false once they are spent (the
+// first time, with the error).
+func (w *walker) spend(n *yaml.Node, path string) bool {
+	if w.visits++; w.visits > maxVisits {
+		if w.visits == maxVisits+1 {
+			w.add(n, path, "too many aliases: the file expands to more than %d values", maxVisits)
+		}
+		return false
+	}
+	return true
+}
 
 // walk checks node n against type t at key path.
 func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
@@ -162,9 +181,10 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
 		w.add(n, path, "nested too deeply")
 		return
 	}
-	if n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
+	if !w.spend(n, path) {
+		return
 	}
+	n = resolve(n)
 	if isNull(n) {
 		return // the zero value
 	}
@@ -192,14 +212,21 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
 		}
 		fields := structFields(t)
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
+			k, v := resolve(n.Content[i]), n.Content[i+1]
 			if k.Value == "<<" && k.ShortTag() == "!!merge" {
 				w.walk(v, t, path, depth+1)
 				continue
 			}
 			f, ok := fields[k.Value]
 			if !ok {
-				w.add(k, join(path, k.Value), "unknown key%s", suggest(k.Value, fields))
+				if !w.spend(k, path) {
+					return
+				}
+				if len(w.errs) < maxErrors { // suggest costs: not for a message dropped
+					w.add(n.Content[i], join(path, k.Value), "unknown key%s", suggest(k.Value, fields)) // the alias's line
+				} else {
+					w.add(n.Content[i], join(path, k.Value), "unknown key")
+				}
 				continue
 			}
 			w.walk(v, f, join(path, k.Value), depth+1)
@@ -210,7 +237,7 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string, depth int) {
 			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
+			k, v := resolve(n.Content[i]), n.Content[i+1]
 			if k.Kind != yaml.ScalarNode {
 				w.add(k, path, "a key must be a plain name (got %s)", describe(k))
 				continue
@@ -304,6 +331,15 @@ func unmarshalerMessage(err error) string {
 		}
 	}
 	return msg
+}
+
+// resolve returns what an alias stands for (an alias node's Value is the anchor's name):
+// a key may be an alias too.
+func resolve(n *yaml.Node) *yaml.Node {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		return n.Alias
+	}
+	return n
 }
 
 func isNull(n *yaml.Node) bool {

@@ -160,6 +160,89 @@ func TestEmptyIsErrEmpty(t *testing.T) {
 	}
 }
 
+// TestAliasBomb: the walk follows aliases, which yaml.v3 keeps unexpanded in the node
+// tree (its own limit on aliasing applies only to the decode that comes after the walk).
+// Merge keys repeated in a mapping multiply: ten levels of ten fit in a kilobyte and walk
+// 10^10 nodes, hours of CPU for `ibcm` and the servers reading site.yaml. The walk is
+// bounded; such a file is refused. Security review finding; its test.
+func TestAliasBomb(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("z0: &z0 {version: 1}\n")
+	const levels, refs = 6, 10 // 10^6 merges: seconds unbounded, enough to show it
+	for i := 1; i <= levels; i++ {
+		fmt.Fprintf(&b, "z%d: &z%d {", i, i)
+		for j := range refs {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "<<: *z%d", i-1)
+		}
+		b.WriteString("}\n")
+	}
+	fmt.Fprintf(&b, "<<: *z%d\n", levels)
+	var c testConfig
+	err := Decode("f.yaml", []byte(b.String()), &c)
+	if err == nil || !strings.Contains(err.Error(), "aliases") {
+		t.Errorf("Decode of an alias bomb (%d bytes) = %v, want it refused for its aliases", b.Len(), err)
+	}
+}
+
+// TestAliasBombOfUnknownKeys: the bound counts the keys of a merged mapping too, and an
+// unknown key past the reported mistakes costs no suggestion: a mapping of a thousand long
+// unknown keys merged a hundred thousand times took hours (a suggestion each time), now
+// milliseconds. The 30 s limit only keeps a regression from hanging the run.
+func TestAliasBombOfUnknownKeys(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("z0: &z0 {")
+	for i := range 1000 {
+		fmt.Fprintf(&b, "%s%d: 1, ", strings.Repeat("q", 60), i)
+	}
+	b.WriteString("version: 1}\n")
+	for i := 1; i <= 5; i++ {
+		fmt.Fprintf(&b, "z%d: &z%d {", i, i)
+		for j := range 10 {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "<<: *z%d", i-1)
+		}
+		b.WriteString("}\n")
+	}
+	b.WriteString("<<: *z5\n")
+	done := make(chan error, 1)
+	go func() {
+		var c testConfig
+		done <- Decode("f.yaml", []byte(b.String()), &c)
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("Decode of an alias bomb of unknown keys succeeded")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Decode of %d bytes still runs after 30 s", b.Len())
+	}
+}
+
+// TestAliasKey: a key may be an alias; the walk checks the key it stands for, not the
+// anchor's name (which let yaml.v3's own message through, or named the wrong key).
+// Security review finding; its test.
+func TestAliasKey(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"site: {code: &version bogus_key}\n*version : 1\n", "f.yaml:2: bogus_key: unknown key"},
+		{"site: {code: &version ratio}\nmp: {*version : [a]}\n", "f.yaml:2: mp.ratio: must be a number"},
+	} {
+		var c testConfig
+		if err := Decode("f.yaml", []byte(tc.in), &c); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Decode(%q) = %v, want %q", tc.in, err, tc.want)
+		}
+	}
+	var c testConfig
+	if err := Decode("f.yaml", []byte("site: {code: &k ratio}\nmp: {*k : 0.5}\n"), &c); err != nil || c.MP.Ratio != 0.5 {
+		t.Errorf("an alias key naming a known key: %v, ratio %v", err, c.MP.Ratio)
+	}
+}
+
 func TestDistance(t *testing.T) {
 	cases := []struct {
 		a, b string
