@@ -76,8 +76,9 @@ type Identity struct {
 	RootCerts []*x509.Certificate
 }
 
-// SerialHex returns the serial number as openssl prints it: upper-case hex, even length.
-func (id *Identity) SerialHex() string { return serialHex(id.Serial) }
+// SerialHex returns the serial number as openssl prints it (wire.FormatSerial), the one
+// form the agent shows, logs and sends.
+func (id *Identity) SerialHex() string { return wire.FormatSerial(id.Serial) }
 
 // RenewAt returns when two thirds of the certificate's lifetime have passed.
 func (id *Identity) RenewAt() time.Time {
@@ -93,17 +94,6 @@ func (id *Identity) RenewDue(now time.Time) bool {
 
 // Expired reports whether the certificate is no longer valid at now.
 func (id *Identity) Expired(now time.Time) bool { return now.After(id.NotAfter) }
-
-func serialHex(sn *big.Int) string {
-	if sn == nil {
-		return ""
-	}
-	s := fmt.Sprintf("%X", sn)
-	if len(s)%2 == 1 {
-		s = "0" + s
-	}
-	return s
-}
 
 // DeviceIDOf returns the device id a certificate names, or "".
 func DeviceIDOf(c *x509.Certificate) string {

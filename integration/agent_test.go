@@ -35,7 +35,7 @@ type agentStatus struct {
 	SpoolDepth    int        `json:"spool_depth"`
 	LastCheckin   *time.Time `json:"last_checkin"`
 	Notify        bool       `json:"notify_connected"`
-	Serial        string     `json:"serial_hex"`
+	Serial        string     `json:"serial"`
 	PolicyVersion int        `json:"policy_version"`
 	LastError     string     `json:"last_error"`
 }

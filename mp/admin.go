@@ -203,7 +203,7 @@ func (m *MP) Block(ctx context.Context, id string, block bool) (wire.BlockResult
 				rows.Close()
 				return err
 			}
-			serials = append(serials, s)
+			serials = append(serials, wire.FormatDecimalSerial(s))
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil { // a list cut short would leave a certificate unrevoked

@@ -58,8 +58,8 @@ func (m *MP) registerCert(ctx context.Context, p *peer) error {
 	}
 	if succ != "" {
 		msg := fmt.Sprintf("probable clone: certificate %s is still presented although the device already presented its renewal %s",
-			trust.HexSerial(serial), trust.HexSerial(succ))
-		m.log.Warn().Str("device_id", p.id.ID).Str("serial", serial).Str("successor_serial", succ).Str("location", p.location).
+			wire.FormatDecimalSerial(serial), wire.FormatDecimalSerial(succ))
+		m.log.Warn().Str("device_id", p.id.ID).Str("serial", wire.FormatDecimalSerial(serial)).Str("successor_serial", wire.FormatDecimalSerial(succ)).Str("location", p.location).
 			Msg("probable clone: superseded certificate refused")
 		if err := m.addWarning(ctx, p.id.ID, msg); err != nil {
 			return fmt.Errorf("recording a clone warning for device %s: %w", p.id.ID, err)
@@ -92,7 +92,7 @@ func (m *MP) registerCert(ctx context.Context, p *peer) error {
 
 func supersededError(serial, succ string) error {
 	return api.Wrap(ErrCertificateSuperseded, http.StatusForbidden, "certificate_superseded",
-		fmt.Sprintf("certificate %s was renewed as %s, which this device already uses", trust.HexSerial(serial), trust.HexSerial(succ)))
+		fmt.Sprintf("certificate %s was renewed as %s, which this device already uses", wire.FormatDecimalSerial(serial), wire.FormatDecimalSerial(succ)))
 }
 
 // forgetExpired drops from MP.seen the devices whose registered certificate has expired,
@@ -113,7 +113,7 @@ func (m *MP) forgetExpired() {
 
 func (m *MP) handleWhoami(w http.ResponseWriter, r *http.Request) error {
 	p := peerOf(r)
-	out := wire.Whoami{Subject: p.leaf.Subject.CommonName, Serial: p.leaf.SerialNumber.String(), Location: p.location, Profile: p.id.Kind}
+	out := wire.Whoami{Subject: p.leaf.Subject.CommonName, Serial: wire.FormatSerial(p.leaf.SerialNumber), Location: p.location, Profile: p.id.Kind}
 	if p.id.Kind == trust.KindDevice {
 		out.DeviceID, out.Profile = p.id.ID, "client"
 		if err := m.registerDevice(w, r, p); err != nil {
@@ -340,6 +340,7 @@ func scanDevice(row interface{ Scan(...any) error }) (wire.Device, error) {
 		&first, &last, &d.LastLocation, &d.ClaimedLocation, &addrs, &d.Compliance, &blocked, &warnings); err != nil {
 		return wire.Device{}, err
 	}
+	d.Serial = wire.FormatDecimalSerial(d.Serial) // stored in decimal
 	d.FirstSeen, d.LastSeen = time.Unix(first, 0).UTC(), time.Unix(last, 0).UTC()
 	if addrs != "" {
 		d.Addresses = strings.Split(addrs, ",")

@@ -101,7 +101,7 @@ func TestHandshake(t *testing.T) {
 			if status, e := call(t, f.client(&valid), "GET", base+"/v1/whoami", nil, &who); status != 200 {
 				t.Fatalf("whoami: %d %+v", status, e)
 			}
-			if who.Location != want || who.DeviceID != deviceID(valid) || who.Subject != "pc-1" || who.Serial != valid.Leaf.SerialNumber.String() {
+			if who.Location != want || who.DeviceID != deviceID(valid) || who.Subject != "pc-1" || who.Serial != wire.FormatSerial(valid.Leaf.SerialNumber) {
 				t.Errorf("whoami on %s = %+v", want, who)
 			}
 		}
@@ -361,7 +361,7 @@ func TestBlockAcrossMPs(t *testing.T) {
 
 	start := time.Now()
 	res, err := a.mp.Block(context.Background(), deviceID(pc), true)
-	if err != nil || len(res.Serials) != 1 || res.Serials[0] != pc.Leaf.SerialNumber.String() || !res.Device.Blocked {
+	if err != nil || len(res.Serials) != 1 || res.Serials[0] != wire.FormatSerial(pc.Leaf.SerialNumber) || !res.Device.Blocked {
 		t.Fatalf("Block: %+v %v", res, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

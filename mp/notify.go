@@ -315,7 +315,7 @@ func (h *hub) closeSerial(serial string) {
 		_ = rawConn(c).Close() // no close_notify: it could wait on a slow peer
 	}
 	if n += len(cs); n > 0 {
-		h.m.log.Info().Str("serial", serial).Int("connections", n).Msg("certificate revoked: connections closed")
+		h.m.log.Info().Str("serial", wire.FormatSerial(sn)).Int("connections", n).Msg("certificate revoked: connections closed")
 	}
 }
 

@@ -16,7 +16,7 @@ func TestProbe(t *testing.T) {
 	pc := f.device(t, "pc-probe")
 	for _, tc := range []struct{ base, want string }{{f.intranet, wire.Intranet}, {f.internet, wire.Internet}} {
 		var p wire.Probe
-		if status, e := call(t, f.client(&pc), "GET", tc.base+wire.ProbePath, nil, &p); status != 200 || p.Location != tc.want || p.Serial != pc.Leaf.SerialNumber.String() {
+		if status, e := call(t, f.client(&pc), "GET", tc.base+wire.ProbePath, nil, &p); status != 200 || p.Location != tc.want || p.Serial != wire.FormatSerial(pc.Leaf.SerialNumber) {
 			t.Fatalf("probe of the %s listener: %d %+v %+v", tc.want, status, e, p)
 		}
 	}

@@ -78,7 +78,7 @@ func runEnroll(c *cli.Context) error {
 	res, err := agent.Enroll(c.Context, opts.Dir, opts)
 	if err == nil {
 		fmt.Fprintf(c.App.Writer, "enrolled %s as device %s through the running agent\nserial %s, valid until %s; stored in %s\n",
-			res.Name, res.DeviceID, res.SerialHex, res.NotAfter.UTC().Format(timeFormat), res.Dir)
+			res.Name, res.DeviceID, res.Serial, res.NotAfter.UTC().Format(timeFormat), res.Dir)
 		return nil
 	}
 	if !errors.Is(err, agent.ErrNotRunning) {

@@ -64,7 +64,7 @@ func runRenew(c *cli.Context) error {
 	res, err := agent.Renew(c.Context, dir, c.Bool("keep-key"))
 	if err == nil {
 		fmt.Fprintf(c.App.Writer, "renewed device %s through the running agent: serial %s, valid until %s\n",
-			res.DeviceID, res.SerialHex, res.NotAfter.UTC().Format(timeFormat))
+			res.DeviceID, res.Serial, res.NotAfter.UTC().Format(timeFormat))
 		return nil
 	}
 	if !errors.Is(err, agent.ErrNotRunning) {

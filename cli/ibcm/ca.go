@@ -227,7 +227,7 @@ EXAMPLES:
 			if err := writeNew(crtPath, []byte(resp.Certificate), 0o644); err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.Writer, "issued serial %s (not after %s)\n  %s\n", resp.SerialHex, resp.NotAfter.Format(time.RFC3339), crtPath)
+			fmt.Fprintf(c.App.Writer, "issued serial %s (not after %s)\n  %s\n", resp.Serial, resp.NotAfter.Format(time.RFC3339), crtPath)
 			if keyPEM != nil {
 				fmt.Fprintf(c.App.Writer, "  %s\n", keyPath)
 			}
@@ -283,7 +283,7 @@ func caListCommand() *cli.Command {
 			w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "SERIAL\tPROFILE\tSUBJECT\tNOT AFTER\tSTATUS")
 			for _, ct := range certs {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", ct.SerialHex, ct.Profile, ct.Subject, ct.NotAfter.Format(time.RFC3339), ct.Status)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", ct.Serial, ct.Profile, ct.Subject, ct.NotAfter.Format(time.RFC3339), ct.Status)
 			}
 			return w.Flush()
 		},
@@ -295,14 +295,15 @@ func caShowCommand() *cli.Command {
 		Name:      "show",
 		Usage:     "show one certificate",
 		ArgsUsage: "SERIAL",
-		Description: `SERIAL is hex as openssl prints it (with or without colons) or decimal.
+		Description: `SERIAL is hex as openssl prints it (5A0F…, or serial=5A0F…), optionally with
+colons or 0x.
 
 EXAMPLES:
    ibcm ca show --dir /srv/ibcm 5A0F3C9E2B1D4E6F7A8B9C0D1E2F3A4B
    ibcm ca show --dir /srv/ibcm --json 5A:0F:3C:9E:2B:1D:4E:6F:7A:8B:9C:0D:1E:2F:3A:4B | jq .pem -r`,
 		Flags: append(adminFlags(), jsonFlag()),
 		Action: func(c *cli.Context) error {
-			serial, err := oneArg(c, "SERIAL")
+			serial, err := serialArg(c)
 			if err != nil {
 				return err
 			}
@@ -318,7 +319,7 @@ EXAMPLES:
 				return printJSON(c.App.Writer, ct)
 			}
 			w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(w, "serial\t%s (decimal %s)\n", ct.SerialHex, ct.Serial)
+			fmt.Fprintf(w, "serial\t%s\n", ct.Serial)
 			fmt.Fprintf(w, "profile\t%s\nsubject\t%s\n", ct.Profile, ct.Subject)
 			if len(ct.DNS) > 0 {
 				fmt.Fprintf(w, "names\t%s\n", strings.Join(ct.DNS, ", "))
@@ -343,8 +344,8 @@ func caRevokeCommand() *cli.Command {
 		Name:      "revoke",
 		Usage:     "revoke a certificate: every site server refuses it within a second; CRL and OCSP say so",
 		ArgsUsage: "SERIAL",
-		Description: `SERIAL is hex as openssl prints it (with or without colons) or decimal. REASON is an
-RFC 5280 name: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,
+		Description: `SERIAL is hex as openssl prints it (5A0F…, or serial=5A0F…), optionally with
+colons or 0x. REASON is an RFC 5280 name: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,
 cessationOfOperation, privilegeWithdrawn, aACompromise. A revocation is final.
 keyCompromise also revokes every certificate of the same key (a renewal may keep its key)
 and every certificate renewed from one of those, transitively: whoever holds the key may
@@ -353,12 +354,12 @@ its reason to keyCompromise and revokes the others.
 
 EXAMPLES:
    ibcm ca revoke --dir /srv/ibcm --reason keyCompromise 5A0F3C9E2B1D4E6F7A8B9C0D1E2F3A4B
-   ibcm ca revoke --dir /srv/ibcm --reason superseded "$(openssl x509 -in old.crt -noout -serial | cut -d= -f2)"`,
+   ibcm ca revoke --dir /srv/ibcm --reason superseded "$(openssl x509 -in old.crt -noout -serial)"`,
 		Flags: append(adminFlags(),
 			&cli.StringFlag{Name: "reason", Value: "unspecified", Usage: "RFC 5280 reason name", EnvVars: []string{"IBCM_REVOKE_REASON"}},
 		),
 		Action: func(c *cli.Context) error {
-			serial, err := oneArg(c, "SERIAL")
+			serial, err := serialArg(c)
 			if err != nil {
 				return err
 			}
@@ -379,9 +380,9 @@ EXAMPLES:
 // printRevoked says what a revocation did, each line after indent.
 func printRevoked(w io.Writer, indent string, rev wire.Revoked) {
 	if rev.ReasonChangedFrom != "" {
-		fmt.Fprintf(w, "%scertificate %s (%s) was already revoked (%s); its reason is now %s\n", indent, rev.SerialHex, rev.Subject, rev.ReasonChangedFrom, rev.Reason)
+		fmt.Fprintf(w, "%scertificate %s (%s) was already revoked (%s); its reason is now %s\n", indent, rev.Serial, rev.Subject, rev.ReasonChangedFrom, rev.Reason)
 	} else {
-		fmt.Fprintf(w, "%srevoked certificate %s (%s, %s)\n", indent, rev.SerialHex, rev.Subject, rev.Reason)
+		fmt.Fprintf(w, "%srevoked certificate %s (%s, %s)\n", indent, rev.Serial, rev.Subject, rev.Reason)
 	}
 	for _, sn := range rev.AlsoRevoked {
 		fmt.Fprintf(w, "%s  and revoked certificate %s with it (%s)\n", indent, sn, rev.Reason)
@@ -447,6 +448,20 @@ func oneArg(c *cli.Context, name string) (string, error) {
 		return "", usageError("%s takes exactly one argument: %s", c.Command.Name, name)
 	}
 	return c.Args().First(), nil
+}
+
+// serialArg is the one argument SERIAL, read with wire.ParseSerial and written back as
+// openssl prints it.
+func serialArg(c *cli.Context) (string, error) {
+	arg, err := oneArg(c, "SERIAL")
+	if err != nil {
+		return "", err
+	}
+	sn, err := wire.ParseSerial(arg)
+	if err != nil {
+		return "", usageError("%v", err)
+	}
+	return wire.FormatSerial(sn), nil
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -227,11 +227,11 @@ func (e *enrollRequest) check() error {
 
 // IdentityResult is the identity a renewal or an enrollment through the agent left.
 type IdentityResult struct {
-	DeviceID  string    `json:"device_id"`
-	Name      string    `json:"name"`
-	SerialHex string    `json:"serial_hex"`
-	NotAfter  time.Time `json:"not_after"`
-	Dir       string    `json:"dir"`
+	DeviceID string    `json:"device_id"`
+	Name     string    `json:"name"`
+	Serial   string    `json:"serial"` // as openssl prints it
+	NotAfter time.Time `json:"not_after"`
+	Dir      string    `json:"dir"`
 }
 
 // controlFailure is the answer when a renewal or enrollment failed; a refusal of the CA
@@ -301,7 +301,7 @@ func writeIdentity(w http.ResponseWriter, id *client.Identity, err error) {
 		writeJSON(w, http.StatusBadGateway, f)
 		return
 	}
-	writeJSON(w, http.StatusOK, IdentityResult{DeviceID: id.DeviceID, Name: id.Name, SerialHex: id.SerialHex(), NotAfter: id.NotAfter.UTC(), Dir: id.Dir})
+	writeJSON(w, http.StatusOK, IdentityResult{DeviceID: id.DeviceID, Name: id.Name, Serial: id.SerialHex(), NotAfter: id.NotAfter.UTC(), Dir: id.Dir})
 }
 
 // Renew has the agent running on dir renew its certificate; ErrNotRunning when no agent

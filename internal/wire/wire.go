@@ -41,8 +41,7 @@ type RenewRequest struct {
 
 // CertificateResponse carries an issued certificate and its chain up to, not including, the root.
 type CertificateResponse struct {
-	Serial      string    `json:"serial"`     // decimal
-	SerialHex   string    `json:"serial_hex"` // upper-case hex, as openssl prints it
+	Serial      string    `json:"serial"` // as openssl prints it (FormatSerial)
 	NotAfter    time.Time `json:"not_after"`
 	Certificate string    `json:"certificate"` // PEM: leaf followed by the issuing chain
 	// Bootstrap is what a freshly enrolled agent needs to find its MP before it has a policy.
@@ -101,8 +100,7 @@ type IssueRequest struct {
 
 // Certificate describes an issued certificate (admin API).
 type Certificate struct {
-	Serial      string     `json:"serial"`
-	SerialHex   string     `json:"serial_hex"`
+	Serial      string     `json:"serial"` // as openssl prints it, as every serial here
 	Profile     string     `json:"profile"`
 	Subject     string     `json:"subject"`
 	DNS         []string   `json:"dns,omitempty"`
