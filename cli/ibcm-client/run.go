@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"text/tabwriter"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/ibcm-project/ibcm/client"
 	"github.com/ibcm-project/ibcm/client/agent"
 	"github.com/ibcm-project/ibcm/client/location"
+	"github.com/ibcm-project/ibcm/internal/logging"
 )
 
 func resolvConfFlag() *cli.StringFlag {
@@ -31,7 +31,8 @@ func runCommand() *cli.Command {
 device is on the intranet or the internet, uses the MP for that location, re-detects when the
 resolver configuration or the network changes, when the MP fails and on a timer, checks in,
 keeps the notification channel open, delivers spooled status messages and renews the
-certificate at two thirds of its life. Logs are JSON on stderr.
+certificate at two thirds of its life. Logs go to stderr: JSON, or zerolog's console format
+when stderr is a terminal (--log-format json keeps JSON there too).
 
 EXAMPLES:
    ibcm-client run
@@ -39,15 +40,15 @@ EXAMPLES:
    ibcm-client run --dir /srv/agent --resolv-conf /run/systemd/resolve/resolv.conf --log-level debug`,
 		Flags: []cli.Flag{
 			dirFlag(), resolvConfFlag(),
-			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"IBCM_CLIENT_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"IBCM_CLIENT_LOG_LEVEL"}, Usage: logging.Levels},
+			&cli.StringFlag{Name: "log-format", Value: logging.FormatAuto, EnvVars: []string{"IBCM_CLIENT_LOG_FORMAT"}, Usage: "auto (console on a terminal, JSON otherwise), json or console"},
 		},
 		Action: func(c *cli.Context) error {
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+			log, err := logging.New(os.Stderr, c.String("log-level"), c.String("log-format"))
+			if err != nil {
+				return err
 			}
-			a, err := agent.New(agent.Options{Dir: c.String("dir"), ResolvConf: c.String("resolv-conf"),
-				Log: slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))})
+			a, err := agent.New(agent.Options{Dir: c.String("dir"), ResolvConf: c.String("resolv-conf"), Log: log})
 			if err != nil {
 				return err
 			}

@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
+
+	"github.com/ibcm-project/ibcm/internal/logging"
 )
 
 // Exit codes.
@@ -49,24 +50,20 @@ EXAMPLES:
    ibcm site up --dir /srv/ibcm
    ibcm ca token create --dir /srv/ibcm --profile client`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"IBCM_LOG_LEVEL"}},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: logging.Levels, EnvVars: []string{"IBCM_LOG_LEVEL"}},
+			&cli.StringFlag{Name: "log-format", Value: logging.FormatAuto, Usage: "auto (console on a terminal, JSON otherwise), json or console", EnvVars: []string{"IBCM_LOG_FORMAT"}},
 		},
 		Commands:       []*cli.Command{siteCommand(), caCommand(), mpCommand(), deviceCommand(), groupCommand(), policyCommand(), configCommand()},
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits
 	}
 }
 
-// logger makes the process logger: JSON on stderr, or the console writer on a terminal.
-func logger(c *cli.Context) zerolog.Logger {
-	level, err := zerolog.ParseLevel(c.String("log-level"))
-	if err != nil || level == zerolog.NoLevel {
-		level = zerolog.InfoLevel
+// logger makes the process logger from --log-level and --log-format (internal/logging):
+// JSON on stderr, or the console writer on a terminal.
+func logger(c *cli.Context) (zerolog.Logger, error) {
+	l, err := logging.New(os.Stderr, c.String("log-level"), c.String("log-format"))
+	if err != nil {
+		return l, usageError("%v", err)
 	}
-	var l zerolog.Logger
-	if isatty.IsTerminal(os.Stderr.Fd()) {
-		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr})
-	} else {
-		l = zerolog.New(os.Stderr)
-	}
-	return l.Level(level).With().Timestamp().Logger()
+	return l, nil
 }

@@ -126,13 +126,17 @@ EXAMPLES:
 
 // serve runs the roles of the config file until SIGINT/SIGTERM.
 func serve(c *cli.Context, path string, roles ...string) error {
+	log, err := logger(c)
+	if err != nil {
+		return err
+	}
 	cfg, err := site.Load(path)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return site.Run(ctx, cfg, c.App.Writer, logger(c), roles...)
+	return site.Run(ctx, cfg, c.App.Writer, log, roles...)
 }
 
 func dirFlag(required bool) *cli.StringFlag {

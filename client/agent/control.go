@@ -136,9 +136,9 @@ func (a *Agent) onlyOwner(next http.Handler) http.Handler {
 		}
 		if _, seen := logged.LoadOrStore(key, struct{}{}); !seen {
 			if pr.err != nil {
-				a.log.Warn("control socket: refused a connection whose peer credentials cannot be read", "err", pr.err)
+				a.log.Warn().Err(pr.err).Msg("control socket: refused a connection whose peer credentials cannot be read")
 			} else {
-				a.log.Warn("control socket: refused a connection from another user (logged once per uid)", "uid", pr.peer.UID, "pid", pr.peer.PID, "path", r.URL.Path)
+				a.log.Warn().Int("uid", int(pr.peer.UID)).Int("pid", int(pr.peer.PID)).Str("path", r.URL.Path).Msg("control socket: refused a connection from another user (logged once per uid)")
 			}
 		}
 		w.Header().Set("Connection", "close")

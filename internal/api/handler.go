@@ -36,7 +36,7 @@ func Handle(log zerolog.Logger, fn HandlerFunc) http.Handler {
 			Int64("duration_ms", time.Since(start).Milliseconds()).Err(err)
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 			c := r.TLS.PeerCertificates[0]
-			ev = ev.Str("peer_subject", c.Subject.CommonName).Str("peer_serial", wire.FormatSerial(c.SerialNumber))
+			ev = ev.Str("peer_subject", c.Subject.CommonName).Str("serial", wire.FormatSerial(c.SerialNumber))
 		}
 		ev.Msg("request refused")
 	})
