@@ -365,40 +365,16 @@ func (m *MP) Device(ctx context.Context, id string) (wire.Device, error) {
 	if err != nil {
 		return wire.Device{}, err
 	}
-	clones, err := trust.CloneWarnings(ctx, m.db, id)
-	if err != nil {
+	ds := []wire.Device{d}
+	if err := m.addLiveFacts(ctx, ds, id); err != nil {
 		return wire.Device{}, err
 	}
-	d.Warnings = append(d.Warnings, clones[id]...)
-	rows, err := m.db.Query(ctx, `SELECT group_name FROM group_members WHERE device_id = ? ORDER BY group_name`, id)
-	if err != nil {
-		return wire.Device{}, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var g string
-		if err := rows.Scan(&g); err != nil {
-			return wire.Device{}, err
-		}
-		d.Groups = append(d.Groups, g)
-	}
-	if err := rows.Err(); err != nil {
-		return wire.Device{}, err
-	}
-	rows.Close()
-	if err := m.db.QueryRow(ctx, `SELECT COUNT(*) FROM notify_connections WHERE device_id = ? AND `+liveChannel, id, m.aliveSince()).Scan(&d.Connected); err != nil {
-		return wire.Device{}, err
-	}
-	return d, nil
+	return ds[0], nil
 }
 
-// Devices lists every device, most recently seen first.
+// Devices lists every device, most recently seen first, with the same facts as Device.
 func (m *MP) Devices(ctx context.Context) ([]wire.Device, error) {
 	if err := m.checkins.flush(ctx); err != nil {
-		return nil, err
-	}
-	clones, err := trust.CloneWarnings(ctx, m.db, "")
-	if err != nil {
 		return nil, err
 	}
 	rows, err := m.db.Query(ctx, `SELECT `+deviceColumns+` FROM devices ORDER BY last_seen DESC, id LIMIT 10000`)
@@ -412,10 +388,77 @@ func (m *MP) Devices(ctx context.Context) ([]wire.Device, error) {
 		if err != nil {
 			return nil, err
 		}
-		d.Warnings = append(d.Warnings, clones[d.ID]...)
 		out = append(out, d)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close()
+	if err := m.addLiveFacts(ctx, out, ""); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// addLiveFacts adds what the devices table does not hold to ds: clone warnings, groups
+// and live notification channels, for one device (id) or for all ("") — one code path,
+// so that device list and device show cannot disagree.
+func (m *MP) addLiveFacts(ctx context.Context, ds []wire.Device, id string) error {
+	byID := make(map[string]*wire.Device, len(ds))
+	for i := range ds {
+		byID[ds[i].ID] = &ds[i]
+	}
+	clones, err := trust.CloneWarnings(ctx, m.db, id)
+	if err != nil {
+		return err
+	}
+	for dev, ws := range clones {
+		if d := byID[dev]; d != nil {
+			d.Warnings = append(d.Warnings, ws...)
+		}
+	}
+	where, args := "", []any{}
+	if id != "" {
+		where, args = " WHERE device_id = ?", []any{id}
+	}
+	rows, err := m.db.Query(ctx, `SELECT device_id, group_name FROM group_members`+where+` ORDER BY device_id, group_name`, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var dev, g string
+		if err := rows.Scan(&dev, &g); err != nil {
+			return err
+		}
+		if d := byID[dev]; d != nil {
+			d.Groups = append(d.Groups, g)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	rows.Close()
+	and, args := "", []any{m.aliveSince()}
+	if id != "" {
+		and, args = " AND device_id = ?", append(args, id)
+	}
+	live, err := m.db.Query(ctx, `SELECT device_id, COUNT(*) FROM notify_connections WHERE `+liveChannel+and+` GROUP BY device_id`, args...)
+	if err != nil {
+		return err
+	}
+	defer live.Close()
+	for live.Next() {
+		var dev string
+		var n int
+		if err := live.Scan(&dev, &n); err != nil {
+			return err
+		}
+		if d := byID[dev]; d != nil {
+			d.Connected = n
+		}
+	}
+	return live.Err()
 }
 
 func encodeCert(c *x509.Certificate) string {

@@ -212,6 +212,26 @@ type StatusMessage struct {
 	Fields    map[string]string `json:"fields,omitempty"`
 }
 
+// DeviceMessage is a status message as the MP stored it (admin API): the message and when
+// the MP received it.
+type DeviceMessage struct {
+	StatusMessage
+	ReceivedAt time.Time `json:"received_at"`
+}
+
+// DeviceMessages answers GET /v1/admin/devices/{id}/messages: the device's status messages
+// at or after since, oldest first (newest last). At most limit are sent, the newest ones;
+// Truncated says older ones were left out (ask again with a later since, or a larger limit
+// up to MaxMessagesPage).
+type DeviceMessages struct {
+	DeviceID  string          `json:"device_id"`
+	Messages  []DeviceMessage `json:"messages"`
+	Truncated bool            `json:"truncated"`
+}
+
+// MaxMessagesPage is the most status messages one admin answer carries (and the default).
+const MaxMessagesPage = 1000
+
 // Limits of status messages.
 const (
 	MaxStatusBatch  = 100
