@@ -61,8 +61,21 @@ func TestDeviceMessages(t *testing.T) {
 			}
 		})
 	}
-	if _, _, out := get(""); out.Messages[4].Text != "message 4" || out.Messages[4].Fields["n"] != "4" || !out.Messages[4].Time.Equal(base.Add(4*time.Hour)) || out.Messages[4].ReceivedAt.IsZero() {
-		t.Errorf("stored message = %+v", out.Messages[4])
+	// within one second, the order is the messages' own, not the order they arrived in
+	late := base.Add(5 * time.Hour)
+	second := wire.StatusBatch{Messages: []wire.StatusMessage{
+		{ID: "s2", Time: late.Add(200 * time.Millisecond), Severity: "info", Component: "test", Text: "second"},
+		{ID: "s1", Time: late.Add(100 * time.Millisecond), Severity: "info", Component: "test", Text: "first"},
+	}}
+	if status, e := call(t, f.client(&pc), "POST", f.intranet+"/v1/status", second, nil); status != 200 {
+		t.Fatalf("status upload: %d %+v", status, e)
+	}
+	if status, e, out := get("?since=" + url.QueryEscape(late.Format(time.RFC3339))); status != 200 || ids(out) != "s1,s2" || !out.Messages[1].Time.Equal(late.Add(200*time.Millisecond)) {
+		t.Errorf("same second: HTTP %d %+v %q, want s1,s2 with their times", status, e, ids(out))
+	}
+	_, _, all := get("")
+	if m := all.Messages[4]; m.ID != "m4" || m.Text != "message 4" || m.Fields["n"] != "4" || !m.Time.Equal(base.Add(4*time.Hour)) || m.ReceivedAt.IsZero() {
+		t.Errorf("stored message = %+v", m)
 	}
 
 	for _, tc := range []struct {

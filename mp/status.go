@@ -39,9 +39,9 @@ func (m *MP) handleStatus(w http.ResponseWriter, r *http.Request, p *peer) error
 	err := m.db.Tx(r.Context(), func(tx *sitedb.Tx) error {
 		for _, msg := range b.Messages {
 			fields, _ := json.Marshal(msg.Fields)
-			if _, err := tx.Exec(`INSERT INTO status_messages (device_id, id, time, severity, component, text, fields, received_at)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, id) DO NOTHING`,
-				p.id.ID, msg.ID, msg.Time.Unix(), msg.Severity, msg.Component, msg.Text, string(fields), now); err != nil {
+			if _, err := tx.Exec(`INSERT INTO status_messages (device_id, id, time, time_ns, severity, component, text, fields, received_at)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, id) DO NOTHING`,
+				p.id.ID, msg.ID, msg.Time.Unix(), msg.Time.UnixNano(), msg.Severity, msg.Component, msg.Text, string(fields), now); err != nil {
 				return err
 			}
 			ack.Acked = append(ack.Acked, msg.ID)
@@ -74,8 +74,8 @@ func (m *MP) Messages(ctx context.Context, id string, since time.Time, limit int
 	if !since.IsZero() {
 		from = since.Unix()
 	}
-	rows, err := m.db.Query(ctx, `SELECT id, time, severity, component, text, fields, received_at FROM status_messages
-		WHERE device_id = ? AND time >= ? ORDER BY time DESC, received_at DESC, id DESC LIMIT ?`, id, from, limit+1)
+	rows, err := m.db.Query(ctx, `SELECT id, time, time_ns, severity, component, text, fields, received_at FROM status_messages
+		WHERE device_id = ? AND time >= ? ORDER BY time DESC, time_ns DESC, received_at DESC, id DESC LIMIT ?`, id, from, limit+1)
 	if err != nil {
 		return wire.DeviceMessages{}, err
 	}
@@ -83,12 +83,15 @@ func (m *MP) Messages(ctx context.Context, id string, since time.Time, limit int
 	out := wire.DeviceMessages{DeviceID: id, Messages: []wire.DeviceMessage{}}
 	for rows.Next() {
 		var dm wire.DeviceMessage
-		var at, received int64
+		var at, atNS, received int64
 		var fields string
-		if err := rows.Scan(&dm.ID, &at, &dm.Severity, &dm.Component, &dm.Text, &fields, &received); err != nil {
+		if err := rows.Scan(&dm.ID, &at, &atNS, &dm.Severity, &dm.Component, &dm.Text, &fields, &received); err != nil {
 			return wire.DeviceMessages{}, err
 		}
 		dm.Time, dm.ReceivedAt = time.Unix(at, 0).UTC(), time.Unix(received, 0).UTC()
+		if atNS != 0 {
+			dm.Time = time.Unix(0, atNS).UTC()
+		}
 		if fields != "" && fields != "null" {
 			_ = json.Unmarshal([]byte(fields), &dm.Fields) // written by handleStatus from a map
 		}

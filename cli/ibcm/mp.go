@@ -43,7 +43,7 @@ EXAMPLES:
 func deviceCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "device",
-		Usage: "devices: list, show, block, unblock, notify",
+		Usage: "devices: list, show, messages, block, unblock, notify",
 		Subcommands: []*cli.Command{
 			{
 				Name:  "list",
@@ -108,6 +108,7 @@ func deviceCommand() *cli.Command {
 					return w.Flush()
 				},
 			},
+			deviceMessagesCommand(),
 			{
 				Name:      "block",
 				Usage:     "block a device: close its connections on every MP, refuse it, revoke its certificates",
