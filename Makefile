@@ -7,16 +7,24 @@ TAGS   := nobadger,nomysql,nopgx,nobbolt
 GO     ?= go
 GOTAGS := -tags $(TAGS)
 RUNDIR ?= .run/site
+# what --version prints (the Go toolchain's build info fills in what git cannot)
+VERSION ?= $(shell git describe --tags --dirty 2>/dev/null || echo devel)
+COMMIT  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
+LDFLAGS := -X github.com/ibcm-project/ibcm/internal/cliapp.version=$(VERSION) -X github.com/ibcm-project/ibcm/internal/cliapp.commit=$(COMMIT)
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test check bench integration deps fuzz fmt vet unit clean
+.PHONY: help build man run test check bench integration deps fuzz fmt vet unit clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build bin/ibcm and bin/ibcm-client
-	$(GO) build $(GOTAGS) -o bin/ibcm ./cli/ibcm
-	$(GO) build $(GOTAGS) -o bin/ibcm-client ./cli/ibcm-client
+	$(GO) build $(GOTAGS) -ldflags "$(LDFLAGS)" -o bin/ibcm ./cli/ibcm
+	$(GO) build $(GOTAGS) -ldflags "$(LDFLAGS)" -o bin/ibcm-client ./cli/ibcm-client
+
+man: build ## write the man pages of both command trees to man/ (man -l man/ibcm.1)
+	./bin/ibcm man man
+	./bin/ibcm-client man man
 
 run: build ## run a whole site (CA + MP) on the embedded store in .run/site (made on first run)
 	@test -f $(RUNDIR)/site.yaml || ./bin/ibcm site init --dir $(RUNDIR) --site-code RUN \
@@ -53,5 +61,5 @@ fuzz: ## run every fuzz target for FUZZTIME (default 20s) each
 deps: ## install what the tests need (postgresql, bind9, dnsutils, openssl, curl) when missing; needs root
 	@./.ci/deps
 
-clean: ## remove build output and the make-run site
-	rm -rf bin .run
+clean: ## remove build output, man pages and the make-run site
+	rm -rf bin man .run

@@ -47,8 +47,10 @@ func blockSQL(tx *sitedb.Tx, id string) ([]string, error) {
 	rows, err := tx.Query(`WITH RECURSIVE chain(serial) AS (
 			SELECT serial FROM device_certificates WHERE device_id = ?
 			UNION
+			SELECT c.serial FROM certificates c JOIN enrollment_tokens t ON c.issued_by = 'token:' || t.id WHERE t.device_id = ?
+			UNION
 			SELECT c.serial FROM certificates c JOIN chain ON c.renewed_from = chain.serial
-		) SELECT serial FROM chain ORDER BY serial`, id)
+		) SELECT serial FROM chain ORDER BY serial`, id, id)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -189,6 +190,25 @@ func unwrapStep(err error) error {
 // be for the requested profile (client when empty) and, when bound to a subject, the CSR
 // must name it. The token is consumed in the transaction that records the certificate.
 func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte) ([]*x509.Certificate, error) {
+	return c.EnrollWith(ctx, Enrollment{Secret: secret, Profile: profile, CSR: csrData})
+}
+
+// Enrollment is what a device presents to enroll.
+type Enrollment struct {
+	Secret  string // the token
+	Profile string // client when empty
+	CSR     []byte // PEM
+	// NameFromToken: the CSR's common name is only a default (the host name); a token bound
+	// to a subject names the certificate instead. Without it, a CSR naming another subject
+	// than the token's is refused.
+	NameFromToken bool
+}
+
+// EnrollWith is Enroll with every option. A re-enroll token (TokenSpec.DeviceID) makes a
+// certificate for its device's id, and only while the device is not blocked; any other
+// token makes a new device id. The device id is never taken from the request.
+func (c *CA) EnrollWith(ctx context.Context, e Enrollment) ([]*x509.Certificate, error) {
+	profile := e.Profile
 	if profile == "" {
 		profile = string(Client)
 	}
@@ -196,7 +216,7 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := c.lookupToken(ctx, secret)
+	tok, err := c.lookupToken(ctx, e.Secret)
 	if err != nil {
 		return nil, err
 	}
@@ -204,13 +224,27 @@ func (c *CA) Enroll(ctx context.Context, secret, profile string, csrData []byte)
 		return nil, fmt.Errorf("%w: token %s is for the %s profile, the request asks for %s", ErrWrongProfile, tok.ID, tok.Profile, p)
 	}
 	// The signer verifies the request's signature before anything else: once is enough.
-	csr, err := parseCSR(csrData, p)
+	csr, err := parseCSR(e.CSR, p)
 	if err != nil {
 		return nil, err
 	}
-	t, err := TemplateFromCSR(csr, p, tok.Subject, c.rand)
+	named := csr
+	if e.NameFromToken && tok.Subject != "" {
+		cp := *csr
+		cp.Subject.CommonName = tok.Subject
+		named = &cp
+	}
+	t, err := TemplateFromCSR(named, p, tok.Subject, c.rand)
 	if err != nil {
 		return nil, err
+	}
+	if tok.DeviceID != "" {
+		if err := c.store.checkDevice(func(q string, args ...any) *sql.Row { return c.db.QueryRow(ctx, q, args...) }, tok.DeviceID, false); err != nil {
+			return nil, unwrapStep(err)
+		}
+		t.URIs = []*url.URL{deviceURIFor(tok.DeviceID)}
+		c.store.reenrolling.begin(tok.DeviceID) // recorded only after a check under the device's lock
+		defer c.store.reenrolling.end(tok.DeviceID)
 	}
 	chain, err := c.sign(ctx, csr, t, "token:"+tok.ID)
 	switch {

@@ -103,12 +103,12 @@ func (c *CA) handleEnroll(w http.ResponseWriter, r *http.Request) error {
 	if req.Token == "" || req.CSR == "" {
 		return api.BadRequest("token and csr are required")
 	}
-	chain, err := c.Enroll(r.Context(), req.Token, req.Profile, []byte(req.CSR))
+	chain, err := c.EnrollWith(r.Context(), Enrollment{Secret: req.Token, Profile: req.Profile, CSR: []byte(req.CSR), NameFromToken: req.NameFromToken})
 	if err != nil {
 		return httpError(err)
 	}
 	c.log.Info().Str("serial", wire.FormatSerial(chain[0].SerialNumber)).Str("subject", chain[0].Subject.CommonName).
-		Str("profile", string(ProfileOf(chain[0]))).Str("remote_addr", r.RemoteAddr).Msg("enrolled")
+		Str("device_id", deviceIDOf(chain[0])).Str("profile", string(ProfileOf(chain[0]))).Str("remote_addr", r.RemoteAddr).Msg("enrolled")
 	return writeChain(w, chain, c.boot)
 }
 
@@ -167,17 +167,17 @@ func (c *CA) handleTokenCreate(w http.ResponseWriter, r *http.Request, by string
 			return api.BadRequest("ttl %q: %v", req.TTL, err)
 		}
 	}
-	secret, t, err := c.CreateToken(r.Context(), TokenSpec{Profile: p, Subject: req.Subject, Uses: req.Uses, TTL: ttl}, "admin:"+by)
+	secret, t, err := c.CreateToken(r.Context(), TokenSpec{Profile: p, Subject: req.Subject, Uses: req.Uses, TTL: ttl, DeviceID: req.DeviceID}, "admin:"+by)
 	if err != nil {
 		return httpError(err)
 	}
-	c.log.Info().Str("token_id", t.ID).Str("profile", string(p)).Str("admin", by).Int("uses", t.Uses).Msg("enrollment token created")
+	c.log.Info().Str("token_id", t.ID).Str("profile", string(p)).Str("device_id", t.DeviceID).Str("admin", by).Int("uses", t.Uses).Msg("enrollment token created")
 	api.WriteJSON(w, http.StatusCreated, wire.TokenCreated{Token: tokenWire(t), Secret: secret})
 	return nil
 }
 
 func tokenWire(t Token) wire.Token {
-	return wire.Token{ID: t.ID, Profile: string(t.Profile), Subject: t.Subject, Uses: t.Uses, UsesLeft: t.UsesLeft,
+	return wire.Token{ID: t.ID, Profile: string(t.Profile), Subject: t.Subject, DeviceID: t.DeviceID, Uses: t.Uses, UsesLeft: t.UsesLeft,
 		ExpiresAt: t.ExpiresAt, CreatedAt: t.CreatedAt, CreatedBy: t.CreatedBy, Revoked: t.RevokedAt != nil}
 }
 

@@ -109,7 +109,7 @@ func TestGroupCommitGrantsOnlyTheUsesLeft(t *testing.T) {
 			tok := []string{scarce, plenty}[i%2]
 			group = append(group, &pendingCert{cert: testLeaf(t, int64(1000+i)), by: "token:" + hashSecret(tok)[:16], done: make(chan struct{})})
 		}
-		c.store.commitGroup(context.Background(), group, 0)
+		c.store.commit(context.Background(), group, 0)
 		granted := map[int]int{}
 		for i, p := range group {
 			<-p.done
@@ -221,7 +221,7 @@ func TestGroupCommitFailureFailsOnlyTheBadCertificate(t *testing.T) {
 			{cert: testLeaf(t, 7001), by: "token:" + id, done: make(chan struct{})},
 			{cert: dup, by: "token:" + id, done: make(chan struct{})},
 		}
-		c.store.commitGroup(context.Background(), group, 0)
+		c.store.commit(context.Background(), group, 0)
 		for i, p := range group {
 			<-p.done
 			if (p.err == nil) != (i < 2) {
@@ -246,7 +246,7 @@ func TestGroupCommitSpendsAcrossShards(t *testing.T) {
 			for i := range n {
 				group = append(group, &pendingCert{cert: testLeaf(t, first+int64(i)), by: "token:" + id, done: make(chan struct{})})
 			}
-			c.store.commitGroup(context.Background(), group, 1)
+			c.store.commit(context.Background(), group, 1)
 			for _, p := range group {
 				<-p.done
 				switch {
@@ -310,4 +310,50 @@ func TestTokensBeforeShardsKeepTheirUses(t *testing.T) {
 			t.Fatalf("a third use: %v, want ErrTokenUsed", err)
 		}
 	})
+}
+
+// On PostgreSQL a group is one statement: the certificates of every token that has the
+// uses on a shard, and those that need no token, are recorded at once; those of a token
+// short of uses are left for the transaction that refuses them exactly, with nothing of
+// theirs recorded or spent.
+func TestRecordAtOnce(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.Postgres, sitedbtest.NewDSN(t, sitedb.Postgres))
+	c := newTestCA(t, db)
+	scarce := hashSecret(mustToken(t, c, TokenSpec{Profile: Client, Uses: 2}))[:16] // one shard of 2
+	plenty := hashSecret(mustToken(t, c, TokenSpec{Profile: Client, Uses: 100}))[:16]
+	var group []*pendingCert
+	for i := range 9 {
+		by := []string{"token:" + scarce, "token:" + plenty, "admin:test"}[i%3]
+		group = append(group, &pendingCert{cert: testLeaf(t, int64(9000+i)), by: by, done: make(chan struct{})})
+	}
+	rest := c.store.recordAtOnce(context.Background(), group, 0)
+	for i, p := range group {
+		left := false
+		for _, r := range rest {
+			left = left || r == p
+		}
+		if left != (i%3 == 0) {
+			t.Errorf("certificate %d (%s): left for the transaction = %v", i, p.by, left)
+		}
+		select {
+		case <-p.done:
+			if left || p.err != nil {
+				t.Errorf("certificate %d: done with %v although left", i, p.err)
+			}
+		default:
+			if !left {
+				t.Errorf("certificate %d: recorded but not done", i)
+			}
+		}
+	}
+	if n, left := certsBy(t, db, scarce); n != 0 || left != 2 {
+		t.Errorf("token short of uses: %d certificates and %d uses left, want 0 and 2", n, left)
+	}
+	if n, left := certsBy(t, db, plenty); n != 3 || left != 97 {
+		t.Errorf("token with uses: %d certificates and %d uses left, want 3 and 97", n, left)
+	}
+	var admin int
+	if err := db.QueryRow(context.Background(), `SELECT COUNT(*) FROM certificates WHERE issued_by = 'admin:test'`).Scan(&admin); err != nil || admin != 3 {
+		t.Errorf("%d certificates without a token recorded (%v), want 3", admin, err)
+	}
 }

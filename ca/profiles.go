@@ -389,6 +389,11 @@ func deviceURI(rnd io.Reader) *url.URL {
 	return &url.URL{Scheme: "urn", Opaque: "ibcm:device:" + id}
 }
 
+// deviceURIFor is the identity URI of an existing device (a re-enroll token's).
+func deviceURIFor(id string) *url.URL {
+	return &url.URL{Scheme: "urn", Opaque: "ibcm:device:" + id}
+}
+
 func userURI(name string) *url.URL {
 	return &url.URL{Scheme: "urn", Opaque: "ibcm:user:" + name}
 }

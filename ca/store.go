@@ -86,6 +86,7 @@ type store struct {
 	issued   issued // group commit of new certificates (issued.go)
 
 	devicesExist atomic.Bool // the MP's devices table was found (see checkDevice)
+	reenrolling  reenrolling // devices being re-enrolled now (issued.go)
 }
 
 var (
@@ -551,19 +552,8 @@ func (s *store) checkDevice(queryRow func(query string, args ...any) *sql.Row, d
 	if device == "" {
 		return nil
 	}
-	if !s.devicesExist.Load() {
-		q := `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'devices'`
-		if s.db.Driver() == sitedb.Postgres {
-			q = `SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = 'devices' AND schemaname = ANY (current_schemas(false))`
-		}
-		var n int
-		if err := queryRow(q).Scan(&n); err != nil {
-			return fmt.Errorf("looking for the devices table: %w", err)
-		}
-		if n == 0 {
-			return nil
-		}
-		s.devicesExist.Store(true)
+	if ok, err := s.devicesTable(queryRow); err != nil || !ok {
+		return err
 	}
 	q := `SELECT blocked_at FROM devices WHERE id = ?`
 	if lock && s.db.Driver() == sitedb.Postgres {
@@ -582,6 +572,86 @@ func (s *store) checkDevice(queryRow func(query string, args ...any) *sql.Row, d
 			ErrDeviceBlocked, device, time.Unix(at.Int64, 0).UTC().Format(time.RFC3339))}
 	}
 	return nil
+}
+
+// devicesTable reports whether the MP's devices table exists yet.
+func (s *store) devicesTable(queryRow func(query string, args ...any) *sql.Row) (bool, error) {
+	if s.devicesExist.Load() {
+		return true, nil
+	}
+	q := `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'devices'`
+	if s.db.Driver() == sitedb.Postgres {
+		q = `SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = 'devices' AND schemaname = ANY (current_schemas(false))`
+	}
+	var n int
+	if err := queryRow(q).Scan(&n); err != nil {
+		return false, fmt.Errorf("looking for the devices table: %w", err)
+	}
+	if n == 0 {
+		return false, nil
+	}
+	s.devicesExist.Store(true)
+	return true, nil
+}
+
+// blockedAmong returns which of the devices are blocked, in one query for a group of new
+// certificates. On PostgreSQL it takes the share lock of the rows it finds, as
+// checkDevice does for a renewal: a block (which updates the row first, then lists the
+// certificates of the device's re-enroll tokens) and the commit of a re-enrolled
+// certificate take turns. A new device id has no row yet and costs nothing more.
+func (s *store) blockedAmong(tx *sitedb.Tx, devices []string) (map[string]int64, error) {
+	if len(devices) == 0 {
+		return nil, nil
+	}
+	if ok, err := s.devicesTable(tx.QueryRow); err != nil || !ok {
+		return nil, err
+	}
+	q := `SELECT id, blocked_at FROM devices WHERE id IN (?` + strings.Repeat(", ?", len(devices)-1) + `)`
+	if s.db.Driver() == sitedb.Postgres {
+		q += ` FOR SHARE`
+	}
+	args := make([]any, len(devices))
+	for i, d := range devices {
+		args[i] = d
+	}
+	rows, err := tx.Query(q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("reading whether the enrolled devices are blocked: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var id string
+		var at sql.NullInt64
+		if err := rows.Scan(&id, &at); err != nil {
+			return nil, err
+		}
+		if at.Valid {
+			out[id] = at.Int64
+		}
+	}
+	return out, rows.Err()
+}
+
+// deviceName returns the registered name of device id, for a re-enroll token: ErrNotFound
+// when no MP has registered it, ErrDeviceBlocked while it is blocked.
+func (s *store) deviceName(ctx context.Context, id string) (string, error) {
+	queryRow := func(query string, args ...any) *sql.Row { return s.db.QueryRow(ctx, query, args...) }
+	if err := s.checkDevice(queryRow, id, false); err != nil {
+		return "", err
+	}
+	if !s.devicesExist.Load() {
+		return "", fmt.Errorf("%w: no device %q (no MP has registered a device yet)", ErrNotFound, id)
+	}
+	var name string
+	err := queryRow(`SELECT name FROM devices WHERE id = ?`, id).Scan(&name)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("%w: no device %q", ErrNotFound, id)
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading device %s: %w", id, err)
+	}
+	return name, nil
 }
 
 // presented reports whether a device presented certificate serial at an MP (the MP's

@@ -25,6 +25,7 @@ type Token struct {
 	ID        string
 	Profile   Profile
 	Subject   string // when set, the only subject the token enrolls
+	DeviceID  string // a re-enroll token: the existing device its certificate names
 	Uses      int
 	UsesLeft  int
 	ExpiresAt time.Time
@@ -38,11 +39,22 @@ type TokenSpec struct {
 	Profile Profile
 	Subject string
 	Uses    int           // 0 means 1
-	TTL     time.Duration // 0 means 24h
+	TTL     time.Duration // 0 means 24h (ReenrollTTL for a re-enroll token)
+	// DeviceID makes a re-enroll token for an existing device (`ibcm device unblock`): one
+	// use, at most MaxReenrollTTL, client profile, bound to the device's registered name; the
+	// certificate it enrolls names this device id, so the device keeps its id, groups and
+	// history. No other token can name an existing device id.
+	DeviceID string
 }
 
 // MaxTokenTTL bounds how long a token may stay usable.
 const MaxTokenTTL = 366 * 24 * time.Hour
+
+// ReenrollTTL is a re-enroll token's default lifetime, MaxReenrollTTL its longest.
+const (
+	ReenrollTTL    = time.Hour
+	MaxReenrollTTL = 24 * time.Hour
+)
 
 // newSecret returns a 256-bit random secret and its hash.
 func newSecret(rnd io.Reader) (secret, hash string, err error) {
@@ -70,6 +82,11 @@ func (c *CA) CreateToken(ctx context.Context, spec TokenSpec, by string) (string
 			return "", Token{}, err
 		}
 	}
+	if spec.DeviceID != "" {
+		if err := c.reenrollSpec(ctx, &spec); err != nil {
+			return "", Token{}, err
+		}
+	}
 	if spec.Uses == 0 {
 		spec.Uses = 1
 	}
@@ -87,13 +104,13 @@ func (c *CA) CreateToken(ctx context.Context, spec TokenSpec, by string) (string
 		return "", Token{}, err
 	}
 	now := c.now().UTC().Truncate(time.Second)
-	t := Token{ID: hash[:16], Profile: spec.Profile, Subject: spec.Subject, Uses: spec.Uses, UsesLeft: spec.Uses,
+	t := Token{ID: hash[:16], Profile: spec.Profile, Subject: spec.Subject, DeviceID: spec.DeviceID, Uses: spec.Uses, UsesLeft: spec.Uses,
 		ExpiresAt: now.Add(spec.TTL), CreatedAt: now, CreatedBy: by}
 	err = c.db.Tx(ctx, func(tx *sitedb.Tx) error {
 		if _, err := tx.Exec(`INSERT INTO enrollment_tokens
-			(id, hash, profile, subject, uses, uses_left, expires_at, created_at, created_by)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			t.ID, hash, string(t.Profile), t.Subject, t.Uses, t.UsesLeft, t.ExpiresAt.Unix(), t.CreatedAt.Unix(), by); err != nil {
+			(id, hash, profile, subject, device_id, uses, uses_left, expires_at, created_at, created_by)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			t.ID, hash, string(t.Profile), t.Subject, t.DeviceID, t.Uses, t.UsesLeft, t.ExpiresAt.Unix(), t.CreatedAt.Unix(), by); err != nil {
 			return err
 		}
 		for i := range tokenShards {
@@ -110,10 +127,37 @@ func (c *CA) CreateToken(ctx context.Context, spec TokenSpec, by string) (string
 	return secret, t, nil
 }
 
+// reenrollSpec checks and completes the spec of a re-enroll token: the device must be
+// registered and not blocked; the token has one use, a short life, the client profile and
+// the device's registered name.
+func (c *CA) reenrollSpec(ctx context.Context, spec *TokenSpec) error {
+	if spec.Profile != Client {
+		return fmt.Errorf("%w: a re-enroll token is for the client profile (got %q)", ErrBadProfile, spec.Profile)
+	}
+	if spec.Uses > 1 {
+		return fmt.Errorf("%w: a re-enroll token has one use (got %d)", ErrBadSubject, spec.Uses)
+	}
+	if spec.TTL == 0 {
+		spec.TTL = ReenrollTTL
+	}
+	if spec.TTL > MaxReenrollTTL {
+		return fmt.Errorf("%w: a re-enroll token lives at most %s (got %s)", ErrBadSubject, MaxReenrollTTL, spec.TTL)
+	}
+	name, err := c.store.deviceName(ctx, spec.DeviceID)
+	if err != nil {
+		return err
+	}
+	if spec.Subject != "" && spec.Subject != name {
+		return fmt.Errorf("%w: device %s is named %q; a re-enroll token keeps its name (got %q)", ErrSubjectMismatch, spec.DeviceID, name, spec.Subject)
+	}
+	spec.Subject = name
+	return nil
+}
+
 // tokenShards is how many rows a new token's uses are split over (003_tokens.sql).
 const tokenShards = 4
 
-const tokenColumns = `id, profile, subject, uses,
+const tokenColumns = `id, profile, subject, device_id, uses,
 	(SELECT COALESCE(SUM(s.uses_left), 0) FROM enrollment_token_shards s WHERE s.token_id = enrollment_tokens.id),
 	expires_at, created_at, created_by, revoked_at`
 
@@ -121,7 +165,7 @@ func scanToken(row interface{ Scan(...any) error }) (Token, error) {
 	var t Token
 	var exp, created int64
 	var revoked sql.NullInt64
-	if err := row.Scan(&t.ID, &t.Profile, &t.Subject, &t.Uses, &t.UsesLeft, &exp, &created, &t.CreatedBy, &revoked); err != nil {
+	if err := row.Scan(&t.ID, &t.Profile, &t.Subject, &t.DeviceID, &t.Uses, &t.UsesLeft, &exp, &created, &t.CreatedBy, &revoked); err != nil {
 		return Token{}, err
 	}
 	t.ExpiresAt, t.CreatedAt = time.Unix(exp, 0).UTC(), time.Unix(created, 0).UTC()

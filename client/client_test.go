@@ -603,3 +603,34 @@ func TestRootLoadsAgentUsersDir(t *testing.T) {
 		t.Errorf("root's Load of an open directory: %v, want ErrDirPermissions", err)
 	}
 }
+
+// A token bound to a subject enrolls without a name: the certificate and the identity take
+// the token's subject. A name the token is not bound to is refused, saying how to fix it.
+func TestEnrollNameFromBoundToken(t *testing.T) {
+	tc := startCA(t)
+	dir := stateDir(t)
+	id, err := Enroll(context.Background(), EnrollOptions{Dir: dir, CAURL: tc.URL, RootSHA256: tc.Pin,
+		Token: tc.Token(t, ca.TokenSpec{Subject: "kiosk-7"}), FQDN: "kiosk-7.corp.example"})
+	if err != nil {
+		t.Fatalf("Enroll without a name, bound token: %v", err)
+	}
+	if id.Name != "kiosk-7" || id.Certificate.Leaf.Subject.CommonName != "kiosk-7" {
+		t.Errorf("enrolled as %q, want the token's subject kiosk-7", id.Name)
+	}
+	loaded, err := Load(dir)
+	if err != nil || loaded.Name != "kiosk-7" {
+		t.Errorf("stored identity: %v %v", loaded, err)
+	}
+
+	token := tc.Token(t, ca.TokenSpec{Subject: "kiosk-7"})
+	_, err = Enroll(context.Background(), EnrollOptions{Dir: stateDir(t), CAURL: tc.URL, RootSHA256: tc.Pin, Token: token, Name: "kiosk-8"})
+	var se *ServerError
+	if !errors.As(err, &se) || se.Code != "subject_mismatch" ||
+		!strings.Contains(err.Error(), `bound to another device name than "kiosk-8"; leave out the name`) ||
+		!strings.Contains(err.Error(), `"kiosk-7"`) {
+		t.Errorf("Enroll with another name = %v, want a subject_mismatch refusal naming both and the fix", err)
+	}
+	if strings.Contains(err.Error(), token) {
+		t.Error("the error contains the token")
+	}
+}

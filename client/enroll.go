@@ -29,10 +29,12 @@ type EnrollOptions struct {
 	// RootSHA256 is the SHA-256 of the site's root certificate (hex, either case, colons
 	// allowed). The CA's TLS chain must contain that root.
 	RootSHA256 string
-	Name       string  // device name (CN); the short host name when empty
-	FQDN       string  // the device's FQDN (one DNS SAN); none when empty
-	KeyType    KeyType // P256 when empty
-	Force      bool    // replace an existing identity in Dir
+	// Name is the device name (CN). When empty, a token bound to a subject gives it, else
+	// the short host name; a name given here that the token is not bound to is refused.
+	Name    string
+	FQDN    string  // the device's FQDN (one DNS SAN); none when empty
+	KeyType KeyType // P256 when empty
+	Force   bool    // replace an existing identity in Dir
 
 	Timeout time.Duration    // per request; DefaultTimeout when zero
 	Now     func() time.Time // time.Now when nil
@@ -75,8 +77,8 @@ func Enroll(ctx context.Context, opts EnrollOptions) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("enroll: %w", err)
 	}
-	name := opts.Name
-	if name == "" {
+	name, fromToken := opts.Name, opts.Name == ""
+	if fromToken {
 		if name, err = shortHostname(); err != nil {
 			return nil, fmt.Errorf("enroll: %w", err)
 		}
@@ -127,13 +129,20 @@ func Enroll(ctx context.Context, opts EnrollOptions) (*Identity, error) {
 		return nil, fmt.Errorf("enroll: %w", err)
 	}
 	var resp wire.CertificateResponse
-	req := wire.EnrollRequest{Token: opts.Token, Profile: "client", CSR: string(csr)}
+	req := wire.EnrollRequest{Token: opts.Token, Profile: "client", CSR: string(csr), NameFromToken: fromToken}
 	if err := call(ctx, hc, http.MethodPost, base, "/v1/enroll", req, &resp); err != nil {
+		var se *ServerError
+		if !fromToken && errors.As(err, &se) && se.Code == "subject_mismatch" {
+			return nil, fmt.Errorf("enroll: the token is bound to another device name than %q; leave out the name to enroll with the token's: %w", name, err)
+		}
 		return nil, fmt.Errorf("enroll: %w", err)
 	}
 	chain, err := checkIssued(resp, key, []*x509.Certificate{pinned}, now())
 	if err != nil {
 		return nil, fmt.Errorf("enroll: %w", err)
+	}
+	if fromToken {
+		name = chain[0].Subject.CommonName // the token's subject, or the host name
 	}
 	if chain[0].Subject.CommonName != name {
 		return nil, fmt.Errorf("enroll: the CA issued a certificate for %q, the request named %q", chain[0].Subject.CommonName, name)

@@ -21,21 +21,29 @@ var (
 	ErrDirPermissions = errors.New("the state directory is not private to its owner")
 )
 
-// ServerError is an error answer of the CA: the HTTP status and the JSON body
+// ServerError is an error answer of the CA or of an MP: the HTTP status and the JSON body
 // {"error": {"code", "message"}}. Code is a stable machine code such as token_used,
 // token_expired, certificate_revoked or certificate_expired.
 type ServerError struct {
 	Status  int
 	Code    string
 	Message string
+	Server  string // who answered, for the message: "the management point"; "" is the CA
 }
+
+// ManagementPoint is the Server of an MP's answer.
+const ManagementPoint = "the management point"
 
 func (e *ServerError) Error() string {
 	code := e.Code
 	if code == "" {
 		code = "no error code"
 	}
-	return fmt.Sprintf("the CA refused the request (HTTP %d, %s): %s", e.Status, code, e.Message)
+	who := e.Server
+	if who == "" {
+		who = "the CA"
+	}
+	return fmt.Sprintf("%s refused the request (HTTP %d, %s): %s", who, e.Status, code, e.Message)
 }
 
 // PinError says which root was expected and what the CA presented instead.

@@ -103,7 +103,7 @@ func TestManagementPoint(t *testing.T) {
 	if err := os.WriteFile(policyFile, []byte(shown+"colour: blue\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if r := s.try(t, "policy", "set", "--file", policyFile, "kiosks"); r.code == 0 || !strings.Contains(r.stderr, "colour") {
+	if r := s.try(t, "policy", "set", "--file", policyFile, "kiosks"); r.code == 0 || !strings.Contains(r.stderr, "kiosks.yaml:") || !strings.Contains(r.stderr, ": colour: unknown key") {
 		t.Errorf("unknown key: exit %d %s", r.code, r.stderr)
 	}
 	good := strings.Replace(shown, "checkin_interval: 15m", "checkin_interval: 5m", 1)

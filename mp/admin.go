@@ -205,13 +205,17 @@ func (m *MP) Block(ctx context.Context, id string, block bool) (wire.BlockResult
 		if n, _ := res.RowsAffected(); n == 0 {
 			return api.Wrap(ErrNoDevice, http.StatusNotFound, "not_found", fmt.Sprintf("no device %q", id))
 		}
-		// Every certificate the device presented, and every renewal of one of them it has
-		// not presented yet (the CA's certificates table records renewed_from).
+		// Every certificate the device presented, every certificate a re-enroll token for it
+		// made (the CA records one only while the device row is not blocked, under its
+		// lock), and every renewal of one of them it has not presented yet (the CA's
+		// certificates table records renewed_from).
 		rows, err := tx.Query(`WITH RECURSIVE chain(serial) AS (
 				SELECT serial FROM device_certificates WHERE device_id = ?
 				UNION
+				SELECT c.serial FROM certificates c JOIN enrollment_tokens t ON c.issued_by = 'token:' || t.id WHERE t.device_id = ?
+				UNION
 				SELECT c.serial FROM certificates c JOIN chain ON c.renewed_from = chain.serial
-			) SELECT serial FROM chain ORDER BY serial`, id)
+			) SELECT serial FROM chain ORDER BY serial`, id, id)
 		if err != nil {
 			return err
 		}

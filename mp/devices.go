@@ -7,10 +7,10 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/api"
@@ -25,6 +25,18 @@ type seenCert struct {
 	notAfter int64 // unix seconds
 }
 
+// refusedCert is a certificate this MP refused as superseded (MP.superseded).
+type refusedCert struct {
+	successor string // the renewal the device presented
+	notAfter  int64  // of the refused certificate, unix seconds
+	checked   int64  // when the store last said so, unix seconds
+}
+
+// supersededRecheck is how long a refusal is answered from MP.superseded before the store
+// is asked again: the line may have been contested since (a renewal the CA refused
+// afterwards), and then the refused certificate may be the real device's.
+const supersededRecheck = time.Minute
+
 // ErrCertificateSuperseded refuses a device certificate whose renewal the device already
 // presented at an MP: the agent never goes back to an older certificate, a copy of it does.
 var ErrCertificateSuperseded = errors.New("certificate superseded by its renewal")
@@ -33,8 +45,10 @@ var ErrCertificateSuperseded = errors.New("certificate superseded by its renewal
 // first contact with a new certificate): first contact registers the device. A
 // certificate whose renewal the device has already presented is refused (403
 // certificate_superseded) and the device gets a clone warning, and the channels that
-// present it on this MP are closed; the refusal is remembered (MP.superseded), so neither
-// answer costs a query after the first.
+// present it on this MP are closed; the refusal is remembered (MP.superseded, for
+// supersededRecheck), so neither answer costs a query after the first. The first
+// presentation of a renewal is announced to every MP of the site (kindSuperseded): each
+// drops the older certificate from its cache and closes what presents it (supersedeOlder).
 func (m *MP) registerDevice(w http.ResponseWriter, r *http.Request, p *peer) error {
 	err := m.registerCert(r.Context(), p)
 	if errors.Is(err, ErrCertificateSuperseded) {
@@ -46,15 +60,25 @@ func (m *MP) registerDevice(w http.ResponseWriter, r *http.Request, p *peer) err
 // registerCert is registerDevice without the answer.
 func (m *MP) registerCert(ctx context.Context, p *peer) error {
 	serial := p.leaf.SerialNumber.String()
+	entry := seenCert{serial: serial, notAfter: p.leaf.NotAfter.Unix()}
+	cached := false
 	if v, ok := m.seen.Load(p.id.ID); ok && v.(seenCert).serial == serial {
-		return nil
+		if m.eventsLive.Load() {
+			return nil // a renewal presented since at any MP would have dropped it
+		}
+		cached = true // renewals may go unheard of meanwhile: the store decides
 	}
-	if v, ok := m.superseded.Load(serial); ok {
-		return supersededError(serial, v.(seenCert).serial)
+	refused, wasRefused := m.superseded.Load(serial)
+	if wasRefused && m.now().Unix()-refused.(refusedCert).checked < int64(supersededRecheck/time.Second) {
+		return supersededError(serial, refused.(refusedCert).successor)
 	}
+	gen := m.supersedes.Load() // before the store is read: see below
 	succ, err := trust.PresentedRenewal(ctx, m.db, p.id.ID, serial)
 	if err != nil {
 		return fmt.Errorf("checking device %s: %w", p.id.ID, err)
+	}
+	if wasRefused && succ == "" {
+		m.superseded.CompareAndDelete(serial, refused) // contested since: served again
 	}
 	if succ != "" {
 		msg := fmt.Sprintf("probable clone: certificate %s is still presented although the device already presented its renewal %s",
@@ -64,11 +88,15 @@ func (m *MP) registerCert(ctx context.Context, p *peer) error {
 		if err := m.addWarning(ctx, p.id.ID, msg); err != nil {
 			return fmt.Errorf("recording a clone warning for device %s: %w", p.id.ID, err)
 		}
-		m.superseded.Store(serial, seenCert{serial: succ, notAfter: p.leaf.NotAfter.Unix()})
+		m.superseded.Store(serial, refusedCert{successor: succ, notAfter: p.leaf.NotAfter.Unix(), checked: m.now().Unix()})
+		m.seen.CompareAndDelete(p.id.ID, entry)
 		// A channel the copy opened before the device presented the renewal goes too (its
 		// request connections get this answer at their next request).
 		m.hub.closeChannels(p.id.ID, p.leaf.SerialNumber, "certificate superseded")
 		return supersededError(serial, succ)
+	}
+	if cached {
+		return nil
 	}
 	now := m.now().Unix()
 	err = m.db.Tx(ctx, func(tx *sitedb.Tx) error {
@@ -79,16 +107,124 @@ func (m *MP) registerCert(ctx context.Context, p *peer) error {
 			p.id.ID, p.leaf.Subject.CommonName, serial, trust.PublicKeyHash(p.leaf), now, now, p.location); err != nil {
 			return err
 		}
-		_, err := tx.Exec(`INSERT INTO device_certificates (device_id, serial, first_seen) VALUES (?, ?, ?)
+		res, err := tx.Exec(`INSERT INTO device_certificates (device_id, serial, first_seen) VALUES (?, ?, ?)
 			ON CONFLICT (device_id, serial) DO NOTHING`, p.id.ID, serial, now)
-		return err
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return err // presented before: announced then
+		}
+		return m.announceRenewal(tx, p.id.ID, serial)
 	})
 	if err != nil {
 		return fmt.Errorf("registering device %s: %w", p.id.ID, err)
 	}
-	m.seen.Store(p.id.ID, seenCert{serial: serial, notAfter: p.leaf.NotAfter.Unix()}) // a renewal replaces the old one
+	m.seen.Store(p.id.ID, entry) // a renewal replaces the old one
+	if m.supersedes.Load() != gen {
+		// A renewal was heard of while this one was checked, maybe before the store had
+		// it: it may supersede serial, and supersedeOlder may have looked at seen before
+		// the Store above. The store decides at the next request.
+		m.seen.CompareAndDelete(p.id.ID, entry)
+	}
 	return nil
 }
+
+// announceRenewal tells every MP of the site, when tx commits, that device presented
+// serial for the first time, when serial is a renewal (the CA's certificates.renewed_from).
+func (m *MP) announceRenewal(tx *sitedb.Tx, device, serial string) error {
+	var from sql.NullString
+	err := tx.QueryRow(`SELECT renewed_from FROM certificates WHERE serial = ?`, serial).Scan(&from)
+	if errors.Is(err, sql.ErrNoRows) || err == nil && from.String == "" {
+		return nil // not issued by a renewal
+	}
+	if err != nil {
+		return fmt.Errorf("reading what certificate %s renews: %w", wire.FormatDecimalSerial(serial), err)
+	}
+	return m.hub.publish(tx, siteEvent{Kind: kindSuperseded, Device: device, Serial: from.String, Successor: serial})
+}
+
+// supersedeOlder ends on this MP what presents a certificate that device has renewed:
+// successor (a decimal serial) is a renewal it just presented at an MP of the site. For
+// each other certificate of the device that this MP holds (cached in MP.seen, or presented
+// by a notification channel or a tracked request connection), the store says whether the
+// device has presented a renewal of it (trust.PresentedRenewal, which leaves a contested
+// line alone). Such a certificate leaves the cache, so its next request is refused as
+// superseded with the clone warning (registerCert), and its channels and connections are
+// closed now. It raises no warning itself: the channel may be the real device's own, open
+// until its agent moves to the new certificate. When the store cannot be read, the
+// cached certificate is dropped all the same: the next request asks the store.
+func (m *MP) supersedeOlder(ctx context.Context, device, successor string) error {
+	m.supersedes.Add(1) // before seen is read (registerCert)
+	held := m.hub.serialsOf(device)
+	if v, ok := m.seen.Load(device); ok {
+		held[v.(seenCert).serial] = true
+	}
+	delete(held, successor)
+	for serial := range held {
+		succ, err := trust.PresentedRenewal(ctx, m.db, device, serial)
+		if err == nil && succ == "" {
+			continue // not renewed, or a contested line
+		}
+		if v, ok := m.seen.Load(device); ok && v.(seenCert).serial == serial {
+			m.seen.CompareAndDelete(device, v) // not one a registration stored since
+		}
+		if err != nil {
+			return err
+		}
+		sn, _ := new(big.Int).SetString(serial, 10)
+		n := m.hub.closeConns(device, sn) // first: once a channel hears why, all is closed
+		n += m.hub.closeChannels(device, sn, "certificate superseded")
+		m.log.Info().Str("device_id", device).Str("serial", wire.FormatDecimalSerial(serial)).Str("successor_serial", wire.FormatDecimalSerial(succ)).Int("connections", n).
+			Msg("certificate superseded by its renewal: connections closed")
+	}
+	return nil
+}
+
+// resyncSuperseded does what the renewal announcements missed since the last catch-up
+// would have done (supersedeOlder for each renewal presented since, give or take
+// resyncSlack of clock difference between MPs). When the store cannot be read, every
+// cached certificate is dropped instead: each device's next request asks the store.
+func (m *MP) resyncSuperseded(ctx context.Context) {
+	since := m.syncedAt.Swap(m.now().Unix())
+	err := func() error {
+		rows, err := m.db.Query(ctx, `SELECT d.device_id, d.serial FROM device_certificates d
+			JOIN certificates c ON c.serial = d.serial
+			WHERE d.first_seen >= ? AND c.renewed_from IS NOT NULL AND c.renewed_from <> ''`, since-int64(resyncSlack/time.Second))
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		var renewals [][2]string
+		for rows.Next() {
+			var device, serial string
+			if err := rows.Scan(&device, &serial); err != nil {
+				return err
+			}
+			renewals = append(renewals, [2]string{device, serial})
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows.Close()
+		for _, r := range renewals {
+			if err := m.supersedeOlder(ctx, r[0], r[1]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}()
+	if err != nil && ctx.Err() == nil {
+		m.log.Warn().Err(err).Msg("catching up on renewals presented at other MPs; every cached device certificate is checked again")
+		m.syncedAt.Store(since) // the next catch-up looks back as far
+		m.supersedes.Add(1)
+		m.seen.Clear()
+	}
+}
+
+// resyncSlack is how far before the last catch-up resyncSuperseded looks: the clocks of
+// the MPs that stamp device_certificates.first_seen may differ by as much.
+const resyncSlack = 5 * time.Minute
 
 func supersededError(serial, succ string) error {
 	return api.Wrap(ErrCertificateSuperseded, http.StatusForbidden, "certificate_superseded",
@@ -101,14 +237,18 @@ func supersededError(serial, succ string) error {
 // most the devices with a valid certificate that came to this MP.
 func (m *MP) forgetExpired() {
 	now := m.now().Unix()
-	for _, set := range []*sync.Map{&m.seen, &m.superseded} {
-		set.Range(func(k, v any) bool {
-			if now > v.(seenCert).notAfter {
-				set.Delete(k)
-			}
-			return true
-		})
-	}
+	m.seen.Range(func(k, v any) bool {
+		if now > v.(seenCert).notAfter {
+			m.seen.CompareAndDelete(k, v)
+		}
+		return true
+	})
+	m.superseded.Range(func(k, v any) bool {
+		if now > v.(refusedCert).notAfter {
+			m.superseded.CompareAndDelete(k, v)
+		}
+		return true
+	})
 }
 
 func (m *MP) handleWhoami(w http.ResponseWriter, r *http.Request) error {

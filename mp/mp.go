@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/big"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -72,9 +73,17 @@ type MP struct {
 	checkins *checkinBuffer
 	policies *policyCache
 	seen     sync.Map // device id → seenCert registered by this process; expired ones go each minute
-	// superseded: decimal serial → seenCert{successor serial, NotAfter} of each certificate
-	// refused because its device already presented a renewal of it; expired ones go too.
+	// superseded: decimal serial → refusedCert of each certificate refused because its
+	// device already presented a renewal of it; expired ones go too.
 	superseded sync.Map
+	// supersedes counts the renewals heard of (supersedeOlder), so that a registration that
+	// raced one does not cache a certificate the renewal superseded (registerCert).
+	supersedes atomic.Uint64
+	// eventsLive: the site's events reach this MP, so MP.seen is trusted; false while the
+	// subscription has lost its connection. syncedAt is when it was last known to hear of
+	// every event (unix seconds): a catch-up looks for the renewals presented since.
+	eventsLive atomic.Bool
+	syncedAt   atomic.Int64
 	bg         sync.WaitGroup
 
 	mu      sync.RWMutex

@@ -32,6 +32,9 @@ const (
 	kindPolicy  = "policy"  // Policy has a new version
 	kindClose   = "close"   // channel Conn of Device is beyond the per-device cap: close it
 	kindProbe   = "probe"   // Device opened another channel from NewIP: ping channel Conn (from ConnIP)
+	// Device presented Successor, a renewal of certificate Serial, for the first time: what
+	// an MP holds of an older certificate of its line goes (MP.supersedeOlder).
+	kindSuperseded = "superseded"
 )
 
 type siteEvent struct {
@@ -42,6 +45,9 @@ type siteEvent struct {
 	Conn   string      `json:"conn,omitempty"`
 	ConnIP string      `json:"conn_ip,omitempty"`
 	NewIP  string      `json:"new_ip,omitempty"`
+	// Serial and Successor are decimal certificate serials.
+	Serial    string `json:"serial,omitempty"`
+	Successor string `json:"successor,omitempty"`
 }
 
 // Writers of the channels' queued frames (events, probes): a broadcast to every channel
@@ -130,9 +136,12 @@ func (h *hub) publish(tx *sitedb.Tx, ev siteEvent) error {
 }
 
 // listen subscribes to site events, then loads the blocked devices (so no block can fall
-// between the load and the subscription), and dispatches events until ctx is done.
+// between the load and the subscription), and dispatches events until ctx is done. While
+// the subscription has lost its connection (sitedb.Down), the certificates cached in
+// MP.seen are not trusted: a renewal presented at another MP meanwhile would not be heard
+// of (registerCert asks the store instead).
 func (h *hub) listen(ctx context.Context) error {
-	events, err := h.m.db.Listen(ctx, eventsChannel)
+	events, err := h.m.db.ListenWithDown(ctx, eventsChannel)
 	if err != nil {
 		return fmt.Errorf("subscribing to device events: %w", err)
 	}
@@ -141,13 +150,20 @@ func (h *hub) listen(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	h.m.syncedAt.Store(h.m.now().Unix())
+	h.m.eventsLive.Store(true)
 	if _, err := h.m.loadBlocked(ctx); err != nil {
 		return err
 	}
 	h.startWriters(ctx, &h.m.bg)
 	go func() {
 		for payload := range events {
-			if payload == "" { // reconnected: events may have been missed
+			switch payload {
+			case sitedb.Down:
+				h.m.eventsLive.Store(false)
+				h.m.log.Warn().Msg("lost the connection that hears of site events; cached device certificates are checked against the store until it is back")
+				continue
+			case "": // reconnected, or fell behind: events may have been missed
 				h.catchUp(ctx)
 				continue
 			}
@@ -156,15 +172,19 @@ func (h *hub) listen(ctx context.Context) error {
 				h.m.log.Warn().Err(err).Msg("unreadable device event")
 				continue
 			}
-			h.dispatch(ev)
+			h.dispatch(ctx, ev)
 		}
 	}()
 	return nil
 }
 
-// catchUp redoes what missed events would have done: blocks, policy changes, and the
-// channels closed for the per-device cap (their rows are gone).
+// catchUp redoes what missed events would have done: blocks, policy changes, the
+// channels closed for the per-device cap (their rows are gone), and the renewals
+// presented since the last catch-up (MP.resyncSuperseded); then MP.seen is trusted again.
 func (h *hub) catchUp(ctx context.Context) {
+	h.m.eventsLive.Store(false) // until the missed renewals are done
+	h.m.resyncSuperseded(ctx)
+	h.m.eventsLive.Store(true)
 	newly, err := h.m.loadBlocked(ctx)
 	if err != nil && ctx.Err() == nil {
 		h.m.log.Warn().Err(err).Msg("reloading blocked devices")
@@ -234,8 +254,15 @@ func (h *hub) channels(keep func(*notifyConn) bool) []*notifyConn {
 	return out
 }
 
-func (h *hub) dispatch(ev siteEvent) {
+func (h *hub) dispatch(ctx context.Context, ev siteEvent) {
 	switch ev.Kind {
+	case kindSuperseded:
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := h.m.supersedeOlder(ctx, ev.Device, ev.Successor); err != nil && ctx.Err() == nil {
+			h.m.log.Warn().Err(err).Str("device_id", ev.Device).Str("successor_serial", wire.FormatDecimalSerial(ev.Successor)).
+				Msg("checking the certificates a renewal supersedes; the device's cached certificate was dropped")
+		}
 	case kindBlock:
 		h.m.setBlocked(ev.Device, true)
 		n := h.closeDevice(ev.Device)
@@ -302,21 +329,55 @@ func (h *hub) closeSerial(serial string) {
 	if !ok {
 		return
 	}
-	n := h.closeChannels("", sn, "certificate revoked")
+	n := h.closeChannels("", sn, "certificate revoked") + h.closeConns("", sn)
+	if n > 0 {
+		h.m.log.Info().Str("serial", wire.FormatSerial(sn)).Int("connections", n).Msg("certificate revoked: connections closed")
+	}
+}
+
+// closeConns cuts this MP's tracked request connections that present the certificate
+// serial (of device, or of any device when device is "") and returns how many.
+func (h *hub) closeConns(device string, serial *big.Int) int {
 	h.mu.Lock()
 	var cs []net.Conn
-	for c, o := range h.devOf {
-		if o.serial != nil && o.serial.Cmp(sn) == 0 {
+	match := func(c net.Conn) {
+		if o := h.devOf[c]; o.serial != nil && o.serial.Cmp(serial) == 0 {
 			cs = append(cs, c)
+		}
+	}
+	if device != "" {
+		for c := range h.conns[device] {
+			match(c)
+		}
+	} else {
+		for c := range h.devOf {
+			match(c)
 		}
 	}
 	h.mu.Unlock()
 	for _, c := range cs {
 		_ = rawConn(c).Close() // no close_notify: it could wait on a slow peer
 	}
-	if n += len(cs); n > 0 {
-		h.m.log.Info().Str("serial", wire.FormatSerial(sn)).Int("connections", n).Msg("certificate revoked: connections closed")
+	return len(cs)
+}
+
+// serialsOf returns the serials (decimal) of the certificates that device's notification
+// channels and tracked request connections on this MP presented.
+func (h *hub) serialsOf(device string) map[string]bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]bool{}
+	for nc := range h.notify[device] {
+		if nc.serial != nil {
+			out[nc.serial.String()] = true
+		}
 	}
+	for c := range h.conns[device] {
+		if o := h.devOf[c]; o.serial != nil {
+			out[o.serial.String()] = true
+		}
+	}
+	return out
 }
 
 // closeChannels closes this MP's notification channels that present the certificate
@@ -738,6 +799,14 @@ func (m *MP) handleNotify(w http.ResponseWriter, r *http.Request, p *peer) error
 	}
 	if m.isBlocked(nc.device) || m.isRevoked(nc.serial) { // a block or revocation that raced the upgrade
 		nc.abort()
+	}
+	// A renewal announced since registerDevice let the channel in may have been handled
+	// before the channel joined the hub: then it dropped the certificate from MP.seen
+	// (supersedeOlder, or registerCert after it), and the store decides again.
+	if v, ok := m.seen.Load(nc.device); !ok || v.(seenCert).serial != nc.serial.String() {
+		if err := m.registerCert(ctx, p); errors.Is(err, ErrCertificateSuperseded) {
+			go nc.closeWith(closePolicyViolation, "certificate superseded")
+		}
 	}
 	go nc.serve()
 	return nil

@@ -1,7 +1,6 @@
 package site
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/internal/config"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
@@ -114,7 +114,7 @@ type Duration time.Duration
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration like 720h or 30m", n.Line, n.Value)
+		return fmt.Errorf("%q is not a duration like 720h or 30m", n.Value)
 	}
 	*d = Duration(v)
 	return nil
@@ -129,9 +129,9 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
-	cfg, err := Parse(data)
+	cfg, err := parse(path, data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err
 	}
 	abs, err := filepath.Abs(filepath.Dir(path))
 	if err != nil {
@@ -141,18 +141,20 @@ func Load(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// Parse decodes a site.yaml: unknown keys are errors, then defaults are applied and the
+// Parse decodes a site.yaml: unknown keys and values of the wrong type are errors that
+// name the line and the key path (internal/config), then defaults are applied and the
 // result validated.
-func Parse(data []byte) (*Config, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
+func Parse(data []byte) (*Config, error) { return parse(FileName, data) }
+
+// parse is Parse with the file name for messages.
+func parse(name string, data []byte) (*Config, error) {
 	var cfg Config
-	if err := dec.Decode(&cfg); err != nil {
-		return nil, fmt.Errorf("decoding: %w", err)
+	if err := config.Decode(name, data, &cfg); err != nil {
+		return nil, err
 	}
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, config.InFile(name, err)
 	}
 	return &cfg, nil
 }

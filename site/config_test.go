@@ -29,17 +29,21 @@ func TestExampleConfigsLoad(t *testing.T) {
 func TestConfigErrorsNameTheKey(t *testing.T) {
 	base := "version: 1\nsite: {code: ABC, intranet_name: a.corp, internet_name: a.example}\n"
 	cases := []struct{ name, yaml, want string }{
-		{"unknown key", base + "ca: {listn: 1.2.3.4:5}\n", "field listn not found"},
+		{"unknown key", base + "ca: {listn: 1.2.3.4:5}\n", "site.yaml:3: ca.listn: unknown key (did you mean listen?)"},
+		{"unknown site key", "version: 1\nsite:\n  code: ABC\n  intranet_nmae: a.corp\n", "site.yaml:4: site.intranet_nmae: unknown key (did you mean intranet_name?)"},
+		{"empty file", "", "site.yaml: the file is empty"},
+		{"not a number", base + "mp:\n  max_channels_per_device: three\n", `site.yaml:4: mp.max_channels_per_device: must be a number (got "three")`},
+		{"validate names the file", strings.Replace(base, "version: 1", "version: 2", 1), "site.yaml: version: must be 1"},
 		{"version", strings.Replace(base, "version: 1", "version: 2", 1), "version: must be 1"},
 		{"site code", strings.Replace(base, "ABC", "abcd", 1), "site.code"},
 		{"listen", base + "ca: {listen: nowhere}\n", "ca.listen: must be host:port"},
 		{"public url", base + "ca: {public_url: 'ftp://x'}\n", "ca.public_url"},
 		{"driver", base + "store: {driver: mysql}\n", "store.driver"},
 		{"postgres dsn", base + "store: {driver: postgres}\n", "store.dsn"},
-		{"duration", base + "ca: {validity: {client: soon}}\n", "not a duration"},
+		{"duration", base + "ca: {validity: {client: soon}}\n", `site.yaml:3: ca.validity.client: "soon" is not a duration`},
 		{"short validity", base + "ca: {validity: {client: 1m}}\n", "ca.validity.client"},
 		{"intranet name", strings.Replace(base, "a.corp", "-bad-", 1), "site.intranet_name"},
-		{"park switch", base + "mp: {park_idle_channels: maybe}\n", "line 3: cannot unmarshal !!str `maybe` into bool"},
+		{"park switch", base + "mp: {park_idle_channels: maybe}\n", `site.yaml:3: mp.park_idle_channels: must be true or false (got "maybe")`},
 		{"channels per device", base + "mp: {max_channels_per_device: -1}\n", "mp.max_channels_per_device"},
 	}
 	for _, tc := range cases {
@@ -74,5 +78,24 @@ func TestLoadResolvesRelativePaths(t *testing.T) {
 	}
 	if got := cfg.Path(cfg.CA.RootCert); got != filepath.Join(dir, "ca/root.crt") {
 		t.Errorf("root path = %q", got)
+	}
+}
+
+// Bad files under testdata/: each error names the file, the line and the key path.
+func TestBadFiles(t *testing.T) {
+	cases := []struct{ file, want string }{
+		{"empty.yaml", "testdata/empty.yaml: the file is empty"},
+		{"comments.yaml", "testdata/comments.yaml: the file is empty"},
+		{"typo.yaml", "testdata/typo.yaml:4: site.intranet_nmae: unknown key (did you mean intranet_name?)"},
+		{"wrong-type.yaml", "testdata/wrong-type.yaml:7: mp.max_channels_per_device: must be a number (got \"lots\")\n" +
+			"testdata/wrong-type.yaml:8: mp.park_idle_channels: must be true or false (got \"1\")"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.file, func(t *testing.T) {
+			_, err := Load(filepath.Join("testdata", tc.file))
+			if err == nil || err.Error() != tc.want {
+				t.Fatalf("Load: %v\nwant: %s", err, tc.want)
+			}
+		})
 	}
 }

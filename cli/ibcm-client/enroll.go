@@ -1,15 +1,17 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"strings"
 
-	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v3"
 
 	"github.com/ibcm-project/ibcm/client"
 	"github.com/ibcm-project/ibcm/client/agent"
+	"github.com/ibcm-project/ibcm/internal/cliapp"
 )
 
 func enrollCommand() *cli.Command {
@@ -39,21 +41,21 @@ EXAMPLES:
        --token-file /run/secrets/ibcm-token --key-type rsa3072 --name kiosk-7`,
 		Flags: []cli.Flag{
 			dirFlag(),
-			&cli.StringFlag{Name: "ca", EnvVars: []string{"IBCM_CLIENT_CA"}, Required: true,
+			&cli.StringFlag{Name: "ca", Sources: cli.EnvVars("IBCM_CLIENT_CA"), Required: true,
 				Usage: "`URL` of the CA's enrollment API, e.g. https://ca.corp.example:8443"},
-			&cli.StringFlag{Name: "token", EnvVars: []string{"IBCM_CLIENT_TOKEN"},
+			&cli.StringFlag{Name: "token", Sources: cli.EnvVars("IBCM_CLIENT_TOKEN"),
 				Usage: "one-time enrollment `TOKEN` (a secret; prefer the environment variable or --token-file)"},
-			&cli.StringFlag{Name: "token-file", EnvVars: []string{"IBCM_CLIENT_TOKEN_FILE"}, TakesFile: true,
+			&cli.StringFlag{Name: "token-file", Sources: cli.EnvVars("IBCM_CLIENT_TOKEN_FILE"), TakesFile: true,
 				Usage: "read the enrollment token from `FILE`"},
-			&cli.StringFlag{Name: "root-sha256", EnvVars: []string{"IBCM_CLIENT_ROOT_SHA256"}, Required: true,
+			&cli.StringFlag{Name: "root-sha256", Sources: cli.EnvVars("IBCM_CLIENT_ROOT_SHA256"), Required: true,
 				Usage: "SHA-256 `FINGERPRINT` of the site's root certificate (hex, colons allowed)"},
-			&cli.StringFlag{Name: "name", EnvVars: []string{"IBCM_CLIENT_NAME"},
-				Usage: "device `NAME` for the certificate's CN (default: the short host name)"},
-			&cli.StringFlag{Name: "fqdn", EnvVars: []string{"IBCM_CLIENT_FQDN"},
+			&cli.StringFlag{Name: "name", Sources: cli.EnvVars("IBCM_CLIENT_NAME"),
+				Usage: "device `NAME` for the certificate's CN (default: the token's subject when it is bound to one, else the short host name)"},
+			&cli.StringFlag{Name: "fqdn", Sources: cli.EnvVars("IBCM_CLIENT_FQDN"),
 				Usage: "the device's `FQDN`, put in the certificate as its DNS name (must start with the name)"},
-			&cli.StringFlag{Name: "key-type", Value: string(client.P256), EnvVars: []string{"IBCM_CLIENT_KEY_TYPE"},
-				Usage: "device key `TYPE`: p256, p384, rsa2048 or rsa3072"},
-			&cli.BoolFlag{Name: "force", EnvVars: []string{"IBCM_CLIENT_FORCE"},
+			&cli.StringFlag{Name: "key-type", Value: string(client.P256), Sources: cli.EnvVars("IBCM_CLIENT_KEY_TYPE"),
+				Usage: "device key `TYPE`: p256, p384, rsa2048 or rsa3072", Validator: cliapp.OneOf("p256", "p384", "rsa2048", "rsa3072")},
+			&cli.BoolFlag{Name: "force", Sources: cli.EnvVars("IBCM_CLIENT_FORCE"),
 				Usage: "replace an existing identity in the state directory"},
 			timeoutFlag(),
 		},
@@ -61,7 +63,7 @@ EXAMPLES:
 	}
 }
 
-func runEnroll(c *cli.Context) error {
+func runEnroll(ctx context.Context, c *cli.Command) error {
 	token, err := enrollToken(c)
 	if err != nil {
 		return err
@@ -75,9 +77,9 @@ func runEnroll(c *cli.Context) error {
 		Name: c.String("name"), FQDN: c.String("fqdn"), KeyType: kt, Force: c.Bool("force"),
 		Timeout: c.Duration("timeout"),
 	}
-	res, err := agent.Enroll(c.Context, opts.Dir, opts)
+	res, err := agent.Enroll(ctx, opts.Dir, opts)
 	if err == nil {
-		fmt.Fprintf(c.App.Writer, "enrolled %s as device %s through the running agent\nserial %s, valid until %s; stored in %s\n",
+		fmt.Fprintf(c.Root().Writer, "enrolled %s as device %s through the running agent\nserial %s, valid until %s; stored in %s\n",
 			res.Name, res.DeviceID, res.Serial, res.NotAfter.UTC().Format(timeFormat), res.Dir)
 		return nil
 	}
@@ -89,17 +91,17 @@ func runEnroll(c *cli.Context) error {
 		return fmt.Errorf("%w: an agent may be starting; try again", err)
 	}
 	defer unlock()
-	id, err := client.Enroll(c.Context, opts)
+	id, err := client.Enroll(ctx, opts)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "enrolled %s as device %s\nserial %s, valid until %s; stored in %s\n",
+	fmt.Fprintf(c.Root().Writer, "enrolled %s as device %s\nserial %s, valid until %s; stored in %s\n",
 		id.Name, id.DeviceID, id.SerialHex(), id.NotAfter.UTC().Format(timeFormat), id.Dir)
 	return nil
 }
 
 // enrollToken takes the token from --token (or IBCM_CLIENT_TOKEN) or --token-file.
-func enrollToken(c *cli.Context) (string, error) {
+func enrollToken(c *cli.Command) (string, error) {
 	token, file := c.String("token"), c.String("token-file")
 	switch {
 	case token != "" && file != "":

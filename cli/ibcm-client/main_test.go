@@ -11,6 +11,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/ca/catest"
+	"github.com/ibcm-project/ibcm/internal/cliapp"
 	"github.com/ibcm-project/ibcm/internal/clitest"
 )
 
@@ -29,14 +30,32 @@ func TestCommandTree(t *testing.T) {
 	}
 }
 
+// TestFlagsAfterArguments runs every command with its flags after its arguments, and with
+// one argument too many (see clitest.CheckArgs).
+func TestFlagsAfterArguments(t *testing.T) {
+	clitest.CheckArgs(t, newApp, nil)
+}
+
+// TestHelpEndsWithExamples: every command's --help ends with its EXAMPLES.
+func TestHelpEndsWithExamples(t *testing.T) {
+	clitest.CheckHelp(t, newApp)
+}
+
 // run runs the app as the binary would and returns stdout and stderr.
 func run(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	app := newApp()
 	app.Writer, app.ErrWriter = &out, &errOut
-	err := app.RunContext(context.Background(), append([]string{"ibcm-client"}, args...))
+	err := cliapp.Run(context.Background(), app, append([]string{"ibcm-client"}, args...))
 	return out.String() + errOut.String(), err
+}
+
+func TestBadLogLevelIsRefused(t *testing.T) {
+	_, err := run(t, "status", "--dir", t.TempDir(), "--log-level", "chatty")
+	if err == nil || cliapp.ExitCode(err) != cliapp.ExitUsage || !strings.Contains(err.Error(), `--log-level: must be debug, info, warn or error (got "chatty")`) {
+		t.Errorf("--log-level chatty: %v", err)
+	}
 }
 
 func TestHelpHidesToken(t *testing.T) {

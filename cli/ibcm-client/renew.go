@@ -1,11 +1,12 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
 
-	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v3"
 
 	"github.com/ibcm-project/ibcm/client"
 	"github.com/ibcm-project/ibcm/client/agent"
@@ -39,9 +40,9 @@ EXAMPLES:
    ibcm-client renew --if-due`,
 		Flags: []cli.Flag{
 			dirFlag(),
-			&cli.BoolFlag{Name: "keep-key", EnvVars: []string{"IBCM_CLIENT_KEEP_KEY"},
+			&cli.BoolFlag{Name: "keep-key", Sources: cli.EnvVars("IBCM_CLIENT_KEEP_KEY"),
 				Usage: "keep the current key instead of making a new one"},
-			&cli.BoolFlag{Name: "if-due", EnvVars: []string{"IBCM_CLIENT_RENEW_IF_DUE"},
+			&cli.BoolFlag{Name: "if-due", Sources: cli.EnvVars("IBCM_CLIENT_RENEW_IF_DUE"),
 				Usage: "renew only when two thirds of the certificate's lifetime have passed"},
 			timeoutFlag(),
 		},
@@ -49,7 +50,7 @@ EXAMPLES:
 	}
 }
 
-func runRenew(c *cli.Context) error {
+func runRenew(ctx context.Context, c *cli.Command) error {
 	dir := c.String("dir")
 	if c.Bool("if-due") {
 		id, err := client.Load(dir)
@@ -57,13 +58,13 @@ func runRenew(c *cli.Context) error {
 			return err
 		}
 		if !id.RenewDue(time.Now()) {
-			fmt.Fprintf(c.App.Writer, "not due: serial %s renews from %s\n", id.SerialHex(), id.RenewAt().UTC().Format(timeFormat))
+			fmt.Fprintf(c.Root().Writer, "not due: serial %s renews from %s\n", id.SerialHex(), id.RenewAt().UTC().Format(timeFormat))
 			return nil
 		}
 	}
-	res, err := agent.Renew(c.Context, dir, c.Bool("keep-key"))
+	res, err := agent.Renew(ctx, dir, c.Bool("keep-key"))
 	if err == nil {
-		fmt.Fprintf(c.App.Writer, "renewed device %s through the running agent: serial %s, valid until %s\n",
+		fmt.Fprintf(c.Root().Writer, "renewed device %s through the running agent: serial %s, valid until %s\n",
 			res.DeviceID, res.Serial, res.NotAfter.UTC().Format(timeFormat))
 		return nil
 	}
@@ -75,11 +76,11 @@ func runRenew(c *cli.Context) error {
 		return fmt.Errorf("%w: an agent may be starting; try again", err)
 	}
 	defer unlock()
-	id, err := client.Renew(c.Context, client.RenewOptions{Dir: dir, KeepKey: c.Bool("keep-key"), Timeout: c.Duration("timeout")})
+	id, err := client.Renew(ctx, client.RenewOptions{Dir: dir, KeepKey: c.Bool("keep-key"), Timeout: c.Duration("timeout")})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "renewed device %s: serial %s, valid until %s\n",
+	fmt.Fprintf(c.Root().Writer, "renewed device %s: serial %s, valid until %s\n",
 		id.DeviceID, id.SerialHex(), id.NotAfter.UTC().Format(timeFormat))
 	return nil
 }

@@ -1,24 +1,23 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"text/tabwriter"
 	"time"
 
-	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v3"
 
 	"github.com/ibcm-project/ibcm/client"
 	"github.com/ibcm-project/ibcm/client/agent"
 	"github.com/ibcm-project/ibcm/client/location"
-	"github.com/ibcm-project/ibcm/internal/logging"
 )
 
 func resolvConfFlag() *cli.StringFlag {
 	return &cli.StringFlag{
-		Name: "resolv-conf", Value: "/etc/resolv.conf", EnvVars: []string{"IBCM_CLIENT_RESOLV_CONF"}, TakesFile: true,
+		Name: "resolv-conf", Value: "/etc/resolv.conf", Sources: cli.EnvVars("IBCM_CLIENT_RESOLV_CONF"), TakesFile: true,
 		Usage: "resolver configuration `FILE` (resolv.conf format; nameserver lines may carry IP:PORT)",
 	}
 }
@@ -40,19 +39,13 @@ EXAMPLES:
    ibcm-client run --dir /srv/agent --resolv-conf /run/systemd/resolve/resolv.conf --log-level debug`,
 		Flags: []cli.Flag{
 			dirFlag(), resolvConfFlag(),
-			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"IBCM_CLIENT_LOG_LEVEL"}, Usage: logging.Levels},
-			&cli.StringFlag{Name: "log-format", Value: logging.FormatAuto, EnvVars: []string{"IBCM_CLIENT_LOG_FORMAT"}, Usage: "auto (console on a terminal, JSON otherwise), json or console"},
 		},
-		Action: func(c *cli.Context) error {
-			log, err := logging.New(os.Stderr, c.String("log-level"), c.String("log-format"))
+		Action: func(ctx context.Context, c *cli.Command) error {
+			a, err := agent.New(agent.Options{Dir: c.String("dir"), ResolvConf: c.String("resolv-conf"), Log: logger(c)})
 			if err != nil {
 				return err
 			}
-			a, err := agent.New(agent.Options{Dir: c.String("dir"), ResolvConf: c.String("resolv-conf"), Log: log})
-			if err != nil {
-				return err
-			}
-			return a.Run(c.Context)
+			return a.Run(ctx)
 		},
 	}
 }
@@ -73,8 +66,8 @@ EXAMPLES:
 
    ibcm-client location --dir /srv/agent --resolv-conf ./test-resolv.conf --json`,
 		Flags: []cli.Flag{dirFlag(), resolvConfFlag(),
-			&cli.BoolFlag{Name: "json", EnvVars: []string{"IBCM_CLIENT_JSON"}, Usage: "print JSON"}},
-		Action: func(c *cli.Context) error {
+			&cli.BoolFlag{Name: "json", Sources: cli.EnvVars("IBCM_CLIENT_JSON"), Usage: "print JSON"}},
+		Action: func(ctx context.Context, c *cli.Command) error {
 			id, err := client.Load(c.String("dir"))
 			if err != nil {
 				return err
@@ -87,14 +80,14 @@ EXAMPLES:
 				l := p.Location
 				cfg.IntranetSuffixes, cfg.SRVNames, cfg.InternetMPs, cfg.AlwaysInternet = l.IntranetDNSSuffixes, l.SRVNames, l.InternetMPNames, l.AlwaysInternet
 			}
-			d := location.Detect(c.Context, cfg)
+			d := location.Detect(ctx, cfg)
 			if c.Bool("json") {
-				enc := json.NewEncoder(c.App.Writer)
+				enc := json.NewEncoder(c.Root().Writer)
 				enc.SetIndent("", "  ")
 				return enc.Encode(d)
 			}
-			fmt.Fprintf(c.App.Writer, "location: %s\nmp:       %s\nreason:   %s\ntook:     %s\n\n", d.Location, d.MP, d.Reason, d.Took.Round(time.Millisecond))
-			w := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+			fmt.Fprintf(c.Root().Writer, "location: %s\nmp:       %s\nreason:   %s\ntook:     %s\n\n", d.Location, d.MP, d.Reason, d.Took.Round(time.Millisecond))
+			w := tabwriter.NewWriter(c.Root().Writer, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(w, "STEP\tTARGET\tRESULT\tTOOK")
 			for _, s := range d.Evidence {
 				res := s.Result
@@ -120,12 +113,12 @@ EXAMPLES:
 
    ibcm-client report --dir /srv/agent --severity warning --component backup --text "disk 91% full"`,
 		Flags: []cli.Flag{dirFlag(),
-			&cli.StringFlag{Name: "severity", Value: "info", EnvVars: []string{"IBCM_CLIENT_SEVERITY"}, Usage: "info, warning or error"},
-			&cli.StringFlag{Name: "component", Value: "user", EnvVars: []string{"IBCM_CLIENT_COMPONENT"}, Usage: "what the message is about"},
-			&cli.StringFlag{Name: "text", Required: true, EnvVars: []string{"IBCM_CLIENT_TEXT"}, Usage: "the message"},
+			&cli.StringFlag{Name: "severity", Value: "info", Sources: cli.EnvVars("IBCM_CLIENT_SEVERITY"), Usage: "info, warning or error"},
+			&cli.StringFlag{Name: "component", Value: "user", Sources: cli.EnvVars("IBCM_CLIENT_COMPONENT"), Usage: "what the message is about"},
+			&cli.StringFlag{Name: "text", Required: true, Sources: cli.EnvVars("IBCM_CLIENT_TEXT"), Usage: "the message"},
 		},
-		Action: func(c *cli.Context) error {
-			err := agent.SendReport(c.Context, c.String("dir"), c.String("severity"), c.String("component"), c.String("text"))
+		Action: func(ctx context.Context, c *cli.Command) error {
+			err := agent.SendReport(ctx, c.String("dir"), c.String("severity"), c.String("component"), c.String("text"))
 			if !errors.Is(err, agent.ErrNotRunning) {
 				return err
 			}

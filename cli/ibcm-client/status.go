@@ -1,12 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"text/tabwriter"
 	"time"
 
-	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v3"
 
 	"github.com/ibcm-project/ibcm/client"
 	"github.com/ibcm-project/ibcm/client/agent"
@@ -27,7 +28,7 @@ EXAMPLES:
    ibcm-client status --dir /srv/agent --json`,
 		Flags: []cli.Flag{
 			dirFlag(),
-			&cli.BoolFlag{Name: "json", EnvVars: []string{"IBCM_CLIENT_JSON"}, Usage: "print JSON"},
+			&cli.BoolFlag{Name: "json", Sources: cli.EnvVars("IBCM_CLIENT_JSON"), Usage: "print JSON"},
 		},
 		Action: runStatus,
 	}
@@ -60,7 +61,7 @@ type statusReport struct {
 	LastError    string     `json:"last_error,omitempty"`
 }
 
-func runStatus(c *cli.Context) error {
+func runStatus(ctx context.Context, c *cli.Command) error {
 	id, err := client.Load(c.String("dir"))
 	if err != nil {
 		return err
@@ -72,13 +73,13 @@ func runStatus(c *cli.Context) error {
 		NotBefore: id.NotBefore.UTC(), NotAfter: id.NotAfter.UTC(), RenewAt: id.RenewAt().UTC(),
 		RenewDue: id.RenewDue(now), Expired: id.Expired(now), CAURL: id.CAURL, Dir: id.Dir,
 	}
-	if st, err := agent.Query(c.Context, id.Dir); err == nil {
+	if st, err := agent.Query(ctx, id.Dir); err == nil {
 		r.AgentRunning, r.Location, r.MP, r.LastCheckin = true, st.Location, st.MP, st.LastCheckin
 		r.SpoolDepth, r.Notify, r.LastError = st.SpoolDepth, st.Notify, st.LastError
 		r.Policy, r.PolicyVer = st.PolicyName, st.PolicyVersion
 	}
 	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
+		enc := json.NewEncoder(c.Root().Writer)
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)
 	}
@@ -89,7 +90,7 @@ func runStatus(c *cli.Context) error {
 	case r.RenewDue:
 		due = "yes"
 	}
-	w := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+	w := tabwriter.NewWriter(c.Root().Writer, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "device id:\t%s\n", r.DeviceID)
 	fmt.Fprintf(w, "subject:\t%s\n", r.Subject)
 	if r.FQDN != "" {

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v3"
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -26,24 +26,25 @@ import (
 func adminFlags() []cli.Flag {
 	return []cli.Flag{
 		dirFlag(false),
-		&cli.StringFlag{Name: "ca", Usage: "CA URL (default: ca.url of DIR/site.yaml)", EnvVars: []string{"IBCM_CA_URL"}},
-		&cli.StringFlag{Name: "mp", Usage: "MP URL (default: the intranet URL of the MP in DIR/site.yaml, else its internet URL)", EnvVars: []string{"IBCM_MP_URL"}},
-		&cli.StringFlag{Name: "cert", Usage: "admin certificate (default: DIR/admin/admin.crt)", EnvVars: []string{"IBCM_ADMIN_CERT"}},
-		&cli.StringFlag{Name: "key", Usage: "admin key (default: DIR/admin/admin.key)", EnvVars: []string{"IBCM_ADMIN_KEY"}},
-		&cli.StringFlag{Name: "ca-root", Usage: "root certificate to trust (default: ca.root_cert of DIR/site.yaml)", EnvVars: []string{"IBCM_CA_ROOT"}},
+		&cli.StringFlag{Name: "ca", Usage: "CA URL (default: ca.url of DIR/site.yaml)", Sources: cli.EnvVars("IBCM_CA_URL")},
+		&cli.StringFlag{Name: "mp", Usage: "MP URL (default: the intranet URL of the MP in DIR/site.yaml, else its internet URL)", Sources: cli.EnvVars("IBCM_MP_URL")},
+		&cli.StringFlag{Name: "cert", Usage: "admin certificate (default: DIR/admin/admin.crt)", Sources: cli.EnvVars("IBCM_ADMIN_CERT")},
+		&cli.StringFlag{Name: "key", Usage: "admin key (default: DIR/admin/admin.key)", Sources: cli.EnvVars("IBCM_ADMIN_KEY")},
+		&cli.StringFlag{Name: "ca-root", Usage: "root certificate to trust (default: ca.root_cert of DIR/site.yaml)", Sources: cli.EnvVars("IBCM_CA_ROOT")},
 	}
 }
 
-// adminClient calls the CA's admin API over mutual TLS.
+// adminClient calls the admin API of the CA or of the MP over mutual TLS.
 type adminClient struct {
 	base string
+	who  string // "the CA" or "the management point", for error messages
 	http *http.Client
 }
 
-func newAdminClient(c *cli.Context) (*adminClient, error) { return newRoleClient(c, site.RoleCA) }
+func newAdminClient(c *cli.Command) (*adminClient, error) { return newRoleClient(c, site.RoleCA) }
 
 // newRoleClient calls the admin API of the CA or of the MP.
-func newRoleClient(c *cli.Context, role string) (*adminClient, error) {
+func newRoleClient(c *cli.Command, role string) (*adminClient, error) {
 	caURL, cert, key, root := c.String("ca"), c.String("cert"), c.String("key"), c.String("ca-root")
 	if role == site.RoleMP {
 		caURL = c.String("mp")
@@ -84,7 +85,11 @@ func newRoleClient(c *cli.Context, role string) (*adminClient, error) {
 	for _, r := range roots {
 		pool.AddCert(r)
 	}
-	return &adminClient{base: strings.TrimSuffix(caURL, "/"), http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+	who := "the CA"
+	if role == site.RoleMP {
+		who = "the management point"
+	}
+	return &adminClient{base: strings.TrimSuffix(caURL, "/"), who: who, http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS12},
 	}}}, nil
 }
@@ -116,19 +121,19 @@ func (a *adminClient) do(ctx context.Context, method, path string, in, out any) 
 	}
 	resp, err := a.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("calling the CA: %w", err)
+		return fmt.Errorf("calling %s: %w", a.who, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("reading the CA's answer: %w", err)
+		return fmt.Errorf("reading the answer of %s: %w", a.who, err)
 	}
 	if resp.StatusCode >= 300 {
 		var e wire.Error
 		if json.Unmarshal(data, &e) == nil && e.Error.Code != "" {
 			return fmt.Errorf("%s (%s, HTTP %d)", e.Error.Message, e.Error.Code, resp.StatusCode)
 		}
-		return fmt.Errorf("the CA answered HTTP %d", resp.StatusCode)
+		return fmt.Errorf("%s answered HTTP %d", a.who, resp.StatusCode)
 	}
 	if raw, ok := out.(*[]byte); ok {
 		*raw = data
@@ -136,7 +141,7 @@ func (a *adminClient) do(ctx context.Context, method, path string, in, out any) 
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("decoding the CA's answer: %w", err)
+			return fmt.Errorf("decoding the answer of %s: %w", a.who, err)
 		}
 	}
 	return nil

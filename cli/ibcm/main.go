@@ -3,13 +3,16 @@
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
+
+	"github.com/ibcm-project/ibcm/internal/cliapp"
 )
 
 func main() {
-	if err := newApp().Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "ibcm:", err)
+	app := newApp()
+	if err := cliapp.Run(context.Background(), app, os.Args); err != nil {
+		cliapp.Report(os.Stderr, app, err)
 		os.Exit(exitCode(err))
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,8 +12,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v3"
 
+	"github.com/ibcm-project/ibcm/internal/cliapp"
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/site"
 )
@@ -23,7 +25,7 @@ func deviceMessagesCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "messages",
 		Usage:     "list the status messages a device sent, newest last",
-		ArgsUsage: "ID",
+		Arguments: []cli.Argument{cliapp.Arg("ID")},
 		Description: `ID is the device id (as device list shows it). --since is a duration back from now
 (90m, 2h, 36h) or an RFC 3339 time (2026-03-01T08:00:00Z). At most --limit messages are
 shown (1 to 1000), the newest; a note says when older ones were left out.
@@ -33,14 +35,11 @@ EXAMPLES:
    ibcm device messages --dir /srv/ibcm --since 2h 6defabdb-743f-4a34-9830-20527b338cb5
    ibcm device messages --dir /srv/ibcm --since 2026-03-01T08:00:00Z --json 6defabdb-743f-4a34-9830-20527b338cb5 | jq '.messages[] | select(.severity=="error")'`,
 		Flags: append(adminFlags(), jsonFlag(),
-			&cli.StringFlag{Name: "since", Usage: "only messages from this `TIME` on: a duration back from now (2h) or an RFC 3339 time", EnvVars: []string{"IBCM_MESSAGES_SINCE"}},
-			&cli.IntFlag{Name: "limit", Value: wire.MaxMessagesPage, Usage: "show at most `N` messages, the newest (1 to 1000)", EnvVars: []string{"IBCM_MESSAGES_LIMIT"}},
+			&cli.StringFlag{Name: "since", Usage: "only messages from this `TIME` on: a duration back from now (2h) or an RFC 3339 time", Sources: cli.EnvVars("IBCM_MESSAGES_SINCE")},
+			&cli.IntFlag{Name: "limit", Value: wire.MaxMessagesPage, Usage: "show at most `N` messages, the newest (1 to 1000)", Sources: cli.EnvVars("IBCM_MESSAGES_LIMIT")},
 		),
-		Action: func(c *cli.Context) error {
-			id, err := oneArg(c, "ID")
-			if err != nil {
-				return err
-			}
+		Action: func(ctx context.Context, c *cli.Command) error {
+			id := c.StringArg("ID")
 			q := url.Values{}
 			if s := c.String("since"); s != "" {
 				since, err := parseSince(s, time.Now())
@@ -58,13 +57,13 @@ EXAMPLES:
 				return err
 			}
 			var out wire.DeviceMessages
-			if err := a.do(c.Context, http.MethodGet, "/v1/admin/devices/"+url.PathEscape(id)+"/messages?"+q.Encode(), nil, &out); err != nil {
+			if err := a.do(ctx, http.MethodGet, "/v1/admin/devices/"+url.PathEscape(id)+"/messages?"+q.Encode(), nil, &out); err != nil {
 				return err
 			}
 			if c.Bool("json") {
-				return printJSON(c.App.Writer, out)
+				return printJSON(c.Root().Writer, out)
 			}
-			return printMessages(c.App.Writer, out)
+			return printMessages(c.Root().Writer, out)
 		},
 	}
 }

@@ -1,16 +1,19 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 
-	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v3"
 
+	"github.com/ibcm-project/ibcm/internal/cliapp"
 	"github.com/ibcm-project/ibcm/site"
 )
 
@@ -18,7 +21,7 @@ func siteCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "site",
 		Usage: "create, run and check a whole site on this server",
-		Subcommands: []*cli.Command{
+		Commands: []*cli.Command{
 			{
 				Name:  "init",
 				Usage: "create a new site: CA hierarchy, database, certificates, first admin",
@@ -35,34 +38,37 @@ EXAMPLES:
        --store postgres --dsn 'postgres://ibcm@db.corp.example/ibcm?sslmode=verify-full'`,
 				Flags: []cli.Flag{
 					dirFlag(true),
-					&cli.StringFlag{Name: "site-code", Required: true, Usage: "three upper-case letters or digits", EnvVars: []string{"IBCM_SITE_CODE"}},
-					&cli.StringFlag{Name: "intranet-name", Required: true, Usage: "the site servers' intranet FQDN", EnvVars: []string{"IBCM_INTRANET_NAME"}},
-					&cli.StringFlag{Name: "internet-name", Required: true, Usage: "the site servers' internet FQDN", EnvVars: []string{"IBCM_INTERNET_NAME"}},
-					&cli.StringFlag{Name: "ca-addr", Value: "127.0.0.1:8443", Usage: "HTTPS listener of the CA (enroll, renew, admin API)", EnvVars: []string{"IBCM_CA_ADDR"}},
-					&cli.StringFlag{Name: "ca-public-addr", Value: "127.0.0.1:8080", Usage: "plain-HTTP listener of the CA (CRL, OCSP, CA certificates)", EnvVars: []string{"IBCM_CA_PUBLIC_ADDR"}},
-					&cli.StringFlag{Name: "mp-intranet-addr", Value: "127.0.0.1:9443", Usage: "MP intranet listener (mutual TLS)", EnvVars: []string{"IBCM_MP_INTRANET_ADDR"}},
-					&cli.StringFlag{Name: "mp-internet-addr", Value: "127.0.0.1:9444", Usage: "MP internet listener (mutual TLS)", EnvVars: []string{"IBCM_MP_INTERNET_ADDR"}},
-					&cli.StringFlag{Name: "mp-mode", Value: "both", Usage: "MP connection mode: intranet, internet or both", EnvVars: []string{"IBCM_MP_MODE"}},
-					&cli.StringFlag{Name: "store", Value: "sqlite", Usage: "sqlite (DIR/site.db) or postgres", EnvVars: []string{"IBCM_STORE"}},
-					&cli.StringFlag{Name: "dsn", Usage: "PostgreSQL DSN with --store postgres", EnvVars: []string{"IBCM_DSN"}},
-					&cli.StringFlag{Name: "key-type", Value: "p256", Usage: "CA key type: p256, p384, rsa2048, rsa3072", EnvVars: []string{"IBCM_KEY_TYPE"}},
-					&cli.StringFlag{Name: "password-file", Usage: "file holding the password that encrypts the CA keys", EnvVars: []string{"IBCM_CA_PASSWORD_FILE"}},
-					&cli.StringFlag{Name: "offline-root", Usage: "write the root key here instead of into DIR (then take it off the server)", EnvVars: []string{"IBCM_OFFLINE_ROOT"}},
-					&cli.StringFlag{Name: "admin", Value: "admin", Usage: "name of the first admin", EnvVars: []string{"IBCM_ADMIN_NAME"}},
+					&cli.StringFlag{Name: "site-code", Required: true, Usage: "three upper-case letters or digits", Sources: cli.EnvVars("IBCM_SITE_CODE")},
+					&cli.StringFlag{Name: "intranet-name", Required: true, Usage: "the site servers' intranet FQDN", Sources: cli.EnvVars("IBCM_INTRANET_NAME")},
+					&cli.StringFlag{Name: "internet-name", Required: true, Usage: "the site servers' internet FQDN", Sources: cli.EnvVars("IBCM_INTERNET_NAME")},
+					&cli.StringFlag{Name: "ca-addr", Value: "127.0.0.1:8443", Usage: "HTTPS listener of the CA (enroll, renew, admin API)", Sources: cli.EnvVars("IBCM_CA_ADDR")},
+					&cli.StringFlag{Name: "ca-public-addr", Value: "127.0.0.1:8080", Usage: "plain-HTTP listener of the CA (CRL, OCSP, CA certificates)", Sources: cli.EnvVars("IBCM_CA_PUBLIC_ADDR")},
+					&cli.StringFlag{Name: "mp-intranet-addr", Value: "127.0.0.1:9443", Usage: "MP intranet listener (mutual TLS)", Sources: cli.EnvVars("IBCM_MP_INTRANET_ADDR")},
+					&cli.StringFlag{Name: "mp-internet-addr", Value: "127.0.0.1:9444", Usage: "MP internet listener (mutual TLS)", Sources: cli.EnvVars("IBCM_MP_INTERNET_ADDR")},
+					&cli.StringFlag{Name: "mp-mode", Value: "both", Usage: "MP connection mode: intranet, internet or both", Sources: cli.EnvVars("IBCM_MP_MODE"),
+						Validator: cliapp.OneOf("intranet", "internet", "both")},
+					&cli.StringFlag{Name: "store", Value: "sqlite", Usage: "sqlite (DIR/site.db) or postgres", Sources: cli.EnvVars("IBCM_STORE"),
+						Validator: cliapp.OneOf("sqlite", "postgres")},
+					&cli.StringFlag{Name: "dsn", Usage: "PostgreSQL DSN with --store postgres", Sources: cli.EnvVars("IBCM_DSN")},
+					&cli.StringFlag{Name: "key-type", Value: "p256", Usage: "CA key type: p256, p384, rsa2048, rsa3072", Sources: cli.EnvVars("IBCM_KEY_TYPE"),
+						Validator: keyType},
+					&cli.StringFlag{Name: "password-file", Usage: "file holding the password that encrypts the CA keys", Sources: cli.EnvVars("IBCM_CA_PASSWORD_FILE")},
+					&cli.StringFlag{Name: "offline-root", Usage: "write the root key here instead of into DIR (then take it off the server)", Sources: cli.EnvVars("IBCM_OFFLINE_ROOT")},
+					&cli.StringFlag{Name: "admin", Value: "admin", Usage: "name of the first admin", Sources: cli.EnvVars("IBCM_ADMIN_NAME")},
 				},
-				Action: func(c *cli.Context) error {
+				Action: func(ctx context.Context, c *cli.Command) error {
 					if err := site.CheckSiteCode(c.String("site-code")); err != nil {
 						return usageError("--site-code: %v", err)
 					}
-					_, err := site.Init(c.Context, site.InitOptions{
+					_, err := site.Init(ctx, site.InitOptions{
 						Dir: c.String("dir"), SiteCode: c.String("site-code"),
 						IntranetName: c.String("intranet-name"), InternetName: c.String("internet-name"),
 						CAAddr: c.String("ca-addr"), CAPublicAddr: c.String("ca-public-addr"),
 						MPIntranetAddr: c.String("mp-intranet-addr"), MPInternetAddr: c.String("mp-internet-addr"), MPMode: c.String("mp-mode"),
 						Store: c.String("store"), DSN: c.String("dsn"), KeyType: c.String("key-type"),
 						PasswordFile: c.String("password-file"), OfflineRoot: c.String("offline-root"), AdminName: c.String("admin"),
-					}, c.App.Writer)
-					return err
+					}, c.Root().Writer)
+					return flagNamesForKeys(err)
 				},
 			},
 			{
@@ -74,8 +80,10 @@ listener's URL once it accepts connections. Every listener answers GET /healthz.
 EXAMPLES:
    ibcm site up --dir /srv/ibcm
    IBCM_CA_PASSWORD=... ibcm site up --dir /srv/ibcm --log-level debug`,
-				Flags:  []cli.Flag{dirFlag(true)},
-				Action: func(c *cli.Context) error { return serve(c, filepath.Join(c.String("dir"), site.FileName)) },
+				Flags: []cli.Flag{dirFlag(true)},
+				Action: func(ctx context.Context, c *cli.Command) error {
+					return serve(ctx, c, filepath.Join(c.String("dir"), site.FileName))
+				},
 			},
 			{
 				Name:  "status",
@@ -87,21 +95,21 @@ EXAMPLES:
    ibcm site status --dir /srv/ibcm
    ibcm site status --dir /srv/ibcm --json | jq '.[] | select(.healthy|not)'`,
 				Flags: []cli.Flag{dirFlag(true), jsonFlag()},
-				Action: func(c *cli.Context) error {
+				Action: func(ctx context.Context, c *cli.Command) error {
 					cfg, err := site.Load(filepath.Join(c.String("dir"), site.FileName))
 					if err != nil {
 						return err
 					}
-					hs, err := site.Status(c.Context, cfg)
+					hs, err := site.Status(ctx, cfg)
 					if err != nil {
 						return err
 					}
 					if c.Bool("json") {
-						enc := json.NewEncoder(c.App.Writer)
+						enc := json.NewEncoder(c.Root().Writer)
 						enc.SetIndent("", "  ")
 						_ = enc.Encode(hs)
 					} else {
-						w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+						w := tabwriter.NewWriter(c.Root().Writer, 0, 4, 2, ' ', 0)
 						fmt.Fprintln(w, "ROLE\tURL\tHEALTH\tLATENCY")
 						for _, h := range hs {
 							state := "ok"
@@ -124,30 +132,71 @@ EXAMPLES:
 	}
 }
 
-// serve runs the roles of the config file until SIGINT/SIGTERM.
-func serve(c *cli.Context, path string, roles ...string) error {
-	log, err := logger(c)
-	if err != nil {
+// initFlags are the flags of site init that set a key of site.yaml.
+var initFlags = map[string]string{
+	"site.code": "--site-code", "site.intranet_name": "--intranet-name", "site.internet_name": "--internet-name",
+	"ca.listen": "--ca-addr", "ca.public_listen": "--ca-public-addr",
+	"mp.intranet_listen": "--mp-intranet-addr", "mp.internet_listen": "--mp-internet-addr", "mp.mode": "--mp-mode",
+	"store.driver": "--store", "store.dsn": "--dsn",
+}
+
+// flagNamesForKeys names the flag instead of the site.yaml key in each line of a
+// validation error of site init: the user gave a flag, not the key.
+func flagNamesForKeys(err error) error {
+	if err == nil {
+		return nil
+	}
+	lines := strings.Split(err.Error(), "\n")
+	renamed := false
+	for i, l := range lines {
+		key, rest, ok := strings.Cut(l, ": ")
+		if f, known := initFlags[key]; ok && known {
+			lines[i], renamed = f+": "+rest, true
+		}
+	}
+	if !renamed {
 		return err
 	}
+	return usageError("%s", strings.Join(lines, "\n"))
+}
+
+// serveConfig is the site.yaml a serve command runs: --config, or site.yaml in --dir.
+func serveConfig(c *cli.Command) (string, error) {
+	dir, config := c.String("dir"), c.String("config")
+	switch {
+	case dir != "" && config != "":
+		return "", usageError("give --dir or --config, not both")
+	case config != "":
+		return config, nil
+	case dir != "":
+		return filepath.Join(dir, site.FileName), nil
+	}
+	return "", usageError("say which site to serve: --dir DIR (its site.yaml) or --config FILE")
+}
+
+// serve runs the roles of the config file until SIGINT/SIGTERM.
+func serve(ctx context.Context, c *cli.Command, path string, roles ...string) error {
 	cfg, err := site.Load(path)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return site.Run(ctx, cfg, c.App.Writer, log, roles...)
+	return site.Run(ctx, cfg, c.Root().Writer, logger(c), roles...)
 }
 
+// keyType validates a --key-type flag.
+var keyType = cliapp.OneOf("p256", "p384", "rsa2048", "rsa3072")
+
 func dirFlag(required bool) *cli.StringFlag {
-	return &cli.StringFlag{Name: "dir", Required: required, Usage: "the site directory (holds site.yaml)", EnvVars: []string{"IBCM_DIR"}}
+	return &cli.StringFlag{Name: "dir", Required: required, Usage: "the site directory (holds site.yaml)", Sources: cli.EnvVars("IBCM_DIR"), TakesFile: true}
 }
 
 func jsonFlag() *cli.BoolFlag {
-	return &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts", EnvVars: []string{"IBCM_JSON"}}
+	return &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts", Sources: cli.EnvVars("IBCM_JSON")}
 }
 
-// configFlag names the site.yaml a role serves.
+// configFlag names the site.yaml a role serves (instead of --dir).
 func configFlag() *cli.StringFlag {
-	return &cli.StringFlag{Name: "config", Required: true, Usage: "site.yaml to serve", EnvVars: []string{"IBCM_CONFIG"}}
+	return &cli.StringFlag{Name: "config", Usage: "site.yaml to serve (instead of --dir)", Sources: cli.EnvVars("IBCM_CONFIG"), TakesFile: true}
 }

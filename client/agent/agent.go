@@ -223,6 +223,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		location.WatchFile(ctx, a.o.ResolvConf, a.o.WatchEvery, func() { a.Redetect(false) })
 	})
 	run(func(ctx context.Context) {
+		// state.json is renamed into place last with every new identity (client.commit).
+		location.WatchFile(ctx, filepath.Join(a.o.Dir, client.StateFile), a.o.WatchEvery, a.reloadIdentity)
+	})
+	run(func(ctx context.Context) {
 		if err := location.WatchNetwork(ctx, func() { a.Redetect(false) }); err != nil {
 			a.log.Info().Err(err).Msg("no netlink: address and route changes are seen by the timer only")
 		}
@@ -401,6 +405,32 @@ func (a *Agent) Renew(ctx context.Context, keepKey bool) (*client.Identity, erro
 	signal(a.rewrote)
 	signal(a.restart)
 	return newID, nil
+}
+
+// reloadIdentity switches the agent to an identity that appeared in its state directory
+// without going through it (a restored backup, a provisioning tool, an older ibcm-client):
+// new certificate and key for the MP connections and the channel, renewal schedule from
+// the new certificate. The agent's own writes change the file too; they already switched.
+func (a *Agent) reloadIdentity() {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	id, err := client.Load(a.o.Dir)
+	if err != nil {
+		a.log.Warn().Err(err).Msg("the state directory changed but holds no usable identity; the current one stays in use")
+		return
+	}
+	a.mu.Lock()
+	cur := a.id
+	a.mu.Unlock()
+	if cur.DeviceID == id.DeviceID && cur.Serial.Cmp(id.Serial) == 0 {
+		return
+	}
+	a.setIdentityStatus(id)
+	a.setError(nil)
+	a.log.Info().Str("device_id", id.DeviceID).Str("serial", id.SerialHex()).Time("not_after", id.NotAfter).Msg("new identity in the state directory")
+	a.Report("info", "agent", "switched to the identity found in the state directory: device "+id.DeviceID+", serial "+id.SerialHex())
+	signal(a.rewrote)
+	signal(a.restart)
 }
 
 // Enroll replaces the identity with a new enrollment (`ibcm-client enroll --force` while

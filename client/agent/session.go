@@ -175,7 +175,7 @@ func (s *session) do(ctx context.Context, method, path string, in any, hdr http.
 	if resp.StatusCode >= 300 {
 		var e wire.Error
 		_ = json.Unmarshal(data, &e)
-		err := &client.ServerError{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message}
+		err := &client.ServerError{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message, Server: client.ManagementPoint}
 		if resp.StatusCode == http.StatusServiceUnavailable {
 			return resp, fmt.Errorf("%w: %v", errMPDown, err)
 		}

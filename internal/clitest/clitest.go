@@ -1,8 +1,9 @@
 // Package clitest owns the check every command tree of ibcm must pass (STYLE.md habit 3):
 // command names unique, Usage set, every flag named once, described and settable from an
-// environment variable with the binary's prefix, every command that runs something
+// environment variable with the binary's prefix, every command without subcommands
 // ending its help with EXAMPLES, and no help text naming an environment variable that
-// command does not read.
+// command does not read; and (CheckArgs) that every command takes its flags before and
+// after its positional arguments and refuses arguments it does not take.
 package clitest
 
 import (
@@ -10,13 +11,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v3"
 )
 
 // CheckTree walks app's commands and reports every rule broken. documented lists the
 // environment variables the code reads besides the flags' own (such as IBCM_CA_PASSWORD),
 // which help texts may name as well.
-func CheckTree(t testing.TB, app *cli.App, envPrefix string, documented ...string) {
+func CheckTree(t testing.TB, app *cli.Command, envPrefix string, documented ...string) {
 	t.Helper()
 	checkEnvMentions(t, app, envPrefix, documented)
 	checkFlags(t, app.Name, app.Flags, envPrefix)
@@ -34,10 +35,10 @@ func CheckTree(t testing.TB, app *cli.App, envPrefix string, documented ...strin
 			if cmd.Usage == "" {
 				t.Errorf("%s: Usage is empty", full)
 			}
-			if cmd.Action == nil && len(cmd.Subcommands) == 0 {
+			if cmd.Action == nil && len(cmd.Commands) == 0 {
 				t.Errorf("%s: neither an Action nor subcommands", full)
 			}
-			if cmd.Action != nil {
+			if len(cmd.Commands) == 0 {
 				if i := strings.LastIndex(cmd.Description, "EXAMPLES"); i < 0 {
 					t.Errorf("%s: Description has no EXAMPLES section", full)
 				} else if strings.Contains(cmd.Description[i:], "\n\n\n") {
@@ -45,7 +46,7 @@ func CheckTree(t testing.TB, app *cli.App, envPrefix string, documented ...strin
 				}
 			}
 			checkFlags(t, full, cmd.Flags, envPrefix)
-			walk(full, cmd.Subcommands)
+			walk(full, cmd.Commands)
 		}
 	}
 	walk(app.Name, app.Commands)
@@ -91,7 +92,7 @@ func checkFlags(t testing.TB, where string, fs []cli.Flag, envPrefix string) {
 // may name the variables of its own flags, its parent commands' and the app's; the app's
 // texts may name any flag's. The documented variables may be named anywhere. A name that
 // ends in _ ("IBCM_CLIENT_...") stands for the family and is not checked.
-func checkEnvMentions(t testing.TB, app *cli.App, envPrefix string, documented []string) {
+func checkEnvMentions(t testing.TB, app *cli.Command, envPrefix string, documented []string) {
 	t.Helper()
 	family := strings.SplitAfter(envPrefix, "_")[0]
 	mention := regexp.MustCompile(`\b` + regexp.QuoteMeta(family) + `[A-Z0-9_]*`)
@@ -130,7 +131,7 @@ func checkEnvMentions(t testing.TB, app *cli.App, envPrefix string, documented [
 	collect = func(cmds []*cli.Command) {
 		for _, cmd := range cmds {
 			envsOf(cmd.Flags, all)
-			collect(cmd.Subcommands)
+			collect(cmd.Commands)
 		}
 	}
 	collect(app.Commands)
@@ -150,7 +151,7 @@ func checkEnvMentions(t testing.TB, app *cli.App, envPrefix string, documented [
 			}
 			envsOf(cmd.Flags, known)
 			check(full, known, []string{cmd.Usage, cmd.UsageText, cmd.ArgsUsage, cmd.Description}, cmd.Flags)
-			walk(full, known, cmd.Subcommands)
+			walk(full, known, cmd.Commands)
 		}
 	}
 	walk(app.Name, base, app.Commands)

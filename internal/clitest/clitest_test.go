@@ -1,11 +1,12 @@
 package clitest
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 
-	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v3"
 )
 
 // recorder is a testing.TB that keeps what CheckTree reports.
@@ -19,20 +20,20 @@ func (r *recorder) Errorf(format string, args ...any) {
 	r.errs = append(r.errs, fmt.Sprintf(format, args...))
 }
 
-func app(serveHelp, flagUsage string) *cli.App {
-	noop := func(*cli.Context) error { return nil }
-	return &cli.App{
+func app(serveHelp, flagUsage string) *cli.Command {
+	noop := func(context.Context, *cli.Command) error { return nil }
+	return &cli.Command{
 		Name:        "x",
 		Usage:       "test",
 		Description: "Every flag can be set from its X_... variable; X_DIR names the site.",
-		Flags:       []cli.Flag{&cli.StringFlag{Name: "log-level", Usage: "level", EnvVars: []string{"X_LOG_LEVEL"}}},
+		Flags:       []cli.Flag{&cli.StringFlag{Name: "log-level", Usage: "level", Sources: cli.EnvVars("X_LOG_LEVEL")}},
 		Commands: []*cli.Command{
-			{Name: "site", Usage: "site", Flags: []cli.Flag{&cli.StringFlag{Name: "dir", Usage: "dir", EnvVars: []string{"X_DIR"}}},
-				Subcommands: []*cli.Command{{Name: "init", Usage: "init", Action: noop,
+			{Name: "site", Usage: "site", Flags: []cli.Flag{&cli.StringFlag{Name: "dir", Usage: "dir", Sources: cli.EnvVars("X_DIR")}},
+				Commands: []*cli.Command{{Name: "init", Usage: "init", Action: noop,
 					Description: "Uses X_DIR and X_PASSWORD.\n\nEXAMPLES:\n   X_LOG_LEVEL=debug x site init",
-					Flags:       []cli.Flag{&cli.StringFlag{Name: "password-file", Usage: "file", EnvVars: []string{"X_PASSWORD_FILE"}}}}}},
+					Flags:       []cli.Flag{&cli.StringFlag{Name: "password-file", Usage: "file", Sources: cli.EnvVars("X_PASSWORD_FILE")}}}}},
 			{Name: "serve", Usage: "serve", Action: noop, Description: serveHelp + "\n\nEXAMPLES:\n   x serve",
-				Flags: []cli.Flag{&cli.StringFlag{Name: "config", Usage: flagUsage, EnvVars: []string{"X_CONFIG"}}}},
+				Flags: []cli.Flag{&cli.StringFlag{Name: "config", Usage: flagUsage, Sources: cli.EnvVars("X_CONFIG")}}},
 		},
 	}
 }

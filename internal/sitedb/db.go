@@ -95,7 +95,17 @@ func openSQLite(ctx context.Context, path string) (*DB, error) {
 }
 
 func openPostgres(ctx context.Context, dsn string) (*DB, error) {
-	connector, err := pq.NewConnector(dsn)
+	cfg, err := pq.NewConfig(dsn)
+	if err == nil && !strings.Contains(dsn, "binary_parameters") {
+		// One round trip per statement with arguments instead of two (parse, then bind
+		// and execute): a group of enrollments is a few statements, so this is most of
+		// what it costs on the server.
+		cfg.BinaryParameters = true
+	}
+	var connector *pq.Connector
+	if err == nil {
+		connector, err = pq.NewConnectorConfig(cfg)
+	}
 	if err != nil {
 		// The parser's error quotes the DSN, password included: say what is wrong without it.
 		var ue *url.Error
@@ -138,6 +148,13 @@ func (db *DB) Exec(ctx context.Context, query string, args ...any) (sql.Result, 
 // Query runs a query written with ? placeholders.
 func (db *DB) Query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	return db.sql.QueryContext(ctx, db.rebind(query), args...)
+}
+
+// QueryNative runs a query written in the backend's own placeholder syntax ($1 on
+// PostgreSQL). It is for statements built for one backend whose text changes with their
+// arguments, which rebind would remember one by one.
+func (db *DB) QueryNative(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return db.sql.QueryContext(ctx, query, args...)
 }
 
 // QueryRow runs a query written with ? placeholders that returns at most one row.

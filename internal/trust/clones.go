@@ -63,13 +63,13 @@ func PresentedRenewal(ctx context.Context, db *sitedb.DB, device, serial string)
 		AND NOT EXISTS (SELECT 1 FROM renewal_conflicts r WHERE r.old_serial = ? OR r.old_serial IN (SELECT serial FROM line))
 		ORDER BY d.first_seen DESC, d.serial LIMIT 1`, serial, device, serial)
 	if err != nil {
-		return "", fmt.Errorf("reading the renewals of certificate %s: %w", serial, err)
+		return "", fmt.Errorf("reading the renewals of certificate %s: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	defer rows.Close()
 	var succ string
 	if rows.Next() {
 		if err := rows.Scan(&succ); err != nil {
-			return "", fmt.Errorf("reading the renewals of certificate %s: %w", serial, err)
+			return "", fmt.Errorf("reading the renewals of certificate %s: %w", wire.FormatDecimalSerial(serial), err)
 		}
 	}
 	return succ, rows.Err()

@@ -29,6 +29,9 @@ type EnrollRequest struct {
 	Token   string `json:"token"`
 	Profile string `json:"profile,omitempty"` // defaults to "client"
 	CSR     string `json:"csr"`               // PEM "CERTIFICATE REQUEST"
+	// NameFromToken says the CSR's common name is only a default (the host name): when the
+	// token is bound to a subject, that subject is the certificate's name.
+	NameFromToken bool `json:"name_from_token,omitempty"`
 }
 
 // RenewRequest asks the CA for the successor of the certificate presented in the TLS
@@ -67,7 +70,10 @@ type TokenCreateRequest struct {
 	Profile string `json:"profile"`
 	Subject string `json:"subject,omitempty"`
 	Uses    int    `json:"uses,omitempty"` // defaults to 1
-	TTL     string `json:"ttl,omitempty"`  // Go duration, defaults to 24h
+	TTL     string `json:"ttl,omitempty"`  // Go duration, defaults to 24h (1h for a re-enroll token)
+	// DeviceID makes a re-enroll token: single use, bound to this existing device, whose
+	// certificate then names the same device id (and its registered name).
+	DeviceID string `json:"device_id,omitempty"`
 }
 
 // Token describes an enrollment token without its secret.
@@ -75,6 +81,7 @@ type Token struct {
 	ID        string    `json:"id"`
 	Profile   string    `json:"profile"`
 	Subject   string    `json:"subject,omitempty"`
+	DeviceID  string    `json:"device_id,omitempty"` // a re-enroll token's device
 	UsesLeft  int       `json:"uses_left"`
 	Uses      int       `json:"uses"`
 	ExpiresAt time.Time `json:"expires_at"`
