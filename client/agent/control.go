@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -91,7 +92,8 @@ func (a *Agent) serveControl(ctx context.Context) (func(), error) {
 		writeIdentity(w, id, err)
 	})
 	srv := &http.Server{Handler: a.onlyOwner(mux), ConnContext: withPeer,
-		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
+		ErrorLog: log.New(a.log, "control socket: ", 0)} // net/http's own messages, as log lines of the agent's
 	go func() { _ = srv.Serve(ln) }()
 	return func() {
 		_ = srv.Close()
