@@ -42,7 +42,7 @@ type state struct {
 	Version   int       `json:"version"`
 	CAURL     string    `json:"ca_url"`
 	DeviceID  string    `json:"device_id"`
-	Serial    string    `json:"serial"`     // decimal
+	Serial    string    `json:"serial"`     // decimal, kept for old state files; shown only as serial_hex
 	SerialHex string    `json:"serial_hex"` // as openssl prints it
 	NotAfter  time.Time `json:"not_after"`
 	KeyType   KeyType   `json:"key_type"`

@@ -176,7 +176,7 @@ const ProbePath = "/v1/probe"
 // one, which presents an MP certificate of this site too (DESIGN.md §7).
 type Probe struct {
 	Location string `json:"location"` // intranet or internet
-	Serial   string `json:"serial"`   // decimal
+	Serial   string `json:"serial"`   // as openssl prints it (FormatSerial)
 }
 
 // Hello registers or updates the facts a device knows about itself (POST /v1/hello).
