@@ -10,6 +10,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/ibcm-project/ibcm/internal/access"
 	"io"
 	"net/url"
 	"strings"
@@ -61,6 +62,8 @@ type CA struct {
 	ocsp ocspState // the OCSP responder and its response cache (ocsp.go)
 
 	tokens tokenCache // what bulk tokens are bound to (lookupToken)
+
+	access *access.Store // who may use which admin route (http.go)
 }
 
 type issuerURLs struct{ crl, ocsp, issuer string }
@@ -110,6 +113,12 @@ func New(ctx context.Context, db *sitedb.DB, o Options) (*CA, error) {
 	if err := c.store.registerCA(ctx, "issuing", o.Hierarchy.Issuing); err != nil {
 		return nil, err
 	}
+	if c.access, err = access.Open(ctx, db); err != nil {
+		return nil, err
+	}
+	if err := c.BootstrapAccess(ctx); err != nil {
+		return nil, err
+	}
 	c.auth, err = authority.NewEmbedded(
 		authority.WithConfig(&config.Config{
 			CRL: &config.CRLConfig{
@@ -129,6 +138,39 @@ func New(ctx context.Context, db *sitedb.DB, o Options) (*CA, error) {
 	}
 	return c, nil
 }
+
+// BootstrapAccess makes the holders of the site's valid admin certificates Full
+// Administrators while the site has no user (access.Store.Bootstrap): site init calls it
+// after issuing the first admin's certificate, and New on every start, which matters once,
+// for a site made before users existed.
+func (c *CA) BootstrapAccess(ctx context.Context) error {
+	rows, err := c.db.Query(ctx, `SELECT DISTINCT subject FROM certificates c WHERE profile = ? AND not_after > ?
+		AND NOT EXISTS (SELECT 1 FROM revoked_certificates r WHERE r.serial = c.serial) ORDER BY subject`, string(Admin), c.now().Unix())
+	if err != nil {
+		return fmt.Errorf("bootstrapping access: %w", err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return fmt.Errorf("bootstrapping access: %w", err)
+		}
+		names = append(names, n)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("bootstrapping access: %w", err)
+	}
+	if did, err := c.access.Bootstrap(ctx, names, "bootstrap"); err != nil {
+		return err
+	} else if did {
+		c.log.Info().Strs("users", names).Str("role", access.FullAdministrator).Msg("first users made from the admin certificates")
+	}
+	return nil
+}
+
+// Access returns the store of users, roles and assignments.
+func (c *CA) Access() *access.Store { return c.access }
 
 // Root returns the site's root certificate.
 func (c *CA) Root() *x509.Certificate { return c.h.Root }

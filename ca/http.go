@@ -1,9 +1,11 @@
 package ca
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
+	"github.com/ibcm-project/ibcm/internal/access"
 	"io"
 	"net/http"
 	"net/url"
@@ -39,7 +41,9 @@ func (c *CA) Handler(v *trust.Verifier) http.Handler {
 	h := func(fn api.HandlerFunc) http.Handler {
 		return api.Handle(c.log, api.ShedWhen(sitedb.IsUnavailable, fn))
 	}
-	admin := func(fn func(w http.ResponseWriter, r *http.Request, name string) error) http.Handler {
+	// Every admin route names its permission here; the caller's grants are read afresh on
+	// each request, so a disabled user or a removed assignment takes effect at once.
+	admin := func(perm access.Permission, fn func(w http.ResponseWriter, r *http.Request, name string) error) http.Handler {
 		return h(func(w http.ResponseWriter, r *http.Request) error {
 			leaf, err := c.peer(r, v)
 			if err != nil {
@@ -48,21 +52,30 @@ func (c *CA) Handler(v *trust.Verifier) http.Handler {
 			if ProfileOf(leaf) != Admin {
 				return api.Errorf(http.StatusForbidden, "not_admin", "the admin API needs an admin certificate; %q is a %s certificate", leaf.Subject.CommonName, ProfileOf(leaf))
 			}
-			return fn(w, r, leaf.Subject.CommonName)
+			name := leaf.Subject.CommonName
+			g, err := c.access.Grants(r.Context(), name)
+			if err != nil && !errors.Is(err, access.ErrUnknownUser) {
+				return err
+			}
+			if !g.Allows(perm) {
+				return forbidden(name, perm)
+			}
+			return fn(w, r.WithContext(withGrants(r.Context(), g)), name)
 		})
 	}
+	c.userRoutes(mux, admin)
 	mux.Handle("GET /healthz", healthz("ca"))
 	mux.Handle("POST /v1/enroll", h(c.handleEnroll))
 	mux.Handle("POST /v1/renew", h(func(w http.ResponseWriter, r *http.Request) error { return c.handleRenew(w, r, v) }))
 	mux.Handle("GET /v1/bundle", h(c.handleBundle))
-	mux.Handle("POST /v1/admin/tokens", admin(c.handleTokenCreate))
-	mux.Handle("GET /v1/admin/tokens", admin(c.handleTokenList))
-	mux.Handle("POST /v1/admin/tokens/{id}/revoke", admin(c.handleTokenRevoke))
-	mux.Handle("POST /v1/admin/certificates", admin(c.handleIssue))
-	mux.Handle("GET /v1/admin/certificates", admin(c.handleList))
-	mux.Handle("GET /v1/admin/certificates/{serial}", admin(c.handleShow))
-	mux.Handle("POST /v1/admin/certificates/{serial}/revoke", admin(c.handleRevoke))
-	mux.Handle("GET /v1/admin/crl", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	mux.Handle("POST /v1/admin/tokens", admin(access.ManagePKI, c.handleTokenCreate))
+	mux.Handle("GET /v1/admin/tokens", admin(access.ManagePKI, c.handleTokenList))
+	mux.Handle("POST /v1/admin/tokens/{id}/revoke", admin(access.ManagePKI, c.handleTokenRevoke))
+	mux.Handle("POST /v1/admin/certificates", admin(access.ManagePKI, c.handleIssue))
+	mux.Handle("GET /v1/admin/certificates", admin(access.ManagePKI, c.handleList))
+	mux.Handle("GET /v1/admin/certificates/{serial}", admin(access.ManagePKI, c.handleShow))
+	mux.Handle("POST /v1/admin/certificates/{serial}/revoke", admin(access.ManagePKI, c.handleRevoke))
+	mux.Handle("GET /v1/admin/crl", admin(access.ManagePKI, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		der, err := c.CRL(r.Context())
 		if err != nil {
 			return err
@@ -167,6 +180,12 @@ func (c *CA) handleTokenCreate(w http.ResponseWriter, r *http.Request, by string
 			return api.BadRequest("ttl %q: %v", req.TTL, err)
 		}
 	}
+	if p == Admin {
+		return errUserProfile
+	}
+	if req.DeviceID != "" && !grantsOf(r).Allows(access.ManageDevices) {
+		return forbidden(by, access.ManageDevices) // a re-enroll token hands out an existing device's identity
+	}
 	secret, t, err := c.CreateToken(r.Context(), TokenSpec{Profile: p, Subject: req.Subject, Uses: req.Uses, TTL: ttl, DeviceID: req.DeviceID}, "admin:"+by)
 	if err != nil {
 		return httpError(err)
@@ -212,6 +231,9 @@ func (c *CA) handleIssue(w http.ResponseWriter, r *http.Request, by string) erro
 	p, err := ParseProfile(req.Profile)
 	if err != nil {
 		return httpError(err)
+	}
+	if p == Admin {
+		return errUserProfile
 	}
 	chain, err := c.Issue(r.Context(), IssueSpec{Profile: p, Subject: req.Subject, DNS: req.DNS, Role: req.Role}, []byte(req.CSR), "admin:"+by)
 	if err != nil {
@@ -320,6 +342,29 @@ func (c *CA) handleRevoke(w http.ResponseWriter, r *http.Request, by string) err
 }
 
 // httpError maps the CA's outcomes to HTTP status and error code, in one place.
+// errUserProfile refuses the PKI routes' tokens and certificates of the admin profile:
+// a user's certificate comes only from `ibcm user add` and `ibcm login` (ManageAccess), so
+// ManagePKI cannot mint an administrator.
+var errUserProfile = api.Errorf(http.StatusForbidden, "user_profile",
+	"admin certificates are made only for users: `ibcm user add` (ManageAccess), then `ibcm login` on the user's machine")
+
+// forbidden is the answer to a user who lacks perm.
+func forbidden(user string, perm access.Permission) error {
+	return api.Errorf(http.StatusForbidden, "forbidden", "user %q does not have the %s permission", user, perm)
+}
+
+type grantsKey struct{}
+
+func withGrants(ctx context.Context, g access.Grants) context.Context {
+	return context.WithValue(ctx, grantsKey{}, g)
+}
+
+// grantsOf returns the grants the admin wrapper found for the request's user.
+func grantsOf(r *http.Request) access.Grants {
+	g, _ := r.Context().Value(grantsKey{}).(access.Grants)
+	return g
+}
+
 func httpError(err error) error {
 	table := []struct {
 		target error

@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/ocsp"
 
+	"github.com/ibcm-project/ibcm/internal/access"
 	"github.com/ibcm-project/ibcm/internal/peertest"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
@@ -65,6 +68,22 @@ func clientCert(t *testing.T, c *CA, spec IssueSpec) *tls.Certificate {
 	return &tls.Certificate{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key}
 }
 
+// userCert makes name a user with role over the whole site and issues them an admin
+// certificate.
+func userCert(t *testing.T, c *CA, name, role string) *tls.Certificate {
+	t.Helper()
+	ctx := context.Background()
+	if err := c.Access().AddUser(ctx, access.User{Name: name}, "test"); err != nil && !errors.Is(err, access.ErrExists) {
+		t.Fatal(err)
+	}
+	if role != "" {
+		if err := c.Access().Assign(ctx, name, role, nil, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return clientCert(t, c, IssueSpec{Profile: Admin, Subject: name})
+}
+
 func call(t *testing.T, hc *http.Client, method, url, body string) (int, wire.Error) {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
@@ -83,7 +102,7 @@ func TestAdminAPIRequiresAnAdminCertificate(t *testing.T) {
 	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
 	c := newTestCA(t, db)
 	device := clientCert(t, c, IssueSpec{Profile: Client, Subject: "pc-1"})
-	admin := clientCert(t, c, IssueSpec{Profile: Admin, Subject: "alice"})
+	admin := userCert(t, c, "alice", access.FullAdministrator)
 	cases := []struct {
 		name   string
 		cert   *tls.Certificate
@@ -230,8 +249,7 @@ func TestAdminSerialsAreOpenSSLs(t *testing.T) {
 	openssl := peertest.Need(t, "openssl")
 	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
 	c := newTestCA(t, db)
-	admin := clientCert(t, c, IssueSpec{Profile: Admin, Subject: "alice"})
-	srv, hc := serveTLS(t, c, admin)
+	srv, hc := serveTLS(t, c, userCert(t, c, "alice", access.FullAdministrator))
 	get := func(path string, out any) int {
 		t.Helper()
 		resp, err := hc.Get(srv.URL + path)
@@ -282,5 +300,113 @@ func TestAdminSerialsAreOpenSSLs(t *testing.T) {
 		if n, err := wire.ParseSerial(ct.Serial); err != nil || wire.FormatSerial(n) != ct.Serial {
 			t.Errorf("list shows serial %q, not as openssl prints it", ct.Serial)
 		}
+	}
+}
+
+// Every admin route of the CA × every built-in role: allowed exactly when the role has
+// the route's permission, else 403 "forbidden"; a user without any role and a device
+// certificate never get through.
+func TestAdminRoutesCheckTheirPermission(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	c := newTestCA(t, db)
+	routes := []struct {
+		method, path, body string
+		perm               access.Permission
+	}{
+		{"POST", "/v1/admin/tokens", `{"profile":"client","uses":1}`, access.ManagePKI},
+		{"GET", "/v1/admin/tokens", "", access.ManagePKI},
+		{"POST", "/v1/admin/tokens/nope/revoke", "", access.ManagePKI},
+		{"POST", "/v1/admin/certificates", `{"profile":"client"}`, access.ManagePKI},
+		{"GET", "/v1/admin/certificates", "", access.ManagePKI},
+		{"GET", "/v1/admin/certificates/01", "", access.ManagePKI},
+		{"POST", "/v1/admin/certificates/01/revoke", `{"reason":"superseded"}`, access.ManagePKI},
+		{"GET", "/v1/admin/crl", "", access.ManagePKI},
+		{"POST", "/v1/admin/users", `{}`, access.ManageAccess},
+		{"GET", "/v1/admin/users", "", access.ManageAccess},
+		{"GET", "/v1/admin/users/nobody", "", access.ManageAccess},
+		{"POST", "/v1/admin/users/nobody/token", "", access.ManageAccess},
+		{"POST", "/v1/admin/users/nobody/disable", "", access.ManageAccess},
+		{"POST", "/v1/admin/users/nobody/enable", "", access.ManageAccess},
+		{"POST", "/v1/admin/users/nobody/assign", `{"role":"Read-only Analyst"}`, access.ManageAccess},
+		{"POST", "/v1/admin/users/nobody/unassign", `{"role":"Read-only Analyst"}`, access.ManageAccess},
+		{"GET", "/v1/admin/roles", "", access.ManageAccess},
+		{"GET", "/v1/admin/roles/nothing", "", access.ManageAccess},
+		{"POST", "/v1/admin/roles", `{}`, access.ManageAccess},
+		{"DELETE", "/v1/admin/roles/nothing", "", access.ManageAccess},
+	}
+	clients := map[string]*http.Client{}
+	var srv *httptest.Server
+	for i, r := range append(slices.Clone(access.BuiltInRoles), access.Role{Name: ""}) {
+		name := fmt.Sprintf("user-%d", i)
+		var hc *http.Client
+		srv, hc = serveTLS(t, c, userCert(t, c, name, r.Name))
+		clients[r.Name] = hc
+		for _, rt := range routes {
+			t.Run(r.Name+" "+rt.method+" "+rt.path, func(t *testing.T) {
+				status, e := call(t, hc, rt.method, srv.URL+rt.path, rt.body)
+				denied := status == http.StatusForbidden && e.Error.Code == "forbidden"
+				if want := r.Permissions.Has(rt.perm); denied == want {
+					t.Errorf("HTTP %d %+v; role has %s: %v", status, e.Error, rt.perm, want)
+				}
+			})
+		}
+	}
+	_, device := serveTLS(t, c, clientCert(t, c, IssueSpec{Profile: Client, Subject: "pc-1"}))
+	for _, rt := range routes {
+		if status, e := call(t, device, rt.method, srv.URL+rt.path, rt.body); status != http.StatusForbidden || e.Error.Code != "not_admin" {
+			t.Errorf("device certificate on %s %s: HTTP %d %+v", rt.method, rt.path, status, e.Error)
+		}
+	}
+	// The PKI routes refuse the admin profile, even to a Full Administrator.
+	for _, body := range []string{`{"profile":"admin","uses":1}`} {
+		if status, e := call(t, clients[access.FullAdministrator], "POST", srv.URL+"/v1/admin/tokens", body); status != http.StatusForbidden || e.Error.Code != "user_profile" {
+			t.Errorf("admin-profile token: HTTP %d %+v", status, e.Error)
+		}
+	}
+	key := newKey(t)
+	csr, _ := json.Marshal(string(csrPEM(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "mallory"}})))
+	if status, e := call(t, clients[access.PKIAdministrator], "POST", srv.URL+"/v1/admin/certificates", `{"profile":"admin","subject":"mallory","csr":`+string(csr)+`}`); status != http.StatusForbidden || e.Error.Code != "user_profile" {
+		t.Errorf("admin certificate from the PKI route: HTTP %d %+v", status, e.Error)
+	}
+	// A re-enroll token hands out a device's identity: ManagePKI alone is not enough.
+	if status, e := call(t, clients[access.PKIAdministrator], "POST", srv.URL+"/v1/admin/tokens", `{"profile":"client","device_id":"x"}`); status != http.StatusForbidden || e.Error.Code != "forbidden" {
+		t.Errorf("re-enroll token by a PKI administrator: HTTP %d %+v", status, e.Error)
+	}
+}
+
+// The holders of valid admin certificates become Full Administrators only while the site
+// has no user (a new site's first admin, an older site's admins); a later admin
+// certificate gets nothing by itself, and a revoked one never counted.
+func TestBootstrapAccess(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	c := newTestCA(t, db)
+	ctx := context.Background()
+	issue := func(name string) *x509.Certificate {
+		chain, err := c.Issue(ctx, IssueSpec{Profile: Admin, Subject: name}, csrPEM(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}), "site-init")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return chain[0]
+	}
+	gone := issue("gone")
+	if err := c.Revoke(ctx, gone.SerialNumber.String(), "superseded"); err != nil {
+		t.Fatal(err)
+	}
+	issue("root")
+	if err := c.BootstrapAccess(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := c.Access().Grants(ctx, "root"); err != nil || g.Site != access.AllPermissions {
+		t.Errorf("first admin: %+v, %v", g, err)
+	}
+	if _, err := c.Access().Grants(ctx, "gone"); !errors.Is(err, access.ErrUnknownUser) {
+		t.Errorf("holder of a revoked admin certificate: %v", err)
+	}
+	issue("eve")
+	if err := c.BootstrapAccess(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Access().Grants(ctx, "eve"); !errors.Is(err, access.ErrUnknownUser) {
+		t.Errorf("a later admin certificate made a user: %v", err)
 	}
 }

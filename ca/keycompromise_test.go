@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"github.com/ibcm-project/ibcm/internal/access"
 	"net/http"
 	"slices"
 	"strings"
@@ -161,7 +162,7 @@ func TestRevokeAPISaysWhatItDid(t *testing.T) {
 	if err := c.Revoke(ctx, a.SerialNumber.String(), "privilegeWithdrawn"); err != nil {
 		t.Fatal(err)
 	}
-	srv, hc := serveTLS(t, c, clientCert(t, c, IssueSpec{Profile: Admin, Subject: "alice"}))
+	srv, hc := serveTLS(t, c, userCert(t, c, "alice", access.FullAdministrator))
 	resp, err := hc.Post(srv.URL+"/v1/admin/certificates/"+wire.FormatSerial(a.SerialNumber)+"/revoke", "application/json",
 		strings.NewReader(`{"reason":"keyCompromise"}`))
 	if err != nil {

@@ -202,6 +202,9 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issuing the first admin certificate: %w", err)
 	}
+	if err := authority.BootstrapAccess(ctx); err != nil { // the first admin: Full Administrator
+		return nil, err
+	}
 	for _, f := range []struct {
 		path string
 		data []byte
@@ -346,6 +349,8 @@ func forgetSite(cfg *Config, h *ca.Hierarchy) {
 	defer db.Close()
 	_, _ = db.Exec(ctx, `DELETE FROM certificates WHERE issuer_id = ?`, ca.IssuerID(h.Issuing))
 	_, _ = db.Exec(ctx, `DELETE FROM ca_certificates WHERE id IN (?, ?)`, ca.IssuerID(h.Root), ca.IssuerID(h.Issuing))
+	_, _ = db.Exec(ctx, `DELETE FROM access_assignments`) // one site per database (refuseExistingSite)
+	_, _ = db.Exec(ctx, `DELETE FROM access_users`)
 }
 
 // issue makes a key here, and has the CA issue a certificate for it.

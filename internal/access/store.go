@@ -440,3 +440,38 @@ func (g Grants) Scope(p Permission) (all bool, groups []string) {
 	slices.Sort(groups)
 	return false, groups
 }
+
+// Bootstrap makes each of names a user with the Full Administrator role over the whole
+// site when the site has no user at all yet, and reports whether it did: the first admin
+// of a new site, and once the holders of an older site's admin certificates, which then
+// meant full access. Once any user exists it changes nothing, so later admin
+// certificates get only what an assignment gives them.
+func (s *Store) Bootstrap(ctx context.Context, names []string, by string) (bool, error) {
+	done := false
+	err := s.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		done = false
+		var n int
+		if err := tx.QueryRow(`SELECT COUNT(*) FROM access_users`).Scan(&n); err != nil {
+			return fmt.Errorf("bootstrapping access: %w", err)
+		}
+		if n > 0 {
+			return nil
+		}
+		now := s.now().Unix()
+		for _, name := range names {
+			if ValidUserName(name) != nil {
+				continue
+			}
+			if _, err := tx.Exec(`INSERT INTO access_users (name, created_at, created_by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, name, now, by); err != nil {
+				return fmt.Errorf("bootstrapping access: %w", err)
+			}
+			if _, err := tx.Exec(`INSERT INTO access_assignments (user_name, role_name, scope, created_at, created_by)
+				VALUES (?, ?, '', ?, ?) ON CONFLICT DO NOTHING`, name, FullAdministrator, now, by); err != nil {
+				return fmt.Errorf("bootstrapping access: %w", err)
+			}
+			done = true
+		}
+		return nil
+	})
+	return done, err
+}

@@ -106,6 +106,23 @@ func Decode(w http.ResponseWriter, r *http.Request, v any) error {
 	return decode(body, v)
 }
 
+// DecodeOptional is Decode for a body that may be left out: an empty body leaves v as it
+// is; anything else follows Decode's rules.
+func DecodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, wire.MaxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return tooLarge()
+		}
+		return BadRequest("reading the request body: %v", err)
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil
+	}
+	return decode(bytes.NewReader(b), v)
+}
+
 // DecodeBytes applies the same rules as Decode to a byte slice (used by fuzz targets).
 func DecodeBytes(b []byte, v any) error {
 	if len(b) > wire.MaxBody {

@@ -377,3 +377,63 @@ type BlockResult struct {
 	Device  Device   `json:"device"`
 	Serials []string `json:"serials"` // certificates of the device to revoke at the CA
 }
+
+// UserCreateRequest adds a user with one role (admin API, ManageAccess); the answer
+// carries a one-time login token for `ibcm login` on the user's own machine.
+type UserCreateRequest struct {
+	Name        string   `json:"name"`
+	DisplayName string   `json:"display_name,omitempty"`
+	Title       string   `json:"title,omitempty"`
+	Org         string   `json:"org,omitempty"`
+	Role        string   `json:"role"`
+	Scopes      []string `json:"scopes,omitempty"` // device groups; none = every device and the site
+	TTL         string   `json:"ttl,omitempty"`    // the login token's lifetime, Go duration, default 24h
+}
+
+// User is a helper or administrator of the site (admin API).
+type User struct {
+	Name        string       `json:"name"`
+	DisplayName string       `json:"display_name,omitempty"`
+	Title       string       `json:"title,omitempty"`
+	Org         string       `json:"org,omitempty"`
+	Disabled    bool         `json:"disabled"`
+	DisabledAt  *time.Time   `json:"disabled_at,omitempty"`
+	CreatedAt   time.Time    `json:"created_at"`
+	CreatedBy   string       `json:"created_by"`
+	Roles       []Assignment `json:"roles"`
+	Permissions []string     `json:"permissions"` // what the roles over the whole site give
+}
+
+// Assignment is a role a user holds over a scope ("" = every device and the site).
+type Assignment struct {
+	Role  string `json:"role"`
+	Scope string `json:"scope,omitempty"`
+}
+
+// UserToken answers a user's creation or a new login token: the secret is shown once.
+type UserToken struct {
+	User      User      `json:"user"`
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// UserDisabled answers disabling a user: the certificates it revoked.
+type UserDisabled struct {
+	User    User     `json:"user"`
+	Revoked []string `json:"revoked"` // serials, hex
+}
+
+// Role is a named set of permissions (admin API).
+type Role struct {
+	Name        string   `json:"name"`
+	Description string   `json:"description,omitempty"`
+	Permissions []string `json:"permissions"`
+	BuiltIn     bool     `json:"built_in"`
+}
+
+// AssignRequest gives or takes a role over scopes (none: every device and the site, or on
+// unassign every scope).
+type AssignRequest struct {
+	Role   string   `json:"role"`
+	Scopes []string `json:"scopes,omitempty"`
+}
