@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/rs/zerolog"
 
 	"github.com/ibcm-project/ibcm/client"
 	"github.com/ibcm-project/ibcm/client/agent"
@@ -328,7 +328,7 @@ func switchRuns(ctx context.Context, dev, conf, intranetNS, elsewhereNS string, 
 	if err := writeResolvConf(conf, intranetNS); err != nil {
 		return nil, 0, err
 	}
-	o := agent.Options{Dir: dev, ResolvConf: conf, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	o := agent.Options{Dir: dev, ResolvConf: conf, Log: zerolog.Nop()}
 	a, err := agent.New(o)
 	if err != nil {
 		return nil, 0, err

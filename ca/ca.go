@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"github.com/ibcm-project/ibcm/internal/access"
 	"io"
-	"math/big"
 	"net/url"
 	"strings"
 	"time"
@@ -400,48 +399,12 @@ func (c *CA) RevokeWith(ctx context.Context, serial, reason string, successors b
 		if errors.Is(err, ErrAlreadyRevoked) || errors.Is(err, ErrNotFound) {
 			return Revocation{}, err
 		}
-		return Revocation{}, fmt.Errorf("revoking %s: %w", serial, err)
+		return Revocation{}, fmt.Errorf("revoking %s: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	if err := c.RefreshCRL(); err != nil {
-		return Revocation{}, fmt.Errorf("revoked %s, but publishing the new CRL failed: %w", serial, err)
+		return Revocation{}, fmt.Errorf("revoked %s, but publishing the new CRL failed: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	return Revocation{Serial: serial, Reason: reason, ChangedFrom: out.ChangedFrom, Also: out.Also}, nil
-}
-
-// ResolveSerial turns a serial as a person types it (hex as openssl prints it, with or
-// without colons or 0x, or decimal) into the decimal serial of an issued certificate.
-func (c *CA) ResolveSerial(ctx context.Context, s string) (string, error) {
-	s = strings.TrimSpace(s)
-	s = strings.TrimPrefix(strings.TrimPrefix(s, "serial="), "0x")
-	s = strings.ReplaceAll(s, ":", "")
-	if s == "" || len(s) > 80 {
-		return "", fmt.Errorf("%w: serial %q", ErrNotFound, s)
-	}
-	var candidates []string
-	if d, ok := new(big.Int).SetString(s, 10); ok {
-		candidates = append(candidates, d.String())
-	}
-	if h, ok := new(big.Int).SetString(s, 16); ok {
-		candidates = append(candidates, h.String())
-	}
-	var found []string
-	for _, cand := range candidates {
-		if _, err := c.store.certificate(ctx, cand); err == nil {
-			found = append(found, cand)
-		} else if !errors.Is(err, ErrNotFound) {
-			return "", err
-		}
-	}
-	switch len(found) {
-	case 0:
-		return "", fmt.Errorf("%w: no certificate with serial %s", ErrNotFound, s)
-	case 1:
-		return found[0], nil
-	}
-	if found[0] == found[1] {
-		return found[0], nil
-	}
-	return "", fmt.Errorf("%w: %s is both a decimal and a hex serial; write the hex one with colons or 0x", ErrAmbiguous, s)
 }
 
 // ocspKey makes the OCSP responder's key; it lives only in memory.

@@ -121,9 +121,9 @@ func TestEnrollIssuesClientProfile(t *testing.T) {
 		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 			t.Errorf("verify: %v", err)
 		}
-		rec, err := c.Get(ctx, SerialHex(leaf.SerialNumber))
+		rec, err := c.Get(ctx, leaf.SerialNumber.String())
 		if err != nil || rec.Status != StatusValid || rec.Profile != Client || rec.IssuedBy[:6] != "token:" {
-			t.Errorf("Get by hex = %+v, %v", rec, err)
+			t.Errorf("Get = %+v, %v", rec, err)
 		}
 		if _, err := c.Enroll(ctx, tok, "", csrPEM(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "pc-01"}})); !errors.Is(err, ErrTokenUsed) {
 			t.Errorf("second use: err = %v, want ErrTokenUsed", err)

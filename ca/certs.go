@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // Certificate statuses.
@@ -62,15 +65,15 @@ func (c *CA) scanRecord(row interface{ Scan(...any) error }) (Record, error) {
 	return rec, nil
 }
 
-// Get returns the certificate with a serial as a person types it (see ResolveSerial).
+// Get returns the issued certificate with a decimal serial (wire.DecimalSerial reads the
+// form people type).
 func (c *CA) Get(ctx context.Context, serial string) (Record, error) {
-	dec, err := c.ResolveSerial(ctx, serial)
-	if err != nil {
-		return Record{}, err
+	rec, err := c.scanRecord(c.db.QueryRow(ctx, recordQuery+` WHERE c.serial = ?`, serial))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Record{}, fmt.Errorf("%w: no certificate with serial %s", ErrNotFound, wire.FormatDecimalSerial(serial))
 	}
-	rec, err := c.scanRecord(c.db.QueryRow(ctx, recordQuery+` WHERE c.serial = ?`, dec))
 	if err != nil {
-		return Record{}, fmt.Errorf("reading certificate %s: %w", dec, err)
+		return Record{}, fmt.Errorf("reading certificate %s: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	return rec, nil
 }

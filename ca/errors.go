@@ -18,7 +18,6 @@ var (
 	ErrTokenExpired    = errors.New("enrollment token expired")
 	ErrTokenRevoked    = errors.New("enrollment token revoked")
 	ErrNotFound        = errors.New("not found")
-	ErrAmbiguous       = errors.New("serial matches more than one certificate")
 	ErrAlreadyRevoked  = errors.New("certificate already revoked")
 	ErrBadReason       = errors.New("unknown revocation reason")
 	ErrRevoked         = errors.New("certificate revoked")

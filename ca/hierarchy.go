@@ -105,15 +105,6 @@ func IssuerID(c *x509.Certificate) string {
 	return hex.EncodeToString(id)
 }
 
-// SerialHex formats a serial number as openssl prints it: upper-case hex, even length.
-func SerialHex(sn *big.Int) string {
-	s := fmt.Sprintf("%X", sn)
-	if len(s)%2 == 1 {
-		s = "0" + s
-	}
-	return s
-}
-
 func pemEncode(blocks ...*pem.Block) []byte {
 	var buf bytes.Buffer
 	for _, b := range blocks {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"github.com/ibcm-project/ibcm/internal/access"
 	"io"
-	"math/big"
 	"net/http"
 	"net/url"
 	"strings"
@@ -121,7 +120,7 @@ func (c *CA) handleEnroll(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return httpError(err)
 	}
-	c.log.Info().Str("serial", chain[0].SerialNumber.String()).Str("subject", chain[0].Subject.CommonName).
+	c.log.Info().Str("serial", wire.FormatSerial(chain[0].SerialNumber)).Str("subject", chain[0].Subject.CommonName).
 		Str("device_id", deviceIDOf(chain[0])).Str("profile", string(ProfileOf(chain[0]))).Str("remote_addr", r.RemoteAddr).Msg("enrolled")
 	return writeChain(w, chain, c.boot)
 }
@@ -137,13 +136,13 @@ func (c *CA) handleRenew(w http.ResponseWriter, r *http.Request, v *trust.Verifi
 	}
 	chain, err := c.Renew(r.Context(), leaf, []byte(req.CSR))
 	if errors.Is(err, ErrRenewalSuperseded) {
-		c.log.Warn().Str("serial", leaf.SerialNumber.String()).Str("device_id", deviceIDOf(leaf)).Str("subject", leaf.Subject.CommonName).
+		c.log.Warn().Str("serial", wire.FormatSerial(leaf.SerialNumber)).Str("device_id", deviceIDOf(leaf)).Str("subject", leaf.Subject.CommonName).
 			Str("remote_addr", r.RemoteAddr).Msg("renewal refused: the certificate was already renewed for another key (probable clone)")
 	}
 	if err != nil {
 		return httpError(err)
 	}
-	c.log.Info().Str("serial", chain[0].SerialNumber.String()).Str("renewed_from", leaf.SerialNumber.String()).
+	c.log.Info().Str("serial", wire.FormatSerial(chain[0].SerialNumber)).Str("renewed_from", wire.FormatSerial(leaf.SerialNumber)).
 		Str("subject", leaf.Subject.CommonName).Msg("renewed")
 	return writeChain(w, chain, nil)
 }
@@ -160,7 +159,7 @@ func (c *CA) handleBundle(w http.ResponseWriter, r *http.Request) error {
 func writeChain(w http.ResponseWriter, chain []*x509.Certificate, boot *wire.Bootstrap) error {
 	leaf := chain[0]
 	api.WriteJSON(w, http.StatusOK, wire.CertificateResponse{
-		Serial: leaf.SerialNumber.String(), SerialHex: SerialHex(leaf.SerialNumber),
+		Serial:   wire.FormatSerial(leaf.SerialNumber),
 		NotAfter: leaf.NotAfter.UTC(), Certificate: string(EncodeCerts(chain...)), Bootstrap: boot,
 	})
 	return nil
@@ -240,7 +239,7 @@ func (c *CA) handleIssue(w http.ResponseWriter, r *http.Request, by string) erro
 	if err != nil {
 		return httpError(err)
 	}
-	c.log.Info().Str("serial", chain[0].SerialNumber.String()).Str("subject", chain[0].Subject.CommonName).
+	c.log.Info().Str("serial", wire.FormatSerial(chain[0].SerialNumber)).Str("subject", chain[0].Subject.CommonName).
 		Str("profile", string(p)).Str("admin", by).Msg("issued")
 	return writeChain(w, chain, nil)
 }
@@ -248,9 +247,15 @@ func (c *CA) handleIssue(w http.ResponseWriter, r *http.Request, by string) erro
 // RecordWire converts a Record for the admin API.
 func RecordWire(rec Record, withPEM bool) wire.Certificate {
 	c := rec.Cert
-	out := wire.Certificate{Serial: c.SerialNumber.String(), SerialHex: SerialHex(c.SerialNumber), Profile: string(rec.Profile),
+	out := wire.Certificate{Serial: wire.FormatSerial(c.SerialNumber), Profile: string(rec.Profile),
 		Subject: c.Subject.CommonName, DNS: c.DNSNames, NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(),
-		Status: rec.Status, IssuedBy: rec.IssuedBy, RenewedFrom: rec.RenewedFrom, RevokedAt: rec.RevokedAt, Reason: rec.Reason}
+		Status: rec.Status, IssuedBy: rec.IssuedBy, RevokedAt: rec.RevokedAt, Reason: rec.Reason}
+	if rec.RenewedFrom != "" {
+		out.RenewedFrom = wire.FormatDecimalSerial(rec.RenewedFrom)
+	}
+	if from, ok := strings.CutPrefix(rec.IssuedBy, "renew:"); ok { // stored with the decimal serial
+		out.IssuedBy = "renew:" + wire.FormatDecimalSerial(from)
+	}
 	for _, ip := range c.IPAddresses {
 		out.DNS = append(out.DNS, ip.String())
 	}
@@ -285,8 +290,22 @@ func (c *CA) handleList(w http.ResponseWriter, r *http.Request, _ string) error 
 	return nil
 }
 
+// pathSerial reads the {serial} of an admin route, in any form wire.ParseSerial takes, as
+// the decimal the store keys certificates by.
+func pathSerial(r *http.Request) (string, error) {
+	dec, err := wire.DecimalSerial(r.PathValue("serial"))
+	if err != nil {
+		return "", api.Wrap(err, http.StatusBadRequest, "bad_serial", err.Error())
+	}
+	return dec, nil
+}
+
 func (c *CA) handleShow(w http.ResponseWriter, r *http.Request, _ string) error {
-	rec, err := c.Get(r.Context(), r.PathValue("serial"))
+	serial, err := pathSerial(r)
+	if err != nil {
+		return err
+	}
+	rec, err := c.Get(r.Context(), serial)
 	if err != nil {
 		return httpError(err)
 	}
@@ -299,9 +318,9 @@ func (c *CA) handleRevoke(w http.ResponseWriter, r *http.Request, by string) err
 	if err := api.Decode(w, r, &req); err != nil {
 		return err
 	}
-	serial, err := c.ResolveSerial(r.Context(), r.PathValue("serial"))
+	serial, err := pathSerial(r)
 	if err != nil {
-		return httpError(err)
+		return err
 	}
 	rev, err := c.RevokeWith(r.Context(), serial, req.Reason, req.Successors)
 	if err != nil {
@@ -309,12 +328,10 @@ func (c *CA) handleRevoke(w http.ResponseWriter, r *http.Request, by string) err
 	}
 	out := wire.Revoked{ReasonChangedFrom: rev.ChangedFrom}
 	for _, sn := range rev.Also {
-		if n, ok := new(big.Int).SetString(sn, 10); ok {
-			out.AlsoRevoked = append(out.AlsoRevoked, SerialHex(n))
-		}
+		out.AlsoRevoked = append(out.AlsoRevoked, wire.FormatDecimalSerial(sn))
 	}
-	c.log.Info().Str("serial", serial).Str("reason", rev.Reason).Str("reason_changed_from", rev.ChangedFrom).
-		Strs("also_revoked", rev.Also).Str("admin", by).Msg("certificate revoked")
+	c.log.Info().Str("serial", wire.FormatDecimalSerial(serial)).Str("reason", rev.Reason).Str("reason_changed_from", rev.ChangedFrom).
+		Strs("also_revoked", out.AlsoRevoked).Str("admin", by).Msg("certificate revoked")
 	rec, err := c.Get(r.Context(), serial)
 	if err != nil {
 		return err
@@ -367,7 +384,6 @@ func httpError(err error) error {
 		{ErrTokenExpired, http.StatusForbidden, "token_expired"},
 		{ErrTokenRevoked, http.StatusForbidden, "token_revoked"},
 		{ErrNotFound, http.StatusNotFound, "not_found"},
-		{ErrAmbiguous, http.StatusConflict, "ambiguous_serial"},
 		{ErrAlreadyRevoked, http.StatusConflict, "already_revoked"},
 		{ErrBadReason, http.StatusBadRequest, "bad_reason"},
 		{ErrRevoked, http.StatusForbidden, "certificate_revoked"},
@@ -473,7 +489,7 @@ func (c *CA) serveOCSP(w http.ResponseWriter, r *http.Request, escaped string) {
 	case errors.Is(err, ErrOCSPUnauthorized):
 		writeOCSP(w, http.StatusOK, ocsp.UnauthorizedErrorResponse)
 	case err != nil:
-		c.log.Error().Err(err).Str("serial", req.SerialNumber.String()).Msg("answering OCSP request")
+		c.log.Error().Err(err).Str("serial", wire.FormatSerial(req.SerialNumber)).Msg("answering OCSP request")
 		writeOCSP(w, http.StatusInternalServerError, ocsp.InternalErrorErrorResponse)
 	default:
 		w.Header().Set("Cache-Control", "max-age=60, public")

@@ -10,11 +10,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ibcm-project/ibcm/internal/access"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -25,6 +26,8 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/ocsp"
 
+	"github.com/ibcm-project/ibcm/internal/access"
+	"github.com/ibcm-project/ibcm/internal/peertest"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
 	"github.com/ibcm-project/ibcm/internal/trust"
@@ -131,7 +134,11 @@ func TestAdminAPIRequiresAnAdminCertificate(t *testing.T) {
 		{"bad ttl", "POST", "/v1/admin/tokens", `{"profile":"client","ttl":"soon"}`, 400, "bad_request"},
 		{"unknown field", "POST", "/v1/admin/tokens", `{"profile":"client","admin":true}`, 400, "bad_request"},
 		{"unknown serial", "GET", "/v1/admin/certificates/ABCDEF", "", 404, "not_found"},
-		{"bad reason", "POST", "/v1/admin/certificates/" + SerialHex(mustLeaf(t, device).SerialNumber) + "/revoke", `{"reason":"certificateHold"}`, 400, "bad_reason"},
+		{"serial not hex", "GET", "/v1/admin/certificates/12G4", "", 400, "bad_serial"},
+		{"negative serial", "GET", "/v1/admin/certificates/-0A", "", 400, "bad_serial"},
+		{"serial too long", "GET", "/v1/admin/certificates/" + strings.Repeat("A", wire.MaxSerialLen+1), "", 400, "bad_serial"},
+		{"revoke a bad serial", "POST", "/v1/admin/certificates/5A:F/revoke", `{"reason":"superseded"}`, 400, "bad_serial"},
+		{"bad reason", "POST", "/v1/admin/certificates/" + wire.FormatSerial(mustLeaf(t, device).SerialNumber) + "/revoke", `{"reason":"certificateHold"}`, 400, "bad_reason"},
 		{"site-server without role", "POST", "/v1/admin/certificates", `{"profile":"site-server","subject":"x","dns":["x.corp"],"csr":"` +
 			jsonEscape(string(csrPEM(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}}))) + `"}`, 400, "bad_profile"},
 	} {
@@ -235,6 +242,66 @@ func newTestCAOther(t *testing.T) *CA {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// The admin API writes every serial as openssl prints it, for certificates this CA issued,
+// and finds a certificate by what openssl prints, in every form wire.ParseSerial takes.
+func TestAdminSerialsAreOpenSSLs(t *testing.T) {
+	openssl := peertest.Need(t, "openssl")
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	c := newTestCA(t, db)
+	srv, hc := serveTLS(t, c, userCert(t, c, "alice", access.FullAdministrator))
+	get := func(path string, out any) int {
+		t.Helper()
+		resp, err := hc.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode == 200 {
+			if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return resp.StatusCode
+	}
+	// Random serials: about one in sixteen starts with a zero nibble (wire's own test
+	// covers those for sure).
+	for i := range 8 {
+		leaf := mustLeaf(t, clientCert(t, c, IssueSpec{Profile: Client, Subject: fmt.Sprintf("pc-%d", i)}))
+		file := filepath.Join(t.TempDir(), "c.pem")
+		if err := os.WriteFile(file, EncodeCerts(leaf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(openssl, "x509", "-in", file, "-noout", "-serial").CombinedOutput()
+		if err != nil {
+			t.Fatalf("openssl: %v\n%s", err, out)
+		}
+		line := strings.TrimSpace(string(out))
+		hex := strings.TrimPrefix(line, "serial=")
+		var colons []string
+		for j := 0; j < len(hex); j += 2 {
+			colons = append(colons, strings.ToLower(hex[j:j+2]))
+		}
+		for _, form := range []string{hex, line, "0x" + hex, strings.Join(colons, ":")} {
+			var ct wire.Certificate
+			if status := get("/v1/admin/certificates/"+url.PathEscape(form), &ct); status != 200 || ct.Serial != hex {
+				t.Errorf("GET by %q: HTTP %d serial %q, want openssl's %q", form, status, ct.Serial, hex)
+			}
+		}
+		if status := get("/v1/admin/certificates/"+leaf.SerialNumber.String(), new(wire.Certificate)); status != 404 {
+			t.Errorf("GET by the decimal serial: HTTP %d, want 404 (digits are hex)", status)
+		}
+	}
+	var list []wire.Certificate
+	if status := get("/v1/admin/certificates", &list); status != 200 || len(list) == 0 {
+		t.Fatalf("list: HTTP %d, %d certificates", status, len(list))
+	}
+	for _, ct := range list {
+		if n, err := wire.ParseSerial(ct.Serial); err != nil || wire.FormatSerial(n) != ct.Serial {
+			t.Errorf("list shows serial %q, not as openssl prints it", ct.Serial)
+		}
+	}
 }
 
 // Every admin route of the CA × every built-in role: allowed exactly when the role has

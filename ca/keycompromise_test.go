@@ -163,7 +163,7 @@ func TestRevokeAPISaysWhatItDid(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv, hc := serveTLS(t, c, userCert(t, c, "alice", access.FullAdministrator))
-	resp, err := hc.Post(srv.URL+"/v1/admin/certificates/"+SerialHex(a.SerialNumber)+"/revoke", "application/json",
+	resp, err := hc.Post(srv.URL+"/v1/admin/certificates/"+wire.FormatSerial(a.SerialNumber)+"/revoke", "application/json",
 		strings.NewReader(`{"reason":"keyCompromise"}`))
 	if err != nil {
 		t.Fatal(err)
@@ -174,8 +174,8 @@ func TestRevokeAPISaysWhatItDid(t *testing.T) {
 		t.Fatal(err)
 	}
 	if resp.StatusCode != http.StatusOK || got.Reason != "keyCompromise" || got.ReasonChangedFrom != "privilegeWithdrawn" ||
-		!slices.Equal(got.AlsoRevoked, []string{SerialHex(b.SerialNumber)}) {
-		t.Errorf("HTTP %d %+v, want 200, keyCompromise changed from privilegeWithdrawn, %s also revoked", resp.StatusCode, got, SerialHex(b.SerialNumber))
+		!slices.Equal(got.AlsoRevoked, []string{wire.FormatSerial(b.SerialNumber)}) {
+		t.Errorf("HTTP %d %+v, want 200, keyCompromise changed from privilegeWithdrawn, %s also revoked", resp.StatusCode, got, wire.FormatSerial(b.SerialNumber))
 	}
 }
 

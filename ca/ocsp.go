@@ -20,6 +20,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // ocspResponseLife is how long a signed OCSP response is current (its NextUpdate).
@@ -139,7 +140,7 @@ func (c *CA) issueResponder(ctx context.Context) (*ocspResponder, error) {
 	h1 := sha1.Sum(spki) //nolint:gosec
 	h2 := sha256.Sum256(spki)
 	life := cert.NotAfter.Sub(cert.NotBefore)
-	c.log.Info().Str("serial", cert.SerialNumber.String()).Time("not_after", cert.NotAfter).Msg("OCSP signing certificate issued")
+	c.log.Info().Str("serial", wire.FormatSerial(cert.SerialNumber)).Time("not_after", cert.NotAfter).Msg("OCSP signing certificate issued")
 	return &ocspResponder{signer: signer, cert: cert, renewAt: cert.NotBefore.Add(life * 2 / 3), keyHash1: h1[:], keyHash2: h2[:]}, nil
 }
 
@@ -176,7 +177,7 @@ func (c *CA) OCSP(ctx context.Context, req *ocsp.Request) ([]byte, error) {
 	gen := c.ocsp.cache.generation() // before reading what the answer says
 	cert, err := c.store.certificate(ctx, serial)
 	if errors.Is(err, ErrNotFound) {
-		return nil, fmt.Errorf("%w: serial %s", ErrOCSPUnauthorized, serial)
+		return nil, fmt.Errorf("%w: serial %s", ErrOCSPUnauthorized, wire.FormatDecimalSerial(serial))
 	}
 	if err != nil {
 		return nil, err

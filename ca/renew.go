@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // Renew issues the successor of old, a certificate the caller proved to hold in a TLS
@@ -57,7 +59,7 @@ func (c *CA) Renew(ctx context.Context, old *x509.Certificate, csrData []byte) (
 		}
 		// A racing renewal of old was recorded first: answer as to a retry.
 	}
-	return nil, fmt.Errorf("renewing %s: %w, but its successor cannot be read", old.SerialNumber, errRenewed)
+	return nil, fmt.Errorf("renewing %s: %w, but its successor cannot be read", wire.FormatSerial(old.SerialNumber), errRenewed)
 }
 
 // successor returns the chain of old's successor when it certifies pub, nil when old has
@@ -76,11 +78,11 @@ func (c *CA) successor(ctx context.Context, old *x509.Certificate, pub crypto.Pu
 			return nil, err
 		} else if rev != nil {
 			return nil, fmt.Errorf("%w: %s was renewed as %s, which was revoked (%s) at %s: enroll again with a token",
-				ErrRevoked, SerialHex(old.SerialNumber), SerialHex(s.SerialNumber), rev.Reason, rev.RevokedAt.Format(time.RFC3339))
+				ErrRevoked, wire.FormatSerial(old.SerialNumber), wire.FormatSerial(s.SerialNumber), rev.Reason, rev.RevokedAt.Format(time.RFC3339))
 		}
 		if c.now().After(s.NotAfter) {
 			return nil, fmt.Errorf("%w: %s was renewed as %s, which expired at %s: enroll again with a token",
-				ErrExpired, SerialHex(old.SerialNumber), SerialHex(s.SerialNumber), s.NotAfter.UTC().Format(time.RFC3339))
+				ErrExpired, wire.FormatSerial(old.SerialNumber), wire.FormatSerial(s.SerialNumber), s.NotAfter.UTC().Format(time.RFC3339))
 		}
 		// The device asks again only for an answer it never got. Once an MP has seen the
 		// successor, the device has it and renews that one next: asking again for old's
@@ -92,7 +94,7 @@ func (c *CA) successor(ctx context.Context, old *x509.Certificate, pub crypto.Pu
 				return nil, err
 			}
 			return nil, fmt.Errorf("%w: %s was already renewed as %s, which the device has used since; a copy of this certificate and its key exists (probable clone)",
-				ErrRenewalSuperseded, SerialHex(old.SerialNumber), SerialHex(s.SerialNumber))
+				ErrRenewalSuperseded, wire.FormatSerial(old.SerialNumber), wire.FormatSerial(s.SerialNumber))
 		}
 		return []*x509.Certificate{s, c.h.Issuing}, nil
 	}
@@ -100,7 +102,7 @@ func (c *CA) successor(ctx context.Context, old *x509.Certificate, pub crypto.Pu
 		return nil, err
 	}
 	return nil, fmt.Errorf("%w: %s was already renewed as %s; a copy of this certificate and its key exists (probable clone)",
-		ErrRenewalSuperseded, SerialHex(old.SerialNumber), SerialHex(succs[0].SerialNumber))
+		ErrRenewalSuperseded, wire.FormatSerial(old.SerialNumber), wire.FormatSerial(succs[0].SerialNumber))
 }
 
 func samePublicKey(a, b crypto.PublicKey) bool {

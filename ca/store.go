@@ -19,6 +19,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 //go:embed migrations/*.sql
@@ -70,7 +71,7 @@ func fillKeyHashes(tx *sitedb.Tx) error {
 	}
 	for serial, h := range fill {
 		if _, err := tx.Exec(`UPDATE certificates SET spki_sha256 = ? WHERE serial = ?`, h, serial); err != nil {
-			return fmt.Errorf("recording the key hash of %s: %w", serial, err)
+			return fmt.Errorf("recording the key hash of %s: %w", wire.FormatDecimalSerial(serial), err)
 		}
 	}
 	return nil
@@ -125,7 +126,7 @@ func insertCert(tx *sitedb.Tx, c *x509.Certificate, issuerID, issuedBy, renewedF
 		c.SerialNumber.String(), string(ProfileOf(c)), c.Subject.CommonName, issuerID,
 		c.NotBefore.Unix(), c.NotAfter.Unix(), c.Raw, issuedBy, from, now.Unix(), keyHash(c.RawSubjectPublicKeyInfo))
 	if err != nil {
-		return fmt.Errorf("recording certificate %s: %w", c.SerialNumber, err)
+		return fmt.Errorf("recording certificate %s: %w", wire.FormatSerial(c.SerialNumber), err)
 	}
 	return nil
 }
@@ -159,10 +160,10 @@ func (s *store) certificate(ctx context.Context, serial string) (*x509.Certifica
 	var der []byte
 	err := s.db.QueryRow(ctx, `SELECT der FROM certificates WHERE serial = ?`, serial).Scan(&der)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("certificate %s: %w", serial, ErrNotFound)
+		return nil, fmt.Errorf("certificate %s: %w", wire.FormatDecimalSerial(serial), ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading certificate %s: %w", serial, err)
+		return nil, fmt.Errorf("reading certificate %s: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	return x509.ParseCertificate(der)
 }
@@ -239,7 +240,7 @@ func (s *store) revoke(ctx context.Context, rci *stepdb.RevokedCertificateInfo, 
 			}
 		}
 		if prev != nil && !changed && len(out.Also) == 0 {
-			return fmt.Errorf("%w: %s (%s at %s)", ErrAlreadyRevoked, rci.Serial, prev.Reason, prev.RevokedAt.Format(time.RFC3339))
+			return fmt.Errorf("%w: %s (%s at %s)", ErrAlreadyRevoked, wire.FormatDecimalSerial(rci.Serial), prev.Reason, prev.RevokedAt.Format(time.RFC3339))
 		}
 		return nil
 	})
@@ -259,11 +260,11 @@ func revokeOne(tx *sitedb.Tx, serial string, rci *stepdb.RevokedCertificateInfo,
 		VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) `+conflict,
 		serial, rci.ReasonCode, rci.Reason, rci.RevokedAt.Unix(), expiresAt)
 	if err != nil {
-		return false, fmt.Errorf("revoking %s: %w", serial, err)
+		return false, fmt.Errorf("revoking %s: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
-		return false, fmt.Errorf("revoking %s: %w", serial, err)
+		return false, fmt.Errorf("revoking %s: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	if n == 0 {
 		return false, nil
@@ -316,7 +317,7 @@ func scanRevocation(row *sql.Row, serial string) (*stepdb.RevokedCertificateInfo
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading the revocation of %s: %w", serial, err)
+		return nil, fmt.Errorf("reading the revocation of %s: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	r.RevokedAt, r.ExpiresAt = time.Unix(at, 0).UTC(), time.Unix(exp, 0).UTC()
 	return &r, nil
@@ -378,10 +379,10 @@ const reasonKeyCompromise = 1
 func lockCert(tx *sitedb.Tx, serial string) error {
 	res, err := tx.Exec(`UPDATE certificates SET renewed_from = renewed_from WHERE serial = ?`, serial)
 	if err != nil {
-		return fmt.Errorf("locking certificate %s: %w", serial, err)
+		return fmt.Errorf("locking certificate %s: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	if n, err := res.RowsAffected(); err == nil && n == 0 {
-		return refusal{fmt.Errorf("%w: certificate %s is not in the CA's records", ErrNotFound, serial)}
+		return refusal{fmt.Errorf("%w: certificate %s is not in the CA's records", ErrNotFound, wire.FormatDecimalSerial(serial))}
 	}
 	return nil
 }
@@ -428,18 +429,18 @@ func (s *store) storeRenewal(tx *sitedb.Tx, old string, c *x509.Certificate) err
 func (s *store) successors(ctx context.Context, serial string) ([]*x509.Certificate, error) {
 	rows, err := s.db.Query(ctx, `SELECT der FROM certificates WHERE renewed_from = ? ORDER BY created_at, serial`, serial)
 	if err != nil {
-		return nil, fmt.Errorf("looking for the successor of %s: %w", serial, err)
+		return nil, fmt.Errorf("looking for the successor of %s: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	defer rows.Close()
 	var out []*x509.Certificate
 	for rows.Next() {
 		var der []byte
 		if err := rows.Scan(&der); err != nil {
-			return nil, fmt.Errorf("looking for the successor of %s: %w", serial, err)
+			return nil, fmt.Errorf("looking for the successor of %s: %w", wire.FormatDecimalSerial(serial), err)
 		}
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
-			return nil, fmt.Errorf("parsing the successor of %s: %w", serial, err)
+			return nil, fmt.Errorf("parsing the successor of %s: %w", wire.FormatDecimalSerial(serial), err)
 		}
 		out = append(out, c)
 	}
@@ -484,20 +485,20 @@ func revokeLine(tx *sitedb.Tx, rci *stepdb.RevokedCertificateInfo, sameKey bool,
 	seenKey := map[string]bool{}
 	var rootKey sql.NullString
 	if err := tx.QueryRow(`SELECT spki_sha256 FROM certificates WHERE serial = ?`, rci.Serial).Scan(&rootKey); err != nil {
-		return nil, fmt.Errorf("reading the key of %s: %w", rci.Serial, err)
+		return nil, fmt.Errorf("reading the key of %s: %w", wire.FormatDecimalSerial(rci.Serial), err)
 	}
 	queue := []node{{serial: rci.Serial, key: rootKey.String}}
 	for ; len(queue) > 0; queue = queue[1:] {
 		cur := queue[0]
 		next, err := scan(`SELECT serial, spki_sha256, not_after FROM certificates WHERE renewed_from = ?`, cur.serial)
 		if err != nil {
-			return nil, fmt.Errorf("looking for the successors of %s: %w", cur.serial, err)
+			return nil, fmt.Errorf("looking for the successors of %s: %w", wire.FormatDecimalSerial(cur.serial), err)
 		}
 		if sameKey && cur.key != "" && !seenKey[cur.key] {
 			seenKey[cur.key] = true
 			same, err := scan(`SELECT serial, spki_sha256, not_after FROM certificates WHERE spki_sha256 = ?`, cur.key)
 			if err != nil {
-				return nil, fmt.Errorf("looking for the certificates of the key of %s: %w", cur.serial, err)
+				return nil, fmt.Errorf("looking for the certificates of the key of %s: %w", wire.FormatDecimalSerial(cur.serial), err)
 			}
 			next = append(next, same...)
 		}
@@ -535,7 +536,7 @@ func (s *store) recordConflict(ctx context.Context, old, successor *x509.Certifi
 			refused_key = excluded.refused_key, last_at = excluded.last_at`,
 		old.SerialNumber.String(), deviceIDOf(old), old.Subject.CommonName, successor.SerialNumber.String(), refused, now, now)
 	if err != nil {
-		return fmt.Errorf("recording the refused renewal of %s: %w", old.SerialNumber, err)
+		return fmt.Errorf("recording the refused renewal of %s: %w", wire.FormatSerial(old.SerialNumber), err)
 	}
 	return nil
 }
@@ -661,7 +662,7 @@ func (s *store) presented(ctx context.Context, serial string) (bool, error) {
 	}
 	var n int
 	if err := s.db.QueryRow(ctx, `SELECT COUNT(*) FROM device_certificates WHERE serial = ?`, serial).Scan(&n); err != nil {
-		return false, fmt.Errorf("reading whether certificate %s reached an MP: %w", serial, err)
+		return false, fmt.Errorf("reading whether certificate %s reached an MP: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	return n > 0, nil
 }

@@ -238,7 +238,7 @@ func (c *CA) handleUserDisable(w http.ResponseWriter, r *http.Request, by string
 		if _, err := c.RevokeWith(r.Context(), rec.Cert.SerialNumber.String(), "privilegeWithdrawn", true); err != nil && !errors.Is(err, ErrAlreadyRevoked) {
 			return fmt.Errorf("revoking the certificates of user %q: %w", name, err)
 		}
-		revoked = append(revoked, SerialHex(rec.Cert.SerialNumber))
+		revoked = append(revoked, wire.FormatSerial(rec.Cert.SerialNumber))
 	}
 	// A login token not spent yet would give them a certificate again once enabled.
 	toks, err := c.ListTokens(r.Context())

@@ -84,8 +84,8 @@ func TestUserLifecycle(t *testing.T) {
 			if st, e := callJSON(t, root, "POST", srv.URL+"/v1/admin/users/alice/disable", "", &dis); st != http.StatusOK || !dis.User.Disabled {
 				t.Fatalf("disable: HTTP %d %+v %+v", st, e.Error, dis)
 			}
-			if len(dis.Revoked) != 1 || dis.Revoked[0] != SerialHex(chain[0].SerialNumber) {
-				t.Errorf("disable revoked %v, want the login certificate %s", dis.Revoked, SerialHex(chain[0].SerialNumber))
+			if len(dis.Revoked) != 1 || dis.Revoked[0] != wire.FormatSerial(chain[0].SerialNumber) {
+				t.Errorf("disable revoked %v, want the login certificate %s", dis.Revoked, wire.FormatSerial(chain[0].SerialNumber))
 			}
 			if rec, err := c.Get(ctx, chain[0].SerialNumber.String()); err != nil || rec.Status != "revoked" {
 				t.Errorf("alice's certificate after disable: %+v, %v", rec.Status, err)

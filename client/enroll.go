@@ -154,7 +154,7 @@ func Enroll(ctx context.Context, opts EnrollOptions) (*Identity, error) {
 	}
 	st, err := encodeState(state{
 		CAURL: base.String(), DeviceID: DeviceIDOf(chain[0]), Serial: chain[0].SerialNumber.String(),
-		SerialHex: serialHex(chain[0].SerialNumber), NotAfter: chain[0].NotAfter.UTC(), KeyType: kt,
+		SerialHex: wire.FormatSerial(chain[0].SerialNumber), NotAfter: chain[0].NotAfter.UTC(), KeyType: kt,
 		RootSHA256: formatFingerprint(pin), UpdatedAt: now().UTC(), Bootstrap: resp.Bootstrap,
 	})
 	if err != nil {

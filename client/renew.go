@@ -126,7 +126,7 @@ func Renew(ctx context.Context, opts RenewOptions) (*Identity, error) {
 			return nil, fmt.Errorf("renew: %w", err)
 		}
 	}
-	st.Serial, st.SerialHex = chain[0].SerialNumber.String(), serialHex(chain[0].SerialNumber)
+	st.Serial, st.SerialHex = chain[0].SerialNumber.String(), wire.FormatSerial(chain[0].SerialNumber)
 	st.NotAfter, st.KeyType, st.UpdatedAt = chain[0].NotAfter.UTC(), keyTypeOf(chain[0].PublicKey), now().UTC()
 	st.DeviceID = id.DeviceID
 	if files[StateFile], err = encodeState(st); err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/ca/catest"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // TestRenewAfterLostAnswer: the CA issues the successor, then the connection drops before
@@ -84,7 +85,7 @@ func TestRenewAfterLostAnswer(t *testing.T) {
 		t.Fatalf("the retry: %v", err)
 	}
 	if !bytes.Equal(id.Leaf.Raw, issued[0].Cert.Raw) {
-		t.Errorf("the retry got serial %s, the CA issued %s in the lost answer", id.SerialHex(), ca.SerialHex(issued[0].Cert.SerialNumber))
+		t.Errorf("the retry got serial %s, the CA issued %s in the lost answer", id.SerialHex(), wire.FormatSerial(issued[0].Cert.SerialNumber))
 	}
 	if !samePublicKey(id.Leaf, pending) {
 		t.Error("the retry did not ask for the stored pending key")

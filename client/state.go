@@ -42,7 +42,7 @@ type state struct {
 	Version   int       `json:"version"`
 	CAURL     string    `json:"ca_url"`
 	DeviceID  string    `json:"device_id"`
-	Serial    string    `json:"serial"`     // decimal
+	Serial    string    `json:"serial"`     // decimal, kept for old state files; shown only as serial_hex
 	SerialHex string    `json:"serial_hex"` // as openssl prints it
 	NotAfter  time.Time `json:"not_after"`
 	KeyType   KeyType   `json:"key_type"`
@@ -76,8 +76,9 @@ type Identity struct {
 	RootCerts []*x509.Certificate
 }
 
-// SerialHex returns the serial number as openssl prints it: upper-case hex, even length.
-func (id *Identity) SerialHex() string { return serialHex(id.Serial) }
+// SerialHex returns the serial number as openssl prints it (wire.FormatSerial), the one
+// form the agent shows, logs and sends.
+func (id *Identity) SerialHex() string { return wire.FormatSerial(id.Serial) }
 
 // RenewAt returns when two thirds of the certificate's lifetime have passed.
 func (id *Identity) RenewAt() time.Time {
@@ -93,17 +94,6 @@ func (id *Identity) RenewDue(now time.Time) bool {
 
 // Expired reports whether the certificate is no longer valid at now.
 func (id *Identity) Expired(now time.Time) bool { return now.After(id.NotAfter) }
-
-func serialHex(sn *big.Int) string {
-	if sn == nil {
-		return ""
-	}
-	s := fmt.Sprintf("%X", sn)
-	if len(s)%2 == 1 {
-		s = "0" + s
-	}
-	return s
-}
 
 // DeviceIDOf returns the device id a certificate names, or "".
 func DeviceIDOf(c *x509.Certificate) string {

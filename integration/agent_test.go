@@ -25,6 +25,7 @@ import (
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/bindtest"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // agentStatus is what `ibcm-client status --json` prints of a running agent.
@@ -35,7 +36,7 @@ type agentStatus struct {
 	SpoolDepth    int        `json:"spool_depth"`
 	LastCheckin   *time.Time `json:"last_checkin"`
 	Notify        bool       `json:"notify_connected"`
-	Serial        string     `json:"serial_hex"`
+	Serial        string     `json:"serial"`
 	PolicyVersion int        `json:"policy_version"`
 	LastError     string     `json:"last_error"`
 }
@@ -331,6 +332,29 @@ func TestAgentSpoolSurvivesOutage(t *testing.T) {
 		if c != 1 {
 			t.Errorf("%q stored %d times", text, c)
 		}
+	}
+
+	// the admin reads them back: a table, newest last, and JSON
+	out := s.ibcm(t, "device", "messages", "--since", "1h", id)
+	first, offline := strings.Index(out, "message 0"), strings.Index(out, "message offline")
+	if !strings.HasPrefix(out, "TIME") || first < 0 || offline < first || !strings.Contains(out, "outage-test") {
+		t.Errorf("device messages:\n%s", out)
+	}
+	var msgs wire.DeviceMessages
+	if err := json.Unmarshal([]byte(s.ibcm(t, "device", "messages", "--json", id)), &msgs); err != nil || msgs.DeviceID != id {
+		t.Fatalf("device messages --json: %v %+v", err, msgs)
+	}
+	var outage []string
+	for _, m := range msgs.Messages {
+		if m.Component == "outage-test" {
+			outage = append(outage, m.Text)
+		}
+	}
+	if len(outage) != n+1 || outage[n] != "message offline" {
+		t.Errorf("device messages --json: outage messages %q, want %d, the offline one last", outage, n+1)
+	}
+	if r := s.try(t, "device", "messages", "--since", "yesterday", id); r.code != 2 || !strings.Contains(r.stderr, "RFC 3339") {
+		t.Errorf("device messages --since yesterday: exit %d\n%s", r.code, r.stderr)
 	}
 }
 

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -49,13 +50,27 @@ func TestCA(t *testing.T) {
 			}
 			must(t, "openssl", "verify", "-CAfile", root, "-untrusted", issuing, "-purpose", "sslclient", client+".crt")
 
-			// list / show speak hex as openssl prints it
-			serial := strings.TrimPrefix(strings.TrimSpace(must(t, "openssl", "x509", "-in", client+".crt", "-noout", "-serial")), "serial=")
+			// list / show speak hex as openssl prints it, in text and in JSON, and take what
+			// openssl prints as it is
+			opensslLine := strings.TrimSpace(must(t, "openssl", "x509", "-in", client+".crt", "-noout", "-serial"))
+			serial := strings.TrimPrefix(opensslLine, "serial=")
 			if list := s.ibcm(t, "ca", "list", "--profile", "client"); !strings.Contains(list, serial) {
 				t.Errorf("ca list does not show %s:\n%s", serial, list)
 			}
-			if show := s.ibcm(t, "ca", "show", serial); !regexp.MustCompile(`(?m)^status\s+valid$`).MatchString(show) {
+			var listed []struct{ Serial string }
+			if err := json.Unmarshal([]byte(s.ibcm(t, "ca", "list", "--profile", "client", "--json")), &listed); err != nil || len(listed) != 1 || listed[0].Serial != serial {
+				t.Errorf("ca list --json = %+v (%v), want the one serial %s", listed, err, serial)
+			}
+			if show := s.ibcm(t, "ca", "show", serial); !regexp.MustCompile(`(?m)^status\s+valid$`).MatchString(show) ||
+				!regexp.MustCompile(`(?m)^serial\s+`+serial+`$`).MatchString(show) {
 				t.Errorf("ca show:\n%s", show)
+			}
+			var shown struct{ Serial string }
+			if err := json.Unmarshal([]byte(s.ibcm(t, "ca", "show", "--json", opensslLine)), &shown); err != nil || shown.Serial != serial {
+				t.Errorf("ca show --json %s: serial %q (%v), want %s", opensslLine, shown.Serial, err, serial)
+			}
+			if r := s.try(t, "ca", "show", "12G4"); r.code == 0 || !strings.Contains(r.stderr, "hex as openssl prints it") {
+				t.Errorf("ca show of a serial that is not hex: exit %d\n%s", r.code, r.stderr)
 			}
 
 			// a valid certificate: OCSP good; asked again, the CA serves the answer it signed
@@ -69,7 +84,9 @@ func TestCA(t *testing.T) {
 			}
 
 			// revoke -> CRL over HTTP lists it with its reason; openssl verify -crl_check and ocsp say revoked
-			s.ibcm(t, "ca", "revoke", "--reason", "keyCompromise", serial)
+			if out := s.ibcm(t, "ca", "revoke", "--reason", "keyCompromise", opensslLine); !strings.Contains(out, "revoked certificate "+serial) {
+				t.Errorf("ca revoke %s printed:\n%s", opensslLine, out)
+			}
 			crlURL := strings.TrimSpace(strings.SplitAfter(must(t, "openssl", "x509", "-in", client+".crt", "-noout", "-ext", "crlDistributionPoints"), "URI:")[1])
 			if !strings.HasPrefix(crlURL, s.publicURL+"/crl/") {
 				t.Fatalf("CRL distribution point %q is not on the public listener %s", crlURL, s.publicURL)

@@ -199,6 +199,10 @@ func TestBlockAcrossMPProcesses(t *testing.T) {
 		var d wire.Device
 		return json.Unmarshal([]byte(s.ibcm(t, "device", "show", "--json", id)), &d) == nil && d.Connected == 1
 	})
+	var listed []wire.Device
+	if err := json.Unmarshal([]byte(s.ibcm(t, "device", "list", "--json")), &listed); err != nil || len(listed) != 1 || listed[0].ID != id || listed[0].Connected != 1 {
+		t.Errorf("device list --json = %+v (%v), want the device with its 1 live channel, as device show says", listed, err)
+	}
 
 	// an event pushed through MP 1 reaches the device on MP 2
 	s.ibcm(t, "device", "notify", "--event", "renew-cert", id)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
 
 	"github.com/ibcm-project/ibcm/internal/api"
@@ -21,6 +22,7 @@ import (
 //	POST   /v1/admin/devices/{id}/block
 //	POST   /v1/admin/devices/{id}/unblock
 //	POST   /v1/admin/devices/{id}/notify        {"type": "renew-cert"}
+//	GET    /v1/admin/devices/{id}/messages      ?since=RFC3339&limit=N: wire.DeviceMessages
 //	GET    /v1/admin/groups
 //	POST   /v1/admin/groups                      {"name", "policy", "priority"}
 //	POST   /v1/admin/groups/{name}/members       {"device_id"}
@@ -52,6 +54,22 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 			return err
 		}
 		api.WriteJSON(w, http.StatusOK, d)
+		return nil
+	}))
+	mux.Handle("GET /v1/admin/devices/{id}/messages", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+		q, err := url.ParseQuery(r.URL.RawQuery)
+		if err != nil {
+			return api.BadRequest("the query is not URL-encoded key=value pairs: %v", err)
+		}
+		since, limit, err := messagesQuery(q)
+		if err != nil {
+			return err
+		}
+		msgs, err := m.Messages(r.Context(), r.PathValue("id"), since, limit)
+		if err != nil {
+			return err
+		}
+		api.WriteJSON(w, http.StatusOK, msgs)
 		return nil
 	}))
 	mux.Handle("POST /v1/admin/devices/{id}/block", admin(func(w http.ResponseWriter, r *http.Request, by string) error {
@@ -216,7 +234,7 @@ func (m *MP) Block(ctx context.Context, id string, block bool) (wire.BlockResult
 				rows.Close()
 				return err
 			}
-			serials = append(serials, s)
+			serials = append(serials, wire.FormatDecimalSerial(s))
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil { // a list cut short would leave a certificate unrevoked

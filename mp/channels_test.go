@@ -369,7 +369,7 @@ func TestSeenIsBounded(t *testing.T) {
 		t.Errorf("after 5 certificates of one device the MP remembers %d, want 1", n)
 	}
 	d, err := f.mp.Device(context.Background(), id)
-	if err != nil || d.Serial != last.Leaf.SerialNumber.String() {
+	if err != nil || d.Serial != wire.FormatSerial(last.Leaf.SerialNumber) {
 		t.Errorf("device records certificate %s (%v), want the last one %s", d.Serial, err, last.Leaf.SerialNumber)
 	}
 	other := f.device(t, "pc-2")

@@ -56,8 +56,8 @@ func TestRefusedRenewalWarnsDevice(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(d.Warnings) != 1 || !strings.Contains(d.Warnings[0], "probable clone") || !strings.Contains(d.Warnings[0], ca.SerialHex(old.SerialNumber)) {
-			t.Errorf("device warnings = %q, want one clone warning naming %s", d.Warnings, ca.SerialHex(old.SerialNumber))
+		if len(d.Warnings) != 1 || !strings.Contains(d.Warnings[0], "probable clone") || !strings.Contains(d.Warnings[0], wire.FormatSerial(old.SerialNumber)) {
+			t.Errorf("device warnings = %q, want one clone warning naming %s", d.Warnings, wire.FormatSerial(old.SerialNumber))
 		}
 		all, err := f.mp.Devices(ctx)
 		if err != nil {
@@ -124,8 +124,8 @@ func testSupersededCertificateRefused(t *testing.T, db *sitedb.DB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(d.Warnings) != 1 || !strings.Contains(d.Warnings[0], "probable clone") || !strings.Contains(d.Warnings[0], ca.SerialHex(oldCert.Leaf.SerialNumber)) {
-		t.Errorf("device warnings = %q, want one clone warning naming %s", d.Warnings, ca.SerialHex(oldCert.Leaf.SerialNumber))
+	if len(d.Warnings) != 1 || !strings.Contains(d.Warnings[0], "probable clone") || !strings.Contains(d.Warnings[0], wire.FormatSerial(oldCert.Leaf.SerialNumber)) {
+		t.Errorf("device warnings = %q, want one clone warning naming %s", d.Warnings, wire.FormatSerial(oldCert.Leaf.SerialNumber))
 	}
 	if st, e := whoami(f, &newCert, "/v1/policy"); st != 200 {
 		t.Errorf("the renewed certificate after the clone was refused: %d %+v", st, e)
@@ -270,8 +270,8 @@ func TestRenewalSupersedesAcrossMPs(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if len(d.Warnings) != 1 || !strings.Contains(d.Warnings[0], "probable clone: certificate "+ca.SerialHex(old.Leaf.SerialNumber)) {
-					t.Errorf("device warnings at %s = %q, want one clone warning naming %s", f.mp.o.ID, d.Warnings, ca.SerialHex(old.Leaf.SerialNumber))
+				if len(d.Warnings) != 1 || !strings.Contains(d.Warnings[0], "probable clone: certificate "+wire.FormatSerial(old.Leaf.SerialNumber)) {
+					t.Errorf("device warnings at %s = %q, want one clone warning naming %s", f.mp.o.ID, d.Warnings, wire.FormatSerial(old.Leaf.SerialNumber))
 				}
 			}
 		})

@@ -82,8 +82,8 @@ func (m *MP) registerCert(ctx context.Context, p *peer) error {
 	}
 	if succ != "" {
 		msg := fmt.Sprintf("probable clone: certificate %s is still presented although the device already presented its renewal %s",
-			trust.HexSerial(serial), trust.HexSerial(succ))
-		m.log.Warn().Str("device_id", p.id.ID).Str("serial", serial).Str("successor_serial", succ).Str("location", p.location).
+			wire.FormatDecimalSerial(serial), wire.FormatDecimalSerial(succ))
+		m.log.Warn().Str("device_id", p.id.ID).Str("serial", wire.FormatDecimalSerial(serial)).Str("successor_serial", wire.FormatDecimalSerial(succ)).Str("location", p.location).
 			Msg("probable clone: superseded certificate refused")
 		if err := m.addWarning(ctx, p.id.ID, msg); err != nil {
 			return fmt.Errorf("recording a clone warning for device %s: %w", p.id.ID, err)
@@ -139,7 +139,7 @@ func (m *MP) announceRenewal(tx *sitedb.Tx, device, serial string) error {
 		return nil // not issued by a renewal
 	}
 	if err != nil {
-		return fmt.Errorf("reading what certificate %s renews: %w", serial, err)
+		return fmt.Errorf("reading what certificate %s renews: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	return m.hub.publish(tx, siteEvent{Kind: kindSuperseded, Device: device, Serial: from.String, Successor: serial})
 }
@@ -175,7 +175,7 @@ func (m *MP) supersedeOlder(ctx context.Context, device, successor string) error
 		sn, _ := new(big.Int).SetString(serial, 10)
 		n := m.hub.closeConns(device, sn) // first: once a channel hears why, all is closed
 		n += m.hub.closeChannels(device, sn, "certificate superseded")
-		m.log.Info().Str("device_id", device).Str("serial", serial).Str("successor_serial", succ).Int("connections", n).
+		m.log.Info().Str("device_id", device).Str("serial", wire.FormatDecimalSerial(serial)).Str("successor_serial", wire.FormatDecimalSerial(succ)).Int("connections", n).
 			Msg("certificate superseded by its renewal: connections closed")
 	}
 	return nil
@@ -231,7 +231,7 @@ const resyncSlack = 5 * time.Minute
 
 func supersededError(serial, succ string) error {
 	return api.Wrap(ErrCertificateSuperseded, http.StatusForbidden, "certificate_superseded",
-		fmt.Sprintf("certificate %s was renewed as %s, which this device already uses", trust.HexSerial(serial), trust.HexSerial(succ)))
+		fmt.Sprintf("certificate %s was renewed as %s, which this device already uses", wire.FormatDecimalSerial(serial), wire.FormatDecimalSerial(succ)))
 }
 
 // forgetExpired drops from MP.seen the devices whose registered certificate has expired,
@@ -256,7 +256,7 @@ func (m *MP) forgetExpired() {
 
 func (m *MP) handleWhoami(w http.ResponseWriter, r *http.Request) error {
 	p := peerOf(r)
-	out := wire.Whoami{Subject: p.leaf.Subject.CommonName, Serial: p.leaf.SerialNumber.String(), Location: p.location, Profile: p.id.Kind}
+	out := wire.Whoami{Subject: p.leaf.Subject.CommonName, Serial: wire.FormatSerial(p.leaf.SerialNumber), Location: p.location, Profile: p.id.Kind}
 	if p.id.Kind == trust.KindDevice {
 		out.DeviceID, out.Profile = p.id.ID, "client"
 		if err := m.registerDevice(w, r, p); err != nil {
@@ -483,6 +483,7 @@ func scanDevice(row interface{ Scan(...any) error }) (wire.Device, error) {
 		&first, &last, &d.LastLocation, &d.ClaimedLocation, &addrs, &d.Compliance, &blocked, &warnings); err != nil {
 		return wire.Device{}, err
 	}
+	d.Serial = wire.FormatDecimalSerial(d.Serial) // stored in decimal
 	d.FirstSeen, d.LastSeen = time.Unix(first, 0).UTC(), time.Unix(last, 0).UTC()
 	if addrs != "" {
 		d.Addresses = strings.Split(addrs, ",")
@@ -507,40 +508,16 @@ func (m *MP) Device(ctx context.Context, id string) (wire.Device, error) {
 	if err != nil {
 		return wire.Device{}, err
 	}
-	clones, err := trust.CloneWarnings(ctx, m.db, id)
-	if err != nil {
+	ds := []wire.Device{d}
+	if err := m.addLiveFacts(ctx, ds, id); err != nil {
 		return wire.Device{}, err
 	}
-	d.Warnings = append(d.Warnings, clones[id]...)
-	rows, err := m.db.Query(ctx, `SELECT group_name FROM group_members WHERE device_id = ? ORDER BY group_name`, id)
-	if err != nil {
-		return wire.Device{}, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var g string
-		if err := rows.Scan(&g); err != nil {
-			return wire.Device{}, err
-		}
-		d.Groups = append(d.Groups, g)
-	}
-	if err := rows.Err(); err != nil {
-		return wire.Device{}, err
-	}
-	rows.Close()
-	if err := m.db.QueryRow(ctx, `SELECT COUNT(*) FROM notify_connections WHERE device_id = ? AND `+liveChannel, id, m.aliveSince()).Scan(&d.Connected); err != nil {
-		return wire.Device{}, err
-	}
-	return d, nil
+	return ds[0], nil
 }
 
-// Devices lists every device, most recently seen first.
+// Devices lists every device, most recently seen first, with the same facts as Device.
 func (m *MP) Devices(ctx context.Context) ([]wire.Device, error) {
 	if err := m.checkins.flush(ctx); err != nil {
-		return nil, err
-	}
-	clones, err := trust.CloneWarnings(ctx, m.db, "")
-	if err != nil {
 		return nil, err
 	}
 	rows, err := m.db.Query(ctx, `SELECT `+deviceColumns+` FROM devices ORDER BY last_seen DESC, id LIMIT 10000`)
@@ -554,10 +531,77 @@ func (m *MP) Devices(ctx context.Context) ([]wire.Device, error) {
 		if err != nil {
 			return nil, err
 		}
-		d.Warnings = append(d.Warnings, clones[d.ID]...)
 		out = append(out, d)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close()
+	if err := m.addLiveFacts(ctx, out, ""); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// addLiveFacts adds what the devices table does not hold to ds: clone warnings, groups
+// and live notification channels, for one device (id) or for all ("") — one code path,
+// so that device list and device show cannot disagree.
+func (m *MP) addLiveFacts(ctx context.Context, ds []wire.Device, id string) error {
+	byID := make(map[string]*wire.Device, len(ds))
+	for i := range ds {
+		byID[ds[i].ID] = &ds[i]
+	}
+	clones, err := trust.CloneWarnings(ctx, m.db, id)
+	if err != nil {
+		return err
+	}
+	for dev, ws := range clones {
+		if d := byID[dev]; d != nil {
+			d.Warnings = append(d.Warnings, ws...)
+		}
+	}
+	where, args := "", []any{}
+	if id != "" {
+		where, args = " WHERE device_id = ?", []any{id}
+	}
+	rows, err := m.db.Query(ctx, `SELECT device_id, group_name FROM group_members`+where+` ORDER BY device_id, group_name`, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var dev, g string
+		if err := rows.Scan(&dev, &g); err != nil {
+			return err
+		}
+		if d := byID[dev]; d != nil {
+			d.Groups = append(d.Groups, g)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	rows.Close()
+	and, args := "", []any{m.aliveSince()}
+	if id != "" {
+		and, args = " AND device_id = ?", append(args, id)
+	}
+	live, err := m.db.Query(ctx, `SELECT device_id, COUNT(*) FROM notify_connections WHERE `+liveChannel+and+` GROUP BY device_id`, args...)
+	if err != nil {
+		return err
+	}
+	defer live.Close()
+	for live.Next() {
+		var dev string
+		var n int
+		if err := live.Scan(&dev, &n); err != nil {
+			return err
+		}
+		if d := byID[dev]; d != nil {
+			d.Connected = n
+		}
+	}
+	return live.Err()
 }
 
 func encodeCert(c *x509.Certificate) string {

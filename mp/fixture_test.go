@@ -140,3 +140,47 @@ func (f *fixture) client(cert *tls.Certificate) *http.Client {
 
 var testBootstrap = wire.Bootstrap{SiteCode: "TST", InternetMPs: []string{"ibcm.example.test:443"},
 	IntranetDNSSuffixes: []string{"corp.test"}, SRVNames: []string{"_ibcm-mp._tcp"}}
+
+// holdSlot takes the MP's only request slot (Options.MaxInFlight: 1) with a status upload
+// whose body never finishes, and returns once the MP counts it in flight. The caller sends
+// nothing meanwhile: a request that had the slot when the upload arrived would get the
+// upload shed, and then nothing would hold the slot. Closing the returned writer ends the
+// upload.
+func (f *fixture) holdSlot(t testing.TB, cert *tls.Certificate) io.Closer {
+	t.Helper()
+	if cap(f.mp.inflight) != 1 {
+		t.Fatalf("holdSlot wants an MP with one slot, not %d", cap(f.mp.inflight))
+	}
+	// The slot is a buffered channel: its length is the number of requests in flight. A
+	// request whose answer the caller already has may still hold it for a moment.
+	for deadline := time.Now().Add(10 * time.Second); len(f.mp.inflight) != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the MP's slot stays taken although no request is in flight")
+		}
+	}
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	answered := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", f.intranet+"/v1/status", pr)
+		resp, err := f.client(cert).Do(req)
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	go func() { _, _ = pw.Write([]byte(`{"messages":[`)) }()
+	for deadline := time.Now().Add(10 * time.Second); len(f.mp.inflight) == 0; time.Sleep(time.Millisecond) {
+		select {
+		case status := <-answered:
+			t.Fatalf("the upload meant to hold the slot was answered %d", status)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upload meant to hold the slot never reached the MP")
+		}
+	}
+	return pw
+}

@@ -304,7 +304,7 @@ func (h *hub) dispatch(ctx context.Context, ev siteEvent) {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		if err := h.m.supersedeOlder(cctx, ev.Device, ev.Successor); err != nil && ctx.Err() == nil {
-			h.m.log.Warn().Err(err).Str("device_id", ev.Device).Str("successor_serial", ev.Successor).
+			h.m.log.Warn().Err(err).Str("device_id", ev.Device).Str("successor_serial", wire.FormatDecimalSerial(ev.Successor)).
 				Msg("checking the certificates a renewal supersedes; the device's cached certificate was dropped, and a catch-up will close what the renewal supersedes")
 			h.retryLater()
 		}
@@ -376,7 +376,7 @@ func (h *hub) closeSerial(serial string) {
 	}
 	n := h.closeChannels("", sn, "certificate revoked") + h.closeConns("", sn)
 	if n > 0 {
-		h.m.log.Info().Str("serial", serial).Int("connections", n).Msg("certificate revoked: connections closed")
+		h.m.log.Info().Str("serial", wire.FormatSerial(sn)).Int("connections", n).Msg("certificate revoked: connections closed")
 	}
 }
 

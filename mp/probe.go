@@ -12,6 +12,6 @@ import (
 // revoked certificate and a blocked device.
 func (m *MP) handleProbe(w http.ResponseWriter, r *http.Request) error {
 	p := peerOf(r)
-	api.WriteJSON(w, http.StatusOK, wire.Probe{Location: p.location, Serial: p.leaf.SerialNumber.String()})
+	api.WriteJSON(w, http.StatusOK, wire.Probe{Location: p.location, Serial: wire.FormatSerial(p.leaf.SerialNumber)})
 	return nil
 }

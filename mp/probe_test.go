@@ -1,10 +1,8 @@
 package mp
 
 import (
-	"io"
 	"net/http"
 	"testing"
-	"time"
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
@@ -18,7 +16,7 @@ func TestProbe(t *testing.T) {
 	pc := f.device(t, "pc-probe")
 	for _, tc := range []struct{ base, want string }{{f.intranet, wire.Intranet}, {f.internet, wire.Internet}} {
 		var p wire.Probe
-		if status, e := call(t, f.client(&pc), "GET", tc.base+wire.ProbePath, nil, &p); status != 200 || p.Location != tc.want || p.Serial != pc.Leaf.SerialNumber.String() {
+		if status, e := call(t, f.client(&pc), "GET", tc.base+wire.ProbePath, nil, &p); status != 200 || p.Location != tc.want || p.Serial != wire.FormatSerial(pc.Leaf.SerialNumber) {
 			t.Fatalf("probe of the %s listener: %d %+v %+v", tc.want, status, e, p)
 		}
 	}
@@ -27,24 +25,9 @@ func TestProbe(t *testing.T) {
 	if status, _ := call(t, f.client(&pc), "GET", f.intranet+"/v1/whoami", nil, nil); status != 200 {
 		t.Fatal("whoami")
 	}
-	// hold the only request slot with a body that never finishes, until whoami is shed
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	go func() {
-		req, _ := http.NewRequest("POST", f.intranet+"/v1/status", pr)
-		if resp, err := f.client(&pc).Do(req); err == nil {
-			resp.Body.Close()
-		}
-	}()
-	_, _ = pw.Write([]byte(`{"messages":[`))
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		status, _ := call(t, f.client(&pc), "GET", f.intranet+"/v1/whoami", nil, nil)
-		if status == http.StatusServiceUnavailable {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("whoami not shed while the only slot is taken (status %d)", status)
-		}
+	f.holdSlot(t, &pc)
+	if status, _ := call(t, f.client(&pc), "GET", f.intranet+"/v1/whoami", nil, nil); status != http.StatusServiceUnavailable {
+		t.Fatalf("whoami not shed while the only slot is taken (status %d)", status)
 	}
 	var p wire.Probe
 	if status, e := call(t, f.client(&pc), "GET", f.intranet+wire.ProbePath, nil, &p); status != 200 || p.Location != wire.Intranet {

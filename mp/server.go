@@ -151,11 +151,11 @@ func (m *MP) gate(location string, next http.Handler) http.Handler {
 		}
 		if m.isRevoked(leaf.SerialNumber) { // revoked after the handshake
 			w.Header().Set("Connection", "close")
-			return api.Errorf(http.StatusForbidden, "certificate_revoked", "certificate %s is revoked", leaf.SerialNumber)
+			return api.Errorf(http.StatusForbidden, "certificate_revoked", "certificate %s is revoked", wire.FormatSerial(leaf.SerialNumber))
 		}
 		if m.now().After(leaf.NotAfter) { // expired after the handshake
 			w.Header().Set("Connection", "close")
-			return api.Errorf(http.StatusForbidden, "certificate_expired", "certificate %s expired at %s", leaf.SerialNumber, leaf.NotAfter.UTC().Format(time.RFC3339))
+			return api.Errorf(http.StatusForbidden, "certificate_expired", "certificate %s expired at %s", wire.FormatSerial(leaf.SerialNumber), leaf.NotAfter.UTC().Format(time.RFC3339))
 		}
 		if p.id.Kind == trust.KindDevice && m.isBlocked(p.id.ID) {
 			return api.Errorf(http.StatusForbidden, "device_blocked", "device %s is blocked", p.id.ID)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/ibcm-project/ibcm/internal/logging"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -54,7 +55,7 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 	}
 	bg := []func(context.Context){func(ctx context.Context) { cert.Run(ctx, 30*time.Second) }}
 	if d := cfg.MP.DNS; d != nil && cfg.MPIntranet() {
-		pub, err := newPublisher(cfg, log.With().Str("component", "dnspub").Logger())
+		pub, err := newPublisher(cfg, logging.Component(log, "dnspub"))
 		if err != nil {
 			return nil, nil, nil, err
 		}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/internal/logging"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/tlspark"
 	"github.com/ibcm-project/ibcm/internal/trust"
@@ -94,7 +95,7 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 	var done []chan struct{}               // background work to wait for on shutdown
 	var closers []func()                   // after the listeners and the background work
 	if has(roles, RoleCA) {
-		authority, err := openCA(ctx, cfg, db, log.With().Str("component", "ca").Logger())
+		authority, err := openCA(ctx, cfg, db, logging.Component(log, "ca"))
 		if err != nil {
 			return err
 		}
@@ -116,7 +117,7 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		background = append(background, func(ctx context.Context) { authority.Run(ctx, time.Minute) })
 	}
 	if has(roles, RoleMP) {
-		mps, bg, m, err := openMP(ctx, cfg, db, verifier, log.With().Str("component", "mp").Logger())
+		mps, bg, m, err := openMP(ctx, cfg, db, verifier, logging.Component(log, "mp"))
 		if err != nil {
 			return err
 		}
@@ -134,7 +135,7 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 			return err
 		}
 		fmt.Fprintf(out, "%-12s %s (listening on %s)\n", s.role, s.url, s.ln.Addr())
-		go func() { errc <- s.serve(log.With().Str("component", s.role).Logger()) }()
+		go func() { errc <- s.serve(logging.Component(log, s.role)) }()
 	}
 	for _, fn := range background {
 		ch := make(chan struct{})
@@ -170,7 +171,7 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 // newVerifier loads the site's anchors and keeps a revoked set current for handshakes.
 func newVerifier(ctx context.Context, db *sitedb.DB, log zerolog.Logger) (*trust.Verifier, error) {
 	revoked := &trust.RevokedSet{}
-	if err := trust.WatchRevoked(ctx, db, revoked, 5*time.Minute, log.With().Str("component", "trust").Logger()); err != nil {
+	if err := trust.WatchRevoked(ctx, db, revoked, 5*time.Minute, logging.Component(log, "trust")); err != nil {
 		return nil, err
 	}
 	anchors, err := trust.LoadAnchors(ctx, db)

@@ -3,13 +3,13 @@ package main
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/ca/catest"
@@ -32,7 +32,7 @@ func TestRenewAndEnrollThroughRunningAgent(t *testing.T) {
 	if err := os.WriteFile(resolv, []byte("nameserver 127.0.0.1:9\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(agent.Options{Dir: dir, ResolvConf: resolv, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	a, err := agent.New(agent.Options{Dir: dir, ResolvConf: resolv, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -80,7 +80,7 @@ func runEnroll(ctx context.Context, c *cli.Command) error {
 	res, err := agent.Enroll(ctx, opts.Dir, opts)
 	if err == nil {
 		fmt.Fprintf(c.Root().Writer, "enrolled %s as device %s through the running agent\nserial %s, valid until %s; stored in %s\n",
-			res.Name, res.DeviceID, res.SerialHex, res.NotAfter.UTC().Format(timeFormat), res.Dir)
+			res.Name, res.DeviceID, res.Serial, res.NotAfter.UTC().Format(timeFormat), res.Dir)
 		return nil
 	}
 	if !errors.Is(err, agent.ErrNotRunning) {

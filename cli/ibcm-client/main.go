@@ -1,18 +1,20 @@
 // Command ibcm-client is the agent that runs on devices: it enrolls the device with the
 // site's CA, renews its certificate and reports its identity. It links only the client
-// package, internal/wire, internal/cliapp and urfave/cli (DESIGN.md §2).
+// package, internal/wire, internal/cliapp, internal/logging, zerolog and urfave/cli
+// (DESIGN.md §2).
 package main
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
 
 	"github.com/ibcm-project/ibcm/internal/cliapp"
+	"github.com/ibcm-project/ibcm/internal/logging"
 )
 
 // defaultDir is where the agent keeps its identity unless --dir says otherwise.
@@ -33,23 +35,22 @@ func newApp() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Sources: cli.EnvVars("IBCM_CLIENT_LOG_LEVEL"), Usage: "debug, info, warn or error",
 				Validator: cliapp.OneOf("debug", "info", "warn", "error")},
-			&cli.StringFlag{Name: "log-format", Value: "json", Sources: cli.EnvVars("IBCM_CLIENT_LOG_FORMAT"), Usage: "json or text",
-				Validator: cliapp.OneOf("json", "text")},
+			&cli.StringFlag{Name: "log-format", Value: "auto", Sources: cli.EnvVars("IBCM_CLIENT_LOG_FORMAT"), Usage: "auto (console on a terminal, else JSON), json or console",
+				Validator: cliapp.OneOf("auto", "json", "console")},
 		},
 		Commands:        []*cli.Command{enrollCommand(), renewCommand(), runCommand(), locationCommand(), statusCommand(), reportCommand()},
 		HideHelpCommand: true,
 	})
 }
 
-// logger is the agent's logger on stderr, as --log-level and --log-format say.
-func logger(c *cli.Command) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(c.String("log-level"))) // checked by the flag's validator
-	opts := &slog.HandlerOptions{Level: level}
-	if c.String("log-format") == "text" {
-		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+// logger is the agent's logger on stderr, as --log-level and --log-format say
+// (internal/logging, as the site's).
+func logger(c *cli.Command) zerolog.Logger {
+	l, err := logging.New(os.Stderr, c.String("log-level"), c.String("log-format"))
+	if err != nil { // not reached: the flags' validators refuse what logging.New refuses
+		return zerolog.New(os.Stderr).With().Timestamp().Logger()
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	return l
 }
 
 func main() {

@@ -101,7 +101,7 @@ func TestEnrollRenewStatus(t *testing.T) {
 		return r
 	}
 	before := status()
-	if before.DeviceID == "" || before.Name != "pc-01" || before.RenewDue || before.Expired || before.SerialHex == "" {
+	if before.DeviceID == "" || before.Name != "pc-01" || before.RenewDue || before.Expired || before.Serial == "" {
 		t.Errorf("status after enroll = %+v", before)
 	}
 
@@ -129,7 +129,7 @@ func TestEnrollRenewStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{after.DeviceID, after.SerialHex, "CN=pc-01", "renew due:"} {
+	for _, want := range []string{after.DeviceID, after.Serial, "CN=pc-01", "renew due:"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status does not print %q:\n%s", want, out)
 		}

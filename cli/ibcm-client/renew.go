@@ -65,7 +65,7 @@ func runRenew(ctx context.Context, c *cli.Command) error {
 	res, err := agent.Renew(ctx, dir, c.Bool("keep-key"))
 	if err == nil {
 		fmt.Fprintf(c.Root().Writer, "renewed device %s through the running agent: serial %s, valid until %s\n",
-			res.DeviceID, res.SerialHex, res.NotAfter.UTC().Format(timeFormat))
+			res.DeviceID, res.Serial, res.NotAfter.UTC().Format(timeFormat))
 		return nil
 	}
 	if !errors.Is(err, agent.ErrNotRunning) {

@@ -30,7 +30,8 @@ func runCommand() *cli.Command {
 device is on the intranet or the internet, uses the MP for that location, re-detects when the
 resolver configuration or the network changes, when the MP fails and on a timer, checks in,
 keeps the notification channel open, delivers spooled status messages and renews the
-certificate at two thirds of its life. Logs go to stderr, JSON unless --log-format text.
+certificate at two thirds of its life. Logs go to stderr: JSON, or zerolog's console format
+when stderr is a terminal (--log-format json keeps JSON there too).
 
 EXAMPLES:
    ibcm-client run

@@ -40,8 +40,7 @@ type statusReport struct {
 	Subject   string    `json:"subject"`
 	Name      string    `json:"name"`
 	FQDN      string    `json:"fqdn,omitempty"`
-	Serial    string    `json:"serial"`     // decimal
-	SerialHex string    `json:"serial_hex"` // as openssl prints it
+	Serial    string    `json:"serial"` // as openssl prints it
 	KeyType   string    `json:"key_type"`
 	NotBefore time.Time `json:"not_before"`
 	NotAfter  time.Time `json:"not_after"`
@@ -70,7 +69,7 @@ func runStatus(ctx context.Context, c *cli.Command) error {
 	now := time.Now()
 	r := statusReport{
 		DeviceID: id.DeviceID, Subject: id.Leaf.Subject.String(), Name: id.Name, FQDN: id.FQDN,
-		Serial: id.Serial.String(), SerialHex: id.SerialHex(), KeyType: string(id.KeyType),
+		Serial: id.SerialHex(), KeyType: string(id.KeyType),
 		NotBefore: id.NotBefore.UTC(), NotAfter: id.NotAfter.UTC(), RenewAt: id.RenewAt().UTC(),
 		RenewDue: id.RenewDue(now), Expired: id.Expired(now), CAURL: id.CAURL, Dir: id.Dir,
 	}
@@ -97,7 +96,7 @@ func runStatus(ctx context.Context, c *cli.Command) error {
 	if r.FQDN != "" {
 		fmt.Fprintf(w, "dns:\t%s\n", r.FQDN)
 	}
-	fmt.Fprintf(w, "serial:\t%s\n", r.SerialHex)
+	fmt.Fprintf(w, "serial:\t%s\n", r.Serial)
 	fmt.Fprintf(w, "key type:\t%s\n", r.KeyType)
 	fmt.Fprintf(w, "not before:\t%s\n", r.NotBefore.Format(timeFormat))
 	fmt.Fprintf(w, "not after:\t%s\n", r.NotAfter.Format(timeFormat))

@@ -4,11 +4,11 @@ import (
 	"errors"
 	"os"
 
-	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v3"
 
 	"github.com/ibcm-project/ibcm/internal/cliapp"
+	"github.com/ibcm-project/ibcm/internal/logging"
 )
 
 // Exit codes.
@@ -60,19 +60,12 @@ EXAMPLES:
 	})
 }
 
-// logger makes the process logger on stderr: JSON, or the console writer (by default on a
-// terminal).
+// logger makes the process logger on stderr (internal/logging, as the agent's): JSON, or
+// the console writer (by default on a terminal).
 func logger(c *cli.Command) zerolog.Logger {
-	level, err := zerolog.ParseLevel(c.String("log-level"))
-	if err != nil || level == zerolog.NoLevel {
-		level = zerolog.InfoLevel
+	l, err := logging.New(os.Stderr, c.String("log-level"), c.String("log-format"))
+	if err != nil { // not reached: the flags' validators refuse what logging.New refuses
+		return zerolog.New(os.Stderr).With().Timestamp().Logger()
 	}
-	var l zerolog.Logger
-	format := c.String("log-format")
-	if format == "console" || (format != "json" && isatty.IsTerminal(os.Stderr.Fd())) {
-		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr})
-	} else {
-		l = zerolog.New(os.Stderr)
-	}
-	return l.Level(level).With().Timestamp().Logger()
+	return l
 }

@@ -281,17 +281,17 @@ func issueCertificate(ctx context.Context, c *cli.Command) error {
 		if err := o.write(); err != nil {
 			discard(outs)
 			var rev wire.Revoked
-			if rerr := a.do(ctx, http.MethodPost, "/v1/admin/certificates/"+url.PathEscape(resp.SerialHex)+"/revoke", wire.RevokeRequest{Reason: "cessationOfOperation"}, &rev); rerr != nil {
-				return fmt.Errorf("writing %s: %w; the certificate %s was issued but is lost, and revoking it failed too (run ibcm ca revoke %s): %v", o.name(), err, resp.SerialHex, resp.SerialHex, rerr)
+			if rerr := a.do(ctx, http.MethodPost, "/v1/admin/certificates/"+url.PathEscape(resp.Serial)+"/revoke", wire.RevokeRequest{Reason: "cessationOfOperation"}, &rev); rerr != nil {
+				return fmt.Errorf("writing %s: %w; the certificate %s was issued but is lost, and revoking it failed too (run ibcm ca revoke %s): %v", o.name(), err, resp.Serial, resp.Serial, rerr)
 			}
-			return fmt.Errorf("writing %s: %w; the certificate %s was issued, so it is revoked again and nothing was kept", o.name(), err, resp.SerialHex)
+			return fmt.Errorf("writing %s: %w; the certificate %s was issued, so it is revoked again and nothing was kept", o.name(), err, resp.Serial)
 		}
 	}
 	report := c.Root().Writer
 	if crtPath == "-" || keyPath == "-" {
 		report = c.Root().ErrWriter // stdout holds the PEM
 	}
-	fmt.Fprintf(report, "issued serial %s (not after %s)\n", resp.SerialHex, resp.NotAfter.Format(time.RFC3339))
+	fmt.Fprintf(report, "issued serial %s (not after %s)\n", resp.Serial, resp.NotAfter.Format(time.RFC3339))
 	for _, o := range outs {
 		if o.file != nil {
 			fmt.Fprintf(report, "  %s\n", o.path)
@@ -386,7 +386,7 @@ func caListCommand() *cli.Command {
 			w := tabwriter.NewWriter(c.Root().Writer, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "SERIAL\tPROFILE\tSUBJECT\tNOT AFTER\tSTATUS")
 			for _, ct := range certs {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", ct.SerialHex, ct.Profile, ct.Subject, ct.NotAfter.Format(time.RFC3339), ct.Status)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", ct.Serial, ct.Profile, ct.Subject, ct.NotAfter.Format(time.RFC3339), ct.Status)
 			}
 			return w.Flush()
 		},
@@ -398,14 +398,18 @@ func caShowCommand() *cli.Command {
 		Name:      "show",
 		Usage:     "show one certificate",
 		Arguments: []cli.Argument{cliapp.Arg("SERIAL")},
-		Description: `SERIAL is hex as openssl prints it (with or without colons) or decimal.
+		Description: `SERIAL is hex as openssl prints it (5A0F…, or serial=5A0F…), optionally with
+colons or 0x.
 
 EXAMPLES:
    ibcm ca show --dir /srv/ibcm 5A0F3C9E2B1D4E6F7A8B9C0D1E2F3A4B
    ibcm ca show --dir /srv/ibcm --json 5A:0F:3C:9E:2B:1D:4E:6F:7A:8B:9C:0D:1E:2F:3A:4B | jq .pem -r`,
 		Flags: append(adminFlags(), jsonFlag()),
 		Action: func(ctx context.Context, c *cli.Command) error {
-			serial := c.StringArg("SERIAL")
+			serial, err := serialArg(c)
+			if err != nil {
+				return err
+			}
 			a, err := newAdminClient(c)
 			if err != nil {
 				return err
@@ -418,7 +422,7 @@ EXAMPLES:
 				return printJSON(c.Root().Writer, ct)
 			}
 			w := tabwriter.NewWriter(c.Root().Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(w, "serial\t%s (decimal %s)\n", ct.SerialHex, ct.Serial)
+			fmt.Fprintf(w, "serial\t%s\n", ct.Serial)
 			fmt.Fprintf(w, "profile\t%s\nsubject\t%s\n", ct.Profile, ct.Subject)
 			if len(ct.DNS) > 0 {
 				fmt.Fprintf(w, "names\t%s\n", strings.Join(ct.DNS, ", "))
@@ -443,8 +447,8 @@ func caRevokeCommand() *cli.Command {
 		Name:      "revoke",
 		Usage:     "revoke a certificate: every site server refuses it within a second; CRL and OCSP say so",
 		Arguments: []cli.Argument{cliapp.Arg("SERIAL")},
-		Description: `SERIAL is hex as openssl prints it (with or without colons) or decimal. REASON is an
-RFC 5280 name: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,
+		Description: `SERIAL is hex as openssl prints it (5A0F…, or serial=5A0F…), optionally with
+colons or 0x. REASON is an RFC 5280 name: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,
 cessationOfOperation, privilegeWithdrawn, aACompromise. A revocation is final.
 keyCompromise also revokes every certificate of the same key (a renewal may keep its key)
 and every certificate renewed from one of those, transitively: whoever holds the key may
@@ -453,12 +457,15 @@ its reason to keyCompromise and revokes the others.
 
 EXAMPLES:
    ibcm ca revoke --dir /srv/ibcm --reason keyCompromise 5A0F3C9E2B1D4E6F7A8B9C0D1E2F3A4B
-   ibcm ca revoke --dir /srv/ibcm --reason superseded "$(openssl x509 -in old.crt -noout -serial | cut -d= -f2)"`,
+   ibcm ca revoke --dir /srv/ibcm --reason superseded "$(openssl x509 -in old.crt -noout -serial)"`,
 		Flags: append(adminFlags(),
 			&cli.StringFlag{Name: "reason", Value: "unspecified", Usage: "RFC 5280 reason name", Sources: cli.EnvVars("IBCM_REVOKE_REASON")},
 		),
 		Action: func(ctx context.Context, c *cli.Command) error {
-			serial := c.StringArg("SERIAL")
+			serial, err := serialArg(c)
+			if err != nil {
+				return err
+			}
 			a, err := newAdminClient(c)
 			if err != nil {
 				return err
@@ -476,9 +483,9 @@ EXAMPLES:
 // printRevoked says what a revocation did, each line after indent.
 func printRevoked(w io.Writer, indent string, rev wire.Revoked) {
 	if rev.ReasonChangedFrom != "" {
-		fmt.Fprintf(w, "%scertificate %s (%s) was already revoked (%s); its reason is now %s\n", indent, rev.SerialHex, rev.Subject, rev.ReasonChangedFrom, rev.Reason)
+		fmt.Fprintf(w, "%scertificate %s (%s) was already revoked (%s); its reason is now %s\n", indent, rev.Serial, rev.Subject, rev.ReasonChangedFrom, rev.Reason)
 	} else {
-		fmt.Fprintf(w, "%srevoked certificate %s (%s, %s)\n", indent, rev.SerialHex, rev.Subject, rev.Reason)
+		fmt.Fprintf(w, "%srevoked certificate %s (%s, %s)\n", indent, rev.Serial, rev.Subject, rev.Reason)
 	}
 	for _, sn := range rev.AlsoRevoked {
 		fmt.Fprintf(w, "%s  and revoked certificate %s with it (%s)\n", indent, sn, rev.Reason)
@@ -542,6 +549,16 @@ func caBundleCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// serialArg is the argument SERIAL, read with wire.ParseSerial and written back as openssl
+// prints it.
+func serialArg(c *cli.Command) (string, error) {
+	sn, err := wire.ParseSerial(c.StringArg("SERIAL"))
+	if err != nil {
+		return "", usageError("%v", err)
+	}
+	return wire.FormatSerial(sn), nil
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -162,9 +162,9 @@ func TestIssueRevokesWhatItCannotWrite(t *testing.T) {
 		t.Fatalf("the error does not name the certificate: %v", err)
 	}
 	for _, c := range certificates(t, dir) {
-		if c.SerialHex == serial[1] {
+		if c.Serial == serial[1] {
 			if c.Status != "revoked" {
-				t.Errorf("the lost certificate %s is %s", c.SerialHex, c.Status)
+				t.Errorf("the lost certificate %s is %s", c.Serial, c.Status)
 			}
 			return
 		}

@@ -51,7 +51,7 @@ EXAMPLES:
 func deviceCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "device",
-		Usage: "devices: list, show, block, unblock, notify",
+		Usage: "devices: list, show, messages, block, unblock, notify",
 		Commands: []*cli.Command{
 			{
 				Name:  "list",
@@ -113,6 +113,7 @@ func deviceCommand() *cli.Command {
 					return w.Flush()
 				},
 			},
+			deviceMessagesCommand(),
 			{
 				Name:      "block",
 				Usage:     "block a device: close its connections on every MP, refuse it, revoke its certificates",

@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/ibcm-project/ibcm/client"
 	"github.com/ibcm-project/ibcm/client/location"
@@ -31,7 +32,9 @@ const (
 type Options struct {
 	Dir        string // the state directory made by `ibcm-client enroll`
 	ResolvConf string // default /etc/resolv.conf
-	Log        *slog.Logger
+	// Log is where the agent logs (internal/logging builds it for `ibcm-client run`); the
+	// zero Logger logs nothing. The agent adds component=agent.
+	Log zerolog.Logger
 	// WatchEvery is how often the resolv.conf file is checked for changes (200ms when zero).
 	WatchEvery time.Duration
 	// SpoolMax bounds the status spool (10000 when zero).
@@ -62,7 +65,7 @@ type Status struct {
 // Agent is the running device agent.
 type Agent struct {
 	o     Options
-	log   *slog.Logger
+	log   zerolog.Logger
 	spool *spool.Spool
 
 	mu      sync.Mutex
@@ -90,9 +93,6 @@ type cachedPolicy struct {
 
 // New loads the identity, the spool and the cached policy.
 func New(o Options) (*Agent, error) {
-	if o.Log == nil {
-		o.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	}
 	if o.ResolvConf == "" {
 		o.ResolvConf = "/etc/resolv.conf"
 	}
@@ -110,7 +110,7 @@ func New(o Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{o: o, log: o.Log, spool: sp, id: id,
+	a := &Agent{o: o, log: o.Log.With().Str("component", "agent").Logger(), spool: sp, id: id,
 		detect: make(chan bool, 1), renew: make(chan struct{}, 1), rewrote: make(chan struct{}, 1), kick: make(chan struct{}, 1), restart: make(chan struct{}, 1)}
 	if b, err := os.ReadFile(filepath.Join(o.Dir, PolicyFile)); err == nil {
 		var p cachedPolicy
@@ -160,11 +160,11 @@ func (a *Agent) Redetect(failed bool) {
 func (a *Agent) Report(severity, component, text string) error {
 	before := a.spool.Dropped()
 	if _, err := a.spool.Add(wire.StatusMessage{Time: time.Now().UTC(), Severity: severity, Component: component, Text: text}); err != nil {
-		a.log.Warn("spooling a status message", "err", err)
+		a.log.Warn().Err(err).Msg("spooling a status message")
 		return err
 	}
 	if after := a.spool.Dropped(); after > before {
-		a.log.Warn("status spool full: oldest messages dropped", "dropped", after-before, "dropped_total", after)
+		a.log.Warn().Int("dropped", after-before).Int("dropped_total", after).Msg("status spool full: oldest messages dropped")
 	}
 	signal(a.kick)
 	return nil
@@ -230,7 +230,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	run(func(ctx context.Context) {
 		if err := location.WatchNetwork(ctx, func() { a.Redetect(false) }); err != nil {
-			a.log.Info("no netlink: address and route changes are seen by the timer only", "err", err)
+			a.log.Info().Err(err).Msg("no netlink: address and route changes are seen by the timer only")
 		}
 	})
 	<-ctx.Done()
@@ -297,7 +297,7 @@ func (a *Agent) detectLoop(ctx context.Context) {
 		next := jitter(a.redetectInterval(), 0.1)
 		switch {
 		case switched && (prev.Location != cur.Location || prev.MP != cur.MP):
-			a.log.Info("location", "location", cur.Location, "mp", cur.MP, "reason", cur.Reason, "duration_ms", d.Took.Milliseconds())
+			a.log.Info().Str("location", cur.Location).Str("mp", cur.MP).Str("reason", cur.Reason).Int64("duration_ms", d.Took.Milliseconds()).Msg("location")
 			if prev.Location != "" {
 				a.Report("info", "location", fmt.Sprintf("location changed from %s (%s) to %s (%s)", prev.Location, prev.MP, cur.Location, cur.MP))
 			}
@@ -384,16 +384,16 @@ func (a *Agent) Renew(ctx context.Context, keepKey bool) (*client.Identity, erro
 			return nil, err
 		}
 		left := time.Until(id.NotAfter)
-		level := slog.LevelWarn
+		ev := a.log.Warn()
 		if left < id.NotAfter.Sub(id.NotBefore)/10 {
-			level = slog.LevelError
+			ev = a.log.Error()
 		}
-		a.log.Log(ctx, level, "certificate renewal failed; the current certificate stays in use", "err", err, "expires_in", left.Round(time.Second).String())
+		ev.Err(err).Str("serial", id.SerialHex()).Str("expires_in", left.Round(time.Second).String()).Msg("certificate renewal failed; the current certificate stays in use")
 		a.setError(fmt.Errorf("renewal: %w", err))
 		var se *client.ServerError
 		switch {
 		case errors.As(err, &se) && se.Code == "renewal_superseded":
-			a.log.Error("renewal refused: this certificate was already renewed with another key; a copy of this device's key and certificate exists (probable clone)", "serial", id.SerialHex())
+			a.log.Error().Str("serial", id.SerialHex()).Msg("renewal refused: this certificate was already renewed with another key; a copy of this device's key and certificate exists (probable clone)")
 			a.Report("error", "renewal", "renewal refused, probable clone: "+se.Message)
 		case errors.As(err, &se) && (se.Code == "certificate_revoked" || se.Code == "certificate_expired"):
 			a.Report("error", "renewal", "renewal refused: "+se.Message)
@@ -402,7 +402,7 @@ func (a *Agent) Renew(ctx context.Context, keepKey bool) (*client.Identity, erro
 	}
 	a.setIdentityStatus(newID)
 	a.setError(nil)
-	a.log.Info("certificate renewed", "serial", newID.SerialHex(), "not_after", newID.NotAfter)
+	a.log.Info().Str("serial", newID.SerialHex()).Str("renewed_from", id.SerialHex()).Time("not_after", newID.NotAfter).Msg("certificate renewed")
 	a.Report("info", "renewal", "certificate renewed: serial "+newID.SerialHex())
 	signal(a.rewrote)
 	signal(a.restart)
@@ -425,7 +425,7 @@ func (a *Agent) contestSuperseded() {
 	if !first {
 		return
 	}
-	a.log.Error("the MP refuses this certificate as superseded by a renewal this device never made: a copy of its key and certificate exists (probable clone); renewing now to contest it", "serial", serial)
+	a.log.Error().Str("serial", serial).Msg("the MP refuses this certificate as superseded by a renewal this device never made: a copy of its key and certificate exists (probable clone); renewing now to contest it")
 	_ = a.Report("error", "identity", "certificate "+serial+" refused as superseded by a renewal this device never made: probable clone")
 	signal(a.renew)
 }
@@ -448,7 +448,7 @@ func (a *Agent) reloadIdentity() {
 		err = client.CheckDir(a.o.Dir)
 	}
 	if err != nil {
-		a.log.Warn("the state directory changed but holds no usable identity; the current one stays in use", "err", err)
+		a.log.Warn().Err(err).Msg("the state directory changed but holds no usable identity; the current one stays in use")
 		return
 	}
 	a.mu.Lock()
@@ -459,7 +459,7 @@ func (a *Agent) reloadIdentity() {
 	}
 	a.setIdentityStatus(id)
 	a.setError(nil)
-	a.log.Info("new identity in the state directory", "device_id", id.DeviceID, "serial", id.SerialHex(), "not_after", id.NotAfter)
+	a.log.Info().Str("device_id", id.DeviceID).Str("serial", id.SerialHex()).Time("not_after", id.NotAfter).Msg("new identity in the state directory")
 	a.Report("info", "agent", "switched to the identity found in the state directory: device "+id.DeviceID+", serial "+id.SerialHex())
 	signal(a.rewrote)
 	signal(a.restart)
@@ -477,7 +477,7 @@ func (a *Agent) Enroll(ctx context.Context, opts client.EnrollOptions) (*client.
 	}
 	a.setIdentityStatus(id)
 	a.setError(nil)
-	a.log.Info("enrolled again", "device_id", id.DeviceID, "serial", id.SerialHex(), "not_after", id.NotAfter)
+	a.log.Info().Str("device_id", id.DeviceID).Str("serial", id.SerialHex()).Time("not_after", id.NotAfter).Msg("enrolled again")
 	a.Report("info", "agent", "enrolled again: device "+id.DeviceID+", serial "+id.SerialHex())
 	signal(a.rewrote)
 	signal(a.restart)

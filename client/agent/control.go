@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -91,7 +92,8 @@ func (a *Agent) serveControl(ctx context.Context) (func(), error) {
 		writeIdentity(w, id, err)
 	})
 	srv := &http.Server{Handler: a.onlyOwner(mux), ConnContext: withPeer,
-		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
+		ErrorLog: log.New(a.log, "control socket: ", 0)} // net/http's own messages, as log lines of the agent's
 	go func() { _ = srv.Serve(ln) }()
 	return func() {
 		_ = srv.Close()
@@ -136,9 +138,9 @@ func (a *Agent) onlyOwner(next http.Handler) http.Handler {
 		}
 		if _, seen := logged.LoadOrStore(key, struct{}{}); !seen {
 			if pr.err != nil {
-				a.log.Warn("control socket: refused a connection whose peer credentials cannot be read", "err", pr.err)
+				a.log.Warn().Err(pr.err).Msg("control socket: refused a connection whose peer credentials cannot be read")
 			} else {
-				a.log.Warn("control socket: refused a connection from another user (logged once per uid)", "uid", pr.peer.UID, "pid", pr.peer.PID, "path", r.URL.Path)
+				a.log.Warn().Int("uid", int(pr.peer.UID)).Int("pid", int(pr.peer.PID)).Str("path", r.URL.Path).Msg("control socket: refused a connection from another user (logged once per uid)")
 			}
 		}
 		w.Header().Set("Connection", "close")
@@ -227,11 +229,11 @@ func (e *enrollRequest) check() error {
 
 // IdentityResult is the identity a renewal or an enrollment through the agent left.
 type IdentityResult struct {
-	DeviceID  string    `json:"device_id"`
-	Name      string    `json:"name"`
-	SerialHex string    `json:"serial_hex"`
-	NotAfter  time.Time `json:"not_after"`
-	Dir       string    `json:"dir"`
+	DeviceID string    `json:"device_id"`
+	Name     string    `json:"name"`
+	Serial   string    `json:"serial"` // as openssl prints it
+	NotAfter time.Time `json:"not_after"`
+	Dir      string    `json:"dir"`
 }
 
 // controlFailure is the answer when a renewal or enrollment failed; a refusal of the CA
@@ -301,7 +303,7 @@ func writeIdentity(w http.ResponseWriter, id *client.Identity, err error) {
 		writeJSON(w, http.StatusBadGateway, f)
 		return
 	}
-	writeJSON(w, http.StatusOK, IdentityResult{DeviceID: id.DeviceID, Name: id.Name, SerialHex: id.SerialHex(), NotAfter: id.NotAfter.UTC(), Dir: id.Dir})
+	writeJSON(w, http.StatusOK, IdentityResult{DeviceID: id.DeviceID, Name: id.Name, Serial: id.SerialHex(), NotAfter: id.NotAfter.UTC(), Dir: id.Dir})
 }
 
 // Renew has the agent running on dir renew its certificate; ErrNotRunning when no agent

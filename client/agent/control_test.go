@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -19,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/ca/catest"
@@ -98,7 +99,7 @@ func newAgent(t *testing.T, dir string, log io.Writer) (*Agent, error) {
 	if err := os.WriteFile(resolv, []byte("nameserver 127.0.0.1:9\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return New(Options{Dir: dir, ResolvConf: resolv, Log: slog.New(slog.NewTextHandler(log, nil))})
+	return New(Options{Dir: dir, ResolvConf: resolv, Log: zerolog.New(log)})
 }
 
 // runAgent runs an agent on dir until the test ends and waits for its control socket.
@@ -215,7 +216,7 @@ func TestControlSocketRefusesOtherUsers(t *testing.T) {
 	if id, err := client.Load(dir); err != nil || id.Name != "pc-01" || id.DeviceID != before.DeviceID {
 		t.Errorf("stored identity after the attempts: %v %v", id, err)
 	}
-	if n := strings.Count(log.String(), "control socket: refused a connection from another user"); n != 1 || !strings.Contains(log.String(), "uid=65534") {
+	if n := strings.Count(log.String(), "control socket: refused a connection from another user"); n != 1 || !strings.Contains(log.String(), `"uid":65534`) {
 		t.Errorf("the refusals of uid 65534 were logged %d times, want once naming the uid:\n%s", n, log.String())
 	}
 }

@@ -90,7 +90,7 @@ func (s *session) run(ctx context.Context) {
 	// with it (their handshake presented the certificate; after a renewal the MP refuses it
 	// as superseded once the new one has been presented).
 	defer s.http.CloseIdleConnections()
-	log := s.a.log.With("mp", s.base, "location", s.location)
+	log := s.a.log.With().Str("mp", s.base).Str("location", s.location).Logger()
 	b := backoff{base: time.Second, max: 5 * time.Minute}
 	for { // hello and the first policy, until they work
 		err := s.hello(ctx)
@@ -101,7 +101,7 @@ func (s *session) run(ctx context.Context) {
 			break
 		}
 		s.failed(err)
-		log.Warn("MP not ready", "err", err)
+		log.Warn().Err(err).Msg("MP not ready")
 		select {
 		case <-ctx.Done():
 			return
@@ -203,7 +203,7 @@ func (s *session) hello(ctx context.Context) error {
 		return fmt.Errorf("hello: %w", err)
 	}
 	for _, w := range resp.Warnings {
-		s.a.log.Warn("the MP flags this device", "warning", w)
+		s.a.log.Warn().Str("warning", w).Msg("the MP flags this device")
 	}
 	return nil
 }
@@ -227,7 +227,7 @@ func (s *session) fetchPolicy(ctx context.Context) error {
 	cp := cachedPolicy{Policy: p, ETag: resp.Header.Get("ETag")}
 	b, _ := json.Marshal(cp)
 	if err := atomicfile.Write(filepath.Join(s.a.o.Dir, PolicyFile), b, 0o600); err != nil {
-		s.a.log.Warn("caching the policy", "err", err)
+		s.a.log.Warn().Err(err).Msg("caching the policy")
 	}
 	s.a.mu.Lock()
 	old := s.a.policy
@@ -237,7 +237,7 @@ func (s *session) fetchPolicy(ctx context.Context) error {
 		fmt.Sprint(old.Policy.Location) != fmt.Sprint(p.Location) {
 		s.a.Redetect(false) // the location settings changed
 	}
-	s.a.log.Info("policy", "policy", p.Name, "version", p.Version)
+	s.a.log.Info().Str("policy", p.Name).Int("version", p.Version).Msg("policy")
 	return nil
 }
 
@@ -296,7 +296,7 @@ func (s *session) spoolLoop(ctx context.Context) {
 	for {
 		msgs, err := s.a.spool.Peek(100)
 		if err != nil {
-			s.a.log.Error("reading the spool", "err", err)
+			s.a.log.Error().Err(err).Msg("reading the spool")
 		}
 		if len(msgs) == 0 {
 			select {
@@ -329,7 +329,7 @@ func (s *session) spoolLoop(ctx context.Context) {
 		}
 		b.reset()
 		if err := s.a.spool.Ack(ack.Acked); err != nil {
-			s.a.log.Error("removing acknowledged messages", "err", err)
+			s.a.log.Error().Err(err).Msg("removing acknowledged messages")
 		}
 	}
 }
@@ -344,7 +344,7 @@ func (s *session) sendEach(ctx context.Context, msgs []wire.StatusMessage) (wire
 		var se *client.ServerError
 		switch {
 		case errors.As(err, &se) && se.Status == http.StatusBadRequest:
-			s.a.log.Error("the MP refuses a status message: dropped", "id", m.ID, "err", err)
+			s.a.log.Error().Str("message_id", m.ID).Err(err).Msg("the MP refuses a status message: dropped")
 			all.Acked = append(all.Acked, m.ID)
 		case err != nil:
 			return all, err
@@ -389,7 +389,7 @@ func (s *session) notifyLoop(ctx context.Context) {
 			if json.Unmarshal(data, &ev) != nil {
 				continue
 			}
-			s.a.log.Info("event", "type", ev.Type)
+			s.a.log.Info().Str("type", ev.Type).Msg("event")
 			switch ev.Type {
 			case wire.EventPolicyChanged:
 				if err := s.fetchPolicy(ctx); err != nil {

@@ -102,7 +102,7 @@ func TestDetect(t *testing.T) {
 		if !probe.OK() || !strings.Contains(probe.Result, "intranet listener of an MP of site TST") {
 			t.Errorf("probe step = %+v, want an intranet listener of an MP of site TST", probe)
 		}
-		if want := fmt.Sprintf("client certificate serial %x", s.cfg.ClientCert.Leaf.SerialNumber); !strings.Contains(probe.Result, want) {
+		if want := "client certificate serial " + wire.FormatSerial(s.cfg.ClientCert.Leaf.SerialNumber); !strings.Contains(probe.Result, want) {
 			t.Errorf("probe step = %+v, want the MP's answer naming the device certificate (%s)", probe, want)
 		}
 		if !strings.Contains(d.Reason, "mp1.corp.test") {
@@ -234,7 +234,7 @@ func TestDetect(t *testing.T) {
 				_, _ = fmt.Fprintf(c, "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", status, contentType, len(body), body)
 			}
 		}
-		serial := s.cfg.ClientCert.Leaf.SerialNumber.String()
+		serial := wire.FormatSerial(s.cfg.ClientCert.Leaf.SerialNumber)
 		for _, tc := range []struct {
 			name   string
 			answer func(net.Conn, <-chan struct{})
@@ -247,6 +247,7 @@ func TestDetect(t *testing.T) {
 			{"no location", respond("200 OK", "application/json", `{"serial":"`+serial+`"}`), `location "" is neither`},
 			{"wrong type", respond("200 OK", "application/json", `{"location":1,"serial":"`+serial+`"}`), "not a JSON object"},
 			{"another serial", respond("200 OK", "application/json", `{"location":"intranet","serial":"42"}`), "it saw client certificate serial 42, not this device's"},
+			{"decimal serial", respond("200 OK", "application/json", `{"location":"intranet","serial":"`+s.cfg.ClientCert.Leaf.SerialNumber.String()+`"}`), "not this device's"},
 			{"too much", respond("200 OK", "application/json", `{"location":"intranet","serial":"`+serial+`"}`+strings.Repeat(" ", 8000)), "over 4096 bytes"},
 			{"endless headers", func(c net.Conn, stop <-chan struct{}) {
 				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n")

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"mime"
 	"net"
 	"net/http"
@@ -118,7 +117,7 @@ func (d *detector) handshake(parent context.Context, host string, port uint16, a
 	defer conn.Close()
 	cs := conn.(*tls.Conn).ConnectionState()
 	leaf := cs.PeerCertificates[0]
-	cert := fmt.Sprintf("certificate %q serial %x, %s", leaf.Subject.CommonName, leaf.SerialNumber, tls.VersionName(cs.Version))
+	cert := fmt.Sprintf("certificate %q serial %s, %s", leaf.Subject.CommonName, wire.FormatSerial(leaf.SerialNumber), tls.VersionName(cs.Version))
 	if listener == "" {
 		step.Result = fmt.Sprintf("MP of site %s: %s", d.cfg.SiteCode, cert)
 		return nil
@@ -138,13 +137,13 @@ func (d *detector) handshake(parent context.Context, host string, port uint16, a
 	if p.Location != listener {
 		return fmt.Errorf("MP of site %s (%s), but GET %s says this is its %s listener, not an %s one", d.cfg.SiteCode, cert, wire.ProbePath, p.Location, listener)
 	}
-	seen, _ := new(big.Int).SetString(p.Serial, 10) // checked by parseProbe
-	step.Result = fmt.Sprintf("%s listener of an MP of site %s (GET %s: location %s, client certificate serial %x): %s",
-		p.Location, d.cfg.SiteCode, wire.ProbePath, p.Location, seen, cert)
+	step.Result = fmt.Sprintf("%s listener of an MP of site %s (GET %s: location %s, client certificate serial %s): %s",
+		p.Location, d.cfg.SiteCode, wire.ProbePath, p.Location, p.Serial, cert)
 	return nil
 }
 
-// clientSerial is the decimal serial of the device's certificate, "" when there is none.
+// clientSerial is the serial of the device's certificate as wire.FormatSerial writes it,
+// "" when there is none.
 func clientSerial(c *tls.Certificate) string {
 	if c == nil || len(c.Certificate) == 0 {
 		return ""
@@ -156,7 +155,7 @@ func clientSerial(c *tls.Certificate) string {
 			return ""
 		}
 	}
-	return leaf.SerialNumber.String()
+	return wire.FormatSerial(leaf.SerialNumber)
 }
 
 // maxProbeAnswer bounds what a probe reads of the MP's answer, status line and headers
@@ -217,7 +216,7 @@ func askListener(conn net.Conn, host string) (wire.Probe, error) {
 }
 
 // parseProbe reads the body of a GET /v1/probe answer: one JSON object, nothing after it,
-// location intranet or internet, serial a decimal number.
+// location intranet or internet, serial in hex (wire.ParseSerial).
 func parseProbe(b []byte) (wire.Probe, error) {
 	var p wire.Probe
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -230,9 +229,11 @@ func parseProbe(b []byte) (wire.Probe, error) {
 	if p.Location != wire.Intranet && p.Location != wire.Internet {
 		return wire.Probe{}, fmt.Errorf("location %q is neither %s nor %s", truncate(p.Location), wire.Intranet, wire.Internet)
 	}
-	if n, ok := new(big.Int).SetString(p.Serial, 10); !ok || n.Sign() <= 0 {
-		return wire.Probe{}, fmt.Errorf("serial %q is not a positive decimal number", truncate(p.Serial))
+	n, err := wire.ParseSerial(p.Serial)
+	if err != nil {
+		return wire.Probe{}, fmt.Errorf("serial %q: %w", truncate(p.Serial), err)
 	}
+	p.Serial = wire.FormatSerial(n) // one spelling, to compare with the device's own
 	return p, nil
 }
 

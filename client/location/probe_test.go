@@ -1,7 +1,6 @@
 package location
 
 import (
-	"strings"
 	"testing"
 
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -32,7 +31,7 @@ func FuzzParseProbe(f *testing.F) {
 		if p.Location != wire.Intranet && p.Location != wire.Internet {
 			t.Fatalf("accepted location %q", p.Location)
 		}
-		if p.Serial == "" || strings.Trim(p.Serial, "0123456789") != "" {
+		if n, err := wire.ParseSerial(p.Serial); err != nil || wire.FormatSerial(n) != p.Serial {
 			t.Fatalf("accepted serial %q", p.Serial)
 		}
 	})

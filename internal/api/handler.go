@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // HandlerFunc is an HTTP handler that returns its error instead of writing it.
@@ -34,7 +36,7 @@ func Handle(log zerolog.Logger, fn HandlerFunc) http.Handler {
 			Int64("duration_ms", time.Since(start).Milliseconds()).Err(err)
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 			c := r.TLS.PeerCertificates[0]
-			ev = ev.Str("peer_subject", c.Subject.CommonName).Str("peer_serial", c.SerialNumber.String())
+			ev = ev.Str("peer_subject", c.Subject.CommonName).Str("serial", wire.FormatSerial(c.SerialNumber))
 		}
 		ev.Msg("request refused")
 	})

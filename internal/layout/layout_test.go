@@ -70,15 +70,15 @@ func TestAgentLinksNoServerCode(t *testing.T) {
 
 // client/ speaks to the site only through internal/wire (DESIGN.md §3) and shares only
 // internal/atomicfile; besides the
-// standard library it uses only miekg/dns (SRV lookups) and coder/websocket (the
-// notification channel).
+// standard library it uses only miekg/dns (SRV lookups), coder/websocket (the
+// notification channel) and rs/zerolog (the site's log library, DESIGN.md §4).
 func TestClientImportsOnlyWireAndTheStandardLibrary(t *testing.T) {
 	allowed := func(imp string) bool {
 		switch {
 		case !strings.Contains(strings.SplitN(imp, "/", 2)[0], "."), // standard library
 			imp == "github.com/ibcm-project/ibcm/internal/wire", imp == "github.com/ibcm-project/ibcm/internal/atomicfile",
 			imp == "github.com/ibcm-project/ibcm/client" || strings.HasPrefix(imp, "github.com/ibcm-project/ibcm/client/"),
-			imp == "github.com/miekg/dns", imp == "github.com/coder/websocket":
+			imp == "github.com/miekg/dns", imp == "github.com/coder/websocket", imp == "github.com/rs/zerolog":
 			return true
 		}
 		return false

@@ -3,10 +3,10 @@ package trust
 import (
 	"context"
 	"fmt"
-	"math/big"
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // CloneWarnings returns, by device id, a warning for every renewal the CA refused because
@@ -37,7 +37,7 @@ func CloneWarnings(ctx context.Context, db *sitedb.DB, device string) (map[strin
 			return nil, fmt.Errorf("reading refused renewals: %w", err)
 		}
 		out[id] = append(out[id], fmt.Sprintf("probable clone: certificate %s was already renewed as %s; %d renewal(s) of it with another key refused, the last at %s",
-			HexSerial(old), HexSerial(succ), attempts, time.Unix(last, 0).UTC().Format(time.RFC3339)))
+			wire.FormatDecimalSerial(old), wire.FormatDecimalSerial(succ), attempts, time.Unix(last, 0).UTC().Format(time.RFC3339)))
 	}
 	return out, rows.Err()
 }
@@ -63,27 +63,14 @@ func PresentedRenewal(ctx context.Context, db *sitedb.DB, device, serial string)
 		AND NOT EXISTS (SELECT 1 FROM renewal_conflicts r WHERE r.old_serial = ? OR r.old_serial IN (SELECT serial FROM line))
 		ORDER BY d.first_seen DESC, d.serial LIMIT 1`, serial, device, serial)
 	if err != nil {
-		return "", fmt.Errorf("reading the renewals of certificate %s: %w", serial, err)
+		return "", fmt.Errorf("reading the renewals of certificate %s: %w", wire.FormatDecimalSerial(serial), err)
 	}
 	defer rows.Close()
 	var succ string
 	if rows.Next() {
 		if err := rows.Scan(&succ); err != nil {
-			return "", fmt.Errorf("reading the renewals of certificate %s: %w", serial, err)
+			return "", fmt.Errorf("reading the renewals of certificate %s: %w", wire.FormatDecimalSerial(serial), err)
 		}
 	}
 	return succ, rows.Err()
-}
-
-// HexSerial writes a decimal serial as openssl prints it.
-func HexSerial(dec string) string {
-	n, ok := new(big.Int).SetString(dec, 10)
-	if !ok {
-		return dec
-	}
-	s := fmt.Sprintf("%X", n)
-	if len(s)%2 == 1 {
-		s = "0" + s
-	}
-	return s
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // RevokedChannel is the notification channel on which the CA announces each revocation;
@@ -176,7 +177,7 @@ func WatchRevoked(ctx context.Context, db *sitedb.DB, set *RevokedSet, resync ti
 				}
 				if sn != "" {
 					set.Add(sn)
-					log.Info().Str("serial", sn).Msg("certificate revoked")
+					log.Info().Str("serial", wire.FormatDecimalSerial(sn)).Msg("certificate revoked")
 					continue
 				}
 				if err := reload(); err != nil && ctx.Err() == nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // Outcomes of Verify that callers act on.
@@ -123,7 +124,7 @@ func (v *Verifier) Verify(chain []*x509.Certificate, usage x509.ExtKeyUsage) (*x
 		return nil, fmt.Errorf("%w: %v", ErrUntrusted, err)
 	}
 	if v.Revoked != nil && v.Revoked.Contains(leaf.SerialNumber) {
-		return nil, fmt.Errorf("%w: serial %s", ErrRevoked, leaf.SerialNumber)
+		return nil, fmt.Errorf("%w: serial %s", ErrRevoked, wire.FormatSerial(leaf.SerialNumber))
 	}
 	return leaf, nil
 }

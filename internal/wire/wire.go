@@ -44,8 +44,7 @@ type RenewRequest struct {
 
 // CertificateResponse carries an issued certificate and its chain up to, not including, the root.
 type CertificateResponse struct {
-	Serial      string    `json:"serial"`     // decimal
-	SerialHex   string    `json:"serial_hex"` // upper-case hex, as openssl prints it
+	Serial      string    `json:"serial"` // as openssl prints it (FormatSerial)
 	NotAfter    time.Time `json:"not_after"`
 	Certificate string    `json:"certificate"` // PEM: leaf followed by the issuing chain
 	// Bootstrap is what a freshly enrolled agent needs to find its MP before it has a policy.
@@ -108,8 +107,7 @@ type IssueRequest struct {
 
 // Certificate describes an issued certificate (admin API).
 type Certificate struct {
-	Serial      string     `json:"serial"`
-	SerialHex   string     `json:"serial_hex"`
+	Serial      string     `json:"serial"` // as openssl prints it, as every serial here
 	Profile     string     `json:"profile"`
 	Subject     string     `json:"subject"`
 	DNS         []string   `json:"dns,omitempty"`
@@ -178,7 +176,7 @@ const ProbePath = "/v1/probe"
 // one, which presents an MP certificate of this site too (DESIGN.md §7).
 type Probe struct {
 	Location string `json:"location"` // intranet or internet
-	Serial   string `json:"serial"`   // decimal
+	Serial   string `json:"serial"`   // as openssl prints it (FormatSerial)
 }
 
 // Hello registers or updates the facts a device knows about itself (POST /v1/hello).
@@ -220,6 +218,26 @@ type StatusMessage struct {
 	Text      string            `json:"text"`
 	Fields    map[string]string `json:"fields,omitempty"`
 }
+
+// DeviceMessage is a status message as the MP stored it (admin API): the message and when
+// the MP received it.
+type DeviceMessage struct {
+	StatusMessage
+	ReceivedAt time.Time `json:"received_at"`
+}
+
+// DeviceMessages answers GET /v1/admin/devices/{id}/messages: the device's status messages
+// at or after since, oldest first (newest last). At most limit are sent, the newest ones;
+// Truncated says older ones were left out (ask again with a later since, or a larger limit
+// up to MaxMessagesPage).
+type DeviceMessages struct {
+	DeviceID  string          `json:"device_id"`
+	Messages  []DeviceMessage `json:"messages"`
+	Truncated bool            `json:"truncated"`
+}
+
+// MaxMessagesPage is the most status messages one admin answer carries (and the default).
+const MaxMessagesPage = 1000
 
 // Limits of status messages.
 const (
