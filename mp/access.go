@@ -56,6 +56,21 @@ func (m *MP) onDevice(h func(api.HandlerFunc) http.Handler, perm access.Permissi
 	})
 }
 
+// inAnyScope wraps a list route: the user needs perm on some devices, and the route keeps
+// its answer to those (inScope).
+func (m *MP) inAnyScope(h func(api.HandlerFunc) http.Handler, perm access.Permission, fn adminHandler) http.Handler {
+	return h(func(w http.ResponseWriter, r *http.Request) error {
+		name, g, err := m.grants(r)
+		if err != nil {
+			return err
+		}
+		if all, groups := g.Scope(perm); !all && len(groups) == 0 {
+			return forbidden(name, perm)
+		}
+		return fn(w, r.WithContext(context.WithValue(r.Context(), grantsKey{}, g)), name)
+	})
+}
+
 type grantsKey struct{}
 
 // grantsOf returns the grants the admin wrapper found for the request's user.

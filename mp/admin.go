@@ -4,13 +4,14 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"github.com/ibcm-project/ibcm/internal/access"
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 
 	"github.com/ibcm-project/ibcm/internal/api"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
-	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
@@ -31,24 +32,21 @@ import (
 //	GET    /v1/admin/policies/{name}
 //	PUT    /v1/admin/policies/{name}             wire.Policy
 func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handler) {
-	admin := func(fn func(w http.ResponseWriter, r *http.Request, name string) error) http.Handler {
-		return h(func(w http.ResponseWriter, r *http.Request) error {
-			p := peerOf(r)
-			if p.id.Kind != trust.KindUser {
-				return api.Errorf(http.StatusForbidden, "not_admin", "the admin API needs an admin certificate")
-			}
-			return fn(w, r, p.id.ID)
-		})
-	}
-	mux.Handle("GET /v1/admin/devices", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	admin := func(perm access.Permission, fn adminHandler) http.Handler { return m.admin(h, perm, fn) }
+	onDevice := func(perm access.Permission, fn adminHandler) http.Handler { return m.onDevice(h, perm, fn) }
+	inScope := func(perm access.Permission, fn adminHandler) http.Handler { return m.inAnyScope(h, perm, fn) }
+	mux.Handle("GET /v1/admin/devices", inScope(access.ReadDevices, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		ds, err := m.Devices(r.Context())
 		if err != nil {
+			return err
+		}
+		if ds, err = m.inScope(r.Context(), grantsOf(r), access.ReadDevices, ds); err != nil {
 			return err
 		}
 		api.WriteJSON(w, http.StatusOK, ds)
 		return nil
 	}))
-	mux.Handle("GET /v1/admin/devices/{id}", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	mux.Handle("GET /v1/admin/devices/{id}", onDevice(access.ReadDevices, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		d, err := m.Device(r.Context(), r.PathValue("id"))
 		if err != nil {
 			return err
@@ -56,7 +54,7 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 		api.WriteJSON(w, http.StatusOK, d)
 		return nil
 	}))
-	mux.Handle("GET /v1/admin/devices/{id}/messages", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	mux.Handle("GET /v1/admin/devices/{id}/messages", onDevice(access.ReadDevices, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		q, err := url.ParseQuery(r.URL.RawQuery)
 		if err != nil {
 			return api.BadRequest("the query is not URL-encoded key=value pairs: %v", err)
@@ -72,7 +70,7 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 		api.WriteJSON(w, http.StatusOK, msgs)
 		return nil
 	}))
-	mux.Handle("POST /v1/admin/devices/{id}/block", admin(func(w http.ResponseWriter, r *http.Request, by string) error {
+	mux.Handle("POST /v1/admin/devices/{id}/block", onDevice(access.ManageDevices, func(w http.ResponseWriter, r *http.Request, by string) error {
 		res, err := m.Block(r.Context(), r.PathValue("id"), true)
 		if err != nil {
 			return err
@@ -81,7 +79,7 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 		api.WriteJSON(w, http.StatusOK, res)
 		return nil
 	}))
-	mux.Handle("POST /v1/admin/devices/{id}/unblock", admin(func(w http.ResponseWriter, r *http.Request, by string) error {
+	mux.Handle("POST /v1/admin/devices/{id}/unblock", onDevice(access.ManageDevices, func(w http.ResponseWriter, r *http.Request, by string) error {
 		res, err := m.Block(r.Context(), r.PathValue("id"), false)
 		if err != nil {
 			return err
@@ -90,7 +88,7 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 		api.WriteJSON(w, http.StatusOK, res)
 		return nil
 	}))
-	mux.Handle("POST /v1/admin/devices/{id}/notify", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	mux.Handle("POST /v1/admin/devices/{id}/notify", onDevice(access.ManageDevices, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		var ev wire.Event
 		if err := api.Decode(w, r, &ev); err != nil {
 			return err
@@ -111,15 +109,18 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 		api.WriteJSON(w, http.StatusAccepted, ev)
 		return nil
 	}))
-	mux.Handle("GET /v1/admin/groups", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	mux.Handle("GET /v1/admin/groups", inScope(access.ReadDevices, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		gs, err := m.Groups(r.Context())
 		if err != nil {
 			return err
 		}
+		if all, scope := grantsOf(r).Scope(access.ReadDevices); !all {
+			gs = slices.DeleteFunc(gs, func(g wire.Group) bool { return !slices.Contains(scope, g.Name) })
+		}
 		api.WriteJSON(w, http.StatusOK, gs)
 		return nil
 	}))
-	mux.Handle("POST /v1/admin/groups", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	mux.Handle("POST /v1/admin/groups", admin(access.ManageDevices, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		var g wire.Group
 		if err := api.Decode(w, r, &g); err != nil {
 			return err
@@ -130,7 +131,7 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 		api.WriteJSON(w, http.StatusCreated, g)
 		return nil
 	}))
-	mux.Handle("POST /v1/admin/groups/{name}/members", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	mux.Handle("POST /v1/admin/groups/{name}/members", admin(access.ManageDevices, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		var req struct {
 			DeviceID string `json:"device_id"`
 		}
@@ -143,14 +144,14 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 		api.WriteJSON(w, http.StatusOK, map[string]string{"group": r.PathValue("name"), "added": req.DeviceID})
 		return nil
 	}))
-	mux.Handle("DELETE /v1/admin/groups/{name}/members/{device}", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	mux.Handle("DELETE /v1/admin/groups/{name}/members/{device}", admin(access.ManageDevices, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		if err := m.SetMember(r.Context(), r.PathValue("name"), r.PathValue("device"), false); err != nil {
 			return err
 		}
 		api.WriteJSON(w, http.StatusOK, map[string]string{"group": r.PathValue("name"), "removed": r.PathValue("device")})
 		return nil
 	}))
-	mux.Handle("GET /v1/admin/policies", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	mux.Handle("GET /v1/admin/policies", admin(access.ManagePolicy, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		ps, err := m.Policies(r.Context())
 		if err != nil {
 			return err
@@ -158,7 +159,7 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 		api.WriteJSON(w, http.StatusOK, ps)
 		return nil
 	}))
-	mux.Handle("GET /v1/admin/policies/{name}", admin(func(w http.ResponseWriter, r *http.Request, _ string) error {
+	mux.Handle("GET /v1/admin/policies/{name}", admin(access.ManagePolicy, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		p, err := m.Policy(r.Context(), r.PathValue("name"))
 		if err != nil {
 			return err
@@ -166,7 +167,7 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 		api.WriteJSON(w, http.StatusOK, p)
 		return nil
 	}))
-	mux.Handle("PUT /v1/admin/policies/{name}", admin(func(w http.ResponseWriter, r *http.Request, by string) error {
+	mux.Handle("PUT /v1/admin/policies/{name}", admin(access.ManagePolicy, func(w http.ResponseWriter, r *http.Request, by string) error {
 		var p wire.Policy
 		if err := api.Decode(w, r, &p); err != nil {
 			return err

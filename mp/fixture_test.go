@@ -8,6 +8,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
+	"github.com/ibcm-project/ibcm/internal/access"
 	"io"
 	"log"
 	"math/big"
@@ -94,6 +96,22 @@ func newFixture(t testing.TB, db *sitedb.DB, o Options) *fixture {
 }
 
 // issue has the site CA issue a certificate for a key made here.
+// user makes name a user with role over the whole site (none when role is "") and issues
+// them an admin certificate.
+func (f *fixture) user(t testing.TB, name, role string) tls.Certificate {
+	t.Helper()
+	ctx := context.Background()
+	if err := f.ca.Access().AddUser(ctx, access.User{Name: name}, "test"); err != nil && !errors.Is(err, access.ErrExists) {
+		t.Fatal(err)
+	}
+	if role != "" {
+		if err := f.ca.Access().Assign(ctx, name, role, nil, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f.issue(t, ca.IssueSpec{Profile: ca.Admin, Subject: name})
+}
+
 func (f *fixture) issue(t testing.TB, spec ca.IssueSpec) tls.Certificate {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

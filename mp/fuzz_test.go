@@ -3,11 +3,11 @@ package mp
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"github.com/ibcm-project/ibcm/internal/access"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
-	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -18,7 +18,7 @@ import (
 func FuzzRequests(f *testing.F) {
 	fx := newFixture(f, sitedbtest.Open(f, sitedb.SQLite, sitedbtest.NewDSN(f, sitedb.SQLite)), Options{})
 	device := fx.device(f, "pc-fuzz")
-	admin := fx.issue(f, ca.IssueSpec{Profile: ca.Admin, Subject: "alice"})
+	admin := fx.user(f, "alice", access.FullAdministrator)
 	h := fx.mp.Handler(wire.Intranet)
 	routes := []struct {
 		method, path string

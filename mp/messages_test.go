@@ -2,12 +2,12 @@ package mp
 
 import (
 	"fmt"
+	"github.com/ibcm-project/ibcm/internal/access"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -19,7 +19,7 @@ func TestDeviceMessages(t *testing.T) {
 	f := newFixture(t, sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite)), Options{})
 	pc := f.device(t, "pc-msg")
 	id := deviceID(pc)
-	admin := f.issue(t, ca.IssueSpec{Profile: ca.Admin, Subject: "alice"})
+	admin := f.user(t, "alice", access.FullAdministrator)
 	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	var batch wire.StatusBatch
 	for i := range 5 { // sent out of order: the answer sorts by time
@@ -124,7 +124,7 @@ func TestDeviceListAgreesWithShow(t *testing.T) {
 	if err := f.mp.SetMember(t.Context(), "kiosks", deviceID(pc), true); err != nil {
 		t.Fatal(err)
 	}
-	admin := f.issue(t, ca.IssueSpec{Profile: ca.Admin, Subject: "alice"})
+	admin := f.user(t, "alice", access.FullAdministrator)
 	var list []wire.Device
 	if status, e := call(t, f.client(&admin), "GET", f.intranet+"/v1/admin/devices", nil, &list); status != 200 || len(list) != 2 {
 		t.Fatalf("list: %d %+v %d devices", status, e, len(list))

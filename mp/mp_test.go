@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
+	"github.com/ibcm-project/ibcm/internal/access"
 	"io"
 	"math/big"
 	"net"
@@ -229,7 +230,7 @@ func TestDeviceAPI(t *testing.T) {
 			t.Errorf("locate: %d %+v", status, loc)
 		}
 		// an admin certificate is not a device
-		admin := f.issue(t, ca.IssueSpec{Profile: ca.Admin, Subject: "alice"})
+		admin := f.user(t, "alice", access.FullAdministrator)
 		if status, e := call(t, f.client(&admin), "POST", f.intranet+"/v1/checkin", wire.Checkin{Location: "intranet"}, nil); status != 403 || e.Error.Code != "not_a_device" {
 			t.Errorf("admin checkin: %d %+v", status, e)
 		}
@@ -470,7 +471,7 @@ func TestRevocationEndsLiveConnections(t *testing.T) {
 	}
 	ch := live(t, f.intranet, f.client(&pc))
 	waitConnected(t, f.mp, deviceID(pc), 1)
-	admin := f.issue(t, ca.IssueSpec{Profile: ca.Admin, Subject: "alice"})
+	admin := f.user(t, "alice", access.FullAdministrator)
 	ac, abr := f.rawConn(t, admin)
 	if resp := request(t, ac, abr, "/v1/whoami"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("admin whoami: %d", resp.StatusCode)
