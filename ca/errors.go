@@ -25,6 +25,9 @@ var (
 	// ErrDeviceBlocked means the certificate names a device an admin blocked (the MP's
 	// devices table): it is not renewed.
 	ErrDeviceBlocked = errors.New("device blocked")
+	// ErrDeviceLive refuses a re-enroll token for a device that still has a valid
+	// certificate: the new certificate would be a second identity beside it.
+	ErrDeviceLive = errors.New("the device still has a valid certificate")
 	// ErrRenewalSuperseded means the certificate was already renewed for another key: a
 	// copy of the certificate and its key exists somewhere (see Renew).
 	ErrRenewalSuperseded = errors.New("certificate already renewed for another key")

@@ -390,6 +390,7 @@ func httpError(err error) error {
 		{ErrExpired, http.StatusForbidden, "certificate_expired"},
 		{ErrRenewalSuperseded, http.StatusConflict, "renewal_superseded"},
 		{ErrDeviceBlocked, http.StatusForbidden, "device_blocked"},
+		{ErrDeviceLive, http.StatusConflict, "device_has_certificate"},
 		{trust.ErrNoCertificate, http.StatusUnauthorized, "client_certificate_required"},
 		{trust.ErrUntrusted, http.StatusForbidden, "untrusted_certificate"},
 		{trust.ErrExpired, http.StatusForbidden, "certificate_expired"},

@@ -26,6 +26,10 @@ func TestReenrollTokenKeepsTheDeviceID(t *testing.T) {
 		old := enrollClient(t, c, "pc-01")
 		id := registerDevice(t, db, old)
 		other := registerDevice(t, db, enrollClient(t, c, "pc-02"))
+		if _, _, err := c.CreateToken(ctx, TokenSpec{Profile: Client, DeviceID: id}, "admin:test"); !errors.Is(err, ErrDeviceLive) {
+			t.Fatalf("a re-enroll token while the device has a valid certificate: %v, want ErrDeviceLive", err)
+		}
+		revokeCert(t, c, old) // the device lost its key: its certificate goes first
 		csr := func(cn string, uris ...*url.URL) []byte {
 			return csrPEM(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}, URIs: uris})
 		}
@@ -191,7 +195,9 @@ func TestReenrollRacingBlock(t *testing.T) {
 	db := sitedbtest.Open(t, sitedb.Postgres, sitedbtest.NewDSN(t, sitedb.Postgres))
 	ctx := context.Background()
 	c := newTestCA(t, db)
-	id := registerDevice(t, db, enrollClient(t, c, "pc-race"))
+	racer := enrollClient(t, c, "pc-race")
+	id := registerDevice(t, db, racer)
+	revokeCert(t, c, racer)
 	secret, tok, err := c.CreateToken(ctx, TokenSpec{Profile: Client, DeviceID: id}, "admin:test")
 	if err != nil {
 		t.Fatal(err)
@@ -298,5 +304,12 @@ func TestReenrollTokenRacingBlock(t *testing.T) {
 		if x.DeviceID == id && x.RevokedAt == nil {
 			t.Errorf("token %s for the blocked device is not revoked", x.ID)
 		}
+	}
+}
+
+func revokeCert(t *testing.T, c *CA, cert *x509.Certificate) {
+	t.Helper()
+	if err := c.Revoke(context.Background(), cert.SerialNumber.String(), "superseded"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -574,6 +574,27 @@ func (s *store) checkDevice(queryRow func(query string, args ...any) *sql.Row, d
 	return nil
 }
 
+// checkNoLiveCertificate refuses a re-enroll token for a device that still has a valid
+// certificate: one it presented to an MP, or a renewal of one, neither revoked nor
+// expired. A device that lost its state directory is blocked first (which revokes its
+// certificates); the unblock then prints its re-enroll token.
+func (s *store) checkNoLiveCertificate(queryRow func(query string, args ...any) *sql.Row, device string, now time.Time) error {
+	var serial string
+	err := queryRow(`SELECT c.serial FROM certificates c
+		WHERE (c.serial IN (SELECT serial FROM device_certificates WHERE device_id = ?)
+			OR c.renewed_from IN (SELECT serial FROM device_certificates WHERE device_id = ?))
+		AND c.not_after > ? AND NOT EXISTS (SELECT 1 FROM revoked_certificates r WHERE r.serial = c.serial)
+		LIMIT 1`, device, device, now.Unix()).Scan(&serial)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("looking for the device's valid certificates: %w", err)
+	}
+	return fmt.Errorf("%w: device %s still has the valid certificate %s; block it first (`ibcm device block`), and `ibcm device unblock` prints its re-enroll token",
+		ErrDeviceLive, device, wire.FormatDecimalSerial(serial))
+}
+
 // devicesTable reports whether the MP's devices table exists yet.
 func (s *store) devicesTable(queryRow func(query string, args ...any) *sql.Row) (bool, error) {
 	if s.devicesExist.Load() {

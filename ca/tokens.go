@@ -113,6 +113,9 @@ func (c *CA) CreateToken(ctx context.Context, spec TokenSpec, by string) (string
 			if err := c.store.checkDevice(tx.QueryRow, t.DeviceID, true); err != nil {
 				return unwrapStep(err)
 			}
+			if err := c.store.checkNoLiveCertificate(tx.QueryRow, t.DeviceID, now); err != nil {
+				return err
+			}
 		}
 		if _, err := tx.Exec(`INSERT INTO enrollment_tokens
 			(id, hash, profile, subject, device_id, uses, uses_left, expires_at, created_at, created_by)
