@@ -265,6 +265,14 @@ func (c *CA) EnrollWith(ctx context.Context, e Enrollment) ([]*x509.Certificate,
 	if tok.Profile != p {
 		return nil, fmt.Errorf("%w: token %s is for the %s profile, the request asks for %s", ErrWrongProfile, tok.ID, tok.Profile, p)
 	}
+	if p == Admin {
+		// A user's login: only for a user of the site who is enabled, by a token bound to
+		// their name (an unbound admin token of an older site could name anyone).
+		u, err := c.access.User(ctx, tok.Subject)
+		if tok.Subject == "" || err != nil || u.DisabledAt != nil {
+			return nil, fmt.Errorf("%w: token %s is not a login token of an enabled user; `ibcm user token NAME` makes one", ErrTokenInvalid, tok.ID)
+		}
+	}
 	// The signer verifies the request's signature before anything else: once is enough.
 	csr, err := parseCSR(e.CSR, p)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -174,5 +175,26 @@ func TestCustomRoles(t *testing.T) {
 	}
 	if st, _ := callJSON(t, root, "GET", srv.URL+"/v1/admin/roles", "", &roles); st != http.StatusOK || len(roles) != len(access.BuiltInRoles) {
 		t.Errorf("roles after delete: %d", len(roles))
+	}
+}
+
+// An admin-profile token that is not a login token of an enabled user (an unbound one
+// left from an older site, one for a name that is no user) enrolls nothing.
+func TestAdminTokenNeedsAnEnabledUser(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	c := newTestCA(t, db)
+	ctx := context.Background()
+	for _, subject := range []string{"", "ghost"} {
+		secret, _, err := c.CreateToken(ctx, TokenSpec{Profile: Admin, Subject: subject}, "admin:old")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cn := subject
+		if cn == "" {
+			cn = "root"
+		}
+		if _, err := c.Enroll(ctx, secret, string(Admin), csrPEM(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}})); !errors.Is(err, ErrTokenInvalid) {
+			t.Errorf("admin token bound to %q: %v, want ErrTokenInvalid", subject, err)
+		}
 	}
 }
