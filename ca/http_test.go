@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ibcm-project/ibcm/internal/access/accesstest"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -17,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -336,18 +336,11 @@ func TestAdminRoutesCheckTheirPermission(t *testing.T) {
 		{"DELETE", "/v1/admin/roles/nothing", "", access.ManageAccess},
 	}
 	// Every admin route the CA registers is in the table, so a new one cannot skip it.
-	for _, pat := range adminPatterns(t) {
-		method, path, _ := strings.Cut(pat, " ")
-		wild := regexp.MustCompile(`\{[^}]+\}`).ReplaceAllString(path, "\x00")
-		re := regexp.MustCompile("^" + strings.ReplaceAll(regexp.QuoteMeta(wild), "\x00", "[^/]+") + "$")
-		found := false
-		for _, rt := range routes {
-			found = found || (rt.method == method && re.MatchString(rt.path))
-		}
-		if !found {
-			t.Errorf("admin route %s is not in this test's table", pat)
-		}
+	var table []accesstest.Route
+	for _, rt := range routes {
+		table = append(table, accesstest.Route{Method: rt.method, Path: rt.path})
 	}
+	accesstest.CheckCovered(t, table)
 	clients := map[string]*http.Client{}
 	var srv *httptest.Server
 	for i, r := range append(slices.Clone(access.BuiltInRoles), access.Role{Name: ""}) {
@@ -423,31 +416,4 @@ func TestBootstrapAccess(t *testing.T) {
 	if _, err := c.Access().Grants(ctx, "eve"); !errors.Is(err, access.ErrUnknownUser) {
 		t.Errorf("a later admin certificate made a user: %v", err)
 	}
-}
-
-// adminPatterns returns the admin routes registered in this package's source.
-func adminPatterns(t *testing.T) []string {
-	t.Helper()
-	files, err := filepath.Glob("*.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	re := regexp.MustCompile(`mux\.Handle\("([A-Z]+ /v1/admin/[^"]*)"`)
-	var out []string
-	for _, f := range files {
-		if strings.HasSuffix(f, "_test.go") {
-			continue
-		}
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range re.FindAllStringSubmatch(string(b), -1) {
-			out = append(out, m[1])
-		}
-	}
-	if len(out) < 10 {
-		t.Fatalf("found only %d admin routes in the source: %v", len(out), out)
-	}
-	return out
 }

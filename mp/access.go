@@ -18,31 +18,43 @@ import (
 // request, so a disabled user or a removed assignment takes effect at once.
 type adminHandler func(w http.ResponseWriter, r *http.Request, name string) error
 
-// admin wraps a route that needs perm over the whole site.
-func (m *MP) admin(h func(api.HandlerFunc) http.Handler, perm access.Permission, fn adminHandler) http.Handler {
+// guard runs fn for a user whose grants pass check.
+func (m *MP) guard(h func(api.HandlerFunc) http.Handler, check func(r *http.Request, name string, g access.Grants) error, fn adminHandler) http.Handler {
 	return h(func(w http.ResponseWriter, r *http.Request) error {
 		name, g, err := m.grants(r)
 		if err != nil {
 			return err
 		}
-		if !g.Allows(perm) {
-			return forbidden(name, perm)
+		if err := check(r, name, g); err != nil {
+			return err
 		}
 		return fn(w, r.WithContext(context.WithValue(r.Context(), grantsKey{}, g)), name)
 	})
+}
+
+// admin wraps a route that needs perm over the whole site.
+func (m *MP) admin(h func(api.HandlerFunc) http.Handler, perm access.Permission, fn adminHandler) http.Handler {
+	return m.guard(h, func(_ *http.Request, name string, g access.Grants) error {
+		if !g.Allows(perm) {
+			return forbidden(name, perm)
+		}
+		return nil
+	}, fn)
+}
+
+// inAnyScope wraps a list route: the user needs perm on some devices, and the route keeps
+// its answer to those (inScope).
+func (m *MP) inAnyScope(h func(api.HandlerFunc) http.Handler, perm access.Permission, fn adminHandler) http.Handler {
+	return m.guard(h, func(_ *http.Request, name string, g access.Grants) error { return anyScope(name, g, perm) }, fn)
 }
 
 // onDevice wraps a route about the device {id} that needs perm on that device: through an
 // assignment over the whole site or over one of the device's groups. A user who has perm
 // only elsewhere is told the device does not exist, as for an unknown one.
 func (m *MP) onDevice(h func(api.HandlerFunc) http.Handler, perm access.Permission, fn adminHandler) http.Handler {
-	return h(func(w http.ResponseWriter, r *http.Request) error {
-		name, g, err := m.grants(r)
-		if err != nil {
+	return m.guard(h, func(r *http.Request, name string, g access.Grants) error {
+		if err := anyScope(name, g, perm); err != nil {
 			return err
-		}
-		if all, groups := g.Scope(perm); !all && len(groups) == 0 {
-			return forbidden(name, perm)
 		}
 		id := r.PathValue("id")
 		groups, err := m.groupsOf(r.Context(), id)
@@ -52,23 +64,16 @@ func (m *MP) onDevice(h func(api.HandlerFunc) http.Handler, perm access.Permissi
 		if !g.OnDevice(perm, groups) {
 			return api.Wrap(ErrNoDevice, http.StatusNotFound, "not_found", fmt.Sprintf("no device %q", id))
 		}
-		return fn(w, r.WithContext(context.WithValue(r.Context(), grantsKey{}, g)), name)
-	})
+		return nil
+	}, fn)
 }
 
-// inAnyScope wraps a list route: the user needs perm on some devices, and the route keeps
-// its answer to those (inScope).
-func (m *MP) inAnyScope(h func(api.HandlerFunc) http.Handler, perm access.Permission, fn adminHandler) http.Handler {
-	return h(func(w http.ResponseWriter, r *http.Request) error {
-		name, g, err := m.grants(r)
-		if err != nil {
-			return err
-		}
-		if all, groups := g.Scope(perm); !all && len(groups) == 0 {
-			return forbidden(name, perm)
-		}
-		return fn(w, r.WithContext(context.WithValue(r.Context(), grantsKey{}, g)), name)
-	})
+// anyScope refuses a user who has perm on no device at all.
+func anyScope(name string, g access.Grants, perm access.Permission) error {
+	if all, groups := g.Scope(perm); !all && len(groups) == 0 {
+		return forbidden(name, perm)
+	}
+	return nil
 }
 
 type grantsKey struct{}

@@ -3,12 +3,9 @@ package mp
 import (
 	"context"
 	"fmt"
+	"github.com/ibcm-project/ibcm/internal/access/accesstest"
 	"net/http"
-	"os"
-	"path/filepath"
-	"regexp"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/ibcm-project/ibcm/internal/access"
@@ -45,19 +42,11 @@ func TestAdminRoutesCheckTheirPermission(t *testing.T) {
 		{"GET", "/v1/admin/policies/none", "", access.ManagePolicy},
 		{"PUT", "/v1/admin/policies/none", `{}`, access.ManagePolicy},
 	}
-	for _, pat := range adminPatterns(t) {
-		method, path, _ := strings.Cut(pat, " ")
-		wild := regexp.MustCompile(`\{[^}]+\}`).ReplaceAllString(path, "\x00")
-		re := regexp.MustCompile("^" + strings.ReplaceAll(regexp.QuoteMeta(wild), "\x00", "[^/]+") + "$")
-		if !slices.ContainsFunc(routes, func(r struct {
-			method, path, body string
-			perm               access.Permission
-		}) bool {
-			return r.method == method && re.MatchString(r.path)
-		}) {
-			t.Errorf("admin route %s is not in this test's table", pat)
-		}
+	var table []accesstest.Route
+	for _, rt := range routes {
+		table = append(table, accesstest.Route{Method: rt.method, Path: rt.path})
 	}
+	accesstest.CheckCovered(t, table)
 	for i, r := range append(slices.Clone(access.BuiltInRoles), access.Role{Name: ""}) {
 		cert := f.user(t, fmt.Sprintf("user-%d", i), r.Name)
 		hc := f.client(&cert)
@@ -139,31 +128,4 @@ func TestScopedAssignment(t *testing.T) {
 	if status, e := call(t, hc, "GET", f.intranet+"/v1/admin/devices/"+kiosk, nil, nil); status != http.StatusForbidden || e.Error.Code != "forbidden" {
 		t.Errorf("a disabled user: HTTP %d %+v", status, e.Error)
 	}
-}
-
-// adminPatterns returns the admin routes registered in this package's source.
-func adminPatterns(t *testing.T) []string {
-	t.Helper()
-	files, err := filepath.Glob("*.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	re := regexp.MustCompile(`mux\.Handle\("([A-Z]+ /v1/admin/[^"]*)"`)
-	var out []string
-	for _, f := range files {
-		if strings.HasSuffix(f, "_test.go") {
-			continue
-		}
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range re.FindAllStringSubmatch(string(b), -1) {
-			out = append(out, m[1])
-		}
-	}
-	if len(out) < 10 {
-		t.Fatalf("found only %d admin routes in the source: %v", len(out), out)
-	}
-	return out
 }
