@@ -221,7 +221,9 @@ func userClient(c *cli.Command, role string, dir string, l userLogin) (*adminCli
 	tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS12}}
 	if addr != "" { // the address the probe proved; the certificate is still checked for the MP's name
 		d := &net.Dialer{Timeout: 10 * time.Second}
-		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) { return d.DialContext(ctx, network, addr) }
+		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, network, addr)
+		}
 	}
 	return &adminClient{base: strings.TrimSuffix(base, "/"), who: who, http: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
 }
