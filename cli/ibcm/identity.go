@@ -187,6 +187,8 @@ func userMP(ctx context.Context, c *cli.Command, l userLogin, pair tls.Certifica
 	if d.MP == "" {
 		return "", "", fmt.Errorf("no management point of site %s answered: %s", l.Bootstrap.SiteCode, d.Reason)
 	}
+	log := logger(c)
+	log.Debug().Str("location", d.Location).Str("mp", d.MP).Str("addr", d.Addr).Dur("duration", d.Took).Msg(d.Reason)
 	return d.MP, d.Addr, nil
 }
 
