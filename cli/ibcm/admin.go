@@ -42,6 +42,7 @@ type adminClient struct {
 	base string
 	who  string // "the CA" or "the management point", for error messages
 	http *http.Client
+	root string // SHA-256 of the trusted root, for the ibcm login a login token is for
 }
 
 func newAdminClient(c *cli.Command) (*adminClient, error) { return newRoleClient(c, site.RoleCA) }
@@ -105,7 +106,7 @@ func newRoleClient(c *cli.Command, role string) (*adminClient, error) {
 	if role == site.RoleMP {
 		who = "the management point"
 	}
-	return &adminClient{base: strings.TrimSuffix(caURL, "/"), who: who, http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+	return &adminClient{base: strings.TrimSuffix(caURL, "/"), who: who, root: ca.Fingerprint(roots[0]), http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS12},
 	}}}, nil
 }

@@ -227,5 +227,5 @@ func userClient(c *cli.Command, role string, dir string, l userLogin) (*adminCli
 			return d.DialContext(ctx, network, addr)
 		}
 	}
-	return &adminClient{base: strings.TrimSuffix(base, "/"), who: who, http: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
+	return &adminClient{base: strings.TrimSuffix(base, "/"), who: who, root: ca.Fingerprint(rs[0]), http: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
 }

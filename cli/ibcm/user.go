@@ -69,17 +69,18 @@ EXAMPLES:
 			}, &t); err != nil {
 				return err
 			}
-			printLoginToken(c, t)
+			printLoginToken(c, a, t)
 			return nil
 		},
 	}
 }
 
-// printLoginToken prints the secret alone on stdout and how to use it on stderr.
-func printLoginToken(c *cli.Command, t wire.UserToken) {
+// printLoginToken prints the secret alone on stdout and, on stderr, the ibcm login the
+// user runs with it (the CA's URL as this admin reaches it).
+func printLoginToken(c *cli.Command, a *adminClient, t wire.UserToken) {
 	fmt.Fprintln(c.Root().Writer, t.Token)
-	fmt.Fprintf(c.Root().ErrWriter, "login token for user %s, one use, expires %s: they run\n  ibcm login --ca URL --root-sha256 HEX --token TOKEN\n",
-		t.User.Name, t.ExpiresAt.Format(time.RFC3339))
+	fmt.Fprintf(c.Root().ErrWriter, "login token for user %s, one use, expires %s; on their machine they run\n  ibcm login --ca %s --root-sha256 %s --token TOKEN\n",
+		t.User.Name, t.ExpiresAt.Format(time.RFC3339), a.base, a.root)
 }
 
 func scopeFlag() *cli.StringSliceFlag {
@@ -199,7 +200,7 @@ func userTokenCommand() *cli.Command {
 				map[string]string{"ttl": c.Duration("ttl").String()}, &t); err != nil {
 				return err
 			}
-			printLoginToken(c, t)
+			printLoginToken(c, a, t)
 			return nil
 		},
 	}

@@ -66,7 +66,7 @@ func TestUserAddLoginAndAccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	token := strings.TrimSpace(out.String())
-	if token == "" || strings.Contains(token, "\n") || !strings.Contains(stderr, "ibcm login") {
+	if token == "" || strings.Contains(token, "\n") || !strings.Contains(stderr, "ibcm login --ca "+caURL+" --root-sha256 "+pin+" --token TOKEN") {
 		t.Fatalf("user add printed %q, stderr %q", out.String(), stderr)
 	}
 
