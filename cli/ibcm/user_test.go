@@ -185,7 +185,22 @@ func TestRoleCommands(t *testing.T) {
 	if _, err := ibcm(t, io.Discard, "role", "create", "Bad", "--permission", "Teleport", "--dir", dir); err == nil || !strings.Contains(err.Error(), "Teleport") {
 		t.Errorf("role with an unknown permission: %v", err)
 	}
-	mustIBCM(t, "user", "add", "bob", "--role", "Read-only Analyst", "--dir", dir)
+	bobToken := strings.TrimSpace(mustIBCM(t, "user", "add", "bob", "--role", "Read-only Analyst", "--dir", dir))
+	// A login without a passphrase (none given, no terminal) keeps the key unencrypted,
+	// and commands run as bob without asking for one.
+	caURL, pin := siteLogin(t, dir)
+	mustIBCM(t, "login", "--ca", caURL, "--root-sha256", pin, "--token", bobToken)
+	cfgDir, err := userDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, _ := os.ReadFile(filepath.Join(cfgDir, userKeyFile))
+	if b, _ := pem.Decode(keyPEM); b == nil || b.Type != "PRIVATE KEY" {
+		t.Errorf("the key without a passphrase is not plain PKCS#8:\n%.40s", keyPEM)
+	}
+	if _, err := ibcm(t, io.Discard, "role", "list"); err == nil || !strings.Contains(err.Error(), `user "bob" does not have the ManageAccess permission`) {
+		t.Errorf("role list as bob: %v", err)
+	}
 	if got := mustIBCM(t, "role", "assign", "bob", "Remote Viewer", "--scope", "kiosks", "--scope", "lab", "--dir", dir); !strings.Contains(got, "Remote Viewer over kiosks") || !strings.Contains(got, "Remote Viewer over lab") {
 		t.Errorf("role assign:\n%s", got)
 	}
