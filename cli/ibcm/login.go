@@ -79,6 +79,9 @@ func login(ctx context.Context, c *cli.Command) error {
 	if _, ok, _ := loadUserLogin(dir); ok && !c.Bool("force") {
 		return usageError("%s already holds an identity; pass --force to replace it", dir)
 	}
+	if err := ensureUserDir(dir); err != nil {
+		return fmt.Errorf("the identity directory: %w", err)
+	}
 	pw, _, err := readPassphrase(c, "Passphrase for your key (empty: none): ", true)
 	if err != nil {
 		return err
@@ -166,10 +169,9 @@ func login(ctx context.Context, c *cli.Command) error {
 	return nil
 }
 
-// storeUserIdentity writes the files into dir (made 0700; a directory others can open is
-// refused), each 0600, through a temporary file and a rename, login.json last: an
-// interrupted login leaves no login that points at missing files.
-func storeUserIdentity(dir string, files map[string][]byte) error {
+// ensureUserDir makes dir 0700, and refuses one that others can open: it is checked before
+// the token is spent.
+func ensureUserDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -180,26 +182,42 @@ func storeUserIdentity(dir string, files map[string][]byte) error {
 	if fi.Mode().Perm()&0o077 != 0 {
 		return fmt.Errorf("%s is open to others (mode %04o); chmod 700 it", dir, fi.Mode().Perm())
 	}
+	return nil
+}
+
+// storeUserIdentity writes the files into dir, each 0600 from the start: all of them to
+// temporary files first, then renamed into place, login.json last, so that a failed write
+// leaves the previous identity as it was.
+func storeUserIdentity(dir string, files map[string][]byte) error {
+	if err := ensureUserDir(dir); err != nil {
+		return err
+	}
 	names := []string{userKeyFile, userCertFile, userRootsFile, userLoginFile}
-	for _, n := range names {
-		data, ok := files[n]
-		if !ok {
-			continue
+	tmp := func(n string) string { return filepath.Join(dir, "."+n+".tmp") }
+	defer func() {
+		for _, n := range names {
+			_ = os.Remove(tmp(n)) // nothing once renamed
 		}
-		tmp := filepath.Join(dir, "."+n+".tmp")
-		_ = os.Remove(tmp) // left by an interrupted login; a new file gets mode 0600 from the start
-		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	}()
+	for _, n := range names {
+		_ = os.Remove(tmp(n)) // left by an interrupted login
+		f, err := os.OpenFile(tmp(n), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			return err
 		}
-		_, err = f.Write(data)
+		_, err = f.Write(files[n])
+		if serr := f.Sync(); err == nil {
+			err = serr
+		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
 			return err
 		}
-		if err := os.Rename(tmp, filepath.Join(dir, n)); err != nil {
+	}
+	for _, n := range names {
+		if err := os.Rename(tmp(n), filepath.Join(dir, n)); err != nil {
 			return err
 		}
 	}

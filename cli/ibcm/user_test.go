@@ -238,3 +238,19 @@ func TestUserUsageErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestLoginRefusesAnOpenDirectory before it calls the CA, so no token is spent on an
+// identity that could not be kept private.
+func TestLoginRefusesAnOpenDirectory(t *testing.T) {
+	cfgDir := freshHome(t)
+	if err := os.MkdirAll(cfgDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(cfgDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ibcm(t, io.Discard, "login", "--ca", "https://127.0.0.1:1", "--root-sha256", strings.Repeat("ab", 32), "--token", "t")
+	if err == nil || !strings.Contains(err.Error(), "open to others") {
+		t.Errorf("login into a 0755 directory: %v", err)
+	}
+}
