@@ -46,7 +46,7 @@ type userLogin struct {
 	User       string          `json:"user"`
 	CAURL      string          `json:"ca_url"`
 	RootSHA256 string          `json:"root_sha256"`
-	SerialHex  string          `json:"serial_hex"`
+	Serial     string          `json:"serial"` // as openssl prints it
 	NotAfter   time.Time       `json:"not_after"`
 	Encrypted  bool            `json:"encrypted"` // the key is under a passphrase
 	Bootstrap  *wire.Bootstrap `json:"bootstrap,omitempty"`

@@ -150,7 +150,7 @@ func login(ctx context.Context, c *cli.Command) error {
 		return err
 	}
 	lj, err := json.MarshalIndent(userLogin{
-		User: leaf.Subject.CommonName, CAURL: base.String(), RootSHA256: client.Fingerprint(pinned), SerialHex: resp.SerialHex,
+		User: leaf.Subject.CommonName, CAURL: base.String(), RootSHA256: client.Fingerprint(pinned), Serial: resp.Serial,
 		NotAfter: leaf.NotAfter.UTC(), Encrypted: len(pw) > 0, Bootstrap: resp.Bootstrap, LoggedInAt: time.Now().UTC(),
 	}, "", "  ")
 	if err != nil {
@@ -165,7 +165,7 @@ func login(ctx context.Context, c *cli.Command) error {
 	if len(pw) > 0 {
 		under = ", key under a passphrase"
 	}
-	fmt.Fprintf(c.Root().Writer, "logged in as %s (certificate %s until %s%s)\n  %s\n", leaf.Subject.CommonName, resp.SerialHex, leaf.NotAfter.UTC().Format(time.RFC3339), under, dir)
+	fmt.Fprintf(c.Root().Writer, "logged in as %s (certificate %s until %s%s)\n  %s\n", leaf.Subject.CommonName, resp.Serial, leaf.NotAfter.UTC().Format(time.RFC3339), under, dir)
 	return nil
 }
 

@@ -151,8 +151,8 @@ func TestUserAddLoginAndAccess(t *testing.T) {
 
 	// Disabling revokes alice's certificate: her next call is refused.
 	disabled := mustIBCM(t, "user", "disable", "alice", "--dir", dir)
-	if !strings.Contains(disabled, "revoked certificate "+l.SerialHex) {
-		t.Errorf("user disable printed %q, want certificate %s", disabled, l.SerialHex)
+	if !strings.Contains(disabled, "revoked certificate "+l.Serial) {
+		t.Errorf("user disable printed %q, want certificate %s", disabled, l.Serial)
 	}
 	if _, err := ibcm(t, io.Discard, "ca", "list"); err == nil || !strings.Contains(err.Error(), "certificate_revoked") {
 		t.Errorf("a call with a disabled user's revoked certificate: %v", err)
