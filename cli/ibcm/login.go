@@ -136,6 +136,9 @@ func login(ctx context.Context, c *cli.Command) error {
 	if !bytes.Equal(leaf.RawSubjectPublicKeyInfo, pub) {
 		return errors.New("the CA's answer certifies another key than the one made here")
 	}
+	if p := ca.ProfileOf(leaf); p != ca.Admin {
+		return fmt.Errorf("the CA issued a %s certificate, not a user's (admin profile)", p)
+	}
 	pool, inter := x509.NewCertPool(), x509.NewCertPool()
 	pool.AddCert(pinned)
 	for _, ic := range chain[1:] {

@@ -70,6 +70,14 @@ func TestUserAddLoginAndAccess(t *testing.T) {
 		t.Fatalf("user add printed %q, stderr %q", out.String(), stderr)
 	}
 
+	// A device's enrollment token makes no user.
+	deviceToken := strings.TrimSpace(mustIBCM(t, "ca", "token", "create", "--profile", "client", "--dir", dir))
+	if _, err := ibcm(t, io.Discard, "login", "--ca", caURL, "--root-sha256", pin, "--token", deviceToken); err == nil {
+		t.Error("login with a device's enrollment token succeeded")
+	} else if _, err := os.Stat(filepath.Join(cfgDir, userLoginFile)); err == nil {
+		t.Error("a refused login left a login.json")
+	}
+
 	// A wrong pin costs no token.
 	wrong := strings.Repeat("00", 32)
 	if _, err := ibcm(t, io.Discard, "login", "--ca", caURL, "--root-sha256", wrong, "--token", token); err == nil || !strings.Contains(err.Error(), "pinned root") {
