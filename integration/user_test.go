@@ -2,10 +2,13 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/base64"
+	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -112,6 +115,47 @@ func TestUserLogin(t *testing.T) {
 	r = as("ca", "token", "create", "--passphrase-file", pass)
 	if r.code == 0 || !strings.Contains(r.stderr, `user "helen" does not have the ManagePKI permission (forbidden, HTTP 403)`) {
 		t.Errorf("ca token create as helen: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	// On a terminal the passphrase is asked there (script gives the command a terminal).
+	needTool(t, "script")
+	// The passphrase is typed once the prompt is there, as a person does. (Whether the
+	// terminal echoes it is not checked: the prompt is printed just before echo goes off,
+	// so a program typing at once may still see its input echoed.)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a hung prompt ends the read
+	defer cancel()
+	tty := exec.CommandContext(ctx, "script", "-qec", bin.ibcm+" ca token create", "/dev/null")
+	tty.Env = append(os.Environ(), env...)
+	stdin, err := tty.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ttyOut, err := tty.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tty.Stderr = tty.Stdout
+	if err := tty.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	buf := make([]byte, 4096)
+	for !strings.Contains(out.String(), "Passphrase of "+key) {
+		n, err := ttyOut.Read(buf)
+		out.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("no passphrase prompt on the terminal: %v\n%s", err, out.String())
+		}
+	}
+	if _, err := io.WriteString(stdin, "s3cret phrase\n"); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(ttyOut)
+	out.Write(rest)
+	_ = tty.Wait()
+	stdin.Close()
+	if !strings.Contains(out.String(), `user "helen" does not have the ManagePKI permission`) {
+		t.Errorf("ca token create on a terminal:\n%s", out.String())
 	}
 
 	// The MP: the intranet one where the intranet DNS leads to it, else the internet one.
