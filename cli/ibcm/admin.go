@@ -22,7 +22,8 @@ import (
 )
 
 // adminFlags find the CA and the admin identity: --dir for the site directory made by
-// `ibcm site init`, or --ca, --cert, --key and --ca-root given one by one.
+// `ibcm site init`, or --ca, --cert, --key and --ca-root given one by one, else the
+// identity `ibcm login` stored in the user config directory.
 func adminFlags() []cli.Flag {
 	return []cli.Flag{
 		dirFlag(false),
@@ -31,6 +32,8 @@ func adminFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cert", Usage: "admin certificate (default: DIR/admin/admin.crt)", Sources: cli.EnvVars("IBCM_ADMIN_CERT")},
 		&cli.StringFlag{Name: "key", Usage: "admin key (default: DIR/admin/admin.key)", Sources: cli.EnvVars("IBCM_ADMIN_KEY")},
 		&cli.StringFlag{Name: "ca-root", Usage: "root certificate to trust (default: ca.root_cert of DIR/site.yaml)", Sources: cli.EnvVars("IBCM_CA_ROOT")},
+		passphraseFlag(),
+		&cli.StringFlag{Name: "resolv-conf", Usage: "resolvers for finding the intranet MP after ibcm login (default: /etc/resolv.conf)", Sources: cli.EnvVars("IBCM_RESOLV_CONF"), TakesFile: true},
 	}
 }
 
@@ -39,6 +42,7 @@ type adminClient struct {
 	base string
 	who  string // "the CA" or "the management point", for error messages
 	http *http.Client
+	root string // SHA-256 of the trusted root, for the ibcm login a login token is for
 }
 
 func newAdminClient(c *cli.Command) (*adminClient, error) { return newRoleClient(c, site.RoleCA) }
@@ -65,11 +69,24 @@ func newRoleClient(c *cli.Command, role string) (*adminClient, error) {
 		cert = orDefault(cert, cfg.Path(site.AdminCert))
 		key = orDefault(key, cfg.Path(site.AdminKey))
 		root = orDefault(root, cfg.Path(cfg.CA.RootCert))
+	} else if cert == "" && key == "" && root == "" {
+		// No site directory and no identity given: the one of `ibcm login`, if any.
+		ud, err := userDir()
+		if err != nil {
+			return nil, err
+		}
+		l, ok, err := loadUserLogin(ud)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return userClient(c, role, ud, l)
+		}
 	}
 	if caURL == "" || cert == "" || key == "" || root == "" {
-		return nil, usageError("say where the %s and the admin identity are: --dir DIR, or --%s URL --cert F --key F --ca-root F", strings.ToUpper(role), role)
+		return nil, usageError("say where the %s and the admin identity are: --dir DIR, or --%s URL --cert F --key F --ca-root F, or run ibcm login first", strings.ToUpper(role), role)
 	}
-	pair, err := tls.LoadX509KeyPair(cert, key)
+	pair, err := loadKeyPair(c, cert, key)
 	if err != nil {
 		return nil, fmt.Errorf("loading the admin identity: %w", err)
 	}
@@ -89,7 +106,7 @@ func newRoleClient(c *cli.Command, role string) (*adminClient, error) {
 	if role == site.RoleMP {
 		who = "the management point"
 	}
-	return &adminClient{base: strings.TrimSuffix(caURL, "/"), who: who, http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+	return &adminClient{base: strings.TrimSuffix(caURL, "/"), who: who, root: ca.Fingerprint(roots[0]), http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS12},
 	}}}, nil
 }

@@ -56,7 +56,8 @@ EXAMPLES:
 			&cli.StringFlag{Name: "log-format", Value: "auto", Usage: "auto (console on a terminal, else JSON), json or console", Sources: cli.EnvVars("IBCM_LOG_FORMAT"),
 				Validator: cliapp.OneOf("auto", "json", "console")},
 		},
-		Commands: []*cli.Command{siteCommand(), caCommand(), mpCommand(), deviceCommand(), groupCommand(), policyCommand(), configCommand()},
+		Commands: []*cli.Command{siteCommand(), caCommand(), mpCommand(), deviceCommand(), groupCommand(), policyCommand(),
+			userCommand(), roleCommand(), loginCommand(), configCommand()},
 	})
 }
 
