@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -12,26 +13,29 @@ import (
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 )
 
-// maxGroup bounds how many newly signed certificates one transaction records.
+// maxGroup bounds how many newly signed certificates one group records.
 const maxGroup = 64
 
 // issued records newly signed certificates with group commit: the enrollments that arrive
-// while the committers are busy wait, and the next free committer records all of them and
-// consumes their tokens in one transaction. A bulk token shared by hundreds of devices is
-// then updated once per transaction instead of once per device, and a durable server
-// flushes its log once for the group. Each certificate is still recorded in the
-// transaction that consumes its token, and a refused one stores nothing.
+// while a group is being recorded wait, and the committer records all of them next and
+// consumes their tokens in one statement (PostgreSQL) or transaction (SQLite). A bulk
+// token shared by hundreds of devices is then updated once per group instead of once per
+// device, and a durable server flushes its log once for the group. Each certificate is
+// still recorded with the use of its token, and a refused one stores nothing.
 //
-// PostgreSQL takes several transactions at once: a committer per token shard
-// (tokenShards), each spending from its own shard, so one group's commit does not wait
-// for another's flush to the disk on the token's row. SQLite writes one transaction at a
-// time: one committer. A committer is a goroutine that starts when certificates wait and
-// ends when none do.
+// One committer per CA server: measured with 8 and 64 clients on PostgreSQL, with fsync
+// off and durable, one committer whose groups grow while it records beat four in
+// parallel by 20-30 %: what a group costs the server hardly depends on its size, so
+// fewer, larger groups cost less than more, smaller ones running side by side. Each CA
+// server spends from a token shard of its own choosing (tokenShards), so two servers of a
+// site do not queue on one row. The committer is a goroutine that starts when
+// certificates wait and ends when none do.
 type issued struct {
-	mu    sync.Mutex
-	queue []*pendingCert
-	free  []int // committers not running, by shard
-	init  bool
+	mu      sync.Mutex
+	queue   []*pendingCert
+	running bool
+	shard   int // the token shard this server spends from first
+	init    bool
 }
 
 // pendingCert is one certificate waiting to be recorded.
@@ -42,27 +46,19 @@ type pendingCert struct {
 	done chan struct{} // closed once err is final
 }
 
-// record stores cert as authorized by by and returns once its transaction committed or
-// failed.
+// record stores cert as authorized by by and returns once its group committed or failed.
 func (s *store) record(cert *x509.Certificate, by string) error {
 	p := &pendingCert{cert: cert, by: by, done: make(chan struct{})}
 	g := &s.issued
 	g.mu.Lock()
 	if !g.init {
 		g.init = true
-		n := 1
-		if s.db.Driver() == sitedb.Postgres {
-			n = tokenShards
-		}
-		for i := n - 1; i >= 0; i-- {
-			g.free = append(g.free, i)
-		}
+		g.shard = rand.IntN(tokenShards)
 	}
 	g.queue = append(g.queue, p)
-	if k := len(g.free); k > 0 {
-		shard := g.free[k-1]
-		g.free = g.free[:k-1]
-		go s.commitLoop(shard)
+	if !g.running {
+		g.running = true
+		go s.commitLoop(g.shard)
 	}
 	g.mu.Unlock()
 	<-p.done
@@ -75,7 +71,7 @@ func (s *store) commitLoop(shard int) {
 	for {
 		g.mu.Lock()
 		if len(g.queue) == 0 {
-			g.free = append(g.free, shard)
+			g.running = false
 			g.queue = nil
 			g.mu.Unlock()
 			return
@@ -311,11 +307,11 @@ func (s *store) recordAtOnce(ctx context.Context, group []*pendingCert, shard in
 		q.WriteString(", ")
 		arg(keyHash(c.RawSubjectPublicKeyInfo), "text")
 		q.WriteString(", ")
+		var token any // NULL when none, as an argument: the text depends only on the group's size
 		if id, ok := strings.CutPrefix(p.by, "token:"); ok {
-			arg(id, "text")
-		} else {
-			q.WriteString("NULL::text")
+			token = id
 		}
+		arg(token, "text")
 		q.WriteString(")")
 	}
 	q.WriteString(`) AS v (serial, profile, subject, issuer_id, not_before, not_after, der, issued_by, created_at, spki_sha256, token_id)

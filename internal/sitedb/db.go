@@ -38,6 +38,9 @@ type DB struct {
 	now    func() time.Time
 
 	rebound sync.Map // query text -> postgres query text
+
+	prepMu sync.Mutex
+	prep   map[string]*sql.Stmt // QueryNative's prepared statements
 }
 
 // Open opens the database and checks that it answers. For SQLite dsn is a
@@ -136,6 +139,12 @@ func (db *DB) Close() error {
 		if db.hub != nil {
 			releaseHub(db.hub)
 		}
+		db.prepMu.Lock()
+		for _, st := range db.prep {
+			_ = st.Close()
+		}
+		db.prep = nil
+		db.prepMu.Unlock()
 	})
 	return db.sql.Close()
 }
@@ -151,10 +160,37 @@ func (db *DB) Query(ctx context.Context, query string, args ...any) (*sql.Rows, 
 }
 
 // QueryNative runs a query written in the backend's own placeholder syntax ($1 on
-// PostgreSQL). It is for statements built for one backend whose text changes with their
-// arguments, which rebind would remember one by one.
+// PostgreSQL), prepared once per connection while no more than maxPrepared such queries
+// are known: the server then parses and plans it once instead of on every call. It is
+// for statements built for one backend whose text takes a few shapes (a group of n rows).
 func (db *DB) QueryNative(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := db.prepared(ctx, query); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
 	return db.sql.QueryContext(ctx, query, args...)
+}
+
+// maxPrepared bounds the statements QueryNative keeps prepared.
+const maxPrepared = 64
+
+func (db *DB) prepared(ctx context.Context, query string) *sql.Stmt {
+	db.prepMu.Lock()
+	defer db.prepMu.Unlock()
+	if st, ok := db.prep[query]; ok {
+		return st
+	}
+	if len(db.prep) >= maxPrepared {
+		return nil
+	}
+	st, err := db.sql.PrepareContext(ctx, query)
+	if err != nil {
+		return nil // the plain query says what is wrong
+	}
+	if db.prep == nil {
+		db.prep = map[string]*sql.Stmt{}
+	}
+	db.prep[query] = st
+	return st
 }
 
 // QueryRow runs a query written with ? placeholders that returns at most one row.

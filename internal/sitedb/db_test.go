@@ -318,3 +318,42 @@ func TestOpenPostgresDoesNotLeakThePassword(t *testing.T) {
 		t.Fatalf("err = %v: must fail without quoting the password", err)
 	}
 }
+
+// QueryNative prepares a query once per shape and keeps at most maxPrepared of them; past
+// that, queries still run, unprepared, and a query that does not prepare still says why
+// when it runs.
+func TestQueryNativePrepares(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, db *DB) {
+		ctx := testContext(t)
+		ph := "?"
+		if db.Driver() == Postgres {
+			ph = "$1"
+		}
+		for i := range maxPrepared + 5 {
+			for range 2 {
+				rows, err := db.QueryNative(ctx, fmt.Sprintf("SELECT %d + %s", i, ph), 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var n int
+				for rows.Next() {
+					if err := rows.Scan(&n); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := errors.Join(rows.Err(), rows.Close()); err != nil || n != i+1 {
+					t.Fatalf("query %d: %d, %v", i, n, err)
+				}
+			}
+		}
+		db.prepMu.Lock()
+		kept := len(db.prep)
+		db.prepMu.Unlock()
+		if kept != maxPrepared {
+			t.Errorf("%d statements kept prepared, want %d", kept, maxPrepared)
+		}
+		if _, err := db.QueryNative(ctx, "SELECT FROM nowhere WHERE"); err == nil {
+			t.Error("a query that does not parse ran")
+		}
+	})
+}
