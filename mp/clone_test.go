@@ -256,6 +256,7 @@ func TestRenewalSupersedesAcrossMPs(t *testing.T) {
 			if _, err := br.ReadByte(); err == nil || errors.As(err, &ne) && ne.Timeout() {
 				t.Errorf("the copy's kept-alive connection on MP-B is still open (%v)", err)
 			}
+			waitSupersedeHeard(t, a.mp) // MP-A too: else its closing could cut the request below
 			for _, f := range []*fixture{b, a, b} {
 				st, e := call(t, f.client(&old), "GET", f.intranet+"/v1/policy", nil, nil)
 				if st != http.StatusForbidden || e.Error.Code != "certificate_superseded" {
@@ -358,6 +359,9 @@ func TestContestedAfterRefusalServedAgain(t *testing.T) {
 		if st, e := call(t, f.client(&clone), "GET", f.intranet+"/v1/whoami", nil, nil); st != 200 {
 			t.Fatalf("the copy's renewal: %d %+v", st, e)
 		}
+		// The renewal's announcement closes the old certificate's connections as it is
+		// heard of, a request in flight then included: wait until it has been.
+		waitSupersedeHeard(t, f.mp)
 		if st, e := call(t, f.client(&device), "GET", f.intranet+"/v1/policy", nil, nil); st != http.StatusForbidden || e.Error.Code != "certificate_superseded" {
 			t.Fatalf("the real device before its renewal was refused: %d %+v, want 403 certificate_superseded", st, e)
 		}
@@ -455,5 +459,17 @@ func TestRenewalHeardOfAfterListenerDown(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second): // the listener's reconnect backoff reaches 10 s
 		t.Fatal("the copy's channel is still open after MP-B's subscription came back")
+	}
+}
+
+// waitSupersedeHeard waits until m has handled a renewal's announcement.
+func waitSupersedeHeard(t *testing.T, m *MP) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for m.supersedesDone.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the renewal's announcement was not handled within 10 s")
+		}
+		time.Sleep(5 * time.Millisecond) // polls the condition itself
 	}
 }

@@ -156,6 +156,7 @@ func (m *MP) announceRenewal(tx *sitedb.Tx, device, serial string) error {
 // cached certificate is dropped all the same: the next request asks the store.
 func (m *MP) supersedeOlder(ctx context.Context, device, successor string) error {
 	m.supersedes.Add(1) // before seen is read (registerCert)
+	defer m.supersedesDone.Add(1)
 	held := m.hub.serialsOf(device)
 	if v, ok := m.seen.Load(device); ok {
 		held[v.(seenCert).serial] = true

@@ -80,6 +80,8 @@ type MP struct {
 	// supersedes counts the renewals heard of (supersedeOlder), so that a registration that
 	// raced one does not cache a certificate the renewal superseded (registerCert).
 	supersedes atomic.Uint64
+	// supersedesDone counts the renewal announcements handled to the end (tests wait on it).
+	supersedesDone atomic.Uint64
 	// eventsLive: the site's events reach this MP, so MP.seen is trusted; false while the
 	// subscription has lost its connection. syncedAt is when it was last known to hear of
 	// every event (unix seconds): a catch-up looks for the renewals presented since.
