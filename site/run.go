@@ -142,7 +142,11 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		done = append(done, ch)
 		go func() { defer close(ch); fn(ctx) }()
 	}
-	log.Info().Str("site", cfg.Site.Code).Strs("roles", roles).Msg("site up")
+	served := roles
+	if len(served) == 0 {
+		served = []string{RoleCA, RoleMP}
+	}
+	log.Info().Str("site", cfg.Site.Code).Strs("roles", served).Msg("site up")
 
 	select {
 	case <-ctx.Done():
