@@ -28,6 +28,9 @@ var (
 	// ErrDeviceLive refuses a re-enroll token for a device that still has a valid
 	// certificate: the new certificate would be a second identity beside it.
 	ErrDeviceLive = errors.New("the device still has a valid certificate")
+	// ErrUserDisabled refuses to renew an admin certificate whose user is disabled or is
+	// no user of the site.
+	ErrUserDisabled = errors.New("user disabled")
 	// ErrRenewalSuperseded means the certificate was already renewed for another key: a
 	// copy of the certificate and its key exists somewhere (see Renew).
 	ErrRenewalSuperseded = errors.New("certificate already renewed for another key")

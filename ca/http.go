@@ -391,6 +391,7 @@ func httpError(err error) error {
 		{ErrRenewalSuperseded, http.StatusConflict, "renewal_superseded"},
 		{ErrDeviceBlocked, http.StatusForbidden, "device_blocked"},
 		{ErrDeviceLive, http.StatusConflict, "device_has_certificate"},
+		{ErrUserDisabled, http.StatusForbidden, "user_disabled"},
 		{trust.ErrNoCertificate, http.StatusUnauthorized, "client_certificate_required"},
 		{trust.ErrUntrusted, http.StatusForbidden, "untrusted_certificate"},
 		{trust.ErrExpired, http.StatusForbidden, "certificate_expired"},

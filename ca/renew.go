@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ibcm-project/ibcm/internal/access"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
@@ -40,6 +41,15 @@ func (c *CA) Renew(ctx context.Context, old *x509.Certificate, csrData []byte) (
 	p := ProfileOf(old)
 	if p == "" || p == OCSP {
 		return nil, fmt.Errorf("%w: %q certificates are not renewed over mutual TLS", ErrBadProfile, p)
+	}
+	if p == Admin {
+		// A disable revokes the user's certificates, but one can escape it (a login racing
+		// the disable); it is not renewed while the user is disabled.
+		if u, err := c.access.User(ctx, old.Subject.CommonName); errors.Is(err, access.ErrUnknownUser) || err == nil && u.DisabledAt != nil {
+			return nil, fmt.Errorf("%w: %q is not an enabled user of the site", ErrUserDisabled, old.Subject.CommonName)
+		} else if err != nil {
+			return nil, err
+		}
 	}
 	if len(csrData) == 0 {
 		return nil, fmt.Errorf("%w: a renewal carries a CSR for the new key (signed with the current key to keep it)", ErrBadCSR)
