@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -72,6 +73,53 @@ func TestPKIAdministratorCannotMintAManagementPoint(t *testing.T) {
 	} {
 		if st, e := call(t, pki, "POST", srv.URL+"/v1/admin/certificates", body); st != http.StatusForbidden {
 			t.Errorf("a PKI Administrator issuing %s: HTTP %d %+v", body[:40], st, e.Error)
+		}
+	}
+}
+
+// The CA's admin routes refuse the site's own server certificates (CA, MP and DP roles),
+// an OCSP-signing certificate and an admin certificate of a name that is no user; a user
+// whose certificate was renewed and who is then disabled is refused with both the old and
+// the renewed certificate, and cannot renew either.
+func TestCAAdminRoutesRefuseNonUsers(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	c := newTestCA(t, db)
+	ctx := context.Background()
+	root := userCert(t, c, "root", access.FullAdministrator)
+	for _, tc := range []struct {
+		name string
+		spec IssueSpec
+		code string
+	}{
+		{"ca server", IssueSpec{Profile: SiteServer, Subject: "ca", DNS: []string{"ca.corp.example"}, Role: "ca"}, "not_admin"},
+		{"mp server", IssueSpec{Profile: SiteServer, Subject: "mp", DNS: []string{"mp.corp.example"}, Role: "mp"}, "not_admin"},
+		{"dp server", IssueSpec{Profile: SiteServer, Subject: "dp", DNS: []string{"dp.corp.example"}, Role: "dp"}, "not_admin"},
+		{"ocsp signer", IssueSpec{Profile: OCSP, Subject: "root"}, "wrong_usage"},
+		{"no user", IssueSpec{Profile: Admin, Subject: "ghost"}, "forbidden"},
+	} {
+		srv, hc := serveTLS(t, c, clientCert(t, c, tc.spec))
+		if st, e := call(t, hc, "GET", srv.URL+"/v1/admin/users", ""); st != http.StatusForbidden || e.Error.Code != tc.code {
+			t.Errorf("%s: HTTP %d %+v, want 403 %s", tc.name, st, e.Error, tc.code)
+		}
+	}
+	ann := userCert(t, c, "ann", access.FullAdministrator)
+	key := newKey(t)
+	chain, err := c.Renew(ctx, mustLeaf(t, ann), csrPEM(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ann"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed := &tls.Certificate{Certificate: [][]byte{chain[0].Raw, chain[1].Raw}, PrivateKey: key}
+	srv, rc := serveTLS(t, c, root)
+	if st, e := call(t, rc, "POST", srv.URL+"/v1/admin/users/ann/disable", ""); st != http.StatusOK {
+		t.Fatalf("disable: HTTP %d %+v", st, e.Error)
+	}
+	for name, cert := range map[string]*tls.Certificate{"old": ann, "renewed": renewed} {
+		srv, hc := serveTLS(t, c, cert)
+		if st, e := call(t, hc, "GET", srv.URL+"/v1/admin/users", ""); st != http.StatusForbidden {
+			t.Errorf("ann's %s certificate after the disable: HTTP %d %+v", name, st, e.Error)
+		}
+		if _, err := c.Renew(ctx, mustLeaf(t, cert), csrPEM(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ann"}})); err == nil {
+			t.Errorf("ann's %s certificate renewed after the disable", name)
 		}
 	}
 }
