@@ -226,6 +226,21 @@ func (c *CA) handleUserDisable(w http.ResponseWriter, r *http.Request, by string
 	if err := c.access.SetDisabled(r.Context(), name, true); err != nil {
 		return accessError(err)
 	}
+	// A login token not spent yet would give them a certificate again once enabled. The
+	// tokens go first, so the list below finds the certificate of a login that spent one
+	// before (a token is consumed in the transaction that records its certificate); only a
+	// login still committing can escape both, and Renew refuses a disabled user.
+	toks, err := c.ListTokens(r.Context())
+	if err != nil {
+		return err
+	}
+	for _, t := range toks {
+		if t.Profile == Admin && t.Subject == name && t.RevokedAt == nil && t.UsesLeft > 0 {
+			if err := c.RevokeToken(r.Context(), t.ID); err != nil {
+				return fmt.Errorf("revoking the login tokens of user %q: %w", name, err)
+			}
+		}
+	}
 	recs, err := c.List(r.Context(), Filter{Status: "valid", Profile: Admin})
 	if err != nil {
 		return err
@@ -239,18 +254,6 @@ func (c *CA) handleUserDisable(w http.ResponseWriter, r *http.Request, by string
 			return fmt.Errorf("revoking the certificates of user %q: %w", name, err)
 		}
 		revoked = append(revoked, wire.FormatSerial(rec.Cert.SerialNumber))
-	}
-	// A login token not spent yet would give them a certificate again once enabled.
-	toks, err := c.ListTokens(r.Context())
-	if err != nil {
-		return err
-	}
-	for _, t := range toks {
-		if t.Profile == Admin && t.Subject == name && t.RevokedAt == nil && t.UsesLeft > 0 {
-			if err := c.RevokeToken(r.Context(), t.ID); err != nil {
-				return fmt.Errorf("revoking the login tokens of user %q: %w", name, err)
-			}
-		}
 	}
 	c.log.Info().Str("user", name).Strs("revoked", revoked).Str("admin", by).Msg("user disabled")
 	u, err := c.access.User(r.Context(), name)
