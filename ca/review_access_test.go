@@ -123,3 +123,20 @@ func TestCAAdminRoutesRefuseNonUsers(t *testing.T) {
 		}
 	}
 }
+
+// A user add refused for its scopes records no user (DESIGN.md §11: no partial state): the
+// same add, corrected, then works.
+func TestUserAddWithABadScopeRecordsNoUser(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	c := newTestCA(t, db)
+	srv, root := serveTLS(t, c, userCert(t, c, "root", access.FullAdministrator))
+	if st, e := call(t, root, "POST", srv.URL+"/v1/admin/users", `{"name":"carol","role":"Help Desk Operator","scopes":["kiosks\u0007"]}`); st != http.StatusBadRequest {
+		t.Fatalf("a bad scope: HTTP %d %+v", st, e.Error)
+	}
+	if st, e := call(t, root, "GET", srv.URL+"/v1/admin/users/carol", ""); st != http.StatusNotFound {
+		t.Errorf("the refused add left user carol: HTTP %d %+v", st, e.Error)
+	}
+	if st, e := call(t, root, "POST", srv.URL+"/v1/admin/users", `{"name":"carol","role":"Help Desk Operator","scopes":["kiosks"]}`); st != http.StatusCreated {
+		t.Errorf("the corrected add: HTTP %d %+v", st, e.Error)
+	}
+}

@@ -168,6 +168,11 @@ func (c *CA) handleUserCreate(w http.ResponseWriter, r *http.Request, by string)
 			return err
 		}
 	}
+	for _, sc := range req.Scopes { // checked before the user is recorded: no user without their role
+		if err := access.ValidScope(sc); err != nil {
+			return accessError(err)
+		}
+	}
 	u := access.User{Name: req.Name, DisplayName: req.DisplayName, Title: req.Title, Org: req.Org}
 	if err := c.access.AddUser(r.Context(), u, "admin:"+by); err != nil {
 		return accessError(err)

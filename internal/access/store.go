@@ -291,6 +291,10 @@ func (s *Store) DeleteRole(ctx context.Context, name string) error {
 	})
 }
 
+// ValidScope tells whether s may be an assignment's scope: a device group's name, at
+// most 128 bytes without control characters, or "" for every device and the site.
+func ValidScope(s string) error { return validText("scope", s, 128) }
+
 // Assign gives user role over each scope ("" for every device and the site). Assigning
 // what is already assigned changes nothing.
 func (s *Store) Assign(ctx context.Context, user, roleName string, scopes []string, by string) error {
@@ -298,7 +302,7 @@ func (s *Store) Assign(ctx context.Context, user, roleName string, scopes []stri
 		scopes = []string{""}
 	}
 	for _, sc := range scopes {
-		if err := validText("scope", sc, 128); err != nil {
+		if err := ValidScope(sc); err != nil {
 			return err
 		}
 	}
