@@ -235,6 +235,12 @@ func (c *CA) handleIssue(w http.ResponseWriter, r *http.Request, by string) erro
 	if p == Admin {
 		return errUserProfile
 	}
+	if (p == SiteServer || p == OCSP) && grantsOf(r).Site != access.AllPermissions {
+		// A site server's certificate is the site's authority itself (an MP serves policy
+		// to every device, an OCSP signer vouches for revocations): only a user who holds
+		// every permission mints one, not ManagePKI alone.
+		return api.Errorf(http.StatusForbidden, "forbidden", "user %q: a %s certificate needs every permission (Full Administrator), not ManagePKI alone", by, p)
+	}
 	chain, err := c.Issue(r.Context(), IssueSpec{Profile: p, Subject: req.Subject, DNS: req.DNS, Role: req.Role}, []byte(req.CSR), "admin:"+by)
 	if err != nil {
 		return httpError(err)

@@ -61,8 +61,6 @@ func TestDisabledUserCertificateIsNotRenewed(t *testing.T) {
 // an OCSP-signing certificate (a delegated responder can answer "good" for a revoked
 // certificate to every relying party that uses OCSP).
 func TestPKIAdministratorCannotMintAManagementPoint(t *testing.T) {
-	t.Skip("REPRODUCES: POST /v1/admin/certificates {profile: site-server, role: mp} succeeds with ManagePKI alone; " +
-		"design decision needed (e.g. site-server and ocsp profiles need every permission, or a ManageServers permission)")
 	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
 	c := newTestCA(t, db)
 	srv, pki := serveTLS(t, c, userCert(t, c, "pat", access.PKIAdministrator))
@@ -71,9 +69,17 @@ func TestPKIAdministratorCannotMintAManagementPoint(t *testing.T) {
 		`{"profile":"site-server","role":"mp","subject":"rogue","dns":["mp.corp.example"],"csr":"` + csr + `"}`,
 		`{"profile":"ocsp","subject":"rogue","csr":"` + csr + `"}`,
 	} {
-		if st, e := call(t, pki, "POST", srv.URL+"/v1/admin/certificates", body); st != http.StatusForbidden {
+		if st, e := call(t, pki, "POST", srv.URL+"/v1/admin/certificates", body); st != http.StatusForbidden || e.Error.Code != "forbidden" {
 			t.Errorf("a PKI Administrator issuing %s: HTTP %d %+v", body[:40], st, e.Error)
 		}
+	}
+	// A client certificate stays theirs to issue, and a Full Administrator issues servers.
+	if st, e := call(t, pki, "POST", srv.URL+"/v1/admin/certificates", `{"profile":"client","subject":"pc-1","csr":"`+csr+`"}`); st != http.StatusOK {
+		t.Errorf("a PKI Administrator issuing a client certificate: HTTP %d %+v", st, e.Error)
+	}
+	_, full := serveTLS(t, c, userCert(t, c, "root", access.FullAdministrator))
+	if st, e := call(t, full, "POST", srv.URL+"/v1/admin/certificates", `{"profile":"site-server","role":"mp","subject":"mp2","dns":["mp2.corp.example"],"csr":"`+csr+`"}`); st != http.StatusOK {
+		t.Errorf("a Full Administrator issuing an MP certificate: HTTP %d %+v", st, e.Error)
 	}
 }
 
