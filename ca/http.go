@@ -1,7 +1,6 @@
 package ca
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
@@ -60,7 +59,7 @@ func (c *CA) Handler(v *trust.Verifier) http.Handler {
 			if !g.Allows(perm) {
 				return forbidden(name, perm)
 			}
-			return fn(w, r.WithContext(withGrants(r.Context(), g)), name)
+			return fn(w, r.WithContext(access.NewContext(r.Context(), g)), name)
 		})
 	}
 	c.userRoutes(mux, admin)
@@ -183,7 +182,7 @@ func (c *CA) handleTokenCreate(w http.ResponseWriter, r *http.Request, by string
 	if p == Admin {
 		return errUserProfile
 	}
-	if req.DeviceID != "" && !grantsOf(r).Allows(access.ManageDevices) {
+	if req.DeviceID != "" && !access.FromContext(r.Context()).Allows(access.ManageDevices) {
 		return forbidden(by, access.ManageDevices) // a re-enroll token hands out an existing device's identity
 	}
 	secret, t, err := c.CreateToken(r.Context(), TokenSpec{Profile: p, Subject: req.Subject, Uses: req.Uses, TTL: ttl, DeviceID: req.DeviceID}, "admin:"+by)
@@ -235,7 +234,7 @@ func (c *CA) handleIssue(w http.ResponseWriter, r *http.Request, by string) erro
 	if p == Admin {
 		return errUserProfile
 	}
-	if (p == SiteServer || p == OCSP) && grantsOf(r).Site != access.AllPermissions {
+	if (p == SiteServer || p == OCSP) && access.FromContext(r.Context()).Site != access.AllPermissions {
 		// A site server's certificate is the site's authority itself (an MP serves policy
 		// to every device, an OCSP signer vouches for revocations): only a user who holds
 		// every permission mints one, not ManagePKI alone.
@@ -357,18 +356,6 @@ var errUserProfile = api.Errorf(http.StatusForbidden, "user_profile",
 // forbidden is the answer to a user who lacks perm.
 func forbidden(user string, perm access.Permission) error {
 	return api.Errorf(http.StatusForbidden, "forbidden", "user %q does not have the %s permission", user, perm)
-}
-
-type grantsKey struct{}
-
-func withGrants(ctx context.Context, g access.Grants) context.Context {
-	return context.WithValue(ctx, grantsKey{}, g)
-}
-
-// grantsOf returns the grants the admin wrapper found for the request's user.
-func grantsOf(r *http.Request) access.Grants {
-	g, _ := r.Context().Value(grantsKey{}).(access.Grants)
-	return g
 }
 
 func httpError(err error) error {

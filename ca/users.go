@@ -291,7 +291,7 @@ func (c *CA) userWire(ctx context.Context, u access.User) (wire.User, error) {
 	if err != nil {
 		return wire.User{}, err
 	}
-	g, err := c.access.Grants(ctx, u.Name)
+	g, err := c.access.GrantsFor(ctx, u, as)
 	if err != nil {
 		return wire.User{}, err
 	}

@@ -28,7 +28,7 @@ func (m *MP) guard(h func(api.HandlerFunc) http.Handler, check func(r *http.Requ
 		if err := check(r, name, g); err != nil {
 			return err
 		}
-		return fn(w, r.WithContext(context.WithValue(r.Context(), grantsKey{}, g)), name)
+		return fn(w, r.WithContext(access.NewContext(r.Context(), g)), name)
 	})
 }
 
@@ -74,14 +74,6 @@ func anyScope(name string, g access.Grants, perm access.Permission) error {
 		return forbidden(name, perm)
 	}
 	return nil
-}
-
-type grantsKey struct{}
-
-// grantsOf returns the grants the admin wrapper found for the request's user.
-func grantsOf(r *http.Request) access.Grants {
-	g, _ := r.Context().Value(grantsKey{}).(access.Grants)
-	return g
 }
 
 func (m *MP) grants(r *http.Request) (string, access.Grants, error) {

@@ -40,7 +40,7 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 		if err != nil {
 			return err
 		}
-		if ds, err = m.inScope(r.Context(), grantsOf(r), access.ReadDevices, ds); err != nil {
+		if ds, err = m.inScope(r.Context(), access.FromContext(r.Context()), access.ReadDevices, ds); err != nil {
 			return err
 		}
 		api.WriteJSON(w, http.StatusOK, ds)
@@ -114,7 +114,7 @@ func (m *MP) adminRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handle
 		if err != nil {
 			return err
 		}
-		if all, scope := grantsOf(r).Scope(access.ReadDevices); !all {
+		if all, scope := access.FromContext(r.Context()).Scope(access.ReadDevices); !all {
 			gs = slices.DeleteFunc(gs, func(g wire.Group) bool { return !slices.Contains(scope, g.Name) })
 		}
 		api.WriteJSON(w, http.StatusOK, gs)

@@ -376,13 +376,19 @@ func (s *Store) Grants(ctx context.Context, user string) (Grants, error) {
 	if err != nil {
 		return Grants{}, err
 	}
-	g := Grants{User: user}
-	if u.DisabledAt != nil {
-		return g, nil
-	}
 	as, err := s.Assignments(ctx, user)
 	if err != nil {
 		return Grants{}, err
+	}
+	return s.GrantsFor(ctx, u, as)
+}
+
+// GrantsFor returns what u may do through the assignments as (read by Assignments):
+// nothing when u is disabled.
+func (s *Store) GrantsFor(ctx context.Context, u User, as []Assignment) (Grants, error) {
+	g := Grants{User: u.Name}
+	if u.DisabledAt != nil {
+		return g, nil
 	}
 	for _, a := range as {
 		r, err := s.Role(ctx, a.Role)
@@ -399,6 +405,20 @@ func (s *Store) Grants(ctx context.Context, user string) (Grants, error) {
 		g.Groups[a.Scope] |= r.Permissions
 	}
 	return g, nil
+}
+
+type grantsKey struct{}
+
+// NewContext returns ctx carrying g: the servers' admin wrappers hand the grants they
+// checked to the route this way.
+func NewContext(ctx context.Context, g Grants) context.Context {
+	return context.WithValue(ctx, grantsKey{}, g)
+}
+
+// FromContext returns the grants NewContext put in ctx (none when there are none).
+func FromContext(ctx context.Context) Grants {
+	g, _ := ctx.Value(grantsKey{}).(Grants)
+	return g
 }
 
 // Grants is what one user may do.

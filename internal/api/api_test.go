@@ -152,3 +152,31 @@ func TestShedWhen(t *testing.T) {
 		})
 	}
 }
+
+// DecodeOptional takes an empty body as "nothing given" and anything else by Decode's rules.
+func TestDecodeOptional(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		body   string
+		status int // 0: accepted
+		want   string
+	}{
+		{"empty", ``, 0, "kept"},
+		{"blank", " \n", 0, "kept"},
+		{"object", `{"name":"a"}`, 0, "a"},
+		{"cut", `{"name":`, 400, ""},
+		{"unknown field", `{"admin":true}`, 400, ""},
+		{"too large", `{"name":"` + strings.Repeat("a", wire.MaxBody) + `"}`, 413, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := sample{Name: "kept"}
+			err := DecodeOptional(httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/", strings.NewReader(tc.body)), &v)
+			if got := StatusOf(err); tc.status != 0 && got != tc.status || tc.status == 0 && err != nil {
+				t.Fatalf("err = %v (status %d), want status %d", err, got, tc.status)
+			}
+			if tc.status == 0 && v.Name != tc.want {
+				t.Errorf("name = %q, want %q", v.Name, tc.want)
+			}
+		})
+	}
+}
