@@ -31,7 +31,7 @@ func DefaultPolicy(b wire.Bootstrap) wire.Policy {
 		Location: wire.LocationSettings{IntranetDNSSuffixes: b.IntranetDNSSuffixes, SRVNames: b.SRVNames,
 			InternetMPNames: b.InternetMPs, RedetectInterval: "1h"},
 		RemoteControl: wire.RemoteControlSettings{
-			Enabled: true, AccessLevel: "full", PromptUser: true, PromptClipboard: true, ShowNotificationIcon: true,
+			Enabled: true, AccessLevel: "full", PromptUser: true, ConsentTimeout: "30s", AllowDirect: true, DirectPort: 2701,
 			ShowConnectionBar: true, PlaySound: "start_end", AllowChat: true, PermittedViewers: []string{},
 		},
 	}

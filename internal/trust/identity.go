@@ -1,47 +1,25 @@
 package trust
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
-	"strings"
+
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
-// Kinds of identity a site certificate names in its URI SAN.
+// The identity a site certificate names is read in internal/wire, so that the agent (which
+// must not link this package) reads it the same way; these names keep the servers' code
+// as it was.
 const (
-	KindDevice = "device"      // urn:ibcm:device:<id>
-	KindServer = "site-server" // urn:ibcm:site:<code>:role:<role>
-	KindUser   = "user"        // urn:ibcm:user:<name>
+	KindDevice = wire.KindDevice
+	KindServer = wire.KindServer
+	KindUser   = wire.KindUser
 )
 
-// Identity is who a site certificate says its holder is.
-type Identity struct {
-	Kind string // KindDevice, KindServer, KindUser, or "" for none
-	ID   string // device id, user name, or role
-	Site string // site code (site-server only)
-}
+// Identity is who a site certificate says its holder is (wire.Identity).
+type Identity = wire.Identity
 
-// Identify reads the identity from a certificate's urn:ibcm URI.
-func Identify(c *x509.Certificate) Identity {
-	for _, u := range c.URIs {
-		s := u.String()
-		switch {
-		case strings.HasPrefix(s, "urn:ibcm:device:"):
-			return Identity{Kind: KindDevice, ID: strings.TrimPrefix(s, "urn:ibcm:device:")}
-		case strings.HasPrefix(s, "urn:ibcm:user:"):
-			return Identity{Kind: KindUser, ID: strings.TrimPrefix(s, "urn:ibcm:user:")}
-		case strings.HasPrefix(s, "urn:ibcm:site:"):
-			rest := strings.TrimPrefix(s, "urn:ibcm:site:")
-			if code, role, ok := strings.Cut(rest, ":role:"); ok {
-				return Identity{Kind: KindServer, ID: role, Site: code}
-			}
-		}
-	}
-	return Identity{}
-}
+// Identify reads the identity from a certificate's urn:ibcm URI (wire.Identify).
+func Identify(c *x509.Certificate) Identity { return wire.Identify(c) }
 
 // PublicKeyHash is the hex SHA-256 of a certificate's SubjectPublicKeyInfo.
-func PublicKeyHash(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-	return hex.EncodeToString(sum[:])
-}
+func PublicKeyHash(c *x509.Certificate) string { return wire.PublicKeyHash(c) }

@@ -282,6 +282,9 @@ type Policy struct {
 	Client        ClientSettings        `json:"client" yaml:"client"`
 	Location      LocationSettings      `json:"location" yaml:"location"`
 	RemoteControl RemoteControlSettings `json:"remote_control" yaml:"remote_control"`
+	// AuditKey is the site's audit public key (remote/recording), which the MP adds when it
+	// serves the policy: the agent seals session recordings to it. Not set by admins.
+	AuditKey string `json:"audit_key,omitempty" yaml:"-"`
 }
 
 // ClientSettings are the agent's timers.
@@ -299,21 +302,26 @@ type LocationSettings struct {
 	AlwaysInternet      bool     `json:"always_internet" yaml:"always_internet"`
 }
 
-// RemoteControlSettings are the remote-control client settings of DESIGN.md §9 and
-// REFERENCE.md; stored now, enforced when remote control lands.
+// RemoteControlSettings are the remote-control settings of a device's policy (DESIGN.md
+// §9, REFERENCE.md). Each one is enforced: by the MP's broker when a session is asked for,
+// and again by the agent, which trusts no helper on the MP's word alone.
 type RemoteControlSettings struct {
-	Enabled              bool     `json:"enabled" yaml:"enabled"`
-	AccessLevel          string   `json:"access_level" yaml:"access_level"` // none, view, full
-	PermittedViewers     []string `json:"permitted_viewers" yaml:"permitted_viewers"`
-	PromptUser           bool     `json:"prompt_user" yaml:"prompt_user"`
-	AllowUnattended      bool     `json:"allow_unattended" yaml:"allow_unattended"`
-	PromptClipboard      bool     `json:"prompt_clipboard" yaml:"prompt_clipboard"`
-	GrantLocalAdmins     bool     `json:"grant_local_admins" yaml:"grant_local_admins"`
-	ShowNotificationIcon bool     `json:"show_notification_icon" yaml:"show_notification_icon"`
-	ShowConnectionBar    bool     `json:"show_connection_bar" yaml:"show_connection_bar"`
-	PlaySound            string   `json:"play_sound" yaml:"play_sound"` // none, start_end, repeatedly
-	AllowChat            bool     `json:"allow_chat" yaml:"allow_chat"`
-	RecordTerminal       bool     `json:"record_terminal" yaml:"record_terminal"`
+	Enabled     bool   `json:"enabled" yaml:"enabled"`
+	AccessLevel string `json:"access_level" yaml:"access_level"` // none, view, full
+	// PermittedViewers limits who may start or join a session on the device: user names,
+	// or "role:<name>" for the holders of a role. Empty: anyone whose permissions allow it.
+	PermittedViewers  []string `json:"permitted_viewers" yaml:"permitted_viewers"`
+	PromptUser        bool     `json:"prompt_user" yaml:"prompt_user"`                 // ask the sharer before each session and each escalation
+	AllowUnattended   bool     `json:"allow_unattended" yaml:"allow_unattended"`       // sessions nobody at the device answers
+	ConsentTimeout    string   `json:"consent_timeout" yaml:"consent_timeout"`         // no answer within it = deny; Go duration, default 30s
+	AllowDirect       bool     `json:"allow_direct" yaml:"allow_direct"`               // the intranet session port, besides the relay
+	DirectPort        int      `json:"direct_port" yaml:"direct_port"`                 // default 2701, as in Configuration Manager
+	MaxDuration       string   `json:"max_duration" yaml:"max_duration"`               // a session ends after it; "0" or "" = no limit
+	IdleTimeout       string   `json:"idle_timeout" yaml:"idle_timeout"`               // a session without input or output ends after it; "" = none
+	ShowConnectionBar bool     `json:"show_connection_bar" yaml:"show_connection_bar"` // the share status line says who is connected
+	PlaySound         string   `json:"play_sound" yaml:"play_sound"`                   // a bell on the sharer's terminal: none, start_end, repeatedly
+	AllowChat         bool     `json:"allow_chat" yaml:"allow_chat"`
+	RecordTerminal    bool     `json:"record_terminal" yaml:"record_terminal"` // asciicast sealed to the site's audit key
 }
 
 // Locate is GET /v1/locate: the MPs and DPs for the caller's location.

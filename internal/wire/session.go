@@ -1,0 +1,159 @@
+package wire
+
+import "time"
+
+// Remote-control sessions (DESIGN.md §9). The routes, all on the MP listeners (mutual TLS):
+//
+//	POST /v1/admin/sessions                 helper (user cert): SessionStartRequest → SessionStart
+//	GET  /v1/admin/sessions                 ?active=1&device=&helper=&since=<RFC 3339> → []Session
+//	GET  /v1/admin/sessions/{id}            → Session
+//	POST /v1/admin/sessions/{id}/end        the helper of the session, or ManageDevices on its device
+//	POST /v1/admin/sessions/{id}/join       a second helper with ViewScreen on the device → SessionStart (role viewer)
+//	POST /v1/admin/sessions/{id}/mode       the helper's mode change, for the audit: SessionModeReport
+//	GET  /v1/admin/sessions/{id}/recording  ReadAudit: the decrypted asciicast v2
+//	GET  /v1/admin/sessions/{id}/relay      ?ticket=<ticket id>: the helper's leg (Upgrade: ibcm-relay)
+//	GET  /v1/sessions/{id}/relay            ?ticket=<ticket id>: the device's leg (Upgrade: ibcm-relay)
+//	POST /v1/sessions/{id}/report           the device: SessionReport
+//	POST /v1/sessions/{id}/recording        the device: the recording sealed to the site's audit key
+//	GET  /v1/relay/{id}                     ?ticket=: another MP of the site forwarding a helper's leg
+//	GET  /v1/crl                            the issuing CA's CRL (DER), for the agent's checks
+//
+// A relay leg is an HTTP/1.1 GET with "Connection: Upgrade" and "Upgrade: ibcm-relay"; the MP
+// answers 101 once both legs of the ticket are there (or an error body when the session was
+// refused, ended or not answered in time), then carries raw bytes both ways: the
+// end-to-end TLS of remote/e2e.
+
+// RelayProtocol is the Upgrade token of a relay leg.
+const RelayProtocol = "ibcm-relay"
+
+// Outcomes of a session (audit).
+const (
+	OutcomeCompleted      = "completed"
+	OutcomeDenied         = "denied"
+	OutcomeConsentTimeout = "consent-timeout"
+	OutcomeOffline        = "offline"
+	OutcomeFailed         = "failed"
+	OutcomeInterrupted    = "interrupted"
+	OutcomeRefused        = "refused" // by the agent: a ticket or peer check failed
+)
+
+// Session states.
+const (
+	SessionRequested = "requested" // ticket sent to the device
+	SessionWaiting   = "waiting"   // the device asks its user for consent
+	SessionActive    = "active"    // the helper is connected
+	SessionEnded     = "ended"
+)
+
+// Transports of a session.
+const (
+	TransportRelay  = "relay"
+	TransportDirect = "direct"
+)
+
+// SessionStartRequest is `ibcm remote start`.
+type SessionStartRequest struct {
+	Device string `json:"device"` // id, unique id prefix, or device name
+	Mode   string `json:"mode"`   // view, control, elevated, unattended
+	Reason string `json:"reason,omitempty"`
+}
+
+// SessionStart answers a start or a join: the session, the leg's ticket id for the relay,
+// the device's identity card, and a compliance warning (never a block).
+type SessionStart struct {
+	Session           Session    `json:"session"`
+	TicketID          string     `json:"ticket_id"`
+	Role              string     `json:"role"` // helper or viewer
+	Modes             []string   `json:"modes"`
+	Device            DeviceCard `json:"device"`
+	ComplianceWarning string     `json:"compliance_warning,omitempty"`
+	// Direct lists the device's session port on its intranet addresses (host:port) when the
+	// helper and the device are both on the intranet and policy allows direct connections.
+	Direct []string `json:"direct,omitempty"`
+	// RelayAfter is how long the helper tries Direct before it starts the relay in parallel.
+	RelayAfterMS int `json:"relay_after_ms,omitempty"`
+}
+
+// DeviceCard is who the device is, as the helper sees it.
+type DeviceCard struct {
+	ID         string   `json:"id"`
+	Name       string   `json:"name"`
+	FQDN       string   `json:"fqdn,omitempty"`
+	OS         string   `json:"os,omitempty"`
+	Location   string   `json:"location,omitempty"`
+	Addresses  []string `json:"addresses,omitempty"`
+	Compliance string   `json:"compliance,omitempty"` // compliant, noncompliant or unknown
+}
+
+// SessionMode is one mode of a session with the time it began.
+type SessionMode struct {
+	Mode string    `json:"mode"`
+	At   time.Time `json:"at"`
+}
+
+// Session is a session as the audit keeps it (`ibcm remote show`).
+type Session struct {
+	ID          string        `json:"id"`
+	Device      string        `json:"device"`
+	DeviceName  string        `json:"device_name"`
+	Helper      string        `json:"helper"`
+	HelperName  string        `json:"helper_name,omitempty"`
+	Sharer      string        `json:"sharer,omitempty"` // local user
+	SharerName  string        `json:"sharer_name,omitempty"`
+	Reason      string        `json:"reason,omitempty"`
+	State       string        `json:"state"`
+	Outcome     string        `json:"outcome,omitempty"`
+	Error       string        `json:"error,omitempty"` // the refusal's code, when there was one
+	Mode        string        `json:"mode"`            // the mode in force (or last)
+	Modes       []SessionMode `json:"modes"`
+	Location    string        `json:"location,omitempty"` // the device's
+	Transport   string        `json:"transport,omitempty"`
+	E2E         bool          `json:"e2e"`
+	MP          string        `json:"mp"` // the MP that brokered it
+	Viewers     []string      `json:"viewers,omitempty"`
+	RequestedAt time.Time     `json:"requested_at"`
+	StartedAt   *time.Time    `json:"started_at,omitempty"`
+	EndedAt     *time.Time    `json:"ended_at,omitempty"`
+	BytesIn     int64         `json:"bytes_to_device"`
+	BytesOut    int64         `json:"bytes_from_device"`
+	Recorded    bool          `json:"recorded"`
+}
+
+// Events a device reports about a session (POST /v1/sessions/{id}/report).
+const (
+	ReportConsentAsked   = "consent-asked"
+	ReportAccepted       = "accepted"
+	ReportDenied         = "denied"
+	ReportConsentTimeout = "consent-timeout"
+	ReportStarted        = "started" // a leg's end-to-end TLS is up
+	ReportMode           = "mode"    // the mode in force changed
+	ReportEnded          = "ended"
+	ReportRefused        = "refused" // the agent refused a ticket or a peer
+)
+
+// SessionReport is what the device tells the MP about a session it serves.
+type SessionReport struct {
+	Ticket     string    `json:"ticket"` // ticket id
+	Event      string    `json:"event"`
+	At         time.Time `json:"at"`
+	Mode       string    `json:"mode,omitempty"`
+	Sharer     string    `json:"sharer,omitempty"`
+	SharerName string    `json:"sharer_name,omitempty"`
+	Transport  string    `json:"transport,omitempty"`
+	Outcome    string    `json:"outcome,omitempty"`
+	Code       string    `json:"code,omitempty"` // the refusal's error code
+	Message    string    `json:"message,omitempty"`
+	BytesIn    int64     `json:"bytes_in,omitempty"`  // to the device
+	BytesOut   int64     `json:"bytes_out,omitempty"` // from the device
+}
+
+// Data keys of a session-requested or session-ended Event.
+const (
+	EventDataTicket  = "ticket"  // the signed ticket (remote/ticket)
+	EventDataSession = "session" // the session id
+	EventDataReason  = "reason"
+)
+
+// EventSessionEnded tells the device a session ended at the site (the helper ended it, the
+// helper was disabled): the agent ends every leg, direct ones included.
+const EventSessionEnded = "session-ended"

@@ -1,0 +1,156 @@
+// Package e2e is the end-to-end TLS 1.3 of a remote-control session: the helper is the TLS
+// client with its user certificate, the device the TLS server with its device certificate,
+// and each checks the other against the site's roots and the ticket, over whatever carries
+// the bytes (the MP's relay, or the device's session port on the intranet). A relay sees
+// only ciphertext. It imports only the standard library and internal/wire.
+package e2e
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/ibcm-project/ibcm/internal/wire"
+)
+
+// ALPN names the protocol inside, so that a session stream is never taken for anything else.
+const ALPN = "ibcm-session/1"
+
+// DirectPreamble starts a direct connection to a device's session port, before TLS: the
+// ticket id that names the leg, then a newline.
+const DirectPreamble = "IBCM-SESSION "
+
+// MaxPreamble bounds the preamble line (DirectPreamble + 32 hex digits + "\n").
+const MaxPreamble = len(DirectPreamble) + 33
+
+// ErrPeer is wrapped by every refusal of the other side's certificate.
+var ErrPeer = errors.New("end-to-end peer refused")
+
+// HelperExpect is what the device requires of the helper's certificate: the ticket's user
+// and key, chained to the site's roots, clientAuth, valid now, not revoked.
+type HelperExpect struct {
+	Roots   *x509.CertPool
+	User    string // ticket.Helper
+	KeyHash string // ticket.HelperKey
+	Now     func() time.Time
+	Revoked func(*x509.Certificate) bool // the agent's verified CRL; nil checks nothing
+}
+
+// DeviceConfig is the device's side: TLS 1.3 server with the device certificate, a client
+// certificate required and checked against e.
+func DeviceConfig(cert tls.Certificate, e HelperExpect) *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS13,
+		ClientAuth:   tls.RequireAnyClientCert, // verified below, against the ticket
+		NextProtos:   []string{ALPN},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			leaf, err := verifyChain(cs.PeerCertificates, e.Roots, now(e.Now), e.Revoked)
+			if err != nil {
+				return err
+			}
+			id := wire.Identify(leaf)
+			if id.Kind != wire.KindUser || id.ID != e.User {
+				return fmt.Errorf("%w: the certificate names %s %q, the ticket user %q", ErrPeer, id.Kind, id.ID, e.User)
+			}
+			if got := wire.PublicKeyHash(leaf); got != e.KeyHash {
+				return fmt.Errorf("%w: user %q presented another key than the one the session was started with", ErrPeer, e.User)
+			}
+			if cs.NegotiatedProtocol != ALPN {
+				return fmt.Errorf("%w: protocol %q, want %q", ErrPeer, cs.NegotiatedProtocol, ALPN)
+			}
+			return nil
+		},
+	}
+}
+
+// HelperConfig is the helper's side: TLS 1.3 client with the user certificate, requiring
+// the device certificate of device (a site client certificate naming urn:ibcm:device:<id>).
+func HelperConfig(cert tls.Certificate, roots *x509.CertPool, device string, clock func() time.Time) *tls.Config {
+	return &tls.Config{
+		Certificates:       []tls.Certificate{cert},
+		MinVersion:         tls.VersionTLS13,
+		NextProtos:         []string{ALPN},
+		InsecureSkipVerify: true, // device certificates have no server name: verified below
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			leaf, err := verifyChain(cs.PeerCertificates, roots, now(clock), nil)
+			if err != nil {
+				return err
+			}
+			if id := wire.Identify(leaf); id.Kind != wire.KindDevice || id.ID != device {
+				return fmt.Errorf("%w: the device presented %s %q, want device %q", ErrPeer, id.Kind, id.ID, device)
+			}
+			if cs.NegotiatedProtocol != ALPN {
+				return fmt.Errorf("%w: protocol %q, want %q", ErrPeer, cs.NegotiatedProtocol, ALPN)
+			}
+			return nil
+		},
+	}
+}
+
+func now(f func() time.Time) time.Time {
+	if f == nil {
+		return time.Now()
+	}
+	return f()
+}
+
+// verifyChain checks chain[0] against roots (the rest as intermediates) for clientAuth:
+// both device and user certificates carry it.
+func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, at time.Time, revoked func(*x509.Certificate) bool) (*x509.Certificate, error) {
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("%w: no certificate", ErrPeer)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrPeer, err)
+	}
+	if revoked != nil {
+		for _, c := range chain {
+			if revoked(c) {
+				return nil, fmt.Errorf("%w: certificate %s is revoked", ErrPeer, wire.FormatSerial(c.SerialNumber))
+			}
+		}
+	}
+	return chain[0], nil
+}
+
+// WritePreamble starts a direct connection for ticket id.
+func WritePreamble(w io.Writer, ticketID string) error {
+	_, err := io.WriteString(w, DirectPreamble+ticketID+"\n")
+	return err
+}
+
+// ReadPreamble reads the preamble of a direct connection byte by byte (nothing of the TLS
+// that follows is consumed) and returns the ticket id.
+func ReadPreamble(r io.Reader) (string, error) {
+	var b [1]byte
+	line := make([]byte, 0, MaxPreamble)
+	for len(line) < MaxPreamble {
+		if _, err := io.ReadFull(r, b[:]); err != nil {
+			return "", err
+		}
+		if b[0] == '\n' {
+			s := string(line)
+			if len(s) != len(DirectPreamble)+32 || s[:len(DirectPreamble)] != DirectPreamble {
+				return "", fmt.Errorf("%w: bad session preamble", ErrPeer)
+			}
+			id := s[len(DirectPreamble):]
+			for _, c := range id {
+				if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+					return "", fmt.Errorf("%w: bad session preamble", ErrPeer)
+				}
+			}
+			return id, nil
+		}
+		line = append(line, b[0])
+	}
+	return "", fmt.Errorf("%w: session preamble too long", ErrPeer)
+}
