@@ -2,7 +2,9 @@ package mp
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
+	"crypto/x509"
 	"embed"
 	"encoding/hex"
 	"errors"
@@ -18,6 +20,7 @@ import (
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/recording"
 )
 
 //go:embed migrations/*.sql
@@ -57,7 +60,17 @@ type Options struct {
 	// site; a new one beyond it closes the oldest. 3 when zero.
 	MaxChannelsPerDevice int
 	PingInterval         time.Duration
-	Now                  func() time.Time
+	// SiteKey and SiteChain (leaf first) are the MP's own site-server key and certificate:
+	// it signs session tickets with them and presents them to the other MPs of the site when
+	// it forwards a relay leg. Without them, sessions are refused (503).
+	SiteKey   crypto.Signer
+	SiteChain []*x509.Certificate
+	// AuditKey is the site's audit private key (remote/recording): its public half goes in
+	// every policy served to devices, and it opens recordings for ReadAudit users.
+	AuditKey []byte
+	// SessionRetention is how long ended sessions are kept in the audit; 30 days when zero.
+	SessionRetention time.Duration
+	Now              func() time.Time
 	Log                  zerolog.Logger
 }
 
@@ -93,6 +106,9 @@ type MP struct {
 	blocked map[string]bool // device ids, kept current by device events
 
 	access *access.Store // who may use which admin route (access.go)
+
+	relays   *relays // relay legs of sessions (relay.go)
+	auditPub string  // public half of Options.AuditKey
 }
 
 // New opens the MP over the site database: it applies the MP's migrations, stores the
@@ -121,6 +137,9 @@ func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options
 	if o.PingInterval <= 0 {
 		o.PingInterval = 30 * time.Second
 	}
+	if o.SessionRetention <= 0 {
+		o.SessionRetention = defaultSessionRetention
+	}
 	if err := Migrate(ctx, db); err != nil {
 		return nil, err
 	}
@@ -130,6 +149,12 @@ func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options
 		return nil, err
 	}
 	m.hub = newHub(m)
+	m.relays = newRelays(m)
+	if len(o.AuditKey) > 0 {
+		if m.auditPub, err = recording.PublicOf(o.AuditKey); err != nil {
+			return nil, fmt.Errorf("mp: the audit key: %w", err)
+		}
+	}
 	m.checkins = &checkinBuffer{db: db, pending: map[string]pendingCheckin{}}
 	m.policies = &policyCache{byDevice: map[string]string{}, byName: map[string]*wire.Policy{}}
 	if err := m.ensureDefaultPolicy(ctx); err != nil {
@@ -150,8 +175,17 @@ func (m *MP) Start(ctx context.Context) error {
 	if rs := m.verifier.Revoked; rs != nil {
 		stop := rs.OnRevoke(m.hub.closeSerial)
 		context.AfterFunc(ctx, stop)
+		stopSessions := rs.OnRevoke(func(serial string) { go m.endSessionsOfSerial(serial) })
+		context.AfterFunc(ctx, stopSessions)
 	}
-	m.bg.Add(2)
+	// Sessions this MP brokered or relayed before it stopped lost their relay with it.
+	if n, err := m.interruptSessions(ctx, `mp_id = ? OR device_mp = ?`, m.o.ID, m.o.ID); err != nil {
+		return fmt.Errorf("marking the sessions of the previous run interrupted: %w", err)
+	} else if n > 0 {
+		m.log.Warn().Int("sessions", n).Msg("sessions of the previous run marked interrupted")
+	}
+	m.bg.Add(3)
+	go func() { defer m.bg.Done(); m.purgeLoop(ctx) }()
 	go func() { defer m.bg.Done(); m.heartbeat(ctx) }()
 	go func() {
 		defer m.bg.Done()
@@ -215,6 +249,14 @@ func (m *MP) heartbeat(ctx context.Context) {
 			_, err = m.db.Exec(ctx, `DELETE FROM notify_connections WHERE mp_id IN (SELECT id FROM management_points WHERE last_seen < ?)`,
 				now.Add(-forgetDeadMPAfter).Unix())
 		}
+		if err == nil {
+			var n int
+			dead := `SELECT id FROM management_points WHERE last_seen < ?`
+			n, err = m.interruptSessions(ctx, `mp_id IN (`+dead+`) OR device_mp IN (`+dead+`)`, m.aliveSince(), m.aliveSince())
+			if n > 0 {
+				m.log.Warn().Int("sessions", n).Msg("sessions of a dead MP marked interrupted")
+			}
+		}
 		if err != nil && ctx.Err() == nil {
 			m.log.Warn().Err(err).Msg("MP heartbeat")
 		}
@@ -241,6 +283,33 @@ func (m *MP) setBlocked(deviceID string, blocked bool) {
 		m.blocked[deviceID] = true
 	} else {
 		delete(m.blocked, deviceID)
+	}
+}
+
+// defaultSessionRetention is Options.SessionRetention when zero; purgeEvery is how often
+// ended sessions older than it are deleted.
+const (
+	defaultSessionRetention = 30 * 24 * time.Hour
+	purgeEvery              = time.Hour
+)
+
+// purgeLoop deletes the sessions that ended more than SessionRetention ago, at once and
+// every purgeEvery, until ctx is done.
+func (m *MP) purgeLoop(ctx context.Context) {
+	t := time.NewTicker(purgeEvery)
+	defer t.Stop()
+	for {
+		n, err := m.purgeSessions(ctx, m.now().Add(-m.o.SessionRetention))
+		if err != nil && ctx.Err() == nil {
+			m.log.Warn().Err(err).Msg("purging old sessions")
+		} else if n > 0 {
+			m.log.Info().Int64("sessions", n).Msg("old sessions purged")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 

@@ -35,6 +35,9 @@ const (
 	// Device presented Successor, a renewal of certificate Serial, for the first time: what
 	// an MP holds of an older certificate of its line goes (MP.supersedeOlder).
 	kindSuperseded = "superseded"
+	// Session ended with Outcome (and the refusal's Code): the MPs close its relay legs, of
+	// every ticket, or of Ticket alone (a viewer's leg).
+	kindSession = "session"
 )
 
 type siteEvent struct {
@@ -48,6 +51,10 @@ type siteEvent struct {
 	// Serial and Successor are decimal certificate serials.
 	Serial    string `json:"serial,omitempty"`
 	Successor string `json:"successor,omitempty"`
+	Session   string `json:"session,omitempty"`
+	Ticket    string `json:"ticket,omitempty"`
+	Outcome   string `json:"outcome,omitempty"`
+	Code      string `json:"code,omitempty"`
 }
 
 // Writers of the channels' queued frames (events, probes): a broadcast to every channel
@@ -324,6 +331,8 @@ func (h *hub) dispatch(ctx context.Context, ev siteEvent) {
 		if ev.Event != nil {
 			h.deliver(ev.Device, *ev.Event)
 		}
+	case kindSession:
+		h.m.relays.endSession(ev.Session, ev.Ticket, endError(ev.Outcome, ev.Code))
 	case kindClose:
 		if nc := h.channel(ev.Device, ev.Conn); nc != nil {
 			nc.closeOverCap(ev.ConnIP, ev.NewIP)

@@ -113,6 +113,20 @@ func ValidatePolicy(p wire.Policy) error {
 	default:
 		bad("remote_control.play_sound", "none, start_end or repeatedly (got %q)", rc.PlaySound)
 	}
+	if d, err := time.ParseDuration(rc.ConsentTimeout); err != nil || d < 5*time.Second || d > 10*time.Minute {
+		bad("remote_control.consent_timeout", "a duration from 5s to 10m (got %q)", rc.ConsentTimeout)
+	}
+	if rc.DirectPort < 1 || rc.DirectPort > 65535 {
+		bad("remote_control.direct_port", "a TCP port from 1 to 65535 (got %d)", rc.DirectPort)
+	}
+	for key, v := range map[string]string{"remote_control.max_duration": rc.MaxDuration, "remote_control.idle_timeout": rc.IdleTimeout} {
+		if v == "" || v == "0" {
+			continue
+		}
+		if d, err := time.ParseDuration(v); err != nil || d < time.Minute || d > 24*time.Hour {
+			bad(key, "a duration from 1m to 24h, or \"0\" for none (got %q)", v)
+		}
+	}
 	if len(rc.PermittedViewers) > 64 {
 		bad("remote_control.permitted_viewers", "at most 64")
 	}
@@ -122,6 +136,21 @@ func ValidatePolicy(p wire.Policy) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// withDefaults fills the remote-control fields a document stored before they existed (or
+// sent without them) leaves empty.
+func withDefaults(p wire.Policy) wire.Policy {
+	if p.RemoteControl.ConsentTimeout == "" {
+		p.RemoteControl.ConsentTimeout = defaultConsentTimeout.String()
+	}
+	if p.RemoteControl.DirectPort == 0 {
+		p.RemoteControl.DirectPort = defaultDirectPort
+	}
+	if p.RemoteControl.PermittedViewers == nil {
+		p.RemoteControl.PermittedViewers = []string{}
+	}
+	return p
 }
 
 func policyETag(p wire.Policy) string { return fmt.Sprintf(`"%s.%d"`, p.Name, p.Version) }
@@ -154,7 +183,7 @@ func (c *policyCache) clear(name string) {
 }
 
 func (m *MP) ensureDefaultPolicy(ctx context.Context) error {
-	p := m.o.DefaultPolicy
+	p := withDefaults(m.o.DefaultPolicy)
 	p.Name, p.Version = DefaultPolicyName, 1
 	if err := ValidatePolicy(p); err != nil {
 		return fmt.Errorf("mp: the default policy: %w", err)
@@ -186,6 +215,7 @@ func (m *MP) Policy(ctx context.Context, name string) (wire.Policy, error) {
 	if err := json.Unmarshal([]byte(doc), &pol); err != nil {
 		return wire.Policy{}, fmt.Errorf("stored policy %s: %w", name, err)
 	}
+	pol = withDefaults(pol)
 	m.policies.mu.Lock()
 	if m.policies.gen == gen {
 		m.policies.byName[name] = &pol
@@ -223,6 +253,7 @@ func (m *MP) handlePolicy(w http.ResponseWriter, r *http.Request, p *peer) error
 	if err != nil {
 		return err
 	}
+	pol.AuditKey = m.auditPub // the agent seals recordings to it
 	tag := policyETag(pol)
 	w.Header().Set("ETag", tag)
 	if match := r.Header.Get("If-None-Match"); match != "" && match == tag {
@@ -236,6 +267,7 @@ func (m *MP) handlePolicy(w http.ResponseWriter, r *http.Request, p *peer) error
 // SetPolicy stores a new version of a named policy and tells every device to fetch its
 // policy again.
 func (m *MP) SetPolicy(ctx context.Context, p wire.Policy, by string) (wire.Policy, error) {
+	p = withDefaults(p)
 	if err := ValidatePolicy(p); err != nil {
 		return wire.Policy{}, api.Wrap(err, http.StatusBadRequest, "invalid_policy", err.Error())
 	}
@@ -278,7 +310,7 @@ func (m *MP) Policies(ctx context.Context) ([]wire.Policy, error) {
 		if err := json.Unmarshal([]byte(doc), &p); err != nil {
 			return nil, err
 		}
-		out = append(out, p)
+		out = append(out, withDefaults(p))
 	}
 	return out, rows.Err()
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -89,6 +90,7 @@ func peerOf(r *http.Request) *peer { return r.Context().Value(peerKey{}).(*peer)
 //	GET  /v1/locate
 //	GET  /v1/notify           devices; WebSocket
 //	/v1/admin/...             admin certificates
+//	/v1/sessions/..., /v1/relay/{id}, /v1/crl: remote-control sessions (sessions.go)
 func (m *MP) Handler(location string) http.Handler {
 	mux := http.NewServeMux()
 	h := func(fn api.HandlerFunc) http.Handler {
@@ -119,6 +121,7 @@ func (m *MP) Handler(location string) http.Handler {
 	mux.Handle("GET /v1/locate", h(m.handleLocate))
 	mux.Handle("GET /v1/notify", device(m.handleNotify))
 	m.adminRoutes(mux, h)
+	m.sessionRoutes(mux, h, device)
 	mux.Handle("/", h(func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
 	}))
@@ -160,7 +163,10 @@ func (m *MP) gate(location string, next http.Handler) http.Handler {
 		if p.id.Kind == trust.KindDevice && m.isBlocked(p.id.ID) {
 			return api.Errorf(http.StatusForbidden, "device_blocked", "device %s is blocked", p.id.ID)
 		}
-		if r.URL.Path != "/v1/notify" && r.URL.Path != wire.ProbePath { // a probe costs no more than /healthz
+		// A relay leg waits for its other leg, then leaves net/http: it is bounded by the
+		// sessions, not by the request slots.
+		relayLeg := strings.HasSuffix(r.URL.Path, "/relay") || strings.HasPrefix(r.URL.Path, "/v1/relay/")
+		if r.URL.Path != "/v1/notify" && r.URL.Path != wire.ProbePath && !relayLeg { // a probe costs no more than /healthz
 			select {
 			case m.inflight <- struct{}{}:
 				defer func() { <-m.inflight }()

@@ -9,7 +9,6 @@ import "time"
 //	GET  /v1/admin/sessions/{id}            → Session
 //	POST /v1/admin/sessions/{id}/end        the helper of the session, or ManageDevices on its device
 //	POST /v1/admin/sessions/{id}/join       a second helper with ViewScreen on the device → SessionStart (role viewer)
-//	POST /v1/admin/sessions/{id}/mode       the helper's mode change, for the audit: SessionModeReport
 //	GET  /v1/admin/sessions/{id}/recording  ReadAudit: the decrypted asciicast v2
 //	GET  /v1/admin/sessions/{id}/relay      ?ticket=<ticket id>: the helper's leg (Upgrade: ibcm-relay)
 //	GET  /v1/sessions/{id}/relay            ?ticket=<ticket id>: the device's leg (Upgrade: ibcm-relay)
