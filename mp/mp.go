@@ -71,7 +71,7 @@ type Options struct {
 	// SessionRetention is how long ended sessions are kept in the audit; 30 days when zero.
 	SessionRetention time.Duration
 	Now              func() time.Time
-	Log                  zerolog.Logger
+	Log              zerolog.Logger
 }
 
 // MP is a management point.

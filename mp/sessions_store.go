@@ -158,7 +158,7 @@ func insertSession(tx *sitedb.Tx, s sessionRow) error {
 // ticketRow is a leg's ticket as stored.
 type ticketRow struct {
 	ID, Session, Role, Helper, HelperKey, HelperSerial string
-	ExpiresAt                                         time.Time
+	ExpiresAt                                          time.Time
 }
 
 func insertTicket(tx *sitedb.Tx, t ticketRow, now time.Time) error {
