@@ -2,6 +2,7 @@ package mp
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -28,6 +29,7 @@ import (
 	"github.com/ibcm-project/ibcm/internal/tlspark"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/recording"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
@@ -43,6 +45,17 @@ type fixture struct {
 	intranet string // base URLs
 	internet string
 	roots    *x509.CertPool
+	verifier *trust.Verifier
+	auditKey []byte // the site's audit private key
+	ctx      context.Context
+}
+
+// mpInstance is one more MP of the fixture's site (startMP).
+type mpInstance struct {
+	mp                 *MP
+	intranet, internet string
+	cancel             context.CancelFunc
+	servers            []*httptest.Server
 }
 
 func newFixture(t testing.TB, db *sitedb.DB, o Options) *fixture {
@@ -62,37 +75,80 @@ func newFixture(t testing.TB, db *sitedb.DB, o Options) *fixture {
 	if o.ID == "" {
 		o.ID = "mp-test"
 	}
+	f := &fixture{db: db, ca: c, roots: x509.NewCertPool(), verifier: v, ctx: ctx}
+	f.roots.AddCert(h.Root)
+	if f.auditKey, _, err = recording.NewKey(); err != nil {
+		t.Fatal(err)
+	}
+	in := f.startMP(t, o)
+	f.mp, f.intranet, f.internet = in.mp, in.intranet, in.internet
+	return f
+}
+
+// startMP runs one more MP of the site over the fixture's database, with its own site-server
+// certificate and its two listeners on 127.0.0.1 (their URLs registered as its own).
+func (f *fixture) startMP(t testing.TB, o Options) *mpInstance {
+	t.Helper()
+	ctx, cancel := context.WithCancel(f.ctx)
 	if o.Mode == "" {
 		o.Mode = ModeBoth
 	}
 	o.DefaultPolicy = DefaultPolicy(testBootstrap)
 	o.Log = zerolog.Nop()
-	m, err := New(ctx, db, v, o)
+	serverCert := f.issue(t, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp", DNS: []string{"127.0.0.1"}, Role: "mp"})
+	o.SiteKey = serverCert.PrivateKey.(crypto.Signer)
+	for _, der := range serverCert.Certificate {
+		c, _ := x509.ParseCertificate(der)
+		o.SiteChain = append(o.SiteChain, c)
+	}
+	o.AuditKey = f.auditKey
+	in := &mpInstance{cancel: cancel}
+	for _, loc := range []string{wire.Intranet, wire.Internet} {
+		srv := httptest.NewUnstartedServer(nil) // its listener is open: the URL is known before New
+		srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are what the tests want
+		in.servers = append(in.servers, srv)
+		if loc == wire.Intranet {
+			in.intranet = "https://" + srv.Listener.Addr().String()
+		} else {
+			in.internet = "https://" + srv.Listener.Addr().String()
+		}
+	}
+	if o.IntranetURL == "" {
+		o.IntranetURL = in.intranet
+	}
+	if o.InternetURL == "" {
+		o.InternetURL = in.internet
+	}
+	m, err := New(ctx, f.db, f.verifier, o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{db: db, ca: c, mp: m, roots: x509.NewCertPool()}
-	f.roots.AddCert(h.Root)
-	serverCert := f.issue(t, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp", DNS: []string{"127.0.0.1"}, Role: "mp"})
-	for _, loc := range []string{wire.Intranet, wire.Internet} {
-		srv := httptest.NewUnstartedServer(nil)
-		srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are what the tests want
+	in.mp = m
+	for i, loc := range []string{wire.Intranet, wire.Internet} {
+		srv := in.servers[i]
 		m.Configure(srv.Config, loc)
 		cfg := m.TLSConfig(nil)
 		cfg.Certificates = []tls.Certificate{serverCert}
 		srv.Listener = tlspark.NewListener(srv.Listener, cfg) // as site.Run serves an MP
 		srv.Start()
 		t.Cleanup(srv.Close)
-		if loc == wire.Intranet {
-			f.intranet = "https://" + srv.Listener.Addr().String()
-		} else {
-			f.internet = "https://" + srv.Listener.Addr().String()
-		}
 	}
-	return f
+	t.Cleanup(cancel)
+	return in
+}
+
+// stop shuts the MP down as a killed one would look to the site: listeners closed, its
+// background work ended.
+func (in *mpInstance) stop() {
+	for _, s := range in.servers {
+		s.CloseClientConnections()
+		s.Close()
+	}
+	in.cancel()
+	in.mp.Close()
 }
 
 // issue has the site CA issue a certificate for a key made here.

@@ -267,7 +267,8 @@ func (m *MP) handleSessionStart(w http.ResponseWriter, r *http.Request, name str
 		return api.Errorf(http.StatusConflict, "device_offline", "device %s (%s) is offline: it has no live notification channel", d.ID, d.Name)
 	}
 	s.DeviceMP = deviceMP
-	direct := p.location == wire.Intranet && pol.RemoteControl.AllowDirect && d.LastLocation == wire.Intranet
+	// Direct: both ends on the intranet, policy allows it, and the device told its addresses.
+	direct := p.location == wire.Intranet && pol.RemoteControl.AllowDirect && d.LastLocation == wire.Intranet && len(d.Addresses) > 0
 	out, err := m.issueLeg(ctx, s, p, pol, ticket.RoleHelper, req.Mode, allowedModes(g, d.Groups, pol), direct, true)
 	if err != nil {
 		return err
