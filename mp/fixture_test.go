@@ -104,7 +104,7 @@ func (f *fixture) startMP(t testing.TB, o Options) *mpInstance {
 	o.AuditKey = f.auditKey
 	in := &mpInstance{cancel: cancel}
 	for _, loc := range []string{wire.Intranet, wire.Internet} {
-		srv := httptest.NewUnstartedServer(nil) // its listener is open: the URL is known before New
+		srv := httptest.NewUnstartedServer(nil)          // its listener is open: the URL is known before New
 		srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are what the tests want
 		in.servers = append(in.servers, srv)
 		if loc == wire.Intranet {

@@ -174,7 +174,9 @@ func TestSessionStartRefusals(t *testing.T) {
 		{func(rc *wire.RemoteControlSettings) { rc.AccessLevel = "view" }, hd, ticket.ModeView, ""},
 		{func(rc *wire.RemoteControlSettings) { rc.AccessLevel = "none" }, hd, ticket.ModeView, "access_level"},
 		{func(rc *wire.RemoteControlSettings) { rc.AccessLevel, rc.PermittedViewers = "full", []string{"bob"} }, hd, ticket.ModeView, "not_permitted_viewer"},
-		{func(rc *wire.RemoteControlSettings) { rc.PermittedViewers = []string{"role:" + access.HelpDeskOperator} }, hd, ticket.ModeView, ""},
+		{func(rc *wire.RemoteControlSettings) {
+			rc.PermittedViewers = []string{"role:" + access.HelpDeskOperator}
+		}, hd, ticket.ModeView, ""},
 		{func(rc *wire.RemoteControlSettings) { rc.PermittedViewers = []string{"hd"} }, hd, ticket.ModeControl, ""},
 		{func(rc *wire.RemoteControlSettings) { rc.Enabled = false }, hd, ticket.ModeView, "remote_control_disabled"},
 	}
