@@ -64,17 +64,21 @@ type CAConfig struct {
 
 // MPConfig configures the management point role.
 type MPConfig struct {
-	ID             string     `yaml:"id"`              // unique per MP of the site
-	Mode           string     `yaml:"mode"`            // intranet, internet or both
-	IntranetListen string     `yaml:"intranet_listen"` // HTTPS, mutual TLS
-	IntranetURL    string     `yaml:"intranet_url"`    // how intranet devices reach it
-	InternetListen string     `yaml:"internet_listen"` // HTTPS, mutual TLS
-	InternetURL    string     `yaml:"internet_url"`    // how internet devices reach it
-	TLSCert        string     `yaml:"tls_cert"`        // site-server certificate of the MP role, with chain
-	TLSKey         string     `yaml:"tls_key"`
-	MaxConns       int        `yaml:"max_conns,omitempty"`     // open connections per listener
-	MaxInFlight    int        `yaml:"max_in_flight,omitempty"` // requests at once before 503
-	DNS            *DNSConfig `yaml:"dns,omitempty"`           // publish the SRV records
+	ID             string `yaml:"id"`              // unique per MP of the site
+	Mode           string `yaml:"mode"`            // intranet, internet or both
+	IntranetListen string `yaml:"intranet_listen"` // HTTPS, mutual TLS
+	IntranetURL    string `yaml:"intranet_url"`    // how intranet devices reach it
+	InternetListen string `yaml:"internet_listen"` // HTTPS, mutual TLS
+	InternetURL    string `yaml:"internet_url"`    // how internet devices reach it
+	TLSCert        string `yaml:"tls_cert"`        // site-server certificate of the MP role, with chain
+	TLSKey         string `yaml:"tls_key"`
+	// AuditKey is the site's audit private key (raw X25519 bytes, 0600): session recordings
+	// are sealed to its public half and opened with it. Next to tls_key when unset; made by
+	// `site init`, or by the MP role at its start for a site made before.
+	AuditKey    string     `yaml:"audit_key,omitempty"`
+	MaxConns    int        `yaml:"max_conns,omitempty"`     // open connections per listener
+	MaxInFlight int        `yaml:"max_in_flight,omitempty"` // requests at once before 503
+	DNS         *DNSConfig `yaml:"dns,omitempty"`           // publish the SRV records
 	// ParkIdleChannels: a TLS 1.3 notification channel leaves crypto/tls once upgraded
 	// (internal/tlspark); true when unset. ParksIdleChannels reads it.
 	ParkIdleChannels *bool `yaml:"park_idle_channels,omitempty"`
@@ -186,6 +190,7 @@ func (c *Config) setDefaults() {
 	d(&c.MP.InternetURL, "https://"+reachable(c.MP.InternetListen, c.Site.InternetName))
 	d(&c.MP.TLSCert, "tls/mp.crt")
 	d(&c.MP.TLSKey, "tls/mp.key")
+	d(&c.MP.AuditKey, filepath.Join(filepath.Dir(c.MP.TLSKey), "audit.key"))
 	if c.MP.MaxConns == 0 {
 		c.MP.MaxConns = 150000
 	}

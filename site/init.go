@@ -21,6 +21,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/remote/recording"
 )
 
 // InitOptions are the inputs of `ibcm site init`.
@@ -218,6 +219,13 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 		}
 	}
 	if err := writeKey(cfg.Path(cfg.CA.TLSKey), tlsKey); err != nil {
+		return nil, err
+	}
+	auditKey, _, err := recording.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFile(cfg.Path(cfg.MP.AuditKey), auditKey, 0o600); err != nil {
 		return nil, err
 	}
 	if err := writeKey(cfg.Path(cfg.MP.TLSKey), mpKey); err != nil {

@@ -2,7 +2,12 @@ package site
 
 import (
 	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +23,7 @@ import (
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/mp"
 	"github.com/ibcm-project/ibcm/mp/dnspub"
+	"github.com/ibcm-project/ibcm/remote/recording"
 )
 
 // openMP makes the management point's listeners (as its mode asks) and its background work:
@@ -29,6 +35,12 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 	}
 	o := mp.Options{ID: cfg.MP.ID, Mode: cfg.MP.Mode, MaxInFlight: cfg.MP.MaxInFlight, MaxChannelsPerDevice: cfg.MP.MaxChannelsPerDevice, Log: log,
 		DefaultPolicy: mp.DefaultPolicy(cfg.Bootstrap())}
+	if o.SiteKey, o.SiteChain, err = loadSiteKey(cfg.Path(cfg.MP.TLSCert), cfg.Path(cfg.MP.TLSKey)); err != nil {
+		return nil, nil, nil, fmt.Errorf("loading the MP role's key for session tickets (mp.tls_cert, mp.tls_key): %w", err)
+	}
+	if o.AuditKey, err = loadAuditKey(cfg.Path(cfg.MP.AuditKey), log); err != nil {
+		return nil, nil, nil, fmt.Errorf("mp.audit_key: %w", err)
+	}
 	if cfg.MPIntranet() {
 		o.IntranetURL = cfg.MP.IntranetURL
 	}
@@ -66,6 +78,51 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 		})
 	}
 	return servers, bg, m, nil
+}
+
+// loadSiteKey reads the MP's site-server certificate chain and key: the MP signs session
+// tickets with them and presents them to the other MPs when it forwards a relay leg.
+func loadSiteKey(certFile, keyFile string) (crypto.Signer, []*x509.Certificate, error) {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	signer, ok := pair.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, nil, fmt.Errorf("%s: the key cannot sign", keyFile)
+	}
+	var chain []*x509.Certificate
+	for _, der := range pair.Certificate {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, nil, err
+		}
+		chain = append(chain, c)
+	}
+	return signer, chain, nil
+}
+
+// loadAuditKey reads the site's audit private key, and makes it (0600) when a site made
+// before audit keys existed has none yet.
+func loadAuditKey(path string, log zerolog.Logger) ([]byte, error) {
+	key, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if key, _, err = recording.NewKey(); err != nil {
+			return nil, err
+		}
+		if err := writeFile(path, key, 0o600); err != nil {
+			return nil, err
+		}
+		log.Info().Str("path", path).Msg("made the site's audit key (session recordings are sealed to it)")
+		return key, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := recording.PublicOf(key); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return key, nil
 }
 
 func newPublisher(cfg *Config, log zerolog.Logger) (*dnspub.Publisher, error) {
