@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -44,7 +45,7 @@ func startSession(t testing.TB, f *fixture, base string, helper tls.Certificate,
 // as the agent does.
 func ticketEvent(t testing.TB, f *fixture, ws *websocket.Conn, device string) *ticket.Ticket {
 	t.Helper()
-	ev := nextEvent(t, ws)
+	ev := nextSessionEvent(t, ws)
 	if ev.Type != wire.EventSessionRequested {
 		t.Fatalf("event %+v, want session-requested", ev)
 	}
@@ -57,6 +58,16 @@ func ticketEvent(t testing.TB, f *fixture, ws *websocket.Conn, device string) *t
 		t.Fatalf("the ticket does not verify: %v", err)
 	}
 	return tk
+}
+
+// nextSessionEvent is the next event of a channel about a session (policy changes skipped).
+func nextSessionEvent(t testing.TB, ws *websocket.Conn) wire.Event {
+	t.Helper()
+	for {
+		if ev := nextEvent(t, ws); ev.Type != wire.EventPolicyChanged {
+			return ev
+		}
+	}
 }
 
 func report(t testing.TB, f *fixture, base string, device tls.Certificate, session string, rep wire.SessionReport) (int, wire.Error) {
@@ -340,7 +351,7 @@ func TestRelaySpliceAndEnd(t *testing.T) {
 	if !closed(h) || !closed(d) {
 		t.Error("a leg is still open after the end")
 	}
-	if ev := nextEvent(t, ws); ev.Type != wire.EventSessionEnded || ev.Data[wire.EventDataSession] != out.Session.ID {
+	if ev := nextSessionEvent(t, ws); ev.Type != wire.EventSessionEnded || ev.Data[wire.EventDataSession] != out.Session.ID {
 		t.Errorf("device told %+v", ev)
 	}
 	s, _ = f.mp.viewSession(context.Background(), out.Session.ID)
@@ -559,7 +570,7 @@ func TestRevocationEndsSessions(t *testing.T) {
 	if err := f.ca.Revoke(context.Background(), helper.Leaf.SerialNumber.String(), "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
-	if ev := nextEvent(t, ws); ev.Type != wire.EventSessionEnded || ev.Data[wire.EventDataSession] != out.Session.ID {
+	if ev := nextSessionEvent(t, ws); ev.Type != wire.EventSessionEnded || ev.Data[wire.EventDataSession] != out.Session.ID {
 		t.Errorf("device told %+v", ev)
 	}
 	if s, _ := f.mp.viewSession(context.Background(), out.Session.ID); s.State != wire.SessionEnded || s.Error != "helper_revoked" {
@@ -569,3 +580,180 @@ func TestRevocationEndsSessions(t *testing.T) {
 
 // caAdmin is the issue spec of a user certificate for name (who must exist).
 func caAdmin(name string) ca.IssueSpec { return ca.IssueSpec{Profile: ca.Admin, Subject: name} }
+
+// A helper and a device both on the intranet, policy allowing it: the answer lists the
+// device's session port on its addresses, and the ticket says direct; from the internet
+// listener, neither.
+func TestSessionDirect(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{})
+	pc, ws := online(t, f, f.mp, f.intranet, "pc-1")
+	if status, e := call(t, f.client(&pc), "POST", f.intranet+"/v1/hello", wire.Hello{Addresses: []string{"10.1.2.3/24", "fd00::5"}}, nil); status != 200 {
+		t.Fatalf("hello: %d %+v", status, e)
+	}
+	f.setRemoteControl(t, func(rc *wire.RemoteControlSettings) { rc.DirectPort = 2800 })
+	helper := f.user(t, "hd", access.HelpDeskOperator)
+	_, out, _ := startSession(t, f, f.intranet, helper, "pc-1", ticket.ModeView)
+	if strings.Join(out.Direct, " ") != "10.1.2.3:2800 [fd00::5]:2800" || out.RelayAfterMS != relayAfterMS {
+		t.Errorf("direct %v after %d ms", out.Direct, out.RelayAfterMS)
+	}
+	if tk := ticketEvent(t, f, ws, deviceID(pc)); !tk.Direct {
+		t.Error("the ticket does not say direct")
+	}
+	_, out, _ = startSession(t, f, f.internet, helper, "pc-1", ticket.ModeView)
+	if out.Direct != nil {
+		t.Errorf("a helper on the internet got %v", out.Direct)
+	}
+	if tk := ticketEvent(t, f, ws, deviceID(pc)); tk.Direct {
+		t.Error("a helper on the internet got a direct ticket")
+	}
+	f.setRemoteControl(t, func(rc *wire.RemoteControlSettings) { rc.AllowDirect = false })
+	if _, out, _ = startSession(t, f, f.intranet, helper, "pc-1", ticket.ModeView); out.Direct != nil {
+		t.Errorf("direct not allowed, got %v", out.Direct)
+	}
+}
+
+// A second helper joins an active session as viewer: a ticket of its own (view only) goes
+// to the device; a session not active cannot be joined; the list shows each user their own
+// sessions and a ReadAudit user all; only the helper or ManageDevices may end it.
+func TestSessionJoinListEnd(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{})
+	pc, ws := online(t, f, f.mp, f.intranet, "pc-1")
+	hd := f.user(t, "hd", access.HelpDeskOperator)
+	hd2 := f.user(t, "hd2", access.HelpDeskOperator)
+	analyst := f.user(t, "ana", access.ReadOnlyAnalyst)
+	admin := f.user(t, "root", access.FullAdministrator)
+	_, out, _ := startSession(t, f, f.intranet, hd, "pc-1", ticket.ModeControl)
+	ticketEvent(t, f, ws, deviceID(pc))
+	join := f.intranet + "/v1/admin/sessions/" + out.Session.ID + "/join"
+	if status, e := call(t, f.client(&hd2), "POST", join, nil, nil); status != http.StatusConflict || e.Error.Code != "session_not_active" {
+		t.Errorf("join before it started: %d %+v", status, e)
+	}
+	report(t, f, f.intranet, pc, out.Session.ID, wire.SessionReport{Ticket: out.TicketID, Event: wire.ReportStarted})
+	var v wire.SessionStart
+	if status, e := call(t, f.client(&hd2), "POST", join, nil, &v); status != http.StatusCreated || v.Role != ticket.RoleViewer || len(v.Modes) != 1 || v.TicketID == out.TicketID {
+		t.Fatalf("join: %d %+v %+v", status, e, v)
+	}
+	if tk := ticketEvent(t, f, ws, deviceID(pc)); tk.Role != ticket.RoleViewer || tk.Helper != "hd2" || tk.ID != v.TicketID || tk.Mode != ticket.ModeView {
+		t.Errorf("viewer ticket %+v", tk)
+	}
+	if status, _ := call(t, f.client(&analyst), "POST", join, nil, nil); status != http.StatusForbidden {
+		t.Errorf("an analyst joined: %d", status)
+	}
+	var list []wire.Session
+	for _, c := range []struct {
+		cert tls.Certificate
+		q    string
+		n    int
+	}{{hd, "", 1}, {hd2, "", 0}, {analyst, "", 1}, {analyst, "?active=1&helper=hd&since=2000-01-01T00:00:00Z", 1}, {analyst, "?device=nope", 0}} {
+		if status, e := call(t, f.client(&c.cert), "GET", f.intranet+"/v1/admin/sessions"+c.q, nil, &list); status != 200 || len(list) != c.n {
+			t.Errorf("list %s: %d %+v %d sessions, want %d", c.q, status, e, len(list), c.n)
+		}
+	}
+	if status, _ := call(t, f.client(&analyst), "GET", f.intranet+"/v1/admin/sessions?since=yesterday", nil, nil); status != 400 {
+		t.Errorf("bad since: %d", status)
+	}
+	var s wire.Session
+	if status, _ := call(t, f.client(&hd2), "GET", f.intranet+"/v1/admin/sessions/"+out.Session.ID, nil, &s); status != 200 || len(s.Viewers) != 1 {
+		t.Errorf("the viewer's show: %d %+v", status, s)
+	}
+	end := f.intranet + "/v1/admin/sessions/" + out.Session.ID + "/end"
+	if status, e := call(t, f.client(&hd2), "POST", end, nil, nil); status != http.StatusForbidden || e.Error.Code != "forbidden" {
+		t.Errorf("another helper ended it: %d %+v", status, e)
+	}
+	if status, e := call(t, f.client(&admin), "POST", end, nil, &s); status != 200 || s.Error != "ended_by_admin" {
+		t.Errorf("ManageDevices: %d %+v %+v", status, e, s)
+	}
+	if status, _ := call(t, f.client(&hd), "POST", end, nil, nil); status != http.StatusConflict {
+		t.Errorf("ended twice: %d", status)
+	}
+}
+
+// Sessions of an MP that stopped heartbeating are interrupted by the others; ended sessions
+// older than the retention are purged with their tickets.
+func TestDeadMPInterruptedAndRetention(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{})
+	pc, _ := online(t, f, f.mp, f.intranet, "pc-1")
+	helper := f.user(t, "hd", access.HelpDeskOperator)
+	_, out, _ := startSession(t, f, f.intranet, helper, "pc-1", ticket.ModeView)
+	ctx := context.Background()
+	if _, err := f.db.Exec(ctx, `UPDATE sessions SET mp_id = 'mp-gone' WHERE id = ?`, out.Session.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.db.Exec(ctx, `INSERT INTO management_points (id, mode, intranet_url, internet_url, last_seen) VALUES ('mp-gone', 'both', '', '', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	dead := `SELECT id FROM management_points WHERE last_seen < ?`
+	if n, err := f.mp.interruptSessions(ctx, `mp_id IN (`+dead+`) OR device_mp IN (`+dead+`)`, f.mp.aliveSince(), f.mp.aliveSince()); err != nil || n != 1 {
+		t.Fatalf("interrupted %d, %v", n, err)
+	}
+	if s, _ := f.mp.viewSession(ctx, out.Session.ID); s.Outcome != wire.OutcomeInterrupted {
+		t.Errorf("%+v", s)
+	}
+	_ = pc
+	if n, err := f.mp.purgeSessions(ctx, time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Errorf("purged %d recent sessions, %v", n, err)
+	}
+	if n, err := f.mp.purgeSessions(ctx, time.Now().Add(time.Hour)); err != nil || n != 1 {
+		t.Errorf("purged %d, %v", n, err)
+	}
+	if tk, err := f.mp.ticket(ctx, out.TicketID); tk != nil || err != nil {
+		t.Errorf("ticket kept: %+v %v", tk, err)
+	}
+}
+
+// GET /v1/crl answers the issuing CA's CRL to any site certificate.
+func TestCRLRoute(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{})
+	pc := f.device(t, "pc-1")
+	resp, err := f.client(&pc).Get(f.intranet + "/v1/crl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	switch resp.StatusCode {
+	case http.StatusOK:
+		if _, err := x509.ParseRevocationList(b); err != nil {
+			t.Errorf("not a CRL: %v", err)
+		}
+	default:
+		t.Errorf("GET /v1/crl: %d %s", resp.StatusCode, b)
+	}
+}
+
+// The new remote-control fields are validated, naming the key; stored documents without
+// them read with the defaults.
+func TestRemoteControlPolicyFields(t *testing.T) {
+	base := DefaultPolicy(testBootstrap)
+	for _, c := range []struct {
+		edit func(*wire.RemoteControlSettings)
+		key  string
+	}{
+		{func(rc *wire.RemoteControlSettings) { rc.ConsentTimeout = "1s" }, "remote_control.consent_timeout"},
+		{func(rc *wire.RemoteControlSettings) { rc.ConsentTimeout = "soon" }, "remote_control.consent_timeout"},
+		{func(rc *wire.RemoteControlSettings) { rc.DirectPort = 70000 }, "remote_control.direct_port"},
+		{func(rc *wire.RemoteControlSettings) { rc.MaxDuration = "30s" }, "remote_control.max_duration"},
+		{func(rc *wire.RemoteControlSettings) { rc.IdleTimeout = "forever" }, "remote_control.idle_timeout"},
+	} {
+		p := base
+		c.edit(&p.RemoteControl)
+		if err := ValidatePolicy(p); err == nil || !strings.Contains(err.Error(), c.key) {
+			t.Errorf("%s: %v", c.key, err)
+		}
+	}
+	p := base
+	p.RemoteControl.MaxDuration, p.RemoteControl.IdleTimeout = "2h", "0"
+	if err := ValidatePolicy(p); err != nil {
+		t.Error(err)
+	}
+	f := newFixture(t, sqliteDB(t), Options{})
+	ctx := context.Background()
+	if _, err := f.db.Exec(ctx, `INSERT INTO policies (name, version, document, updated_at, updated_by) VALUES ('old', 1, ?, 0, 'test')`,
+		`{"name":"old","version":1,"remote_control":{"enabled":true,"access_level":"full"}}`); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.mp.Policy(ctx, "old")
+	if err != nil || got.RemoteControl.ConsentTimeout != "30s" || got.RemoteControl.DirectPort != 2701 {
+		t.Errorf("old document read as %+v, %v", got.RemoteControl, err)
+	}
+}
