@@ -31,12 +31,15 @@ func FuzzRequests(f *testing.F) {
 		{"POST", "/v1/admin/groups", admin},
 		{"POST", "/v1/admin/groups/none/members", admin},
 		{"POST", "/v1/admin/devices/" + deviceID(device) + "/notify", admin},
+		{"POST", "/v1/admin/sessions", admin},
+		{"POST", "/v1/sessions/00000000000000000000000000000000/report", device},
 	}
 	for _, seed := range []string{
 		`{"fqdn":"pc.corp.test","addresses":["10.0.0.1"],"hardware_id":"hw"}`,
 		`{"location":"intranet","compliance":"compliant"}`,
 		`{"messages":[{"id":"1","time":"2026-01-01T00:00:00Z","severity":"info","component":"a","text":"b"}]}`,
 		`{"name":"fuzz","client":{"checkin_interval":"5m","renewal_threshold":0.7}}`,
+		`{"device":"pc-fuzz","mode":"view"}`, `{"ticket":"00000000000000000000000000000000","event":"started"}`,
 		`{"name":"g1","priority":3}`, `{"device_id":"x"}`, `{"type":"renew-cert"}`, `{`, `[]`, `null`, "",
 	} {
 		for i := range routes {

@@ -257,6 +257,9 @@ func (m *MP) heartbeat(ctx context.Context) {
 				m.log.Warn().Int("sessions", n).Msg("sessions of a dead MP marked interrupted")
 			}
 		}
+		if err == nil {
+			err = m.expireSessions(ctx)
+		}
 		if err != nil && ctx.Err() == nil {
 			m.log.Warn().Err(err).Msg("MP heartbeat")
 		}

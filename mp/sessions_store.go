@@ -13,6 +13,7 @@ import (
 	"github.com/ibcm-project/ibcm/internal/api"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
 // The sessions table is the audit of remote control (DESIGN.md §9 step 8): every session,
@@ -247,6 +248,19 @@ func (m *MP) interruptSessions(ctx context.Context, where string, args ...any) (
 		return err
 	})
 	return n, err
+}
+
+// expireSessions ends the sessions that never started although every ticket they could
+// start with has expired (the device never answered, or lost its channel meanwhile).
+func (m *MP) expireSessions(ctx context.Context) error {
+	return m.db.Tx(ctx, func(tx *sitedb.Tx) error {
+		ids, err := m.endSessions(tx, wire.OutcomeFailed, "not_started", true, `state IN ('requested', 'waiting') AND requested_at < ?`,
+			m.now().Add(-ticket.MaxLifetime).Unix())
+		if len(ids) > 0 {
+			m.log.Info().Strs("sessions", ids).Msg("sessions that never started ended: their tickets expired")
+		}
+		return err
+	})
 }
 
 // purgeSessions deletes the sessions that ended before cutoff, with their tickets and

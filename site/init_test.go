@@ -30,7 +30,7 @@ func TestInitMakesASiteAndRefusesToOverwriteIt(t *testing.T) {
 		mode os.FileMode
 	}{
 		{FileName, 0o600}, {"site.db", 0o600}, {"ca/issuing.key", 0o600}, {"ca/root.key", 0o600},
-		{"ca/password", 0o600}, {"tls/ca.key", 0o600}, {AdminKey, 0o600}, {"ca/root.crt", 0o644}, {AdminCert, 0o644},
+		{"ca/password", 0o600}, {"tls/ca.key", 0o600}, {"tls/audit.key", 0o600}, {AdminKey, 0o600}, {"ca/root.crt", 0o644}, {AdminCert, 0o644},
 	} {
 		st, err := os.Stat(filepath.Join(dir, f.path))
 		if err != nil {
