@@ -16,6 +16,8 @@ import (
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/access"
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/recording"
@@ -388,8 +390,22 @@ func TestRelayLegWokenByDenial(t *testing.T) {
 // the helper's.
 func TestRelayAcrossMPs(t *testing.T) {
 	f := newFixture(t, sqliteDB(t), Options{ID: "mp-d"})
-	pc, ws := online(t, f, f.mp, f.internet, "pc-1")
 	b := f.startMP(t, Options{ID: "mp-h"})
+	testRelayAcrossMPs(t, f, b.intranet)
+}
+
+// The same on PostgreSQL, each MP with its own connections: the events between them go
+// through LISTEN/NOTIFY.
+func TestRelayAcrossMPsPostgres(t *testing.T) {
+	dsn := sitedbtest.NewDSN(t, sitedb.Postgres)
+	f := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-d"})
+	b := newFixture(t, sitedbtest.Open(t, sitedb.Postgres, dsn), Options{ID: "mp-h"})
+	testRelayAcrossMPs(t, f, b.intranet)
+}
+
+func testRelayAcrossMPs(t *testing.T, f *fixture, bURL string) {
+	pc, ws := online(t, f, f.mp, f.internet, "pc-1")
+	b := struct{ intranet string }{bURL}
 	helper := f.user(t, "hd", access.HelpDeskOperator)
 	status, out, e := startSession(t, f, b.intranet, helper, deviceID(pc), ticket.ModeControl)
 	if status != http.StatusCreated {
