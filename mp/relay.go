@@ -185,10 +185,14 @@ func endError(outcome, code string) *api.Error {
 // splice copies both ways until either side ends, then closes both legs and forgets the
 // pair. Each direction is one goroutine with one buffer.
 func (rs *relays) splice(p *relayPair) {
-	var wg sync.WaitGroup
-	wg.Add(2)
+	var running atomic.Int32
+	running.Store(2)
 	cp := func(dst, src net.Conn, n *atomic.Int64) {
-		defer wg.Done()
+		defer func() {
+			if running.Add(-1) == 0 { // the last one out records the end
+				rs.finish(p)
+			}
+		}()
 		buf := make([]byte, relayBuf)
 		for {
 			k, err := src.Read(buf)
@@ -207,25 +211,26 @@ func (rs *relays) splice(p *relayPair) {
 	}
 	go cp(p.conns[sideHelper], p.conns[sideDevice], &p.bytes[sideDevice])
 	go cp(p.conns[sideDevice], p.conns[sideHelper], &p.bytes[sideHelper])
-	go func() {
-		wg.Wait()
-		rs.mu.Lock()
-		rs.closeLocked(p, api.Errorf(http.StatusGone, "session_ended", "the session has ended"))
-		rs.mu.Unlock()
-		toDevice, fromDevice := p.bytes[sideHelper].Load(), p.bytes[sideDevice].Load()
-		rs.m.log.Info().Str("session", p.session).Int64("bytes_to_device", toDevice).Int64("bytes_from_device", fromDevice).Msg("relay leg closed")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		// The device reports the session's bytes when it ends; the relay's own count is
-		// kept when the device says less (or nothing).
-		if _, err := rs.m.db.Exec(ctx, `UPDATE sessions SET
-				bytes_in = CASE WHEN bytes_in < ? THEN ? ELSE bytes_in END,
-				bytes_out = CASE WHEN bytes_out < ? THEN ? ELSE bytes_out END
-			WHERE id = ? AND EXISTS (SELECT 1 FROM session_tickets WHERE id = ? AND role = 'helper')`,
-			toDevice, toDevice, fromDevice, fromDevice, p.session, p.ticket); err != nil {
-			rs.m.log.Warn().Err(err).Str("session", p.session).Msg("recording the relay's byte counts")
-		}
-	}()
+}
+
+// finish forgets a spliced pair whose copies have both ended and records its byte counts.
+func (rs *relays) finish(p *relayPair) {
+	rs.mu.Lock()
+	rs.closeLocked(p, api.Errorf(http.StatusGone, "session_ended", "the session has ended"))
+	rs.mu.Unlock()
+	toDevice, fromDevice := p.bytes[sideHelper].Load(), p.bytes[sideDevice].Load()
+	rs.m.log.Info().Str("session", p.session).Int64("bytes_to_device", toDevice).Int64("bytes_from_device", fromDevice).Msg("relay leg closed")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// The device reports the session's bytes when it ends; the relay's own count is
+	// kept when the device says less (or nothing).
+	if _, err := rs.m.db.Exec(ctx, `UPDATE sessions SET
+			bytes_in = CASE WHEN bytes_in < ? THEN ? ELSE bytes_in END,
+			bytes_out = CASE WHEN bytes_out < ? THEN ? ELSE bytes_out END
+		WHERE id = ? AND EXISTS (SELECT 1 FROM session_tickets WHERE id = ? AND role = 'helper')`,
+		toDevice, toDevice, fromDevice, fromDevice, p.session, p.ticket); err != nil {
+		rs.m.log.Warn().Err(err).Str("session", p.session).Msg("recording the relay's byte counts")
+	}
 }
 
 // checkRelayRequest refuses what is not a relay leg: HTTP/1.1 GET with Upgrade: ibcm-relay
