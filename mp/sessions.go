@@ -116,16 +116,21 @@ func (m *MP) resolveDevice(ctx context.Context, g access.Grants, perm access.Per
 	if ds, err = m.inScope(ctx, g, perm, ds); err != nil {
 		return wire.Device{}, err
 	}
+	found := func(d wire.Device) (wire.Device, error) {
+		var err error
+		d.Groups, err = m.groupsOf(ctx, d.ID) // the permissions of each mode are checked through them
+		return d, err
+	}
 	for _, d := range ds {
 		if d.ID == q {
-			return d, nil
+			return found(d)
 		}
 	}
 	switch len(ds) {
 	case 0:
 		return wire.Device{}, notFound
 	case 1:
-		return ds[0], nil
+		return found(ds[0])
 	}
 	var names []string
 	for _, d := range ds {

@@ -165,6 +165,13 @@ func TestSessionStartRefusals(t *testing.T) {
 	if status, _, e := startSession(t, f, f.intranet, scoped, id, ticket.ModeView); status != http.StatusNotFound || e.Error.Code != "not_found" {
 		t.Errorf("out of scope: %d %+v", status, e)
 	}
+	// In scope through the group: the mode's permission holds on the device.
+	if err := f.mp.SetMember(ctx, "other", id, true); err != nil {
+		t.Fatal(err)
+	}
+	if status, out, e := startSession(t, f, f.intranet, scoped, "pc-1", ticket.ModeControl); status != http.StatusCreated || len(out.Modes) != 3 {
+		t.Errorf("in scope through a group: %d %+v %v", status, e, out.Modes)
+	}
 	// Elevation without Unattended.
 	if err := f.ca.Access().CreateRole(ctx, access.Role{Name: "Elevators", Permissions: access.SetOf(access.Elevation)}); err != nil {
 		t.Fatal(err)
