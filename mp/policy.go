@@ -2,6 +2,7 @@ package mp
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -153,7 +154,15 @@ func withDefaults(p wire.Policy) wire.Policy {
 	return p
 }
 
-func policyETag(p wire.Policy) string { return fmt.Sprintf(`"%s.%d"`, p.Name, p.Version) }
+// policyETag names a policy as served: its name and version, and the audit key it carries
+// (so a device that cached a policy served before the site had one fetches it again).
+func policyETag(p wire.Policy) string {
+	if p.AuditKey == "" {
+		return fmt.Sprintf(`"%s.%d"`, p.Name, p.Version)
+	}
+	sum := sha256.Sum256([]byte(p.AuditKey))
+	return fmt.Sprintf(`"%s.%d.%x"`, p.Name, p.Version, sum[:4])
+}
 
 // policyCache keeps resolved policies in memory; device events clear it. gen counts the
 // clears, so a lookup that raced a clear does not store what it read before it.
@@ -245,7 +254,9 @@ func (m *MP) devicePolicy(ctx context.Context, device string) (wire.Policy, erro
 		}
 		m.policies.mu.Unlock()
 	}
-	return m.Policy(ctx, name)
+	pol, err := m.Policy(ctx, name)
+	pol.AuditKey = m.auditPub // the agent seals recordings to it
+	return pol, err
 }
 
 func (m *MP) handlePolicy(w http.ResponseWriter, r *http.Request, p *peer) error {
@@ -253,7 +264,6 @@ func (m *MP) handlePolicy(w http.ResponseWriter, r *http.Request, p *peer) error
 	if err != nil {
 		return err
 	}
-	pol.AuditKey = m.auditPub // the agent seals recordings to it
 	tag := policyETag(pol)
 	w.Header().Set("ETag", tag)
 	if match := r.Header.Get("If-None-Match"); match != "" && match == tag {
