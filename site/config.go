@@ -75,10 +75,13 @@ type MPConfig struct {
 	// AuditKey is the site's audit private key (raw X25519 bytes, 0600): session recordings
 	// are sealed to its public half and opened with it. Next to tls_key when unset; made by
 	// `site init`, or by the MP role at its start for a site made before.
-	AuditKey    string     `yaml:"audit_key,omitempty"`
-	MaxConns    int        `yaml:"max_conns,omitempty"`     // open connections per listener
-	MaxInFlight int        `yaml:"max_in_flight,omitempty"` // requests at once before 503
-	DNS         *DNSConfig `yaml:"dns,omitempty"`           // publish the SRV records
+	AuditKey string `yaml:"audit_key,omitempty"`
+	// SessionRetention is how long ended remote-control sessions stay in the audit (30 days
+	// when unset).
+	SessionRetention Duration   `yaml:"session_retention,omitempty"`
+	MaxConns         int        `yaml:"max_conns,omitempty"`     // open connections per listener
+	MaxInFlight      int        `yaml:"max_in_flight,omitempty"` // requests at once before 503
+	DNS              *DNSConfig `yaml:"dns,omitempty"`           // publish the SRV records
 	// ParkIdleChannels: a TLS 1.3 notification channel leaves crypto/tls once upgraded
 	// (internal/tlspark); true when unset. ParksIdleChannels reads it.
 	ParkIdleChannels *bool `yaml:"park_idle_channels,omitempty"`
@@ -268,6 +271,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MP.MaxChannelsPerDevice < 1 {
 		bad("mp.max_channels_per_device", "must be at least 1 (got %d)", c.MP.MaxChannelsPerDevice)
+	}
+	if r := time.Duration(c.MP.SessionRetention); r != 0 && r < time.Hour {
+		bad("mp.session_retention", "at least 1h when set (got %s)", r)
 	}
 	if dns := c.MP.DNS; dns != nil {
 		if _, _, err := net.SplitHostPort(dns.Server); err != nil {
