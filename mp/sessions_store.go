@@ -241,6 +241,9 @@ func (m *MP) endSessions(tx *sitedb.Tx, outcome, code string, tellDevice bool, w
 // interruptSessions marks interrupted the sessions where selects (those this MP brokered
 // or relayed, at its start; those of dead MPs, in the heartbeat). Their devices are told.
 func (m *MP) interruptSessions(ctx context.Context, where string, args ...any) (int, error) {
+	if found, err := m.anyOpenSession(ctx, where, args...); err != nil || !found {
+		return 0, err
+	}
 	var n int
 	err := m.db.Tx(ctx, func(tx *sitedb.Tx) error {
 		ids, err := m.endSessions(tx, wire.OutcomeInterrupted, "", true, where, args...)
@@ -253,14 +256,28 @@ func (m *MP) interruptSessions(ctx context.Context, where string, args ...any) (
 // expireSessions ends the sessions that never started although every ticket they could
 // start with has expired (the device never answered, or lost its channel meanwhile).
 func (m *MP) expireSessions(ctx context.Context) error {
+	where, cutoff := `state IN ('requested', 'waiting') AND requested_at < ?`, m.now().Add(-ticket.MaxLifetime).Unix()
+	if found, err := m.anyOpenSession(ctx, where, cutoff); err != nil || !found {
+		return err
+	}
 	return m.db.Tx(ctx, func(tx *sitedb.Tx) error {
-		ids, err := m.endSessions(tx, wire.OutcomeFailed, "not_started", true, `state IN ('requested', 'waiting') AND requested_at < ?`,
-			m.now().Add(-ticket.MaxLifetime).Unix())
+		ids, err := m.endSessions(tx, wire.OutcomeFailed, "not_started", true, where, cutoff)
 		if len(ids) > 0 {
 			m.log.Info().Strs("sessions", ids).Msg("sessions that never started ended: their tickets expired")
 		}
 		return err
 	})
+}
+
+// anyOpenSession reports whether a session not ended matches where: the heartbeat's checks
+// cost one read, not a transaction, when there is nothing to do.
+func (m *MP) anyOpenSession(ctx context.Context, where string, args ...any) (bool, error) {
+	var one int
+	err := m.db.QueryRow(ctx, `SELECT 1 FROM sessions WHERE state <> 'ended' AND (`+where+`) LIMIT 1`, args...).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // purgeSessions deletes the sessions that ended before cutoff, with their tickets and
