@@ -241,6 +241,11 @@ func (m *MP) Block(ctx context.Context, id string, block bool) (wire.BlockResult
 		if err := rows.Err(); err != nil { // a list cut short would leave a certificate unrevoked
 			return fmt.Errorf("listing the certificates of device %s: %w", id, err)
 		}
+		if block { // its sessions end, and their relay legs with them
+			if _, err := m.endSessions(tx, wire.OutcomeFailed, "device_blocked", false, `device_id = ?`, id); err != nil {
+				return fmt.Errorf("ending the sessions of device %s: %w", id, err)
+			}
+		}
 		return m.hub.publish(tx, siteEvent{Kind: kind, Device: id})
 	})
 	if err != nil {

@@ -107,8 +107,9 @@ type MP struct {
 
 	access *access.Store // who may use which admin route (access.go)
 
-	relays   *relays // relay legs of sessions (relay.go)
-	auditPub string  // public half of Options.AuditKey
+	relays   *relays       // relay legs of sessions (relay.go)
+	uploads  chan struct{} // recordings being received at once (each up to recording.MaxSealed in memory)
+	auditPub string        // public half of Options.AuditKey
 }
 
 // New opens the MP over the site database: it applies the MP's migrations, stores the
@@ -150,6 +151,7 @@ func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options
 	}
 	m.hub = newHub(m)
 	m.relays = newRelays(m)
+	m.uploads = make(chan struct{}, maxUploads)
 	if len(o.AuditKey) > 0 {
 		if m.auditPub, err = recording.PublicOf(o.AuditKey); err != nil {
 			return nil, fmt.Errorf("mp: the audit key: %w", err)

@@ -682,7 +682,17 @@ func (m *MP) handleSessionReport(w http.ResponseWriter, r *http.Request, p *peer
 	return nil
 }
 
+// maxUploads bounds the recordings an MP receives at once: each is held in memory.
+const maxUploads = 4
+
 func (m *MP) handleRecordingPut(w http.ResponseWriter, r *http.Request, p *peer) error {
+	select {
+	case m.uploads <- struct{}{}:
+		defer func() { <-m.uploads }()
+	default:
+		w.Header().Set("Retry-After", "30")
+		return api.Errorf(http.StatusServiceUnavailable, "overloaded", "too many recordings being uploaded; retry after the Retry-After seconds")
+	}
 	ctx := r.Context()
 	s, err := m.session(ctx, r.PathValue("id"))
 	if errors.Is(err, ErrNoSession) || err == nil && s.Device != p.id.ID {

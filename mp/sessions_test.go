@@ -785,3 +785,22 @@ func TestRemoteControlPolicyFields(t *testing.T) {
 		t.Errorf("old document read as %+v, %v", got.RemoteControl, err)
 	}
 }
+
+// Blocking a device ends its sessions and closes their relay legs.
+func TestBlockEndsSessions(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{})
+	pc, _ := online(t, f, f.mp, f.intranet, "pc-1")
+	helper := f.user(t, "hd", access.HelpDeskOperator)
+	_, out, _ := startSession(t, f, f.intranet, helper, "pc-1", ticket.ModeView)
+	h := dialLeg(t, f, f.intranet, helper, "/v1/admin/sessions/"+out.Session.ID+"/relay?ticket="+out.TicketID)
+	waitPairs(t, f.mp, 1)
+	if _, err := f.mp.Block(context.Background(), deviceID(pc), true); err != nil {
+		t.Fatal(err)
+	}
+	if r := waitLeg(t, h); r.status != http.StatusGone || r.err.Error.Code != "session_ended" {
+		t.Errorf("the waiting leg: %d %+v", r.status, r.err)
+	}
+	if s, _ := f.mp.viewSession(context.Background(), out.Session.ID); s.State != wire.SessionEnded || s.Error != "device_blocked" {
+		t.Errorf("after the block: %+v", s)
+	}
+}
