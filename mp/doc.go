@@ -4,10 +4,16 @@
 // notification channel (a WebSocket per device, with events passed between MPs through the
 // site database; once upgraded, its TLS 1.3 record layer is parked outside crypto/tls by
 // internal/tlspark, so an idle device costs a few KiB), the admin API behind `ibcm device|group|policy`, and load shedding.
+// It is also the broker and relay of remote-control sessions (DESIGN.md §9): who may start
+// which session (sessions.go), the signed ticket of each leg, the device's reports, the
+// audit and its retention, recordings sealed to the site's audit key, and the relay that
+// splices the two legs of a ticket, forwarded between the site's MPs when the helper and
+// the device are on different ones (relay.go).
 // DNS publishing of its SRV records is in mp/dnspub.
 //
 // Its tables (devices, device_certificates, device_groups, group_members, policies,
-// status_messages, management_points, notify_connections) live in the site database; their
+// status_messages, management_points, notify_connections, sessions, session_tickets,
+// session_recordings) live in the site database; their
 // SQL is in store.go and the files beside it. mp never imports ca: what it needs of the PKI
 // is internal/trust.
 package mp
