@@ -1,6 +1,7 @@
 package mp
 
 import (
+	"io"
 	"os"
 	"runtime"
 	"strconv"
@@ -67,4 +68,37 @@ func TestRelayMemory(t *testing.T) {
 	t.Logf("%d relayed sessions: %.1f KiB per session in all (the MP's side and both client ends), of which the MP's side %.1f KiB; %.1f goroutines per session on the MP",
 		n, float64(after-before)/float64(n)/1024, float64(int64(after)-int64(ended))/float64(n)/1024, float64(g1-g0)/float64(n))
 	runtime.KeepAlive(legs)
+}
+
+// TestRelayBulk measures the relay's throughput: IBCM_RELAY_BULK=<MiB> sends that much
+// from the device's leg to the helper's through the MP (both ends in this process, so the
+// figure is a lower bound). A measurement, not part of the suite.
+func TestRelayBulk(t *testing.T) {
+	mib, _ := strconv.Atoi(os.Getenv("IBCM_RELAY_BULK"))
+	if mib <= 0 {
+		t.Skip("set IBCM_RELAY_BULK=<MiB> to measure")
+	}
+	f := newFixture(t, sqliteDB(t), Options{})
+	pc, _ := online(t, f, f.mp, f.intranet, "pc-1")
+	helper := f.user(t, "hd", access.HelpDeskOperator)
+	_, out, _ := startSession(t, f, f.intranet, helper, deviceID(pc), ticket.ModeView)
+	d := dialLeg(t, f, f.intranet, pc, "/v1/sessions/"+out.Session.ID+"/relay?ticket="+out.TicketID)
+	h := waitLeg(t, dialLeg(t, f, f.intranet, helper, "/v1/admin/sessions/"+out.Session.ID+"/relay?ticket="+out.TicketID))
+	dr := waitLeg(t, d)
+	total := int64(mib) << 20
+	start := time.Now()
+	go func() {
+		buf := make([]byte, 32<<10)
+		for sent := int64(0); sent < total; sent += int64(len(buf)) {
+			if _, err := dr.conn.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	_ = h.conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
+	if _, err := io.CopyN(io.Discard, h.br, total); err != nil {
+		t.Fatal(err)
+	}
+	el := time.Since(start)
+	t.Logf("%d MiB through the relay in %v: %.0f MiB/s", mib, el, float64(mib)/el.Seconds())
 }
