@@ -303,6 +303,9 @@ func (m *MP) handleDeviceRelay(w http.ResponseWriter, r *http.Request, p *peer) 
 	if s.Device != p.id.ID {
 		return api.Errorf(http.StatusForbidden, "not_your_session", "session %s is not addressed to this device", s.ID)
 	}
+	if s.DeviceMP != "" && s.DeviceMP != m.o.ID { // the device came to another MP since
+		return m.forwardLeg(w, r, s, ticketID, sideDevice)
+	}
 	return m.waitLeg(w, r, s, ticketID, sideDevice)
 }
 
@@ -327,11 +330,12 @@ func (m *MP) handleHelperRelay(w http.ResponseWriter, r *http.Request, name stri
 	if s.DeviceMP == "" || s.DeviceMP == m.o.ID {
 		return m.waitLeg(w, r, s, ticketID, sideHelper)
 	}
-	return m.forwardLeg(w, r, s, ticketID)
+	return m.forwardLeg(w, r, s, ticketID, sideHelper)
 }
 
-// handleForwardedRelay is GET /v1/relay/{id}: a helper's leg that another MP of the site
-// checked and forwards.
+// handleForwardedRelay is GET /v1/relay/{id}: a leg that another MP of the site checked
+// and forwards: the helper's, or the device's (side=device) when the device reached
+// another MP than the one that held its channel at the start.
 func (m *MP) handleForwardedRelay(w http.ResponseWriter, r *http.Request) error {
 	p := peerOf(r)
 	if p.id.Kind != trust.KindServer || p.id.ID != "mp" || p.id.Site != m.siteCode() {
@@ -341,11 +345,19 @@ func (m *MP) handleForwardedRelay(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
+	side := sideHelper
+	switch r.URL.Query().Get("side") {
+	case "", "helper":
+	case "device":
+		side = sideDevice
+	default:
+		return api.BadRequest("side: helper or device")
+	}
 	_, s, err := m.relayLeg(r.Context(), r.PathValue("id"), ticketID)
 	if err != nil {
 		return err
 	}
-	return m.waitLeg(w, r, s, ticketID, sideHelper)
+	return m.waitLeg(w, r, s, ticketID, side)
 }
 
 // waitLeg holds a leg until the other is there (then 101 and splice), the session ends
@@ -426,10 +438,10 @@ func hijackRelay(w http.ResponseWriter, m *MP) (net.Conn, error) {
 	return conn, nil
 }
 
-// forwardLeg carries a helper's leg to the device's MP: it dials that MP's relay with this
-// MP's site-server certificate, waits for its answer, and splices the two on a 101 (or
-// passes its error on).
-func (m *MP) forwardLeg(w http.ResponseWriter, r *http.Request, s sessionRow, ticketID string) error {
+// forwardLeg carries a leg (side) to the device's MP, where the legs of a ticket meet: it
+// dials that MP's relay with this MP's site-server certificate, waits for its answer, and
+// splices the two on a 101 (or passes its error on).
+func (m *MP) forwardLeg(w http.ResponseWriter, r *http.Request, s sessionRow, ticketID string, side int) error {
 	base, err := m.mpURL(r.Context(), s.DeviceMP)
 	if err != nil {
 		return err
@@ -438,18 +450,23 @@ func (m *MP) forwardLeg(w http.ResponseWriter, r *http.Request, s sessionRow, ti
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(wait + 20*time.Second))
 	_ = rc.SetReadDeadline(time.Time{})
-	up, err := m.dialMP(r.Context(), base, "/v1/relay/"+s.ID+"?ticket="+ticketID, wait+10*time.Second)
+	path := "/v1/relay/" + s.ID + "?ticket=" + ticketID
+	if side == sideDevice {
+		path += "&side=device"
+	}
+	up, err := m.dialMP(r.Context(), base, path, wait+10*time.Second)
 	if err != nil {
 		return err
 	}
 	// The leg is registered here too, so an end of the session closes it on this MP.
-	pair, err := m.relays.join(ticketID, s.ID, sideHelper)
+	pair, err := m.relays.join(ticketID, s.ID, side)
 	if err != nil {
 		_ = up.Close()
 		return err
 	}
+	other := 1 - side
 	m.relays.mu.Lock()
-	pair.waiting[sideDevice] = true // the device's MP stands for the device's leg
+	pair.waiting[other] = true // the device's MP stands for the other leg
 	m.relays.mu.Unlock()
 	conn, err := hijackRelay(w, m)
 	if err != nil {
@@ -459,8 +476,8 @@ func (m *MP) forwardLeg(w http.ResponseWriter, r *http.Request, s sessionRow, ti
 		m.relays.mu.Unlock()
 		return nil
 	}
-	m.relays.attach(pair, sideDevice, up)
-	m.relays.attach(pair, sideHelper, conn)
+	m.relays.attach(pair, other, up)
+	m.relays.attach(pair, side, conn)
 	return nil
 }
 

@@ -444,6 +444,17 @@ func testRelayAcrossMPs(t *testing.T, f *fixture, bURL string) {
 	if r := waitLeg(t, h2); r.status != http.StatusForbidden || r.err.Error.Code != "denied" {
 		t.Errorf("the helper's leg on the other MP: %d %+v", r.status, r.err)
 	}
+	// The device's leg at the helper's MP (the device moved since the start) is forwarded
+	// to the device's MP too.
+	_, out3, _ := startSession(t, f, b.intranet, helper, deviceID(pc), ticket.ModeView)
+	d3 := dialLeg(t, f, b.intranet, pc, "/v1/sessions/"+out3.Session.ID+"/relay?ticket="+out3.TicketID)
+	waitPairs(t, f.mp, 2) // the first session's, and the forwarded device leg
+	h3 := waitLeg(t, dialLeg(t, f, f.intranet, helper, "/v1/admin/sessions/"+out3.Session.ID+"/relay?ticket="+out3.TicketID))
+	if dr := waitLeg(t, d3); dr.status != http.StatusSwitchingProtocols || h3.status != http.StatusSwitchingProtocols {
+		t.Fatalf("legs answered %d %+v and %d %+v", h3.status, h3.err, dr.status, dr.err)
+	} else {
+		exchange(t, h3, dr)
+	}
 	// An MP-to-MP leg needs an MP certificate.
 	if r := waitLeg(t, dialLeg(t, f, f.intranet, helper, "/v1/relay/"+out.Session.ID+"?ticket="+out.TicketID)); r.status != http.StatusForbidden || r.err.Error.Code != "not_an_mp" {
 		t.Errorf("a user on the MP-to-MP route: %d %+v", r.status, r.err)
