@@ -14,7 +14,7 @@ import "time"
 //	GET  /v1/sessions/{id}/relay            ?ticket=<ticket id>: the device's leg (Upgrade: ibcm-relay)
 //	POST /v1/sessions/{id}/report           the device: SessionReport
 //	POST /v1/sessions/{id}/recording        the device: the recording sealed to the site's audit key
-//	GET  /v1/relay/{id}                     ?ticket=: another MP of the site forwarding a helper's leg
+//	GET  /v1/relay/{id}                     ?ticket=[&side=device]: another MP of the site forwarding a helper's leg (or a device's)
 //	GET  /v1/crl                            the issuing CA's CRL (DER), for the agent's checks
 //
 // A relay leg is an HTTP/1.1 GET with "Connection: Upgrade" and "Upgrade: ibcm-relay"; the MP
