@@ -649,6 +649,16 @@ func TestSessionDirect(t *testing.T) {
 	if _, out, _ = startSession(t, f, f.intranet, helper, "pc-1", ticket.ModeView); out.Direct != nil {
 		t.Errorf("direct not allowed, got %v", out.Direct)
 	}
+	if out.ComplianceWarning != "" {
+		t.Errorf("warning for a device of unknown compliance: %q", out.ComplianceWarning)
+	}
+	// A noncompliant device: a warning, never a block.
+	if _, err := f.db.Exec(context.Background(), `UPDATE devices SET compliance = 'noncompliant' WHERE id = ?`, deviceID(pc)); err != nil {
+		t.Fatal(err)
+	}
+	if status, out, _ := startSession(t, f, f.intranet, helper, "pc-1", ticket.ModeView); status != http.StatusCreated || out.ComplianceWarning == "" || out.Device.Compliance != "noncompliant" {
+		t.Errorf("noncompliant: %d %q %+v", status, out.ComplianceWarning, out.Device)
+	}
 }
 
 // A second helper joins an active session as viewer: a ticket of its own (view only) goes
