@@ -247,6 +247,9 @@ func (m *MP) handleSessionStart(w http.ResponseWriter, r *http.Request, name str
 	s := sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: d.ID, DeviceName: d.Name, Helper: name, Reason: req.Reason,
 		Mode: req.Mode, Modes: []wire.SessionMode{}, Location: d.LastLocation, MP: m.o.ID, RequestedAt: m.now().UTC()},
 		HelperSerial: p.leaf.SerialNumber.String()}
+	if u, err := m.access.User(ctx, name); err == nil {
+		s.HelperName = u.DisplayName // for the audit of a refusal too
+	}
 	refuse := func(e *api.Error) error {
 		m.auditRefusal(ctx, s, wire.OutcomeRefused, e.Code)
 		return e
