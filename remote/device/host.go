@@ -90,6 +90,7 @@ type Host struct {
 	hub  *hub
 	seen seenStore
 
+	wg       sync.WaitGroup // the sessions' goroutines
 	mu       sync.Mutex
 	sessions map[string]*session // by session id
 	ctx      context.Context
@@ -132,6 +133,7 @@ func (h *Host) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			h.endAll("agent stopping")
+			h.wg.Wait()
 			return
 		case <-t.C:
 		}
@@ -184,7 +186,9 @@ func (h *Host) Request(ctx context.Context, signed string) error {
 	h.sessions[t.Session] = ss
 	h.mu.Unlock()
 	h.log.Info().Str("session", t.Session).Str("ticket", t.ID).Str("helper", t.Helper).Str("mode", t.Mode).Msg("session requested")
+	h.wg.Add(1)
 	go func() {
+		defer h.wg.Done()
 		defer func() {
 			h.mu.Lock()
 			if h.sessions[t.Session] == ss {

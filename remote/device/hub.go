@@ -79,35 +79,52 @@ func newHub(h *Host) *hub {
 	return &hub{h: h, prompts: map[string]*prompt{}, sinks: map[int]sink{}, arrived: make(chan struct{})}
 }
 
-// Serve listens on the share socket at path until ctx is done: the directory is made
-// 0755 and the socket 0666, so any local user may connect; who they are comes from
-// SO_PEERCRED.
+// Serve listens on the share socket at path until ctx is done (ListenShare, then
+// ServeShare).
 func (h *Host) Serve(ctx context.Context, path string) error {
+	ln, err := ListenShare(path)
+	if err != nil {
+		return err
+	}
+	return h.ServeShare(ctx, ln)
+}
+
+// ListenShare opens the share socket at path: the directory is made 0755 and the socket
+// 0666, so any local user may connect; who they are comes from SO_PEERCRED.
+func ListenShare(path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("share socket: %w", err)
+		return nil, fmt.Errorf("share socket: %w", err)
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
-		return fmt.Errorf("share socket: %w", err)
+		return nil, fmt.Errorf("share socket: %w", err)
 	}
 	if c, err := net.Dial("unix", path); err == nil {
 		c.Close()
-		return fmt.Errorf("share socket %s: another agent answers there", path)
+		return nil, fmt.Errorf("share socket %s: another agent answers there", path)
 	}
 	_ = os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
-		return fmt.Errorf("share socket: %w", err)
+		return nil, fmt.Errorf("share socket: %w", err)
 	}
 	if err := os.Chmod(path, 0o666); err != nil {
 		ln.Close()
-		return fmt.Errorf("share socket: %w", err)
+		return nil, fmt.Errorf("share socket: %w", err)
 	}
+	return ln, nil
+}
+
+// ServeShare answers share and consent clients on ln until ctx is done; it removes the
+// socket at the end.
+func (h *Host) ServeShare(ctx context.Context, ln net.Listener) error {
 	go func() {
 		<-ctx.Done()
 		ln.Close()
 	}()
-	defer os.Remove(path)
+	if ua, ok := ln.Addr().(*net.UnixAddr); ok {
+		defer os.Remove(ua.Name)
+	}
 	for {
 		c, err := ln.Accept()
 		if err != nil {

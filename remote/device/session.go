@@ -429,8 +429,7 @@ func (s *session) post(e event) {
 
 // serve runs an established session until it ends.
 func (s *session) serve(conn *tls.Conn) {
-	s.helper = conn
-	s.closeAtEnd(conn)
+	s.helper = conn // closed by wrapUp, after the End frame
 	s.started = s.h.c.Now()
 	s.lastActive.Store(s.started.UnixNano())
 	s.mode = s.t.Mode
