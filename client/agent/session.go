@@ -108,6 +108,8 @@ func (s *session) run(ctx context.Context) {
 		case <-time.After(b.next()):
 		}
 	}
+	s.a.setMP(s, true)
+	defer s.a.setMP(s, false)
 	var wg sync.WaitGroup
 	for _, fn := range []func(context.Context){s.checkinLoop, s.spoolLoop, s.notifyLoop} {
 		wg.Add(1)
@@ -399,6 +401,8 @@ func (s *session) notifyLoop(ctx context.Context) {
 				signal(s.a.renew)
 			case wire.EventRedetectLocation:
 				s.a.Redetect(false)
+			case wire.EventSessionRequested, wire.EventSessionEnded:
+				s.a.onSessionEvent(ev)
 			}
 		}
 		ws.CloseNow()

@@ -50,6 +50,9 @@ type Policy struct {
 type Config struct {
 	DeviceID string
 	SiteCode string
+	// Identity, when set, gives the device id and site code at each ticket instead (they
+	// change with a new enrollment).
+	Identity func() (deviceID, siteCode string)
 	// Cert is the device certificate (with its chain) for the end-to-end TLS; Roots the
 	// site's roots. Both are read at each session, so a renewal takes effect.
 	Cert  func() tls.Certificate
@@ -160,7 +163,11 @@ func (h *Host) Request(ctx context.Context, signed string) error {
 	if h.c.RefreshCRL != nil {
 		h.c.RefreshCRL(ctx)
 	}
-	t, err := s.Verify(ticket.VerifyOptions{Roots: h.c.Roots(), SiteCode: h.c.SiteCode, Device: h.c.DeviceID, Now: now, Revoked: h.c.Revoked})
+	dev, site := h.c.DeviceID, h.c.SiteCode
+	if h.c.Identity != nil {
+		dev, site = h.c.Identity()
+	}
+	t, err := s.Verify(ticket.VerifyOptions{Roots: h.c.Roots(), SiteCode: site, Device: dev, Now: now, Revoked: h.c.Revoked})
 	if err != nil {
 		h.refuse(ctx, &s.Ticket, ticket.Code(err), fmt.Errorf("%w (signer %s)", err, signerName(s)))
 		return err
