@@ -39,6 +39,9 @@ type remoteState struct {
 	mp        *session // the MP session that passed hello, for the relay, reports, uploads and the CRL
 	lastCRL   time.Time
 	crlFetchM sync.Mutex
+	// site is the site code the current MP's certificate names, for an identity enrolled
+	// without bootstrap settings (which carry it).
+	site string
 }
 
 // issuerOf is the CA certificate that issued the identity's leaf: the next certificate
@@ -69,15 +72,20 @@ func (a *Agent) newRemote() (*remoteState, error) {
 	h, err := device.New(device.Config{
 		Identity: func() (string, string) {
 			a.mu.Lock()
-			defer a.mu.Unlock()
-			site := ""
+			dev, site := a.id.DeviceID, ""
 			if a.id.Bootstrap != nil {
 				site = a.id.Bootstrap.SiteCode
 			}
-			return a.id.DeviceID, site
+			a.mu.Unlock()
+			if site == "" {
+				a.remote.mu.Lock()
+				site = a.remote.site
+				a.remote.mu.Unlock()
+			}
+			return dev, site
 		},
-		Cert:     func() tls.Certificate { a.mu.Lock(); defer a.mu.Unlock(); return a.id.Certificate },
-		Roots:    func() *x509.CertPool { a.mu.Lock(); defer a.mu.Unlock(); return a.id.Roots },
+		Cert:  func() tls.Certificate { a.mu.Lock(); defer a.mu.Unlock(); return a.id.Certificate },
+		Roots: func() *x509.CertPool { a.mu.Lock(); defer a.mu.Unlock(); return a.id.Roots },
 		Policy: func() device.Policy {
 			a.mu.Lock()
 			defer a.mu.Unlock()
@@ -202,6 +210,13 @@ func (a *Agent) refreshCRL(ctx context.Context, force bool) {
 		return
 	}
 	defer resp.Body.Close()
+	if resp.TLS != nil && len(resp.TLS.PeerCertificates) > 0 { // verified by the MP connection
+		if pid := wire.Identify(resp.TLS.PeerCertificates[0]); pid.Kind == wire.KindServer && pid.Site != "" {
+			rs.mu.Lock()
+			rs.site = pid.Site
+			rs.mu.Unlock()
+		}
+	}
 	der, err := io.ReadAll(io.LimitReader(resp.Body, device.MaxCRL+1))
 	if err == nil && resp.StatusCode != http.StatusOK {
 		err = fmt.Errorf("GET /v1/crl: %s", resp.Status)
