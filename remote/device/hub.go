@@ -24,6 +24,9 @@ const (
 	KindAnswer = "answer" // `ibcm-client consent --accept|--deny`: one answer, then gone
 )
 
+// maxClients bounds the share socket's connections (a local user could open many).
+const maxClients = 64
+
 // BellMessage is the Message of a Status frame that asks the share client to ring the
 // terminal bell (policy play_sound); it is not shown.
 const BellMessage = "\a"
@@ -214,6 +217,12 @@ func (hb *hub) handle(c net.Conn) {
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	hb.mu.Lock()
+	if len(hb.clients) >= maxClients {
+		hb.mu.Unlock()
+		hb.h.log.Warn().Int("uid", uid).Int("pid", pid).Msg("share socket: too many clients")
+		_ = cl.sendJSON(frame.End, frame.Ending{Outcome: "busy", Message: "too many share and consent clients"})
+		return
+	}
 	hb.clients = append(hb.clients, cl)
 	close(hb.arrived)
 	hb.arrived = make(chan struct{})
