@@ -186,6 +186,18 @@ func TestSharedTerminal(t *testing.T) {
 		t.Errorf("a key typed in view mode reached the shell")
 	}
 
+	// The sharer chats from the status line, and drops the helper to view.
+	inW.Write([]byte{EscapeKey, 'c'})
+	inW.Write([]byte("héllo 你好\r"))
+	if f := h.next(frame.Chat); string(f.Payload) != "héllo 你好" {
+		t.Errorf("the sharer's chat arrived as %q", f.Payload)
+	}
+	inW.Write([]byte{EscapeKey, 'v'})
+	_ = frame.DecodeJSON(h.next(frame.Mode), &mc)
+	if !mc.Granted || mc.Mode != ticket.ModeView {
+		t.Fatalf("the sharer's drop to view: %+v", mc)
+	}
+
 	h.sendJSON(frame.Mode, frame.ModeChange{Mode: ticket.ModeElevated})
 	waitText(t, out, "asks for a remote elevated session")
 	inW.Write([]byte{EscapeKey, 'y'})
