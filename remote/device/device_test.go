@@ -130,9 +130,10 @@ func TestUnattendedViewDropsInputControlPasses(t *testing.T) {
 	if fi, _ := os.Stat(filepath.Join(e.dir, SessionLogFile)); fi.Mode().Perm() != 0o600 {
 		t.Errorf("session log mode %v", fi.Mode())
 	}
-	if _, err := os.Stat(filepath.Join(e.dir, RecordingsDir, tk.Session+".sealed")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the uploaded recording is still spooled: %v", err)
-	}
+	waitFor(t, "the uploaded recording to leave the spool", func() bool {
+		_, err := os.Stat(filepath.Join(e.dir, RecordingsDir, tk.Session+".sealed"))
+		return errors.Is(err, os.ErrNotExist)
+	})
 }
 
 // The sharer's `ibcm-client share` on a real PTY: consent through its status line, view
@@ -583,5 +584,61 @@ func TestShareSocketBadInput(t *testing.T) {
 	}
 	if code, err := Answer(context.Background(), e.sock, "", true); code != CodeNoPrompt || err == nil {
 		t.Errorf("an answer to nothing: %s %v", code, err)
+	}
+}
+
+// A second helper joins as a viewer with a ticket of their own: they see the output,
+// nothing they type reaches the shell, and they may not change the mode.
+func TestViewerJoins(t *testing.T) {
+	rc := defaultRC()
+	rc.AllowUnattended, rc.PromptUser = true, false
+	e := newEnv(t, rc)
+	signed, tk := e.ticketFor(ticket.ModeUnattended, ticket.ModeView, ticket.ModeControl, ticket.ModeUnattended)
+	if err := e.host.Request(context.Background(), signed); err != nil {
+		t.Fatal(err)
+	}
+	h, err := e.connect(e.alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.rep.wait(t, wire.ReportStarted)
+	bob, _ := e.pki.leaf(t, "urn:ibcm:user:bob", x509.ExtKeyUsageClientAuth)
+	now := time.Now()
+	vt := ticket.Ticket{ID: ticket.NewID(), Session: tk.Session, Device: deviceID, Helper: "bob", HelperKey: wire.PublicKeyHash(bob.Leaf),
+		Card: ticket.Card{User: "bob", DisplayName: "Bob"}, Role: ticket.RoleViewer, Mode: ticket.ModeView, Modes: []string{ticket.ModeView}, MP: "mp1", IssuedAt: now, ExpiresAt: now.Add(time.Minute)}
+	if err := e.host.Request(context.Background(), e.sign(vt, e.mp)); err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.connect(bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := e.rep.wait(t, wire.ReportStarted); st.Ticket != vt.ID {
+		t.Errorf("started %+v", st)
+	}
+	if v.g.Mode != ticket.ModeView {
+		t.Errorf("viewer greeting %+v", v.g)
+	}
+	v.send(frame.Data, []byte("echo VIEWERKEYS\r"))
+	if mc := v.mode(ticket.ModeControl); mc.Granted {
+		t.Errorf("a viewer got control: %+v", mc)
+	}
+	h.send(frame.Data, []byte("echo SEEN$((6*7))\r"))
+	v.waitOutput("SEEN42")
+	h.waitOutput("SEEN42")
+	if strings.Contains(h.output(), "VIEWERKEYS") {
+		t.Error("a viewer's keys reached the shell")
+	}
+	v.sendJSON(frame.End, frame.Ending{Outcome: wire.OutcomeCompleted})
+	if end := e.rep.wait(t, wire.ReportEnded); end.Ticket != vt.ID {
+		t.Errorf("the viewer's end %+v", end)
+	}
+	// A viewer's ticket for a session that is not here is refused.
+	vt.ID, vt.Session = ticket.NewID(), ticket.NewID()
+	if err := e.host.Request(context.Background(), e.sign(vt, e.mp)); err == nil {
+		t.Error("a viewer ticket for no session was accepted")
+	}
+	if r := e.rep.wait(t, wire.ReportRefused); r.Code != CodeNoSession {
+		t.Errorf("%+v", r)
 	}
 }

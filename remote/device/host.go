@@ -177,6 +177,13 @@ func (h *Host) Request(ctx context.Context, signed string) error {
 		return err
 	}
 	p := h.policy()
+	if t.Role == ticket.RoleViewer {
+		if code, err := checkPolicy(p.RC, &ticket.Ticket{Mode: ticket.ModeView}); err != nil {
+			h.refuse(ctx, t, code, err)
+			return err
+		}
+		return h.joinViewer(ctx, t)
+	}
 	if code, err := checkPolicy(p.RC, t); err != nil {
 		h.refuse(ctx, t, code, err)
 		return err
@@ -184,7 +191,7 @@ func (h *Host) Request(ctx context.Context, signed string) error {
 	h.mu.Lock()
 	if _, dup := h.sessions[t.Session]; dup {
 		h.mu.Unlock()
-		err := errors.New("a session with this id is already served (viewers are not supported on terminal sessions yet)")
+		err := errors.New("a second helper ticket for a session already served")
 		h.refuse(ctx, t, CodeSessionDuplicate, err)
 		return err
 	}

@@ -35,6 +35,7 @@ const (
 	fromShell
 	fromElevated
 	fromConsent
+	fromViewer
 )
 
 type event struct {
@@ -44,6 +45,7 @@ type event struct {
 	err    error
 	mode   string // fromConsent: the mode asked
 	answer string // fromConsent: accepted, denied, consent-timeout
+	viewer *viewer
 }
 
 // session is one session served by the host.
@@ -81,6 +83,7 @@ type session struct {
 	elevated *Shell
 	rec      *recorder
 	asking   bool
+	viewers  []*viewer
 }
 
 func newSession(h *Host, t *ticket.Ticket, p Policy, ctx context.Context, cancel context.CancelFunc) *session {
@@ -150,7 +153,8 @@ func (s *session) run() {
 		s.finish(outcome, code, err)
 		return
 	}
-	conn, err := s.connect()
+	conn, transport, err := s.connect(s.t)
+	s.transport = transport
 	if err != nil {
 		code := CodeTransport
 		if errors.Is(err, e2e.ErrPeer) {
@@ -245,19 +249,19 @@ func (s *session) consent() (outcome, code string, err error) {
 }
 
 // connect opens the transports and returns the first leg whose end-to-end TLS completes.
-func (s *session) connect() (*tls.Conn, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, time.Until(s.t.ExpiresAt)+time.Minute)
+func (s *session) connect(t *ticket.Ticket) (*tls.Conn, string, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, time.Until(t.ExpiresAt)+time.Minute)
 	defer cancel()
 	if s.h.c.RefreshCRL != nil {
 		s.h.c.RefreshCRL(ctx)
 	}
-	cfg := e2e.DeviceConfig(s.h.c.Cert(), e2e.HelperExpect{Roots: s.h.c.Roots(), User: s.t.Helper, KeyHash: s.t.HelperKey, Now: s.h.c.Now, Revoked: s.h.c.Revoked})
+	cfg := e2e.DeviceConfig(s.h.c.Cert(), e2e.HelperExpect{Roots: s.h.c.Roots(), User: t.Helper, KeyHash: t.HelperKey, Now: s.h.c.Now, Revoked: s.h.c.Revoked})
 	results := make(chan legResult, 8)
 	legs := 0
 	if s.h.c.Relay != nil {
 		legs++
 		go func() {
-			rw, err := s.h.c.Relay(ctx, s.t.Session, s.t.ID)
+			rw, err := s.h.c.Relay(ctx, t.Session, t.ID)
 			if err != nil {
 				results <- legResult{err: fmt.Errorf("relay: %w", err), transport: wire.TransportRelay}
 				return
@@ -272,7 +276,7 @@ func (s *session) connect() (*tls.Conn, error) {
 		}()
 	}
 	var lns []net.Listener
-	if s.t.Direct && s.p.RC.AllowDirect && s.h.c.Intranet != nil && s.h.c.Intranet() && s.h.c.DirectAddrs != nil {
+	if t.Direct && s.p.RC.AllowDirect && s.h.c.Intranet != nil && s.h.c.Intranet() && s.h.c.DirectAddrs != nil {
 		port := s.p.RC.DirectPort
 		if port == 0 {
 			port = 2701
@@ -284,7 +288,7 @@ func (s *session) connect() (*tls.Conn, error) {
 				continue
 			}
 			lns = append(lns, ln)
-			go s.acceptDirect(ctx, ln, cfg, func(c *tls.Conn, err error) {
+			go s.acceptDirect(ctx, t, ln, cfg, func(c *tls.Conn, err error) {
 				if err != nil {
 					return // logged by acceptDirect; the relay may still come
 				}
@@ -299,7 +303,7 @@ func (s *session) connect() (*tls.Conn, error) {
 	}
 	defer closeListeners()
 	if legs == 0 && len(lns) == 0 {
-		return nil, errors.New("no transport: no relay dialer and no session port")
+		return nil, "", errors.New("no transport: no relay dialer and no session port")
 	}
 	var lastErr error
 	for {
@@ -308,17 +312,16 @@ func (s *session) connect() (*tls.Conn, error) {
 			if lastErr == nil {
 				lastErr = errors.New("no transport came up in time")
 			}
-			return nil, lastErr
+			return nil, "", lastErr
 		case r := <-results:
 			if r.err != nil {
 				lastErr = r.err
 				s.log.Warn().Err(r.err).Str("transport", r.transport).Msg("a leg failed")
 				if r.transport == wire.TransportRelay && len(lns) == 0 {
-					return nil, r.err // the MP refused or the session ended there
+					return nil, "", r.err // the MP refused or the session ended there
 				}
 				continue
 			}
-			s.transport = r.transport
 			closeListeners()
 			go func() { // a leg that completes after the winner is closed
 				for {
@@ -332,7 +335,7 @@ func (s *session) connect() (*tls.Conn, error) {
 					}
 				}
 			}()
-			return r.c, nil
+			return r.c, r.transport, nil
 		}
 	}
 }
@@ -345,7 +348,7 @@ type legResult struct {
 
 // acceptDirect takes connections on the session port while the session is pending: the
 // preamble must name this session's ticket, then the end-to-end TLS.
-func (s *session) acceptDirect(ctx context.Context, ln net.Listener, cfg *tls.Config, done func(*tls.Conn, error)) {
+func (s *session) acceptDirect(ctx context.Context, t *ticket.Ticket, ln net.Listener, cfg *tls.Config, done func(*tls.Conn, error)) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -354,7 +357,7 @@ func (s *session) acceptDirect(ctx context.Context, ln net.Listener, cfg *tls.Co
 		go func() {
 			_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 			id, err := e2e.ReadPreamble(c)
-			if err == nil && id != s.t.ID {
+			if err == nil && id != t.ID {
 				err = fmt.Errorf("%w: the preamble names ticket %s, not this session's", e2e.ErrPeer, id)
 			}
 			if err != nil {
@@ -366,7 +369,7 @@ func (s *session) acceptDirect(ctx context.Context, ln net.Listener, cfg *tls.Co
 			tc := tls.Server(c, cfg)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				s.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("session port: end-to-end TLS failed")
-				s.h.c.Audit("warning", fmt.Sprintf("remote session %s: a direct connection from %s refused: %v", s.t.Session, c.RemoteAddr(), err))
+				s.h.c.Audit("warning", fmt.Sprintf("remote session %s: a direct connection from %s refused: %v", t.Session, c.RemoteAddr(), err))
 				c.Close()
 				done(nil, err)
 				return
@@ -536,6 +539,10 @@ func (s *session) presence(msg string) {
 	p := frame.Presence{Session: s.t.Session, Mode: s.mode, Message: msg}
 	if s.p.RC.ShowConnectionBar {
 		p.Helpers = []frame.Peer{s.peer(s.mode)}
+		for _, v := range s.viewers {
+			c := v.t.Card
+			p.Helpers = append(p.Helpers, frame.Peer{User: v.t.Helper, DisplayName: c.DisplayName, Title: c.Title, Organization: c.Organization, Role: ticket.RoleViewer, Mode: ticket.ModeView})
+		}
 	}
 	s.h.hub.broadcast(s.sharerUID, frame.Status, p)
 }
@@ -612,6 +619,8 @@ func (s *session) handle(e event) {
 			return
 		}
 		s.output(e.src, e.f.Payload)
+	case fromViewer:
+		s.viewerEvent(e)
 	case fromConsent:
 		s.asking = false
 		if e.answer == "accepted" {
@@ -641,6 +650,13 @@ func (s *session) output(src int, p []byte) {
 		s.rec.output(p)
 	}
 	s.sendHelper(frame.Data, p)
+	for _, v := range s.viewers {
+		if err := v.send(frame.Data, p); err != nil {
+			s.dropViewer(v, "writing to the viewer: "+err.Error())
+			break // the slice changed; the others get the next output
+		}
+		v.bytesOut.Add(int64(len(p)))
+	}
 }
 
 func (s *session) fromHelper(f frame.Frame) {
@@ -823,6 +839,20 @@ func (s *session) wrapUp() {
 		if sh != nil {
 			sh.Kill()
 		}
+	}
+	for len(s.viewers) > 0 {
+		s.dropViewer(s.viewers[0], "the session ended")
+	}
+	for { // viewers whose joining the loop did not see
+		select {
+		case e := <-s.events:
+			if e.src == fromViewer && e.viewer != nil {
+				s.dropViewer(e.viewer, "the session ended")
+			}
+			continue
+		default:
+		}
+		break
 	}
 	s.mu.Lock()
 	outcome, msg := s.outcome, s.message
