@@ -56,7 +56,9 @@ func TestShareOnARealTerminal(t *testing.T) {
 	defer tmux("kill-server")
 	tmux("new-session", "-d", "-s", "share", "-x", "80", "-y", "24",
 		bin+" share --share-socket "+sock+" --shell /bin/sh; sleep 30")
-	screen := func() []string { return strings.Split(strings.TrimRight(tmux("capture-pane", "-p", "-t", "share"), "\n"), "\n") }
+	screen := func() []string {
+		return strings.Split(strings.TrimRight(tmux("capture-pane", "-p", "-t", "share"), "\n"), "\n")
+	}
 	waitScreen := func(what string, ok func([]string) bool) {
 		t.Helper()
 		deadline := time.Now().Add(15 * time.Second)
