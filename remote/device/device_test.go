@@ -465,6 +465,12 @@ func TestPolicyRefusals(t *testing.T) {
 	if r := e.rep.wait(t, wire.ReportRefused); r.Code != CodeNoUnattended {
 		t.Errorf("%+v", r)
 	}
+	e.policy.RC.RecordTerminal = true // and no audit key
+	signed, _ = e.ticketFor(ticket.ModeView, ticket.ModeView)
+	_ = e.host.Request(context.Background(), signed)
+	if r := e.rep.wait(t, wire.ReportRefused); r.Code != CodeNoAuditKey {
+		t.Errorf("%+v", r)
+	}
 	e.policy.RC.Enabled = false
 	signed, _ = e.ticketFor(ticket.ModeView, ticket.ModeView)
 	_ = e.host.Request(context.Background(), signed)

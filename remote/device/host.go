@@ -37,6 +37,7 @@ const (
 	CodeNoPrompt         = "consent_no_prompt"  // an answer to no pending prompt
 	CodeTransport        = "transport_failed"   // no transport came up
 	CodeSessionDuplicate = "session_duplicate"  // a second helper ticket for a session already here
+	CodeNoAuditKey       = "recording_no_key"   // policy records sessions but carries no audit key
 )
 
 // Policy is what the host enforces: the device's remote-control settings and the site's
@@ -177,6 +178,11 @@ func (h *Host) Request(ctx context.Context, signed string) error {
 		return err
 	}
 	p := h.policy()
+	if p.RC.Enabled && p.RC.RecordTerminal && p.AuditKey == "" {
+		err := errors.New("the policy records sessions but carries no audit key to seal them to")
+		h.refuse(ctx, t, CodeNoAuditKey, err)
+		return err
+	}
 	if t.Role == ticket.RoleViewer {
 		if code, err := checkPolicy(p.RC, &ticket.Ticket{Mode: ticket.ModeView}); err != nil {
 			h.refuse(ctx, t, code, err)

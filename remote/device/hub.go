@@ -96,11 +96,23 @@ func (h *Host) Serve(ctx context.Context, path string) error {
 // 0666, so any local user may connect; who they are comes from SO_PEERCRED.
 func ListenShare(path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("share socket: %w", err)
+		}
+		if err := os.Chmod(dir, 0o755); err != nil { // past the umask
+			return nil, fmt.Errorf("share socket: %w", err)
+		}
+		fi, err = os.Stat(dir)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("share socket: %w", err)
 	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("share socket: %w", err)
+	// Clients trust the socket only in a directory nobody but its owner may write (and
+	// root's); the agent does not change a directory it did not make.
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() || fi.Mode().Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("share socket: the directory %s must be the agent's and writable by it only", dir)
 	}
 	if c, err := net.Dial("unix", path); err == nil {
 		c.Close()

@@ -463,8 +463,13 @@ func (s *session) serve(conn *tls.Conn) {
 	if hello.Rows == 0 || hello.Cols == 0 {
 		rows, cols = 24, 80
 	}
-	if s.p.RC.RecordTerminal && s.p.AuditKey != "" {
-		s.rec = newRecorder(s.started, cols, rows)
+	if s.p.RC.RecordTerminal {
+		if s.p.AuditKey != "" {
+			s.rec = newRecorder(s.started, cols, rows)
+		} else {
+			s.log.Error().Msg("policy says record_terminal but carries no audit key: the session is not recorded")
+			s.h.c.Audit("error", "remote session "+s.t.Session+": not recorded: the policy carries no audit key")
+		}
 	}
 	if err := s.startTerminal(rows, cols); err != nil {
 		s.end(wire.OutcomeFailed, err.Error())
