@@ -59,6 +59,7 @@ type session struct {
 
 	endOnce sync.Once
 	endCh   chan struct{}
+	serving chan struct{} // closed once the loop runs: viewers join then
 	mu      sync.Mutex
 	outcome string
 	message string
@@ -87,7 +88,7 @@ type session struct {
 }
 
 func newSession(h *Host, t *ticket.Ticket, p Policy, ctx context.Context, cancel context.CancelFunc) *session {
-	return &session{h: h, t: t, p: p, ctx: ctx, cancel: cancel, endCh: make(chan struct{}), sharerUID: -1,
+	return &session{h: h, t: t, p: p, ctx: ctx, cancel: cancel, endCh: make(chan struct{}), serving: make(chan struct{}), sharerUID: -1,
 		log:    h.log.With().Str("session", t.Session).Str("ticket", t.ID).Str("helper", t.Helper).Logger(),
 		events: make(chan event, 64)}
 }
@@ -478,6 +479,7 @@ func (s *session) serve(conn *tls.Conn) {
 	}
 	s.presence("connected")
 	s.bell()
+	close(s.serving)
 	go func() {
 		for {
 			f, err := r.Next()

@@ -66,6 +66,12 @@ func (s *session) reportLeg(t *ticket.Ticket, r wire.SessionReport) {
 }
 
 func (s *session) addViewer(t *ticket.Ticket) {
+	select { // a viewer joins a session that runs
+	case <-s.serving:
+	case <-s.endCh:
+		s.reportLeg(t, wire.SessionReport{Event: wire.ReportRefused, Outcome: wire.OutcomeRefused, Code: CodeNoSession, Message: "the session ended before the viewer joined"})
+		return
+	}
 	log := s.log.With().Str("viewer", t.Helper).Str("viewer_ticket", t.ID).Logger()
 	peer := frame.Peer{User: t.Helper, DisplayName: t.Card.DisplayName, Title: t.Card.Title, Organization: t.Card.Organization, Role: ticket.RoleViewer, Mode: ticket.ModeView}
 	if s.p.RC.PromptUser && s.sharerUID >= 0 {
