@@ -434,6 +434,11 @@ func (s *session) post(e event) {
 // serve runs an established session until it ends.
 func (s *session) serve(conn *tls.Conn) {
 	s.helper = conn // closed by wrapUp, after the End frame
+	go func() { // a safety net: a leg that no longer answers does not hold the session
+		<-s.endCh
+		time.Sleep(5 * time.Second)
+		conn.Close()
+	}()
 	s.started = s.h.c.Now()
 	s.lastActive.Store(s.started.UnixNano())
 	s.mode = s.t.Mode
@@ -445,8 +450,9 @@ func (s *session) serve(conn *tls.Conn) {
 
 	s.sendHelperJSON(frame.Hello, frame.Greeting{Session: s.t.Session, Mode: s.mode, Sharer: s.sharer.Name, SharerName: s.sharer.FullName, Terminal: s.terminal})
 	r := frame.NewReader(conn)
-	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	helloTimer := time.AfterFunc(30*time.Second, func() { conn.Close() }) // relay streams have no deadlines
 	f, err := r.Next()
+	helloTimer.Stop()
 	var hello frame.Greeting
 	if err == nil && f.Type != frame.Hello {
 		err = fmt.Errorf("%w: first frame %s, want hello", frame.ErrFrame, f.Type)
@@ -459,7 +465,6 @@ func (s *session) serve(conn *tls.Conn) {
 		s.wrapUp()
 		return
 	}
-	_ = conn.SetReadDeadline(time.Time{})
 	rows, cols := max(hello.Rows, 1), max(hello.Cols, 1)
 	if hello.Rows == 0 || hello.Cols == 0 {
 		rows, cols = 24, 80

@@ -103,12 +103,13 @@ func (s *session) addViewer(t *ticket.Ticket) {
 		return
 	}
 	r := frame.NewReader(conn)
-	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	if f, err := r.Next(); err != nil || f.Type != frame.Hello {
+	helloTimer := time.AfterFunc(30*time.Second, func() { conn.Close() })
+	f, err := r.Next()
+	helloTimer.Stop()
+	if err != nil || f.Type != frame.Hello {
 		conn.Close()
 		return
 	}
-	_ = conn.SetReadDeadline(time.Time{})
 	log.Info().Str("transport", transport).Msg("viewer joined")
 	s.reportLeg(t, wire.SessionReport{Event: wire.ReportStarted, Mode: ticket.ModeView, Transport: transport})
 	s.post(event{src: fromViewer, viewer: v})
