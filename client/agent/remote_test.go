@@ -107,7 +107,7 @@ func TestAgentRemoteThroughTheMP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.remote.mp = &session{a: a, base: m.srv.URL, http: mpClient(id, "")}
+	a.remote.mp = &session{a: a, base: m.srv.URL, http: mpClient(id, "", a.remote.crl.Revoked)}
 	ctx := context.Background()
 
 	rw, err := a.relay(ctx, ticket.NewID(), ticket.NewID())
@@ -152,6 +152,11 @@ func TestAgentRemoteThroughTheMP(t *testing.T) {
 	}
 	if a.remote.crl.Revoked(m.chain[0]) {
 		t.Fatal("a good certificate is revoked")
+	}
+	// An MP whose certificate the CRL lists is refused by the agent's connection.
+	revokedMP := &session{a: a, base: m.srv.URL, http: mpClient(id, "", func(c *x509.Certificate) bool { return c.Equal(m.chain[0]) })}
+	if _, err := revokedMP.do(ctx, http.MethodGet, "/v1/crl", nil, nil, nil); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("a revoked MP: %v", err)
 	}
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	fake := &x509.Certificate{SerialNumber: big.NewInt(9), Subject: catest.Hierarchy().Issuing.Subject, SubjectKeyId: []byte{1, 2, 3},
