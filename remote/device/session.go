@@ -434,7 +434,7 @@ func (s *session) post(e event) {
 // serve runs an established session until it ends.
 func (s *session) serve(conn *tls.Conn) {
 	s.helper = conn // closed by wrapUp, after the End frame
-	go func() { // a safety net: a leg that no longer answers does not hold the session
+	go func() {     // a safety net: a leg that no longer answers does not hold the session
 		<-s.endCh
 		time.Sleep(5 * time.Second)
 		conn.Close()
