@@ -174,7 +174,7 @@ func (h *Host) Request(ctx context.Context, signed string) error {
 		return err
 	}
 	if err := h.seen.use(t, now); err != nil {
-		h.refuse(ctx, t, ticket.Code(err), err)
+		h.refuse(ctx, t, ticket.Code(err), fmt.Errorf("%w (signer %s)", err, signerName(s)))
 		return err
 	}
 	p := h.policy()
@@ -205,7 +205,7 @@ func (h *Host) Request(ctx context.Context, signed string) error {
 	ss := newSession(h, t, p, sctx, cancel)
 	h.sessions[t.Session] = ss
 	h.mu.Unlock()
-	h.log.Info().Str("session", t.Session).Str("ticket", t.ID).Str("helper", t.Helper).Str("mode", t.Mode).Msg("session requested")
+	h.log.Info().Str("session_id", t.Session).Str("ticket_id", t.ID).Str("helper", t.Helper).Str("mode", t.Mode).Msg("session requested")
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
@@ -272,7 +272,7 @@ func (h *Host) refuse(ctx context.Context, t *ticket.Ticket, code string, err er
 	session, tid, helper := "", "", ""
 	if t != nil {
 		session, tid, helper = t.Session, t.ID, t.Helper
-		ev = ev.Str("session", session).Str("ticket", tid).Str("helper", helper)
+		ev = ev.Str("session_id", session).Str("ticket_id", tid).Str("helper", helper)
 	}
 	ev.Msg("remote session refused")
 	h.c.Audit("warning", fmt.Sprintf("remote session %s refused (%s): %v", orDash(session), code, err))
@@ -299,7 +299,7 @@ func (h *Host) report(ctx context.Context, session string, r wire.SessionReport)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := h.c.Report(rctx, session, r); err != nil {
-		h.log.Warn().Err(err).Str("session", session).Str("event", r.Event).Msg("reporting a session event to the MP")
+		h.log.Warn().Err(err).Str("session_id", session).Str("event", r.Event).Msg("reporting a session event to the MP")
 	}
 }
 

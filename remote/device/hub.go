@@ -432,7 +432,7 @@ func (hb *hub) answer(cl *shareClient, a frame.ConsentAnswer) (string, error) {
 	}
 	if p.uid != cl.uid {
 		err := fmt.Errorf("uid %d (pid %d) answered the consent question of session %s asked of uid %d: refused", cl.uid, cl.pid, p.session, p.uid)
-		hb.h.log.Warn().Str("code", CodeWrongUser).Int("uid", cl.uid).Int("pid", cl.pid).Str("session", p.session).Int("asked_uid", p.uid).Msg("consent answer from another user refused")
+		hb.h.log.Warn().Str("code", CodeWrongUser).Int("uid", cl.uid).Int("pid", cl.pid).Str("session_id", p.session).Int("asked_uid", p.uid).Msg("consent answer from another user refused")
 		hb.h.c.Audit("warning", fmt.Sprintf("remote session %s: a consent answer from uid %d refused (%s): the question was for uid %d", p.session, cl.uid, CodeWrongUser, p.uid))
 		return CodeWrongUser, err
 	}

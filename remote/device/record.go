@@ -68,7 +68,7 @@ func (r *recorder) bytes() []byte {
 func (h *Host) storeRecording(session, auditKey string, cast []byte) {
 	sealed, err := recording.Seal(auditKey, session, cast)
 	if err != nil {
-		h.log.Error().Err(err).Str("session", session).Msg("sealing the recording")
+		h.log.Error().Err(err).Str("session_id", session).Msg("sealing the recording")
 		h.c.Audit("error", "remote session "+session+": the recording could not be sealed: "+err.Error())
 		return
 	}
@@ -106,11 +106,11 @@ func (h *Host) RetryUploads(ctx context.Context) {
 		err = h.c.Upload(uctx, session, b)
 		cancel()
 		if err != nil {
-			h.log.Warn().Err(err).Str("session", session).Msg("uploading the recording; will retry")
+			h.log.Warn().Err(err).Str("session_id", session).Msg("uploading the recording; will retry")
 			continue
 		}
 		_ = os.Remove(filepath.Join(dir, e.Name()))
-		h.log.Info().Str("session", session).Int("bytes", len(b)).Msg("recording uploaded")
+		h.log.Info().Str("session_id", session).Int("bytes", len(b)).Msg("recording uploaded")
 	}
 }
 

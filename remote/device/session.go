@@ -89,7 +89,7 @@ type session struct {
 
 func newSession(h *Host, t *ticket.Ticket, p Policy, ctx context.Context, cancel context.CancelFunc) *session {
 	return &session{h: h, t: t, p: p, ctx: ctx, cancel: cancel, endCh: make(chan struct{}), serving: make(chan struct{}), sharerUID: -1,
-		log:    h.log.With().Str("session", t.Session).Str("ticket", t.ID).Str("helper", t.Helper).Logger(),
+		log:    h.log.With().Str("session_id", t.Session).Str("ticket_id", t.ID).Str("helper", t.Helper).Logger(),
 		events: make(chan event, 64)}
 }
 

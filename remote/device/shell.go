@@ -285,3 +285,8 @@ func wall(text string) {
 	cmd.Stdin = strings.NewReader(text + "\n")
 	_ = cmd.Run()
 }
+
+var (
+	_ ShellStarter = DirectShells{}
+	_ ShellStarter = SystemdShells{}
+)
