@@ -415,15 +415,27 @@ func (hb *hub) ask(ctx context.Context, uid int, cp frame.ConsentPrompt) string 
 // empty for the only prompt waiting. Only the uid asked may answer.
 func (hb *hub) answer(cl *shareClient, a frame.ConsentAnswer) (string, error) {
 	hb.mu.Lock()
-	var p *prompt
-	var n int
+	var match []*prompt
 	for _, q := range hb.prompts {
-		if a.ID == "" || q.id == a.ID || q.session == a.ID || strings.HasPrefix(q.session, a.ID) && len(a.ID) >= 8 {
-			p = q
-			n++
+		if a.ID == "" || q.id == a.ID || q.session == a.ID || len(a.ID) >= 8 && strings.HasPrefix(q.session, a.ID) {
+			match = append(match, q)
 		}
 	}
 	hb.mu.Unlock()
+	if len(match) > 1 { // several: the asker's own questions
+		var own []*prompt
+		for _, q := range match {
+			if q.uid == cl.uid {
+				own = append(own, q)
+			}
+		}
+		match = own
+	}
+	n := len(match)
+	var p *prompt
+	if n == 1 {
+		p = match[0]
+	}
 	switch {
 	case n == 0:
 		return CodeNoPrompt, errors.New("no consent question waits for that answer")
