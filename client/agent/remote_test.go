@@ -13,6 +13,7 @@ import (
 	"errors"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -37,6 +38,8 @@ type fakeMP struct {
 	uploads  chan []byte
 	crl      atomic.Value // []byte
 	relayHdr chan http.Header
+	// relayHook, when set, is the other leg: it gets the device's upgraded stream.
+	relayHook func(io.ReadWriteCloser)
 }
 
 func startFakeMP(t *testing.T, s *catest.Server) *fakeMP {
@@ -56,7 +59,9 @@ func startFakeMP(t *testing.T, s *catest.Server) *fakeMP {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/crl", func(w http.ResponseWriter, r *http.Request) { w.Write(m.crl.Load().([]byte)) })
 	mux.HandleFunc("GET /v1/sessions/{id}/relay", func(w http.ResponseWriter, r *http.Request) {
-		m.relayHdr <- r.Header.Clone()
+		if m.relayHook == nil {
+			m.relayHdr <- r.Header.Clone()
+		}
 		if r.URL.Query().Get("ticket") == "ended" {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusConflict)
@@ -70,6 +75,10 @@ func startFakeMP(t *testing.T, s *catest.Server) *fakeMP {
 		defer c.Close()
 		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ibcm-relay\r\n\r\n")
 		rw.Flush()
+		if m.relayHook != nil {
+			m.relayHook(c)
+			return
+		}
 		io.Copy(c, rw) // echo
 	})
 	mux.HandleFunc("POST /v1/sessions/{id}/report", func(w http.ResponseWriter, r *http.Request) {
@@ -196,3 +205,6 @@ func TestAgentRemoteThroughTheMP(t *testing.T) {
 		t.Errorf("upload %q", b)
 	}
 }
+
+// asNetConn: the hijacked connection is a net.Conn already.
+func asNetConn(c io.ReadWriteCloser) net.Conn { return c.(net.Conn) }
