@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"io"
+	"os"
+	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/ibcm-project/ibcm/ca/catest"
 	"github.com/ibcm-project/ibcm/internal/access"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/device"
 	"github.com/ibcm-project/ibcm/remote/e2e"
 	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/ticket"
@@ -116,5 +119,39 @@ func TestAgentServesASessionThroughTheRelay(t *testing.T) {
 	}
 	if events[wire.ReportStarted].Transport != wire.TransportRelay || events[wire.ReportEnded].Outcome != wire.OutcomeCompleted || events[wire.ReportEnded].BytesOut == 0 {
 		t.Errorf("reports %+v", events)
+	}
+}
+
+// A running agent serves its share socket (0666, in a directory of its own, 0755).
+func TestAgentServesTheShareSocket(t *testing.T) {
+	s := catest.Start(t)
+	dir := t.TempDir()
+	enrolled(t, s, dir)
+	sockDir := filepath.Join(t.TempDir(), "run")
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(resolv, []byte("nameserver 127.0.0.1:9\n"), 0o600)
+	a, err := New(Options{Dir: dir, ResolvConf: resolv, ShareSocket: filepath.Join(sockDir, "share.sock"), Shells: "direct"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, err := device.Answer(context.Background(), filepath.Join(sockDir, "share.sock"), "", true)
+		if code == device.CodeNoPrompt {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the share socket does not answer: %s %v", code, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the readiness condition itself
+	}
+	fi, _ := os.Stat(filepath.Join(sockDir, "share.sock"))
+	di, _ := os.Stat(sockDir)
+	if fi.Mode().Perm() != 0o666 || di.Mode().Perm() != 0o755 {
+		t.Errorf("socket %v, directory %v", fi.Mode(), di.Mode())
 	}
 }
