@@ -1,7 +1,8 @@
 // Command ibcm-client is the agent that runs on devices: it enrolls the device with the
-// site's CA, renews its certificate and reports its identity. It links only the client
-// package, internal/wire, internal/cliapp, internal/logging, zerolog and urfave/cli
-// (DESIGN.md §2).
+// site's CA, renews its certificate and reports its identity, serves remote-control
+// sessions, and gives local users `share`, `consent` and `sessions`. It links only the
+// client package, remote/device and the remote contracts, internal/wire, internal/cliapp,
+// internal/logging, zerolog, creack/pty, x/term and urfave/cli (DESIGN.md §2).
 package main
 
 import (
@@ -38,7 +39,8 @@ func newApp() *cli.Command {
 			&cli.StringFlag{Name: "log-format", Value: "auto", Sources: cli.EnvVars("IBCM_CLIENT_LOG_FORMAT"), Usage: "auto (console on a terminal, else JSON), json or console",
 				Validator: cliapp.OneOf("auto", "json", "console")},
 		},
-		Commands:        []*cli.Command{enrollCommand(), renewCommand(), runCommand(), locationCommand(), statusCommand(), reportCommand()},
+		Commands: []*cli.Command{enrollCommand(), renewCommand(), runCommand(), locationCommand(), statusCommand(), reportCommand(),
+			shareCommand(), consentCommand(), sessionsCommand()},
 		HideHelpCommand: true,
 	})
 }

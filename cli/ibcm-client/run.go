@@ -13,6 +13,7 @@ import (
 	"github.com/ibcm-project/ibcm/client"
 	"github.com/ibcm-project/ibcm/client/agent"
 	"github.com/ibcm-project/ibcm/client/location"
+	"github.com/ibcm-project/ibcm/internal/cliapp"
 )
 
 func resolvConfFlag() *cli.StringFlag {
@@ -30,7 +31,10 @@ func runCommand() *cli.Command {
 device is on the intranet or the internet, uses the MP for that location, re-detects when the
 resolver configuration or the network changes, when the MP fails and on a timer, checks in,
 keeps the notification channel open, delivers spooled status messages and renews the
-certificate at two thirds of its life. Logs go to stderr: JSON, or zerolog's console format
+certificate at two thirds of its life. It serves remote-control sessions: tickets from the
+notification channel, consent through the share socket (--share-socket, any local user may
+connect; see share and consent), the relay through the MP and, on the intranet, the session
+port. Logs go to stderr: JSON, or zerolog's console format
 when stderr is a terminal (--log-format json keeps JSON there too).
 
 EXAMPLES:
@@ -38,10 +42,18 @@ EXAMPLES:
 
    ibcm-client run --dir /srv/agent --resolv-conf /run/systemd/resolve/resolv.conf --log-level debug`,
 		Flags: []cli.Flag{
-			dirFlag(), resolvConfFlag(),
+			dirFlag(), resolvConfFlag(), shareSocketFlag(),
+			&cli.StringFlag{Name: "session-shells", Value: "auto", Sources: cli.EnvVars("IBCM_CLIENT_SESSION_SHELLS"),
+				Usage:     "how remote sessions start shells: systemd (a transient unit each, outside the agent's sandbox), direct (children of the agent), or auto (systemd when run as a systemd service)",
+				Validator: cliapp.OneOf("auto", "systemd", "direct")},
 		},
 		Action: func(ctx context.Context, c *cli.Command) error {
-			a, err := agent.New(agent.Options{Dir: c.String("dir"), ResolvConf: c.String("resolv-conf"), Log: logger(c)})
+			shells := c.String("session-shells")
+			if shells == "auto" {
+				shells = ""
+			}
+			a, err := agent.New(agent.Options{Dir: c.String("dir"), ResolvConf: c.String("resolv-conf"), Log: logger(c),
+				ShareSocket: c.String("share-socket"), Shells: shells})
 			if err != nil {
 				return err
 			}

@@ -39,6 +39,13 @@ type Options struct {
 	WatchEvery time.Duration
 	// SpoolMax bounds the status spool (10000 when zero).
 	SpoolMax int
+	// ShareSocket is where local users' `ibcm-client share` and `consent` reach the agent
+	// (remote/device); empty: no share socket (sessions then have nobody to ask).
+	ShareSocket string
+	// Shells is how session shells start: "systemd" (a transient unit each, outside the
+	// agent unit's sandbox), "direct" (children of the agent), or "" to pick systemd when
+	// the agent runs as a systemd service.
+	Shells string
 }
 
 // Status is what a running agent reports (`ibcm-client status`).
@@ -84,6 +91,8 @@ type Agent struct {
 	restart chan struct{} // the MP or the certificate changed: new session
 
 	contested string // serial (hex) of the certificate contestSuperseded renewed for
+
+	remote *remoteState // remote control (remote/device)
 }
 
 type cachedPolicy struct {
@@ -119,6 +128,9 @@ func New(o Options) (*Agent, error) {
 		}
 	}
 	a.setIdentityStatus(id)
+	if a.remote, err = a.newRemote(); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -221,6 +233,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	run(a.detectLoop)
 	run(a.sessionLoop)
 	run(a.renewLoop)
+	run(a.runRemote)
 	run(func(ctx context.Context) {
 		location.WatchFile(ctx, a.o.ResolvConf, a.o.WatchEvery, func() { a.Redetect(false) })
 	})

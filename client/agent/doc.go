@@ -7,4 +7,11 @@
 // the state directory's one writer while it runs: it holds client.LockDir, and `renew`
 // and `enroll --force` hand their work to it. Every retry loop uses exponential
 // backoff with jitter and a cap, so agents coming back after an outage spread out.
+//
+// It also serves remote-control sessions (remote.go): it hands session-requested and
+// session-ended events to a remote/device Host, which it gives the identity, the policy,
+// a CRL fetched through the MP and verified against the issuing CA (kept in the state
+// directory), and the current MP connection for the relay leg (an HTTP/1.1 upgrade),
+// the session reports and the recording uploads; local users reach it on the share
+// socket (Options.ShareSocket).
 package agent

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,7 +51,7 @@ func (a *Agent) sessionLoop(ctx context.Context) {
 		}
 		sctx, cancel := context.WithCancel(ctx)
 		stop = cancel
-		s := &session{a: a, base: strings.TrimSuffix(cur.MP, "/"), location: cur.Location, http: mpClient(id, cur.Addr)}
+		s := &session{a: a, base: strings.TrimSuffix(cur.MP, "/"), location: cur.Location, http: mpClient(id, cur.Addr, a.remote.crl.Revoked)}
 		wg.Add(1)
 		go func() { defer wg.Done(); s.run(sctx) }()
 	}
@@ -58,13 +59,25 @@ func (a *Agent) sessionLoop(ctx context.Context) {
 
 // mpClient talks to the MP over mutual TLS, presenting only the leaf certificate (the MP
 // knows the issuing CA). It dials addr, the address detection proved, so no name is looked
-// up outside the agent's own resolvers; TLS still verifies the MP's name.
-func mpClient(id *client.Identity, addr string) *http.Client {
+// up outside the agent's own resolvers; TLS still verifies the MP's name, and refuses an
+// MP certificate that revoked (the agent's verified CRL; nil checks nothing) lists.
+func mpClient(id *client.Identity, addr string, revoked func(*x509.Certificate) bool) *http.Client {
 	leafOnly := id.Certificate
 	leafOnly.Certificate = leafOnly.Certificate[:1]
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{leafOnly}, RootCAs: id.Roots, MinVersion: tls.VersionTLS12},
+		TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{leafOnly}, RootCAs: id.Roots, MinVersion: tls.VersionTLS12,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				if revoked == nil {
+					return nil
+				}
+				for _, c := range cs.PeerCertificates {
+					if revoked(c) {
+						return fmt.Errorf("the MP's certificate %s is revoked (CRL)", wire.FormatSerial(c.SerialNumber))
+					}
+				}
+				return nil
+			}},
 		DialContext: func(ctx context.Context, network, hostport string) (net.Conn, error) {
 			if addr != "" {
 				hostport = addr
@@ -108,6 +121,8 @@ func (s *session) run(ctx context.Context) {
 		case <-time.After(b.next()):
 		}
 	}
+	s.a.setMP(s, true)
+	defer s.a.setMP(s, false)
 	var wg sync.WaitGroup
 	for _, fn := range []func(context.Context){s.checkinLoop, s.spoolLoop, s.notifyLoop} {
 		wg.Add(1)
@@ -399,6 +414,8 @@ func (s *session) notifyLoop(ctx context.Context) {
 				signal(s.a.renew)
 			case wire.EventRedetectLocation:
 				s.a.Redetect(false)
+			case wire.EventSessionRequested, wire.EventSessionEnded:
+				s.a.onSessionEvent(ev)
 			}
 		}
 		ws.CloseNow()

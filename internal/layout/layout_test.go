@@ -71,14 +71,19 @@ func TestAgentLinksNoServerCode(t *testing.T) {
 // client/ speaks to the site only through internal/wire (DESIGN.md §3) and shares only
 // internal/atomicfile; besides the
 // standard library it uses only miekg/dns (SRV lookups), coder/websocket (the
-// notification channel) and rs/zerolog (the site's log library, DESIGN.md §4).
+// notification channel) and rs/zerolog (the site's log library, DESIGN.md §4), and for
+// remote control the device's side (remote/device) with the contracts it shares
+// (remote/ticket, frame, e2e, recording), creack/pty and x/term.
 func TestClientImportsOnlyWireAndTheStandardLibrary(t *testing.T) {
 	allowed := func(imp string) bool {
 		switch {
 		case !strings.Contains(strings.SplitN(imp, "/", 2)[0], "."), // standard library
 			imp == "github.com/ibcm-project/ibcm/internal/wire", imp == "github.com/ibcm-project/ibcm/internal/atomicfile",
 			imp == "github.com/ibcm-project/ibcm/client" || strings.HasPrefix(imp, "github.com/ibcm-project/ibcm/client/"),
-			imp == "github.com/miekg/dns", imp == "github.com/coder/websocket", imp == "github.com/rs/zerolog":
+			imp == "github.com/miekg/dns", imp == "github.com/coder/websocket", imp == "github.com/rs/zerolog",
+			imp == "github.com/ibcm-project/ibcm/remote/ticket", imp == "github.com/ibcm-project/ibcm/remote/frame",
+			imp == "github.com/ibcm-project/ibcm/remote/e2e", imp == "github.com/ibcm-project/ibcm/remote/recording",
+			imp == "github.com/ibcm-project/ibcm/remote/device", imp == "github.com/creack/pty", imp == "golang.org/x/term":
 			return true
 		}
 		return false
@@ -98,6 +103,40 @@ func TestRolesDoNotImportTheCA(t *testing.T) {
 		for _, d := range append(p.Deps, p.Imports...) {
 			if d == "github.com/ibcm-project/ibcm/ca" || strings.HasPrefix(d, "github.com/smallstep/") || strings.HasPrefix(d, "github.com/cloudflare/cfssl") {
 				t.Errorf("%s depends on %s", p.ImportPath, d)
+			}
+		}
+	}
+}
+
+// remote/device is linked into the agent: it imports the standard library, internal/wire,
+// the remote contracts, creack/pty and zerolog, and depends on no server code.
+func TestRemoteDeviceImportsNoServerCode(t *testing.T) {
+	allowed := func(imp string) bool {
+		switch {
+		case !strings.Contains(strings.SplitN(imp, "/", 2)[0], "."),
+			imp == "github.com/ibcm-project/ibcm/internal/wire",
+			imp == "github.com/ibcm-project/ibcm/remote/ticket", imp == "github.com/ibcm-project/ibcm/remote/frame",
+			imp == "github.com/ibcm-project/ibcm/remote/e2e", imp == "github.com/ibcm-project/ibcm/remote/recording",
+			imp == "github.com/creack/pty", imp == "github.com/rs/zerolog":
+			return true
+		}
+		return false
+	}
+	server := []string{"github.com/ibcm-project/ibcm/mp", "github.com/ibcm-project/ibcm/ca", "github.com/ibcm-project/ibcm/site",
+		"github.com/ibcm-project/ibcm/internal/sitedb", "github.com/ibcm-project/ibcm/internal/trust", "github.com/ibcm-project/ibcm/internal/access",
+		"github.com/ibcm-project/ibcm/internal/api", "github.com/ibcm-project/ibcm/remote/helper", "github.com/ibcm-project/ibcm/client",
+		"github.com/lib/pq", "modernc.org/sqlite", "github.com/smallstep/", "github.com/cloudflare/cfssl"}
+	for _, p := range list(t, "./remote/device") {
+		for _, imp := range p.Imports {
+			if !allowed(imp) {
+				t.Errorf("%s imports %s", p.ImportPath, imp)
+			}
+		}
+		for _, d := range p.Deps {
+			for _, f := range server {
+				if d == f || strings.HasPrefix(d, strings.TrimSuffix(f, "/")+"/") {
+					t.Errorf("%s depends on %s", p.ImportPath, d)
+				}
 			}
 		}
 	}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v3"
+	"golang.org/x/term"
+
+	"github.com/ibcm-project/ibcm/remote/device"
+)
+
+func shareSocketFlag() *cli.StringFlag {
+	return &cli.StringFlag{
+		Name: "share-socket", Value: device.DefaultShareSocket, Sources: cli.EnvVars("IBCM_CLIENT_SHARE_SOCKET"), TakesFile: true,
+		Usage: "the agent's share socket `PATH`, where local users share their terminal and answer consent questions",
+	}
+}
+
+func shareCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "share",
+		Usage: "share this terminal with a remote helper: your shell, mirrored while a session runs",
+		Description: `share starts your shell on a new terminal and connects it to the agent, so that a helper's
+remote session (when you accept it) sees it, and types into it in control mode. The last row
+is the status line: who is connected (name, title, organisation), in which mode, questions
+and chat. Press Ctrl-] and then:
+   y / n   accept or deny the question shown
+   v       drop the helper to view (they see, they cannot type)
+   e       end the session
+   c       type a chat line (Enter sends, Esc cancels)
+   Ctrl-]  send Ctrl-] itself
+Leaving the shell (exit) ends the sharing and any session on it. share checks that the
+socket belongs to root before it trusts it.
+
+EXAMPLES:
+   ibcm-client share
+
+   ibcm-client share --shell /bin/zsh`,
+		Flags: []cli.Flag{shareSocketFlag(),
+			&cli.StringFlag{Name: "shell", Sources: cli.EnvVars("IBCM_CLIENT_SHELL"), TakesFile: true, Usage: "the shell `PATH` to share (default: your login shell)"}},
+		Action: func(ctx context.Context, c *cli.Command) error {
+			fd := int(os.Stdin.Fd())
+			if !term.IsTerminal(fd) || !term.IsTerminal(int(os.Stdout.Fd())) {
+				return errors.New("share needs a terminal on its standard input and output")
+			}
+			if err := device.CheckSocket(c.String("share-socket")); err != nil {
+				return err
+			}
+			old, err := term.MakeRaw(fd)
+			if err != nil {
+				return err
+			}
+			defer term.Restore(fd, old)
+			winch := make(chan os.Signal, 1)
+			signal.Notify(winch, syscall.SIGWINCH)
+			defer signal.Stop(winch)
+			resized := make(chan struct{}, 1)
+			go func() {
+				for range winch {
+					select {
+					case resized <- struct{}{}:
+					default:
+					}
+				}
+			}()
+			size := func() (uint16, uint16) {
+				w, h, err := term.GetSize(int(os.Stdout.Fd()))
+				if err != nil || w <= 0 || h <= 0 {
+					return 24, 80
+				}
+				return uint16(min(h, 0xffff)), uint16(min(w, 0xffff))
+			}
+			return device.Share(ctx, device.ShareOptions{Socket: c.String("share-socket"), Shell: c.String("shell"),
+				In: os.Stdin, Out: os.Stdout, Size: size, Resized: resized})
+		},
+	}
+}

@@ -1,0 +1,17 @@
+// Package device is the device's side of remote control (DESIGN.md §9 steps 2–8): it checks
+// the tickets the agent receives (remote/ticket, with the agent's CRL and a replay record
+// kept in the state directory), asks the person at the device for consent over the share
+// socket (a Unix socket any local user may open; who asks is read from SO_PEERCRED), opens
+// the transports of an accepted session (the MP's relay, and the intranet session port
+// while the session is pending), runs the end-to-end TLS (remote/e2e) and the frames
+// inside it (remote/frame), and connects the helper to a terminal: the sharer's shared
+// terminal, a new shell, or an elevated root shell in its own cgroup. It enforces the
+// device's remote-control policy again, reports every step to the MP, keeps a local
+// session log and seals recordings to the site's audit key (remote/recording).
+//
+// Host is the agent's side, with its relay dialer, reporter and uploader injected so that
+// it can be tested over real sockets without an MP; Share, Consent and Sessions are the
+// local users' commands behind `ibcm-client share`, `consent` and `sessions`. It imports
+// only the standard library, internal/wire, remote/…, creack/pty and zerolog: no server
+// code.
+package device
