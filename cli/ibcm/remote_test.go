@@ -12,7 +12,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"encoding/pem"
-	"io"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
@@ -148,6 +148,15 @@ func (s *remoteSite) serveDevice(raw net.Conn) {
 		switch f.Type {
 		case frame.Data:
 			_ = frame.Write(conn, frame.Data, f.Payload)
+		case frame.Chat:
+			_ = frame.Write(conn, frame.Chat, f.Payload)
+		case frame.Mode:
+			var m frame.ModeChange
+			_ = frame.DecodeJSON(f, &m)
+			_ = frame.WriteJSON(conn, frame.Mode, frame.ModeChange{Mode: m.Mode, Granted: m.Mode != "elevated", Reason: map[bool]string{true: "denied"}[m.Mode == "elevated"]})
+		case frame.Resize:
+			rows, cols, _ := frame.ParseResize(f.Payload)
+			_ = frame.WriteJSON(conn, frame.Status, frame.Presence{Message: fmt.Sprintf("resize %dx%d", rows, cols)})
 		case frame.End:
 			_ = frame.WriteJSON(conn, frame.End, frame.Ending{Outcome: wire.OutcomeCompleted})
 			return
@@ -361,5 +370,3 @@ func TestCleanDropsControls(t *testing.T) {
 		}
 	}
 }
-
-var _ io.Reader = (*strings.Reader)(nil)
