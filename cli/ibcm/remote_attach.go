@@ -336,7 +336,7 @@ func (t *terminal) input(s *helper.Session, viewer bool, quit chan<- string) {
 	state := typing
 	var line []byte
 	send := func(p []byte) bool {
-		if len(p) == 0 {
+		if len(p) == 0 || viewer { // a viewer's keys have nowhere to go (the device drops them too)
 			return true
 		}
 		_, err := s.Write(p)

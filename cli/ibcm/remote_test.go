@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -86,6 +87,23 @@ func newRemoteSite(t *testing.T) *remoteSite {
 	mux.HandleFunc("GET /v1/admin/sessions", func(w http.ResponseWriter, r *http.Request) {
 		s.query <- r.URL.Query()
 		_ = json.NewEncoder(w).Encode(s.sessions)
+	})
+	mux.HandleFunc("GET /v1/admin/sessions/{id}", func(w http.ResponseWriter, r *http.Request) {
+		for _, ss := range s.sessions {
+			if ss.ID == r.PathValue("id") {
+				_ = json.NewEncoder(w).Encode(ss)
+				return
+			}
+		}
+		w.WriteHeader(http.StatusNotFound)
+		_ = json.NewEncoder(w).Encode(wire.Error{Error: wire.ErrorDetail{Code: "not_found", Message: "no such session"}})
+	})
+	mux.HandleFunc("POST /v1/admin/sessions/{id}/end", func(w http.ResponseWriter, r *http.Request) {
+		s.query <- url.Values{"ended": {r.PathValue("id")}}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /v1/admin/sessions/{id}/recording", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "{\"version\": 2, \"width\": 80, \"height\": 24}\n[0.5, \"o\", \"你好\\r\\n\"]\n")
 	})
 	mux.HandleFunc("POST /v1/admin/sessions", func(w http.ResponseWriter, r *http.Request) {
 		var req wire.SessionStartRequest
@@ -368,5 +386,54 @@ func TestCleanDropsControls(t *testing.T) {
 		if got := clean(in); got != want {
 			t.Errorf("clean(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestRemoteShowEndRecording(t *testing.T) {
+	site := newRemoteSite(t)
+	site.sessions = cannedSessions()
+	id := site.sessions[0].ID
+
+	stdout, _, err := runIBCM(t, "", append([]string{"remote", "show", id}, site.flags...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"kiosk-1 (dev-1)", "bob (Bob, \"the\" user)", "completed", "relay", "2026-12-07T09:00:05Z", "4096"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("show lacks %q:\n%s", want, stdout)
+		}
+	}
+	stdout, _, err = runIBCM(t, "", append([]string{"remote", "show", "--json", id}, site.flags...)...)
+	var got wire.Session
+	if err != nil || json.Unmarshal([]byte(stdout), &got) != nil || got.ID != id || got.BytesOut != 4096 {
+		t.Errorf("show --json: %v\n%s", err, stdout)
+	}
+	if _, _, err := runIBCM(t, "", append([]string{"remote", "show", "nope"}, site.flags...)...); err == nil || !strings.Contains(err.Error(), "not_found") || exitCode(err) != exitRefused {
+		t.Errorf("an unknown session: %v (exit %d)", err, exitCode(err))
+	}
+
+	if stdout, _, err := runIBCM(t, "", append([]string{"remote", "end", id}, site.flags...)...); err != nil || !strings.Contains(stdout, "ended session "+id) {
+		t.Errorf("end: %q %v", stdout, err)
+	}
+	if q := <-site.query; q.Get("ended") != id {
+		t.Errorf("the MP was asked to end %v", q)
+	}
+
+	stdout, _, err = runIBCM(t, "", append([]string{"remote", "recording", id}, site.flags...)...)
+	if err != nil || !strings.HasPrefix(stdout, `{"version": 2`) || !strings.Contains(stdout, "你好") {
+		t.Errorf("recording to stdout: %v\n%s", err, stdout)
+	}
+	out := filepath.Join(t.TempDir(), "s.cast")
+	if _, _, err := runIBCM(t, "", append([]string{"remote", "recording", "--out", out, id}, site.flags...)...); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(out); err != nil || string(b) != stdout {
+		t.Errorf("recording --out: %q %v", b, err)
+	}
+	if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("recording file mode: %v %v", fi, err)
+	}
+	if _, _, err := runIBCM(t, "", append([]string{"remote", "recording", "--out", "/nonexistent/dir/s.cast", id}, site.flags...)...); err == nil || exitCode(err) != exitUsage {
+		t.Errorf("recording into a missing directory: %v", err)
 	}
 }

@@ -1,9 +1,3 @@
-// Package helper owns the helper's side of a remote-control session (DESIGN.md §9 steps 1,
-// 4, 5 and 7): asking the management point for a session (Start, Join), reaching the device
-// over the device's session port or the MP's relay, whichever completes its end-to-end TLS
-// first (Connect), and the framed conversation inside (Session: terminal bytes, resize,
-// chat, mode requests, ping, end). It has no terminal of its own: `ibcm remote` attaches one,
-// and the benchmark drives a Session from code.
 package helper
 
 import (
