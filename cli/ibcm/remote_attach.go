@@ -313,6 +313,10 @@ func (t *terminal) output(s *helper.Session) (*frame.Ending, error) {
 			default:
 				t.status("mode %s", clean(m.Mode))
 			}
+		case frame.Resize:
+			if r, c := t.size(); r != ev.Rows || c != ev.Cols {
+				t.status("the shared terminal is now %dx%d (this one is %dx%d)", ev.Cols, ev.Rows, c, r)
+			}
 		case frame.Status:
 			if l := presenceLine(ev.Presence); l != "" {
 				t.status("%s", l)

@@ -126,6 +126,7 @@ func TestRemoteStartOnATerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 	at = scr.wait(t, at, "resize 50x132")
+	at = scr.wait(t, at, "the shared terminal is now 90x40 (this one is 132x50)")
 	type_("\x1dq")
 	select {
 	case err := <-done:

@@ -175,6 +175,7 @@ func (s *remoteSite) serveDevice(raw net.Conn) {
 		case frame.Resize:
 			rows, cols, _ := frame.ParseResize(f.Payload)
 			_ = frame.WriteJSON(conn, frame.Status, frame.Presence{Message: fmt.Sprintf("resize %dx%d", rows, cols)})
+			_ = frame.Write(conn, frame.Resize, frame.ResizePayload(40, 90)) // the sharer's window
 		case frame.End:
 			_ = frame.WriteJSON(conn, frame.End, frame.Ending{Outcome: wire.OutcomeCompleted})
 			return

@@ -118,6 +118,7 @@ func (d *device) serve(raw net.Conn, transport string) {
 		case frame.Resize:
 			rows, cols, _ := frame.ParseResize(f.Payload)
 			_ = frame.WriteJSON(conn, frame.Status, frame.Presence{Message: fmt.Sprintf("resize %dx%d", rows, cols)})
+			_ = frame.Write(conn, frame.Resize, frame.ResizePayload(rows/2, cols/2)) // the sharer's window
 		case frame.Mode:
 			var m frame.ModeChange
 			_ = frame.DecodeJSON(f, &m)
@@ -355,6 +356,9 @@ func TestRelay(t *testing.T) {
 	}
 	if ev := next(t, s, frame.Status); ev.Presence.Message != "resize 40x120" {
 		t.Errorf("resize: %q", ev.Presence.Message)
+	}
+	if ev := next(t, s, frame.Resize); ev.Rows != 20 || ev.Cols != 60 {
+		t.Errorf("the shared terminal's size: %dx%d", ev.Rows, ev.Cols)
 	}
 	if err := s.Ping(); err != nil {
 		t.Fatal(err)

@@ -94,6 +94,8 @@ type Event struct {
 	Mode     frame.ModeChange // frame.Mode: a mode granted, refused, or set by the sharer
 	Presence frame.Presence   // frame.Status: who is connected
 	Ending   frame.Ending     // frame.End: the session ends; nothing follows
+	// frame.Resize: the shared terminal's size changed (the sharer resized their window).
+	Rows, Cols uint16
 }
 
 // Next reads the next event. A Ping is answered with a Pong and not returned. After an End
@@ -116,6 +118,8 @@ func (s *Session) Next() (Event, error) {
 			err = frame.DecodeJSON(f, &ev.Presence)
 		case frame.End:
 			err = frame.DecodeJSON(f, &ev.Ending)
+		case frame.Resize:
+			ev.Rows, ev.Cols, err = frame.ParseResize(f.Payload)
 		case frame.Pong:
 		case frame.Ping:
 			if err := s.write(func(w io.Writer) error { return frame.Write(w, frame.Pong, nil) }); err != nil {
