@@ -191,20 +191,16 @@ func attach(ctx context.Context, hc *helper.Client, start wire.SessionStart, t *
 	}
 	role := orDefault(start.Role, "helper")
 	t.status("session %s (%s, mode %s): waiting for the device…", start.Session.ID, role, clean(orDefault(start.Session.Mode, "?")))
-	conn, err := hc.Connect(ctx, start)
+	rows, cols := t.size()
+	s, err := hc.Connect(ctx, start, frame.Greeting{Session: start.Session.ID, Mode: start.Session.Mode, Rows: rows, Cols: cols})
 	if err != nil {
 		if ctx.Err() != nil {
 			return errors.New("interrupted")
 		}
 		return remoteError(fmt.Errorf("reaching %s: %w", clean(orDefault(start.Device.Name, start.Device.ID)), err))
 	}
-	rows, cols := t.size()
-	s, err := helper.Open(ctx, conn, frame.Greeting{Session: start.Session.ID, Mode: start.Session.Mode, Rows: rows, Cols: cols})
-	if err != nil {
-		conn.Close()
-		return remoteError(err)
-	}
 	defer s.Close()
+	conn := s.Connection
 	line := fmt.Sprintf("connected over %s in %s, end to end encrypted", conn.Transport, conn.Took.Round(time.Millisecond))
 	if lost := conn.Lost(); lost != "" {
 		line += " (" + lost + ")"

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -16,22 +17,27 @@ import (
 
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/e2e"
+	"github.com/ibcm-project/ibcm/remote/frame"
 )
 
 // ErrPeer is wrapped by every refusal of the device's end-to-end certificate.
 var ErrPeer = e2e.ErrPeer
+
+// errTookOther: the device closed a leg after its end-to-end TLS: it took another one.
+var errTookOther = errors.New("the device took the other way")
 
 // Defaults of Connect.
 const (
 	DefaultRelayAfter    = 200 * time.Millisecond
 	DefaultDirectTimeout = 2 * time.Second
 	relayHandshake       = 30 * time.Second // the e2e TLS once the MP has spliced the legs
+	greetTimeout         = 15 * time.Second // the device's Hello once the e2e TLS is up
 	maxDirect            = 16
 )
 
-// Connection is the end-to-end TLS to the device and how it was reached.
+// Connection is how a session reached the device.
 type Connection struct {
-	*tls.Conn
+	TLS       *tls.Conn     // the end-to-end TLS
 	Transport string        // wire.TransportDirect or wire.TransportRelay
 	Addr      string        // the device's session port, or the MP's URL
 	Took      time.Duration // from Connect to the end-to-end TLS
@@ -48,7 +54,8 @@ type Attempt struct {
 	Reason string
 	// Kind is the reason in one word: "closed" (connection refused), "timeout" (a try ran
 	// out of time), "no-answer" (the first try was still unanswered when the other way won),
-	// "peer" (the certificate was refused), "slower" (the relay was still waiting),
+	// "peer" (the certificate was refused), "slower" (the relay was still waiting), "other"
+	// (both came up and the device took the other one),
 	// "failed" (anything else), "unused".
 	Kind string
 	Err  error
@@ -138,18 +145,23 @@ func classify(err error, timeout time.Duration) (kind, reason string) {
 		return "closed", "connection refused: the port is closed"
 	case errors.Is(err, ErrPeer):
 		return "peer", err.Error()
+	case errors.Is(err, errTookOther):
+		return "other", err.Error()
 	}
 	return "failed", err.Error()
 }
 
-// Connect reaches the device of a session and runs the end-to-end TLS (e2e.HelperConfig:
-// the device certificate must name the session's device and chain to the site's roots).
+// Connect reaches the device of a session, runs the end-to-end TLS (e2e.HelperConfig: the
+// device certificate must name the session's device and chain to the site's roots) and
+// exchanges the Hello frames (hello is the helper's: its terminal size).
 // When s.Direct lists the device's session port, Connect tries it first (retrying while
 // the device has not opened it yet) and starts the relay leg after s.RelayAfterMS, or at
-// once when every direct address failed; the first leg whose end-to-end TLS completes wins
-// and the others are closed. An error answer of the relay (denied, consent_timeout,
-// device_offline, …) ends Connect with an *APIError.
-func (c *Client) Connect(ctx context.Context, s wire.SessionStart) (*Connection, error) {
+// once when every direct address failed. The device serves the first leg whose end-to-end
+// TLS it sees complete and closes the others, so the leg on which the device's Hello
+// arrives wins, and the helper closes the others. An error answer of the relay (denied,
+// consent_timeout, device_offline, …) ends Connect with an *APIError, and an End the device
+// sends instead of its Hello with an *EndedError.
+func (c *Client) Connect(ctx context.Context, s wire.SessionStart, hello frame.Greeting) (*Session, error) {
 	if err := checkStart(s); err != nil {
 		return nil, err
 	}
@@ -160,7 +172,7 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart) (*Connection,
 
 	type result struct {
 		leg  *leg
-		conn *tls.Conn
+		sess *Session
 		err  error
 	}
 	var direct []string
@@ -183,8 +195,8 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart) (*Connection,
 		legs = append(legs, relay)
 		pending++
 		go func() {
-			conn, err := c.relayLeg(ctx, s, cfg, relay)
-			results <- result{relay, conn, err}
+			sess, err := c.relayLeg(ctx, s, cfg, hello, relay)
+			results <- result{relay, sess, err}
 		}()
 	}
 	for _, a := range direct {
@@ -192,8 +204,8 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart) (*Connection,
 		legs = append(legs, l)
 		pending++
 		go func() {
-			conn, err := c.directLeg(ctx, s.TicketID, cfg, l, relayDone, failedOnce)
-			results <- result{l, conn, err}
+			sess, err := c.directLeg(ctx, s.TicketID, cfg, hello, l, relayDone, failedOnce)
+			results <- result{l, sess, err}
 		}()
 	}
 	var relayTimer <-chan time.Time
@@ -212,8 +224,8 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart) (*Connection,
 	drain := func(n int) {
 		go func() {
 			for range n {
-				if r := <-results; r.conn != nil {
-					r.conn.Close()
+				if r := <-results; r.sess != nil {
+					r.sess.Close()
 				}
 			}
 		}()
@@ -237,7 +249,7 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart) (*Connection,
 			if r.err == nil {
 				cancel()
 				drain(pending)
-				conn := &Connection{Conn: r.conn, Transport: r.leg.transport, Addr: r.leg.addr, Took: time.Since(begin)}
+				conn := &Connection{TLS: r.sess.tls, Transport: r.leg.transport, Addr: r.leg.addr, Took: time.Since(begin)}
 				for _, l := range legs {
 					if l != r.leg {
 						conn.Others = append(conn.Others, l.attempt(c.directTimeout()))
@@ -246,11 +258,13 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart) (*Connection,
 				if relay == nil && len(direct) > 0 {
 					conn.Others = append(conn.Others, Attempt{Transport: wire.TransportRelay, Addr: c.base, Kind: "unused", Reason: "not needed: the direct connection came first"})
 				}
-				return conn, nil
+				r.sess.Connection = conn
+				return r.sess, nil
 			}
 			r.leg.fail(r.err)
 			var ae *APIError
-			if r.leg == relay && (errors.As(r.err, &ae) || errors.Is(r.err, ErrPeer)) {
+			var ee *EndedError
+			if errors.As(r.err, &ee) || r.leg == relay && (errors.As(r.err, &ae) || errors.Is(r.err, ErrPeer)) {
 				cancel()
 				drain(pending)
 				return nil, r.err
@@ -285,18 +299,19 @@ func (c *Client) directTimeout() time.Duration {
 // directLeg tries the device's session port until it answers, the relay leg is over, or
 // the device's certificate is refused. The device opens its port only once the session
 // is accepted, so a refused connection is tried again, sooner at first.
-func (c *Client) directLeg(ctx context.Context, ticketID string, cfg *tls.Config, l *leg, relayDone <-chan struct{}, failedOnce chan<- struct{}) (*tls.Conn, error) {
+func (c *Client) directLeg(ctx context.Context, ticketID string, cfg *tls.Config, hello frame.Greeting, l *leg, relayDone <-chan struct{}, failedOnce chan<- struct{}) (*Session, error) {
 	backoff := 20 * time.Millisecond
 	for try := 0; ; try++ {
-		conn, err := c.directTry(ctx, ticketID, cfg, l)
+		sess, err := c.directTry(ctx, ticketID, cfg, hello, l)
 		if err == nil {
-			return conn, nil
+			return sess, nil
 		}
 		l.fail(err)
 		if try == 0 {
 			failedOnce <- struct{}{}
 		}
-		if errors.Is(err, ErrPeer) || ctx.Err() != nil {
+		var ee *EndedError
+		if errors.Is(err, ErrPeer) || errors.Is(err, errTookOther) || errors.As(err, &ee) || ctx.Err() != nil {
 			return nil, err
 		}
 		t := time.NewTimer(backoff)
@@ -313,8 +328,9 @@ func (c *Client) directLeg(ctx context.Context, ticketID string, cfg *tls.Config
 	}
 }
 
-// directTry is one try of the session port: TCP, the preamble naming the ticket, TLS.
-func (c *Client) directTry(ctx context.Context, ticketID string, cfg *tls.Config, l *leg) (*tls.Conn, error) {
+// directTry is one try of the session port: TCP, the preamble naming the ticket, TLS, the
+// Hello frames.
+func (c *Client) directTry(ctx context.Context, ticketID string, cfg *tls.Config, hello frame.Greeting, l *leg) (*Session, error) {
 	timeout := c.directTimeout()
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -347,13 +363,30 @@ func (c *Client) directTry(ctx context.Context, ticketID string, cfg *tls.Config
 		return nil, err
 	}
 	_ = raw.SetDeadline(time.Time{})
-	return conn, nil
+	return greet(ctx, conn, hello)
+}
+
+// greet exchanges the Hello frames on a leg whose end-to-end TLS is up. The device sends
+// its Hello on the leg it took and closes the others.
+func greet(ctx context.Context, conn *tls.Conn, hello frame.Greeting) (*Session, error) {
+	gctx, cancel := context.WithTimeout(ctx, greetTimeout)
+	defer cancel()
+	s, err := Open(gctx, conn, hello)
+	if err != nil {
+		conn.Close()
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+			return nil, errTookOther
+		}
+		return nil, err
+	}
+	s.tls = conn
+	return s, nil
 }
 
 // relayLeg asks the MP for the helper's leg of the relay (an HTTP/1.1 Upgrade on a mutual-TLS
 // connection of its own), waits until the MP splices it to the device's leg, then runs the
 // end-to-end TLS over it.
-func (c *Client) relayLeg(ctx context.Context, s wire.SessionStart, cfg *tls.Config, l *leg) (*tls.Conn, error) {
+func (c *Client) relayLeg(ctx context.Context, s wire.SessionStart, cfg *tls.Config, hello frame.Greeting, l *leg) (*Session, error) {
 	l.set("waiting")
 	u, err := url.Parse(c.base + sessionPath(s.Session.ID) + "/relay?ticket=" + url.QueryEscape(s.TicketID))
 	if err != nil {
@@ -375,7 +408,7 @@ func (c *Client) relayLeg(ctx context.Context, s wire.SessionStart, cfg *tls.Con
 	mp := tls.Client(raw, mcfg)
 	// Until the MP answers, a cancelled ctx closes the connection.
 	stop := context.AfterFunc(ctx, func() { mp.Close() })
-	fail := func(err error) (*tls.Conn, error) {
+	fail := func(err error) (*Session, error) {
 		stop()
 		mp.Close()
 		if ctx.Err() != nil {
@@ -419,7 +452,7 @@ func (c *Client) relayLeg(ctx context.Context, s wire.SessionStart, cfg *tls.Con
 		conn.Close()
 		return nil, ctx.Err()
 	}
-	return conn, nil
+	return greet(ctx, conn, hello)
 }
 
 // bufferedConn reads what the HTTP answer's reader already holds before the connection.

@@ -81,6 +81,9 @@ type device struct {
 	t    *testing.T
 	p    *pki
 	cert tls.Certificate // the certificate it presents
+	// tookOther: after the end-to-end TLS the device closes the leg, as a device does with
+	// the leg it did not take.
+	tookOther bool
 	mu   sync.Mutex
 	legs []string // the transport of each leg it served
 }
@@ -91,7 +94,8 @@ func (d *device) serve(raw net.Conn, transport string) {
 	d.legs = append(d.legs, transport)
 	d.mu.Unlock()
 	conn := tls.Server(raw, e2e.DeviceConfig(d.cert, e2e.HelperExpect{Roots: d.p.roots, User: "alice", KeyHash: wire.PublicKeyHash(d.p.alice.Leaf)}))
-	if err := conn.Handshake(); err != nil {
+	if err := conn.Handshake(); err != nil || d.tookOther {
+		conn.Close()
 		return
 	}
 	r := frame.NewReader(conn)
@@ -300,17 +304,15 @@ func open(t *testing.T, m *fakeMP, c *Client) (*Connection, *Session) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := c.Connect(ctx, start)
+	s, err := c.Connect(ctx, start, frame.Greeting{Rows: 24, Cols: 80})
 	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open(ctx, conn, frame.Greeting{Rows: 24, Cols: 80})
-	if err != nil {
-		conn.Close()
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return conn, s
+	if s.Connection == nil || s.Connection.TLS == nil || s.Connection.TLS.ConnectionState().NegotiatedProtocol != e2e.ALPN {
+		t.Fatalf("connection %+v", s.Connection)
+	}
+	return s.Connection, s
 }
 
 // next reads events until one of type want.
@@ -493,7 +495,7 @@ func TestOtherDeviceRefused(t *testing.T) {
 	dev := &device{t: t, p: p, cert: p.devices["dev-2"]}
 	m := newFakeMP(t, p, dev)
 	c := m.client(t, p)
-	_, err := c.Connect(ctxT(t), m.start)
+	_, err := c.Connect(ctxT(t), m.start, frame.Greeting{})
 	if !errors.Is(err, ErrPeer) || Code(err) != "e2e_peer" || !strings.Contains(err.Error(), `"dev-2"`) {
 		t.Fatalf("relay to the wrong device: %v", err)
 	}
@@ -503,11 +505,12 @@ func TestOtherDeviceRefused(t *testing.T) {
 	m2 := newFakeMP(t, p, right)
 	m2.start.Direct = []string{directListener(t, dev)}
 	m2.start.RelayAfterMS = 1000
-	conn, err := m2.client(t, p).Connect(ctxT(t), m2.start)
+	s, err := m2.client(t, p).Connect(ctxT(t), m2.start, frame.Greeting{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer s.Close()
+	conn := s.Connection
 	if conn.Transport != wire.TransportRelay || len(conn.Others) != 1 || conn.Others[0].Kind != "peer" || !errors.Is(conn.Others[0].Err, ErrPeer) {
 		t.Errorf("transport %s, others %+v", conn.Transport, conn.Others)
 	}
@@ -532,7 +535,7 @@ func TestRelayErrorStatus(t *testing.T) {
 			m.start.Direct = []string{closedPort(t)}
 			m.start.RelayAfterMS = 10
 			begin := time.Now()
-			_, err := m.client(t, p).Connect(ctxT(t), m.start)
+			_, err := m.client(t, p).Connect(ctxT(t), m.start, frame.Greeting{})
 			var ae *APIError
 			if !errors.As(err, &ae) || ae.Status != tc.status || Code(err) != tc.code || !strings.Contains(err.Error(), tc.code) {
 				t.Fatalf("err = %v, want code %s", err, tc.code)
@@ -568,4 +571,23 @@ func TestRelayAnswerBuffered(t *testing.T) {
 	if err != nil || string(got) != "hello" {
 		t.Errorf("%q %v", got, err)
 	}
+}
+
+// TestDeviceTookTheOtherLeg: both legs come up, and the device serves the relay and closes
+// the direct leg: the helper follows the device's choice (the leg with its Hello).
+func TestDeviceTookTheOtherLeg(t *testing.T) {
+	p := newPKI(t)
+	dev := &device{t: t, p: p, cert: p.devices["dev-1"]}
+	m := newFakeMP(t, p, dev)
+	m.start.Direct = []string{directListener(t, &device{t: t, p: p, cert: p.devices["dev-1"], tookOther: true})}
+	m.start.RelayAfterMS = 10
+	m.relayDelay = 100 * time.Millisecond // the direct leg's TLS completes first
+	conn, s := open(t, m, m.client(t, p))
+	if conn.Transport != wire.TransportRelay || len(conn.Others) != 1 || conn.Others[0].Kind != "other" {
+		t.Fatalf("transport %s, others %+v", conn.Transport, conn.Others)
+	}
+	if err := s.Chat("here"); err != nil {
+		t.Fatal(err)
+	}
+	next(t, s, frame.Chat)
 }

@@ -2,6 +2,7 @@ package helper
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -36,10 +37,13 @@ func (e *EndedError) Error() string {
 // writes may come from several goroutines; Next is for one reader.
 type Session struct {
 	conn net.Conn
+	tls  *tls.Conn // when Connect made it
 	r    *frame.Reader
 	wmu  sync.Mutex
 	// Device is the device's Greeting: the mode in force, the sharer, the terminal.
 	Device frame.Greeting
+	// Connection says how Connect reached the device (nil for a session made by Open).
+	Connection *Connection
 
 	endOnce sync.Once
 }
