@@ -247,8 +247,7 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart, hello frame.G
 				close(relayDone)
 			}
 			if r.err == nil {
-				cancel()
-				drain(pending)
+				// The others as they stand, before the cancel cuts them short.
 				conn := &Connection{TLS: r.sess.tls, Transport: r.leg.transport, Addr: r.leg.addr, Took: time.Since(begin)}
 				for _, l := range legs {
 					if l != r.leg {
@@ -258,6 +257,8 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart, hello frame.G
 				if relay == nil && len(direct) > 0 {
 					conn.Others = append(conn.Others, Attempt{Transport: wire.TransportRelay, Addr: c.base, Kind: "unused", Reason: "not needed: the direct connection came first"})
 				}
+				cancel()
+				drain(pending)
 				r.sess.Connection = conn
 				return r.sess, nil
 			}

@@ -84,8 +84,8 @@ type device struct {
 	// tookOther: after the end-to-end TLS the device closes the leg, as a device does with
 	// the leg it did not take.
 	tookOther bool
-	mu   sync.Mutex
-	legs []string // the transport of each leg it served
+	mu        sync.Mutex
+	legs      []string // the transport of each leg it served
 }
 
 func (d *device) serve(raw net.Conn, transport string) {
