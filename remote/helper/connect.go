@@ -429,11 +429,13 @@ func (c *Client) relayLeg(ctx context.Context, s wire.SessionStart, cfg *tls.Con
 	if err := req.Write(mp); err != nil {
 		return fail(fmt.Errorf("relay: sending the request: %w", err))
 	}
-	br := bufio.NewReader(mp)
+	lim := &headLimit{r: mp, n: maxRelayHead}
+	br := bufio.NewReader(lim)
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
 		return fail(fmt.Errorf("relay: reading the answer of the management point: %w", err))
 	}
+	lim.n = -1 // the answer's head is read: the stream has no limit
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		err := apiError(resp)
 		resp.Body.Close()
@@ -454,6 +456,30 @@ func (c *Client) relayLeg(ctx context.Context, s wire.SessionStart, cfg *tls.Con
 		return nil, ctx.Err()
 	}
 	return greet(ctx, conn, hello)
+}
+
+// maxRelayHead bounds the head of the MP's answer to a relay leg.
+const maxRelayHead = 64 << 10
+
+// headLimit fails reads past n bytes while n >= 0.
+type headLimit struct {
+	r io.Reader
+	n int64
+}
+
+func (l *headLimit) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return l.r.Read(p)
+	}
+	if l.n == 0 {
+		return 0, fmt.Errorf("the answer's head is over %d bytes", maxRelayHead)
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
 }
 
 // bufferedConn reads what the HTTP answer's reader already holds before the connection.

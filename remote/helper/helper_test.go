@@ -591,3 +591,33 @@ func TestDeviceTookTheOtherLeg(t *testing.T) {
 	}
 	next(t, s, frame.Chat)
 }
+
+// TestRelayAnswerHeadBounded: an MP that sends an endless answer head is cut off.
+func TestRelayAnswerHeadBounded(t *testing.T) {
+	p := newPKI(t)
+	m := newFakeMP(t, p, &device{t: t, p: p, cert: p.devices["dev-1"]})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: ibcm-relay\r\n")
+		for range 10000 {
+			if _, err := brw.WriteString("X-Filler: " + strings.Repeat("a", 100) + "\r\n"); err != nil {
+				return
+			}
+		}
+		_ = brw.Flush()
+	}))
+	srv.TLS = m.srv.TLS
+	srv.StartTLS()
+	defer srv.Close()
+	c, err := NewClient(srv.URL, &tls.Config{Certificates: []tls.Certificate{p.alice}, RootCAs: p.roots}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Connect(ctxT(t), m.start, frame.Greeting{}); err == nil || !strings.Contains(err.Error(), "head is over") {
+		t.Errorf("err = %v, want the head refused", err)
+	}
+}
