@@ -37,8 +37,15 @@ type terminal struct {
 	outFd     int
 	inTTY     bool
 	outTTY    bool
-	mu        sync.Mutex // one writer at a time on out and errw
+	mu        sync.Mutex // one writer at a time on out and errw; guards the fields below
 	raw       bool
+	chatting  bool   // a chat line is being typed: status lines draw its prompt again
+	chatLine  []byte // what has been typed of it
+}
+
+// chatPrompt is the line the helper types a chat message on; call with mu held.
+func (t *terminal) chatPrompt() {
+	fmt.Fprintf(t.errw, "\r\x1b[K\x1b[7m[ibcm]\x1b[0m chat> %s", clean(string(t.chatLine)))
 }
 
 func newTerminal(c *cli.Command) *terminal {
@@ -69,6 +76,9 @@ func (t *terminal) status(format string, args ...any) {
 	defer t.mu.Unlock()
 	if t.raw {
 		fmt.Fprintf(t.errw, "\r\n\x1b[7m[ibcm]\x1b[0m %s\r\n", msg)
+		if t.chatting {
+			t.chatPrompt()
+		}
 		return
 	}
 	fmt.Fprintf(t.errw, "ibcm: %s\n", msg)
@@ -344,7 +354,10 @@ func (t *terminal) input(s *helper.Session, viewer bool, quit chan<- string) {
 	}
 	showChat := func() {
 		t.mu.Lock()
-		fmt.Fprintf(t.errw, "\r\x1b[K\x1b[7m[ibcm]\x1b[0m chat> %s", clean(string(line)))
+		t.chatting, t.chatLine = state == chat, append(t.chatLine[:0], line...)
+		if t.chatting {
+			t.chatPrompt()
+		}
 		t.mu.Unlock()
 	}
 	for {
@@ -413,6 +426,7 @@ func (t *terminal) input(s *helper.Session, viewer bool, quit chan<- string) {
 				switch b {
 				case '\r', '\n':
 					state = typing
+					showChat()
 					t.mu.Lock()
 					fmt.Fprint(t.errw, "\r\n")
 					t.mu.Unlock()
@@ -429,6 +443,7 @@ func (t *terminal) input(s *helper.Session, viewer bool, quit chan<- string) {
 					showChat()
 				case 0x1b, 0x03, escapeKey:
 					state = typing
+					showChat()
 					t.status("chat cancelled")
 				default:
 					if b >= 0x20 && len(line) < frame.MaxChat {

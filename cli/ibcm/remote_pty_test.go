@@ -111,8 +111,10 @@ func TestRemoteStartOnATerminal(t *testing.T) {
 	at = scr.wait(t, at, "ls -l") // echoed by the device, without waiting for Enter: raw mode
 	type_("\x1d")
 	at = scr.wait(t, at, "menu:")
-	type_("t你好，世界 مرحبا بالعالم\r")
-	at = scr.wait(t, at, "chat: 你好，世界 مرحبا بالعالم")
+	type_("t你好，世界 مرحبا بالعالمx\x7f")
+	at = scr.wait(t, at, "chat> 你好，世界 مرحبا بالعالم")
+	type_("\r")
+	at = scr.wait(t, at, "chat: 你好，世界 مرحبا بالعالم\r\n")
 	type_("\x1dc")
 	at = scr.wait(t, at, "mode is now control")
 	type_("\x1de")
