@@ -52,7 +52,13 @@ func statusOf(t *testing.T, dev string) agentStatus {
 // startAgent runs `ibcm-client run` until stop is called or the test ends.
 func startAgent(t *testing.T, dev, resolv string) (stop func()) {
 	t.Helper()
-	cmd := exec.Command(bin.client, "run", "--dir", dev, "--resolv-conf", resolv)
+	return startAgentArgs(t, dev, resolv)
+}
+
+// startAgentArgs is startAgent with more flags for `ibcm-client run`.
+func startAgentArgs(t *testing.T, dev, resolv string, extra ...string) (stop func()) {
+	t.Helper()
+	cmd := exec.Command(bin.client, append([]string{"run", "--dir", dev, "--resolv-conf", resolv}, extra...)...)
 	logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
 	if err != nil {
 		t.Fatal(err)

@@ -516,10 +516,18 @@ func checkReport(rep *wire.SessionReport) error {
 	default:
 		return api.BadRequest("transport: relay or direct (got %q)", rep.Transport)
 	}
-	switch rep.Outcome {
-	case "", wire.OutcomeCompleted, wire.OutcomeFailed:
-	default:
-		return api.BadRequest("outcome: completed or failed (got %q)", rep.Outcome)
+	// The outcome, when given, is one the event can have: an end is completed, failed or
+	// interrupted (the agent stopped); a refusal names itself.
+	if rep.Outcome != "" {
+		allowed := map[string][]string{
+			wire.ReportEnded:          {wire.OutcomeCompleted, wire.OutcomeFailed, wire.OutcomeInterrupted},
+			wire.ReportDenied:         {wire.OutcomeDenied},
+			wire.ReportConsentTimeout: {wire.OutcomeConsentTimeout},
+			wire.ReportRefused:        {wire.OutcomeRefused},
+		}[rep.Event]
+		if !slices.Contains(allowed, rep.Outcome) {
+			return api.BadRequest("outcome: %q is not an outcome of event %s (want one of %s)", rep.Outcome, rep.Event, strings.Join(allowed, ", "))
+		}
 	}
 	if rep.BytesIn < 0 || rep.BytesOut < 0 {
 		return api.BadRequest("bytes_in, bytes_out: not negative")

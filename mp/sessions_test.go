@@ -499,6 +499,8 @@ func TestSessionReports(t *testing.T) {
 		{pc, `{"ticket":"` + strings.Repeat("a", wire.MaxBody) + `"}`, 413, wire.SessionRequested},
 		{pc, wire.SessionReport{Ticket: strings.Repeat("0", 32), Event: wire.ReportStarted}, 403, wire.SessionRequested},
 		{pc, rep(wire.ReportMode), 400, wire.SessionRequested},
+		{pc, wire.SessionReport{Ticket: tid, Event: wire.ReportDenied, Outcome: wire.OutcomeCompleted}, 400, wire.SessionRequested},
+		{pc, wire.SessionReport{Ticket: tid, Event: wire.ReportEnded, Outcome: wire.OutcomeDenied}, 400, wire.SessionRequested},
 		{pc, rep(wire.ReportConsentAsked), 204, wire.SessionWaiting},
 		{pc, rep(wire.ReportAccepted), 204, wire.SessionWaiting},
 		{pc, wire.SessionReport{Ticket: tid, Event: wire.ReportStarted, Transport: wire.TransportDirect}, 204, wire.SessionActive},
@@ -525,6 +527,14 @@ func TestSessionReports(t *testing.T) {
 	}
 	if s, _ := f.mp.viewSession(context.Background(), out.Session.ID); s.Outcome != wire.OutcomeRefused || s.Error != "ticket_expired" {
 		t.Errorf("refused: %+v", s)
+	}
+	// The agent names the outcome of a consent timeout, as it does (it once got 400).
+	_, out, _ = startSession(t, f, f.intranet, helper, deviceID(pc), ticket.ModeView)
+	if status, e := report(t, f, f.intranet, pc, out.Session.ID, wire.SessionReport{Ticket: out.TicketID, Event: wire.ReportConsentTimeout, Outcome: wire.OutcomeConsentTimeout}); status != 204 {
+		t.Fatalf("consent-timeout report: %d %+v", status, e)
+	}
+	if s, _ := f.mp.viewSession(context.Background(), out.Session.ID); s.Outcome != wire.OutcomeConsentTimeout {
+		t.Errorf("consent timeout: %+v", s)
 	}
 }
 

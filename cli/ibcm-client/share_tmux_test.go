@@ -12,17 +12,16 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/ibcm-project/ibcm/internal/peertest"
 	"github.com/ibcm-project/ibcm/remote/device"
 )
 
 // `ibcm-client share` on a real terminal (tmux): the user's shell runs and answers, the
 // last row is the status line, and leaving the shell ends the sharing.
 func TestShareOnARealTerminal(t *testing.T) {
-	if _, err := exec.LookPath("tmux"); err != nil {
-		t.Skip("no tmux")
-	}
+	peertest.Need(t, "tmux")
 	if os.Getuid() != 0 {
-		t.Skip("the share socket must be root's")
+		peertest.Missing(t, "the share socket must be root's: run the tests as root")
 	}
 	bin := filepath.Join(t.TempDir(), "ibcm-client")
 	build := exec.Command("go", "build", "-tags", "nobadger,nomysql,nopgx,nobbolt", "-o", bin, ".")

@@ -362,10 +362,10 @@ func (u *shareUI) drawLocked() {
 	switch {
 	case u.chatting:
 		text = "chat> " + string(u.chat)
-	case u.prompt != nil:
-		text = PromptText(*u.prompt) + " Allow? Ctrl-] y / Ctrl-] n"
-	case u.last != "":
-		text += " | " + u.last
+	case u.prompt != nil: // how to answer first: a narrow terminal cuts the end
+		text = "Ctrl-] y allow, Ctrl-] n deny: " + PromptText(*u.prompt)
+	case u.last != "": // the newest message first, for the same reason
+		text = u.last + " | " + text
 	}
 	text = strings.ReplaceAll(text, "\x1b", "")
 	if w := int(u.cols); w > 0 && utf8.RuneCountInString(text) > w {

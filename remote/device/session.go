@@ -184,7 +184,9 @@ func (s *session) finish(outcome, code string, err error) {
 		s.report(wire.SessionReport{Event: wire.ReportRefused, Outcome: wire.OutcomeRefused, Code: code, Message: err.Error()})
 	} else {
 		s.h.c.Audit("info", fmt.Sprintf("remote session %s for %s: %s", s.t.Session, s.t.Helper, outcome))
-		s.report(wire.SessionReport{Event: wire.ReportEnded, Outcome: outcome, Message: err.Error()})
+		if outcome != wire.OutcomeDenied && outcome != wire.OutcomeConsentTimeout { // consent() reported those
+			s.report(wire.SessionReport{Event: wire.ReportEnded, Outcome: outcome, Message: err.Error()})
+		}
 	}
 	s.h.writeLog(s.entry(outcome, code, err.Error()))
 }
