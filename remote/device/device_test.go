@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"github.com/ibcm-project/ibcm/internal/peertest"
 	"io"
 	"math/big"
 	"net"
@@ -339,7 +340,7 @@ func TestNobodyPresentThenWatcherAndChat(t *testing.T) {
 // uid 65534 and is refused with its own code, logged and audited.
 func TestAnotherUsersAnswerRefused(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root to run a client as another uid")
+		peertest.Missing(t, "needs root to run a client as another uid")
 	}
 	e := newEnv(t, defaultRC())
 	inR, inW := io.Pipe()
@@ -533,7 +534,7 @@ func TestHelperWithAnotherKeyOrRevokedRefused(t *testing.T) {
 // share and consent trust the socket only when root owns it and its directory.
 func TestCheckSocket(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root to chown")
+		peertest.Missing(t, "needs root to chown")
 	}
 	dir, err := os.MkdirTemp("", "ibcm-sock-")
 	if err != nil {
