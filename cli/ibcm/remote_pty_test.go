@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"github.com/ibcm-project/ibcm/internal/peertest"
 	"os"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ibcm-project/ibcm/internal/cliapp"
+	"github.com/ibcm-project/ibcm/internal/peertest"
 )
 
 // openPTY opens a pseudo-terminal: the master (the test's side) and the slave (the

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
-	"github.com/ibcm-project/ibcm/internal/peertest"
 	"io"
 	"math/big"
 	"net"
@@ -21,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ibcm-project/ibcm/internal/peertest"
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/recording"
