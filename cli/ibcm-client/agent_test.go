@@ -91,3 +91,11 @@ func TestRenewAndEnrollThroughRunningAgent(t *testing.T) {
 		t.Errorf("renew with no agent running: %v\n%s", err, out)
 	}
 }
+
+// `run --direct-addr` takes IP addresses only, and says which one is not.
+func TestRunRefusesABadDirectAddr(t *testing.T) {
+	out, err := run(t, "run", "--dir", t.TempDir(), "--direct-addr", "127.0.0.1", "--direct-addr", "host.example")
+	if err == nil || !strings.Contains(err.Error()+out, `--direct-addr "host.example"`) {
+		t.Fatalf("run --direct-addr host.example: %v\n%s", err, out)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"text/tabwriter"
 	"time"
 
@@ -46,14 +47,24 @@ EXAMPLES:
 			&cli.StringFlag{Name: "session-shells", Value: "auto", Sources: cli.EnvVars("IBCM_CLIENT_SESSION_SHELLS"),
 				Usage:     "how remote sessions start shells: systemd (a transient unit each, outside the agent's sandbox), direct (children of the agent), or auto (systemd when run as a systemd service)",
 				Validator: cliapp.OneOf("auto", "systemd", "direct")},
+			&cli.StringSliceFlag{Name: "direct-addr", Sources: cli.EnvVars("IBCM_CLIENT_DIRECT_ADDR"),
+				Usage: "an address `IP` the agent reports at check-in and where its session port listens (repeatable; default: every non-loopback address)"},
 		},
 		Action: func(ctx context.Context, c *cli.Command) error {
 			shells := c.String("session-shells")
 			if shells == "auto" {
 				shells = ""
 			}
+			var direct []net.IP
+			for _, s := range c.StringSlice("direct-addr") {
+				ip := net.ParseIP(s)
+				if ip == nil {
+					return fmt.Errorf("--direct-addr %q: not an IP address", s)
+				}
+				direct = append(direct, ip)
+			}
 			a, err := agent.New(agent.Options{Dir: c.String("dir"), ResolvConf: c.String("resolv-conf"), Log: logger(c),
-				ShareSocket: c.String("share-socket"), Shells: shells})
+				ShareSocket: c.String("share-socket"), Shells: shells, DirectAddrs: direct})
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -46,6 +47,10 @@ type Options struct {
 	// agent unit's sandbox), "direct" (children of the agent), or "" to pick systemd when
 	// the agent runs as a systemd service.
 	Shells string
+	// DirectAddrs are the addresses the agent reports at hello and check-in, and the only
+	// ones its session port listens on (at most 16); empty: every address of the machine's
+	// interfaces but loopback and link-local ones.
+	DirectAddrs []net.IP
 }
 
 // Status is what a running agent reports (`ibcm-client status`).
@@ -104,6 +109,14 @@ type cachedPolicy struct {
 func New(o Options) (*Agent, error) {
 	if o.ResolvConf == "" {
 		o.ResolvConf = "/etc/resolv.conf"
+	}
+	if len(o.DirectAddrs) > 16 {
+		return nil, fmt.Errorf("at most 16 direct addresses (got %d)", len(o.DirectAddrs))
+	}
+	for _, ip := range o.DirectAddrs {
+		if ip == nil || ip.IsUnspecified() || ip.IsMulticast() {
+			return nil, fmt.Errorf("direct address %v: want one unicast address of this machine", ip)
+		}
 	}
 	if o.WatchEvery <= 0 {
 		o.WatchEvery = 200 * time.Millisecond

@@ -114,7 +114,7 @@ func (a *Agent) newRemote() (*remoteState, error) {
 		},
 		DirectAddrs: func() []net.IP {
 			var ips []net.IP
-			for _, s := range addresses() {
+			for _, s := range a.addresses() {
 				if ip := net.ParseIP(s); ip != nil {
 					ips = append(ips, ip)
 				}

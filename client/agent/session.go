@@ -212,7 +212,7 @@ func (s *session) hello(ctx context.Context) error {
 	s.a.mu.Lock()
 	id := s.a.id
 	s.a.mu.Unlock()
-	h := wire.Hello{Name: id.Name, FQDN: id.FQDN, OS: osName(), AgentVersion: Version, HardwareID: hardwareID(), Addresses: addresses()}
+	h := wire.Hello{Name: id.Name, FQDN: id.FQDN, OS: osName(), AgentVersion: Version, HardwareID: hardwareID(), Addresses: s.a.addresses()}
 	var resp wire.HelloResponse
 	if _, err := s.do(ctx, http.MethodPost, "/v1/hello", h, nil, &resp); err != nil {
 		return fmt.Errorf("hello: %w", err)
@@ -279,7 +279,7 @@ func (s *session) checkinLoop(ctx context.Context) {
 		case <-time.After(wait):
 		}
 		var resp wire.CheckinResponse
-		_, err := s.do(ctx, http.MethodPost, "/v1/checkin", wire.Checkin{Location: s.location, Addresses: addresses(), AgentVersion: Version, Compliance: "unknown"}, nil, &resp)
+		_, err := s.do(ctx, http.MethodPost, "/v1/checkin", wire.Checkin{Location: s.location, Addresses: s.a.addresses(), AgentVersion: Version, Compliance: "unknown"}, nil, &resp)
 		if ctx.Err() != nil {
 			return
 		}
@@ -465,7 +465,21 @@ func hardwareID() string {
 	return id
 }
 
-func addresses() []string {
+// addresses are the addresses the agent reports and where its session port listens:
+// Options.DirectAddrs when given, else every address of the machine's interfaces but
+// loopback and link-local ones (at most 16).
+func (a *Agent) addresses() []string {
+	if len(a.o.DirectAddrs) > 0 {
+		out := make([]string, 0, len(a.o.DirectAddrs))
+		for _, ip := range a.o.DirectAddrs {
+			out = append(out, ip.String())
+		}
+		return out
+	}
+	return interfaceAddresses()
+}
+
+func interfaceAddresses() []string {
 	var out []string
 	addrs, _ := net.InterfaceAddrs()
 	for _, a := range addrs {
