@@ -118,6 +118,8 @@ func startRemoteEnv(ctx context.Context, s *runningSite, tmp string, rc wire.Rem
 	if err := env.intranet.Do(ctx, "GET", "/v1/admin/policies/default", nil, &pol); err != nil {
 		return nil, fmt.Errorf("reading the default policy: %w", err)
 	}
+	rc.PlaySound = pol.RemoteControl.PlaySound // the default's (none)
+	rc.ShowConnectionBar = pol.RemoteControl.ShowConnectionBar
 	pol.RemoteControl = rc
 	var stored wire.Policy
 	if err := env.intranet.Do(ctx, "PUT", "/v1/admin/policies/default", pol, &stored); err != nil {
