@@ -26,6 +26,7 @@ import (
 	"github.com/ibcm-project/ibcm/client/agent"
 	"github.com/ibcm-project/ibcm/client/location"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	rdevice "github.com/ibcm-project/ibcm/remote/device"
 	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/helper"
 	"github.com/ibcm-project/ibcm/site"
@@ -311,6 +312,12 @@ func runRemote(ctx context.Context, o Options, progress io.Writer) (Result, erro
 	}
 	defer os.RemoveAll(tmp)
 
+	shell, restore, err := cleanRootHome(tmp)
+	if err != nil {
+		return res, err
+	}
+	defer restore()
+
 	fmt.Fprintln(progress, "remote: starting a site on sqlite (CA and MP in this process)")
 	s, err := startSiteWith(ctx, site.InitOptions{Store: "sqlite"}, "mp-internet")
 	if err != nil {
@@ -451,7 +458,7 @@ func runRemote(ctx context.Context, o Options, progress io.Writer) (Result, erro
 
 	res.Notes = append(res.Notes,
 		"site: CA + MP on SQLite in this process; the helper is the site's admin (helper.Client: Start + Connect, as `ibcm remote start` does); the device is the real agent (client/agent, in this process, `run --direct-addr 127.0.0.1 --session-shells direct`) enrolled through the CA",
-		fmt.Sprintf("device: on the intranet by real detection against an in-process DNS (SRV -> the MP's intranet listener); policy remote_control: unattended allowed, prompt_user false, allow_direct, direct_port %d (listening on 127.0.0.1 only); mode unattended: a new root login shell (%s) on a PTY per session", directPort, rootShell()),
+		fmt.Sprintf("device: on the intranet by real detection against an in-process DNS (SRV -> the MP's intranet listener); policy remote_control: unattended allowed, prompt_user false, allow_direct, direct_port %d (listening on 127.0.0.1 only); mode unattended: a new root login shell (%s) on a PTY per session, its home an empty temporary directory (rdevice.PasswdFile: root's entry with that home; this machine's /root/.bashrc runs pyenv init, about 1 s, which is not the product's)", directPort, shell),
 		"relay: the helper calls the MP's internet listener (no direct offer), the device's leg is on the intranet listener: helper -TLS- MP -TLS- device, the e2e TLS 1.3 inside; direct: the helper calls the intranet listener, gets 127.0.0.1:port, dials it (relay after relay_after_ms in parallel, not needed)",
 	)
 	for p, path := range paths {
@@ -490,16 +497,36 @@ func fmtRates(r []float64) string {
 	return strings.Join(s, ", ")
 }
 
-func rootShell() string {
-	b, err := os.ReadFile("/etc/passwd")
-	if err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Split(l, ":"); len(f) == 7 && f[2] == "0" {
-				return f[6]
-			}
+// cleanRootHome points rdevice.PasswdFile at a copy of /etc/passwd whose root entry has
+// an empty home in tmp, so a session's login shell reads /etc/profile but no dotfiles of
+// this machine's root; restore puts the file back. It returns root's shell.
+func cleanRootHome(tmp string) (shell string, restore func(), err error) {
+	b, err := os.ReadFile(rdevice.PasswdFile)
+	if err != nil {
+		return "", nil, err
+	}
+	home := filepath.Join(tmp, "root-home")
+	if err := os.Mkdir(home, 0o700); err != nil {
+		return "", nil, err
+	}
+	lines := strings.Split(string(b), "\n")
+	found := false
+	for i, l := range lines {
+		if f := strings.Split(l, ":"); len(f) == 7 && f[2] == "0" {
+			f[5], shell, found = home, f[6], true
+			lines[i] = strings.Join(f, ":")
 		}
 	}
-	return "/bin/sh"
+	if !found {
+		return "", nil, fmt.Errorf("%s has no uid 0", rdevice.PasswdFile)
+	}
+	path := filepath.Join(tmp, "passwd")
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+		return "", nil, err
+	}
+	old := rdevice.PasswdFile
+	rdevice.PasswdFile = path
+	return shell, func() { rdevice.PasswdFile = old }, nil
 }
 
 func freePort() (int, error) {
@@ -701,7 +728,7 @@ func remoteMemory(ctx context.Context, tmp string, progress io.Writer) ([]Row, [
 		{Name: "MP CPU per session-minute", Value: 1000 * perSessMin, Unit: "ms", Count: total},
 	}
 	notes := []string{
-		fmt.Sprintf("sessions: the real `ibcm site up` (CA + MP, SQLite) in its own process; one real agent (client/agent, in the bench process) serves every session with a real root shell on a PTY (unattended, no prompt); the helpers (helper.Client, admin identity, intranet listener, relay only: allow_direct false) in the bench process; %d opened in %s (%.0f/s, %d at once)",
+		fmt.Sprintf("sessions: the real `ibcm site up` (CA + MP, SQLite) in its own process; one real agent (client/agent, in the bench process) serves every session with a real root login shell on a PTY (unattended, no prompt; clean home as above); the helpers (helper.Client, admin identity, intranet listener, relay only: allow_direct false) in the bench process; %d opened in %s (%.0f/s, %d at once)",
 			n, openTime.Round(time.Millisecond), float64(n)/openTime.Seconds(), remoteOpeners),
 		fmt.Sprintf("sessions: MP VmRSS %.1f MiB after %d warm-up sessions -> %.1f MiB with %d more (RssAnon %.1f MiB; stable: two reads 500 ms apart within 1%%); %d OS threads; each session = the helper's leg + the device's leg, two mutual-TLS connections spliced by the MP",
 			float64(before)/(1<<20), remoteSessionWarmup, float64(after)/(1<<20), n, float64(anon)/1024, threads),
