@@ -311,29 +311,51 @@ func runRemote(ctx context.Context, o Options, progress io.Writer) (Result, erro
 		return res, err
 	}
 	defer os.RemoveAll(tmp)
-
 	shell, restore, err := cleanRootHome(tmp)
 	if err != nil {
 		return res, err
 	}
 	defer restore()
 
+	// 1-3 on a site in this process; its agent and shells are stopped before 4.
+	rows, notes, err := remotePaths(ctx, tmp, shell, progress)
+	if err != nil {
+		return res, err
+	}
+	res.Rows, res.Notes = rows, notes
+
+	// 4. Concurrent relayed sessions on an MP in its own process.
+	if *remoteSessions > 0 {
+		rows, notes, err := remoteMemory(ctx, tmp, progress)
+		if err != nil {
+			return res, fmt.Errorf("concurrent sessions: %w", err)
+		}
+		res.Rows = append(res.Rows, rows...)
+		res.Notes = append(res.Notes, notes...)
+	}
+	return res, nil
+}
+
+// remotePaths measures session start, keystroke round trips and bulk output through the
+// relay and direct, on a site in this process.
+func remotePaths(ctx context.Context, tmp, shell string, progress io.Writer) ([]Row, []string, error) {
+	res := Result{Suite: "remote"}
 	fmt.Fprintln(progress, "remote: starting a site on sqlite (CA and MP in this process)")
 	s, err := startSiteWith(ctx, site.InitOptions{Store: "sqlite"}, "mp-internet")
 	if err != nil {
-		return res, err
+		return nil, nil, err
 	}
 	defer s.stop()
 	directPort, err := freePort()
 	if err != nil {
-		return res, err
+		return nil, nil, err
 	}
 	rc := wire.RemoteControlSettings{Enabled: true, AccessLevel: "full", PromptUser: false, AllowUnattended: true,
 		ConsentTimeout: "30s", AllowDirect: true, DirectPort: directPort, AllowChat: true}
 	fmt.Fprintln(progress, "remote: enrolling a device and running the agent on the intranet (in-process DNS)")
 	env, err := startRemoteEnv(ctx, s, filepath.Join(tmp, "paths"), rc)
 	if err != nil {
-		return res, err
+		return nil, nil, err
 	}
 	defer env.stop()
 	paths := []struct {
@@ -348,7 +370,7 @@ func runRemote(ctx context.Context, o Options, progress io.Writer) (Result, erro
 		for p, path := range paths {
 			sess, tm, err := openSession(ctx, path.c, env.device, path.transport)
 			if err != nil {
-				return res, fmt.Errorf("session start, %s, run %d: %w", path.name, i, err)
+				return nil, nil, fmt.Errorf("session start, %s, run %d: %w", path.name, i, err)
 			}
 			closeSession(sess)
 			if i >= remoteWarmup {
@@ -381,14 +403,14 @@ func runRemote(ctx context.Context, o Options, progress io.Writer) (Result, erro
 	for p, path := range paths {
 		sess, _, err := openSession(ctx, path.c, env.device, path.transport)
 		if err != nil {
-			return res, fmt.Errorf("keystrokes, %s: %w", path.name, err)
+			return nil, nil, fmt.Errorf("keystrokes, %s: %w", path.name, err)
 		}
 		keySess[p] = sess
 		if _, err := sess.Write([]byte("stty raw -echo; echo RE''ADY; exec cat\r")); err != nil {
-			return res, err
+			return nil, nil, err
 		}
 		if _, err := readUntil(sess, []byte("READY"), remoteOpTimeout); err != nil {
-			return res, fmt.Errorf("keystrokes, %s: waiting for cat: %w", path.name, err)
+			return nil, nil, fmt.Errorf("keystrokes, %s: waiting for cat: %w", path.name, err)
 		}
 	}
 	var keys [2][]time.Duration
@@ -397,10 +419,10 @@ func runRemote(ctx context.Context, o Options, progress io.Writer) (Result, erro
 			b := []byte{byte('a' + i%26)}
 			t0 := time.Now()
 			if _, err := keySess[p].Write(b); err != nil {
-				return res, fmt.Errorf("keystroke, %s: %w", path.name, err)
+				return nil, nil, fmt.Errorf("keystroke, %s: %w", path.name, err)
 			}
 			if _, err := readUntil(keySess[p], b, 10*time.Second); err != nil {
-				return res, fmt.Errorf("keystroke echo, %s: %w", path.name, err)
+				return nil, nil, fmt.Errorf("keystroke echo, %s: %w", path.name, err)
 			}
 			if i >= remoteWarmup {
 				keys[p] = append(keys[p], time.Since(t0))
@@ -428,21 +450,21 @@ func runRemote(ctx context.Context, o Options, progress io.Writer) (Result, erro
 		for p, path := range paths {
 			sess, _, err := openSession(ctx, path.c, env.device, path.transport)
 			if err != nil {
-				return res, fmt.Errorf("bulk, %s, run %d: %w", path.name, i, err)
+				return nil, nil, fmt.Errorf("bulk, %s, run %d: %w", path.name, i, err)
 			}
 			t0 := time.Now()
 			if _, err := sess.Write([]byte(bulkCmd)); err != nil {
 				sess.Close()
-				return res, err
+				return nil, nil, err
 			}
 			n, err := readUntil(sess, []byte("DONE"), 5*time.Minute)
 			took := time.Since(t0)
 			closeSession(sess)
 			if err != nil {
-				return res, fmt.Errorf("bulk, %s, run %d: %w", path.name, i, err)
+				return nil, nil, fmt.Errorf("bulk, %s, run %d: %w", path.name, i, err)
 			}
 			if n < remoteBulkBytes {
-				return res, fmt.Errorf("bulk, %s, run %d: %d bytes, want at least %d", path.name, i, n, remoteBulkBytes)
+				return nil, nil, fmt.Errorf("bulk, %s, run %d: %d bytes, want at least %d", path.name, i, n, remoteBulkBytes)
 			}
 			bulkBytes[p] += n
 			bulkTime[p] += took
@@ -477,16 +499,7 @@ func runRemote(ctx context.Context, o Options, progress io.Writer) (Result, erro
 			remoteBulkBytes/4*3, remoteBulkBytes, fmtRates(bulkRates[0]), fmtRates(bulkRates[1])),
 	)
 
-	// 4. Concurrent relayed sessions on an MP in its own process.
-	if *remoteSessions > 0 {
-		rows, notes, err := remoteMemory(ctx, tmp, progress)
-		if err != nil {
-			return res, fmt.Errorf("concurrent sessions: %w", err)
-		}
-		res.Rows = append(res.Rows, rows...)
-		res.Notes = append(res.Notes, notes...)
-	}
-	return res, nil
+	return res.Rows, res.Notes, nil
 }
 
 func fmtRates(r []float64) string {
