@@ -246,25 +246,33 @@ func closeSession(sess *helper.Session) {
 
 // readUntil reads session output until it contains marker, and returns the bytes read.
 func readUntil(sess *helper.Session, marker []byte, timeout time.Duration) (int64, error) {
+	n, _, err := readFrames(sess, marker, timeout)
+	return n, err
+}
+
+// readFrames is readUntil that also counts the Data frames.
+func readFrames(sess *helper.Session, marker []byte, timeout time.Duration) (int64, int, error) {
 	_ = sess.SetReadDeadline(time.Now().Add(timeout))
 	defer sess.SetReadDeadline(time.Time{})
 	var n int64
+	var frames int
 	var tail []byte
 	for {
 		ev, err := sess.Next()
 		if err != nil {
-			return n, err
+			return n, frames, err
 		}
 		if ev.Type == frame.End {
-			return n, fmt.Errorf("the device ended the session: %s %s", ev.Ending.Outcome, ev.Ending.Message)
+			return n, frames, fmt.Errorf("the device ended the session: %s %s", ev.Ending.Outcome, ev.Ending.Message)
 		}
 		if ev.Type != frame.Data {
 			continue
 		}
 		n += int64(len(ev.Data))
+		frames++
 		tail = append(tail, ev.Data...)
 		if bytes.Contains(tail, marker) {
-			return n, nil
+			return n, frames, nil
 		}
 		if len(tail) > len(marker) {
 			tail = append(tail[:0], tail[len(tail)-len(marker):]...)
@@ -447,6 +455,7 @@ func remotePaths(ctx context.Context, tmp, shell string, progress io.Writer) ([]
 	var bulkTime [2]time.Duration
 	var bulkRates [2][]float64
 	var bulkCPU [2]time.Duration
+	var bulkFrames int
 	for i := range *remoteBulkRuns {
 		for p, path := range paths {
 			sess, _, err := openSession(ctx, path.c, env.device, path.transport)
@@ -459,7 +468,8 @@ func remotePaths(ctx context.Context, tmp, shell string, progress io.Writer) ([]
 				sess.Close()
 				return nil, nil, err
 			}
-			n, err := readUntil(sess, []byte("DONE"), 5*time.Minute)
+			n, frames, err := readFrames(sess, []byte("DONE"), 5*time.Minute)
+			bulkFrames += frames
 			took := time.Since(t0)
 			bulkCPU[p] += selfCPU() - cpu0
 			closeSession(sess)
@@ -500,8 +510,8 @@ func remotePaths(ctx context.Context, tmp, shell string, progress io.Writer) ([]
 			keyM[0].count, remoteWarmup, keyM[0].percentile(.5), keyM[1].percentile(.5)),
 		fmt.Sprintf("bulk: `head -c %d /dev/zero | base64 -w 0` on the device's PTY (%d bytes of printable output), timed from the command to the marker after it, a fresh session each run; MB/s = 10^6 bytes/s over all runs; per run relay %s, direct %s",
 			remoteBulkBytes/4*3, remoteBulkBytes, fmtRates(bulkRates[0]), fmtRates(bulkRates[1])),
-		fmt.Sprintf("bulk: every party shares the 2 cores: CPU of this process (MP + agent + helper; not head/base64) %.2f s per GB relayed vs %.2f s per GB direct: the relay adds the MP's copy and two TLS layers (device-MP and MP-helper, around the e2e TLS), so a CPU-bound run is slower by about that",
-			bulkCPU[0].Seconds()/(float64(bulkBytes[0])/1e9), bulkCPU[1].Seconds()/(float64(bulkBytes[1])/1e9)),
+		fmt.Sprintf("bulk: every party shares the 2 cores: CPU of this process (MP + agent + helper; not head/base64) %.2f s per GB relayed vs %.2f s per GB direct: the relay adds the MP's copy and two TLS layers (device-MP and MP-helper, around the e2e TLS), so a CPU-bound run is slower by about that; the output comes in Data frames of %.0f bytes on average (what a PTY read gives), each its own TLS record on every hop",
+			bulkCPU[0].Seconds()/(float64(bulkBytes[0])/1e9), bulkCPU[1].Seconds()/(float64(bulkBytes[1])/1e9), float64(bulkBytes[0]+bulkBytes[1])/float64(bulkFrames)),
 	)
 
 	return res.Rows, res.Notes, nil
