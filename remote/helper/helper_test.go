@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -225,6 +226,12 @@ func directListener(t *testing.T, dev *device) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveDirect(t, ln, dev)
+	return ln.Addr().String()
+}
+
+// serveDirect serves the device's session port on ln.
+func serveDirect(t *testing.T, ln net.Listener, dev *device) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -244,7 +251,6 @@ func directListener(t *testing.T, dev *device) string {
 			}()
 		}
 	}()
-	return ln.Addr().String()
 }
 
 // silentListener accepts and never answers.
@@ -440,6 +446,44 @@ func TestDirectWinsWhenReachable(t *testing.T) {
 	}
 	if ev := next(t, s, frame.Chat); ev.Text != "direct" {
 		t.Errorf("chat %q", ev.Text)
+	}
+}
+
+// TestDirectWinsWhenOpenedLate: the device opens its session port only once the session
+// is accepted, so the helper's first try is refused; that does not start the relay before
+// RelayAfterMS, and the next try reaches the device directly.
+func TestDirectWinsWhenOpenedLate(t *testing.T) {
+	p := newPKI(t)
+	dev := &device{t: t, p: p, cert: p.devices["dev-1"]}
+	m := newFakeMP(t, p, dev)
+	addr := closedPort(t)
+	m.start.Direct = []string{addr}
+	m.start.RelayAfterMS = 2000
+	c := m.client(t, p)
+	var once sync.Once
+	var refused bool
+	c.DirectDialer = func(ctx context.Context, network, a string) (net.Conn, error) {
+		conn, err := (&net.Dialer{}).DialContext(ctx, network, a)
+		once.Do(func() { // the first try: then the device opens its port
+			refused = errors.Is(err, syscall.ECONNREFUSED)
+			ln, lerr := net.Listen("tcp", addr)
+			if lerr != nil {
+				t.Errorf("opening the session port late: %v", lerr)
+				return
+			}
+			serveDirect(t, ln, dev)
+		})
+		return conn, err
+	}
+	conn, _ := open(t, m, c)
+	if !refused {
+		t.Fatal("the first try was not refused")
+	}
+	if conn.Transport != wire.TransportDirect {
+		t.Fatalf("transport %s (others: %s), want direct", conn.Transport, conn.Lost())
+	}
+	if len(m.relays) != 0 {
+		t.Error("a refused first try started the relay before relay_after_ms")
 	}
 }
 
