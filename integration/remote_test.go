@@ -31,7 +31,7 @@ func TestRemoteTerminalSession(t *testing.T) {
 
 	// 1. View, accepted by the sharer.
 	tm.open("helper", helen.env, bin.ibcm+" remote start pc-rc1 --mode view --reason 'printer queue'")
-	tm.waitFor("sharer", "Helen Desk (helen), Service Desk, Contoso IT asks for a remote view session", 10*time.Second)
+	tm.waitFor("sharer", "Ctrl-] y/n: allow view access for Helen Desk (helen), Service Desk, Contoso IT? (printer queue)", 10*time.Second)
 	tm.keys("sharer", "C-]", "y")
 	tm.waitFor("helper", "view", 10*time.Second)
 	s.session(t, id, "the session active on the relay", func(x wire.Session) bool {
@@ -47,7 +47,7 @@ func TestRemoteTerminalSession(t *testing.T) {
 	tm.text("helper", "echo VIEWMARK$((20+3))")
 	tm.keys("helper", "Enter")
 	tm.keys("helper", "C-]", "c")
-	tm.waitFor("sharer", "asks for a remote control session", 10*time.Second)
+	tm.waitFor("sharer", "allow control access for Helen Desk", 10*time.Second)
 	tm.keys("sharer", "C-]", "y")
 	tm.waitFor("helper", "control", 10*time.Second)
 	tm.text("helper", "echo CTRL$((30+4))")
@@ -82,7 +82,7 @@ func TestRemoteTerminalSession(t *testing.T) {
 
 	// 2. Denied by the sharer.
 	tm.open("helper2", helen.env, bin.ibcm+" remote start pc-rc1 --mode control")
-	tm.waitFor("sharer", "asks for a remote control session", 10*time.Second)
+	tm.waitFor("sharer", "allow control access for Helen Desk", 10*time.Second)
 	tm.keys("sharer", "C-]", "n")
 	if code := tm.exited("helper2", 15*time.Second); code == 0 || !strings.Contains(tm.screen("helper2"), "denied") {
 		t.Errorf("a denied session: exit %d\n%s", code, tm.screen("helper2"))
@@ -93,7 +93,7 @@ func TestRemoteTerminalSession(t *testing.T) {
 	s.setRemotePolicy(t, func(rc map[string]any) { rc["consent_timeout"] = "5s" })
 	waitFor(t, 10*time.Second, "the agent's policy with the short consent timeout", func() bool { return statusOf(t, dev).PolicyVersion >= 2 })
 	tm.open("helper3", helen.env, bin.ibcm+" remote start pc-rc1 --mode control")
-	tm.waitFor("sharer", "asks for a remote control session", 10*time.Second)
+	tm.waitFor("sharer", "allow control access for Helen Desk", 10*time.Second)
 	if code := tm.exited("helper3", 20*time.Second); code == 0 || !strings.Contains(tm.screen("helper3"), "consent_timeout") {
 		t.Errorf("an unanswered session: exit %d\n%s", code, tm.screen("helper3"))
 	}

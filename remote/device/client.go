@@ -190,6 +190,16 @@ func PromptText(p frame.ConsentPrompt) string {
 	return s + "."
 }
 
+// promptLine is a question on the status line: how to answer, the mode and the helper's
+// name first, since an 80-column terminal cuts what does not fit.
+func promptLine(p frame.ConsentPrompt) string {
+	s := fmt.Sprintf("Ctrl-] y/n: allow %s access for %s?", p.Mode, peerText(p.Helper))
+	if p.Reason != "" {
+		s += " (" + p.Reason + ")"
+	}
+	return s
+}
+
 func peerText(p frame.Peer) string {
 	who := p.User
 	if p.DisplayName != "" {
@@ -362,8 +372,8 @@ func (u *shareUI) drawLocked() {
 	switch {
 	case u.chatting:
 		text = "chat> " + string(u.chat)
-	case u.prompt != nil: // how to answer first: a narrow terminal cuts the end
-		text = "Ctrl-] y allow, Ctrl-] n deny: " + PromptText(*u.prompt)
+	case u.prompt != nil:
+		text = promptLine(*u.prompt)
 	case u.last != "": // the newest message first, for the same reason
 		text = u.last + " | " + text
 	}

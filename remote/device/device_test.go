@@ -158,7 +158,7 @@ func TestSharedTerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.rep.wait(t, wire.ReportConsentAsked)
-	waitText(t, out, "asks for a remote view session")
+	waitText(t, out, "allow view access for")
 	inW.Write([]byte{EscapeKey, 'y'})
 	e.rep.wait(t, wire.ReportAccepted)
 	h, err := e.connect(e.alice)
@@ -175,7 +175,7 @@ func TestSharedTerminal(t *testing.T) {
 
 	h.sendJSON(frame.Mode, frame.ModeChange{Mode: ticket.ModeControl})
 	e.rep.wait(t, wire.ReportConsentAsked)
-	waitText(t, out, "asks for a remote control session")
+	waitText(t, out, "allow control access for")
 	inW.Write([]byte{EscapeKey, 'y'})
 	var mc frame.ModeChange
 	_ = frame.DecodeJSON(h.next(frame.Mode), &mc)
@@ -201,7 +201,7 @@ func TestSharedTerminal(t *testing.T) {
 	}
 
 	h.sendJSON(frame.Mode, frame.ModeChange{Mode: ticket.ModeElevated})
-	waitText(t, out, "asks for a remote elevated session")
+	waitText(t, out, "allow elevated access for")
 	inW.Write([]byte{EscapeKey, 'y'})
 	_ = frame.DecodeJSON(h.next(frame.Mode), &mc)
 	if !mc.Granted || mc.Mode != ticket.ModeElevated {
