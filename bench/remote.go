@@ -41,7 +41,7 @@ var remoteSuite = Suite{
 var (
 	remoteRuns      = flag.Int("remote-runs", 60, "remote suite: measured session starts on each path (at least 50)")
 	remoteKeys      = flag.Int("remote-keys", 500, "remote suite: measured keystroke round trips on each path (at least 50)")
-	remoteBulkRuns  = flag.Int("remote-bulk-runs", 3, "remote suite: bulk transfers of 256 MiB on each path")
+	remoteBulkRuns  = flag.Int("remote-bulk-runs", 5, "remote suite: bulk transfers of 256 MiB on each path")
 	remoteSessions  = flag.Int("remote-sessions", 1000, "remote suite: concurrent relayed sessions held on the separate MP process (0 skips the row)")
 	remoteCPUWindow = flag.Duration("remote-cpu-window", 20*time.Second, "remote suite: how long the MP's CPU is measured with every session open")
 )
@@ -510,7 +510,7 @@ func remotePaths(ctx context.Context, tmp, shell string, progress io.Writer) ([]
 			keyM[0].count, remoteWarmup, keyM[0].percentile(.5), keyM[1].percentile(.5)),
 		fmt.Sprintf("bulk: `head -c %d /dev/zero | base64 -w 0` on the device's PTY (%d bytes of printable output), timed from the command to the marker after it, a fresh session each run; MB/s = 10^6 bytes/s over all runs; per run relay %s, direct %s",
 			remoteBulkBytes/4*3, remoteBulkBytes, fmtRates(bulkRates[0]), fmtRates(bulkRates[1])),
-		fmt.Sprintf("bulk: every party shares the 2 cores: CPU of this process (MP + agent + helper; not head/base64) %.2f s per GB relayed vs %.2f s per GB direct: the relay adds the MP's copy and two TLS layers (device-MP and MP-helper, around the e2e TLS), so a CPU-bound run is slower by about that; the output comes in Data frames of %.0f bytes on average (what a PTY read gives), each its own TLS record on every hop",
+		fmt.Sprintf("bulk: every party shares the 2 cores: CPU of this process (MP + agent + helper; not head/base64) %.2f s per GB relayed vs %.2f s per GB direct: the relay adds the MP's copy and two TLS layers (device-MP and MP-helper, around the e2e TLS), so a CPU-bound run is slower by about that; the output comes in Data frames of %.0f bytes on average (PTY reads already queued go out together, up to 32 KiB), each its own TLS record on every hop",
 			bulkCPU[0].Seconds()/(float64(bulkBytes[0])/1e9), bulkCPU[1].Seconds()/(float64(bulkBytes[1])/1e9), float64(bulkBytes[0]+bulkBytes[1])/float64(bulkFrames)),
 	)
 
