@@ -338,8 +338,12 @@ func printSession(w io.Writer, s wire.Session) error {
 		modes = append(modes, m.Mode+" at "+m.At.Format(time.RFC3339))
 	}
 	fmt.Fprintf(tw, "mode\t%s\nmodes\t%s\n", dash(s.Mode), dash(strings.Join(modes, ", ")))
+	transport := dash(s.Transport)
+	if s.DirectError != "" {
+		transport += " (direct: " + s.DirectError + ")"
+	}
 	fmt.Fprintf(tw, "location\t%s\ntransport\t%s\nend to end\t%s\nmanagement point\t%s\nviewers\t%s\n",
-		dash(s.Location), dash(s.Transport), yesNo(s.E2E), dash(s.MP), dash(strings.Join(s.Viewers, ", ")))
+		dash(s.Location), transport, yesNo(s.E2E), dash(s.MP), dash(strings.Join(s.Viewers, ", ")))
 	fmt.Fprintf(tw, "requested\t%s\nstarted\t%s\nended\t%s\n", s.RequestedAt.Format(time.RFC3339), timeOrDash(s.StartedAt), timeOrDash(s.EndedAt))
 	fmt.Fprintf(tw, "bytes to device\t%d\nbytes from device\t%d\nrecorded\t%s\n", s.BytesIn, s.BytesOut, yesNo(s.Recorded))
 	return tw.Flush()

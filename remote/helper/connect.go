@@ -191,11 +191,12 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart, hello frame.G
 	var relay *leg
 	pending := 0
 	startRelay := func() {
+		why := directError(legs, c.directTimeout())
 		relay = &leg{transport: wire.TransportRelay, addr: c.base}
 		legs = append(legs, relay)
 		pending++
 		go func() {
-			sess, err := c.relayLeg(ctx, s, cfg, hello, relay)
+			sess, err := c.relayLeg(ctx, s, why, cfg, hello, relay)
 			results <- result{relay, sess, err}
 		}()
 	}
@@ -288,6 +289,34 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart, hello frame.G
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// directError says, for the MP's audit, why the direct legs had not reached the device when
+// the relay started: wire.DirectTimeout when one had no answer (a dial or handshake under way
+// or timed out), else wire.DirectClosed when one was refused, else wire.DirectFailed when one
+// failed otherwise; "" without direct legs.
+func directError(legs []*leg, timeout time.Duration) string {
+	seen := map[string]bool{}
+	for _, l := range legs {
+		if l.transport != wire.TransportDirect {
+			continue
+		}
+		switch a := l.attempt(timeout); a.Kind {
+		case "timeout", "no-answer":
+			seen[wire.DirectTimeout] = true
+		case "closed":
+			seen[wire.DirectClosed] = true
+		case "unused", "slower":
+		default:
+			seen[wire.DirectFailed] = true
+		}
+	}
+	for _, k := range []string{wire.DirectTimeout, wire.DirectClosed, wire.DirectFailed} {
+		if seen[k] {
+			return k
+		}
+	}
+	return ""
 }
 
 func (c *Client) directTimeout() time.Duration {
@@ -387,9 +416,13 @@ func greet(ctx context.Context, conn *tls.Conn, hello frame.Greeting) (*Session,
 // relayLeg asks the MP for the helper's leg of the relay (an HTTP/1.1 Upgrade on a mutual-TLS
 // connection of its own), waits until the MP splices it to the device's leg, then runs the
 // end-to-end TLS over it.
-func (c *Client) relayLeg(ctx context.Context, s wire.SessionStart, cfg *tls.Config, hello frame.Greeting, l *leg) (*Session, error) {
+func (c *Client) relayLeg(ctx context.Context, s wire.SessionStart, direct string, cfg *tls.Config, hello frame.Greeting, l *leg) (*Session, error) {
 	l.set("waiting")
-	u, err := url.Parse(c.base + sessionPath(s.Session.ID) + "/relay?ticket=" + url.QueryEscape(s.TicketID))
+	q := "/relay?ticket=" + url.QueryEscape(s.TicketID)
+	if direct != "" {
+		q += "&direct=" + url.QueryEscape(direct)
+	}
+	u, err := url.Parse(c.base + sessionPath(s.Session.ID) + q)
 	if err != nil {
 		return nil, err
 	}
