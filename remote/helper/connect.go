@@ -156,7 +156,7 @@ func classify(err error, timeout time.Duration) (kind, reason string) {
 // exchanges the Hello frames (hello is the helper's: its terminal size).
 // When s.Direct lists the device's session port, Connect tries it first (retrying while
 // the device has not opened it yet) and starts the relay leg after s.RelayAfterMS, or at
-// once when every direct address failed. The device serves the first leg whose end-to-end
+// once when every direct address failed otherwise than refused (a port not open yet). The device serves the first leg whose end-to-end
 // TLS it sees complete and closes the others, so the leg on which the device's Hello
 // arrives wins, and the helper closes the others. An error answer of the relay (denied,
 // consent_timeout, device_offline, …) ends Connect with an *APIError, and an End the device
@@ -337,7 +337,10 @@ func (c *Client) directLeg(ctx context.Context, ticketID string, cfg *tls.Config
 			return sess, nil
 		}
 		l.fail(err)
-		if try == 0 {
+		// A refused connection is what a device that has not opened its port yet answers
+		// (it does once it has the ticket, or the consent): the relay then starts on its
+		// timer, not at once, or it would win every race it should lose.
+		if try == 0 && !errors.Is(err, syscall.ECONNREFUSED) {
 			failedOnce <- struct{}{}
 		}
 		var ee *EndedError
