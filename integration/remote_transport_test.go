@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -110,6 +111,16 @@ func holdSilent(t *testing.T, addr string) (release func()) {
 	return release
 }
 
+// sessionIDOn reads the session id `ibcm remote start` printed on its terminal.
+func sessionIDOn(t *testing.T, screen string) string {
+	t.Helper()
+	m := regexp.MustCompile(`session ([0-9a-f]{32}) \(`).FindStringSubmatch(screen)
+	if m == nil {
+		t.Fatalf("no session id on the helper's screen:\n%s", screen)
+	}
+	return m[1]
+}
+
 // showSession is `ibcm remote show ID` as the site's admin.
 func (s *testSite) showSession(t *testing.T, id string) string {
 	t.Helper()
@@ -183,34 +194,14 @@ func TestRemoteDirect(t *testing.T) {
 			t.Fatalf("ibcm remote start exited %d:\n%s", code, tm.screen(name))
 		}
 		t.Logf("helper %d: %s", n, strings.SplitN(tm.screen(name)[strings.Index(tm.screen(name), "connected over"):], "\n", 2)[0])
+		sid := sessionIDOn(t, tm.screen(name))
 		tm.close(name)
-		var done wire.Session
-		waitFor(t, 15*time.Second, "the session completed", func() bool {
-			ss := s.sessions(t, "--device", id)
-			done = ss[0]
-			for _, x := range ss {
-				if x.RequestedAt.After(done.RequestedAt) || x.RequestedAt.Equal(done.RequestedAt) && x.StartedAt != nil && done.StartedAt != nil && x.StartedAt.After(*done.StartedAt) {
-					done = x
-				}
-			}
-			return len(ss) == n && done.State == wire.SessionEnded
-		})
+		done := s.session(t, id, "the session completed", func(x wire.Session) bool { return x.ID == sid && x.State == wire.SessionEnded })
 		if done.Outcome != wire.OutcomeCompleted || done.Transport != wantTransport || !done.E2E || done.Location != wire.Intranet {
 			t.Errorf("session %d: %+v", n, done)
 		}
 		return done
 	}
-	latest := func(cond func(wire.Session) bool) []wire.Session {
-		var out []wire.Session
-		for _, x := range s.sessions(t, "--device", id) {
-			if cond(x) {
-				out = append(out, x)
-			}
-		}
-		return out
-	}
-	_ = latest
-
 	// 1. Direct.
 	if d := session(helen, wire.TransportDirect); d.DirectError != "" {
 		t.Errorf("a direct session with a direct error: %+v", d)
@@ -248,10 +239,10 @@ func TestRemoteDirect(t *testing.T) {
 	tm.keys("sharer", "Enter")
 	tm.waitFor("dan", "DAN25", 10*time.Second)
 	live := s.session(t, id, "dan's session active", func(x wire.Session) bool {
-		return x.Helper == "dan" && x.State == wire.SessionActive && x.Transport == wire.TransportDirect
+		return x.ID == sessionIDOn(t, tm.screen("dan")) && x.State == wire.SessionActive && x.Transport == wire.TransportDirect
 	})
 	s.ibcm(t, "user", "disable", "dan")
-	if code := tm.exited("dan", 15*time.Second); code == 0 {
+	if code := tm.exited("dan", 15*time.Second); code == 0 || !strings.Contains(tm.screen("dan"), "helper_revoked") {
 		t.Errorf("ibcm remote start of a disabled helper exited 0:\n%s", tm.screen("dan"))
 	}
 	ended := s.session(t, id, "dan's session ended", func(x wire.Session) bool { return x.ID == live.ID && x.State == wire.SessionEnded })
@@ -261,7 +252,7 @@ func TestRemoteDirect(t *testing.T) {
 	waitFor(t, 10*time.Second, "the device's log of dan's session", func() bool {
 		for _, e := range deviceLog(t, dev) {
 			if e.Session == live.ID && !e.Ended.IsZero() {
-				return e.Transport == wire.TransportDirect
+				return e.Transport == wire.TransportDirect && e.Outcome == wire.OutcomeFailed
 			}
 		}
 		return false

@@ -227,7 +227,7 @@ func (m *MP) endSessions(tx *sitedb.Tx, outcome, code string, tellDevice bool, w
 		if !tellDevice {
 			continue
 		}
-		ev := wire.Event{Type: wire.EventSessionEnded, Time: now.UTC(), Data: map[string]string{wire.EventDataSession: s.id}}
+		ev := wire.Event{Type: wire.EventSessionEnded, Time: now.UTC(), Data: map[string]string{wire.EventDataSession: s.id, wire.EventDataOutcome: outcome}}
 		if code != "" {
 			ev.Data[wire.EventDataReason] = code
 		}

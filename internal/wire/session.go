@@ -163,6 +163,7 @@ const (
 	EventDataTicket  = "ticket"  // the signed ticket (remote/ticket)
 	EventDataSession = "session" // the session id
 	EventDataReason  = "reason"
+	EventDataOutcome = "outcome" // of a session-ended event: the outcome the site recorded
 )
 
 // EventSessionEnded tells the device a session ended at the site (the helper ended it, the
