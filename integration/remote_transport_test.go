@@ -267,4 +267,155 @@ func TestRemoteDirect(t *testing.T) {
 	tm.close("sharer")
 }
 
-var _ = bytes.Contains
+// TestRemoteRelayEndToEnd: a device on the internet, the session over the relay of an MP
+// whose operator set IBCM_RELAY_CAPTURE_DIR. A marker the helper types reaches the sharer's
+// shell but is nowhere in the bytes the relay forwarded (both directions, though the shell
+// echoed it back): they are the end-to-end TLS. The recording (policy record_terminal) is
+// given to a ReadAudit user decrypted and plays with asciinema; a helper without ReadAudit
+// is refused it. Then the site is killed (SIGKILL) mid-session: restarted, its audit says
+// interrupted.
+func TestRemoteRelayEndToEnd(t *testing.T) {
+	needTool(t, "asciinema")
+	needTool(t, "script")
+	capture := t.TempDir()
+	t.Setenv("IBCM_RELAY_CAPTURE_DIR", capture) // for the site's processes, started below
+	s := initSite(t, "sqlite")
+	site := s.start(t, "site", "up", "--dir", s.dir)
+	dev := enrollDevice(t, s, "pc-e2e")
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	writeResolv(t, resolv, blackHole(t)) // no intranet: the internet MP and its relay
+	sock, _ := startSharingAgent(t, dev, resolv)
+	waitFor(t, 15*time.Second, "the agent's notification channel", func() bool { return statusOf(t, dev).Notify })
+	id := deviceIDOf(t, dev)
+	s.setRemotePolicy(t, func(rc map[string]any) {
+		rc["prompt_user"] = false
+		rc["record_terminal"] = true
+	})
+	waitFor(t, 10*time.Second, "the agent's policy with recording", func() bool { return statusOf(t, dev).PolicyVersion >= 2 })
+	helen := addHelper(t, s, "helen", "Help Desk Operator", "Helen Desk", s.mpInternet)
+	ana := addHelper(t, s, "ana", "Read-only Analyst", "Ana Lyst", s.mpInternet) // ReadAudit
+
+	tm := newTerminals(t)
+	tm.open("sharer", nil, bin.client+" share --share-socket "+sock+" --shell /bin/sh")
+	tm.waitFor("sharer", "ibcm: connected to the ibcm agent", 10*time.Second)
+	tm.open("helper", helen.env, bin.ibcm+" remote start pc-e2e --mode control --reason 'e2e check'")
+	tm.waitFor("helper", "connected over relay", 15*time.Second)
+	sid := sessionIDOn(t, tm.screen("helper"))
+
+	// The marker, typed by the helper: it runs in the sharer's shell (the screen shows the
+	// command and what it printed), and the relay never saw it in clear.
+	const marker = "ZQXJ-E2E-MARKER-7731"
+	tm.text("helper", "echo "+marker+" printed $((7*6))")
+	tm.keys("helper", "Enter")
+	tm.waitFor("sharer", marker+" printed 42", 10*time.Second)
+	tm.waitFor("helper", marker+" printed 42", 10*time.Second)
+	tm.text("sharer", "echo RECORDED$((11*11))")
+	tm.keys("sharer", "Enter")
+	tm.waitFor("helper", "RECORDED121", 10*time.Second)
+	tm.keys("helper", "C-]", "q")
+	if code := tm.exited("helper", 15*time.Second); code != 0 {
+		t.Fatalf("ibcm remote start exited %d:\n%s", code, tm.screen("helper"))
+	}
+	tm.close("helper")
+	done := s.session(t, id, "the session completed and its recording uploaded", func(x wire.Session) bool {
+		return x.ID == sid && x.State == wire.SessionEnded && x.Recorded
+	})
+	if done.Outcome != wire.OutcomeCompleted || done.Transport != wire.TransportRelay || !done.E2E || done.BytesIn == 0 || done.BytesOut == 0 {
+		t.Errorf("audit: %+v", done)
+	}
+	files, _ := filepath.Glob(filepath.Join(capture, sid+"-*.bin"))
+	if len(files) != 2 {
+		t.Fatalf("relay capture files of the session: %v", files)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := os.Stat(f)
+		t.Logf("%s: %d bytes forwarded, mode %v", filepath.Base(f), len(b), fi.Mode().Perm())
+		if fi.Mode().Perm() != 0o600 || len(b) < 100 {
+			t.Errorf("%s: mode %v, %d bytes", f, fi.Mode().Perm(), len(b))
+		}
+		for _, clear := range []string{marker, "E2E-MARKER", "RECORDED121", "printed 42"} {
+			if bytes.Contains(b, []byte(clear)) {
+				t.Errorf("the relay forwarded %q in clear (%s)", clear, filepath.Base(f))
+			}
+		}
+		if b[0] != 0x16 || b[1] != 0x03 { // a TLS handshake record opens each direction
+			t.Errorf("%s does not start with a TLS record: % x", filepath.Base(f), b[:8])
+		}
+	}
+
+	// The recording: decrypted for a ReadAudit user, it plays and shows the session.
+	r := ana.as(t, "remote", "recording", sid)
+	if r.code != 0 {
+		t.Fatalf("ibcm remote recording as a ReadAudit user: exit %d\n%s", r.code, r.stderr)
+	}
+	cast := filepath.Join(t.TempDir(), "s.cast")
+	if err := os.WriteFile(cast, []byte(r.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	played := run(t, "script", "-qec", "asciinema cat "+cast, "/dev/null")
+	if played.code != 0 || !strings.Contains(played.stdout, "RECORDED121") || !strings.Contains(played.stdout, marker+" printed 42") {
+		t.Errorf("asciinema cat: exit %d\n%s%s", played.code, played.stdout, played.stderr)
+	}
+	if r := helen.as(t, "remote", "recording", sid); r.code == 0 || !strings.Contains(r.stderr, "forbidden") || r.stdout != "" {
+		t.Errorf("ibcm remote recording without ReadAudit: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	// The site is killed mid-session; restarted, it marks the session interrupted.
+	tm.open("helper2", helen.env, bin.ibcm+" remote start pc-e2e --mode control")
+	tm.waitFor("helper2", "connected over relay", 15*time.Second)
+	sid = sessionIDOn(t, tm.screen("helper2"))
+	s.session(t, id, "the second session active", func(x wire.Session) bool { return x.ID == sid && x.State == wire.SessionActive })
+	site.kill()
+	if code := tm.exited("helper2", 15*time.Second); code == 0 {
+		t.Errorf("ibcm remote start exited 0 when its MP died:\n%s", tm.screen("helper2"))
+	}
+	s.start(t, "site", "up", "--dir", s.dir)
+	out := s.showSession(t, sid)
+	if !strings.Contains(out, "outcome            interrupted") && !regexp.MustCompile(`outcome\s+interrupted`).MatchString(out) {
+		t.Errorf("ibcm remote show after the MP was killed:\n%s", out)
+	}
+	tm.close("sharer")
+}
+
+// TestRemoteCrossMP: two MPs of one PostgreSQL site; the device's channel is on the first,
+// the helper's commands go to the second: the second forwards the helper's leg to the
+// first, the session carries bytes both ways and is audited completed.
+func TestRemoteCrossMP(t *testing.T) {
+	s := startSite(t, "postgres")
+	_, mp2Out, _ := addMP(t, s, "mp2")
+	dev := enrollDevice(t, s, "pc-x1")
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	writeResolv(t, resolv) // no nameservers: the internet MP of the site, MP 1
+	sock, _ := startSharingAgent(t, dev, resolv)
+	waitFor(t, 15*time.Second, "the agent's channel on MP 1", func() bool { st := statusOf(t, dev); return st.Notify && st.MP == s.mpInternet })
+	id := deviceIDOf(t, dev)
+	s.setRemotePolicy(t, func(rc map[string]any) { rc["prompt_user"] = false })
+	waitFor(t, 10*time.Second, "the agent's policy", func() bool { return statusOf(t, dev).PolicyVersion >= 2 })
+	helen := addHelper(t, s, "helen", "Help Desk Operator", "Helen Desk", "https://"+mp2Out)
+
+	tm := newTerminals(t)
+	tm.open("sharer", nil, bin.client+" share --share-socket "+sock+" --shell /bin/sh")
+	tm.waitFor("sharer", "ibcm: connected to the ibcm agent", 10*time.Second)
+	tm.open("helper", helen.env, bin.ibcm+" remote start pc-x1 --mode control")
+	tm.waitFor("helper", "connected over relay", 15*time.Second)
+	sid := sessionIDOn(t, tm.screen("helper"))
+	tm.text("sharer", "echo FROMDEVICE$((3*3))")
+	tm.keys("sharer", "Enter")
+	tm.waitFor("helper", "FROMDEVICE9", 10*time.Second)
+	tm.text("helper", "echo FROMHELPER$((4*4))")
+	tm.keys("helper", "Enter")
+	tm.waitFor("sharer", "FROMHELPER16", 10*time.Second)
+	tm.keys("helper", "C-]", "q")
+	if code := tm.exited("helper", 15*time.Second); code != 0 {
+		t.Fatalf("ibcm remote start exited %d:\n%s", code, tm.screen("helper"))
+	}
+	done := s.session(t, id, "the session completed", func(x wire.Session) bool { return x.ID == sid && x.State == wire.SessionEnded })
+	if done.Outcome != wire.OutcomeCompleted || done.MP != "mp2" || done.Transport != wire.TransportRelay || !done.E2E || done.BytesIn == 0 || done.BytesOut == 0 {
+		t.Errorf("audit of the session across MPs: %+v", done)
+	}
+	tm.close("sharer")
+}
