@@ -202,12 +202,7 @@ func TestRemoteDirect(t *testing.T) {
 		}
 		return done
 	}
-	// 1. Direct.
-	if d := session(helen, wire.TransportDirect); d.DirectError != "" {
-		t.Errorf("a direct session with a direct error: %+v", d)
-	}
-
-	// 2. The session port closed: nothing listens where the helper dials (a socket holds the
+	// 1. The session port closed: nothing listens where the helper dials (a socket holds the
 	// address, so the agent cannot listen there either).
 	release := holdClosed(t, directAddr)
 	d := session(helen, wire.TransportRelay)
@@ -219,7 +214,7 @@ func TestRemoteDirect(t *testing.T) {
 		t.Errorf("ibcm remote show:\n%s", out)
 	}
 
-	// 3. A listener that takes the connection and never answers.
+	// 2. A listener that takes the connection and never answers.
 	release = holdSilent(t, directAddr)
 	d = session(helen, wire.TransportRelay)
 	release()
@@ -228,6 +223,12 @@ func TestRemoteDirect(t *testing.T) {
 	}
 	if out := s.showSession(t, d.ID); !strings.Contains(out, "relay (direct: timeout)") {
 		t.Errorf("ibcm remote show:\n%s", out)
+	}
+
+	// 3. Direct, once the session port is free (a port held without SO_REUSEADDR, as in 1,
+	// cannot be bound while the direct connection's TIME_WAIT is there: hence this order).
+	if d := session(helen, wire.TransportDirect); d.DirectError != "" {
+		t.Errorf("a direct session with a direct error: %+v", d)
 	}
 
 	// 4. A helper disabled during a direct session: the MP pushes session-ended, the agent
