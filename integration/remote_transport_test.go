@@ -376,7 +376,7 @@ func TestRemoteRelayEndToEnd(t *testing.T) {
 	}
 	s.start(t, "site", "up", "--dir", s.dir)
 	out := s.showSession(t, sid)
-	if !strings.Contains(out, "outcome            interrupted") && !regexp.MustCompile(`outcome\s+interrupted`).MatchString(out) {
+	if !regexp.MustCompile(`(?m)^outcome\s+interrupted$`).MatchString(out) {
 		t.Errorf("ibcm remote show after the MP was killed:\n%s", out)
 	}
 	tm.close("sharer")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -84,4 +85,24 @@ func TestRelayDirectErrorAndCapture(t *testing.T) {
 	}
 	f.mp.relays.endSession(out.Session.ID, "", endError(wire.OutcomeCompleted, ""))
 	waitLeg(t, hl)
+}
+
+// FuzzRelayQuery: the query of a relay leg is parsed without panicking; what it accepts is
+// one ticket id and at most one known direct= value.
+func FuzzRelayQuery(f *testing.F) {
+	for _, q := range []string{"ticket=0123456789abcdef0123456789abcdef", "ticket=0123456789abcdef0123456789abcdef&direct=closed",
+		"direct=timeout&direct=timeout", "direct=%zz", "direct=failed;x", ""} {
+		f.Add(q)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		r := &http.Request{ProtoMajor: 1, Header: http.Header{"Connection": {"Upgrade"}, "Upgrade": {wire.RelayProtocol}}, URL: &url.URL{Path: "/v1/admin/sessions/x/relay", RawQuery: q}}
+		r.SetPathValue("id", "0123456789abcdef0123456789abcdef")
+		d, err := relayDirectError(r)
+		if err == nil && d != "" && d != wire.DirectClosed && d != wire.DirectTimeout && d != wire.DirectFailed {
+			t.Fatalf("accepted direct=%q", d)
+		}
+		if tk, err := checkRelayRequest(r); err == nil && !isHexID(tk) {
+			t.Fatalf("accepted ticket %q", tk)
+		}
+	})
 }
