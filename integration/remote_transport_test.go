@@ -231,10 +231,33 @@ func TestRemoteDirect(t *testing.T) {
 		t.Errorf("a direct session with a direct error: %+v", d)
 	}
 
-	// 4. A helper disabled during a direct session: the MP pushes session-ended, the agent
+	// 4. With the sharer's consent asked first (the helper's relay leg is already waiting at
+	// the MP when the device opens its port), the session still goes direct.
+	s.setRemotePolicy(t, func(rc map[string]any) { rc["prompt_user"] = true })
+	waitFor(t, 10*time.Second, "the agent's policy with the consent prompt", func() bool { return statusOf(t, dev).PolicyVersion >= 3 })
+	tm.open("helper-consent", helen.env, bin.ibcm+" remote start pc-d1 --mode control")
+	tm.waitFor("sharer", "asks for a remote control session", 10*time.Second)
+	pending := sessionIDOn(t, tm.screen("helper-consent"))
+	s.session(t, id, "the helper's relay leg waiting (it said the port was closed)", func(x wire.Session) bool {
+		return x.ID == pending && x.DirectError == wire.DirectClosed
+	})
+	tm.keys("sharer", "C-]", "y")
+	tm.waitFor("helper-consent", "connected over direct", 15*time.Second)
+	if x := s.session(t, id, "the consented session direct", func(x wire.Session) bool { return x.ID == pending && x.State == wire.SessionActive }); x.Transport != wire.TransportDirect || x.DirectError != "" {
+		t.Errorf("the consented session: %+v", x)
+	}
+	tm.keys("helper-consent", "C-]", "q")
+	if code := tm.exited("helper-consent", 15*time.Second); code != 0 {
+		t.Fatalf("ibcm remote start exited %d:\n%s", code, tm.screen("helper-consent"))
+	}
+	tm.close("helper-consent")
+
+	// 5. A helper disabled during a direct session: the MP pushes session-ended, the agent
 	// ends the direct session, the helper's command ends, the audit says why.
 	dan := addHelper(t, s, "dan", "Help Desk Operator", "Dan Desk", s.mpIntranet)
 	tm.open("dan", dan.env, bin.ibcm+" remote start pc-d1 --mode control")
+	tm.waitFor("sharer", "asks for a remote control session", 10*time.Second)
+	tm.keys("sharer", "C-]", "y")
 	tm.waitFor("dan", "connected over direct", 15*time.Second)
 	tm.text("sharer", "echo DAN$((5*5))")
 	tm.keys("sharer", "Enter")
