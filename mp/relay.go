@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,6 +54,8 @@ type relays struct {
 	m     *MP
 	mu    sync.Mutex
 	pairs map[string]*relayPair
+	// captureDir is where the forwarded bytes are written ($IBCM_RELAY_CAPTURE_DIR), or "".
+	captureDir string
 }
 
 // relayPair is the two legs of one ticket.
@@ -66,7 +70,28 @@ type relayPair struct {
 	bytes           [2]atomic.Int64
 }
 
-func newRelays(m *MP) *relays { return &relays{m: m, pairs: map[string]*relayPair{}} }
+func newRelays(m *MP) *relays {
+	return &relays{m: m, pairs: map[string]*relayPair{}, captureDir: os.Getenv(RelayCaptureEnv)}
+}
+
+// RelayCaptureEnv names a directory where the relay writes every byte it forwards (see the
+// package doc): for operators who check that a relay sees only ciphertext.
+const RelayCaptureEnv = "IBCM_RELAY_CAPTURE_DIR"
+
+// capture opens the file (0600, appended) where one direction of a spliced pair is written
+// when captureDir is set; nil otherwise or when it cannot be opened (logged).
+func (rs *relays) capture(p *relayPair, direction string) *os.File {
+	if rs.captureDir == "" {
+		return nil
+	}
+	name := filepath.Join(rs.captureDir, p.session+"-"+p.ticket+"-"+direction+".bin")
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		rs.m.log.Warn().Err(err).Str("session", p.session).Msg("relay capture")
+		return nil
+	}
+	return f
+}
 
 // join registers a waiting leg of ticket.
 func (rs *relays) join(ticketID, session string, side int) (*relayPair, error) {
@@ -187,12 +212,16 @@ func endError(outcome, code string) *api.Error {
 func (rs *relays) splice(p *relayPair) {
 	var running atomic.Int32
 	running.Store(2)
-	cp := func(dst, src net.Conn, n *atomic.Int64) {
+	cp := func(dst, src net.Conn, n *atomic.Int64, direction string) {
 		defer func() {
 			if running.Add(-1) == 0 { // the last one out records the end
 				rs.finish(p)
 			}
 		}()
+		capture := rs.capture(p, direction)
+		if capture != nil {
+			defer capture.Close()
+		}
 		buf := make([]byte, relayBuf)
 		for {
 			k, err := src.Read(buf)
@@ -201,6 +230,13 @@ func (rs *relays) splice(p *relayPair) {
 					break
 				}
 				n.Add(int64(k))
+				if capture != nil {
+					if _, cerr := capture.Write(buf[:k]); cerr != nil {
+						rs.m.log.Warn().Err(cerr).Str("session", p.session).Msg("relay capture")
+						capture.Close()
+						capture = nil
+					}
+				}
 			}
 			if err != nil {
 				break
@@ -209,8 +245,8 @@ func (rs *relays) splice(p *relayPair) {
 		_ = rawConn(dst).Close()
 		_ = rawConn(src).Close()
 	}
-	go cp(p.conns[sideHelper], p.conns[sideDevice], &p.bytes[sideDevice])
-	go cp(p.conns[sideDevice], p.conns[sideHelper], &p.bytes[sideHelper])
+	go cp(p.conns[sideHelper], p.conns[sideDevice], &p.bytes[sideDevice], "from-device")
+	go cp(p.conns[sideDevice], p.conns[sideHelper], &p.bytes[sideHelper], "to-device")
 }
 
 // finish forgets a spliced pair whose copies have both ended and records its byte counts.
@@ -251,6 +287,27 @@ func checkRelayRequest(r *http.Request) (string, error) {
 		return "", api.Errorf(http.StatusNotFound, "not_found", "no session %q", r.PathValue("id"))
 	}
 	return t, nil
+}
+
+// relayDirectError reads the helper leg's direct= (why the device's session port had not
+// answered when the helper started the relay): absent, or once one of wire.DirectClosed,
+// DirectTimeout, DirectFailed.
+func relayDirectError(r *http.Request) (string, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return "", api.BadRequest("the query is not URL-encoded key=value pairs: %v", err)
+	}
+	v, ok := q["direct"]
+	if !ok {
+		return "", nil
+	}
+	if len(v) == 1 {
+		switch v[0] {
+		case wire.DirectClosed, wire.DirectTimeout, wire.DirectFailed:
+			return v[0], nil
+		}
+	}
+	return "", api.BadRequest("direct: once, one of %s, %s, %s", wire.DirectClosed, wire.DirectTimeout, wire.DirectFailed)
 }
 
 func isHexID(s string) bool {
@@ -326,6 +383,17 @@ func (m *MP) handleHelperRelay(w http.ResponseWriter, r *http.Request, name stri
 	}
 	if m.now().After(t.ExpiresAt) {
 		return api.Errorf(http.StatusGone, "ticket_expired", "ticket %s expired", ticketID)
+	}
+	directErr, err := relayDirectError(r)
+	if err != nil {
+		return err
+	}
+	if directErr != "" && t.Role == "helper" {
+		// Recorded before the legs meet; the device's started report clears it when direct won.
+		if _, err := m.db.Exec(r.Context(), `UPDATE sessions SET direct_error = ? WHERE id = ? AND transport <> ?`,
+			directErr, s.ID, wire.TransportDirect); err != nil {
+			return fmt.Errorf("recording why the direct connection lost: %w", err)
+		}
 	}
 	if s.DeviceMP == "" || s.DeviceMP == m.o.ID {
 		return m.waitLeg(w, r, s, ticketID, sideHelper)

@@ -653,9 +653,10 @@ func (m *MP) handleSessionReport(w http.ResponseWriter, r *http.Request, p *peer
 			if transport == "" {
 				transport = wire.TransportRelay
 			}
-			return set(`state = ?, transport = ?, e2e = 1, started_at = ?, sharer = CASE WHEN ? = '' THEN sharer ELSE ? END,
+			// A session that went direct has no direct error, whatever the helper's relay leg said.
+			return set(`state = ?, transport = ?, direct_error = CASE WHEN ? = 'direct' THEN '' ELSE direct_error END, e2e = 1, started_at = ?, sharer = CASE WHEN ? = '' THEN sharer ELSE ? END,
 				sharer_name = CASE WHEN ? = '' THEN sharer_name ELSE ? END`,
-				wire.SessionActive, transport, at.Unix(), rep.Sharer, rep.Sharer, rep.SharerName, rep.SharerName)
+				wire.SessionActive, transport, transport, at.Unix(), rep.Sharer, rep.Sharer, rep.SharerName, rep.SharerName)
 		case wire.ReportMode:
 			if s.State != wire.SessionActive {
 				return conflict()

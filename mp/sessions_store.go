@@ -27,7 +27,7 @@ type sessionRow struct {
 }
 
 const sessionColumns = `id, device_id, device_name, helper, helper_name, helper_serial, sharer, sharer_name, reason, state, outcome,
-	error, mode, modes, location, transport, e2e, mp_id, device_mp, requested_at, started_at, ended_at, bytes_in, bytes_out, recorded`
+	error, mode, modes, location, transport, direct_error, e2e, mp_id, device_mp, requested_at, started_at, ended_at, bytes_in, bytes_out, recorded`
 
 func scanSession(row interface{ Scan(...any) error }) (sessionRow, error) {
 	var s sessionRow
@@ -36,7 +36,7 @@ func scanSession(row interface{ Scan(...any) error }) (sessionRow, error) {
 	var requested int64
 	var started, ended sql.NullInt64
 	if err := row.Scan(&s.ID, &s.Device, &s.DeviceName, &s.Helper, &s.HelperName, &s.HelperSerial, &s.Sharer, &s.SharerName, &s.Reason,
-		&s.State, &s.Outcome, &s.Error, &s.Mode, &modes, &s.Location, &s.Transport, &e2e, &s.MP, &s.DeviceMP, &requested,
+		&s.State, &s.Outcome, &s.Error, &s.Mode, &modes, &s.Location, &s.Transport, &s.DirectError, &e2e, &s.MP, &s.DeviceMP, &requested,
 		&started, &ended, &s.BytesIn, &s.BytesOut, &recorded); err != nil {
 		return sessionRow{}, err
 	}
@@ -227,7 +227,7 @@ func (m *MP) endSessions(tx *sitedb.Tx, outcome, code string, tellDevice bool, w
 		if !tellDevice {
 			continue
 		}
-		ev := wire.Event{Type: wire.EventSessionEnded, Time: now.UTC(), Data: map[string]string{wire.EventDataSession: s.id}}
+		ev := wire.Event{Type: wire.EventSessionEnded, Time: now.UTC(), Data: map[string]string{wire.EventDataSession: s.id, wire.EventDataOutcome: outcome}}
 		if code != "" {
 			ev.Data[wire.EventDataReason] = code
 		}

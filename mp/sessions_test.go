@@ -619,7 +619,8 @@ func TestRevocationEndsSessions(t *testing.T) {
 	if err := f.ca.Revoke(context.Background(), helper.Leaf.SerialNumber.String(), "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
-	if ev := nextSessionEvent(t, ws); ev.Type != wire.EventSessionEnded || ev.Data[wire.EventDataSession] != out.Session.ID {
+	if ev := nextSessionEvent(t, ws); ev.Type != wire.EventSessionEnded || ev.Data[wire.EventDataSession] != out.Session.ID ||
+		ev.Data[wire.EventDataOutcome] != wire.OutcomeFailed || ev.Data[wire.EventDataReason] != "helper_revoked" {
 		t.Errorf("device told %+v", ev)
 	}
 	if s, _ := f.mp.viewSession(context.Background(), out.Session.ID); s.State != wire.SessionEnded || s.Error != "helper_revoked" {

@@ -232,7 +232,7 @@ EXAMPLES:
 			fmt.Fprintln(tw, "ID\tDEVICE\tHELPER\tSHARER\tMODE\tSTATE\tTRANSPORT\tE2E\tREQUESTED\tSTARTED\tENDED")
 			for _, s := range ss {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, dash(orDefault(s.DeviceName, s.Device)), dash(s.Helper), dash(s.Sharer),
-					dash(s.Mode), sessionState(s), dash(s.Transport), yesNo(s.E2E), s.RequestedAt.Format(time.RFC3339), timeOrDash(s.StartedAt), timeOrDash(s.EndedAt))
+					dash(s.Mode), sessionState(s), transportText(s), yesNo(s.E2E), s.RequestedAt.Format(time.RFC3339), timeOrDash(s.StartedAt), timeOrDash(s.EndedAt))
 			}
 			return tw.Flush()
 		},
@@ -316,14 +316,22 @@ func timeOrEmpty(t *time.Time) string {
 func sessionsCSV(w io.Writer, ss []wire.Session) error {
 	cw := csv.NewWriter(w)
 	_ = cw.Write([]string{"id", "device", "device_name", "helper", "sharer", "sharer_name", "mode", "state", "outcome", "error", "transport", "e2e",
-		"requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device", "mp", "reason"})
+		"requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device", "mp", "reason", "direct_error"})
 	for _, s := range ss {
 		_ = cw.Write([]string{s.ID, s.Device, s.DeviceName, s.Helper, s.Sharer, s.SharerName, s.Mode, s.State, s.Outcome, s.Error, s.Transport,
 			strconv.FormatBool(s.E2E), s.RequestedAt.UTC().Format(time.RFC3339), timeOrEmpty(s.StartedAt), timeOrEmpty(s.EndedAt),
-			strconv.FormatInt(s.BytesIn, 10), strconv.FormatInt(s.BytesOut, 10), s.MP, s.Reason})
+			strconv.FormatInt(s.BytesIn, 10), strconv.FormatInt(s.BytesOut, 10), s.MP, s.Reason, s.DirectError})
 	}
 	cw.Flush()
 	return cw.Error()
+}
+
+// transportText is the transport of a session, with why direct lost when it did.
+func transportText(s wire.Session) string {
+	if s.DirectError != "" {
+		return dash(s.Transport) + " (direct: " + s.DirectError + ")"
+	}
+	return dash(s.Transport)
 }
 
 func printSession(w io.Writer, s wire.Session) error {
@@ -338,8 +346,9 @@ func printSession(w io.Writer, s wire.Session) error {
 		modes = append(modes, m.Mode+" at "+m.At.Format(time.RFC3339))
 	}
 	fmt.Fprintf(tw, "mode\t%s\nmodes\t%s\n", dash(s.Mode), dash(strings.Join(modes, ", ")))
+	transport := transportText(s)
 	fmt.Fprintf(tw, "location\t%s\ntransport\t%s\nend to end\t%s\nmanagement point\t%s\nviewers\t%s\n",
-		dash(s.Location), dash(s.Transport), yesNo(s.E2E), dash(s.MP), dash(strings.Join(s.Viewers, ", ")))
+		dash(s.Location), transport, yesNo(s.E2E), dash(s.MP), dash(strings.Join(s.Viewers, ", ")))
 	fmt.Fprintf(tw, "requested\t%s\nstarted\t%s\nended\t%s\n", s.RequestedAt.Format(time.RFC3339), timeOrDash(s.StartedAt), timeOrDash(s.EndedAt))
 	fmt.Fprintf(tw, "bytes to device\t%d\nbytes from device\t%d\nrecorded\t%s\n", s.BytesIn, s.BytesOut, yesNo(s.Recorded))
 	return tw.Flush()

@@ -255,7 +255,7 @@ func cannedSessions() []wire.Session {
 	started, ended := req.Add(5*time.Second), req.Add(10*time.Minute)
 	return []wire.Session{
 		{ID: "0123456789abcdef0123456789abcdef", Device: "dev-1", DeviceName: "kiosk-1", Helper: "alice", Sharer: "bob", SharerName: "Bob, \"the\" user",
-			Mode: "control", State: wire.SessionEnded, Outcome: wire.OutcomeCompleted, Transport: wire.TransportRelay, E2E: true, MP: "mp1",
+			Mode: "control", State: wire.SessionEnded, Outcome: wire.OutcomeCompleted, Transport: wire.TransportRelay, DirectError: wire.DirectTimeout, E2E: true, MP: "mp1",
 			RequestedAt: req, StartedAt: &started, EndedAt: &ended, BytesIn: 120, BytesOut: 4096},
 		{ID: "fedcba9876543210fedcba9876543210", Device: "dev-2", Helper: "alice", Mode: "view", State: wire.SessionEnded,
 			Outcome: wire.OutcomeDenied, Error: "denied", MP: "mp1", RequestedAt: req.Add(time.Hour)},
@@ -282,7 +282,7 @@ func TestRemoteSessionsOutput(t *testing.T) {
 		t.Fatalf("csv:\n%s", stdout)
 	}
 	want := []string{"0123456789abcdef0123456789abcdef", "dev-1", "kiosk-1", "alice", "bob", "Bob, \"the\" user", "control", "ended", "completed", "", "relay", "true",
-		"2026-12-07T09:00:00Z", "2026-12-07T09:00:05Z", "2026-12-07T09:10:00Z", "120", "4096", "mp1", ""}
+		"2026-12-07T09:00:00Z", "2026-12-07T09:00:05Z", "2026-12-07T09:10:00Z", "120", "4096", "mp1", "", "timeout"}
 	if strings.Join(rows[1], "|") != strings.Join(want, "|") {
 		t.Errorf("row 1:\n%q\nwant\n%q", rows[1], want)
 	}
@@ -399,14 +399,14 @@ func TestRemoteShowEndRecording(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"kiosk-1 (dev-1)", "bob (Bob, \"the\" user)", "completed", "relay", "2026-12-07T09:00:05Z", "4096"} {
+	for _, want := range []string{"kiosk-1 (dev-1)", "bob (Bob, \"the\" user)", "completed", "relay (direct: timeout)", "2026-12-07T09:00:05Z", "4096"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("show lacks %q:\n%s", want, stdout)
 		}
 	}
 	stdout, _, err = runIBCM(t, "", append([]string{"remote", "show", "--json", id}, site.flags...)...)
 	var got wire.Session
-	if err != nil || json.Unmarshal([]byte(stdout), &got) != nil || got.ID != id || got.BytesOut != 4096 {
+	if err != nil || json.Unmarshal([]byte(stdout), &got) != nil || got.ID != id || got.BytesOut != 4096 || got.DirectError != wire.DirectTimeout {
 		t.Errorf("show --json: %v\n%s", err, stdout)
 	}
 	if _, _, err := runIBCM(t, "", append([]string{"remote", "show", "nope"}, site.flags...)...); err == nil || !strings.Contains(err.Error(), "not_found") || exitCode(err) != exitRefused {

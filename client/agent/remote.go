@@ -296,6 +296,6 @@ func (a *Agent) onSessionEvent(ev wire.Event) {
 		t := ev.Data[wire.EventDataTicket]
 		go func() { _ = a.remote.host.Request(context.Background(), t) }()
 	case wire.EventSessionEnded:
-		a.remote.host.End(ev.Data[wire.EventDataSession], ev.Data[wire.EventDataReason])
+		a.remote.host.End(ev.Data[wire.EventDataSession], ev.Data[wire.EventDataOutcome], ev.Data[wire.EventDataReason])
 	}
 }

@@ -10,7 +10,8 @@ import "time"
 //	POST /v1/admin/sessions/{id}/end        the helper of the session, or ManageDevices on its device
 //	POST /v1/admin/sessions/{id}/join       a second helper with ViewScreen on the device → SessionStart (role viewer)
 //	GET  /v1/admin/sessions/{id}/recording  ReadAudit: the decrypted asciicast v2
-//	GET  /v1/admin/sessions/{id}/relay      ?ticket=<ticket id>: the helper's leg (Upgrade: ibcm-relay)
+//	GET  /v1/admin/sessions/{id}/relay      ?ticket=<ticket id>[&direct=closed|timeout|failed]: the helper's leg (Upgrade: ibcm-relay);
+//	                                        direct says why the device's session port had not answered when the relay started
 //	GET  /v1/sessions/{id}/relay            ?ticket=<ticket id>: the device's leg (Upgrade: ibcm-relay)
 //	POST /v1/sessions/{id}/report           the device: SessionReport
 //	POST /v1/sessions/{id}/recording        the device: the recording sealed to the site's audit key
@@ -34,6 +35,13 @@ const (
 	OutcomeFailed         = "failed"
 	OutcomeInterrupted    = "interrupted"
 	OutcomeRefused        = "refused" // by the agent: a ticket or peer check failed
+)
+
+// Why a direct connection lost to the relay (Session.DirectError, the relay leg's direct=).
+const (
+	DirectClosed  = "closed"  // connection refused: nothing listens on the session port
+	DirectTimeout = "timeout" // the dial or the TLS handshake had no answer
+	DirectFailed  = "failed"  // anything else (the device's certificate refused, …)
 )
 
 // Session states.
@@ -92,30 +100,34 @@ type SessionMode struct {
 
 // Session is a session as the audit keeps it (`ibcm remote show`).
 type Session struct {
-	ID          string        `json:"id"`
-	Device      string        `json:"device"`
-	DeviceName  string        `json:"device_name"`
-	Helper      string        `json:"helper"`
-	HelperName  string        `json:"helper_name,omitempty"`
-	Sharer      string        `json:"sharer,omitempty"` // local user
-	SharerName  string        `json:"sharer_name,omitempty"`
-	Reason      string        `json:"reason,omitempty"`
-	State       string        `json:"state"`
-	Outcome     string        `json:"outcome,omitempty"`
-	Error       string        `json:"error,omitempty"` // the refusal's code, when there was one
-	Mode        string        `json:"mode"`            // the mode in force (or last)
-	Modes       []SessionMode `json:"modes"`
-	Location    string        `json:"location,omitempty"` // the device's
-	Transport   string        `json:"transport,omitempty"`
-	E2E         bool          `json:"e2e"`
-	MP          string        `json:"mp"` // the MP that brokered it
-	Viewers     []string      `json:"viewers,omitempty"`
-	RequestedAt time.Time     `json:"requested_at"`
-	StartedAt   *time.Time    `json:"started_at,omitempty"`
-	EndedAt     *time.Time    `json:"ended_at,omitempty"`
-	BytesIn     int64         `json:"bytes_to_device"`
-	BytesOut    int64         `json:"bytes_from_device"`
-	Recorded    bool          `json:"recorded"`
+	ID         string        `json:"id"`
+	Device     string        `json:"device"`
+	DeviceName string        `json:"device_name"`
+	Helper     string        `json:"helper"`
+	HelperName string        `json:"helper_name,omitempty"`
+	Sharer     string        `json:"sharer,omitempty"` // local user
+	SharerName string        `json:"sharer_name,omitempty"`
+	Reason     string        `json:"reason,omitempty"`
+	State      string        `json:"state"`
+	Outcome    string        `json:"outcome,omitempty"`
+	Error      string        `json:"error,omitempty"` // the refusal's code, when there was one
+	Mode       string        `json:"mode"`            // the mode in force (or last)
+	Modes      []SessionMode `json:"modes"`
+	Location   string        `json:"location,omitempty"` // the device's
+	Transport  string        `json:"transport,omitempty"`
+	// DirectError says why the direct connection lost when the helper had the device's
+	// session port and the session went over the relay: DirectClosed, DirectTimeout or
+	// DirectFailed ("" otherwise).
+	DirectError string     `json:"direct_error,omitempty"`
+	E2E         bool       `json:"e2e"`
+	MP          string     `json:"mp"` // the MP that brokered it
+	Viewers     []string   `json:"viewers,omitempty"`
+	RequestedAt time.Time  `json:"requested_at"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+	EndedAt     *time.Time `json:"ended_at,omitempty"`
+	BytesIn     int64      `json:"bytes_to_device"`
+	BytesOut    int64      `json:"bytes_from_device"`
+	Recorded    bool       `json:"recorded"`
 }
 
 // Events a device reports about a session (POST /v1/sessions/{id}/report).
@@ -151,6 +163,7 @@ const (
 	EventDataTicket  = "ticket"  // the signed ticket (remote/ticket)
 	EventDataSession = "session" // the session id
 	EventDataReason  = "reason"
+	EventDataOutcome = "outcome" // of a session-ended event: the outcome the site recorded
 )
 
 // EventSessionEnded tells the device a session ended at the site (the helper ended it, the

@@ -329,8 +329,8 @@ func TestNobodyPresentThenWatcherAndChat(t *testing.T) {
 	if f := h.next(frame.Chat); string(f.Payload) != ar+" "+zh {
 		t.Errorf("chat arrived as %q", f.Payload)
 	}
-	e.host.End(h.g.Session, "the helper was disabled") // session-ended
-	if f := h.next(frame.End); !bytes.Contains(f.Payload, []byte("disabled")) {
+	e.host.End(h.g.Session, wire.OutcomeFailed, "the helper was disabled") // session-ended
+	if f := h.next(frame.End); !bytes.Contains(f.Payload, []byte("disabled")) || !bytes.Contains(f.Payload, []byte(`"outcome":"failed"`)) {
 		t.Errorf("end %s", f.Payload)
 	}
 	e.rep.wait(t, wire.ReportEnded)

@@ -90,6 +90,58 @@ func TestDirectTransport(t *testing.T) {
 	}
 }
 
+// With the session port open, the relay leg waits directGrace: a helper that reaches the
+// port within it wins without the relay ever being dialed (a relay leg that answers at
+// once would otherwise win every race); without a session port the relay is dialed at once.
+func TestDirectHeadStart(t *testing.T) {
+	rc := defaultRC()
+	rc.AllowUnattended, rc.PromptUser, rc.AllowDirect, rc.MaxDuration = true, false, true, "1s"
+	port, err := freeport.Pick()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.DirectPort = port
+	e := newEnv(t, rc)
+	relayCalled := make(chan time.Time, 4)
+	e.host.c.Relay = func(ctx context.Context, _, _ string) (io.ReadWriteCloser, error) {
+		relayCalled <- time.Now()
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	e.host.c.Intranet = func() bool { return true }
+	e.host.c.DirectAddrs = func() []net.IP { return []net.IP{net.IPv4(127, 0, 0, 1)} }
+	now := time.Now()
+	tk := ticket.Ticket{ID: ticket.NewID(), Session: ticket.NewID(), Device: deviceID, Helper: "alice", HelperKey: wire.PublicKeyHash(e.alice.Leaf),
+		Role: ticket.RoleHelper, Mode: ticket.ModeUnattended, Modes: []string{ticket.ModeUnattended}, Direct: true, MP: "mp1", IssuedAt: now, ExpiresAt: now.Add(time.Minute)}
+	if err := e.host.Request(context.Background(), e.sign(tk, e.mp)); err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	var c net.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if c, err = net.Dial("tcp", addr); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2e.WritePreamble(c, tk.ID)
+	tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil))
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	if st := e.rep.wait(t, wire.ReportStarted); st.Transport != wire.TransportDirect {
+		t.Errorf("started %+v", st)
+	}
+	select {
+	case <-relayCalled:
+		t.Error("the relay was dialed although the direct connection came within the grace")
+	case <-time.After(directGrace + 200*time.Millisecond):
+	}
+}
+
 // A CRL that does not parse or verify is refused and never replaces the one held.
 func FuzzCRLUpdate(f *testing.F) {
 	f.Add([]byte{0x30, 0x03, 0x02, 0x01, 0x01})

@@ -222,15 +222,22 @@ func (h *Host) Request(ctx context.Context, signed string) error {
 	return nil
 }
 
-// End ends every leg of a session (a session-ended event), direct ones included.
-func (h *Host) End(session, reason string) bool {
+// End ends every leg of a session (a session-ended event), direct ones included, with the
+// outcome the site recorded (completed, failed or interrupted; completed when it says none
+// or another).
+func (h *Host) End(session, outcome, reason string) bool {
+	switch outcome {
+	case wire.OutcomeFailed, wire.OutcomeInterrupted:
+	default:
+		outcome = wire.OutcomeCompleted
+	}
 	h.mu.Lock()
 	ss := h.sessions[session]
 	h.mu.Unlock()
 	if ss == nil {
 		return false
 	}
-	ss.end(wire.OutcomeCompleted, "ended at the site: "+reason)
+	ss.end(outcome, "ended at the site: "+reason)
 	return true
 }
 

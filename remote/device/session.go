@@ -261,23 +261,6 @@ func (s *session) connect(t *ticket.Ticket) (*tls.Conn, string, error) {
 	cfg := e2e.DeviceConfig(s.h.c.Cert(), e2e.HelperExpect{Roots: s.h.c.Roots(), User: t.Helper, KeyHash: t.HelperKey, Now: s.h.c.Now, Revoked: s.h.c.Revoked})
 	results := make(chan legResult, 8)
 	legs := 0
-	if s.h.c.Relay != nil {
-		legs++
-		go func() {
-			rw, err := s.h.c.Relay(ctx, t.Session, t.ID)
-			if err != nil {
-				results <- legResult{err: fmt.Errorf("relay: %w", err), transport: wire.TransportRelay}
-				return
-			}
-			c := tls.Server(asConn(rw), cfg)
-			if err := c.HandshakeContext(ctx); err != nil {
-				c.Close()
-				results <- legResult{err: fmt.Errorf("end-to-end TLS over the relay: %w", err), transport: wire.TransportRelay}
-				return
-			}
-			results <- legResult{c: c, transport: wire.TransportRelay}
-		}()
-	}
 	var lns []net.Listener
 	if t.Direct && s.p.RC.AllowDirect && s.h.c.Intranet != nil && s.h.c.Intranet() && s.h.c.DirectAddrs != nil {
 		port := s.p.RC.DirectPort
@@ -305,6 +288,38 @@ func (s *session) connect(t *ticket.Ticket) (*tls.Conn, string, error) {
 		}
 	}
 	defer closeListeners()
+	// With the session port open, the relay leg waits directGrace: the helper, which retries
+	// the port while it is refused, then reaches it first (a relay leg already waiting at the
+	// MP would otherwise win every race once the sharer consents).
+	var wait time.Duration
+	if len(lns) > 0 {
+		wait = directGrace
+	}
+	if s.h.c.Relay != nil {
+		legs++
+		go func() {
+			if wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-ctx.Done():
+					return
+				}
+			}
+			rw, err := s.h.c.Relay(ctx, t.Session, t.ID)
+			if err != nil {
+				results <- legResult{err: fmt.Errorf("relay: %w", err), transport: wire.TransportRelay}
+				return
+			}
+			c := tls.Server(asConn(rw), cfg)
+			if err := c.HandshakeContext(ctx); err != nil {
+				c.Close()
+				results <- legResult{err: fmt.Errorf("end-to-end TLS over the relay: %w", err), transport: wire.TransportRelay}
+				return
+			}
+			results <- legResult{c: c, transport: wire.TransportRelay}
+		}()
+	}
+
 	if legs == 0 && len(lns) == 0 {
 		return nil, "", errors.New("no transport: no relay dialer and no session port")
 	}
@@ -342,6 +357,10 @@ func (s *session) connect(t *ticket.Ticket) (*tls.Conn, string, error) {
 		}
 	}
 }
+
+// directGrace is how long the relay leg waits when the session port is open: more than
+// the helper's longest pause between two tries of the port (250 ms) and a handshake.
+const directGrace = 500 * time.Millisecond
 
 type legResult struct {
 	c         *tls.Conn

@@ -156,7 +156,7 @@ func classify(err error, timeout time.Duration) (kind, reason string) {
 // exchanges the Hello frames (hello is the helper's: its terminal size).
 // When s.Direct lists the device's session port, Connect tries it first (retrying while
 // the device has not opened it yet) and starts the relay leg after s.RelayAfterMS, or at
-// once when every direct address failed otherwise than by a refused connection. The device serves the first leg whose end-to-end
+// once when every direct address failed otherwise than refused (a port not open yet). The device serves the first leg whose end-to-end
 // TLS it sees complete and closes the others, so the leg on which the device's Hello
 // arrives wins, and the helper closes the others. An error answer of the relay (denied,
 // consent_timeout, device_offline, …) ends Connect with an *APIError, and an End the device
@@ -191,11 +191,12 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart, hello frame.G
 	var relay *leg
 	pending := 0
 	startRelay := func() {
+		why := directError(legs, c.directTimeout())
 		relay = &leg{transport: wire.TransportRelay, addr: c.base}
 		legs = append(legs, relay)
 		pending++
 		go func() {
-			sess, err := c.relayLeg(ctx, s, cfg, hello, relay)
+			sess, err := c.relayLeg(ctx, s, why, cfg, hello, relay)
 			results <- result{relay, sess, err}
 		}()
 	}
@@ -290,6 +291,34 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart, hello frame.G
 	}
 }
 
+// directError says, for the MP's audit, why the direct legs had not reached the device when
+// the relay started: wire.DirectTimeout when one had no answer (a dial or handshake under way
+// or timed out), else wire.DirectClosed when one was refused, else wire.DirectFailed when one
+// failed otherwise; "" without direct legs.
+func directError(legs []*leg, timeout time.Duration) string {
+	seen := map[string]bool{}
+	for _, l := range legs {
+		if l.transport != wire.TransportDirect {
+			continue
+		}
+		switch a := l.attempt(timeout); a.Kind {
+		case "timeout", "no-answer":
+			seen[wire.DirectTimeout] = true
+		case "closed":
+			seen[wire.DirectClosed] = true
+		case "unused", "slower":
+		default:
+			seen[wire.DirectFailed] = true
+		}
+	}
+	for _, k := range []string{wire.DirectTimeout, wire.DirectClosed, wire.DirectFailed} {
+		if seen[k] {
+			return k
+		}
+	}
+	return ""
+}
+
 func (c *Client) directTimeout() time.Duration {
 	if c.DirectTimeout > 0 {
 		return c.DirectTimeout
@@ -308,9 +337,9 @@ func (c *Client) directLeg(ctx context.Context, ticketID string, cfg *tls.Config
 			return sess, nil
 		}
 		l.fail(err)
-		// A refused connection is what a port the device has not opened yet looks like
-		// (it opens it once the session is accepted, after the MP's answer reached the
-		// helper): it does not start the relay before RelayAfterMS.
+		// A refused connection is what a device that has not opened its port yet answers
+		// (it does once it has the ticket, or the consent): the relay then starts on its
+		// timer, not at once, or it would win every race it should lose.
 		if try == 0 && !errors.Is(err, syscall.ECONNREFUSED) {
 			failedOnce <- struct{}{}
 		}
@@ -390,9 +419,13 @@ func greet(ctx context.Context, conn *tls.Conn, hello frame.Greeting) (*Session,
 // relayLeg asks the MP for the helper's leg of the relay (an HTTP/1.1 Upgrade on a mutual-TLS
 // connection of its own), waits until the MP splices it to the device's leg, then runs the
 // end-to-end TLS over it.
-func (c *Client) relayLeg(ctx context.Context, s wire.SessionStart, cfg *tls.Config, hello frame.Greeting, l *leg) (*Session, error) {
+func (c *Client) relayLeg(ctx context.Context, s wire.SessionStart, direct string, cfg *tls.Config, hello frame.Greeting, l *leg) (*Session, error) {
 	l.set("waiting")
-	u, err := url.Parse(c.base + sessionPath(s.Session.ID) + "/relay?ticket=" + url.QueryEscape(s.TicketID))
+	q := "/relay?ticket=" + url.QueryEscape(s.TicketID)
+	if direct != "" {
+		q += "&direct=" + url.QueryEscape(direct)
+	}
+	u, err := url.Parse(c.base + sessionPath(s.Session.ID) + q)
 	if err != nil {
 		return nil, err
 	}

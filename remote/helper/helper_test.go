@@ -150,14 +150,14 @@ type fakeMP struct {
 	relayError *wire.Error
 	relayCode  int
 	relayDelay time.Duration
-	relays     chan struct{} // one per relay leg asked for
+	relays     chan string // one per relay leg asked for: its direct= (why direct lost)
 }
 
 const sessionID, ticketID = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
 
 func newFakeMP(t *testing.T, p *pki, dev *device) *fakeMP {
 	t.Helper()
-	m := &fakeMP{dev: dev, relays: make(chan struct{}, 16), start: wire.SessionStart{
+	m := &fakeMP{dev: dev, relays: make(chan string, 16), start: wire.SessionStart{
 		Session:  wire.Session{ID: sessionID, Device: "dev-1", DeviceName: "kiosk-1", State: wire.SessionRequested, Mode: "view"},
 		TicketID: ticketID, Role: "helper", Modes: []string{"view", "control"}, Device: wire.DeviceCard{ID: "dev-1", Name: "kiosk-1"},
 	}}
@@ -171,7 +171,7 @@ func newFakeMP(t *testing.T, p *pki, dev *device) *fakeMP {
 		_ = json.NewEncoder(w).Encode(m.start)
 	})
 	mux.HandleFunc("GET /v1/admin/sessions/{id}/relay", func(w http.ResponseWriter, r *http.Request) {
-		m.relays <- struct{}{}
+		m.relays <- r.URL.Query().Get("direct")
 		if r.PathValue("id") != sessionID || r.URL.Query().Get("ticket") != ticketID || r.Header.Get("Upgrade") != wire.RelayProtocol ||
 			len(r.TLS.PeerCertificates) == 0 || wire.Identify(r.TLS.PeerCertificates[0]).ID != "alice" {
 			w.WriteHeader(http.StatusBadRequest)
@@ -496,10 +496,11 @@ func TestFallbackToRelay(t *testing.T) {
 		delay  time.Duration // before the relay answers
 		kinds  []string
 		reason string
+		direct string // what the relay leg tells the MP
 	}{
-		{"closed port", closedPort, 0, []string{"closed"}, "connection refused"},
-		{"listener that never answers, relay first", silentListener, 0, []string{"no-answer"}, "TLS handshake had no answer"},
-		{"listener that never answers, timed out", silentListener, 800 * time.Millisecond, []string{"timeout", "no-answer"}, "TLS handshake"},
+		{"closed port", closedPort, 0, []string{"closed"}, "connection refused", wire.DirectClosed},
+		{"listener that never answers, relay first", silentListener, 0, []string{"no-answer"}, "TLS handshake had no answer", wire.DirectTimeout},
+		{"listener that never answers, timed out", silentListener, 800 * time.Millisecond, []string{"timeout", "no-answer"}, "TLS handshake", wire.DirectTimeout},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -520,6 +521,9 @@ func TestFallbackToRelay(t *testing.T) {
 			}
 			if a.Transport != wire.TransportDirect || !ok || !strings.Contains(a.Reason, tc.reason) || !strings.Contains(conn.Lost(), a.Addr) {
 				t.Errorf("the direct attempt: %+v (lost: %s), want kind %v and %q", a, conn.Lost(), tc.kinds, tc.reason)
+			}
+			if got := <-m.relays; got != tc.direct {
+				t.Errorf("the relay leg said direct=%q, want %q", got, tc.direct)
 			}
 			if tc.delay > 0 && a.Kind == "timeout" && !strings.Contains(a.Reason, "within 300ms") {
 				t.Errorf("a timed-out try does not say its limit: %s", a.Reason)
