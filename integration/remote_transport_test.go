@@ -236,7 +236,7 @@ func TestRemoteDirect(t *testing.T) {
 	s.setRemotePolicy(t, func(rc map[string]any) { rc["prompt_user"] = true })
 	waitFor(t, 10*time.Second, "the agent's policy with the consent prompt", func() bool { return statusOf(t, dev).PolicyVersion >= 3 })
 	tm.open("helper-consent", helen.env, bin.ibcm+" remote start pc-d1 --mode control")
-	tm.waitFor("sharer", "asks for a remote control session", 10*time.Second)
+	tm.waitFor("sharer", "allow control access for", 10*time.Second)
 	pending := sessionIDOn(t, tm.screen("helper-consent"))
 	s.session(t, id, "the helper's relay leg waiting (it said the port was closed)", func(x wire.Session) bool {
 		return x.ID == pending && x.DirectError == wire.DirectClosed
@@ -256,7 +256,7 @@ func TestRemoteDirect(t *testing.T) {
 	// ends the direct session, the helper's command ends, the audit says why.
 	dan := addHelper(t, s, "dan", "Help Desk Operator", "Dan Desk", s.mpIntranet)
 	tm.open("dan", dan.env, bin.ibcm+" remote start pc-d1 --mode control")
-	tm.waitFor("sharer", "asks for a remote control session", 10*time.Second)
+	tm.waitFor("sharer", "allow control access for", 10*time.Second)
 	tm.keys("sharer", "C-]", "y")
 	tm.waitFor("dan", "connected over direct", 15*time.Second)
 	tm.text("sharer", "echo DAN$((5*5))")
