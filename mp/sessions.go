@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/ibcm-project/ibcm/internal/access"
 	"github.com/ibcm-project/ibcm/internal/api"
@@ -220,7 +221,9 @@ func checkText(key, v string, max int) error {
 	if len(v) > max {
 		return api.BadRequest("%s: at most %d bytes", key, max)
 	}
-	if strings.ContainsAny(v, "\n\r\x00") {
+	// Any control character (C0, C1, DEL, the line and paragraph separators): the reason
+	// reaches the device user's terminal in the consent question.
+	if strings.ContainsFunc(v, func(r rune) bool { return unicode.IsControl(r) || r == 0x2028 || r == 0x2029 }) {
 		return api.BadRequest("%s: control characters are not allowed", key)
 	}
 	return nil

@@ -1,0 +1,95 @@
+package device
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+	"unicode"
+
+	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/frame"
+	"github.com/ibcm-project/ibcm/remote/ticket"
+)
+
+// Text a helper controls (the reason of a session, the card of their user, chat) and
+// that reaches a local user's terminal: escape sequences in it could rewrite the consent
+// question (show "view" where "control" is asked) or make the terminal answer on its
+// input.
+const hostile = "\x1b[2K\x1b[1Aview only\u009b2J\u009b31m\r\b\x07\x0e\u2028done"
+
+// controls returns the control characters of s other than newline (which the clients
+// write themselves) and the escape sequences of the share client's own status line.
+func controls(s string) []rune {
+	var out []rune
+	for _, r := range s {
+		if r != '\n' && (unicode.IsControl(r) || r == 0x2028 || r == 0x2029) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// security review: `ibcm-client consent --watch` printed the helper's reason, card and
+// chat raw to the local user's terminal.
+func TestWatchShowsNoControlCharactersOfTheHelper(t *testing.T) {
+	rc := defaultRC()
+	rc.ConsentTimeout = "20s"
+	e := newEnv(t, rc)
+	inR, inW := io.Pipe()
+	defer inW.Close()
+	out := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Watch(ctx, e.sock, inR, out)
+	waitText(t, out, "connected to the ibcm agent")
+
+	now := time.Now()
+	tk := ticket.Ticket{ID: ticket.NewID(), Session: ticket.NewID(), Device: deviceID, Helper: "alice", HelperKey: wire.PublicKeyHash(e.alice.Leaf),
+		Card: ticket.Card{User: "alice", DisplayName: "Alice\u009b2J", Title: "Help\x1b]0;x\x07desk"}, Role: ticket.RoleHelper,
+		Mode: ticket.ModeControl, Modes: []string{ticket.ModeView, ticket.ModeControl}, Reason: hostile, MP: "mp1", IssuedAt: now, ExpiresAt: now.Add(5 * time.Minute)}
+	if err := e.host.Request(context.Background(), e.sign(tk, e.mp)); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, out, "asks for a remote control session")
+	inW.Write([]byte("y\n"))
+	h, err := e.connect(e.alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.send(frame.Chat, []byte("hi"+hostile))
+	waitText(t, out, "done\n") // the chat line's end
+	if c := controls(out.String()); len(c) > 0 {
+		t.Errorf("the watcher's terminal got control characters %q: %q", string(c), out.String())
+	}
+	h.send(frame.End, nil)
+	e.rep.wait(t, wire.ReportEnded)
+}
+
+// security review: the share client's status line dropped ESC only: C1 controls (a CSI in
+// one character), carriage return, backspace and the like from the helper's text reached
+// the sharer's terminal.
+func TestShareStatusLineShowsNoControlCharacters(t *testing.T) {
+	var b bytes.Buffer
+	u := &shareUI{out: &b, rows: 24, cols: 500, status: "ibcm: sharing"}
+	u.prompt = &frame.ConsentPrompt{ID: "1", Session: "s", Helper: frame.Peer{User: "alice", DisplayName: "Alice\u009b2J", Role: "helper"}, Mode: "control", Reason: hostile}
+	u.drawLocked()
+	u.prompt = nil
+	u.last = "helper: " + hostile
+	u.drawLocked()
+	u.status = PresenceText(frame.Presence{Session: "s", Mode: "view", Message: hostile, Helpers: []frame.Peer{{User: "alice", Title: hostile}}})
+	u.drawLocked()
+	// Strip the status line's own sequences: save, move, erase, reverse … reset, restore.
+	s := b.String()
+	for _, seq := range []string{"\x1b7", "\x1b[24;1H", "\x1b[2K", "\x1b[7m", "\x1b[0m", "\x1b8"} {
+		s = strings.ReplaceAll(s, seq, "")
+	}
+	if c := controls(s); len(c) > 0 {
+		t.Errorf("the status line carries control characters %q: %q", string(c), s)
+	}
+	if !strings.Contains(s, "view only") || !strings.Contains(s, "done") {
+		t.Errorf("the printable text is lost: %q", s)
+	}
+}
