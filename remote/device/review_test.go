@@ -93,3 +93,38 @@ func TestShareStatusLineShowsNoControlCharacters(t *testing.T) {
 		t.Errorf("the printable text is lost: %q", s)
 	}
 }
+
+// security review: a session started in elevated mode on a shared terminal put no root
+// shell up: the mode said elevated (the share client then showed the helper's keystrokes
+// instead of running them) while the helper's keys went to the sharer's own shell.
+func TestElevatedAtStartGetsTheElevatedShell(t *testing.T) {
+	e := newEnv(t, defaultRC())
+	inR, inW := io.Pipe()
+	defer inW.Close()
+	out := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Share(ctx, ShareOptions{Socket: e.sock, Shell: "/bin/sh", In: inR, Out: out, Size: func() (uint16, uint16) { return 24, 80 }})
+	waitText(t, out, "connected to the ibcm agent")
+	signed, _ := e.ticketFor(ticket.ModeElevated, ticket.ModeView, ticket.ModeControl, ticket.ModeElevated)
+	if err := e.host.Request(context.Background(), signed); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, out, "asks for a remote elevated session")
+	inW.Write([]byte{EscapeKey, 'y'})
+	h, err := e.connect(e.alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.g.Mode != ticket.ModeElevated {
+		t.Fatalf("greeting %+v", h.g)
+	}
+	// The shared shell has IBCM_SHARED=1 in its environment; the elevated shell does not.
+	h.send(frame.Data, []byte("echo SHELL=${IBCM_SHARED:-elevated}\r"))
+	h.waitOutput(`SHELL=(1|elevated)\r?\n`)
+	if strings.Contains(h.output(), "SHELL=1") {
+		t.Errorf("in elevated mode the helper typed into the sharer's own shell: %q", h.output())
+	}
+	h.send(frame.End, nil)
+	e.rep.wait(t, wire.ReportEnded)
+}

@@ -482,6 +482,15 @@ func (s *session) serve(conn *tls.Conn) {
 		s.wrapUp()
 		return
 	}
+	// A session that starts elevated gets its root shell now, as one that escalates does
+	// (else the mode says elevated while the helper types into the sharer's own shell).
+	if s.mode == ticket.ModeElevated && s.needsElevated() {
+		if err := s.startElevated(rows, cols); err != nil {
+			s.end(wire.OutcomeFailed, "starting the elevated shell: "+err.Error())
+			s.wrapUp()
+			return
+		}
+	}
 	s.presence("connected")
 	s.bell()
 	close(s.serving)
@@ -808,19 +817,12 @@ func (s *session) setMode(m, why string) {
 	if m == s.mode {
 		return
 	}
-	if m == ticket.ModeElevated && !(s.shell != nil && s.shellIsRoot()) {
-		acct, err := LookupUID(0)
-		if err != nil {
-			acct = Account{Name: "root", Home: "/root", Shell: "/bin/sh"}
-		}
-		sh, err := s.h.c.Shells.Start(ShellSpec{Account: acct, Rows: 24, Cols: 80, Name: "ibcm-" + s.t.Session[:12] + "-elevated"})
-		if err != nil {
+	if m == ticket.ModeElevated && s.needsElevated() {
+		if err := s.startElevated(24, 80); err != nil {
 			s.log.Error().Err(err).Msg("starting the elevated shell")
 			s.sendHelperJSON(frame.Mode, frame.ModeChange{Mode: m, Reason: "failed"})
 			return
 		}
-		s.elevated = sh
-		go s.pump(sh, fromElevated)
 	}
 	if s.mode == ticket.ModeElevated && s.elevated != nil {
 		s.elevated.Kill()
@@ -836,6 +838,26 @@ func (s *session) setMode(m, why string) {
 	if s.rec != nil {
 		s.rec.marker("mode " + m)
 	}
+}
+
+// needsElevated: elevated mode needs a root shell of its own unless the session's new
+// shell is root's already.
+func (s *session) needsElevated() bool { return !(s.shell != nil && s.shellIsRoot()) }
+
+// startElevated starts the elevated root shell, in its own cgroup, its output pumped into
+// the loop.
+func (s *session) startElevated(rows, cols uint16) error {
+	acct, err := LookupUID(0)
+	if err != nil {
+		acct = Account{Name: "root", Home: "/root", Shell: "/bin/sh"}
+	}
+	sh, err := s.h.c.Shells.Start(ShellSpec{Account: acct, Rows: rows, Cols: cols, Name: "ibcm-" + s.t.Session[:12] + "-elevated"})
+	if err != nil {
+		return err
+	}
+	s.elevated = sh
+	go s.pump(sh, fromElevated)
+	return nil
 }
 
 func (s *session) shellIsRoot() bool {
