@@ -128,3 +128,47 @@ func TestElevatedAtStartGetsTheElevatedShell(t *testing.T) {
 	h.send(frame.End, nil)
 	e.rep.wait(t, wire.ReportEnded)
 }
+
+// security review: the share socket routed the sharer's frames to one session per local
+// user (the last one started). With two sessions on the same shared terminal, the
+// sharer's "end" (and "drop to view") reached the second only: the first helper kept
+// typing into the sharer's shell after the sharer ended the session.
+func TestSharerEndsEverySessionOfTheirTerminal(t *testing.T) {
+	e := newEnv(t, defaultRC())
+	inR, inW := io.Pipe()
+	defer inW.Close()
+	out := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Share(ctx, ShareOptions{Socket: e.sock, Shell: "/bin/sh", In: inR, Out: out, Size: func() (uint16, uint16) { return 24, 80 }})
+	waitText(t, out, "connected to the ibcm agent")
+	var hs []*helper
+	for i := 0; i < 2; i++ {
+		signed, tk := e.ticketFor(ticket.ModeControl, ticket.ModeView, ticket.ModeControl)
+		if err := e.host.Request(context.Background(), signed); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the consent question", func() bool {
+			code, _ := Answer(context.Background(), e.sock, tk.Session, true)
+			return code == "accepted"
+		})
+		h, err := e.connect(e.alice)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.send(frame.Ping, nil) // the session's loop runs
+		h.next(frame.Pong)
+		hs = append(hs, h)
+	}
+	inW.Write([]byte{EscapeKey, 'v'}) // the sharer drops "the helper" to view
+	for i, h := range hs {
+		var mc frame.ModeChange
+		if err := frame.DecodeJSON(h.next(frame.Mode), &mc); err != nil || mc.Mode != ticket.ModeView || !mc.Granted {
+			t.Errorf("session %d: the drop to view: %+v %v", i+1, mc, err)
+		}
+	}
+	inW.Write([]byte{EscapeKey, 'e'}) // and ends "the session"
+	for _, h := range hs {
+		h.next(frame.End)
+	}
+}

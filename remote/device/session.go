@@ -85,6 +85,7 @@ type session struct {
 	rec      *recorder
 	asking   bool
 	viewers  []*viewer
+	detach   func() // takes the session's sink off the share socket
 }
 
 func newSession(h *Host, t *ticket.Ticket, p Policy, ctx context.Context, cancel context.CancelFunc) *session {
@@ -510,7 +511,7 @@ func (s *session) serve(conn *tls.Conn) {
 
 func (s *session) startTerminal(rows, cols uint16) error {
 	if s.sharerUID >= 0 {
-		s.h.hub.attach(s.sharerUID, func(from *shareClient, f frame.Frame) {
+		s.detach = s.h.hub.attach(s.sharerUID, func(from *shareClient, f frame.Frame) {
 			s.post(event{src: fromSharer, f: f, client: from})
 		})
 	}
@@ -866,8 +867,8 @@ func (s *session) shellIsRoot() bool {
 
 // wrapUp ends the terminals, reports and logs the end, and seals the recording.
 func (s *session) wrapUp() {
-	if s.sharerUID >= 0 {
-		s.h.hub.detach(s.sharerUID)
+	if s.detach != nil {
+		s.detach()
 	}
 	for _, sh := range []*Shell{s.elevated, s.shell} {
 		if sh != nil {
