@@ -669,7 +669,10 @@ func (m *MP) handleSessionReport(w http.ResponseWriter, r *http.Request, p *peer
 			if err := end(outcome, rep.Code); err != nil {
 				return err
 			}
-			_, err := tx.Exec(`UPDATE sessions SET bytes_in = ?, bytes_out = ? WHERE id = ?`, rep.BytesIn, rep.BytesOut, s.ID)
+			// The relay's own counts stay when the device says less, whichever came first.
+			_, err := tx.Exec(`UPDATE sessions SET bytes_in = CASE WHEN bytes_in < ? THEN ? ELSE bytes_in END,
+				bytes_out = CASE WHEN bytes_out < ? THEN ? ELSE bytes_out END WHERE id = ?`,
+				rep.BytesIn, rep.BytesIn, rep.BytesOut, rep.BytesOut, s.ID)
 			return err
 		case wire.ReportRefused:
 			code := rep.Code
