@@ -75,11 +75,12 @@ type hub struct {
 	clients []*shareClient
 	prompts map[string]*prompt
 	sinks   map[int][]*sink // by uid: the sessions this user shares (each gets every frame)
+	shared  map[int]bool    // by uid: a session holds this user's shared terminal
 	arrived chan struct{}
 }
 
 func newHub(h *Host) *hub {
-	return &hub{h: h, prompts: map[string]*prompt{}, sinks: map[int][]*sink{}, arrived: make(chan struct{})}
+	return &hub{h: h, prompts: map[string]*prompt{}, sinks: map[int][]*sink{}, shared: map[int]bool{}, arrived: make(chan struct{})}
 }
 
 // Serve listens on the share socket at path until ctx is done (ListenShare, then
@@ -387,6 +388,25 @@ func (hb *hub) attach(uid int, s sink) (detach func()) {
 			hb.sinks[uid] = ss
 		}
 	}
+}
+
+// claimShared takes uid's shared terminal for one session; false when another holds it.
+// One session at a time: the share client tells the helper's keys from the elevated
+// shell's output by the mode of the last status line, which a second session would change.
+func (hb *hub) claimShared(uid int) bool {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	if hb.shared[uid] {
+		return false
+	}
+	hb.shared[uid] = true
+	return true
+}
+
+func (hb *hub) releaseShared(uid int) {
+	hb.mu.Lock()
+	delete(hb.shared, uid)
+	hb.mu.Unlock()
 }
 
 // sinksOf returns the sinks of uid's sessions.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -66,6 +67,7 @@ func TestWatchShowsNoControlCharactersOfTheHelper(t *testing.T) {
 	}
 	h.send(frame.End, nil)
 	e.rep.wait(t, wire.ReportEnded)
+	quiet(t, e, cancel)
 }
 
 // security review: the share client's status line dropped ESC only: C1 controls (a CSI in
@@ -127,23 +129,29 @@ func TestElevatedAtStartGetsTheElevatedShell(t *testing.T) {
 	}
 	h.send(frame.End, nil)
 	e.rep.wait(t, wire.ReportEnded)
+	quiet(t, e, cancel)
 }
 
 // security review: the share socket routed the sharer's frames to one session per local
-// user (the last one started). With two sessions on the same shared terminal, the
-// sharer's "end" (and "drop to view") reached the second only: the first helper kept
-// typing into the sharer's shell after the sharer ended the session.
-func TestSharerEndsEverySessionOfTheirTerminal(t *testing.T) {
+// user (the last one started). With a session on a new shell (answered from `consent
+// --watch`) and then one on the terminal they share, the sharer's "end" and "drop to
+// view" reached the second only: the first helper kept control.
+func TestSharerEndsEverySessionOfTheirs(t *testing.T) {
 	e := newEnv(t, defaultRC())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wout := &syncBuffer{}
+	go Watch(ctx, e.sock, strings.NewReader(""), wout)
+	waitText(t, wout, "connected to the ibcm agent")
 	inR, inW := io.Pipe()
 	defer inW.Close()
 	out := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go Share(ctx, ShareOptions{Socket: e.sock, Shell: "/bin/sh", In: inR, Out: out, Size: func() (uint16, uint16) { return 24, 80 }})
-	waitText(t, out, "connected to the ibcm agent")
 	var hs []*helper
 	for i := 0; i < 2; i++ {
+		if i == 1 { // the user now shares a terminal too
+			go Share(ctx, ShareOptions{Socket: e.sock, Shell: "/bin/sh", In: inR, Out: out, Size: func() (uint16, uint16) { return 24, 80 }})
+			waitText(t, out, "connected to the ibcm agent")
+		}
 		signed, tk := e.ticketFor(ticket.ModeControl, ticket.ModeView, ticket.ModeControl)
 		if err := e.host.Request(context.Background(), signed); err != nil {
 			t.Fatal(err)
@@ -160,6 +168,9 @@ func TestSharerEndsEverySessionOfTheirTerminal(t *testing.T) {
 		h.next(frame.Pong)
 		hs = append(hs, h)
 	}
+	if hs[0].g.Terminal != TerminalNewShell || hs[1].g.Terminal != TerminalShared {
+		t.Fatalf("terminals %q and %q", hs[0].g.Terminal, hs[1].g.Terminal)
+	}
 	inW.Write([]byte{EscapeKey, 'v'}) // the sharer drops "the helper" to view
 	for i, h := range hs {
 		var mc frame.ModeChange
@@ -171,4 +182,74 @@ func TestSharerEndsEverySessionOfTheirTerminal(t *testing.T) {
 	for _, h := range hs {
 		h.next(frame.End)
 	}
+	quiet(t, e, cancel)
+}
+
+// security review: the share client tells "the helper's keys" from "the elevated shell's
+// output" (both Data frames from the agent) by the mode of the last status line, from any
+// session of the user. With two sessions on one shared terminal, the second's status line
+// (mode control) made the client type the first's elevated root-shell output (a log line
+// anyone could write, say) into the sharer's own shell, which ran it. A shared terminal
+// now serves one session at a time: a second is refused (sharer_busy).
+func TestSharedTerminalServesOneSessionAtATime(t *testing.T) {
+	e := newEnv(t, defaultRC())
+	inR, inW := io.Pipe()
+	defer inW.Close()
+	out := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Share(ctx, ShareOptions{Socket: e.sock, Shell: "/bin/sh", In: inR, Out: out, Size: func() (uint16, uint16) { return 24, 80 }})
+	waitText(t, out, "connected to the ibcm agent")
+	start := func(mode string) *helper {
+		signed, tk := e.ticketFor(mode, ticket.ModeView, ticket.ModeControl, ticket.ModeElevated)
+		if err := e.host.Request(context.Background(), signed); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the consent question", func() bool {
+			code, _ := Answer(context.Background(), e.sock, tk.Session, true)
+			return code == "accepted"
+		})
+		h, err := e.connect(e.alice)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.send(frame.Ping, nil)
+		h.next(frame.Pong)
+		return h
+	}
+	h1 := start(ticket.ModeElevated)
+	signed, _ := e.ticketFor(ticket.ModeControl, ticket.ModeView, ticket.ModeControl)
+	if err := e.host.Request(context.Background(), signed); err != nil {
+		t.Fatal(err)
+	}
+	if rep := e.rep.wait(t, wire.ReportRefused); rep.Code != CodeSharerBusy {
+		t.Errorf("the second session: %+v", rep)
+	}
+	h1.send(frame.Data, []byte("printf 'echo INJ%s\\n' $((6*7))\r"))
+	h1.waitOutput(`INJ42`)
+	inW.Write([]byte{EscapeKey, 'e'})
+	h1.next(frame.End)
+	e.rep.wait(t, wire.ReportEnded)
+	// The terminal is free again.
+	h3 := start(ticket.ModeControl)
+	h3.send(frame.Data, []byte("echo AGAIN$((2+2))\r"))
+	h3.waitOutput(`AGAIN4`)
+	if strings.Contains(out.String(), "\nINJ42") || regexp.MustCompile(`(?m)^INJ42`).MatchString(h3.output()) {
+		t.Errorf("the elevated shell's output ran in the sharer's shell")
+	}
+	h3.send(frame.End, nil)
+	e.rep.wait(t, wire.ReportEnded)
+	quiet(t, e, cancel)
+}
+
+// quiet ends the test's share and watch clients and waits until the agent has let them
+// go, so that nothing logs after the test.
+func quiet(t *testing.T, e *env, cancel context.CancelFunc) {
+	cancel()
+	waitFor(t, "the share clients to go", func() bool {
+		e.host.hub.mu.Lock()
+		defer e.host.hub.mu.Unlock()
+		return len(e.host.hub.clients) == 0
+	})
+	time.Sleep(50 * time.Millisecond) // the "client gone" line follows the removal
 }

@@ -86,6 +86,8 @@ type session struct {
 	asking   bool
 	viewers  []*viewer
 	detach   func() // takes the session's sink off the share socket
+
+	claimedShared bool // this session holds the sharer's shared terminal (hub.claimShared)
 }
 
 func newSession(h *Host, t *ticket.Ticket, p Policy, ctx context.Context, cancel context.CancelFunc) *session {
@@ -101,8 +103,12 @@ func (s *session) end(outcome, message string) {
 		s.outcome, s.message = outcome, message
 		cl := s.closers
 		s.closers = nil
+		claimed, uid := s.claimedShared, s.sharerUID
+		close(s.endCh) // under mu: a claim of the shared terminal sees it
 		s.mu.Unlock()
-		close(s.endCh)
+		if claimed {
+			s.h.hub.releaseShared(uid)
+		}
 		for _, c := range cl {
 			_ = c.Close()
 		}
@@ -223,6 +229,19 @@ func (s *session) consent() (outcome, code string, err error) {
 		s.sharer = Account{UID: uid, Name: strconv.Itoa(uid)}
 	}
 	s.log = s.log.With().Str("sharer", s.sharer.Name).Logger()
+	if s.t.Mode != ticket.ModeUnattended && s.h.hub.shareOf(uid) != nil {
+		if !s.h.hub.claimShared(uid) {
+			return wire.OutcomeRefused, CodeSharerBusy, fmt.Errorf("%s's shared terminal is in another session", s.sharer.Name)
+		}
+		s.mu.Lock()
+		ended := s.ended()
+		s.claimedShared = !ended
+		s.mu.Unlock()
+		if ended {
+			s.h.hub.releaseShared(uid)
+			return s.outcome, "", errors.New(s.message)
+		}
+	}
 	if rc.PromptUser {
 		s.report(wire.SessionReport{Event: wire.ReportConsentAsked, Mode: s.t.Mode})
 		ans := s.h.hub.ask(deadline, uid, frame.ConsentPrompt{Session: s.t.Session, Helper: s.peer(""), Mode: s.t.Mode, Reason: s.t.Reason, Timeout: int(timeout / time.Second)})
@@ -242,7 +261,7 @@ func (s *session) consent() (outcome, code string, err error) {
 	switch {
 	case s.t.Mode == ticket.ModeUnattended:
 		s.terminal = TerminalNewShell
-	case s.h.hub.shareOf(uid) != nil:
+	case s.claimedShared && s.h.hub.shareOf(uid) != nil:
 		s.terminal = TerminalShared
 	default:
 		s.terminal = TerminalNewShell // a watcher who is not sharing: a shell as them
