@@ -3,14 +3,19 @@ package device
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
+	"net"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 	"unicode"
 
+	"github.com/ibcm-project/ibcm/internal/freeport"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/e2e"
 	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/ticket"
 )
@@ -252,4 +257,89 @@ func quiet(t *testing.T, e *env, cancel context.CancelFunc) {
 		return len(e.host.hub.clients) == 0
 	})
 	time.Sleep(50 * time.Millisecond) // the "client gone" line follows the removal
+}
+
+// security review: the session port took any number of connections that send nothing,
+// each holding a goroutine and a descriptor of the root agent for 15 s while the session
+// is pending. Past maxDirectPending they are closed at once.
+func TestDirectPortBoundsSilentConnections(t *testing.T) {
+	rc := defaultRC()
+	rc.AllowUnattended, rc.PromptUser, rc.AllowDirect = true, false, true
+	port, err := freeport.Pick()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.DirectPort = port
+	e := newEnv(t, rc)
+	e.host.c.Relay = func(ctx context.Context, _, _ string) (io.ReadWriteCloser, error) {
+		<-ctx.Done() // a relay that never answers
+		return nil, ctx.Err()
+	}
+	e.host.c.Intranet = func() bool { return true }
+	e.host.c.DirectAddrs = func() []net.IP { return []net.IP{net.IPv4(127, 0, 0, 1)} }
+	now := time.Now()
+	tk := ticket.Ticket{ID: ticket.NewID(), Session: ticket.NewID(), Device: deviceID, Helper: "alice", HelperKey: wire.PublicKeyHash(e.alice.Leaf),
+		Role: ticket.RoleHelper, Mode: ticket.ModeUnattended, Modes: []string{ticket.ModeUnattended}, Direct: true, MP: "mp1", IssuedAt: now, ExpiresAt: now.Add(time.Minute)}
+	if err := e.host.Request(context.Background(), e.sign(tk, e.mp)); err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	var silent []net.Conn
+	defer func() {
+		for _, c := range silent {
+			c.Close()
+		}
+	}()
+	waitFor(t, "the session port", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			silent = append(silent, c)
+		}
+		return err == nil
+	})
+	for len(silent) < 3*maxDirectPending {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	closedSoon := 0
+	for _, c := range silent[maxDirectPending:] {
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err != nil && !isTimeoutErr(err) {
+			closedSoon++
+		}
+	}
+	if closedSoon < maxDirectPending {
+		t.Errorf("%d of %d connections past the bound were closed at once", closedSoon, 2*maxDirectPending)
+	}
+	for _, c := range silent {
+		c.Close()
+	}
+	silent = nil
+	// The helper still gets in once the silent ones are gone.
+	waitFor(t, "the helper's direct connection", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		e2e.WritePreamble(c, tk.ID)
+		tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil))
+		_ = tc.SetDeadline(time.Now().Add(2 * time.Second))
+		if tc.Handshake() != nil {
+			c.Close()
+			return false
+		}
+		t.Cleanup(func() { tc.Close() })
+		return true
+	})
+	if st := e.rep.wait(t, wire.ReportStarted); st.Transport != wire.TransportDirect {
+		t.Errorf("started %+v", st)
+	}
+}
+
+func isTimeoutErr(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
 }

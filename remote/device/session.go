@@ -367,15 +367,28 @@ type legResult struct {
 	err       error
 }
 
+// maxDirectPending bounds the connections of a session port that have not finished their
+// preamble and end-to-end handshake (each may take 15 s): more are closed at once, and the
+// helper still has the relay.
+const maxDirectPending = 16
+
 // acceptDirect takes connections on the session port while the session is pending: the
 // preamble must name this session's ticket, then the end-to-end TLS.
 func (s *session) acceptDirect(ctx context.Context, t *ticket.Ticket, ln net.Listener, cfg *tls.Config, done func(*tls.Conn, error)) {
+	pending := make(chan struct{}, maxDirectPending)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
+		select {
+		case pending <- struct{}{}:
+		default: // a flood of connections that send nothing: no goroutine, no descriptor kept
+			c.Close()
+			continue
+		}
 		go func() {
+			defer func() { <-pending }()
 			_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 			id, err := e2e.ReadPreamble(c)
 			if err == nil && id != t.ID {
