@@ -343,3 +343,27 @@ func isTimeoutErr(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// security review: the notice to the logged-in terminals (wall) carried the helper's card
+// as the MP sent it (a display name may hold C1 controls).
+func TestNoticeShowsNoControlCharacters(t *testing.T) {
+	rc := defaultRC()
+	rc.ConsentTimeout = "1s"
+	e := newEnv(t, rc)
+	now := time.Now()
+	tk := ticket.Ticket{ID: ticket.NewID(), Session: ticket.NewID(), Device: deviceID, Helper: "alice", HelperKey: wire.PublicKeyHash(e.alice.Leaf),
+		Card: ticket.Card{User: "alice", DisplayName: "Alice\u009b2J\u0085"}, Role: ticket.RoleHelper,
+		Mode: ticket.ModeControl, Modes: []string{ticket.ModeControl}, MP: "mp1", IssuedAt: now, ExpiresAt: now.Add(5 * time.Minute)}
+	if err := e.host.Request(context.Background(), e.sign(tk, e.mp)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-e.notices:
+		if c := controls(n); len(c) > 0 || !strings.Contains(n, "Alice2J") {
+			t.Errorf("notice %q carries %q", n, string(c))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no notice")
+	}
+	e.rep.wait(t, wire.ReportConsentTimeout)
+}
