@@ -24,8 +24,13 @@ const (
 	KindAnswer = "answer" // `ibcm-client consent --accept|--deny`: one answer, then gone
 )
 
-// maxClients bounds the share socket's connections (a local user could open many).
-const maxClients = 64
+// maxClients bounds the share socket's connections (a local user could open many), and
+// maxClientsPerUser one user's: one local user cannot take every place and keep the
+// device's user from sharing or answering.
+const (
+	maxClients        = 64
+	maxClientsPerUser = 8
+)
 
 // BellMessage is the Message of a Status frame that asks the share client to ring the
 // terminal bell (policy play_sound); it is not shown.
@@ -230,7 +235,13 @@ func (hb *hub) handle(c net.Conn) {
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	hb.mu.Lock()
-	if len(hb.clients) >= maxClients {
+	mine := 0
+	for _, c := range hb.clients {
+		if c.uid == uid {
+			mine++
+		}
+	}
+	if len(hb.clients) >= maxClients || mine >= maxClientsPerUser {
 		hb.mu.Unlock()
 		hb.h.log.Warn().Int("uid", uid).Int("pid", pid).Msg("share socket: too many clients")
 		_ = cl.sendJSON(frame.End, frame.Ending{Outcome: "busy", Message: "too many share and consent clients"})

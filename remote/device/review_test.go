@@ -367,3 +367,32 @@ func TestNoticeShowsNoControlCharacters(t *testing.T) {
 	}
 	e.rep.wait(t, wire.ReportConsentTimeout)
 }
+
+// security review: one local user could take all 64 places of the share socket (watch
+// clients cost nothing), and the device's user could then neither share nor answer a
+// consent question. One user holds at most maxClientsPerUser.
+func TestShareSocketPlacesPerUser(t *testing.T) {
+	e := newEnv(t, defaultRC())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var outs []*syncBuffer
+	for i := 0; i <= maxClientsPerUser; i++ {
+		out := &syncBuffer{}
+		outs = append(outs, out)
+		go Watch(ctx, e.sock, strings.NewReader(""), out)
+		waitFor(t, "the watcher's answer", func() bool {
+			s := out.String()
+			return strings.Contains(s, "connected to the ibcm agent") || strings.Contains(s, "busy")
+		})
+	}
+	busy := 0
+	for _, o := range outs {
+		if strings.Contains(o.String(), "busy") {
+			busy++
+		}
+	}
+	if busy != 1 {
+		t.Errorf("%d of %d watch clients of one user were turned away, want 1", busy, len(outs))
+	}
+	quiet(t, e, cancel)
+}
