@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/ibcm-project/ibcm/internal/access"
 	"github.com/ibcm-project/ibcm/internal/api"
@@ -220,7 +221,9 @@ func checkText(key, v string, max int) error {
 	if len(v) > max {
 		return api.BadRequest("%s: at most %d bytes", key, max)
 	}
-	if strings.ContainsAny(v, "\n\r\x00") {
+	// Any control character (C0, C1, DEL, the line and paragraph separators): the reason
+	// reaches the device user's terminal in the consent question.
+	if strings.ContainsFunc(v, func(r rune) bool { return unicode.IsControl(r) || r == 0x2028 || r == 0x2029 }) {
 		return api.BadRequest("%s: control characters are not allowed", key)
 	}
 	return nil
@@ -675,7 +678,10 @@ func (m *MP) handleSessionReport(w http.ResponseWriter, r *http.Request, p *peer
 			if err := end(outcome, rep.Code); err != nil {
 				return err
 			}
-			_, err := tx.Exec(`UPDATE sessions SET bytes_in = ?, bytes_out = ? WHERE id = ?`, rep.BytesIn, rep.BytesOut, s.ID)
+			// The relay's own counts stay when the device says less, whichever came first.
+			_, err := tx.Exec(`UPDATE sessions SET bytes_in = CASE WHEN bytes_in < ? THEN ? ELSE bytes_in END,
+				bytes_out = CASE WHEN bytes_out < ? THEN ? ELSE bytes_out END WHERE id = ?`,
+				rep.BytesIn, rep.BytesIn, rep.BytesOut, rep.BytesOut, s.ID)
 			return err
 		case wire.ReportRefused:
 			code := rep.Code

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/creack/pty"
@@ -162,7 +163,7 @@ func Watch(ctx context.Context, socket string, in io.Reader, out io.Writer) erro
 				mu.Lock()
 				last = p.ID
 				mu.Unlock()
-				fmt.Fprintf(out, "%s\nAnswer y or n within %ds (question %s).\n", PromptText(p), p.Timeout, p.ID)
+				fmt.Fprintf(out, "%s\nAnswer y or n within %ds (question %s).\n", PromptText(p), p.Timeout, printable(p.ID))
 			}
 		case frame.Status:
 			var p frame.Presence
@@ -170,24 +171,43 @@ func Watch(ctx context.Context, socket string, in io.Reader, out io.Writer) erro
 				fmt.Fprintln(out, PresenceText(p))
 			}
 		case frame.Chat:
-			fmt.Fprintf(out, "chat: %s\n", f.Payload)
+			fmt.Fprintf(out, "chat: %s\n", printable(string(f.Payload)))
 		case frame.End:
 			var e frame.Ending
 			if frame.DecodeJSON(f, &e) == nil {
-				fmt.Fprintf(out, "session ended (%s) %s\n", e.Outcome, e.Message)
+				fmt.Fprintf(out, "session ended (%s) %s\n", printable(e.Outcome), printable(e.Message))
 			}
 		}
 	}
 }
 
-// PromptText says what a consent question asks, for people.
+// printable is text from elsewhere (the helper's reason, card and chat) as it may reach a
+// local user's terminal: without the control characters a terminal acts on (C0 and C1,
+// DEL, line and paragraph separators), so that it can neither rewrite what the consent
+// question says nor make the terminal answer on its input.
+func printable(s string) string {
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "?")
+	}
+	return strings.Map(func(r rune) rune {
+		if r == '\t' {
+			return ' '
+		}
+		if unicode.IsControl(r) || r == 0x2028 || r == 0x2029 {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// PromptText says what a consent question asks, for people (printable only).
 func PromptText(p frame.ConsentPrompt) string {
 	who := peerText(p.Helper)
 	s := fmt.Sprintf("%s asks for a remote %s session on this device", who, p.Mode)
 	if p.Reason != "" {
 		s += " (" + p.Reason + ")"
 	}
-	return s + "."
+	return printable(s + ".")
 }
 
 // promptLine is a question on the status line: how to answer, the mode and the helper's
@@ -213,10 +233,10 @@ func peerText(p frame.Peer) string {
 	return who
 }
 
-// PresenceText is the connection bar's text.
+// PresenceText is the connection bar's text (printable only).
 func PresenceText(p frame.Presence) string {
 	if p.Session == "" {
-		return "ibcm: " + p.Message
+		return printable("ibcm: " + p.Message)
 	}
 	s := "ibcm: remote session"
 	for _, h := range p.Helpers {
@@ -228,7 +248,7 @@ func PresenceText(p frame.Presence) string {
 	if p.Message != "" {
 		s += " " + p.Message
 	}
-	return s
+	return printable(s)
 }
 
 // ShareOptions configure the share client.
@@ -377,7 +397,7 @@ func (u *shareUI) drawLocked() {
 	case u.last != "": // the newest message first, for the same reason
 		text = u.last + " | " + text
 	}
-	text = strings.ReplaceAll(text, "\x1b", "")
+	text = printable(text)
 	if w := int(u.cols); w > 0 && utf8.RuneCountInString(text) > w {
 		text = string([]rune(text)[:w])
 	}

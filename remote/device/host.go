@@ -37,6 +37,7 @@ const (
 	CodeNoPrompt         = "consent_no_prompt"  // an answer to no pending prompt
 	CodeTransport        = "transport_failed"   // no transport came up
 	CodeSessionDuplicate = "session_duplicate"  // a second helper ticket for a session already here
+	CodeSharerBusy       = "sharer_busy"        // the sharer's shared terminal is in another session
 	CodeNoAuditKey       = "recording_no_key"   // policy records sessions but carries no audit key
 )
 

@@ -24,8 +24,13 @@ const (
 	KindAnswer = "answer" // `ibcm-client consent --accept|--deny`: one answer, then gone
 )
 
-// maxClients bounds the share socket's connections (a local user could open many).
-const maxClients = 64
+// maxClients bounds the share socket's connections (a local user could open many), and
+// maxClientsPerUser one user's: one local user cannot take every place and keep the
+// device's user from sharing or answering.
+const (
+	maxClients        = 64
+	maxClientsPerUser = 8
+)
 
 // BellMessage is the Message of a Status frame that asks the share client to ring the
 // terminal bell (policy play_sound); it is not shown.
@@ -74,12 +79,13 @@ type hub struct {
 	mu      sync.Mutex
 	clients []*shareClient
 	prompts map[string]*prompt
-	sinks   map[int]sink // by uid: the session this user shares
+	sinks   map[int][]*sink // by uid: the sessions this user shares (each gets every frame)
+	shared  map[int]bool    // by uid: a session holds this user's shared terminal
 	arrived chan struct{}
 }
 
 func newHub(h *Host) *hub {
-	return &hub{h: h, prompts: map[string]*prompt{}, sinks: map[int]sink{}, arrived: make(chan struct{})}
+	return &hub{h: h, prompts: map[string]*prompt{}, sinks: map[int][]*sink{}, shared: map[int]bool{}, arrived: make(chan struct{})}
 }
 
 // Serve listens on the share socket at path until ctx is done (ListenShare, then
@@ -229,7 +235,13 @@ func (hb *hub) handle(c net.Conn) {
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	hb.mu.Lock()
-	if len(hb.clients) >= maxClients {
+	mine := 0
+	for _, c := range hb.clients {
+		if c.uid == uid {
+			mine++
+		}
+	}
+	if len(hb.clients) >= maxClients || mine >= maxClientsPerUser {
 		hb.mu.Unlock()
 		hb.h.log.Warn().Int("uid", uid).Int("pid", pid).Msg("share socket: too many clients")
 		_ = cl.sendJSON(frame.End, frame.Ending{Outcome: "busy", Message: "too many share and consent clients"})
@@ -269,11 +281,8 @@ func (hb *hub) handle(c net.Conn) {
 			if cl.kind == KindWatch && (f.Type == frame.Data || f.Type == frame.Resize) {
 				continue // a watcher has no terminal
 			}
-			hb.mu.Lock()
-			s := hb.sinks[uid]
-			hb.mu.Unlock()
-			if s != nil {
-				s(cl, frame.Frame{Type: f.Type, Payload: append([]byte(nil), f.Payload...)})
+			for _, s := range hb.sinksOf(uid) {
+				(*s)(cl, frame.Frame{Type: f.Type, Payload: append([]byte(nil), f.Payload...)})
 			}
 		case frame.Ping:
 			_ = cl.send(frame.Pong, nil)
@@ -289,11 +298,10 @@ func (hb *hub) remove(cl *shareClient) {
 			break
 		}
 	}
-	s := hb.sinks[cl.uid]
 	hb.mu.Unlock()
 	hb.h.log.Info().Int("uid", cl.uid).Int("pid", cl.pid).Str("kind", cl.kind).Msg("share socket: client gone")
-	if s != nil {
-		s(cl, frame.Frame{}) // type 0: this client is gone
+	for _, s := range hb.sinksOf(cl.uid) {
+		(*s)(cl, frame.Frame{}) // type 0: this client is gone
 	}
 }
 
@@ -368,16 +376,55 @@ func (hb *hub) broadcast(uid int, t frame.Type, v any) {
 	}
 }
 
-func (hb *hub) attach(uid int, s sink) {
+// attach adds a session's sink for uid's frames: every session the user shares gets
+// them (so that ending or dropping to view reaches each); detach removes it.
+func (hb *hub) attach(uid int, s sink) (detach func()) {
+	p := &s
 	hb.mu.Lock()
-	hb.sinks[uid] = s
+	hb.sinks[uid] = append(hb.sinks[uid], p)
+	hb.mu.Unlock()
+	return func() {
+		hb.mu.Lock()
+		defer hb.mu.Unlock()
+		ss := hb.sinks[uid]
+		for i, x := range ss {
+			if x == p {
+				ss = append(ss[:i:i], ss[i+1:]...)
+				break
+			}
+		}
+		if len(ss) == 0 {
+			delete(hb.sinks, uid)
+		} else {
+			hb.sinks[uid] = ss
+		}
+	}
+}
+
+// claimShared takes uid's shared terminal for one session; false when another holds it.
+// One session at a time: the share client tells the helper's keys from the elevated
+// shell's output by the mode of the last status line, which a second session would change.
+func (hb *hub) claimShared(uid int) bool {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	if hb.shared[uid] {
+		return false
+	}
+	hb.shared[uid] = true
+	return true
+}
+
+func (hb *hub) releaseShared(uid int) {
+	hb.mu.Lock()
+	delete(hb.shared, uid)
 	hb.mu.Unlock()
 }
 
-func (hb *hub) detach(uid int) {
+// sinksOf returns the sinks of uid's sessions.
+func (hb *hub) sinksOf(uid int) []*sink {
 	hb.mu.Lock()
-	delete(hb.sinks, uid)
-	hb.mu.Unlock()
+	defer hb.mu.Unlock()
+	return append([]*sink(nil), hb.sinks[uid]...)
 }
 
 func (hb *hub) sendPrompt(c *shareClient, p *prompt) {

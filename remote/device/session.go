@@ -85,6 +85,9 @@ type session struct {
 	rec      *recorder
 	asking   bool
 	viewers  []*viewer
+	detach   func() // takes the session's sink off the share socket
+
+	claimedShared bool // this session holds the sharer's shared terminal (hub.claimShared)
 }
 
 func newSession(h *Host, t *ticket.Ticket, p Policy, ctx context.Context, cancel context.CancelFunc) *session {
@@ -100,8 +103,12 @@ func (s *session) end(outcome, message string) {
 		s.outcome, s.message = outcome, message
 		cl := s.closers
 		s.closers = nil
+		claimed, uid := s.claimedShared, s.sharerUID
+		close(s.endCh) // under mu: a claim of the shared terminal sees it
 		s.mu.Unlock()
-		close(s.endCh)
+		if claimed {
+			s.h.hub.releaseShared(uid)
+		}
 		for _, c := range cl {
 			_ = c.Close()
 		}
@@ -205,8 +212,8 @@ func (s *session) consent() (outcome, code string, err error) {
 	deadline, cancel := context.WithTimeout(s.ctx, timeout)
 	defer cancel()
 	if uid < 0 {
-		s.h.c.Notice(fmt.Sprintf("ibcm: %s (%s) asks for a remote %s session on this device. Run `ibcm-client share` (or `ibcm-client consent --watch`) within %s to answer.",
-			orDash(s.t.Card.DisplayName), s.t.Helper, s.t.Mode, timeout.Round(time.Second)))
+		s.h.c.Notice(printable(fmt.Sprintf("ibcm: %s (%s) asks for a remote %s session on this device. Run `ibcm-client share` (or `ibcm-client consent --watch`) within %s to answer.",
+			orDash(s.t.Card.DisplayName), s.t.Helper, s.t.Mode, timeout.Round(time.Second))))
 		s.report(wire.SessionReport{Event: wire.ReportConsentAsked, Mode: s.t.Mode, Message: "nobody present: logged-in terminals told"})
 		uid = s.h.hub.waitPresent(deadline)
 		if uid < 0 {
@@ -224,6 +231,19 @@ func (s *session) consent() (outcome, code string, err error) {
 		s.sharer = Account{UID: uid, Name: strconv.Itoa(uid)}
 	}
 	s.log = s.log.With().Str("sharer", s.sharer.Name).Logger()
+	if s.t.Mode != ticket.ModeUnattended && s.h.hub.shareOf(uid) != nil {
+		if !s.h.hub.claimShared(uid) {
+			return wire.OutcomeRefused, CodeSharerBusy, fmt.Errorf("%s's shared terminal is in another session", s.sharer.Name)
+		}
+		s.mu.Lock()
+		ended := s.ended()
+		s.claimedShared = !ended
+		s.mu.Unlock()
+		if ended {
+			s.h.hub.releaseShared(uid)
+			return s.outcome, "", errors.New(s.message)
+		}
+	}
 	if rc.PromptUser {
 		s.report(wire.SessionReport{Event: wire.ReportConsentAsked, Mode: s.t.Mode})
 		ans := s.h.hub.ask(deadline, uid, frame.ConsentPrompt{Session: s.t.Session, Helper: s.peer(""), Mode: s.t.Mode, Reason: s.t.Reason, Timeout: int(timeout / time.Second)})
@@ -243,7 +263,7 @@ func (s *session) consent() (outcome, code string, err error) {
 	switch {
 	case s.t.Mode == ticket.ModeUnattended:
 		s.terminal = TerminalNewShell
-	case s.h.hub.shareOf(uid) != nil:
+	case s.claimedShared && s.h.hub.shareOf(uid) != nil:
 		s.terminal = TerminalShared
 	default:
 		s.terminal = TerminalNewShell // a watcher who is not sharing: a shell as them
@@ -368,15 +388,28 @@ type legResult struct {
 	err       error
 }
 
+// maxDirectPending bounds the connections of a session port that have not finished their
+// preamble and end-to-end handshake (each may take 15 s): more are closed at once, and the
+// helper still has the relay.
+const maxDirectPending = 16
+
 // acceptDirect takes connections on the session port while the session is pending: the
 // preamble must name this session's ticket, then the end-to-end TLS.
 func (s *session) acceptDirect(ctx context.Context, t *ticket.Ticket, ln net.Listener, cfg *tls.Config, done func(*tls.Conn, error)) {
+	pending := make(chan struct{}, maxDirectPending)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
+		select {
+		case pending <- struct{}{}:
+		default: // a flood of connections that send nothing: no goroutine, no descriptor kept
+			c.Close()
+			continue
+		}
 		go func() {
+			defer func() { <-pending }()
 			_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 			id, err := e2e.ReadPreamble(c)
 			if err == nil && id != t.ID {
@@ -503,6 +536,15 @@ func (s *session) serve(conn *tls.Conn) {
 		s.wrapUp()
 		return
 	}
+	// A session that starts elevated gets its root shell now, as one that escalates does
+	// (else the mode says elevated while the helper types into the sharer's own shell).
+	if s.mode == ticket.ModeElevated && s.needsElevated() {
+		if err := s.startElevated(rows, cols); err != nil {
+			s.end(wire.OutcomeFailed, "starting the elevated shell: "+err.Error())
+			s.wrapUp()
+			return
+		}
+	}
 	s.presence("connected")
 	s.bell()
 	close(s.serving)
@@ -522,7 +564,7 @@ func (s *session) serve(conn *tls.Conn) {
 
 func (s *session) startTerminal(rows, cols uint16) error {
 	if s.sharerUID >= 0 {
-		s.h.hub.attach(s.sharerUID, func(from *shareClient, f frame.Frame) {
+		s.detach = s.h.hub.attach(s.sharerUID, func(from *shareClient, f frame.Frame) {
 			s.post(event{src: fromSharer, f: f, client: from})
 		})
 	}
@@ -857,19 +899,12 @@ func (s *session) setMode(m, why string) {
 	if m == s.mode {
 		return
 	}
-	if m == ticket.ModeElevated && !(s.shell != nil && s.shellIsRoot()) {
-		acct, err := LookupUID(0)
-		if err != nil {
-			acct = Account{Name: "root", Home: "/root", Shell: "/bin/sh"}
-		}
-		sh, err := s.h.c.Shells.Start(ShellSpec{Account: acct, Rows: 24, Cols: 80, Name: "ibcm-" + s.t.Session[:12] + "-elevated"})
-		if err != nil {
+	if m == ticket.ModeElevated && s.needsElevated() {
+		if err := s.startElevated(24, 80); err != nil {
 			s.log.Error().Err(err).Msg("starting the elevated shell")
 			s.sendHelperJSON(frame.Mode, frame.ModeChange{Mode: m, Reason: "failed"})
 			return
 		}
-		s.elevated = sh
-		go s.pump(sh, fromElevated)
 	}
 	if s.mode == ticket.ModeElevated && s.elevated != nil {
 		s.elevated.Kill()
@@ -887,14 +922,34 @@ func (s *session) setMode(m, why string) {
 	}
 }
 
+// needsElevated: elevated mode needs a root shell of its own unless the session's new
+// shell is root's already.
+func (s *session) needsElevated() bool { return !(s.shell != nil && s.shellIsRoot()) }
+
+// startElevated starts the elevated root shell, in its own cgroup, its output pumped into
+// the loop.
+func (s *session) startElevated(rows, cols uint16) error {
+	acct, err := LookupUID(0)
+	if err != nil {
+		acct = Account{Name: "root", Home: "/root", Shell: "/bin/sh"}
+	}
+	sh, err := s.h.c.Shells.Start(ShellSpec{Account: acct, Rows: rows, Cols: cols, Name: "ibcm-" + s.t.Session[:12] + "-elevated"})
+	if err != nil {
+		return err
+	}
+	s.elevated = sh
+	go s.pump(sh, fromElevated)
+	return nil
+}
+
 func (s *session) shellIsRoot() bool {
 	return s.t.Mode == ticket.ModeUnattended || s.sharerUID < 0 || s.sharer.UID == 0
 }
 
 // wrapUp ends the terminals, reports and logs the end, and seals the recording.
 func (s *session) wrapUp() {
-	if s.sharerUID >= 0 {
-		s.h.hub.detach(s.sharerUID)
+	if s.detach != nil {
+		s.detach()
 	}
 	for _, sh := range []*Shell{s.elevated, s.shell} {
 		if sh != nil {
