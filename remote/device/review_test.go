@@ -117,7 +117,7 @@ func TestElevatedAtStartGetsTheElevatedShell(t *testing.T) {
 	if err := e.host.Request(context.Background(), signed); err != nil {
 		t.Fatal(err)
 	}
-	waitText(t, out, "asks for a remote elevated session")
+	waitText(t, out, "allow elevated access for")
 	inW.Write([]byte{EscapeKey, 'y'})
 	h, err := e.connect(e.alice)
 	if err != nil {
