@@ -19,6 +19,7 @@ import (
 	"github.com/ibcm-project/ibcm/client"
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/device"
+	"github.com/ibcm-project/ibcm/remote/e2e"
 )
 
 // The agent's side of remote control: remote/device does the work; the agent gives it
@@ -33,7 +34,7 @@ const (
 
 type remoteState struct {
 	host *device.Host
-	crl  *device.CRL
+	crl  *e2e.CRL
 
 	mu        sync.Mutex
 	mp        *session // the MP session that passed hello, for the relay, reports, uploads and the CRL
@@ -64,7 +65,7 @@ func (a *Agent) newRemote() (*remoteState, error) {
 	a.mu.Lock()
 	id := a.id
 	a.mu.Unlock()
-	rs := &remoteState{crl: device.NewCRL(issuerOf(id), filepath.Join(a.o.Dir, device.CRLFile))}
+	rs := &remoteState{crl: e2e.NewCRL(issuerOf(id), filepath.Join(a.o.Dir, device.CRLFile))}
 	var shells device.ShellStarter = device.DirectShells{}
 	if a.o.Shells == "systemd" || a.o.Shells == "" && device.UnderSystemd() {
 		shells = device.SystemdShells{}
@@ -217,7 +218,7 @@ func (a *Agent) refreshCRL(ctx context.Context, force bool) {
 			rs.mu.Unlock()
 		}
 	}
-	der, err := io.ReadAll(io.LimitReader(resp.Body, device.MaxCRL+1))
+	der, err := io.ReadAll(io.LimitReader(resp.Body, e2e.MaxCRL+1))
 	if err == nil && resp.StatusCode != http.StatusOK {
 		err = fmt.Errorf("GET /v1/crl: %s", resp.Status)
 	}

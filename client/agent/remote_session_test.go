@@ -53,7 +53,7 @@ func TestAgentServesASessionThroughTheRelay(t *testing.T) {
 	m := startFakeMP(t, s)
 	helperOut := make(chan string, 1)
 	m.relayHook = func(c io.ReadWriteCloser) { // the helper's end, spliced by the "MP"
-		tc := tls.Client(asNetConn(c), e2e.HelperConfig(ucert, id.Roots, id.DeviceID, nil))
+		tc := tls.Client(asNetConn(c), e2e.HelperConfig(ucert, id.Roots, id.DeviceID, nil, nil))
 		defer tc.Close()
 		if err := tc.Handshake(); err != nil {
 			helperOut <- "handshake: " + err.Error()

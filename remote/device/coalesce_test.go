@@ -12,7 +12,9 @@ import (
 // nothing is waited for.
 func TestCoalesceQueuedShellOutput(t *testing.T) {
 	s := &session{events: make(chan event, 64)}
-	data := func(src int, p string) event { return event{src: src, f: frame.Frame{Type: frame.Data, Payload: []byte(p)}} }
+	data := func(src int, p string) event {
+		return event{src: src, f: frame.Frame{Type: frame.Data, Payload: []byte(p)}}
+	}
 	s.events <- data(fromShell, "b")
 	s.events <- data(fromShell, "c")
 	s.events <- data(fromHelper, "typed")

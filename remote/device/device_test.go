@@ -22,6 +22,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/internal/peertest"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/e2e"
 	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/recording"
 	"github.com/ibcm-project/ibcm/remote/ticket"
@@ -500,7 +501,7 @@ func TestHelperWithAnotherKeyOrRevokedRefused(t *testing.T) {
 	}
 
 	// The CRL: alice's certificate revoked.
-	crl := NewCRL(e.pki.root, filepath.Join(e.dir, CRLFile))
+	crl := e2e.NewCRL(e.pki.root, filepath.Join(e.dir, CRLFile))
 	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(2), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(time.Hour),
 		RevokedCertificateEntries: []x509.RevocationListEntry{{SerialNumber: e.alice.Leaf.SerialNumber, RevocationTime: time.Now()}}}, e.pki.root, e.pki.key)
 	if err != nil {
@@ -512,7 +513,7 @@ func TestHelperWithAnotherKeyOrRevokedRefused(t *testing.T) {
 	if !crl.Revoked(e.alice.Leaf) || crl.Revoked(e.dev.Leaf) {
 		t.Fatal("CRL lookup wrong")
 	}
-	if err := NewCRL(e.pki.root, filepath.Join(e.dir, CRLFile)); !err.Revoked(e.alice.Leaf) {
+	if err := e2e.NewCRL(e.pki.root, filepath.Join(e.dir, CRLFile)); !err.Revoked(e.alice.Leaf) {
 		t.Error("the kept CRL was not loaded")
 	}
 	other := newPKI(t, "other")

@@ -66,7 +66,7 @@ func TestDirectTransport(t *testing.T) {
 		t.Fatal(err)
 	}
 	e2e.WritePreamble(c, tk.ID)
-	tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil))
+	tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil, nil))
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestDirectHeadStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	e2e.WritePreamble(c, tk.ID)
-	tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil))
+	tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil, nil))
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func FuzzCRLUpdate(f *testing.F) {
 	f.Add([]byte("not a CRL"))
 	p := newPKIForFuzz()
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c := NewCRL(p, "")
+		c := e2e.NewCRL(p, "")
 		if err := c.Update(b); err == nil {
 			t.Fatalf("an unsigned CRL was accepted: %x", b)
 		}

@@ -245,7 +245,7 @@ func (e *env) connect(cert tls.Certificate) (*helper, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Client(c, e2e.HelperConfig(cert, e.pki.roots, deviceID, nil))
+	tc := tls.Client(c, e2e.HelperConfig(cert, e.pki.roots, deviceID, nil, nil))
 	if err := tc.Handshake(); err != nil {
 		c.Close()
 		return nil, err

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/ibcm-project/ibcm/internal/atomicfile"
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/ticket"
 )
@@ -25,6 +26,7 @@ const (
 	SeenFile       = "tickets-used.json" // ticket ids used, until they expire
 	SessionLogFile = "sessions.log"      // the local session log (JSON lines, 0600)
 	RecordingsDir  = "recordings"        // sealed recordings waiting for their upload
+	CRLFile        = "crl.der"           // the last verified CRL (e2e.CRL)
 )
 
 // Refusal codes of the host besides ticket.Code's.
@@ -383,35 +385,10 @@ func (s *seenStore) use(t *ticket.Ticket, now time.Time) error {
 	}
 	s.ids[t.ID] = t.ExpiresAt
 	b, _ := json.Marshal(s.ids)
-	if err := writeFile0600(s.path, b); err != nil {
+	if err := atomicfile.Write(s.path, b, 0o600); err != nil {
 		// A ticket that cannot be recorded is not used: a restart could replay it.
 		delete(s.ids, t.ID)
 		return fmt.Errorf("%w: cannot record the ticket as used: %v", ticket.ErrReplayed, err)
 	}
 	return nil
-}
-
-// writeFile0600 replaces path atomically with data, 0600.
-func writeFile0600(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ibcm-project/ibcm/internal/atomicfile"
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/recording"
 )
@@ -77,7 +78,7 @@ func (h *Host) storeRecording(session, auditKey string, cast []byte) {
 		h.log.Error().Err(err).Msg("recordings directory")
 		return
 	}
-	if err := writeFile0600(filepath.Join(dir, session+".sealed"), sealed); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, session+".sealed"), sealed, 0o600); err != nil {
 		h.log.Error().Err(err).Msg("spooling the recording")
 	}
 	h.RetryUploads(h.ctx)

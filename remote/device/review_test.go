@@ -325,7 +325,7 @@ func TestDirectPortBoundsSilentConnections(t *testing.T) {
 			return false
 		}
 		e2e.WritePreamble(c, tk.ID)
-		tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil))
+		tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil, nil))
 		_ = tc.SetDeadline(time.Now().Add(2 * time.Second))
 		if tc.Handshake() != nil {
 			c.Close()

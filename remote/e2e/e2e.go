@@ -2,7 +2,8 @@
 // client with its user certificate, the device the TLS server with its device certificate,
 // and each checks the other against the site's roots and the ticket, over whatever carries
 // the bytes (the MP's relay, or the device's session port on the intranet). A relay sees
-// only ciphertext. It imports only the standard library and internal/wire.
+// only ciphertext. It also holds the CRL both ends check the other against. It imports only
+// the standard library, internal/wire and internal/atomicfile.
 package e2e
 
 import (
@@ -69,19 +70,28 @@ func DeviceConfig(cert tls.Certificate, e HelperExpect) *tls.Config {
 
 // HelperConfig is the helper's side: TLS 1.3 client with the user certificate, requiring
 // the device certificate of device (a site client certificate naming urn:ibcm:device:<id>).
-func HelperConfig(cert tls.Certificate, roots *x509.CertPool, device string, clock func() time.Time) *tls.Config {
+// With crl (the issuing CA's list, as the helper's MP serves it), a device certificate on
+// it is refused, and so is a list its issuing CA did not sign: a direct connection reaches
+// the device with no MP in between to check it.
+func HelperConfig(cert tls.Certificate, roots *x509.CertPool, device string, clock func() time.Time, crl *x509.RevocationList) *tls.Config {
 	return &tls.Config{
 		Certificates:       []tls.Certificate{cert},
 		MinVersion:         tls.VersionTLS13,
 		NextProtos:         []string{ALPN},
 		InsecureSkipVerify: true, // device certificates have no server name: verified below
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			leaf, err := verifyChain(cs.PeerCertificates, roots, now(clock), nil)
+			chain, err := verifiedChain(cs.PeerCertificates, roots, now(clock), nil)
 			if err != nil {
 				return err
 			}
+			leaf := chain[0]
 			if id := wire.Identify(leaf); id.Kind != wire.KindDevice || id.ID != device {
 				return fmt.Errorf("%w: the device presented %s %q, want device %q", ErrPeer, id.Kind, id.ID, device)
+			}
+			if crl != nil {
+				if err := checkCRL(crl, chain); err != nil {
+					return err
+				}
 			}
 			if cs.NegotiatedProtocol != ALPN {
 				return fmt.Errorf("%w: protocol %q, want %q", ErrPeer, cs.NegotiatedProtocol, ALPN)
@@ -89,6 +99,22 @@ func HelperConfig(cert tls.Certificate, roots *x509.CertPool, device string, clo
 			return nil
 		},
 	}
+}
+
+// checkCRL refuses chain[0] when crl, signed by its issuer in the verified chain, lists it.
+func checkCRL(crl *x509.RevocationList, chain []*x509.Certificate) error {
+	if len(chain) < 2 || string(chain[0].RawIssuer) != string(crl.RawIssuer) {
+		return fmt.Errorf("%w: the CRL is not of the certificate's issuer", ErrPeer)
+	}
+	if err := crl.CheckSignatureFrom(chain[1]); err != nil {
+		return fmt.Errorf("%w: the CRL is not signed by the certificate's issuer: %v", ErrPeer, err)
+	}
+	for _, e := range crl.RevokedCertificateEntries {
+		if e.SerialNumber.Cmp(chain[0].SerialNumber) == 0 {
+			return fmt.Errorf("%w: certificate %s is revoked", ErrPeer, wire.FormatSerial(chain[0].SerialNumber))
+		}
+	}
+	return nil
 }
 
 func now(f func() time.Time) time.Time {
@@ -101,6 +127,15 @@ func now(f func() time.Time) time.Time {
 // verifyChain checks chain[0] against roots (the rest as intermediates) for clientAuth:
 // both device and user certificates carry it.
 func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, at time.Time, revoked func(*x509.Certificate) bool) (*x509.Certificate, error) {
+	verified, err := verifiedChain(chain, roots, at, revoked)
+	if err != nil {
+		return nil, err
+	}
+	return verified[0], nil
+}
+
+// verifiedChain is verifyChain returning the verified chain, leaf first, root last.
+func verifiedChain(chain []*x509.Certificate, roots *x509.CertPool, at time.Time, revoked func(*x509.Certificate) bool) ([]*x509.Certificate, error) {
 	if len(chain) == 0 {
 		return nil, fmt.Errorf("%w: no certificate", ErrPeer)
 	}
@@ -108,8 +143,9 @@ func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, at time.Time, 
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	chains, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrPeer, err)
 	}
 	if revoked != nil {
@@ -119,7 +155,7 @@ func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, at time.Time, 
 			}
 		}
 	}
-	return chain[0], nil
+	return chains[0], nil
 }
 
 // WritePreamble starts a direct connection for ticket id.

@@ -110,7 +110,7 @@ func TestDeviceRefusesEveryHelperButTheTicketsOne(t *testing.T) {
 	expect := func(revoked func(*x509.Certificate) bool) HelperExpect {
 		return HelperExpect{Roots: ca.pool, User: "alice", KeyHash: wire.PublicKeyHash(alice.Leaf), Revoked: revoked}
 	}
-	helperCfg := func(c tls.Certificate) *tls.Config { return HelperConfig(c, ca.pool, "dev-1", nil) }
+	helperCfg := func(c tls.Certificate) *tls.Config { return HelperConfig(c, ca.pool, "dev-1", nil, nil) }
 	if serr, cerr := handshake(DeviceConfig(dev, expect(nil)), helperCfg(alice)); serr != nil || cerr != nil {
 		t.Fatalf("the ticket's helper: %v / %v", serr, cerr)
 	}
@@ -125,7 +125,7 @@ func TestDeviceRefusesEveryHelperButTheTicketsOne(t *testing.T) {
 		"alice of another CA":           {DeviceConfig(dev, expect(nil)), helperCfg(other.leaf(t, "urn:ibcm:user:alice", x509.ExtKeyUsageClientAuth))},
 		"a server-only certificate":     {DeviceConfig(dev, expect(nil)), helperCfg(ca.leaf(t, "urn:ibcm:user:alice", x509.ExtKeyUsageServerAuth))},
 		"the revoked key of the ticket": {DeviceConfig(dev, expect(func(c *x509.Certificate) bool { return c.Equal(alice.Leaf) })), helperCfg(alice)},
-		"no certificate":                {DeviceConfig(dev, expect(nil)), HelperConfig(tls.Certificate{}, ca.pool, "dev-1", nil)},
+		"no certificate":                {DeviceConfig(dev, expect(nil)), HelperConfig(tls.Certificate{}, ca.pool, "dev-1", nil, nil)},
 		"no ALPN, a plain client":       {DeviceConfig(dev, expect(nil)), &tls.Config{Certificates: []tls.Certificate{alice}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}},
 		"no ALPN":                       {DeviceConfig(dev, expect(nil)), func() *tls.Config { c := helperCfg(alice); c.NextProtos = nil; return c }()},
 		"another ALPN":                  {DeviceConfig(dev, expect(nil)), func() *tls.Config { c := helperCfg(alice); c.NextProtos = []string{"http/1.1"}; return c }()},
@@ -159,7 +159,7 @@ func TestHelperRefusesEveryDeviceButTheTicketsOne(t *testing.T) {
 		"a user":              ca.leaf(t, "urn:ibcm:user:dev-1", x509.ExtKeyUsageClientAuth),
 		"dev-1 of another CA": newCA(t).leaf(t, "urn:ibcm:device:dev-1", x509.ExtKeyUsageClientAuth),
 	} {
-		serr, cerr := handshake(DeviceConfig(server, expect), HelperConfig(alice, ca.pool, "dev-1", nil))
+		serr, cerr := handshake(DeviceConfig(server, expect), HelperConfig(alice, ca.pool, "dev-1", nil, nil))
 		if cerr == nil {
 			t.Errorf("%s: the helper accepted it (device side: %v)", name, serr)
 		} else if !errors.Is(cerr, ErrPeer) && !strings.Contains(cerr.Error(), "certificate") {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/e2e"
 )
 
 // maxAnswer bounds a JSON answer of the MP (a session list included).
@@ -235,6 +237,28 @@ func (c *Client) Session(ctx context.Context, id string) (wire.Session, error) {
 	var s wire.Session
 	err := c.Do(ctx, http.MethodGet, sessionPath(id), nil, &s)
 	return s, err
+}
+
+// CRL fetches the site's CRL through the MP (GET /v1/crl). HelperConfig checks its
+// signature against the device certificate's issuer before it relies on it.
+func (c *Client) CRL(ctx context.Context) (*x509.RevocationList, error) {
+	resp, err := c.send(ctx, http.MethodGet, "/v1/crl", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	der, err := io.ReadAll(io.LimitReader(resp.Body, e2e.MaxCRL+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the CRL: %w", err)
+	}
+	if len(der) > e2e.MaxCRL {
+		return nil, fmt.Errorf("the CRL is larger than %d bytes", e2e.MaxCRL)
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		return nil, fmt.Errorf("the site's CRL: %w", err)
+	}
+	return crl, nil
 }
 
 // End ends session id at the site (its helper, or ManageDevices on its device).

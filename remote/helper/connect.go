@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -166,9 +167,19 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart, hello frame.G
 		return nil, err
 	}
 	begin := time.Now()
-	cfg := e2e.HelperConfig(c.tls.Certificates[0], c.tls.RootCAs, s.Session.Device, c.Now)
+	cfg := e2e.HelperConfig(c.tls.Certificates[0], c.tls.RootCAs, s.Session.Device, c.Now, nil)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// On the relay the MP checks the device's certificate in its handshake; a direct
+	// connection has nobody in between, so the helper checks it against the site's CRL
+	// itself, and goes without direct when it cannot get one.
+	directCfg, crlErr := cfg, error(nil)
+	if len(s.Direct) > 0 {
+		var crl *x509.RevocationList
+		if crl, crlErr = c.CRL(ctx); crlErr == nil {
+			directCfg = e2e.HelperConfig(c.tls.Certificates[0], c.tls.RootCAs, s.Session.Device, c.Now, crl)
+		}
+	}
 
 	type result struct {
 		leg  *leg
@@ -176,8 +187,15 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart, hello frame.G
 		err  error
 	}
 	var direct []string
+	var legs []*leg
 	seen := map[string]bool{}
 	for _, a := range s.Direct {
+		if crlErr != nil {
+			l := &leg{transport: wire.TransportDirect, addr: a}
+			l.fail(fmt.Errorf("not tried: %w", crlErr))
+			legs = append(legs, l)
+			continue
+		}
 		if _, _, err := net.SplitHostPort(a); err != nil || seen[a] || len(direct) == maxDirect {
 			continue
 		}
@@ -187,7 +205,6 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart, hello frame.G
 	results := make(chan result, len(direct)+1)
 	failedOnce := make(chan struct{}, len(direct))
 	relayDone := make(chan struct{})
-	var legs []*leg
 	var relay *leg
 	pending := 0
 	startRelay := func() {
@@ -205,7 +222,7 @@ func (c *Client) Connect(ctx context.Context, s wire.SessionStart, hello frame.G
 		legs = append(legs, l)
 		pending++
 		go func() {
-			sess, err := c.directLeg(ctx, s.TicketID, cfg, hello, l, relayDone, failedOnce)
+			sess, err := c.directLeg(ctx, s.TicketID, directCfg, hello, l, relayDone, failedOnce)
 			results <- result{l, sess, err}
 		}()
 	}

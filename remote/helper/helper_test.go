@@ -39,13 +39,29 @@ type pki struct {
 	mp      tls.Certificate
 	alice   tls.Certificate
 	devices map[string]tls.Certificate
+	revoked []*big.Int // serials the fake MP's CRL lists
+}
+
+// crl is the list the fake MP serves: signed by the root, which issues every leaf here.
+func (p *pki) crl(t *testing.T) []byte {
+	t.Helper()
+	var entries []x509.RevocationListEntry
+	for _, sn := range p.revoked {
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: sn, RevocationTime: time.Now().Add(-time.Minute)})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: time.Now().Add(-time.Minute),
+		NextUpdate: time.Now().Add(time.Hour), RevokedCertificateEntries: entries}, p.root, p.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
 
 func newPKI(t *testing.T) *pki {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test root"}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		t.Fatal(err)
@@ -162,6 +178,7 @@ func newFakeMP(t *testing.T, p *pki, dev *device) *fakeMP {
 		TicketID: ticketID, Role: "helper", Modes: []string{"view", "control"}, Device: wire.DeviceCard{ID: "dev-1", Name: "kiosk-1"},
 	}}
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/crl", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(p.crl(t)) })
 	mux.HandleFunc("POST /v1/admin/sessions", func(w http.ResponseWriter, r *http.Request) {
 		var req wire.SessionStartRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil || req.Device == "" {
@@ -560,6 +577,26 @@ func TestOtherDeviceRefused(t *testing.T) {
 	defer s.Close()
 	conn := s.Connection
 	if conn.Transport != wire.TransportRelay || len(conn.Others) != 1 || conn.Others[0].Kind != "peer" || !errors.Is(conn.Others[0].Err, ErrPeer) {
+		t.Errorf("transport %s, others %+v", conn.Transport, conn.Others)
+	}
+}
+
+// A device certificate on the site's CRL is refused on the session port (nobody else checks
+// it there); the relay, whose MP checks it in its handshake, is what remains.
+func TestRevokedDeviceRefusedOnTheSessionPort(t *testing.T) {
+	p := newPKI(t)
+	dev := &device{t: t, p: p, cert: p.devices["dev-1"]}
+	m := newFakeMP(t, p, dev)
+	m.start.Direct = []string{directListener(t, dev)}
+	m.start.RelayAfterMS = 1000
+	p.revoked = []*big.Int{dev.cert.Leaf.SerialNumber}
+	s, err := m.client(t, p).Connect(ctxT(t), m.start, frame.Greeting{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	conn := s.Connection
+	if conn.Transport != wire.TransportRelay || len(conn.Others) != 1 || !strings.Contains(conn.Others[0].Reason, "revoked") {
 		t.Errorf("transport %s, others %+v", conn.Transport, conn.Others)
 	}
 }

@@ -1,4 +1,4 @@
-package device
+package e2e
 
 import (
 	"crypto/x509"
@@ -8,16 +8,16 @@ import (
 	"os"
 	"sync"
 	"time"
-)
 
-// CRLFile is where the agent keeps the last verified CRL (DER).
-const CRLFile = "crl.der"
+	"github.com/ibcm-project/ibcm/internal/atomicfile"
+)
 
 // MaxCRL bounds a CRL as fetched.
 const MaxCRL = 8 << 20
 
-// CRL is the issuing CA's certificate revocation list as the agent holds it: verified
-// against the CA certificate of the agent's own chain before it is used or kept.
+// CRL is the issuing CA's certificate revocation list as a session's end holds it (the
+// agent, and the helper before a direct connection): verified against the issuing CA's
+// certificate before it is used or kept.
 type CRL struct {
 	mu      sync.Mutex
 	issuer  *x509.Certificate
@@ -74,7 +74,7 @@ func (c *CRL) update(der []byte, save bool) error {
 	}
 	c.list, c.revoked = l, m
 	if save && c.path != "" {
-		if err := writeFile0600(c.path, der); err != nil {
+		if err := atomicfile.Write(c.path, der, 0o600); err != nil {
 			return fmt.Errorf("keeping the CRL: %w", err)
 		}
 	}
