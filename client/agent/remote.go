@@ -113,18 +113,10 @@ func (a *Agent) newRemote() (*remoteState, error) {
 			defer a.mu.Unlock()
 			return a.current.Location == wire.Intranet
 		},
-		DirectAddrs: func() []net.IP {
-			var ips []net.IP
-			for _, s := range a.addresses() {
-				if ip := net.ParseIP(s); ip != nil {
-					ips = append(ips, ip)
-				}
-			}
-			return ips
-		},
-		Shells:   shells,
-		StateDir: a.o.Dir,
-		Log:      a.o.Log,
+		DirectAddrs: a.sessionPortAddrs,
+		Shells:      shells,
+		StateDir:    a.o.Dir,
+		Log:         a.o.Log,
 	})
 	if err != nil {
 		return nil, err
@@ -299,4 +291,29 @@ func (a *Agent) onSessionEvent(ev wire.Event) {
 	case wire.EventSessionEnded:
 		a.remote.host.End(ev.Data[wire.EventDataSession], ev.Data[wire.EventDataOutcome], ev.Data[wire.EventDataReason])
 	}
+}
+
+// sessionPortAddrs are where the session port listens: Options.DirectAddrs when given,
+// else the one address this device reaches its intranet MP from (the route's source
+// address, asked of the kernel with an unconnected-in-effect UDP socket: nothing is sent),
+// so the port is never opened on a VPN, public or other interface. None off the intranet.
+func (a *Agent) sessionPortAddrs() []net.IP {
+	if len(a.o.DirectAddrs) > 0 {
+		return a.o.DirectAddrs
+	}
+	a.mu.Lock()
+	d := a.current
+	a.mu.Unlock()
+	if d.Location != wire.Intranet || d.Addr == "" {
+		return nil
+	}
+	c, err := net.Dial("udp", d.Addr)
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	if ua, ok := c.LocalAddr().(*net.UDPAddr); ok && !ua.IP.IsUnspecified() {
+		return []net.IP{ua.IP}
+	}
+	return nil
 }
