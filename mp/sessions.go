@@ -377,7 +377,10 @@ func (m *MP) handleSessionJoin(w http.ResponseWriter, r *http.Request, name stri
 	}
 	if e, err := m.policyRefusal(ctx, pol, ticket.ModeView, name); err != nil {
 		return err
-	} else if e != nil {
+	} else if e != nil { // audited as a refused session of the viewer's, naming the one joined
+		m.auditRefusal(ctx, sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: s.Device, DeviceName: s.DeviceName, Helper: name,
+			Reason: "join " + s.ID, Mode: ticket.ModeView, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC()}},
+			wire.OutcomeRefused, e.Code)
 		return e
 	}
 	d, err := m.Device(ctx, s.Device)

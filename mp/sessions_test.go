@@ -699,12 +699,25 @@ func TestSessionJoinListEnd(t *testing.T) {
 	if status, _ := call(t, f.client(&analyst), "POST", join, nil, nil); status != http.StatusForbidden {
 		t.Errorf("an analyst joined: %d", status)
 	}
+	// A join the device's policy refuses is audited as the viewer's refused session.
+	f.setRemoteControl(t, func(rc *wire.RemoteControlSettings) { rc.PermittedViewers = []string{"hd"} })
+	if status, e := call(t, f.client(&hd2), "POST", join, nil, nil); status != http.StatusForbidden || e.Error.Code != "not_permitted_viewer" {
+		t.Errorf("a join outside permitted_viewers: %d %+v", status, e)
+	}
+	audited := false
+	for _, x := range auditOf(t, f, deviceID(pc)) {
+		audited = audited || (x.Helper == "hd2" && x.Outcome == wire.OutcomeRefused && x.Error == "not_permitted_viewer" && x.Reason == "join "+out.Session.ID)
+	}
+	if !audited {
+		t.Errorf("no audit row for the refused join: %+v", auditOf(t, f, deviceID(pc)))
+	}
+	f.setRemoteControl(t, func(rc *wire.RemoteControlSettings) { rc.PermittedViewers = nil })
 	var list []wire.Session
 	for _, c := range []struct {
 		cert tls.Certificate
 		q    string
 		n    int
-	}{{hd, "", 1}, {hd2, "", 0}, {analyst, "", 1}, {analyst, "?active=1&helper=hd&since=2000-01-01T00:00:00Z", 1}, {analyst, "?device=nope", 0}} {
+	}{{hd, "", 1}, {hd2, "", 1}, {analyst, "", 2}, {analyst, "?active=1&helper=hd&since=2000-01-01T00:00:00Z", 1}, {analyst, "?device=nope", 0}} { // hd2 and the analyst see the refused join
 		if status, e := call(t, f.client(&c.cert), "GET", f.intranet+"/v1/admin/sessions"+c.q, nil, &list); status != 200 || len(list) != c.n {
 			t.Errorf("list %s: %d %+v %d sessions, want %d", c.q, status, e, len(list), c.n)
 		}
