@@ -109,12 +109,13 @@ func TestRolesDoNotImportTheCA(t *testing.T) {
 }
 
 // remote/device is linked into the agent: it imports the standard library, internal/wire,
-// the remote contracts, creack/pty and zerolog, and depends on no server code.
+// internal/atomicfile, the remote contracts, creack/pty and zerolog, and depends on no
+// server code.
 func TestRemoteDeviceImportsNoServerCode(t *testing.T) {
 	allowed := func(imp string) bool {
 		switch {
 		case !strings.Contains(strings.SplitN(imp, "/", 2)[0], "."),
-			imp == "github.com/ibcm-project/ibcm/internal/wire",
+			imp == "github.com/ibcm-project/ibcm/internal/wire", imp == "github.com/ibcm-project/ibcm/internal/atomicfile",
 			imp == "github.com/ibcm-project/ibcm/remote/ticket", imp == "github.com/ibcm-project/ibcm/remote/frame",
 			imp == "github.com/ibcm-project/ibcm/remote/e2e", imp == "github.com/ibcm-project/ibcm/remote/recording",
 			imp == "github.com/creack/pty", imp == "github.com/rs/zerolog":
