@@ -13,15 +13,16 @@
 //
 // An operator who wants to see for themselves that the relay forwards only ciphertext sets
 // IBCM_RELAY_CAPTURE_DIR in the MP's environment: each spliced pair then appends every byte
-// it forwards to <dir>/<session>-<ticket>-to-device.bin and …-from-device.bin (files 0600;
-// the directory is the operator's). What is there is the end-to-end TLS of remote/e2e —
-// handshakes and encrypted records, never a keystroke or a screen in clear. It is a check,
-// not an audit: nothing rotates or deletes the files.
+// it forwards to <dir>/<session>-<ticket>-to-device.bin and …-from-device.bin (files 0600,
+// each up to its first 16 MiB; the directory is the operator's). What is there is the
+// end-to-end TLS of remote/e2e — handshakes and encrypted records, never a keystroke or a
+// screen in clear. It is a check, not an audit: nothing rotates or deletes the files.
 //
 // The helper's relay leg may carry direct=closed|timeout|failed: why the device's session
 // port had not answered when the helper started the relay. It is kept as the session's
-// direct_error (`ibcm remote show`), and cleared when the device reports the session
-// started over the direct connection after all.
+// direct_error (`ibcm remote show`) while the session is pending (not once it started or
+// ended), and cleared when the device reports the session started over the direct
+// connection after all.
 //
 // Its tables (devices, device_certificates, device_groups, group_members, policies,
 // status_messages, management_points, notify_connections, sessions, session_tickets,

@@ -78,19 +78,30 @@ func newRelays(m *MP) *relays {
 // package doc): for operators who check that a relay sees only ciphertext.
 const RelayCaptureEnv = "IBCM_RELAY_CAPTURE_DIR"
 
+// relayCaptureMax bounds what one capture file takes of a pair's direction: enough to see
+// the handshakes and records, while a helper or a device that streams without end cannot
+// fill the MP's disk (and the site database with it) once an operator set the capture.
+var relayCaptureMax int64 = 16 << 20
+
 // capture opens the file (0600, appended) where one direction of a spliced pair is written
-// when captureDir is set; nil otherwise or when it cannot be opened (logged).
-func (rs *relays) capture(p *relayPair, direction string) *os.File {
+// when captureDir is set, and says how much it holds already; nil otherwise, when it cannot
+// be opened (logged) or holds relayCaptureMax.
+func (rs *relays) capture(p *relayPair, direction string) (*os.File, int64) {
 	if rs.captureDir == "" {
-		return nil
+		return nil, 0
 	}
 	name := filepath.Join(rs.captureDir, p.session+"-"+p.ticket+"-"+direction+".bin")
 	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		rs.m.log.Warn().Err(err).Str("session", p.session).Msg("relay capture")
-		return nil
+		return nil, 0
 	}
-	return f
+	fi, err := f.Stat()
+	if err != nil || fi.Size() >= relayCaptureMax {
+		f.Close()
+		return nil, 0
+	}
+	return f, fi.Size()
 }
 
 // join registers a waiting leg of ticket.
@@ -218,10 +229,12 @@ func (rs *relays) splice(p *relayPair) {
 				rs.finish(p)
 			}
 		}()
-		capture := rs.capture(p, direction)
-		if capture != nil {
-			defer capture.Close()
-		}
+		capture, captured := rs.capture(p, direction)
+		defer func() {
+			if capture != nil {
+				capture.Close()
+			}
+		}()
 		buf := make([]byte, relayBuf)
 		for {
 			k, err := src.Read(buf)
@@ -231,8 +244,13 @@ func (rs *relays) splice(p *relayPair) {
 				}
 				n.Add(int64(k))
 				if capture != nil {
-					if _, cerr := capture.Write(buf[:k]); cerr != nil {
-						rs.m.log.Warn().Err(cerr).Str("session", p.session).Msg("relay capture")
+					w := min(int64(k), relayCaptureMax-captured)
+					_, cerr := capture.Write(buf[:w])
+					if captured += w; cerr == nil && captured >= relayCaptureMax {
+						cerr = fmt.Errorf("the capture stops at %d bytes", relayCaptureMax)
+					}
+					if cerr != nil {
+						rs.m.log.Warn().Err(cerr).Str("session", p.session).Str("direction", direction).Msg("relay capture")
 						capture.Close()
 						capture = nil
 					}
@@ -390,8 +408,10 @@ func (m *MP) handleHelperRelay(w http.ResponseWriter, r *http.Request, name stri
 	}
 	if directErr != "" && t.Role == "helper" {
 		// Recorded before the legs meet; the device's started report clears it when direct won.
-		if _, err := m.db.Exec(r.Context(), `UPDATE sessions SET direct_error = ? WHERE id = ? AND transport <> ?`,
-			directErr, s.ID, wire.TransportDirect); err != nil {
+		// Only while the session is pending: a started or ended session's record is not the
+		// helper's to change (its ticket still lets it dial a leg until the ticket expires).
+		if _, err := m.db.Exec(r.Context(), `UPDATE sessions SET direct_error = ? WHERE id = ? AND transport <> ? AND state IN (?, ?)`,
+			directErr, s.ID, wire.TransportDirect, wire.SessionRequested, wire.SessionWaiting); err != nil {
 			return fmt.Errorf("recording why the direct connection lost: %w", err)
 		}
 	}
