@@ -40,6 +40,8 @@ type pki struct {
 	alice   tls.Certificate
 	devices map[string]tls.Certificate
 	revoked []*big.Int // serials the fake MP's CRL lists
+	// crlAnswer, when set, answers GET /v1/crl instead of the root's list.
+	crlAnswer func(http.ResponseWriter)
 }
 
 // crl is the list the fake MP serves: signed by the root, which issues every leaf here.
@@ -178,7 +180,13 @@ func newFakeMP(t *testing.T, p *pki, dev *device) *fakeMP {
 		TicketID: ticketID, Role: "helper", Modes: []string{"view", "control"}, Device: wire.DeviceCard{ID: "dev-1", Name: "kiosk-1"},
 	}}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/crl", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(p.crl(t)) })
+	mux.HandleFunc("GET /v1/crl", func(w http.ResponseWriter, r *http.Request) {
+		if p.crlAnswer != nil {
+			p.crlAnswer(w)
+			return
+		}
+		_, _ = w.Write(p.crl(t))
+	})
 	mux.HandleFunc("POST /v1/admin/sessions", func(w http.ResponseWriter, r *http.Request) {
 		var req wire.SessionStartRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil || req.Device == "" {
