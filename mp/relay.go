@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/api"
@@ -91,7 +92,7 @@ func (rs *relays) capture(p *relayPair, direction string) (*os.File, int64) {
 		return nil, 0
 	}
 	name := filepath.Join(rs.captureDir, p.session+"-"+p.ticket+"-"+direction+".bin")
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		rs.m.log.Warn().Err(err).Str("session", p.session).Msg("relay capture")
 		return nil, 0

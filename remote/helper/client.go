@@ -258,6 +258,14 @@ func (c *Client) CRL(ctx context.Context) (*x509.RevocationList, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the site's CRL: %w", err)
 	}
+	now := time.Now()
+	if c.Now != nil {
+		now = c.Now()
+	}
+	if !crl.NextUpdate.IsZero() && now.After(crl.NextUpdate) {
+		// The CA has not published since: a revocation after it would be missed.
+		return nil, fmt.Errorf("the site's CRL is stale (next update was due %s)", crl.NextUpdate.UTC().Format(time.RFC3339))
+	}
 	return crl, nil
 }
 

@@ -55,6 +55,14 @@ func TestDirectNeedsTheIssuersCRL(t *testing.T) {
 			der := list(t, "another root", otherKey, nil)
 			return func(w http.ResponseWriter) { _, _ = w.Write(der) }
 		}, "not of the certificate's issuer"},
+		{"stale (its next update has passed)", func(t *testing.T, p *pki) func(http.ResponseWriter) {
+			der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(3), ThisUpdate: time.Now().Add(-2 * time.Hour),
+				NextUpdate: time.Now().Add(-time.Hour)}, p.root, p.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return func(w http.ResponseWriter) { _, _ = w.Write(der) }
+		}, "stale"},
 		{"garbage", func(t *testing.T, p *pki) func(http.ResponseWriter) {
 			return func(w http.ResponseWriter) { _, _ = w.Write([]byte("<html>not a CRL</html>")) }
 		}, "not tried"},
