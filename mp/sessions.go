@@ -13,13 +13,13 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/ibcm-project/ibcm/internal/access"
 	"github.com/ibcm-project/ibcm/internal/api"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/recording"
 	"github.com/ibcm-project/ibcm/remote/ticket"
 )
@@ -223,7 +223,7 @@ func checkText(key, v string, max int) error {
 	}
 	// Any control character (C0, C1, DEL, the line and paragraph separators): the reason
 	// reaches the device user's terminal in the consent question.
-	if strings.ContainsFunc(v, func(r rune) bool { return unicode.IsControl(r) || r == 0x2028 || r == 0x2029 }) {
+	if strings.ContainsFunc(v, frame.IsTerminalControl) {
 		return api.BadRequest("%s: control characters are not allowed", key)
 	}
 	return nil

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/urfave/cli/v3"
@@ -45,7 +44,7 @@ type terminal struct {
 
 // chatPrompt is the line the helper types a chat message on; call with mu held.
 func (t *terminal) chatPrompt() {
-	fmt.Fprintf(t.errw, "\r\x1b[K\x1b[7m[ibcm]\x1b[0m chat> %s", clean(string(t.chatLine)))
+	fmt.Fprintf(t.errw, "\r\x1b[K\x1b[7m[ibcm]\x1b[0m chat> %s", frame.Printable(string(t.chatLine)))
 }
 
 func newTerminal(c *cli.Command) *terminal {
@@ -124,47 +123,30 @@ func (t *terminal) makeRaw() func() {
 	}
 }
 
-// clean drops control characters from text the other side chose (names, chat, messages),
-// so that it cannot move the cursor or retitle the terminal.
-func clean(s string) string {
-	if !utf8.ValidString(s) {
-		s = strings.ToValidUTF8(s, "?")
-	}
-	return strings.Map(func(r rune) rune {
-		if r == '\t' {
-			return ' '
-		}
-		if unicode.IsControl(r) || r == 0x2028 || r == 0x2029 {
-			return -1
-		}
-		return r
-	}, s)
-}
-
 // card is the device's identity card in one line.
 func card(s wire.SessionStart) string {
 	d := s.Device
-	parts := []string{"device " + clean(orDefault(d.Name, d.ID))}
+	parts := []string{"device " + frame.Printable(orDefault(d.Name, d.ID))}
 	if d.FQDN != "" {
-		parts = append(parts, clean(d.FQDN))
+		parts = append(parts, frame.Printable(d.FQDN))
 	}
 	if d.Location != "" {
-		parts = append(parts, "on the "+clean(d.Location))
+		parts = append(parts, "on the "+frame.Printable(d.Location))
 	}
 	if d.OS != "" {
-		parts = append(parts, clean(d.OS))
+		parts = append(parts, frame.Printable(d.OS))
 	}
-	parts = append(parts, "id "+clean(d.ID))
+	parts = append(parts, "id "+frame.Printable(d.ID))
 	return strings.Join(parts, ", ")
 }
 
 func sharerLine(g frame.Greeting) string {
-	mode := clean(dash(g.Mode))
+	mode := frame.Printable(dash(g.Mode))
 	switch {
 	case g.Sharer != "":
-		return fmt.Sprintf("sharer %s on a %s terminal; mode %s", clean(withName(g.Sharer, g.SharerName)), clean(orDefault(g.Terminal, "shared")), mode)
+		return fmt.Sprintf("sharer %s on a %s terminal; mode %s", frame.Printable(withName(g.Sharer, g.SharerName)), frame.Printable(orDefault(g.Terminal, "shared")), mode)
 	case g.Terminal != "":
-		return fmt.Sprintf("nobody shares: a %s terminal; mode %s", clean(g.Terminal), mode)
+		return fmt.Sprintf("nobody shares: a %s terminal; mode %s", frame.Printable(g.Terminal), mode)
 	}
 	return "mode " + mode
 }
@@ -172,21 +154,21 @@ func sharerLine(g frame.Greeting) string {
 func presenceLine(p frame.Presence) string {
 	var who []string
 	for _, h := range p.Helpers {
-		s := clean(withName(h.User, h.DisplayName)) + " " + clean(h.Role)
+		s := frame.Printable(withName(h.User, h.DisplayName)) + " " + frame.Printable(h.Role)
 		if h.Mode != "" {
-			s += " (" + clean(h.Mode) + ")"
+			s += " (" + frame.Printable(h.Mode) + ")"
 		}
 		who = append(who, s)
 	}
 	var parts []string
 	if p.Message != "" {
-		parts = append(parts, clean(p.Message))
+		parts = append(parts, frame.Printable(p.Message))
 	}
 	if len(who) > 0 {
 		parts = append(parts, "connected: "+strings.Join(who, ", "))
 	}
 	if p.Mode != "" {
-		parts = append(parts, "mode "+clean(p.Mode))
+		parts = append(parts, "mode "+frame.Printable(p.Mode))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -197,17 +179,17 @@ func presenceLine(p frame.Presence) string {
 func attach(ctx context.Context, hc *helper.Client, start wire.SessionStart, t *terminal) error {
 	t.status("%s", card(start))
 	if start.ComplianceWarning != "" {
-		t.status("WARNING: %s", clean(start.ComplianceWarning))
+		t.status("WARNING: %s", frame.Printable(start.ComplianceWarning))
 	}
 	role := orDefault(start.Role, "helper")
-	t.status("session %s (%s, mode %s): waiting for the device…", start.Session.ID, role, clean(orDefault(start.Session.Mode, "?")))
+	t.status("session %s (%s, mode %s): waiting for the device…", start.Session.ID, role, frame.Printable(orDefault(start.Session.Mode, "?")))
 	rows, cols := t.size()
 	s, err := hc.Connect(ctx, start, frame.Greeting{Session: start.Session.ID, Mode: start.Session.Mode, Rows: rows, Cols: cols})
 	if err != nil {
 		if ctx.Err() != nil {
 			return errors.New("interrupted")
 		}
-		return remoteError(fmt.Errorf("reaching %s: %w", clean(orDefault(start.Device.Name, start.Device.ID)), err))
+		return remoteError(fmt.Errorf("reaching %s: %w", frame.Printable(orDefault(start.Device.Name, start.Device.ID)), err))
 	}
 	defer s.Close()
 	conn := s.Connection
@@ -255,7 +237,7 @@ func attach(ctx context.Context, hc *helper.Client, start wire.SessionStart, t *
 			return nil
 		case e.ending != nil:
 			restore()
-			return exitErr{code: exitRefused, err: &helper.EndedError{Outcome: clean(e.ending.Outcome), Message: clean(e.ending.Message)}}
+			return exitErr{code: exitRefused, err: &helper.EndedError{Outcome: frame.Printable(e.ending.Outcome), Message: frame.Printable(e.ending.Message)}}
 		case helperEnded && (errors.Is(e.err, io.EOF) || e.err == nil):
 			t.status("session ended")
 			return nil
@@ -294,7 +276,7 @@ func messageSuffix(m string) string {
 	if m == "" {
 		return ""
 	}
-	return ": " + clean(m)
+	return ": " + frame.Printable(m)
 }
 
 // output shows what the device sends until its End or the end of the stream.
@@ -308,16 +290,16 @@ func (t *terminal) output(s *helper.Session) (*frame.Ending, error) {
 		case frame.Data:
 			t.write(ev.Data)
 		case frame.Chat:
-			t.status("chat: %s", clean(ev.Text))
+			t.status("chat: %s", frame.Printable(ev.Text))
 		case frame.Mode:
 			m := ev.Mode
 			switch {
 			case m.Granted:
-				t.status("mode is now %s%s", clean(m.Mode), messageSuffix(m.Reason))
+				t.status("mode is now %s%s", frame.Printable(m.Mode), messageSuffix(m.Reason))
 			case m.Reason != "":
-				t.status("%s refused: %s", clean(m.Mode), clean(m.Reason))
+				t.status("%s refused: %s", frame.Printable(m.Mode), frame.Printable(m.Reason))
 			default:
-				t.status("mode %s", clean(m.Mode))
+				t.status("mode %s", frame.Printable(m.Mode))
 			}
 		case frame.Resize:
 			if r, c := t.size(); r != ev.Rows || c != ev.Cols {

@@ -384,8 +384,8 @@ func TestCleanDropsControls(t *testing.T) {
 		"c1 \u009b31m controls": "c1 31m controls",
 		"line\u2028separator":   "lineseparator",
 	} {
-		if got := clean(in); got != want {
-			t.Errorf("clean(%q) = %q, want %q", in, got, want)
+		if got := frame.Printable(in); got != want {
+			t.Errorf("Printable(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

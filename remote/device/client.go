@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/creack/pty"
@@ -163,7 +162,7 @@ func Watch(ctx context.Context, socket string, in io.Reader, out io.Writer) erro
 				mu.Lock()
 				last = p.ID
 				mu.Unlock()
-				fmt.Fprintf(out, "%s\nAnswer y or n within %ds (question %s).\n", PromptText(p), p.Timeout, printable(p.ID))
+				fmt.Fprintf(out, "%s\nAnswer y or n within %ds (question %s).\n", PromptText(p), p.Timeout, frame.Printable(p.ID))
 			}
 		case frame.Status:
 			var p frame.Presence
@@ -171,33 +170,14 @@ func Watch(ctx context.Context, socket string, in io.Reader, out io.Writer) erro
 				fmt.Fprintln(out, PresenceText(p))
 			}
 		case frame.Chat:
-			fmt.Fprintf(out, "chat: %s\n", printable(string(f.Payload)))
+			fmt.Fprintf(out, "chat: %s\n", frame.Printable(string(f.Payload)))
 		case frame.End:
 			var e frame.Ending
 			if frame.DecodeJSON(f, &e) == nil {
-				fmt.Fprintf(out, "session ended (%s) %s\n", printable(e.Outcome), printable(e.Message))
+				fmt.Fprintf(out, "session ended (%s) %s\n", frame.Printable(e.Outcome), frame.Printable(e.Message))
 			}
 		}
 	}
-}
-
-// printable is text from elsewhere (the helper's reason, card and chat) as it may reach a
-// local user's terminal: without the control characters a terminal acts on (C0 and C1,
-// DEL, line and paragraph separators), so that it can neither rewrite what the consent
-// question says nor make the terminal answer on its input.
-func printable(s string) string {
-	if !utf8.ValidString(s) {
-		s = strings.ToValidUTF8(s, "?")
-	}
-	return strings.Map(func(r rune) rune {
-		if r == '\t' {
-			return ' '
-		}
-		if unicode.IsControl(r) || r == 0x2028 || r == 0x2029 {
-			return -1
-		}
-		return r
-	}, s)
 }
 
 // PromptText says what a consent question asks, for people (printable only).
@@ -207,7 +187,7 @@ func PromptText(p frame.ConsentPrompt) string {
 	if p.Reason != "" {
 		s += " (" + p.Reason + ")"
 	}
-	return printable(s + ".")
+	return frame.Printable(s + ".")
 }
 
 // promptLine is a question on the status line: how to answer, the mode and the helper's
@@ -236,7 +216,7 @@ func peerText(p frame.Peer) string {
 // PresenceText is the connection bar's text (printable only).
 func PresenceText(p frame.Presence) string {
 	if p.Session == "" {
-		return printable("ibcm: " + p.Message)
+		return frame.Printable("ibcm: " + p.Message)
 	}
 	s := "ibcm: remote session"
 	for _, h := range p.Helpers {
@@ -248,7 +228,7 @@ func PresenceText(p frame.Presence) string {
 	if p.Message != "" {
 		s += " " + p.Message
 	}
-	return printable(s)
+	return frame.Printable(s)
 }
 
 // ShareOptions configure the share client.
@@ -397,7 +377,7 @@ func (u *shareUI) drawLocked() {
 	case u.last != "": // the newest message first, for the same reason
 		text = u.last + " | " + text
 	}
-	text = printable(text)
+	text = frame.Printable(text)
 	if w := int(u.cols); w > 0 && utf8.RuneCountInString(text) > w {
 		text = string([]rune(text)[:w])
 	}

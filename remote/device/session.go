@@ -212,7 +212,7 @@ func (s *session) consent() (outcome, code string, err error) {
 	deadline, cancel := context.WithTimeout(s.ctx, timeout)
 	defer cancel()
 	if uid < 0 {
-		s.h.c.Notice(printable(fmt.Sprintf("ibcm: %s (%s) asks for a remote %s session on this device. Run `ibcm-client share` (or `ibcm-client consent --watch`) within %s to answer.",
+		s.h.c.Notice(frame.Printable(fmt.Sprintf("ibcm: %s (%s) asks for a remote %s session on this device. Run `ibcm-client share` (or `ibcm-client consent --watch`) within %s to answer.",
 			orDash(s.t.Card.DisplayName), s.t.Helper, s.t.Mode, timeout.Round(time.Second))))
 		s.report(wire.SessionReport{Event: wire.ReportConsentAsked, Mode: s.t.Mode, Message: "nobody present: logged-in terminals told"})
 		uid = s.h.hub.waitPresent(deadline)
