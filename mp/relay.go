@@ -24,6 +24,7 @@ import (
 	"github.com/ibcm-project/ibcm/internal/tlspark"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
 // The relay (DESIGN.md §9 step 4): each ticket has two legs, the device's and the helper's
@@ -377,7 +378,7 @@ func (m *MP) handleDeviceRelay(w http.ResponseWriter, r *http.Request, p *peer) 
 		return err
 	}
 	if s.Device != p.id.ID {
-		return api.Errorf(http.StatusForbidden, "not_your_session", "session %s is not addressed to this device", s.ID)
+		return m.auditDevice(r.Context(), p.id.ID, api.Errorf(http.StatusForbidden, "not_your_session", "session %s is not addressed to this device", s.ID))
 	}
 	if s.DeviceMP != "" && s.DeviceMP != m.o.ID { // the device came to another MP since
 		return m.forwardLeg(w, r, s, ticketID, sideDevice)
@@ -398,7 +399,11 @@ func (m *MP) handleHelperRelay(w http.ResponseWriter, r *http.Request, name stri
 		return err
 	}
 	if t.Helper != name || t.HelperKey != trust.PublicKeyHash(peerOf(r).leaf) {
-		return api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to this certificate", ticketID)
+		e := api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to this certificate", ticketID)
+		m.auditRefusal(r.Context(), sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: s.Device, DeviceName: s.DeviceName, Helper: name,
+			Reason: "relay " + s.ID, Mode: s.Mode, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC()}},
+			wire.OutcomeRefused, e.Code)
+		return e
 	}
 	if m.now().After(t.ExpiresAt) {
 		return api.Errorf(http.StatusGone, "ticket_expired", "ticket %s expired", ticketID)

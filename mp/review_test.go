@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,6 +127,28 @@ func TestSessionRoutesRefuseOthers(t *testing.T) {
 	}
 	if status, e := call(t, f.client(&other), "POST", f.intranet+"/v1/sessions/"+sid+"/recording", "sealed", nil); status != http.StatusForbidden || e.Error.Code != "not_your_session" {
 		t.Errorf("another device's recording: %d %+v", status, e)
+	}
+	// Each of those refusals is audited: among the other device's status messages, and as
+	// a refused session of the helper who presented another's ticket.
+	msgs, err := f.mp.Messages(ctx, deviceID(other), time.Time{}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusedMsgs := 0
+	for _, m := range msgs.Messages {
+		if m.Component == "remote-control" && strings.Contains(m.Text, "(not_your_session)") {
+			refusedMsgs++
+		}
+	}
+	if refusedMsgs != 3 {
+		t.Errorf("%d audited refusals of the other device, want 3 (leg, report, recording): %+v", refusedMsgs, msgs.Messages)
+	}
+	audited := false
+	for _, x := range auditOf(t, f, deviceID(pc)) {
+		audited = audited || (x.Helper == "hd" && x.Outcome == wire.OutcomeRefused && x.Error == "not_your_ticket" && x.Reason == "relay "+out2.Session.ID)
+	}
+	if !audited {
+		t.Errorf("no audit row for the leg on another helper's ticket")
 	}
 	// The helper reads no recording without ReadAudit; a helper scoped elsewhere sees no session.
 	if status, e := call(t, f.client(&hd), "GET", f.intranet+"/v1/admin/sessions/"+sid+"/recording", nil, nil); status != http.StatusForbidden || e.Error.Code != "forbidden" {

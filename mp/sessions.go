@@ -217,6 +217,20 @@ func (m *MP) auditRefusal(ctx context.Context, s sessionRow, outcome, code strin
 	}
 }
 
+// auditDevice records a refusal of a device's session request (a relay leg, report or
+// recording for a session not addressed to it) among that device's status messages, the
+// device's audit, and returns e.
+func (m *MP) auditDevice(ctx context.Context, device string, e *api.Error) error {
+	now := m.now()
+	_, err := m.db.Exec(ctx, `INSERT INTO status_messages (device_id, id, time, time_ns, severity, component, text, fields, received_at)
+		VALUES (?, ?, ?, ?, 'warning', 'remote-control', ?, '{}', ?) ON CONFLICT (device_id, id) DO NOTHING`,
+		device, "mp-"+ticket.NewID(), now.Unix(), now.UnixNano(), fmt.Sprintf("refused by MP %s: %s (%s)", m.o.ID, e.Message, e.Code), now.Unix())
+	if err != nil {
+		m.log.Error().Err(err).Str("device_id", device).Msg("auditing a refusal")
+	}
+	return e
+}
+
 func checkText(key, v string, max int) error {
 	if len(v) > max {
 		return api.BadRequest("%s: at most %d bytes", key, max)
@@ -569,20 +583,20 @@ func (m *MP) handleSessionReport(w http.ResponseWriter, r *http.Request, p *peer
 	ctx := r.Context()
 	s, err := m.session(ctx, r.PathValue("id"))
 	if errors.Is(err, ErrNoSession) {
-		return api.Errorf(http.StatusForbidden, "not_your_session", "no session %q for this device", r.PathValue("id"))
+		return m.auditDevice(ctx, p.id.ID, api.Errorf(http.StatusForbidden, "not_your_session", "no session %q for this device", r.PathValue("id")))
 	}
 	if err != nil {
 		return err
 	}
 	if s.Device != p.id.ID {
-		return api.Errorf(http.StatusForbidden, "not_your_session", "session %s is not addressed to this device", s.ID)
+		return m.auditDevice(ctx, p.id.ID, api.Errorf(http.StatusForbidden, "not_your_session", "session %s is not addressed to this device", s.ID))
 	}
 	t, err := m.ticket(ctx, rep.Ticket)
 	if err != nil {
 		return err
 	}
 	if t == nil || t.Session != s.ID {
-		return api.Errorf(http.StatusForbidden, "not_your_session", "ticket %s is not of session %s", rep.Ticket, s.ID)
+		return m.auditDevice(ctx, p.id.ID, api.Errorf(http.StatusForbidden, "not_your_session", "ticket %s is not of session %s", rep.Ticket, s.ID))
 	}
 	at := m.now()
 	if t.Role == ticket.RoleViewer {
@@ -717,7 +731,7 @@ func (m *MP) handleRecordingPut(w http.ResponseWriter, r *http.Request, p *peer)
 	ctx := r.Context()
 	s, err := m.session(ctx, r.PathValue("id"))
 	if errors.Is(err, ErrNoSession) || err == nil && s.Device != p.id.ID {
-		return api.Errorf(http.StatusForbidden, "not_your_session", "session %q is not addressed to this device", r.PathValue("id"))
+		return m.auditDevice(ctx, p.id.ID, api.Errorf(http.StatusForbidden, "not_your_session", "session %q is not addressed to this device", r.PathValue("id")))
 	}
 	if err != nil {
 		return err
