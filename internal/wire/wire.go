@@ -303,8 +303,9 @@ type LocationSettings struct {
 }
 
 // RemoteControlSettings are the remote-control settings of a device's policy (DESIGN.md
-// §9, REFERENCE.md). Each one is enforced: by the MP's broker when a session is asked for,
-// and again by the agent, which trusts no helper on the MP's word alone.
+// §9, REFERENCE.md). Each one is enforced: what decides whether a session may start by the
+// MP's broker and again by the agent, which trusts no helper on the MP's word alone;
+// permitted_viewers by the broker (it knows the roles); what happens at the device by the agent.
 type RemoteControlSettings struct {
 	Enabled     bool   `json:"enabled" yaml:"enabled"`
 	AccessLevel string `json:"access_level" yaml:"access_level"` // none, view, full
