@@ -254,13 +254,7 @@ func TestConsentDenyAndTimeout(t *testing.T) {
 	rc := defaultRC()
 	rc.ConsentTimeout = "400ms"
 	e := newEnv(t, rc)
-	inR, inW := io.Pipe()
-	defer inW.Close()
-	out := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go Watch(ctx, e.sock, inR, out)
-	waitText(t, out, "connected to the ibcm agent")
+	inW, out, _ := e.watch(t)
 	signed, _ := e.ticketFor(ticket.ModeControl, ticket.ModeView, ticket.ModeControl)
 	if err := e.host.Request(context.Background(), signed); err != nil {
 		t.Fatal(err)
@@ -308,12 +302,7 @@ func TestNobodyPresentThenWatcherAndChat(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no notice to the logged-in terminals")
 	}
-	inR, inW := io.Pipe()
-	defer inW.Close()
-	out := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go Watch(ctx, e.sock, inR, out)
+	inW, out, _ := e.watch(t) // present only now
 	waitText(t, out, "asks for a remote control session")
 	inW.Write([]byte("y\n"))
 	h, err := e.connect(e.alice)
@@ -344,13 +333,7 @@ func TestAnotherUsersAnswerRefused(t *testing.T) {
 		peertest.Missing(t, "needs root to run a client as another uid")
 	}
 	e := newEnv(t, defaultRC())
-	inR, inW := io.Pipe()
-	defer inW.Close()
-	out := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go Watch(ctx, e.sock, inR, out)
-	waitText(t, out, "connected to the ibcm agent")
+	_, out, _ := e.watch(t)
 	signed, tk := e.ticketFor(ticket.ModeControl, ticket.ModeView, ticket.ModeControl)
 	if err := e.host.Request(context.Background(), signed); err != nil {
 		t.Fatal(err)

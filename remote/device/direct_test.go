@@ -2,7 +2,6 @@ package device
 
 import (
 	"context"
-	"crypto/tls"
 	"io"
 	"net"
 	"strconv"
@@ -65,15 +64,7 @@ func TestDirectTransport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e2e.WritePreamble(c, tk.ID)
-	tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil, nil))
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
-	if st := e.rep.wait(t, wire.ReportStarted); st.Transport != wire.TransportDirect {
-		t.Errorf("started %+v", st)
-	}
+	tc := e.direct(t, c, tk.ID)
 	if c2, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 		c2.Close()
 		t.Error("the session port is still open after the session started")
@@ -126,15 +117,7 @@ func TestDirectHeadStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e2e.WritePreamble(c, tk.ID)
-	tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil, nil))
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
-	if st := e.rep.wait(t, wire.ReportStarted); st.Transport != wire.TransportDirect {
-		t.Errorf("started %+v", st)
-	}
+	e.direct(t, c, tk.ID)
 	select {
 	case <-relayCalled:
 		t.Error("the relay was dialed although the direct connection came within the grace")

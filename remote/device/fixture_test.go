@@ -350,3 +350,34 @@ func newPKIForFuzz() *x509.Certificate {
 	c, _ := x509.ParseCertificate(der)
 	return c
 }
+
+// watch runs a watcher (`ibcm-client consent --watch`) on the env's share socket until the
+// test ends (or stop), once the agent has it: what the test writes to in is the local
+// user's answers, out what the watcher prints.
+func (e *env) watch(t *testing.T) (in *io.PipeWriter, out *syncBuffer, stop context.CancelFunc) {
+	t.Helper()
+	inR, inW := io.Pipe()
+	out = &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); inW.Close() })
+	go Watch(ctx, e.sock, inR, out)
+	waitText(t, out, "connected to the ibcm agent")
+	return inW, out, cancel
+}
+
+// direct runs the helper's side of a direct connection on c (the preamble naming ticketID,
+// then the end-to-end TLS as alice) and checks that the agent reports the session started
+// on the direct transport. It returns the helper's TLS connection.
+func (e *env) direct(t *testing.T, c net.Conn, ticketID string) *tls.Conn {
+	t.Helper()
+	_ = e2e.WritePreamble(c, ticketID)
+	tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil, nil))
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.Close() })
+	if st := e.rep.wait(t, wire.ReportStarted); st.Transport != wire.TransportDirect {
+		t.Errorf("started %+v", st)
+	}
+	return tc
+}

@@ -76,13 +76,5 @@ func TestDirectPortRaceNeedsTheTicketsKey(t *testing.T) {
 		c.Close()
 	}
 	c := dial() // still open
-	_ = e2e.WritePreamble(c, tk.ID)
-	tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil, nil))
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
-	if st := e.rep.wait(t, wire.ReportStarted); st.Transport != wire.TransportDirect {
-		t.Errorf("started %+v", st)
-	}
+	e.direct(t, c, tk.ID)
 }

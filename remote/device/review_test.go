@@ -44,13 +44,7 @@ func TestWatchShowsNoControlCharactersOfTheHelper(t *testing.T) {
 	rc := defaultRC()
 	rc.ConsentTimeout = "20s"
 	e := newEnv(t, rc)
-	inR, inW := io.Pipe()
-	defer inW.Close()
-	out := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go Watch(ctx, e.sock, inR, out)
-	waitText(t, out, "connected to the ibcm agent")
+	inW, out, cancel := e.watch(t)
 
 	now := time.Now()
 	tk := ticket.Ticket{ID: ticket.NewID(), Session: ticket.NewID(), Device: deviceID, Helper: "alice", HelperKey: wire.PublicKeyHash(e.alice.Leaf),
