@@ -285,6 +285,9 @@ type Policy struct {
 	// AuditKey is the site's audit public key (remote/recording), which the MP adds when it
 	// serves the policy: the agent seals session recordings to it. Not set by admins.
 	AuditKey string `json:"audit_key,omitempty" yaml:"-"`
+	// Deployments are the deployments of the device's groups, which the MP adds when it
+	// serves the policy (content.go). Not set by admins.
+	Deployments []Deployment `json:"deployments,omitempty" yaml:"-"`
 }
 
 // ClientSettings are the agent's timers.
