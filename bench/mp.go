@@ -956,8 +956,9 @@ func ibcmBinary(ctx context.Context, dir string, progress io.Writer) (string, er
 	return bin, nil
 }
 
-// initSiteDir runs `ibcm site init` into dir, every listener on a free 127.0.0.1 port.
-func initSiteDir(ctx context.Context, bin, dir string) error {
+// initSiteDir runs `ibcm site init` into dir, every listener on a free 127.0.0.1 port, with
+// extra flags added.
+func initSiteDir(ctx context.Context, bin, dir string, extra ...string) error {
 	var addrs [4]string
 	for i := range addrs {
 		var err error
@@ -968,14 +969,16 @@ func initSiteDir(ctx context.Context, bin, dir string) error {
 	initCmd := exec.CommandContext(ctx, bin, "site", "init", "--dir", dir, "--site-code", "BEN",
 		"--intranet-name", "ibcm.bench.test", "--internet-name", "ibcm.bench.example",
 		"--ca-addr", addrs[0], "--ca-public-addr", addrs[1], "--mp-intranet-addr", addrs[2], "--mp-internet-addr", addrs[3])
+	initCmd.Args = append(initCmd.Args, extra...)
 	if out, err := initCmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("ibcm site init: %w\n%s", err, out)
 	}
 	return nil
 }
 
-// upProcess is `ibcm site up` running as its own process.
+// upProcess is a server (`ibcm site up`, `ibcm dp serve`, nginx) running as its own process.
 type upProcess struct {
+	name    string
 	cmd     *exec.Cmd
 	log     string
 	exited  chan error
@@ -985,15 +988,22 @@ type upProcess struct {
 // startUp starts `ibcm site up --dir dir`, its stderr to logPath, with env added to this
 // process's environment, and returns once it printed its mp-intranet listener line.
 func startUp(ctx context.Context, bin, dir, logPath string, env []string) (*upProcess, error) {
+	cmd := exec.Command(bin, "site", "up", "--dir", dir)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	return startProcess(ctx, "ibcm site up", cmd, logPath, "mp-intranet")
+}
+
+// startProcess starts cmd, its stderr to logPath, and returns once a line of its stdout
+// starts with ready (at once when ready is empty: the caller has its own readiness check).
+func startProcess(ctx context.Context, name string, cmd *exec.Cmd, logPath, ready string) (*upProcess, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer logFile.Close() // the child has its own descriptor
-	up := &upProcess{cmd: exec.Command(bin, "site", "up", "--dir", dir), log: logPath, exited: make(chan error, 1)}
-	if len(env) > 0 {
-		up.cmd.Env = append(os.Environ(), env...)
-	}
+	up := &upProcess{name: name, cmd: cmd, log: logPath, exited: make(chan error, 1)}
 	up.cmd.Stderr = logFile
 	stdout, err := up.cmd.StdoutPipe()
 	if err != nil {
@@ -1002,29 +1012,32 @@ func startUp(ctx context.Context, bin, dir, logPath string, env []string) (*upPr
 	if err := up.cmd.Start(); err != nil {
 		return nil, err
 	}
-	ready := make(chan struct{})
+	readyc := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stdout)
-		seen := false
+		seen := ready == ""
+		if seen {
+			close(readyc)
+		}
 		for sc.Scan() {
-			if !seen && strings.HasPrefix(sc.Text(), "mp-intranet") {
+			if !seen && strings.HasPrefix(sc.Text(), ready) {
 				seen = true
-				close(ready)
+				close(readyc)
 			}
 		}
 		up.exited <- up.cmd.Wait()
 	}()
 	select {
-	case <-ready:
+	case <-readyc:
 		return up, nil
 	case err := <-up.exited:
 		up.exited <- err
 		up.stopped = true
 		log, _ := os.ReadFile(logPath)
-		return nil, fmt.Errorf("ibcm site up exited before its mp-intranet listener was up: %v\n%s", err, tail(log, 2000))
+		return nil, fmt.Errorf("%s exited before its %s line: %v\n%s", name, ready, err, tail(log, 2000))
 	case <-time.After(60 * time.Second):
 		_ = up.stop()
-		return nil, errors.New("ibcm site up: no mp-intranet line within 60s")
+		return nil, fmt.Errorf("%s: no %s line within 60s", name, ready)
 	case <-ctx.Done():
 		_ = up.stop()
 		return nil, ctx.Err()
@@ -1046,6 +1059,6 @@ func (up *upProcess) stop() error {
 	case <-time.After(20 * time.Second):
 		_ = up.cmd.Process.Kill()
 		<-up.exited
-		return errors.New("ibcm site up did not stop within 20s of SIGTERM; killed")
+		return fmt.Errorf("%s did not stop within 20s of SIGTERM; killed", up.name)
 	}
 }
