@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/site"
 )
 
@@ -797,9 +799,225 @@ func dpSlowClients(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []
 	return rows, notes, nil
 }
 
-// dpPullSync is filled in once the pull-DP has landed.
+// dpPullSync has a second standalone DP pull the blob from the first (pull.sources = the
+// first's URL) after `ibcm content add` and `ibcm content distribute --dp` of a package
+// holding it, and times it beside a plain download of the same bytes by the bench's client.
 func dpPullSync(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []string, error) {
-	return nil, []string{"pull-DP: not measured yet"}, nil
+	size := e.blob.size
+	dir := filepath.Join(e.tmp, "dpp")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	if _, _, err := issueDPCert(ctx, e.bin, e.siteDir, dir, "dpp"); err != nil {
+		return nil, nil, err
+	}
+	fmt.Fprintln(progress, "dp: ibcm dp serve (pull-DP dpp, pull.sources = dpb, separate process)")
+	dpp, err := startDP(ctx, e, dir, "dpp", []dpPullSource{{URL: e.dp.base, Priority: 1}})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer dpp.proc.stop()
+	for _, id := range []string{"dpb", "dpp"} {
+		if err := e.waitRegistered(ctx, id, dpp.proc); err != nil {
+			return nil, nil, err
+		}
+	}
+
+	// The package: the blob under one file name (a hard link, no copy), uploaded to the
+	// site's origin DP, signed by the CA, registered with the MP.
+	pkg := filepath.Join(e.tmp, "pkg")
+	if err := os.MkdirAll(pkg, 0o755); err != nil {
+		return nil, nil, err
+	}
+	file := filepath.Join(pkg, "payload.bin")
+	if err := os.Link(e.blob.path, file); err != nil {
+		return nil, nil, err
+	}
+	fmt.Fprintf(progress, "dp: ibcm content add bench-payload --version 1 (%s, 4 MiB chunks; uploaded to the site's origin DP)\n", fmtSize(size))
+	t0 := time.Now()
+	out, err := exec.CommandContext(ctx, e.bin, "content", "add", "bench-payload", "--version", "1", "--chunk-size", "4MiB",
+		"--dir", e.siteDir, "--json", file).Output()
+	if err != nil {
+		return nil, nil, fmt.Errorf("ibcm content add: %w\n%s", err, exitStderr(err))
+	}
+	addTime := time.Since(t0)
+	var added struct {
+		Uploaded int64  `json:"uploaded"`
+		DP       string `json:"dp"`
+	}
+	if err := json.Unmarshal(out, &added); err != nil {
+		return nil, nil, fmt.Errorf("ibcm content add --json: %w: %.300q", err, out)
+	}
+
+	// A plain download of the same bytes by the bench's client, just before.
+	fmt.Fprintln(progress, "dp: a plain download of the blob from dpb, then the pull")
+	plain, _, err := e.download(ctx, e.dp, 1, false)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	final := filepath.Join(dir, "library", e.blob.sum[:2], e.blob.sum[2:4], e.blob.sum)
+	srcCPU0, _ := procTreeCPU(e.dp.proc.pid())
+	pullCPU0, _ := procTreeCPU(dpp.proc.pid())
+	t0 = time.Now()
+	if out, err := exec.CommandContext(ctx, e.bin, "content", "distribute", "bench-payload", "--version", "1",
+		"--dp", "dpp", "--dir", e.siteDir).CombinedOutput(); err != nil {
+		return nil, nil, fmt.Errorf("ibcm content distribute: %w\n%s", err, out)
+	}
+	var partSeen time.Duration
+	deadline := t0.Add(dpDownloadTimeout)
+	for {
+		if _, err := os.Stat(final); err == nil {
+			break
+		}
+		if partSeen == 0 {
+			if _, err := os.Stat(final + ".part"); err == nil {
+				partSeen = time.Since(t0)
+			}
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(dpp.proc.log)
+			return nil, nil, fmt.Errorf("the pull-DP has no %s after %s\n%s", final, dpDownloadTimeout, tail(log, 2000))
+		}
+		select {
+		case err := <-dpp.proc.exited:
+			dpp.proc.exited <- err
+			dpp.proc.stopped = true
+			log, _ := os.ReadFile(dpp.proc.log)
+			return nil, nil, fmt.Errorf("the pull-DP exited: %v\n%s", err, tail(log, 2000))
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond): // polling the library: the blob appears by rename
+		}
+	}
+	pull := time.Since(t0)
+	srcCPU1, _ := procTreeCPU(e.dp.proc.pid())
+	pullCPU1, _ := procTreeCPU(dpp.proc.pid())
+	if sum, err := fileSHA256(final); err != nil || sum != e.blob.sum {
+		return nil, nil, fmt.Errorf("the pull-DP's blob: SHA-256 %s (%v), want %s", sum, err, e.blob.sum)
+	}
+	state, err := e.waitDPState(ctx, "dpp", "bench-payload", "1")
+	if err != nil {
+		return nil, nil, err
+	}
+
+	pullMBps := float64(size) / 1e6 / pull.Seconds()
+	rows := []Row{
+		{Name: "plain download of the blob from the DP, 1 stream", Value: plain.mbps(size), Unit: "MB/s", Count: 1},
+		{Name: "pull-DP sync of the blob (distribute -> blob in its library)", Value: pullMBps, Unit: "MB/s", Count: 1},
+		{Name: "pull-DP sync / plain download", Value: 100 * pullMBps / plain.mbps(size), Unit: "%", Count: 1},
+	}
+	transfer := "its .part file was never seen (the pull took under 10 ms?)"
+	if partSeen > 0 {
+		transfer = fmt.Sprintf(".part file first seen after %s, so %.0f MB/s from then on", partSeen.Round(time.Millisecond), float64(size)/1e6/(pull-partSeen).Seconds())
+	}
+	notes := []string{
+		fmt.Sprintf("pull-DP: a second standalone `ibcm dp serve` (dpp, pull.sources = [dpb's URL], no rate limit); the package: `ibcm content add bench-payload --version 1 --chunk-size 4MiB` of the blob (%d chunks; %s, %d bytes uploaded to the site's origin DP %s), then timed from `ibcm content distribute bench-payload --version 1 --dp dpp` until the blob is in dpp's library (hashed per chunk, whole-file hash, fsync, rename; checked here after); %s; dpp then reported %s",
+			len(e.blob.chunks), addTime.Round(time.Millisecond), added.Uploaded, added.DP, transfer, state),
+		fmt.Sprintf("pull-DP: CPU over the pull: dpb (source) %.0f ms/GiB, dpp (pull-DP) %.0f ms/GiB; the plain download (the bench's client, 1 GET, bytes dropped) just before it: %s",
+			gibMS(srcCPU1-srcCPU0, size), gibMS(pullCPU1-pullCPU0, size), plain.took.Round(time.Millisecond)),
+	}
+	return rows, notes, nil
+}
+
+func gibMS(d time.Duration, size int64) float64 {
+	return dpRun{cpu: d}.cpuPerGiB(size)
+}
+
+// exitStderr is the standard error an exec.ExitError kept.
+func exitStderr(err error) []byte {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return tail(ee.Stderr, 2000)
+	}
+	return nil
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// mpGet GETs path of the MP's admin API with the site admin's certificate into out.
+func (e *dpEnv) mpGet(ctx context.Context, path string, out any) error {
+	c := e.client(1)
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.cfg.MP.IntranetURL+path, nil)
+	if err != nil {
+		return err
+	}
+	return do(c, req, http.StatusOK, out)
+}
+
+// waitRegistered waits until the MP lists the DP id online, for at most 30 s.
+func (e *dpEnv) waitRegistered(ctx context.Context, id string, p *upProcess) error {
+	deadline := time.Now().Add(dpServeWaitTimeout)
+	for {
+		var dps []wire.DPInfo
+		err := e.mpGet(ctx, "/v1/admin/dps", &dps)
+		if err == nil {
+			for _, d := range dps {
+				if d.ID == id && d.Online {
+					return nil
+				}
+			}
+			err = fmt.Errorf("not listed online (%d DPs listed)", len(dps))
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(p.log)
+			return fmt.Errorf("DP %s is not registered with the MP after %s: %v\n%s", id, dpServeWaitTimeout, err, tail(log, 2000))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond): // polling the MP's list of DPs
+		}
+	}
+}
+
+// waitDPState waits (at most 30 s) until the MP has the DP's report of a package version
+// that is not pending or syncing, and describes it.
+func (e *dpEnv) waitDPState(ctx context.Context, id, name, version string) (string, error) {
+	deadline := time.Now().Add(dpServeWaitTimeout)
+	last := "no report"
+	for {
+		var dps []wire.DPInfo
+		if err := e.mpGet(ctx, "/v1/admin/dps", &dps); err != nil {
+			return "", err
+		}
+		for _, d := range dps {
+			if d.ID != id {
+				continue
+			}
+			for _, p := range d.Packages {
+				if p.Name == name && p.Version == version {
+					last = p.State
+					if p.Error != "" {
+						last += " (" + p.Error + ")"
+					}
+					if p.State == wire.DPReady || p.State == wire.DPFailed {
+						return last + " to the MP", nil
+					}
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("DP %s: %s %s is still %s after %s", id, name, version, last, dpServeWaitTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // makeBlob writes size random bytes into lib at <ab>/<cd>/<sha256> (the DP's library
