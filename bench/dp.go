@@ -676,6 +676,11 @@ func dpSlowClients(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []
 			<-s.done
 		}
 	}()
+	held := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(live)
+	}
 	url := e.blob.url(e.dp.base)
 	interval := time.Duration(float64(time.Second) * dpSlowReadBuf / float64(*dpSlowRate))
 	if interval > 2*time.Second {
@@ -695,6 +700,8 @@ func dpSlowClients(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []
 						return
 					}
 					sctx, cancel := context.WithCancel(context.Background())
+					// a server that stops accepting (a connection limit) must not hang the bench
+					opening := time.AfterFunc(dpServeWaitTimeout, cancel)
 					req, err := http.NewRequestWithContext(sctx, http.MethodGet, url, nil)
 					if err != nil {
 						cancel()
@@ -708,10 +715,7 @@ func dpSlowClients(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []
 					}
 					if err != nil {
 						cancel()
-						mu.Lock()
-						k := len(live)
-						mu.Unlock()
-						errc <- fmt.Errorf("opening download %d: %w", k+1, err)
+						errc <- fmt.Errorf("opening download %d (none is opened after %s): %w", held()+1, dpServeWaitTimeout, err)
 						return
 					}
 					buf := make([]byte, chunk)
@@ -719,6 +723,12 @@ func dpSlowClients(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []
 						cancel()
 						resp.Body.Close()
 						errc <- fmt.Errorf("first byte: %w", err)
+						return
+					}
+					if !opening.Stop() {
+						cancel()
+						resp.Body.Close()
+						errc <- fmt.Errorf("download %d was not in flight within %s", held()+1, dpServeWaitTimeout)
 						return
 					}
 					s := &slowDownload{cancel: cancel, done: make(chan struct{})}
@@ -783,16 +793,14 @@ func dpSlowClients(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []
 	if l := lost.Load(); l > 0 {
 		return nil, nil, fmt.Errorf("%d slow downloads ended while held, the first with: %v", l, lostErr.Load())
 	}
-	mu.Lock()
-	total := len(live)
-	mu.Unlock()
-	held := time.Since(t0)
+	total := held()
+	heldFor := time.Since(t0)
 	perKiB := float64(after-before) / float64(n) / 1024
 	fmt.Fprintf(progress, "dp: %d slow downloads in flight (DP RSS %.1f MiB); closing them\n", total, float64(after)/(1<<20))
 	rows := []Row{targetRow(fmt.Sprintf("DP RSS per concurrent slow download (%s)", thousands(float64(n))), "KiB", perKiB, n, dpSlowTargetKiB, true)}
 	notes := []string{
 		fmt.Sprintf("slow downloads: each a GET of the whole blob from the DP on its own connection (the admin's certificate, socket receive buffer 16 KiB), reading %d bytes every %s (%d bytes/s) into a %d-byte buffer; %d opened in %s (%d at once) after %d warm-up ones, all in flight (first byte read, none ended) for %s",
-			chunk, interval, *dpSlowRate, chunk, n, openTime.Round(time.Millisecond), dpSlowOpeners, dpSlowWarmup, held.Round(time.Millisecond)),
+			chunk, interval, *dpSlowRate, chunk, n, openTime.Round(time.Millisecond), dpSlowOpeners, dpSlowWarmup, heldFor.Round(time.Millisecond)),
 		fmt.Sprintf("slow downloads: DP VmRSS %.1f MiB after %d warm-up downloads -> %.1f MiB with %d more (RssAnon %.1f MiB; stable: two reads 500 ms apart within 1%%); %d OS threads; %.1f MiB read by all clients",
 			float64(before)/(1<<20), dpSlowWarmup, float64(after)/(1<<20), n, float64(anon)/1024, threads, float64(read.Load())/(1<<20)),
 	}
