@@ -548,7 +548,7 @@ func contentShowCommand() *cli.Command {
 func printContentVersion(out io.Writer, cv wire.ContentVersion) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "name\t%s\nversion\t%s\nmanifest sha256\t%s\n", cv.Name, cv.Version, cv.ManifestSHA256)
-	fmt.Fprintf(w, "size\t%s in %d files\n", humanBytes(cv.Size), len(cv.Files))
+	fmt.Fprintf(w, "size\t%s in %s\n", humanBytes(cv.Size), plural(len(cv.Files), "file"))
 	fmt.Fprintf(w, "created\t%s by %s\n", cv.Created.Format(time.RFC3339), dash(cv.AddedBy))
 	if in := cv.Install; in != nil {
 		codes := make([]string, 0, len(in.SuccessCodes))
@@ -988,4 +988,12 @@ func (p *progressBar) draw() {
 func (p *progressBar) finish() {
 	p.draw()
 	fmt.Fprintln(p.w)
+}
+
+// plural reads "1 file", "3 files".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
