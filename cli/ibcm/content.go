@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -169,7 +170,18 @@ func contentAdd(ctx context.Context, c *cli.Command) error {
 		return err
 	}
 
-	m, err := buildManifest(name, c.String("version"), chunk, files, install, time.Now().UTC().Truncate(time.Second))
+	var hashing *progressBar
+	if isTerminal(errw) {
+		var total int64
+		for _, f := range files {
+			total += f.Size
+		}
+		hashing = newProgressBar(errw, fmt.Sprintf("hashing %s", plural(len(files), "file")), total)
+	}
+	m, err := buildManifest(name, c.String("version"), chunk, files, install, time.Now().UTC().Truncate(time.Second), hashing)
+	if hashing != nil {
+		hashing.finish()
+	}
 	if err != nil {
 		return err
 	}
@@ -381,7 +393,7 @@ func fileKind(t fs.FileMode) string {
 
 // hashFile fills in f's SHA-256 and the SHA-256 of each chunkSize piece, reading the file
 // once as a stream. The file must still have the size it was listed with.
-func hashFile(f *localFile, chunkSize int64) error {
+func hashFile(f *localFile, chunkSize int64, bar *progressBar) error {
 	fh, err := os.Open(f.disk)
 	if err != nil {
 		return fmt.Errorf("hashing %s: %w", f.disk, err)
@@ -399,6 +411,9 @@ func hashFile(f *localFile, chunkSize int64) error {
 			whole.Write(buf[:k])
 			piece.Write(buf[:k])
 			n += int64(k)
+			if bar != nil {
+				bar.add(int64(k))
+			}
 			if n%chunkSize == 0 {
 				chunks = append(chunks, sum(piece))
 				piece.Reset()
@@ -424,11 +439,11 @@ func hashFile(f *localFile, chunkSize int64) error {
 func sum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
 
 // buildManifest hashes the files and makes the manifest of the package version, checked
-// as the CA and the devices will check it.
-func buildManifest(name, version string, chunkSize int64, files []localFile, install *wire.InstallSpec, now time.Time) (*wire.Manifest, error) {
+// as the CA and the devices will check it; bar (may be nil) shows the bytes hashed.
+func buildManifest(name, version string, chunkSize int64, files []localFile, install *wire.InstallSpec, now time.Time, bar *progressBar) (*wire.Manifest, error) {
 	m := &wire.Manifest{Name: name, Version: version, ChunkSize: chunkSize, Install: install, Created: now}
 	for i := range files {
-		if err := hashFile(&files[i], chunkSize); err != nil {
+		if err := hashFile(&files[i], chunkSize, bar); err != nil {
 			return nil, err
 		}
 		m.Files = append(m.Files, files[i].ManifestFile)
@@ -884,8 +899,13 @@ func (u *uploader) put(ctx context.Context, fh *os.File, f localFile, offset int
 	errStalled := fmt.Errorf("no byte taken for %s", u.stall)
 	stall := time.AfterFunc(u.stall, func() { cancel(errStalled) })
 	defer stall.Stop()
-	body := &countingReader{r: io.NewSectionReader(fh, offset, f.Size-offset), onRead: func(n int) {
-		stall.Reset(u.stall)
+	var taken int64
+	body := &countingReader{r: io.NewSectionReader(fh, offset, f.Size-offset), onRead: func(n int, eof bool) {
+		if taken += int64(n); eof || taken == f.Size-offset {
+			stall.Stop() // all sent: the DP's answer has the transport's ResponseHeaderTimeout
+		} else {
+			stall.Reset(u.stall)
+		}
 		if bar != nil {
 			bar.add(int64(n))
 		}
@@ -901,44 +921,64 @@ func (u *uploader) put(ctx context.Context, fh *os.File, f localFile, offset int
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := u.bulk.Do(req)
+	// The transport may still read the body after Do returns with an error: close it first,
+	// so the count and the progress bar are final.
+	sent = body.finish()
 	if err != nil {
 		if cause := context.Cause(ctx); cause == errStalled {
 			err = cause
 		}
-		return body.n, false, err
+		return sent, false, err
 	}
 	defer resp.Body.Close()
 	stall.Stop()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return body.n, false, err
+		return sent, false, err
 	}
 	if resp.StatusCode >= 300 {
 		var e wire.Error
 		_ = json.Unmarshal(data, &e)
-		return body.n, false, &statusError{status: resp.StatusCode, code: e.Error.Code, msg: e.Error.Message}
+		return sent, false, &statusError{status: resp.StatusCode, code: e.Error.Code, msg: e.Error.Message}
 	}
 	var st wire.UploadState
 	if err := json.Unmarshal(data, &st); err != nil {
-		return body.n, false, fmt.Errorf("decoding the DP's answer: %w", err)
+		return sent, false, fmt.Errorf("decoding the DP's answer: %w", err)
 	}
-	return body.n, st.Complete, nil
+	return sent, st.Complete, nil
 }
 
-// countingReader counts what is read through it.
+// countingReader counts what is read through it until finish.
 type countingReader struct {
+	mu     sync.Mutex
 	r      io.Reader
 	n      int64
-	onRead func(int)
+	done   bool
+	onRead func(n int, eof bool)
 }
 
+var errRequestOver = errors.New("the request is over")
+
 func (c *countingReader) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		return 0, errRequestOver
+	}
 	n, err := c.r.Read(p)
-	if n > 0 {
+	if n > 0 || err == io.EOF {
 		c.n += int64(n)
-		c.onRead(n)
+		c.onRead(n, err == io.EOF)
 	}
 	return n, err
+}
+
+// finish ends the reading and returns the count.
+func (c *countingReader) finish() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.done = true
+	return c.n
 }
 
 // isTerminal reports whether w is a terminal (the progress bar is drawn there only).

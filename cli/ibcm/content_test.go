@@ -81,7 +81,7 @@ func TestBuildManifest(t *testing.T) {
 		t.Fatal(err)
 	}
 	created := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
-	m, err := buildManifest("tools", "1.0", chunk, files, nil, created)
+	m, err := buildManifest("tools", "1.0", chunk, files, nil, created, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestHashFileChanged(t *testing.T) {
 	writeFile(t, dir, "f", 1000, 1, 0o644)
 	f := localFile{disk: filepath.Join(dir, "f")}
 	f.Size = 999
-	if err := hashFile(&f, 64<<10); err == nil || !strings.Contains(err.Error(), "changed while it was read") {
+	if err := hashFile(&f, 64<<10, nil); err == nil || !strings.Contains(err.Error(), "changed while it was read") {
 		t.Errorf("a changed file: %v", err)
 	}
 }
@@ -553,5 +553,37 @@ func TestUploadTarget(t *testing.T) {
 	}
 	if _, err := uploadTarget(dps[2:4], ""); err == nil || !strings.Contains(err.Error(), "no origin DP is online") {
 		t.Errorf("no online origin: %v", err)
+	}
+}
+
+// TestContentAddProgressOnATerminal: with stderr on a terminal, hashing and each upload
+// draw a progress bar that ends at 100 %; off a terminal none is drawn.
+func TestContentAddProgressOnATerminal(t *testing.T) {
+	s := newContentSite(t)
+	dir := t.TempDir()
+	writeFile(t, dir, "pkg.bin", 300000, 11, 0o644)
+	master, slave := openPTY(t)
+	scr := &screen{changed: make(chan struct{}, 1)}
+	go scr.copy(master)
+	app := newApp()
+	var out bytes.Buffer
+	app.Writer, app.ErrWriter = &out, slave
+	err := cliapp.Run(t.Context(), app, append([]string{"ibcm", "content", "add", "pkg", filepath.Join(dir, "pkg.bin"), "--version", "1"}, s.flags...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := scr.wait(t, 0, "hashing 1 file")
+	mark = scr.wait(t, mark, "100 % 293.0 KiB / 293.0 KiB")
+	mark = scr.wait(t, mark, "pkg.bin")
+	scr.wait(t, mark, "100 % 293.0 KiB / 293.0 KiB")
+	if !strings.Contains(out.String(), "added") {
+		t.Errorf("stdout: %q", out.String())
+	}
+
+	// Off a terminal: no bar.
+	writeFile(t, dir, "other.bin", 1000, 12, 0o644)
+	_, stderr, err := runIBCM(t, "", append([]string{"content", "add", "pkg", filepath.Join(dir, "other.bin"), "--version", "2"}, s.flags...)...)
+	if err != nil || strings.Contains(stderr, "\r") || strings.Contains(stderr, "%") {
+		t.Errorf("off a terminal: %v, stderr %q", err, stderr)
 	}
 }
