@@ -790,6 +790,11 @@ func (u *uploader) getState(ctx context.Context, sha string) (wire.UploadState, 
 	var st wire.UploadState
 	for {
 		err := u.state.do(ctx, http.MethodGet, "/v1/admin/uploads/"+sha, nil, &st)
+		if err != nil && strings.Contains(err.Error(), ", HTTP 404)") {
+			// Nothing of it there (a DP may say so with not_found): start at 0. A DP without
+			// the upload routes refuses the PUT as clearly.
+			st, err = wire.UploadState{SHA256: sha}, nil
+		}
 		if err == nil || len(u.bases) <= 1 || isHTTPAnswer(err) || ctx.Err() != nil {
 			if err == nil {
 				u.bases = u.bases[:1] // this one answered: keep it

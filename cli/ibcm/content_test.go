@@ -161,8 +161,7 @@ func TestCollectFilesRefuses(t *testing.T) {
 	}
 }
 
-// TestHashFileStreams: a file larger than any buffer is hashed in chunks without reading
-// it whole (the chunk hashes match), and a file that changed since it was listed is refused.
+// TestHashFileChanged: a file whose size changed since it was listed is refused.
 func TestHashFileChanged(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, dir, "f", 1000, 1, 0o644)
@@ -585,5 +584,37 @@ func TestContentAddProgressOnATerminal(t *testing.T) {
 	_, stderr, err := runIBCM(t, "", append([]string{"content", "add", "pkg", filepath.Join(dir, "other.bin"), "--version", "2"}, s.flags...)...)
 	if err != nil || strings.Contains(stderr, "\r") || strings.Contains(stderr, "%") {
 		t.Errorf("off a terminal: %v, stderr %q", err, stderr)
+	}
+}
+
+// TestUploaderFallsBackToTheInternetURL: a DP whose intranet URL does not answer is
+// reached at its internet URL, which then stays.
+func TestUploaderFallsBackToTheInternetURL(t *testing.T) {
+	s := newContentSite(t)
+	dir := t.TempDir()
+	b := writeFile(t, dir, "f", 5000, 13, 0o644)
+	mp, err := newRoleClientForTest(t, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := newUploader(mp, wire.DPInfo{ID: "dp5", IntranetURL: "https://127.0.0.1:1", InternetURL: s.srv.URL + "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	u.log = &log
+	f := localFile{disk: filepath.Join(dir, "f")}
+	f.Path, f.Size, f.SHA256 = "f", int64(len(b)), hexSum(b)
+	sent, skipped, err := u.upload(t.Context(), f)
+	if err != nil || sent != int64(len(b)) || skipped != 0 {
+		t.Fatalf("upload: sent %d skipped %d: %v", sent, skipped, err)
+	}
+	if !strings.Contains(log.String(), "DP dp5: https://127.0.0.1:1 did not answer") || len(u.bases) != 1 || u.bases[0] != s.srv.URL {
+		t.Errorf("log %q, bases %v", log.String(), u.bases)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !bytes.Equal(s.blobs[f.SHA256], b) || !s.complete[f.SHA256] {
+		t.Error("the DP does not hold the file")
 	}
 }
