@@ -161,6 +161,15 @@ func contentAdd(ctx context.Context, c *cli.Command) error {
 	if err != nil {
 		return err
 	}
+	// A version is added once: say so before hashing and uploading anything.
+	var existing wire.ContentVersion
+	switch err := mp.do(ctx, http.MethodGet, contentPath(name, c.String("version")), nil, &existing); {
+	case err == nil:
+		return fmt.Errorf("%s %s exists already (manifest %s, added by %s): add a new --version, or ibcm content remove it first",
+			name, existing.Version, short(existing.ManifestSHA256), dash(existing.AddedBy))
+	case !strings.Contains(err.Error(), ", HTTP 404)"):
+		return err
+	}
 	var dps []wire.DPInfo
 	if err := mp.do(ctx, http.MethodGet, "/v1/admin/dps", nil, &dps); err != nil {
 		return fmt.Errorf("listing the distribution points: %w", err)

@@ -434,7 +434,7 @@ func TestContentAddResumesABrokenUpload(t *testing.T) {
 		res.Size != int64(len(big)+2*len(known)) || res.Skipped != int64(len(known)) || res.Uploaded < int64(len(big)) {
 		t.Errorf("--json: %+v", res)
 	}
-	if s.requests[0] != "GET /v1/admin/dps" || s.requests[1] != "POST /v1/admin/content/sign" || s.requests[2] != "POST /v1/admin/content" {
+	if !slices.Equal(s.requests, []string{"GET /v1/admin/content/agent-tools/1.4.0", "GET /v1/admin/dps", "POST /v1/admin/content/sign", "POST /v1/admin/content"}) {
 		t.Errorf("calls: %v", s.requests)
 	}
 
@@ -454,6 +454,14 @@ func TestContentAddResumesABrokenUpload(t *testing.T) {
 	}
 	if s.received[sha] != int64(len(big)) {
 		t.Errorf("the second add sent %d bytes", s.received[sha]-int64(len(big)))
+	}
+	s.mu.Unlock()
+
+	// A version that exists is refused before anything is hashed or sent.
+	_, _, err = runIBCM(t, "", append([]string{"content", "add", "agent-tools", "--version", "1.4.1", filepath.Join(dir, "pkg")}, s.flags...)...)
+	s.mu.Lock()
+	if err == nil || !strings.Contains(err.Error(), "agent-tools 1.4.1 exists already") || len(s.signed) != 2 {
+		t.Errorf("adding an existing version: %v (signed %d)", err, len(s.signed))
 	}
 }
 
