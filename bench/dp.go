@@ -172,7 +172,7 @@ func startDPEnv(ctx context.Context, tmp, nginxBin string, size int64, progress 
 	if err != nil {
 		return nil, err
 	}
-	if err := initSiteDir(ctx, e.bin, e.siteDir, "--dp-intranet-addr", dpAddr); err != nil {
+	if err := initSiteDir(ctx, e.bin, e.siteDir, "--dp-mode", "intranet", "--dp-intranet-addr", dpAddr); err != nil {
 		return nil, err
 	}
 	fmt.Fprintln(progress, "dp: ibcm site up (CA, MP and the origin DP; separate process)")
