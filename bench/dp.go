@@ -205,7 +205,8 @@ func startDPEnv(ctx context.Context, tmp, nginxBin string, size int64, progress 
 	}
 
 	fmt.Fprintln(progress, "dp: ibcm dp serve (standalone DP dpb, separate process)")
-	if e.dp, err = startDP(ctx, e, dir, "dpb", nil); err != nil {
+	// gctrace: the live heap after each GC goes to the DP's log, for the memory row's notes
+	if e.dp, err = startDP(ctx, e, dir, "dpb", nil, "GODEBUG=gctrace=1"); err != nil {
 		return nil, err
 	}
 	e.stops = append(e.stops, func() { _ = e.dp.proc.stop() })
@@ -246,7 +247,7 @@ type dpPullSource struct {
 
 // startDP writes dir/dp.yaml for a standalone intranet DP named id (its certificate and
 // key are dir/id.crt and dir/id.key, its library dir/library) and runs `ibcm dp serve`.
-func startDP(ctx context.Context, e *dpEnv, dir, id string, sources []dpPullSource) (dpServer, error) {
+func startDP(ctx context.Context, e *dpEnv, dir, id string, sources []dpPullSource, env ...string) (dpServer, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return dpServer{}, err
@@ -268,6 +269,9 @@ func startDP(ctx context.Context, e *dpEnv, dir, id string, sources []dpPullSour
 		return dpServer{}, err
 	}
 	cmd := exec.Command(e.bin, "dp", "serve", "--config", conf)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	p, err := startProcess(ctx, "ibcm dp serve ("+id+")", cmd, filepath.Join(dir, "dp.log"), "")
 	if err != nil {
 		return dpServer{}, err
@@ -777,6 +781,7 @@ func dpSlowClients(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []
 	if err != nil {
 		return nil, nil, err
 	}
+	gcBefore := lastGC(e.dp.proc.log)
 	n := *dpSlow
 	fmt.Fprintf(progress, "dp: opening %d slow downloads, %d bytes/s each (DP RSS %.1f MiB)\n", n, *dpSlowRate, float64(before)/(1<<20))
 	t0 := time.Now()
@@ -788,6 +793,7 @@ func dpSlowClients(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []
 	if err != nil {
 		return nil, nil, err
 	}
+	gcAfter := lastGC(e.dp.proc.log)
 	threads, _ := procStatus(pid, "Threads")
 	anon, _ := procStatus(pid, "RssAnon")
 	if l := lost.Load(); l > 0 {
@@ -803,6 +809,11 @@ func dpSlowClients(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []
 			chunk, interval, *dpSlowRate, chunk, n, openTime.Round(time.Millisecond), dpSlowOpeners, dpSlowWarmup, heldFor.Round(time.Millisecond)),
 		fmt.Sprintf("slow downloads: DP VmRSS %.1f MiB after %d warm-up downloads -> %.1f MiB with %d more (RssAnon %.1f MiB; stable: two reads 500 ms apart within 1%%); %d OS threads; %.1f MiB read by all clients",
 			float64(before)/(1<<20), dpSlowWarmup, float64(after)/(1<<20), n, float64(anon)/1024, threads, float64(read.Load())/(1<<20)),
+	}
+	if gcBefore.ok && gcAfter.ok && gcAfter.n > gcBefore.n {
+		notes = append(notes, fmt.Sprintf("slow downloads: the DP's Go runtime (GODEBUG=gctrace=1, last GC before each RSS read: #%d, #%d): live heap after marking %d -> %d MB, goroutine stacks %d -> %d MB, heap goal %d MB: %.0f KiB of live heap + %.0f KiB of stack per download; RSS above that is the collector's headroom (GOGC) and memory not yet returned",
+			gcBefore.n, gcAfter.n, gcBefore.live, gcAfter.live, gcBefore.stacks, gcAfter.stacks, gcAfter.goal,
+			float64(gcAfter.live-gcBefore.live)*1024/float64(n), float64(gcAfter.stacks-gcBefore.stacks)*1024/float64(n)))
 	}
 	return rows, notes, nil
 }
@@ -872,7 +883,7 @@ func dpPullSync(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []str
 		"--dp", "dpp", "--dir", e.siteDir).CombinedOutput(); err != nil {
 		return nil, nil, fmt.Errorf("ibcm content distribute: %w\n%s", err, out)
 	}
-	var partSeen time.Duration
+	var partSeen, pullCPUPart time.Duration
 	deadline := t0.Add(dpDownloadTimeout)
 	for {
 		if _, err := os.Stat(final); err == nil {
@@ -881,6 +892,7 @@ func dpPullSync(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []str
 		if partSeen == 0 {
 			if _, err := os.Stat(final + ".part"); err == nil {
 				partSeen = time.Since(t0)
+				pullCPUPart, _ = procTreeCPU(dpp.proc.pid())
 			}
 		}
 		if time.Now().After(deadline) {
@@ -909,20 +921,23 @@ func dpPullSync(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []str
 		return nil, nil, err
 	}
 
-	pullMBps := float64(size) / 1e6 / pull.Seconds()
+	if partSeen == 0 { // the .part came and went between two looks: no transfer time
+		return nil, nil, errors.New("the pull-DP's .part file was never seen (polled every 10 ms)")
+	}
+	endMBps := float64(size) / 1e6 / pull.Seconds()
+	pullMBps := float64(size) / 1e6 / (pull - partSeen).Seconds()
 	rows := []Row{
 		{Name: "plain download of the blob from the DP, 1 stream", Value: plain.mbps(size), Unit: "MB/s", Count: 1},
-		{Name: "pull-DP sync of the blob (distribute -> blob in its library)", Value: pullMBps, Unit: "MB/s", Count: 1},
+		{Name: "pull-DP sync of the blob (.part created -> blob in its library)", Value: pullMBps, Unit: "MB/s", Count: 1},
 		{Name: "pull-DP sync / plain download", Value: 100 * pullMBps / plain.mbps(size), Unit: "%", Count: 1},
+		{Name: "pull-DP sync end to end (distribute -> blob, with start jitter)", Value: endMBps, Unit: "MB/s", Count: 1},
 	}
-	transfer := "its .part file was never seen (the pull took under 10 ms?)"
-	if partSeen > 0 {
-		transfer = fmt.Sprintf(".part file first seen after %s, so %.0f MB/s from then on", partSeen.Round(time.Millisecond), float64(size)/1e6/(pull-partSeen).Seconds())
-	}
+	transfer := fmt.Sprintf("its .part file first seen %s after the distribute command started (the puller's start jitter, random 0-5 s by design, and the assignment reaching dpp; dpp's CPU until then %.0f ms)",
+		partSeen.Round(time.Millisecond), (pullCPUPart-pullCPU0).Seconds()*1000)
 	notes := []string{
-		fmt.Sprintf("pull-DP: a second standalone `ibcm dp serve` (dpp, pull.sources = [dpb's URL], no rate limit); the package: `ibcm content add bench-payload --version 1 --chunk-size 4MiB` of the blob (%d chunks; %s, %d bytes uploaded to the site's origin DP %s), then timed from `ibcm content distribute bench-payload --version 1 --dp dpp` until the blob is in dpp's library (hashed per chunk, whole-file hash, fsync, rename; checked here after); %s; dpp then reported %s",
+		fmt.Sprintf("pull-DP: a second standalone `ibcm dp serve` (dpp, pull.sources = [dpb's URL], no rate limit) pulls with dp/pull + dp/fetch (chunks verified as they arrive, whole-file hash, written to disk, fsync, rename; the blob's hash checked here after); the package: `ibcm content add bench-payload --version 1 --chunk-size 4MiB` of the blob (%d chunks; %s, %d bytes uploaded to the site's origin DP %s), then `ibcm content distribute bench-payload --version 1 --dp dpp`; %s; the transfer row is timed from then to the blob's rename (polled every 10 ms); dpp then reported %s",
 			len(e.blob.chunks), addTime.Round(time.Millisecond), added.Uploaded, added.DP, transfer, state),
-		fmt.Sprintf("pull-DP: CPU over the pull: dpb (source) %.0f ms/GiB, dpp (pull-DP) %.0f ms/GiB; the plain download (the bench's client, 1 GET, bytes dropped) just before it: %s",
+		fmt.Sprintf("pull-DP: CPU over the pull: dpb (source) %.0f ms/GiB, dpp (pull-DP) %.0f ms/GiB; the plain download (the bench's client, 1 GET, bytes dropped, nothing written) just before it: %s",
 			gibMS(srcCPU1-srcCPU0, size), gibMS(pullCPU1-pullCPU0, size), plain.took.Round(time.Millisecond)),
 	}
 	return rows, notes, nil
@@ -1026,6 +1041,51 @@ func (e *dpEnv) waitDPState(ctx context.Context, id, name, version string) (stri
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// gcLine is one line of a Go process's GODEBUG=gctrace=1 output (sizes in MB).
+type gcLine struct {
+	ok                 bool
+	n                  int
+	live, goal, stacks int
+}
+
+// lastGC reads the last gctrace line in a log: "gc N @…: … A->B->C MB, D MB goal, E MB stacks, …".
+func lastGC(path string) gcLine {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return gcLine{}
+	}
+	lines := strings.Split(string(b), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := lines[i]
+		if !strings.HasPrefix(l, "gc ") {
+			continue
+		}
+		var g gcLine
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		g.n, _ = strconv.Atoi(f[1])
+		for _, part := range strings.Split(l, ", ") {
+			part = strings.TrimSpace(part)
+			switch {
+			case strings.HasSuffix(part, " MB goal"):
+				g.goal, _ = strconv.Atoi(strings.TrimSuffix(part, " MB goal"))
+			case strings.HasSuffix(part, " MB stacks"):
+				g.stacks, _ = strconv.Atoi(strings.TrimSuffix(part, " MB stacks"))
+			case strings.HasSuffix(part, " MB") && strings.Contains(part, "->"):
+				arrows := strings.Split(strings.TrimSuffix(part, " MB"), "->")
+				var err error
+				if g.live, err = strconv.Atoi(arrows[len(arrows)-1]); err == nil {
+					g.ok = true
+				}
+			}
+		}
+		return g
+	}
+	return gcLine{}
 }
 
 // makeBlob writes size random bytes into lib at <ab>/<cd>/<sha256> (the DP's library
