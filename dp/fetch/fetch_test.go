@@ -526,6 +526,18 @@ func TestRateLimit(t *testing.T) {
 	}
 }
 
+// Waiting for the rate limiter is not a stall: only the source's silence counts.
+func TestRateLimitIsNotAStall(t *testing.T) {
+	data, b := testBlob(t, 2*testChunk)
+	s := serve(t, data, nil)
+	c, _ := client(s)
+	lim := rate.NewLimiter(256<<10, 64<<10) // a wait of up to 250 ms per piece
+	res, err := Get(context.Background(), b, []Source{src("s", s)}, filepath.Join(t.TempDir(), "x"), Options{Client: c, Limiter: lim, StallTimeout: 100 * time.Millisecond})
+	if err != nil || res.Source != "s" {
+		t.Fatalf("%+v %v", res, err)
+	}
+}
+
 func TestNoSourcesAndBadBlob(t *testing.T) {
 	data, b := testBlob(t, testChunk+1)
 	_ = data

@@ -74,6 +74,8 @@ type Options struct {
 	MinBackoff   time.Duration // the first wait after a failure (jittered to half..full); 0 = DefaultMinBackoff
 	MaxBackoff   time.Duration // the cap, doubling from MinBackoff; 0 = DefaultMaxBackoff
 	Now          func() time.Time
+
+	tick time.Duration // how often Run refreshes percents (1s; tests shorten it)
 }
 
 // Puller syncs a DP's library with the packages distributed to it. Set it, Run it.
@@ -141,6 +143,9 @@ func New(o Options) *Puller {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.tick <= 0 {
+		o.tick = time.Second
 	}
 	if o.Rand == nil {
 		var seed [16]byte
@@ -229,12 +234,14 @@ func (p *Puller) Run(ctx context.Context) error {
 	}
 	done := make(chan result)
 	running := 0
+	full := true // ask the library about every blob (else only about those it lacked)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	ticker := time.NewTicker(time.Second)
+	ticker := time.NewTicker(p.o.tick)
 	defer ticker.Stop()
 	for {
-		started, wait := p.schedule(ctx, done)
+		started, wait := p.schedule(ctx, done, full)
+		full = false
 		running += started
 		p.flush()
 		if wait < 0 {
@@ -248,6 +255,7 @@ func (p *Puller) Run(ctx context.Context) error {
 			}
 			return ctx.Err()
 		case <-p.wake:
+			full = true
 		case <-timer.C:
 		case r := <-done:
 			running--
@@ -260,8 +268,9 @@ func (p *Puller) Run(ctx context.Context) error {
 
 // schedule verifies new manifests, marks ready what the library holds, and starts
 // downloads of missing blobs up to Parallel. It returns how many it started and how long
-// until the next backoff ends (-1: none).
-func (p *Puller) schedule(ctx context.Context, done chan<- result) (int, time.Duration) {
+// until the next backoff ends (-1: none). Unless full, blobs the library was seen to hold
+// are not asked about again.
+func (p *Puller) schedule(ctx context.Context, done chan<- result, full bool) (int, time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.o.Now()
@@ -287,7 +296,9 @@ func (p *Puller) schedule(ctx context.Context, done chan<- result) (int, time.Du
 		}
 		missing := 0
 		for _, b := range k.blobs {
-			k.has[b.SHA256] = p.o.Library.Has(b.SHA256)
+			if full || !k.has[b.SHA256] {
+				k.has[b.SHA256] = p.o.Library.Has(b.SHA256)
+			}
 			if k.has[b.SHA256] {
 				continue
 			}

@@ -454,10 +454,27 @@ func TestRateLimitShared(t *testing.T) {
 	const bps = 128 << 10
 	startAt := time.Now()
 	c, cc := watch(s.Client())
-	r := start(t, c, ca.trust(), Options{BytesPerSecond: bps}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)},
+	r := start(t, c, ca.trust(), Options{BytesPerSecond: bps, tick: 50 * time.Millisecond}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)},
 		[]Source{{URL: s.URL, Priority: 1}})
-	r.until(t, "app", wire.DPReady)
+	var percents []int
+	for st := range r.reports {
+		if st.State == wire.DPSyncing {
+			percents = append(percents, st.Percent)
+		}
+		if st.State == wire.DPReady {
+			break
+		}
+	}
 	took := time.Since(startAt)
+	// Syncing reports climb, short of 100 until ready.
+	if len(percents) < 3 || percents[len(percents)-1] == 0 {
+		t.Fatalf("syncing percents %v", percents)
+	}
+	for i, pc := range percents {
+		if pc < 0 || pc > 99 || (i > 0 && pc < percents[i-1]) {
+			t.Fatalf("syncing percents %v", percents)
+		}
+	}
 	total := int64(len(files[0]) + len(files[1]))
 	if cc.most.Load() != 2 {
 		t.Fatalf("%d downloads at once, want 2 sharing the limit", cc.most.Load())
