@@ -416,7 +416,10 @@ func (p *Puller) finish(r result) {
 	defer p.mu.Unlock()
 	now := p.o.Now()
 	delete(p.inflight, r.sum)
+	held := false
 	if r.err == nil {
+		// Asked, not assumed: the blob may have left the library (quarantine) since.
+		held = p.o.Library.Has(r.sum)
 		p.o.Log.Debug().Str("sha256", r.sum).Str("source", r.res.Source).Int64("received", r.res.Received).Int64("resumed", r.res.Resumed).Msg("blob fetched")
 	}
 	for _, k := range p.pkgs {
@@ -433,7 +436,7 @@ func (p *Puller) finish(r result) {
 			p.o.Log.Warn().Str("package", k.name).Str("version", k.version).Err(r.err).Dur("retry_in", k.next.Sub(now)).Msg("pull failed")
 			continue
 		}
-		k.has[r.sum] = true
+		k.has[r.sum] = held
 		if k.state != wire.DPFailed {
 			k.set(wire.DPSyncing, p.percent(k), "", now) // schedule marks it ready
 		}
