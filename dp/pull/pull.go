@@ -68,7 +68,9 @@ type Options struct {
 	// under the puller's lock. Nil: seeded at random.
 	Rand *rand.Rand
 
-	StartJitter  time.Duration // Run waits a random 0..StartJitter first; 0 = DefaultStartJitter, < 0 = none
+	// StartJitter: a package new to the puller (every package after a restart) waits a
+	// random 0..StartJitter before its first download; 0 = DefaultStartJitter, < 0 = none.
+	StartJitter  time.Duration
 	Parallel     int           // blobs fetched at once; 0 = DefaultParallel
 	StallTimeout time.Duration // see fetch.Options; 0 = fetch's default
 	MinBackoff   time.Duration // the first wait after a failure (jittered to half..full); 0 = DefaultMinBackoff
@@ -166,7 +168,7 @@ func burst(bps int64) int {
 }
 
 // Set replaces what the DP must hold and where it pulls from. Packages already known keep
-// their state (and their backoff); new ones start pending. Downloads under way finish.
+// their state (and their backoff); new ones start pending, after their start jitter. Downloads under way finish.
 func (p *Puller) Set(pkgs []wire.DPPackage, sources []Source) {
 	p.mu.Lock()
 	old := map[string]*pkg{}
@@ -186,8 +188,13 @@ func (p *Puller) Set(pkgs []wire.DPPackage, sources []Source) {
 			p.pkgs = append(p.pkgs, k)
 			continue
 		}
-		p.pkgs = append(p.pkgs, &pkg{key: key, name: dp.Name, version: dp.Version, pin: dp.ManifestSHA256,
-			raw: append([]byte(nil), dp.Manifest...), state: wire.DPPending, updated: p.o.Now(), dirty: true, has: map[string]bool{}})
+		k := &pkg{key: key, name: dp.Name, version: dp.Version, pin: dp.ManifestSHA256,
+			raw: append([]byte(nil), dp.Manifest...), state: wire.DPPending, updated: p.o.Now(), dirty: true, has: map[string]bool{}}
+		if p.o.StartJitter > 0 {
+			// Many DPs learn of a package at the same moment: spread their first requests.
+			k.next = k.updated.Add(time.Duration(p.rnd.Int64N(int64(p.o.StartJitter) + 1)))
+		}
+		p.pkgs = append(p.pkgs, k)
 	}
 	p.sources = append([]Source(nil), sources...)
 	p.mu.Unlock()
@@ -220,18 +227,6 @@ func (k *pkg) wire() wire.DPPackageState {
 
 // Run syncs until ctx ends; it returns ctx's error once every download under way stopped.
 func (p *Puller) Run(ctx context.Context) error {
-	if p.o.StartJitter > 0 {
-		p.mu.Lock()
-		d := time.Duration(p.rnd.Int64N(int64(p.o.StartJitter) + 1))
-		p.mu.Unlock()
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
 	done := make(chan result)
 	running := 0
 	full := true // ask the library about every blob (else only about those it lacked)
@@ -288,7 +283,7 @@ func (p *Puller) schedule(ctx context.Context, done chan<- result, full bool) (i
 				continue
 			}
 		}
-		if now.Before(k.next) {
+		if now.Before(k.next) { // start jitter or backoff
 			if d := k.next.Sub(now); wait < 0 || d < wait {
 				wait = d
 			}

@@ -543,8 +543,8 @@ func TestBackoffGrowsAndCaps(t *testing.T) {
 	}
 }
 
-// No stampede: Run waits its random start delay, and at most Parallel blobs are fetched at
-// once.
+// No stampede: a new package waits its random start delay, and at most Parallel blobs are
+// fetched at once.
 func TestStartJitterAndParallel(t *testing.T) {
 	ca := newCA(t)
 	key, cert := ca.leaf(t, "content")
@@ -552,7 +552,7 @@ func TestStartJitterAndParallel(t *testing.T) {
 	s := newDP(t, files)
 	c, cc := watch(s.Client())
 	const jitter = 400 * time.Millisecond
-	// The same seed as the puller's: its first draw is the start delay.
+	// The same seed as the puller's: its first draw is the package's start delay.
 	delay := time.Duration(mrand.New(mrand.NewPCG(7, 8)).Int64N(int64(jitter) + 1))
 	begin := time.Now()
 	r := start(t, c, ca.trust(), Options{StartJitter: jitter, BytesPerSecond: 4 << 20, Rand: mrand.New(mrand.NewPCG(7, 8))},
