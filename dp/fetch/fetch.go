@@ -382,29 +382,46 @@ func (d *download) progress() {
 	}
 }
 
+// MaxResumes is how many times in a row Get asks a source again after its connection broke
+// off mid-body, each time for the rest only, provided the broken answer brought bytes.
+const MaxResumes = 3
+
 // from downloads what is missing from one source. A source that answers a range shorter
 // than asked is asked again for the rest, as long as each answer brings bytes.
 func (d *download) from(ctx context.Context, src Source, received *int64) error {
 	retried := false
+	resumes := 0
 	for d.have < d.b.Size {
 		start := d.have
 		mixed := d.chunkStart(start) < start // the current chunk began before this request
 		err := d.request(ctx, src, received)
-		if err == nil {
-			if d.have == start {
-				return fmt.Errorf("%w: an answer with no byte", ErrShort)
-			}
-			continue
-		}
-		// A bad chunk that began with bytes from before (another source, an earlier run)
-		// may not be this source's fault: ask it once more from the chunk's start.
-		if errors.Is(err, ErrChunk) && mixed && !retried && d.have == d.chunkStart(start) {
+		switch {
+		case err == nil && d.have == start:
+			return fmt.Errorf("%w: an answer with no byte", ErrShort)
+		case err == nil:
+			resumes = 0
+		case errors.Is(err, ErrChunk) && mixed && !retried && d.have == d.chunkStart(start):
+			// A bad chunk that began with bytes from before (another source, an earlier
+			// run) may not be this source's fault: ask it once more from the chunk's start.
 			retried = true
-			continue
+		case broken(err) && d.have > start && resumes < MaxResumes && ctx.Err() == nil:
+			resumes++ // the connection broke after bringing bytes: resume from it
+		default:
+			return err
 		}
-		return err
 	}
 	return nil
+}
+
+// broken tells a connection that broke off (worth resuming) from a source that misbehaved.
+func broken(err error) bool {
+	var local *localError
+	for _, e := range []error{ErrChunk, ErrStatus, ErrNotPartial, ErrContentRange, ErrLength, ErrEncoding, ErrStall} {
+		if errors.Is(err, e) {
+			return false
+		}
+	}
+	return !errors.As(err, &local)
 }
 
 // request sends one GET for [have, Size) and writes what comes back.

@@ -201,16 +201,67 @@ func TestGetEmptyBlob(t *testing.T) {
 	mustFile(t, dst, nil)
 }
 
-// A connection cut halfway: the next Get resumes and the server sends only what was missing.
-func TestResumeAfterCut(t *testing.T) {
-	data, b := testBlob(t, 16*testChunk+777)
-	cut := len(data)/2 + 12345 // inside a chunk
-	cutter := serve(t, data, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-		w.Write(data[:cut])
+// cutServer cuts the connection halfway through the answers for which cut says so.
+func cutServer(t *testing.T, data []byte, cut func(n int64) bool) *server {
+	var s *server
+	s = serve(t, data, func(w http.ResponseWriter, r *http.Request) {
+		if !cut(s.requests.Load()) {
+			w.Header().Set("ETag", `"`+hexsum(data)+`"`)
+			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
+			return
+		}
+		from := 0
+		if rg := r.Header.Get("Range"); rg != "" {
+			from, _ = strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"))
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(data)-1, len(data)))
+			w.Header().Set("Content-Length", strconv.Itoa(len(data)-from))
+			w.WriteHeader(http.StatusPartialContent)
+		} else {
+			w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		}
+		w.Write(data[from : from+(len(data)-from)/2+12345]) // inside a chunk
 		w.(http.Flusher).Flush()
 		panic(http.ErrAbortHandler) // drop the connection
 	})
+	return s
+}
+
+// A connection cut halfway: Get asks again for the rest only, and the server sends only the
+// missing bytes.
+func TestResumeAfterCut(t *testing.T) {
+	data, b := testBlob(t, 16*testChunk+777)
+	s := cutServer(t, data, func(n int64) bool { return n == 1 })
+	s.ranges = make(chan string, 2)
+	c, _ := client(s)
+	dst := filepath.Join(t.TempDir(), b.SHA256)
+	res, err := Get(context.Background(), b, []Source{src("s", s)}, dst, Options{Client: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rg := <-s.ranges; rg != "" {
+		t.Fatalf("first Range %q", rg)
+	}
+	rg := <-s.ranges
+	kept, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"), 10, 64)
+	if err != nil || kept <= 0 || kept >= b.Size {
+		t.Fatalf("second Range %q", rg)
+	}
+	if res.Source != "s" || res.Resumed != 0 || res.Received != b.Size {
+		t.Fatalf("result %+v", res)
+	}
+	// The server's second answer carried exactly the bytes missing after the cut.
+	firstAnswer := int64(len(data)/2 + 12345)
+	if second := s.written.Load() - firstAnswer; second != b.Size-kept {
+		t.Fatalf("second answer: %d bytes; held %d of %d after the cut", second, kept, b.Size)
+	}
+	mustFile(t, dst, data)
+}
+
+// A source that cuts every answer: Get gives up after MaxResumes, keeps what it verified,
+// and the next Get resumes from there, the server sending only what was missing.
+func TestResumeAcrossGets(t *testing.T) {
+	data, b := testBlob(t, 16*testChunk+777)
+	cutter := cutServer(t, data, func(int64) bool { return true })
 	c, _ := client(cutter)
 	dst := filepath.Join(t.TempDir(), b.SHA256)
 	_, err := Get(context.Background(), b, []Source{src("cutter", cutter)}, dst, Options{Client: c})
@@ -218,9 +269,12 @@ func TestResumeAfterCut(t *testing.T) {
 	if !errors.As(err, &fe) || len(fe.Tried) != 1 || fe.Tried[0].Source != "cutter" || !errors.Is(err, ErrShort) {
 		t.Fatalf("cut download: %v", err)
 	}
+	if n := cutter.requests.Load(); n != 1+MaxResumes {
+		t.Fatalf("%d requests to the cutter", n)
+	}
 	fi, err := os.Stat(dst + ".part")
-	if err != nil || fi.Size() == 0 || fi.Size() > int64(cut) {
-		t.Fatalf(".part after the cut: %v %v", fi, err)
+	if err != nil || fi.Size() == 0 || fi.Size() >= b.Size {
+		t.Fatalf(".part after the cuts: %v %v", fi, err)
 	}
 	kept := fi.Size()
 
@@ -374,14 +428,8 @@ func TestWholeAnswerChecks(t *testing.T) {
 		h    func(w http.ResponseWriter, r *http.Request)
 		want error // nil: the blob completes
 	}{
-		{"short body", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-			w.Write(data[:len(data)-100])
-		}, ErrShort},
-		{"short body without length", func(w http.ResponseWriter, r *http.Request) {
-			w.Write(data[:len(data)-100])
-			w.(http.Flusher).Flush()
-		}, ErrShort},
+		{"short body", shortBy(data, 100, true), ErrShort},
+		{"short body without length", shortBy(data, 100, false), ErrShort},
 		{"longer Content-Length", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(len(data)+10))
 			w.Write(data)
@@ -418,6 +466,25 @@ func TestWholeAnswerChecks(t *testing.T) {
 				t.Fatalf("dst exists after a failure: %v", err)
 			}
 		})
+	}
+}
+
+// shortBy answers every request, Range or not, with n bytes fewer than it should.
+func shortBy(data []byte, n int, length bool) func(w http.ResponseWriter, r *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		from := 0
+		if rg := r.Header.Get("Range"); rg != "" {
+			from, _ = strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"))
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(data)-1, len(data)))
+		}
+		if length {
+			w.Header().Set("Content-Length", strconv.Itoa(len(data)-from))
+		}
+		if from > 0 {
+			w.WriteHeader(http.StatusPartialContent)
+		}
+		w.Write(data[from:max(from, len(data)-n)])
+		w.(http.Flusher).Flush()
 	}
 }
 
