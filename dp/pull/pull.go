@@ -104,6 +104,7 @@ type pkg struct {
 	blobs         []fetch.Blob
 	total         int64
 	has           map[string]bool // blobs seen complete in the library
+	checked       bool            // has was filled from the library once
 
 	state    string
 	percent  int
@@ -229,7 +230,7 @@ func (k *pkg) wire() wire.DPPackageState {
 func (p *Puller) Run(ctx context.Context) error {
 	done := make(chan result)
 	running := 0
-	full := true // ask the library about every blob (else only about those it lacked)
+	full := true // ask the library about every blob
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	ticker := time.NewTicker(p.o.tick)
@@ -263,8 +264,8 @@ func (p *Puller) Run(ctx context.Context) error {
 
 // schedule verifies new manifests, marks ready what the library holds, and starts
 // downloads of missing blobs up to Parallel. It returns how many it started and how long
-// until the next backoff ends (-1: none). Unless full, blobs the library was seen to hold
-// are not asked about again.
+// until the next backoff ends (-1: none). The library is asked about every blob of a
+// package once, and again only when full (after Wake or Set); between, finish keeps track.
 func (p *Puller) schedule(ctx context.Context, done chan<- result, full bool) (int, time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -289,9 +290,11 @@ func (p *Puller) schedule(ctx context.Context, done chan<- result, full bool) (i
 			}
 			continue
 		}
+		recheck := full || !k.checked
+		k.checked = true
 		missing := 0
 		for _, b := range k.blobs {
-			if full || !k.has[b.SHA256] {
+			if recheck {
 				k.has[b.SHA256] = p.o.Library.Has(b.SHA256)
 			}
 			if k.has[b.SHA256] {

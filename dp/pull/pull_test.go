@@ -296,7 +296,8 @@ func TestPreferredSourceUsed(t *testing.T) {
 	key, cert := ca.leaf(t, "content")
 	files := randomFiles(3, 3*testChunk+17)
 	a, b := newDP(t, files), newDP(t, files)
-	r := start(t, a.Client(), ca.trust(), Options{}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)},
+	app := pkgOf(t, "app", files, key, cert)
+	r := start(t, a.Client(), ca.trust(), Options{}, []wire.DPPackage{app},
 		[]Source{{URL: b.URL, Priority: 2}, {URL: a.URL, Priority: 1}})
 	s := r.until(t, "app", wire.DPReady)
 	if s.Percent != 100 || s.Error != "" || s.Version != "1.0" {
@@ -308,6 +309,19 @@ func TestPreferredSourceUsed(t *testing.T) {
 	}
 	if st := r.p.States(); len(st) != 1 || st[0].State != wire.DPReady {
 		t.Fatalf("States %+v", st)
+	}
+	// The same assignment again keeps the state; a new manifest starts pending.
+	r.p.Set([]wire.DPPackage{app}, nil)
+	if st := r.p.States(); len(st) != 1 || st[0].State != wire.DPReady {
+		t.Fatalf("States after the same Set %+v", st)
+	}
+	r.p.Set([]wire.DPPackage{pkgOf(t, "app", files, key, cert)}, nil) // a new signature: a new manifest
+	if st := r.p.States(); len(st) != 1 || st[0].State != wire.DPPending {
+		t.Fatalf("States after a new manifest %+v", st)
+	}
+	r.until(t, "app", wire.DPReady) // every blob is there already
+	if a.requests.Load() != 3 {
+		t.Fatalf("%d requests", a.requests.Load())
 	}
 }
 
