@@ -42,8 +42,8 @@ type Options struct {
 	// from the issuing key is used (whoever holds that key can sign anything anyway).
 	KeyPassword []byte
 	Now         func() time.Time // defaults to time.Now
-	Rand      io.Reader        // defaults to crypto/rand
-	Log       zerolog.Logger
+	Rand        io.Reader        // defaults to crypto/rand
+	Log         zerolog.Logger
 }
 
 // CA is the site's certificate authority: smallstep's embedded authority signing with the
@@ -69,8 +69,8 @@ type CA struct {
 
 	access *access.Store // who may use which admin route (http.go)
 
-	keyPassword []byte        // Options.KeyPassword, or derived from the issuing key
-	content     contentState  // the key that signs manifests (content.go)
+	keyPassword []byte       // Options.KeyPassword, or derived from the issuing key
+	content     contentState // the key that signs manifests (content.go)
 }
 
 type issuerURLs struct{ crl, ocsp, issuer string }
