@@ -130,7 +130,7 @@ func (m *MP) handleContentAdd(w http.ResponseWriter, r *http.Request, by string)
 	if m.siteCode() == "" {
 		return api.Errorf(http.StatusServiceUnavailable, "no_site_certificate", "this MP has no site-server certificate: it cannot tell its site's content signer")
 	}
-	sm, _, err := manifest.ReadSigned(http.MaxBytesReader(w, r.Body, manifest.MaxSigned+1))
+	sm, _, err := manifest.ReadSigned(http.MaxBytesReader(w, r.Body, manifest.MaxSigned))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
