@@ -8,7 +8,10 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -592,4 +595,36 @@ func TestDeployments(t *testing.T) {
 			t.Errorf("content remove after the deployment went: HTTP %d", st)
 		}
 	})
+}
+
+// A feed outlives the server's read and write timeouts (site.Run sets them for requests):
+// it clears the first and moves the second on before each line.
+func TestDPFeedOutlivesServerTimeouts(t *testing.T) {
+	f := newFixture(t, sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite)), Options{DPPingInterval: 50 * time.Millisecond})
+	srv := httptest.NewUnstartedServer(nil)
+	f.mp.Configure(srv.Config, wire.Intranet)
+	srv.Config.ReadTimeout, srv.Config.WriteTimeout = 200*time.Millisecond, 200*time.Millisecond
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	cfg := f.mp.TLSConfig(nil)
+	cfg.Certificates = []tls.Certificate{f.issue(t, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp", DNS: []string{"127.0.0.1"}, Role: "mp"})}
+	srv.Listener = tls.NewListener(srv.Listener, cfg)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	resp, err := f.client(ptr(f.dpCert(t, "dp1"))).Get("https://" + srv.Listener.Addr().String() + "/v1/dp/feed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, wire.MaxDPEventLine)
+	start := time.Now()
+	pings := 0
+	for time.Since(start) < time.Second {
+		if !sc.Scan() {
+			t.Fatalf("the feed ended after %s and %d pings: %v", time.Since(start).Round(time.Millisecond), pings, sc.Err())
+		}
+		if strings.Contains(sc.Text(), `"ping"`) {
+			pings++
+		}
+	}
 }
