@@ -59,10 +59,16 @@ func (c *CA) contentSigner(ctx context.Context) (crypto.Signer, []*x509.Certific
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := c.now()
-	if s.key != nil && s.chain[0].NotAfter.After(now.Add(contentSignerRenew)) {
+	// Renew at contentSignerRenew before the end, unless the issuing CA ends sooner (a new
+	// certificate would end with it as well).
+	renewAt := now.Add(contentSignerRenew)
+	if end := c.h.Issuing.NotAfter.Add(-time.Second); renewAt.After(end) {
+		renewAt = end
+	}
+	if s.key != nil && s.chain[0].NotAfter.After(renewAt) && now.Before(s.chain[0].NotAfter) {
 		return s.key, s.chain, nil
 	}
-	key, leaf, err := c.storedContentSigner(ctx, now)
+	key, leaf, err := c.storedContentSigner(ctx, renewAt)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -75,10 +81,10 @@ func (c *CA) contentSigner(ctx context.Context) (crypto.Signer, []*x509.Certific
 	return s.key, s.chain, nil
 }
 
-// storedContentSigner reads the newest usable content signer, or none.
-func (c *CA) storedContentSigner(ctx context.Context, now time.Time) (crypto.Signer, *x509.Certificate, error) {
+// storedContentSigner reads the newest usable content signer valid after renewAt, or none.
+func (c *CA) storedContentSigner(ctx context.Context, renewAt time.Time) (crypto.Signer, *x509.Certificate, error) {
 	rows, err := c.db.Query(ctx, `SELECT der, key_pem FROM content_signers WHERE not_after > ? ORDER BY not_after DESC`,
-		now.Add(contentSignerRenew).Unix())
+		renewAt.Unix())
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading the content signers: %w", err)
 	}

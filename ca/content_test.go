@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/ibcm-project/ibcm/dp/manifest"
 	"github.com/ibcm-project/ibcm/internal/access"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
@@ -131,4 +133,49 @@ func clientOf(c *CA, cert *tls.Certificate) *http.Client {
 	pool := x509.NewCertPool()
 	pool.AddCert(c.Root())
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{*cert}}}}
+}
+
+// A content signer is replaced 30 days before it ends, kept until then (across restarts),
+// and replaced when its key does not open with the CA's password.
+func TestContentSignerRenewal(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	ctx := context.Background()
+	open := func(at time.Time, password string) *CA {
+		c, err := New(ctx, db, Options{SiteCode: "TST", Hierarchy: testHierarchy(), PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop(),
+			Now: func() time.Time { return at }, KeyPassword: []byte(password)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	serial := func(c *CA) string {
+		t.Helper()
+		if err := c.Prepare(ctx); err != nil {
+			t.Fatal(err)
+		}
+		_, chain, err := c.contentSigner(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return chain[0].SerialNumber.String()
+	}
+	now := time.Now()
+	a := serial(open(now, "pw"))
+	if b := serial(open(now.Add(300*24*time.Hour), "pw")); b != a {
+		t.Error("a content signer with 65 days left was replaced")
+	}
+	b := serial(open(now.Add(340*24*time.Hour), "pw"))
+	if b == a {
+		t.Error("a content signer with 25 days left was kept")
+	}
+	if again := serial(open(now.Add(341*24*time.Hour), "pw")); again != b {
+		t.Error("the renewed content signer was not kept across a restart")
+	}
+	if other := serial(open(now.Add(341*24*time.Hour), "another")); other == b {
+		t.Error("a content signer whose key does not open was used")
+	}
+	var n int
+	if err := db.QueryRow(ctx, `SELECT COUNT(*) FROM content_signers`).Scan(&n); err != nil || n != 3 {
+		t.Errorf("%d content signers stored, want 3 (%v)", n, err)
+	}
 }

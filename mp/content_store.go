@@ -353,11 +353,13 @@ func (m *MP) content(ctx context.Context, name, version string) (wire.ContentVer
 // removeContent deletes a package version no deployment uses.
 func (m *MP) removeContent(ctx context.Context, name, version string) error {
 	return m.db.Tx(ctx, func(tx *sitedb.Tx) error {
-		var n int
-		if err := tx.QueryRow(`SELECT COUNT(*) FROM content_versions WHERE name = ? AND version = ?`, name, version).Scan(&n); err != nil {
+		// Deleted first: a deployment made meanwhile waits for this row's lock (PostgreSQL)
+		// and is seen below, or finds the version gone.
+		res, err := tx.Exec(`DELETE FROM content_versions WHERE name = ? AND version = ?`, name, version)
+		if err != nil {
 			return err
 		}
-		if n == 0 {
+		if n, _ := res.RowsAffected(); n == 0 {
 			return errNoContent(name, version)
 		}
 		var ids []string
@@ -378,7 +380,7 @@ func (m *MP) removeContent(ctx context.Context, name, version string) error {
 			return api.Errorf(http.StatusConflict, "deployment_uses_content", "package %s version %s is used by deployment(s) %s: remove them first",
 				name, version, strings.Join(ids, ", "))
 		}
-		for _, q := range []string{`DELETE FROM content_versions WHERE name = ? AND version = ?`, `DELETE FROM content_files WHERE name = ? AND version = ?`,
+		for _, q := range []string{`DELETE FROM content_files WHERE name = ? AND version = ?`,
 			`DELETE FROM distributions WHERE name = ? AND version = ?`, `DELETE FROM dp_packages WHERE name = ? AND version = ?`} {
 			if _, err := tx.Exec(q, name, version); err != nil {
 				return err

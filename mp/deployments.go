@@ -167,6 +167,11 @@ func (m *MP) handleDeploymentCreate(w http.ResponseWriter, r *http.Request, by s
 		if n == 0 {
 			return noGroup
 		}
+		// The update locks the package version's row (PostgreSQL) against a removal that
+		// would not see this deployment yet (removeContent deletes the row first).
+		if _, err := tx.Exec(`UPDATE content_versions SET size = size WHERE name = ? AND version = ?`, req.Package, req.Version); err != nil {
+			return err
+		}
 		err := tx.QueryRow(`SELECT manifest_sha256 FROM content_versions WHERE name = ? AND version = ?`, req.Package, req.Version).Scan(&d.ManifestSHA256)
 		if errors.Is(err, sql.ErrNoRows) {
 			return errNoContent(req.Package, req.Version)
