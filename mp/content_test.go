@@ -628,3 +628,23 @@ func TestDPFeedOutlivesServerTimeouts(t *testing.T) {
 		}
 	}
 }
+
+// The parsers of what devices and DPs send: a deployment report's fields and a DP's URLs
+// never panic, and what they accept is within bounds.
+func FuzzDeployState(f *testing.F) {
+	f.Add("0123456789abcdef", "downloading", "50", "", "https://dp1.corp.test:8446")
+	f.Add("x", "failed", "", "255", "")
+	f.Add("", "done", "-1", "x", "http://a/b?c")
+	f.Fuzz(func(t *testing.T, id, state, percent, exit, dp string) {
+		msg := wire.StatusMessage{Time: time.Now(), Fields: map[string]string{wire.FieldDeployment: id, wire.FieldDeployState: state,
+			wire.FieldPercent: percent, wire.FieldExitCode: exit, wire.FieldDP: dp}}
+		s, err := parseDeployState(msg)
+		if err == nil && (s.percent < 0 || s.percent > 100 || s.id == "" || len(s.id) > 64 ||
+			(s.exitCode != nil && (*s.exitCode < -1 || *s.exitCode > 255))) {
+			t.Fatalf("accepted %+v", s)
+		}
+		if checkDPURL("url", dp) == nil && !strings.HasPrefix(dp, "https://") {
+			t.Fatalf("accepted the DP URL %q", dp)
+		}
+	})
+}

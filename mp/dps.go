@@ -73,7 +73,7 @@ func (m *MP) dpRoutes(mux *http.ServeMux, h func(api.HandlerFunc) http.Handler) 
 // checkDPURL checks a URL devices reach a DP at: https://host[:port], nothing else.
 func checkDPURL(key, s string) error {
 	u, err := url.Parse(s)
-	if err != nil || len(s) > maxDPURL || u.Scheme != "https" || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") ||
+	if err != nil || len(s) > maxDPURL || !strings.HasPrefix(s, "https://") || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") ||
 		u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
 		return api.BadRequest("%s %q: want https://host[:port], at most %d characters", key, truncate(s), maxDPURL)
 	}
