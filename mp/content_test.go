@@ -186,6 +186,29 @@ func TestContentAndDistribution(t *testing.T) {
 		if st, _ := call(t, admin, "POST", f.intranet+"/v1/admin/content/Tool!/1.0/distribute", wire.ContentDistribute{}, nil); st != 400 {
 			t.Errorf("distribute a bad name: HTTP %d", st)
 		}
+		many := make([]string, maxDistributeDPs+1)
+		for i := range many {
+			many[i] = fmt.Sprintf("dp%d", i)
+		}
+		for _, tc := range []struct {
+			name, path string
+			body       any
+		}{
+			{"a bad DP id", "/v1/admin/content/tool/1.0/distribute", `{"dps":["dp 2"]}`},
+			{"too many DPs", "/v1/admin/content/tool/1.0/distribute", wire.ContentDistribute{DPs: many}},
+			{"unknown field", "/v1/admin/content/tool/1.0/distribute", `{"dps":[],"all":true}`},
+			{"a bad version", "/v1/admin/content/tool/1.0%20beta/distribute", `{}`},
+		} {
+			if st, _ := call(t, admin, "POST", f.intranet+tc.path, tc.body, nil); st != 400 {
+				t.Errorf("distribute, %s: HTTP %d, want 400", tc.name, st)
+			}
+		}
+		if st, _ := call(t, admin, "GET", f.intranet+"/v1/admin/content/tool/1.0~", nil, nil); st != 404 {
+			t.Errorf("show an unknown version: HTTP %d, want 404", st)
+		}
+		if st, _ := call(t, admin, "DELETE", f.intranet+"/v1/admin/content/tool/9", nil, nil); st != 404 {
+			t.Errorf("remove an unknown version: HTTP %d, want 404", st)
+		}
 		if st, e := call(t, admin, "POST", f.intranet+"/v1/admin/content/tool/1.0/distribute", wire.ContentDistribute{DPs: []string{"dp2"}}, &cv); st != 200 {
 			t.Fatalf("distribute: HTTP %d %+v", st, e.Error)
 		}
@@ -194,6 +217,21 @@ func TestContentAndDistribution(t *testing.T) {
 		}
 		if st, _ := call(t, dp2, "GET", f.intranet+"/v1/dp/assignments", nil, &a); st != 200 || len(a.Packages) != 1 {
 			t.Fatalf("dp2's assignments after distribution: %+v", a)
+		}
+		// Distributed with no DP named: to every DP, those that register later too.
+		if st, _ := call(t, admin, "POST", f.intranet+"/v1/admin/content", f.signed(t, "tool", "2.0", hashOf('e')), nil); st != 201 {
+			t.Fatal("content add 2.0")
+		}
+		if st, e := call(t, admin, "POST", f.intranet+"/v1/admin/content/tool/2.0/distribute", nil, nil); st != 200 {
+			t.Fatalf("distribute to every DP: HTTP %d %+v", st, e.Error)
+		}
+		dp3 := f.client(ptr(f.dpCert(t, "dp3")))
+		register(t, f, dp3, wire.DPRegistration{ID: "dp3", Mode: "internet", InternetURL: "https://dp3.example.test"})
+		if st, _ := call(t, dp3, "GET", f.intranet+"/v1/dp/assignments", nil, &a); st != 200 || len(a.Packages) != 1 || a.Packages[0].Version != "2.0" || len(a.DPs) != 3 {
+			t.Fatalf("a DP registered after a distribution to every DP: %+v", a)
+		}
+		if st, _ := call(t, admin, "DELETE", f.intranet+"/v1/admin/content/tool/2.0", nil, nil); st != http.StatusNoContent {
+			t.Fatal("content remove 2.0")
 		}
 
 		report := wire.DPStateReport{Packages: []wire.DPPackageState{{Name: "tool", Version: "1.0", State: wire.DPSyncing, Percent: 40, Updated: time.Now()},
@@ -216,7 +254,7 @@ func TestContentAndDistribution(t *testing.T) {
 			}
 		}
 		var dps []wire.DPInfo
-		if st, _ := call(t, admin, "GET", f.intranet+"/v1/admin/dps", nil, &dps); st != 200 || len(dps) != 2 {
+		if st, _ := call(t, admin, "GET", f.intranet+"/v1/admin/dps", nil, &dps); st != 200 || len(dps) != 3 {
 			t.Fatalf("dp list: %+v", dps)
 		}
 		if d := dps[1]; d.ID != "dp2" || !d.Online || len(d.Packages) != 1 || d.Packages[0].State != wire.DPSyncing || d.Packages[0].Percent != 40 {
