@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ibcm-project/ibcm/dp/fetch"
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/site"
 )
@@ -921,6 +922,26 @@ func dpPullSync(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []str
 		return nil, nil, err
 	}
 
+	// The same download by dp/fetch in the bench process, with the bench's client: the
+	// pull's download code without the puller and its process.
+	fmt.Fprintln(progress, "dp: fetch.Get of the blob from dpb in the bench process")
+	fdst := filepath.Join(e.tmp, "fetch", e.blob.sum)
+	fb := fetch.Blob{SHA256: e.blob.sum, Size: size, ChunkSize: dpChunk, Chunks: e.blob.chunks}
+	fc := e.client(1)
+	fcpu0 := selfCPU()
+	ft0 := time.Now()
+	fres, err := fetch.Get(ctx, fb, []fetch.Source{{Name: "dpb", URL: e.dp.base}}, fdst, fetch.Options{Client: fc})
+	ftook := time.Since(ft0)
+	fcpu := selfCPU() - fcpu0
+	fc.CloseIdleConnections()
+	if err != nil {
+		return nil, nil, fmt.Errorf("fetch.Get from dpb: %w", err)
+	}
+	if fres.Received != size {
+		return nil, nil, fmt.Errorf("fetch.Get from dpb received %d bytes, want %d", fres.Received, size)
+	}
+	_ = os.Remove(fdst)
+
 	if partSeen == 0 { // the .part came and went between two looks: no transfer time
 		return nil, nil, errors.New("the pull-DP's .part file was never seen (polled every 10 ms)")
 	}
@@ -931,6 +952,7 @@ func dpPullSync(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []str
 		{Name: "pull-DP sync of the blob (.part created -> blob in its library)", Value: pullMBps, Unit: "MB/s", Count: 1},
 		{Name: "pull-DP sync / plain download", Value: 100 * pullMBps / plain.mbps(size), Unit: "%", Count: 1},
 		{Name: "pull-DP sync end to end (distribute -> blob, with start jitter)", Value: endMBps, Unit: "MB/s", Count: 1},
+		{Name: "fetch.Get of the blob in the bench process (pull's download code)", Value: float64(size) / 1e6 / ftook.Seconds(), Unit: "MB/s", Count: 1},
 	}
 	transfer := fmt.Sprintf("its .part file first seen %s after the distribute command started (the puller's start jitter, random 0-5 s by design, and the assignment reaching dpp; dpp's CPU until then %.0f ms)",
 		partSeen.Round(time.Millisecond), (pullCPUPart-pullCPU0).Seconds()*1000)
@@ -939,6 +961,8 @@ func dpPullSync(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []str
 			len(e.blob.chunks), addTime.Round(time.Millisecond), added.Uploaded, added.DP, transfer, state),
 		fmt.Sprintf("pull-DP: CPU over the pull: dpb (source) %.0f ms/GiB, dpp (pull-DP) %.0f ms/GiB; the plain download (the bench's client, 1 GET, bytes dropped, nothing written) just before it: %s",
 			gibMS(srcCPU1-srcCPU0, size), gibMS(pullCPU1-pullCPU0, size), plain.took.Round(time.Millisecond)),
+		fmt.Sprintf("fetch.Get: dp/fetch called in the bench process with the bench's client (Range/If-Range, each 4 MiB chunk verified as it arrives, whole-file hash, written to a file in the temp directory, fsync, rename) right after the pull: %s, the bench process's CPU %.0f ms/GiB (client TLS included)",
+			ftook.Round(time.Millisecond), gibMS(fcpu, size)),
 	}
 	return rows, notes, nil
 }
