@@ -195,7 +195,7 @@ func Download(ctx context.Context, o HandDownload) (HandDownloaded, error) {
 	if err != nil {
 		return res, err
 	}
-	p, _ := CachedPolicy(o.Dir)
+	p, havePolicy := CachedPolicy(o.Dir)
 	var found []wire.Deployment
 	for _, d := range p.Deployments {
 		if d.Package == o.Name && (o.Version == "" || d.Version == o.Version) {
@@ -241,8 +241,10 @@ func Download(ctx context.Context, o HandDownload) (HandDownloaded, error) {
 		cfg.SiteCode, cfg.IntranetSuffixes, cfg.SRVNames, cfg.InternetMPs = b.SiteCode, b.IntranetDNSSuffixes, b.SRVNames, b.InternetMPs
 		site = b.SiteCode
 	}
-	l := p.Location
-	cfg.IntranetSuffixes, cfg.SRVNames, cfg.InternetMPs, cfg.AlwaysInternet = l.IntranetDNSSuffixes, l.SRVNames, l.InternetMPNames, l.AlwaysInternet
+	if havePolicy { // as the agent: the policy's location settings over the bootstrap's
+		l := p.Location
+		cfg.IntranetSuffixes, cfg.SRVNames, cfg.InternetMPs, cfg.AlwaysInternet = l.IntranetDNSSuffixes, l.SRVNames, l.InternetMPNames, l.AlwaysInternet
+	}
 	dec := location.Detect(ctx, cfg)
 	if dec.MP == "" {
 		return res, fmt.Errorf("no management point reachable (%s): `ibcm-client location` shows why", dec.Reason)
