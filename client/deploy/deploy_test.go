@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,20 +234,29 @@ func (e *env) await(m *Manager, id string) Record {
 	e.t.Helper()
 	timeout := time.After(30 * time.Second)
 	for {
+		for _, x := range m.Records() {
+			if x.ID == id && x.Final && e.reported(id, x.State) {
+				return x
+			}
+		}
 		select {
-		case r := <-e.reports:
-			if r.ID != id {
-				continue
-			}
-			for _, x := range m.Records() {
-				if x.ID == id && x.Final {
-					return x
-				}
-			}
+		case <-e.reports: // something changed: look again
 		case <-timeout:
 			e.t.Fatalf("deployment %s never finished: %+v", id, m.Records())
 		}
 	}
+}
+
+// reported tells whether a status message said id reached state.
+func (e *env) reported(id, state string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, f := range e.all {
+		if f[wire.FieldDeployment] == id && f[wire.FieldDeployState] == state {
+			return true
+		}
+	}
+	return false
 }
 
 func deployment(id string, p *pkg, install bool) wire.Deployment {
@@ -537,5 +547,36 @@ func TestPlaceDoesNotFollowSymlinks(t *testing.T) {
 	}
 	if err := Place(t.TempDir(), p.m, blob); !errors.Is(err, ErrCorruptBlob) {
 		t.Fatalf("corrupt blob: %v", err)
+	}
+}
+
+// No MP to name the DPs yet: the deployment waits without spending an attempt, and goes
+// on at Wake (the agent's new MP session).
+func TestDeployWaitsForAnMP(t *testing.T) {
+	ca := newCA(t)
+	p := makePkg(t, ca, "w", "1", map[string]string{"f": "x"}, nil)
+	e := newEnv(t, ca, newDP(t, ca, p))
+	var up atomic.Bool
+	asked := make(chan struct{}, 10)
+	m, _ := e.manager(func(c *Config) {
+		c.Attempts = 1
+		locate := c.Locate
+		c.Locate = func(ctx context.Context) ([]string, error) {
+			defer func() { asked <- struct{}{} }()
+			if !up.Load() {
+				return nil, ErrUnavailable
+			}
+			return locate(ctx)
+		}
+	})
+	m.SetPolicy([]wire.Deployment{deployment("d1", p, false)})
+	<-asked // (an unavailable answer changes no record, however many there are)
+	if r := m.Records()[0]; r.Final || r.Attempts != 0 || r.State != wire.DeployPending {
+		t.Fatalf("%+v", r)
+	}
+	up.Store(true)
+	m.Wake()
+	if r := e.await(m, "d1"); r.State != wire.DeployDownloaded {
+		t.Fatalf("%+v", r)
 	}
 }

@@ -61,7 +61,8 @@ type Manager struct {
 	notBefore map[string]time.Time
 	running   string
 	stop      context.CancelFunc
-	removed   bool // the running deployment left the policy
+	removed   bool      // the running deployment left the policy
+	idleUntil time.Time // no MP to name the DPs: nothing to try before then, or Wake
 	wake      chan struct{}
 }
 
@@ -98,6 +99,9 @@ func New(c Config) (*Manager, error) {
 
 // Wake makes the manager look at its work now (a new MP session, a location change).
 func (m *Manager) Wake() {
+	m.mu.Lock()
+	m.idleUntil = time.Time{}
+	m.mu.Unlock()
 	select {
 	case m.wake <- struct{}{}:
 	default:
@@ -245,6 +249,9 @@ func (m *Manager) next() (*wire.Deployment, time.Duration) {
 	defer m.mu.Unlock()
 	var wait time.Duration
 	now := time.Now()
+	if m.idleUntil.After(now) {
+		return nil, m.idleUntil.Sub(now)
+	}
 	for i := range m.policy {
 		d := m.policy[i]
 		r := m.find(d.ID)
@@ -268,16 +275,21 @@ func (m *Manager) Run(ctx context.Context) {
 		d, wait := m.next()
 		if d == nil {
 			var t <-chan time.Time
+			var timer *time.Timer
 			if wait > 0 {
-				timer := time.NewTimer(wait)
+				timer = time.NewTimer(wait)
 				t = timer.C
-				defer timer.Stop()
 			}
 			select {
 			case <-ctx.Done():
-				return
 			case <-m.wake:
 			case <-t:
+			}
+			if timer != nil {
+				timer.Stop()
+			}
+			if ctx.Err() != nil {
+				return
 			}
 			continue
 		}
@@ -317,7 +329,7 @@ func (m *Manager) process(ctx context.Context, d wire.Deployment) {
 		// the agent stops; the next run goes on where this one was
 	case errors.Is(err, ErrUnavailable):
 		m.mu.Lock()
-		m.notBefore[d.ID] = time.Now().Add(time.Minute)
+		m.idleUntil = time.Now().Add(time.Minute) // or until Wake
 		m.mu.Unlock()
 		m.log.Debug().Err(err).Str("deployment", d.ID).Msg("deployment waits")
 	default:
