@@ -26,11 +26,12 @@ func CheckDPs(urls []string) ([]string, error) {
 	var bad []string
 	for _, s := range urls {
 		u, err := url.Parse(s)
-		if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" ||
+			u.Fragment != "" || u.Opaque != "" || u.ForceQuery || strings.ContainsAny(u.Host, "/?#@") {
 			bad = append(bad, fmt.Sprintf("%q", s))
 			continue
 		}
-		out = append(out, strings.TrimSuffix(s, "/"))
+		out = append(out, "https://"+u.Host)
 		if len(out) == MaxDPs {
 			break
 		}

@@ -120,7 +120,8 @@ func (s SystemdInstaller) Run(ctx context.Context, r InstallRun) (int, string, e
 	unit := r.Unit + ".service"
 	args := []string{"--unit", unit, "--quiet", "--collect", "--wait", "--pipe", "--service-type=exec",
 		"-p", "WorkingDirectory=" + r.Dir, "-p", "KillMode=control-group",
-		"-p", "RuntimeMaxSec=" + strconv.FormatInt(int64((r.Timeout+time.Second-1)/time.Second), 10)}
+		// systemd's own limit is a backstop a little after ours, so a timeout reads as one
+		"-p", "RuntimeMaxSec=" + strconv.FormatInt(int64((r.Timeout+5*time.Second)/time.Second), 10)}
 	for _, e := range baseEnv(r) {
 		args = append(args, "-E", e)
 	}
