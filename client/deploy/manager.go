@@ -313,7 +313,14 @@ func (m *Manager) process(ctx context.Context, d wire.Deployment) {
 	defer cancel()
 	m.mu.Lock()
 	m.running, m.stop, m.removed = d.ID, cancel, false
+	still := slices.ContainsFunc(m.policy, func(x wire.Deployment) bool { return x.ID == d.ID })
 	m.mu.Unlock()
+	if !still { // the policy changed since next picked it
+		m.mu.Lock()
+		m.running, m.stop = "", nil
+		m.mu.Unlock()
+		return
+	}
 	err := m.attempt(dctx, d)
 	m.mu.Lock()
 	removed := m.removed
