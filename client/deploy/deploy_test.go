@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
@@ -134,6 +135,7 @@ type fakeDP struct {
 	mu      sync.Mutex
 	pkgs    map[string]*pkg
 	corrupt bool
+	stall   bool // send half the bytes, then nothing
 	hits    int
 }
 
@@ -170,6 +172,13 @@ func newDP(t *testing.T, ca *testCA, pkgs ...*pkg) *fakeDP {
 		}
 		if corrupt && len(b) > 0 {
 			b[len(b)/2] ^= 0xff
+		}
+		if d.stall {
+			w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+			w.Write(b[:len(b)/2])
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+			return
 		}
 		w.Header().Set("ETag", `"`+r.PathValue("sum")+`"`)
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
@@ -577,6 +586,21 @@ func TestDeployWaitsForAnMP(t *testing.T) {
 	up.Store(true)
 	m.Wake()
 	if r := e.await(m, "d1"); r.State != wire.DeployDownloaded {
+		t.Fatalf("%+v", r)
+	}
+}
+
+// A DP that stops sending is abandoned after the stall timeout; the next one completes.
+func TestDeployStalledDPThenNext(t *testing.T) {
+	ca := newCA(t)
+	p := makePkg(t, ca, "s", "1", map[string]string{"data": strings.Repeat("s", 300000)}, nil)
+	stalled, good := newDP(t, ca, p), newDP(t, ca, p)
+	stalled.stall = true
+	e := newEnv(t, ca, stalled, good)
+	m, _ := e.manager(func(c *Config) { c.StallTimeout = 300 * time.Millisecond; c.Attempts = 1 })
+	m.SetPolicy([]wire.Deployment{deployment("d1", p, false)})
+	r := e.await(m, "d1")
+	if r.State != wire.DeployDownloaded || r.DP != good.srv.URL || stalled.hits == 0 {
 		t.Fatalf("%+v", r)
 	}
 }
