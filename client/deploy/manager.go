@@ -63,6 +63,7 @@ type Manager struct {
 	stop      context.CancelFunc
 	removed   bool      // the running deployment left the policy
 	idleUntil time.Time // no MP to name the DPs: nothing to try before then, or Wake
+	wakes     uint64    // Wake calls, so one during an attempt is not lost
 	wake      chan struct{}
 }
 
@@ -101,6 +102,7 @@ func New(c Config) (*Manager, error) {
 func (m *Manager) Wake() {
 	m.mu.Lock()
 	m.idleUntil = time.Time{}
+	m.wakes++
 	m.mu.Unlock()
 	select {
 	case m.wake <- struct{}{}:
@@ -313,6 +315,7 @@ func (m *Manager) process(ctx context.Context, d wire.Deployment) {
 	defer cancel()
 	m.mu.Lock()
 	m.running, m.stop, m.removed = d.ID, cancel, false
+	wakes := m.wakes
 	still := slices.ContainsFunc(m.policy, func(x wire.Deployment) bool { return x.ID == d.ID })
 	m.mu.Unlock()
 	if !still { // the policy changed since next picked it
@@ -336,7 +339,9 @@ func (m *Manager) process(ctx context.Context, d wire.Deployment) {
 		// the agent stops; the next run goes on where this one was
 	case errors.Is(err, ErrUnavailable):
 		m.mu.Lock()
-		m.idleUntil = time.Now().Add(time.Minute) // or until Wake
+		if m.wakes == wakes { // else an MP came up meanwhile: try again now
+			m.idleUntil = time.Now().Add(time.Minute) // or until Wake
+		}
 		m.mu.Unlock()
 		m.log.Debug().Err(err).Str("deployment", d.ID).Msg("deployment waits")
 	default:
