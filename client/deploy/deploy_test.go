@@ -420,7 +420,7 @@ func TestDeployInstallTimeoutKillsTheGroup(t *testing.T) {
 	start := time.Now()
 	m.SetPolicy([]wire.Deployment{deployment("d1", p, true)})
 	r := e.await(m, "d1")
-	if r.State != wire.DeployFailed || !strings.Contains(r.Error, "timed out") || r.ExitCode != nil {
+	if r.State != wire.DeployFailed || !strings.Contains(r.Error, "timed out") || r.ExitCode == nil || *r.ExitCode != -1 {
 		t.Fatalf("%+v", r)
 	}
 	if time.Since(start) > 10*time.Second {

@@ -12,8 +12,11 @@ import (
 	"time"
 )
 
-// ErrTimeout is an install command that ran past its timeout (and was killed).
-var ErrTimeout = errors.New("install command timed out")
+// Install commands that did not exit by themselves.
+var (
+	ErrTimeout = errors.New("install command timed out") // and was killed
+	ErrKilled  = errors.New("install command killed")    // by a signal
+)
 
 // InstallRun is one run of a package's install command.
 type InstallRun struct {
@@ -96,6 +99,8 @@ func (DirectInstaller) Run(ctx context.Context, r InstallRun) (int, string, erro
 		return 0, out.String(), nil
 	case errors.As(err, &ee) && ee.ExitCode() >= 0:
 		return ee.ExitCode(), out.String(), nil
+	case errors.As(err, &ee):
+		return -1, out.String(), fmt.Errorf("%w: %v", ErrKilled, err)
 	default:
 		return -1, out.String(), err
 	}

@@ -302,7 +302,8 @@ func (m *Manager) Run(ctx context.Context) {
 	}
 }
 
-// installError is an install command that ran and failed (code -1: it did not exit).
+// installError is an install command that ran and failed (code -1: killed, or it never
+// started).
 type installError struct {
 	code int
 	err  error
@@ -350,7 +351,7 @@ func (m *Manager) process(ctx context.Context, d wire.Deployment) {
 			r.Attempts++
 			r.Error = err.Error()
 			r.ExitCode = nil
-			if errors.As(err, &ie) && ie.code >= 0 {
+			if errors.As(err, &ie) { // -1: killed (the timeout, a signal)
 				c := ie.code
 				r.ExitCode = &c
 			}
@@ -457,7 +458,11 @@ func (m *Manager) attempt(ctx context.Context, d wire.Deployment) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return &installError{code: -1, err: fmt.Errorf("install: %w%s", err, lastLines(out))}
+		err = fmt.Errorf("install: %w%s", err, lastLines(out))
+		if errors.Is(err, ErrTimeout) || errors.Is(err, ErrKilled) {
+			return &installError{code: -1, err: err}
+		}
+		return err
 	}
 	if !slices.Contains(manifest.SuccessCodes(mf.Install), code) {
 		return &installError{code: code, err: fmt.Errorf("install: exit code %d%s", code, lastLines(out))}
