@@ -3,21 +3,17 @@ package site
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"time"
 
 	"github.com/rs/zerolog"
-	"golang.org/x/net/netutil"
 
 	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/internal/listener"
 	"github.com/ibcm-project/ibcm/internal/logging"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
-	"github.com/ibcm-project/ibcm/internal/tlspark"
 	"github.com/ibcm-project/ibcm/internal/trust"
 )
 
@@ -90,7 +86,7 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		return err
 	}
 
-	var servers []*server
+	var servers []*listener.Server
 	var background []func(context.Context) // run once the listeners are up
 	var done []chan struct{}               // background work to wait for on shutdown
 	var closers []func()                   // after the listeners and the background work
@@ -107,12 +103,12 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 			return fmt.Errorf("loading the CA role's TLS certificate (ca.tls_cert, ca.tls_key): %w", err)
 		}
 		servers = append(servers,
-			&server{role: "ca", addr: cfg.CA.Listen, url: cfg.CA.URL, maxConns: maxConns, handler: authority.Handler(verifier), tls: &tls.Config{
+			&listener.Server{Role: "ca", Addr: cfg.CA.Listen, URL: cfg.CA.URL, MaxConns: maxConns, Handler: authority.Handler(verifier), TLS: &tls.Config{
 				Certificates: []tls.Certificate{cert},
 				ClientAuth:   tls.RequestClientCert, // verified per route, for clear errors
 				MinVersion:   tls.VersionTLS12,
 			}},
-			&server{role: "ca-public", addr: cfg.CA.PublicListen, url: cfg.CA.PublicURL, maxConns: maxConns, handler: authority.PublicHandler()},
+			&listener.Server{Role: "ca-public", Addr: cfg.CA.PublicListen, URL: cfg.CA.PublicURL, MaxConns: maxConns, Handler: authority.PublicHandler()},
 		)
 		background = append(background, func(ctx context.Context) { authority.Run(ctx, time.Minute) })
 	}
@@ -128,14 +124,14 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 
 	errc := make(chan error, len(servers))
 	for _, s := range servers {
-		if err := s.listen(); err != nil {
+		if err := s.Listen(); err != nil {
 			for _, o := range servers {
-				o.close()
+				o.Close()
 			}
 			return err
 		}
-		fmt.Fprintf(out, "%-12s %s (listening on %s)\n", s.role, s.url, s.ln.Addr())
-		go func() { errc <- s.serve(logging.Component(log, s.role)) }()
+		fmt.Fprintf(out, "%-12s %s (listening on %s)\n", s.Role, s.URL, s.Listener.Addr())
+		go func() { errc <- s.Serve(logging.Component(log, s.Role)) }()
 	}
 	for _, fn := range background {
 		ch := make(chan struct{})
@@ -157,7 +153,7 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 	shutdownCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stop()
 	for _, s := range servers {
-		_ = s.srv.Shutdown(shutdownCtx)
+		_ = s.HTTP.Shutdown(shutdownCtx)
 	}
 	for _, ch := range done {
 		select {
@@ -237,65 +233,4 @@ func LoadHierarchy(cfg *Config) (*ca.Hierarchy, error) {
 		return nil, fmt.Errorf("ca.issuing_cert is not signed by ca.root_cert: %w", err)
 	}
 	return &ca.Hierarchy{Root: roots[0], Issuing: iss[0], IssuingKey: key}, nil
-}
-
-// slowClientTimeouts cut a client that is slow to shake hands or send its request
-// headers, slow to send a body or read an answer, or idle between requests; tests shorten
-// them. A hijacked connection (the MP's notification channel) has its own.
-var slowClientTimeouts = struct{ header, read, write, idle time.Duration }{
-	header: 10 * time.Second, read: 30 * time.Second, write: 30 * time.Second, idle: 2 * time.Minute,
-}
-
-// server is one listener of the site with hardened HTTP timeouts and a connection limit.
-type server struct {
-	role, addr, url string
-	handler         http.Handler
-	tls             *tls.Config
-	parkable        bool // MP: a notification channel's TLS may be parked (internal/tlspark)
-	maxConns        int
-	configure       func(*http.Server) // optional: the role's own hooks
-	ln              net.Listener
-	srv             *http.Server
-}
-
-func (s *server) listen() error {
-	ln, err := net.Listen("tcp", s.addr)
-	if err != nil {
-		return fmt.Errorf("%s listener on %s: %w", s.role, s.addr, err)
-	}
-	ln = netutil.LimitListener(ln, s.maxConns)
-	switch {
-	case s.tls != nil && s.parkable:
-		ln = tlspark.NewListener(ln, s.tls)
-	case s.tls != nil:
-		ln = tls.NewListener(ln, s.tls)
-	}
-	s.ln = ln
-	s.srv = &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: slowClientTimeouts.header, // also bounds the TLS handshake
-		ReadTimeout:       slowClientTimeouts.read,
-		WriteTimeout:      slowClientTimeouts.write,
-		IdleTimeout:       slowClientTimeouts.idle,
-		MaxHeaderBytes:    16 << 10,
-	}
-	if s.configure != nil {
-		s.configure(s.srv)
-	}
-	return nil
-}
-
-func (s *server) serve(log zerolog.Logger) error {
-	s.srv.ErrorLog = newStdLog(log)
-	err := s.srv.Serve(s.ln)
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return err
-}
-
-func (s *server) close() {
-	if s.ln != nil {
-		_ = s.ln.Close()
-	}
 }
