@@ -168,9 +168,6 @@ func New(o Options) (*DP, error) {
 	if err := os.MkdirAll(d.stateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("dp.library: %w", err)
 	}
-	if err := d.loadState(); err != nil {
-		return nil, err
-	}
 	d.revoked.OnRevoke(d.conns.closeSerial)
 	if err := d.newMPClient(o.MPDial); err != nil {
 		return nil, err
@@ -183,6 +180,9 @@ func New(o Options) (*DP, error) {
 		}
 		d.puller = o.NewPuller(PullerOptions{Library: d.lib, Client: d.contentClient(), BytesPerSecond: s.Pull.BytesPerSecond,
 			Trust: manifest.Trust{Roots: pool, SiteCode: s.SiteCode, Now: d.now}, Report: d.reports.set, Log: logging.Component(d.log, "pull")})
+	}
+	if err := d.loadState(); err != nil {
+		return nil, err
 	}
 	d.makeServers()
 	return d, nil
