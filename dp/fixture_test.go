@@ -66,7 +66,7 @@ type identity struct {
 	keyFile  string
 }
 
-func newKey(t *testing.T) *ecdsa.PrivateKey {
+func newKey(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -82,7 +82,7 @@ func (p *pki) nextSerial() *big.Int {
 	return big.NewInt(1000 + p.serial)
 }
 
-func (p *pki) make(t *testing.T, tmpl *x509.Certificate, parent *x509.Certificate, parentKey crypto.Signer, key crypto.Signer) *x509.Certificate {
+func (p *pki) make(t testing.TB, tmpl *x509.Certificate, parent *x509.Certificate, parentKey crypto.Signer, key crypto.Signer) *x509.Certificate {
 	t.Helper()
 	tmpl.SerialNumber = p.nextSerial()
 	if tmpl.NotBefore.IsZero() {
@@ -123,7 +123,7 @@ func pemOf(certs ...*x509.Certificate) []byte {
 	return b
 }
 
-func writeKeyFile(t *testing.T, path string, key crypto.Signer) {
+func writeKeyFile(t testing.TB, path string, key crypto.Signer) {
 	t.Helper()
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
@@ -134,7 +134,7 @@ func writeKeyFile(t *testing.T, path string, key crypto.Signer) {
 	}
 }
 
-func newPKI(t *testing.T) *pki {
+func newPKI(t testing.TB) *pki {
 	t.Helper()
 	p := &pki{dir: t.TempDir(), identities: map[string]*identity{}, deviceID: "0b6f3c2e-1111-4a34-9830-20527b338cb5", userID: "alice"}
 	rk, ik := newKey(t), newKey(t)
@@ -170,7 +170,7 @@ func newPKI(t *testing.T) *pki {
 }
 
 // client issues (once) a client certificate: kind "device", "device2", "user" or "user2".
-func (p *pki) client(t *testing.T, kind string) *identity {
+func (p *pki) client(t testing.TB, kind string) *identity {
 	t.Helper()
 	p.mu.Lock()
 	id := p.identities[kind]
@@ -199,7 +199,7 @@ func (p *pki) client(t *testing.T, kind string) *identity {
 	return id
 }
 
-func (p *pki) writeIdentity(t *testing.T, name string, c *x509.Certificate, k crypto.Signer, chain ...*x509.Certificate) *identity {
+func (p *pki) writeIdentity(t testing.TB, name string, c *x509.Certificate, k crypto.Signer, chain ...*x509.Certificate) *identity {
 	t.Helper()
 	id := &identity{leaf: c, certFile: filepath.Join(p.dir, name+".crt"), keyFile: filepath.Join(p.dir, name+".key")}
 	id.pair = tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: k, Leaf: c}
@@ -214,7 +214,7 @@ func (p *pki) writeIdentity(t *testing.T, name string, c *x509.Certificate, k cr
 }
 
 // foreign is a device certificate from another CA.
-func (p *pki) foreign(t *testing.T) *identity {
+func (p *pki) foreign(t testing.TB) *identity {
 	t.Helper()
 	if p.foreignIdentity == nil {
 		k := newKey(t)
@@ -226,7 +226,7 @@ func (p *pki) foreign(t *testing.T) *identity {
 }
 
 // sign makes a package version of the given files (their contents) and signs it.
-func (p *pki) sign(t *testing.T, name, version string, files map[string][]byte) wire.DPPackage {
+func (p *pki) sign(t testing.TB, name, version string, files map[string][]byte) wire.DPPackage {
 	t.Helper()
 	m := &wire.Manifest{Name: name, Version: version, ChunkSize: manifest.MinChunkSize, Created: time.Now().Add(-time.Minute).UTC().Truncate(time.Second)}
 	for path, data := range files {
