@@ -21,11 +21,12 @@ import (
 const (
 	RoleCA = "ca"
 	RoleMP = "mp"
+	RoleDP = "dp"
 )
 
 // Listener is one endpoint a running site serves.
 type Listener struct {
-	Role string // ca, ca-public, mp-intranet, mp-internet
+	Role string // ca, ca-public, mp-intranet, mp-internet, dp-intranet, dp-internet
 	URL  string
 	MTLS bool // a client certificate is required in the handshake
 }
@@ -42,6 +43,14 @@ func (c *Config) Listeners(roles ...string) []Listener {
 		}
 		if c.MPInternet() {
 			out = append(out, Listener{Role: "mp-internet", URL: c.MP.InternetURL, MTLS: true})
+		}
+	}
+	if has(roles, RoleDP) && c.DP != nil {
+		if c.DP.Intranet() {
+			out = append(out, Listener{Role: "dp-intranet", URL: c.DP.IntranetURL, MTLS: true})
+		}
+		if c.DP.Internet() {
+			out = append(out, Listener{Role: "dp-internet", URL: c.DP.InternetURL, MTLS: true})
 		}
 	}
 	return out
@@ -121,6 +130,22 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		background = append(background, bg...)
 		closers = append(closers, m.Close)
 	}
+	// The DP after the MP: its listeners open once the MP's are, and it reaches the MP
+	// over loopback.
+	if has(roles, RoleDP) {
+		if cfg.DP == nil {
+			if len(roles) == 0 {
+				log.Info().Msg("no distribution point: site.yaml has no dp section (add `dp: {}` to run one with its defaults, and issue its certificate: ibcm ca issue --profile site-server --role dp --subject dp1)")
+			}
+		} else {
+			d, err := openDP(cfg, logging.Component(log, "dp"))
+			if err != nil {
+				return err
+			}
+			servers = append(servers, d.Servers()...)
+			background = append(background, d.Run)
+		}
+	}
 
 	errc := make(chan error, len(servers))
 	for _, s := range servers {
@@ -141,6 +166,9 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 	served := roles
 	if len(served) == 0 {
 		served = []string{RoleCA, RoleMP}
+		if cfg.DP != nil {
+			served = append(served, RoleDP)
+		}
 	}
 	log.Info().Str("site", cfg.Site.Code).Strs("roles", served).Msg("site up")
 
