@@ -216,6 +216,11 @@ func (d *DP) gate(next http.Handler) http.Handler {
 			return listener.Overloaded("the distribution point")
 		}
 		defer release()
+		// The server has no whole-request timeouts (a blob may take hours): each request
+		// gets the site's, and the bulk routes move them along as bytes flow.
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(time.Now().Add(listener.SlowClient.Read))
+		_ = rc.SetWriteDeadline(time.Now().Add(listener.SlowClient.Write))
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), peerKey{}, p)))
 		return nil
 	})
