@@ -51,6 +51,8 @@ type pki struct {
 	mpCert, dpCert   tls.Certificate
 	dpCertFile       string
 	dpKeyFile        string
+	dp2CertFile      string // a second DP, dp2
+	dp2KeyFile       string
 	serial           int64
 	mu               sync.Mutex
 	identities       map[string]*identity
@@ -164,6 +166,12 @@ func newPKI(t testing.TB) *pki {
 		t.Fatal(err)
 	}
 	writeKeyFile(t, p.dpKeyFile, dk)
+	d2, d2k := server("dp2", "dp", x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	p.dp2CertFile, p.dp2KeyFile = filepath.Join(p.dir, "dp2.crt"), filepath.Join(p.dir, "dp2.key")
+	if err := os.WriteFile(p.dp2CertFile, pemOf(d2, p.issuing), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writeKeyFile(t, p.dp2KeyFile, d2k)
 	sc, sk := server("content-signer", "content", x509.ExtKeyUsageCodeSigning)
 	p.signer, p.signerKey = sc, sk
 	return p
