@@ -21,35 +21,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ibcm-project/ibcm/dp/library"
-	"github.com/ibcm-project/ibcm/dp/manifest"
+	"github.com/ibcm-project/ibcm/dp/pull"
 	"github.com/ibcm-project/ibcm/internal/listener"
 	"github.com/ibcm-project/ibcm/internal/logging"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
-
-// Puller fetches what is distributed to a pull-DP (package dp/pull).
-type Puller interface {
-	Set(pkgs []wire.DPPackage, sources []PullSourceURL)
-	Run(ctx context.Context)
-	Wake()
-}
-
-// PullSourceURL is one resolved pull source: a DP's base URL and its priority.
-type PullSourceURL struct {
-	URL      string
-	Priority int
-}
-
-// PullerOptions are what a DP gives the Puller it makes.
-type PullerOptions struct {
-	Library        *library.Library
-	Client         *http.Client // mutual TLS with the DP's certificate
-	Trust          manifest.Trust
-	BytesPerSecond int64
-	Report         func(wire.DPPackageState)
-	Log            zerolog.Logger
-}
 
 // Options configure New.
 type Options struct {
@@ -61,9 +38,9 @@ type Options struct {
 	// MPDial, when set, is the host:port the MP link dials whatever mp_url's host is (a
 	// site's DP reaches its MP over loopback; mp_url still names it for TLS).
 	MPDial string
-	// NewPuller makes the puller of a DP that is not origin; none when nil (what is
-	// assigned then stays pending until it is in the library).
-	NewPuller func(PullerOptions) Puller
+	// Pull tunes the puller of a DP that is not origin (tests shorten its waits); its
+	// Library, Client, Trust, BytesPerSecond, Report and Log are the DP's.
+	Pull pull.Options
 	// OnEvent, when set, is called after each feed event took effect (tests).
 	OnEvent func(wire.DPEvent)
 }
@@ -101,7 +78,7 @@ type DP struct {
 	pkgs        map[string]*assignedPkg // name + "\x00" + version
 	blobs       map[string]bool         // every blob an assigned package references
 
-	puller  Puller
+	puller  *pull.Puller // nil on an origin DP
 	reports *reporter
 	servers []*listener.Server
 }
@@ -173,13 +150,14 @@ func New(o Options) (*DP, error) {
 		return nil, err
 	}
 	d.reports = newReporter(d)
-	if !s.Origin && o.NewPuller != nil {
-		pool := x509.NewCertPool()
-		for _, r := range d.roots {
-			pool.AddCert(r)
+	if !s.Origin {
+		po := o.Pull
+		po.Library, po.Client, po.Trust, po.BytesPerSecond = d.lib, d.contentClient(), d.manifestTrust(), s.Pull.BytesPerSecond
+		po.Report, po.Log = d.reports.set, logging.Component(d.log, "pull")
+		if po.Now == nil {
+			po.Now = d.now
 		}
-		d.puller = o.NewPuller(PullerOptions{Library: d.lib, Client: d.contentClient(), BytesPerSecond: s.Pull.BytesPerSecond,
-			Trust: manifest.Trust{Roots: pool, SiteCode: s.SiteCode, Now: d.now}, Report: d.reports.set, Log: logging.Component(d.log, "pull")})
+		d.puller = pull.New(po)
 	}
 	if err := d.loadState(); err != nil {
 		return nil, err
@@ -265,7 +243,7 @@ func (d *DP) Run(ctx context.Context) {
 	run(d.reports.run)
 	run(d.validateLoop)
 	if d.puller != nil {
-		run(d.puller.Run)
+		run(func(ctx context.Context) { _ = d.puller.Run(ctx) })
 	}
 	wg.Wait()
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ibcm-project/ibcm/dp/manifest"
+	"github.com/ibcm-project/ibcm/dp/pull"
 	"github.com/ibcm-project/ibcm/internal/peertest"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
@@ -428,7 +429,7 @@ func settingsFor(p *pki, m *fakeMP, dir string) Settings {
 func startDP(t *testing.T, s Settings, waitReady bool) *runningDP {
 	t.Helper()
 	r := &runningDP{urls: map[string]string{}, events: make(chan wire.DPEvent, 64), settings: s}
-	d, err := New(Options{Settings: s, Log: zerolog.Nop(), OnEvent: func(ev wire.DPEvent) {
+	d, err := New(Options{Settings: s, Log: zerolog.Nop(), Pull: pull.Options{StartJitter: -1, MinBackoff: 50 * time.Millisecond}, OnEvent: func(ev wire.DPEvent) {
 		select {
 		case r.events <- ev:
 		default:

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/dp/manifest"
+	"github.com/ibcm-project/ibcm/dp/pull"
 	"github.com/ibcm-project/ibcm/internal/atomicfile"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
@@ -440,30 +441,30 @@ func (d *DP) setAssignments(a wire.DPAssignments) {
 
 // pullSources resolves pull.sources (by id through the registered DPs), or the origin DPs
 // when none are configured. A DP reaches another by its intranet URL when it has one.
-func (d *DP) pullSources(dps []wire.DPInfo) []PullSourceURL {
+func (d *DP) pullSources(dps []wire.DPInfo) []pull.Source {
 	urlOf := func(i wire.DPInfo) string {
 		if i.IntranetURL != "" && (d.s.Intranet() || i.InternetURL == "") {
 			return i.IntranetURL
 		}
 		return i.InternetURL
 	}
-	var out []PullSourceURL
+	var out []pull.Source
 	if len(d.s.Pull.Sources) == 0 {
 		for _, i := range dps {
 			if i.Origin && i.ID != d.s.ID {
-				out = append(out, PullSourceURL{URL: urlOf(i), Priority: i.Priority})
+				out = append(out, pull.Source{URL: urlOf(i), Priority: i.Priority})
 			}
 		}
 		return out
 	}
 	for _, s := range d.s.Pull.Sources {
 		if s.URL != "" {
-			out = append(out, PullSourceURL{URL: strings.TrimSuffix(s.URL, "/"), Priority: s.Priority})
+			out = append(out, pull.Source{URL: strings.TrimSuffix(s.URL, "/"), Priority: s.Priority})
 			continue
 		}
 		for _, i := range dps {
 			if i.ID == s.ID && i.ID != d.s.ID {
-				out = append(out, PullSourceURL{URL: urlOf(i), Priority: s.Priority})
+				out = append(out, pull.Source{URL: urlOf(i), Priority: s.Priority})
 			}
 		}
 	}
