@@ -215,8 +215,12 @@ func openCA(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger)
 	if err != nil {
 		return nil, err
 	}
+	password, err := cfg.Password() // LoadHierarchy read it too: it encrypts the content signer's key
+	if err != nil {
+		return nil, err
+	}
 	b := cfg.Bootstrap()
-	return ca.New(ctx, db, ca.Options{SiteCode: cfg.Site.Code, Hierarchy: h, PublicURL: cfg.CA.PublicURL, Bootstrap: &b,
+	return ca.New(ctx, db, ca.Options{SiteCode: cfg.Site.Code, Hierarchy: h, PublicURL: cfg.CA.PublicURL, Bootstrap: &b, KeyPassword: password,
 		Validity: cfg.CA.Validity.byProfile(), CRLValidity: time.Duration(cfg.CA.CRLValidity), Log: log})
 }
 
