@@ -3,6 +3,11 @@ package site
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
@@ -120,8 +125,10 @@ func TestSiteWithoutDPKeepsWorking(t *testing.T) {
 	}
 }
 
-// TestRunServesTheDP: site up opens the DP's listeners after the MP's, and they answer
-// /healthz over mutual TLS.
+// TestRunServesTheDP: site up opens the DP's listeners after the MP's; they answer
+// /healthz over mutual TLS; the DP registers with the MP over loopback, takes the feed (it
+// serves once it has the snapshot), and takes an upload from the first admin (the MP says
+// they hold ManageContent); the MP lists it online, origin, with its URLs.
 func TestRunServesTheDP(t *testing.T) {
 	cfg, _ := runSite(t)
 	hs, err := Status(context.Background(), cfg, RoleDP)
@@ -135,6 +142,56 @@ func TestRunServesTheDP(t *testing.T) {
 		if !h.Healthy {
 			t.Errorf("%s: %s", h.Role, h.Error)
 		}
+	}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: adminTLS(t, cfg)}}
+	data := []byte("uploaded through site up")
+	h := sha256.Sum256(data)
+	sum := hex.EncodeToString(h[:])
+	content := cfg.DP.IntranetURL + "/v1/content/" + sum
+	// The DP answers 503 until the MP's feed gave it a snapshot: poll for that state.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := client.Get(content)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound {
+			break
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			t.Fatalf("the DP answers %d; it did not get the MP's snapshot", resp.StatusCode)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	req, _ := http.NewRequest(http.MethodPut, fmt.Sprintf("%s/v1/admin/uploads/%s?offset=0&size=%d", cfg.DP.IntranetURL, sum, len(data)), bytes.NewReader(data))
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("upload: %d %s", resp.StatusCode, b)
+	}
+	resp, err = client.Get(content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Equal(got, data) {
+		t.Fatalf("the uploaded blob: %d %q", resp.StatusCode, got)
+	}
+	resp, err = client.Get(cfg.MP.IntranetURL + "/v1/admin/dps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dps []wire.DPInfo
+	err = json.NewDecoder(resp.Body).Decode(&dps)
+	resp.Body.Close()
+	if err != nil || len(dps) != 1 || dps[0].ID != "dp1" || !dps[0].Origin || !dps[0].Online || dps[0].IntranetURL != cfg.DP.IntranetURL || dps[0].InternetURL != cfg.DP.InternetURL {
+		t.Fatalf("the MP lists %+v (%v)", dps, err)
 	}
 }
 
