@@ -189,6 +189,25 @@ func TestRevokedThroughTheFeed(t *testing.T) {
 	}
 }
 
+// TestHTTP11Only: a client offering h2 gets HTTP/1.1 (bulk transfers stay on one
+// stream per connection).
+func TestHTTP11Only(t *testing.T) {
+	p := newPKI(t)
+	m := newFakeMP(t, p)
+	r := startDP(t, settingsFor(p, m, t.TempDir()), true)
+	pool := x509.NewCertPool()
+	pool.AddCert(p.root)
+	c, err := tls.Dial("tcp", strings.TrimPrefix(r.urls["dp-intranet"], "https://"), &tls.Config{RootCAs: pool,
+		Certificates: []tls.Certificate{p.client(t, "device").pair}, NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := c.ConnectionState().NegotiatedProtocol; got != "http/1.1" {
+		t.Fatalf("negotiated %q", got)
+	}
+}
+
 func dialDP(t *testing.T, p *pki, id *identity, base string) *tls.Conn {
 	t.Helper()
 	pool := x509.NewCertPool()
@@ -228,10 +247,18 @@ func TestBlockedDevice(t *testing.T) {
 	if res := curl(t, p, dev, http.MethodGet, u); res.status != 200 {
 		t.Fatalf("before the block: %d %v", res.status, res.err)
 	}
+	conn := dialDP(t, p, dev, r.urls["dp-intranet"])
+	getOn(t, conn, sum)
 	m.send(wire.DPEvent{Type: wire.DPEventBlocked, Device: p.deviceID})
 	r.waitEvent(t, wire.DPEventBlocked)
 	if res := curl(t, p, dev, http.MethodGet, u); res.err == nil {
 		t.Fatalf("a blocked device got HTTP %d", res.status)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the blocked device's kept-alive connection still reads")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("the blocked device's kept-alive connection stayed open")
 	}
 	m.send(wire.DPEvent{Type: wire.DPEventUnblocked, Device: p.deviceID})
 	r.waitEvent(t, wire.DPEventUnblocked)
