@@ -1,6 +1,7 @@
 package dp
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -576,5 +577,44 @@ func TestNewRefusesAWrongID(t *testing.T) {
 	_, err := New(Options{Settings: s, Log: zerolog.Nop()})
 	if err == nil || !strings.Contains(err.Error(), `common name of dp.tls_cert is "dp1"`) {
 		t.Fatalf("New with an id that is not the certificate's name: %v", err)
+	}
+}
+
+// TestServe: Serve prints one line per listener once it accepts connections, serves, and
+// returns cleanly when its context ends.
+func TestServe(t *testing.T) {
+	p := newPKI(t)
+	m := newFakeMP(t, p)
+	s := settingsFor(p, m, t.TempDir())
+	s.Mode = wire.DPModeBoth
+	d, err := New(Options{Settings: s, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, pw); pw.Close() }()
+	sc := bufio.NewScanner(pr)
+	var lines []string
+	for len(lines) < 2 && sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	go io.Copy(io.Discard, pr)
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "dp-intranet") || !strings.HasPrefix(lines[1], "dp-internet") || !strings.Contains(lines[0], "listening on 127.0.0.1:") {
+		t.Fatalf("Serve printed %q", lines)
+	}
+	addr := lines[0][strings.LastIndex(lines[0], " ")+1 : len(lines[0])-1]
+	resp, err := goClient(p, p.client(t, "device")).Get("https://" + addr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("healthz: %d", resp.StatusCode)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
 	}
 }
