@@ -284,14 +284,14 @@ func (d *DP) Validate(ctx context.Context) []string {
 }
 
 // Collect removes the blobs no assigned package version references, once they are older
-// than library.DefaultGrace. An origin DP keeps everything (what was uploaded there is
-// removed with its package version), and a DP that has not heard what is assigned to it
-// in this run collects nothing.
+// than library.DefaultGrace (the MP assigns an origin DP every registered package version,
+// so an upload not yet registered survives a day there). A DP that has not heard from its
+// MP what is assigned to it in this run collects nothing.
 func (d *DP) Collect(ctx context.Context) []string {
 	d.mu.RLock()
 	fresh, blobs := d.assignFresh, d.blobs
 	d.mu.RUnlock()
-	if d.s.Origin || !fresh {
+	if !fresh {
 		return nil
 	}
 	removed, err := d.lib.Collect(ctx, func(sum string) bool { return blobs[sum] }, 0)

@@ -618,3 +618,41 @@ func TestServe(t *testing.T) {
 		t.Fatalf("Serve: %v", err)
 	}
 }
+
+// TestCollect: once the MP said what is assigned, blobs no package references are removed
+// after the grace period; referenced and young ones stay; before, nothing is removed.
+func TestCollect(t *testing.T) {
+	p := newPKI(t)
+	m := newFakeMP(t, p)
+	file := testData(1000)
+	m.assignments = wire.DPAssignments{Packages: []wire.DPPackage{p.sign(t, "tool", "1.0", map[string][]byte{"f": file})}}
+	s := settingsFor(p, m, t.TempDir())
+	s.Origin = true
+	d, err := New(Options{Settings: s, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lib := d.Library()
+	old := time.Now().Add(-48 * time.Hour)
+	put := func(b []byte, mt time.Time) string {
+		sum := sha(b)
+		if _, err := lib.Put(sum, bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(lib.Path(sum), mt, mt)
+		return sum
+	}
+	referenced, orphan, young := put(file, old), put([]byte("orphan"), old), put([]byte("just uploaded"), time.Now())
+	if removed := d.Collect(context.Background()); len(removed) != 0 {
+		t.Fatalf("collected %v before hearing the assignments", removed)
+	}
+	if err := d.fetchAssignments(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if removed := d.Collect(context.Background()); len(removed) != 1 || removed[0] != orphan {
+		t.Fatalf("collected %v, want only %s", removed, orphan)
+	}
+	if !lib.Has(referenced) || !lib.Has(young) {
+		t.Fatal("a referenced or young blob was collected")
+	}
+}
