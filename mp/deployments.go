@@ -398,10 +398,12 @@ func parseDeployState(msg wire.StatusMessage) (deployState, error) {
 }
 
 // recordDeployState keeps a device's latest state of a deployment (by message time); a
-// report about a deployment that does not exist (removed meanwhile) is ignored.
+// report about a deployment that does not exist (removed meanwhile) or is not of one of
+// the device's groups (it left the group, or the report is made up) is ignored.
 func (m *MP) recordDeployState(tx *sitedb.Tx, device string, s deployState) error {
 	var n int
-	if err := tx.QueryRow(`SELECT COUNT(*) FROM deployments WHERE id = ?`, s.id).Scan(&n); err != nil {
+	if err := tx.QueryRow(`SELECT COUNT(*) FROM deployments d JOIN group_members gm ON gm.group_name = d.group_name
+		WHERE d.id = ? AND gm.device_id = ?`, s.id, device).Scan(&n); err != nil {
 		return err
 	}
 	if n == 0 {

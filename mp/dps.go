@@ -2,6 +2,7 @@ package mp
 
 import (
 	"context"
+	"crypto/x509"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -241,12 +242,21 @@ func (m *MP) handleDPAuthorize(w http.ResponseWriter, r *http.Request, id string
 	if err != nil {
 		return api.BadRequest("permission: %v", err)
 	}
+	// A DP asks only about uploads: it learns nothing of the users' other permissions.
+	if perm != access.ManageContent {
+		return api.Errorf(http.StatusForbidden, "not_for_dps", "a DP asks about %s only, not %s", access.ManageContent, perm)
+	}
 	serial, ok := new(big.Int).SetString(q.Serial, 10)
 	if !ok || serial.Sign() <= 0 || len(q.Serial) > 64 {
 		return api.BadRequest("serial %q: the user certificate's serial in decimal", truncate(q.Serial))
 	}
 	if m.isRevoked(serial) {
 		return api.Errorf(http.StatusForbidden, "certificate_revoked", "certificate %s is revoked", wire.FormatSerial(serial))
+	}
+	// The serial must be a current admin certificate of that user, as the DP's handshake
+	// saw it: a DP cannot ask about a user whose certificate it was not shown.
+	if err := m.userCertificate(r.Context(), q.User, serial); err != nil {
+		return err
 	}
 	g, err := m.access.Grants(r.Context(), q.User)
 	if errors.Is(err, access.ErrUnknownUser) {
@@ -259,6 +269,29 @@ func (m *MP) handleDPAuthorize(w http.ResponseWriter, r *http.Request, id string
 		return forbidden(q.User, perm) // a disabled user holds nothing
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// userCertificate checks that serial is a certificate the site's CA issued to user (an
+// admin certificate naming the user) and valid now; else 403.
+func (m *MP) userCertificate(ctx context.Context, user string, serial *big.Int) error {
+	refused := api.Errorf(http.StatusForbidden, "forbidden", "certificate %s is not a current certificate of user %q", wire.FormatSerial(serial), user)
+	var der []byte
+	err := m.db.QueryRow(ctx, `SELECT der FROM certificates WHERE serial = ?`, serial.String()).Scan(&der)
+	if errors.Is(err, sql.ErrNoRows) {
+		return refused
+	}
+	if err != nil {
+		return err
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return refused
+	}
+	now := m.now()
+	if id := trust.Identify(c); id.Kind != trust.KindUser || id.ID != user || now.Before(c.NotBefore) || now.After(c.NotAfter) {
+		return refused
+	}
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/dp"
 	"github.com/ibcm-project/ibcm/internal/config"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -29,6 +30,9 @@ type Config struct {
 	Store   Store    `yaml:"store"`
 	CA      CAConfig `yaml:"ca"`
 	MP      MPConfig `yaml:"mp"`
+	// DP is the distribution point `ibcm site up` runs (package dp; the same keys as a
+	// standalone DP's file). A site made before DPs existed has none: then no DP runs.
+	DP *dp.Settings `yaml:"dp,omitempty"`
 
 	dir string // directory of the file, for relative paths
 }
@@ -204,6 +208,20 @@ func (c *Config) setDefaults() {
 		d(&c.MP.DNS.Algorithm, "hmac-sha256")
 		d(&c.MP.DNS.Target, c.Site.IntranetName)
 	}
+	if c.DP != nil {
+		c.DP.SetDefaults(c.dpDefaults())
+	}
+}
+
+// dpDefaults are what the site gives its DP: the site's code and roots, the MP's URL, the
+// library <site dir>/content, the certificate tls/dp.crt.
+func (c *Config) dpDefaults() dp.Defaults {
+	mpURL := c.MP.InternetURL
+	if c.MPIntranet() {
+		mpURL = c.MP.IntranetURL
+	}
+	return dp.Defaults{ID: "dp1", SiteCode: c.Site.Code, Roots: c.CA.RootCert, MPURL: mpURL, Library: "content",
+		TLSCert: "tls/dp.crt", TLSKey: "tls/dp.key", IntranetName: c.Site.IntranetName, InternetName: c.Site.InternetName}
 }
 
 // MPIntranet reports whether the MP takes intranet connections.
@@ -287,6 +305,11 @@ func (c *Config) Validate() error {
 		}
 		if dns.SecretFile == "" {
 			bad("mp.dns.secret_file", "is required")
+		}
+	}
+	if c.DP != nil {
+		if err := c.DP.Validate("dp"); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for key, addr := range map[string]string{"ca.listen": c.CA.Listen, "ca.public_listen": c.CA.PublicListen,

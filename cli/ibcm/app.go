@@ -60,6 +60,7 @@ EXAMPLES:
 			userCommand(), roleCommand(), remoteCommand(), loginCommand(), configCommand(),
 			contentCommand(),
 			deployCommand(),
+			dpCommand(),
 		},
 	})
 }

@@ -176,6 +176,11 @@ func Get(ctx context.Context, b Blob, sources []Source, dst string, o Options) (
 	if o.Client == nil {
 		o.Client = http.DefaultClient
 	}
+	// A redirect is a failure of the source, never followed: a hostile DP would have the
+	// caller present its certificate and send requests wherever it points.
+	c := *o.Client
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	o.Client = &c
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = DefaultStallTimeout
 	}
@@ -387,7 +392,8 @@ func (d *download) progress() {
 const MaxResumes = 3
 
 // from downloads what is missing from one source. A source that answers a range shorter
-// than asked is asked again for the rest, as long as each answer brings bytes.
+// than asked is asked again for the rest, as long as each answer brings bytes (and at least
+// a chunk once in MaxResumes+1 answers).
 func (d *download) from(ctx context.Context, src Source, received *int64) error {
 	retried := false
 	resumes := 0
@@ -398,6 +404,12 @@ func (d *download) from(ctx context.Context, src Source, received *int64) error 
 		switch {
 		case err == nil && d.have == start:
 			return fmt.Errorf("%w: an answer with no byte", ErrShort)
+		case err == nil && d.have < d.b.Size && d.have-start < d.b.ChunkSize:
+			// A range shorter than asked and than a chunk: counted as a resume, so a
+			// source answering a byte at a time is abandoned rather than asked once per byte.
+			if resumes++; resumes > MaxResumes {
+				return fmt.Errorf("%w: %d answers in a row shorter than a chunk", ErrShort, resumes)
+			}
 		case err == nil:
 			resumes = 0
 		case errors.Is(err, ErrChunk) && mixed && !retried && d.have == d.chunkStart(start):

@@ -418,6 +418,11 @@ func (p *Puller) finish(r result) {
 	if r.err == nil {
 		// Asked, not assumed: the blob may have left the library (quarantine) since.
 		held = p.o.Library.Has(r.sum)
+		if !held {
+			// Counted as a failure (with its backoff): fetching again at once would
+			// find the file in place and loop, re-hashing it each time.
+			r.err = fmt.Errorf("blob %s: downloaded, but the library does not hold it", r.sum[:12])
+		}
 		p.o.Log.Debug().Str("sha256", r.sum).Str("source", r.res.Source).Int64("received", r.res.Received).Int64("resumed", r.res.Resumed).Msg("blob fetched")
 	}
 	for _, k := range p.pkgs {
