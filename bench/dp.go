@@ -325,6 +325,9 @@ http {
     keepalive_timeout 75s;
     client_body_temp_path %s;
     proxy_temp_path %s;
+    fastcgi_temp_path %s;
+    uwsgi_temp_path %s;
+    scgi_temp_path %s;
     default_type application/octet-stream;
     server {
         listen %s ssl;
@@ -341,7 +344,7 @@ http {
     }
 }
 `, user, runtime.GOMAXPROCS(0), q(filepath.Join(dir, "nginx.pid")),
-		q(filepath.Join(dir, "body")), q(filepath.Join(dir, "proxy")),
+		q(filepath.Join(dir, "body")), q(filepath.Join(dir, "proxy")), q(filepath.Join(dir, "fastcgi")), q(filepath.Join(dir, "uwsgi")), q(filepath.Join(dir, "scgi")),
 		addr, q(cert), q(key), q(root), lib)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
