@@ -945,6 +945,12 @@ func dpPullSync(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []str
 	}
 	_ = os.Remove(fdst)
 
+	// What the disk allows: the pull stores what it receives, the plain download does not.
+	diskTook, err := copySync(e.blob.path, filepath.Join(e.tmp, "disk-copy"))
+	if err != nil {
+		return nil, nil, err
+	}
+
 	if partSeen == 0 { // the .part came and went between two looks: no transfer time
 		return nil, nil, errors.New("the pull-DP's .part file was never seen (polled every 10 ms)")
 	}
@@ -956,6 +962,7 @@ func dpPullSync(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []str
 		{Name: "pull-DP sync / plain download", Value: 100 * pullMBps / plain.mbps(size), Unit: "%", Count: 1},
 		{Name: "pull-DP sync end to end (distribute -> blob, with start jitter)", Value: endMBps, Unit: "MB/s", Count: 1},
 		{Name: "fetch.Get of the blob in the bench process (pull's download code)", Value: float64(size) / 1e6 / ftook.Seconds(), Unit: "MB/s", Count: 1},
+		{Name: "disk: the blob copied to a new file, 1 MiB writes + fsync", Value: float64(size) / 1e6 / diskTook.Seconds(), Unit: "MB/s", Count: 1},
 	}
 	transfer := fmt.Sprintf("its .part file first seen %s after the distribute command started (the puller's start jitter, random 0-5 s by design, and the assignment reaching dpp; dpp's CPU until then %.0f ms)",
 		partSeen.Round(time.Millisecond), (pullCPUPart-pullCPU0).Seconds()*1000)
@@ -968,6 +975,30 @@ func dpPullSync(ctx context.Context, e *dpEnv, progress io.Writer) ([]Row, []str
 			ftook.Round(time.Millisecond), gibMS(fcpu, size)),
 	}
 	return rows, notes, nil
+}
+
+// copySync copies src (in the page cache) to a new file dst in 1 MiB writes, fsyncs it,
+// removes it, and returns how long the copy and the fsync took.
+func copySync(src, dst string) (time.Duration, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(dst)
+	defer out.Close()
+	t0 := time.Now()
+	if _, err := io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{in}, make([]byte, 1<<20)); err != nil {
+		return 0, fmt.Errorf("copying the blob: %w", err)
+	}
+	if err := out.Sync(); err != nil {
+		return 0, fmt.Errorf("syncing the copy: %w", err)
+	}
+	return time.Since(t0), nil
 }
 
 func gibMS(d time.Duration, size int64) float64 {
