@@ -82,10 +82,14 @@ type MPConfig struct {
 	AuditKey string `yaml:"audit_key,omitempty"`
 	// SessionRetention is how long ended remote-control sessions stay in the audit (30 days
 	// when unset).
-	SessionRetention Duration   `yaml:"session_retention,omitempty"`
-	MaxConns         int        `yaml:"max_conns,omitempty"`     // open connections per listener
-	MaxInFlight      int        `yaml:"max_in_flight,omitempty"` // requests at once before 503
-	DNS              *DNSConfig `yaml:"dns,omitempty"`           // publish the SRV records
+	SessionRetention Duration `yaml:"session_retention,omitempty"`
+	// OriginDPs are the DPs (ids) that may register as origin: take uploads and be the
+	// default pull source. The site's own DP (dp: with origin: true) when unset. A DP says
+	// it is an origin, but only the site's configuration may let it.
+	OriginDPs   []string   `yaml:"origin_dps,omitempty"`
+	MaxConns    int        `yaml:"max_conns,omitempty"`     // open connections per listener
+	MaxInFlight int        `yaml:"max_in_flight,omitempty"` // requests at once before 503
+	DNS         *DNSConfig `yaml:"dns,omitempty"`           // publish the SRV records
 	// ParkIdleChannels: a TLS 1.3 notification channel leaves crypto/tls once upgraded
 	// (internal/tlspark); true when unset. ParksIdleChannels reads it.
 	ParkIdleChannels *bool `yaml:"park_idle_channels,omitempty"`
