@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/dp"
 	"github.com/ibcm-project/ibcm/internal/config"
@@ -122,21 +120,8 @@ type Validity struct {
 	OCSP       Duration `yaml:"ocsp,omitempty"`
 }
 
-// Duration is a time.Duration written as "720h" in YAML.
-type Duration time.Duration
-
-// UnmarshalYAML parses a Go duration string.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("%q is not a duration like 720h or 30m", n.Value)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalYAML writes the duration as a string.
-func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+// Duration is a time.Duration written as "720h" or "30m" in YAML.
+type Duration = config.Duration
 
 // Load reads, strictly decodes, defaults and validates a site.yaml.
 func Load(path string) (*Config, error) {
