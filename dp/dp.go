@@ -71,6 +71,8 @@ type DP struct {
 
 	mu          sync.RWMutex
 	ready       bool                    // a snapshot of the feed is held (from the MP or the disk)
+	heard       time.Time               // the feed's last line (or the saved state's time): see MaxFeedAge
+	saved       time.Time               // when the feed's state was last written to the disk
 	blocked     map[string]bool         // device ids
 	serials     map[string]bool         // revoked (decimal), as the revoked set holds them, for the disk
 	assign      wire.DPAssignments      // the last answer of /v1/dp/assignments

@@ -3,7 +3,10 @@ package dp
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -37,5 +40,27 @@ func TestMPLinkRefusesAnotherDP(t *testing.T) {
 	}
 	if r.dp.isReady() {
 		t.Fatal("ready on an impostor's snapshot")
+	}
+}
+
+// Security review: the feed's state kept on disk made a restarted DP serve with the MP down
+// however old it was: a device revoked or blocked in the months since got in. Past
+// MaxFeedAge without word from the MP the DP answers 503 (a fresh enough state still
+// serves, TestNoSnapshotNoService).
+func TestStaleSavedFeedServesNobody(t *testing.T) {
+	p := newPKI(t)
+	s := settingsFor(p, nil, t.TempDir()) // no MP at all
+	state := filepath.Join(s.Library, stateDirName)
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := json.Marshal(feedState{Revoked: []string{}, Blocked: []string{}, Saved: time.Now().Add(-MaxFeedAge - time.Hour).UTC()})
+	if err := os.WriteFile(filepath.Join(state, feedFile), old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := startDP(t, s, false)
+	res := curl(t, p, p.client(t, "device"), "GET", r.urls["dp-intranet"]+"/v1/content/"+sha([]byte("x")))
+	if res.status != 503 {
+		t.Fatalf("a DP on a feed state older than %s answered %d %v %s", MaxFeedAge, res.status, res.err, res.body)
 	}
 }
