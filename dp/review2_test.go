@@ -64,3 +64,26 @@ func TestStaleSavedFeedServesNobody(t *testing.T) {
 		t.Fatalf("a DP on a feed state older than %s answered %d %v %s", MaxFeedAge, res.status, res.err, res.body)
 	}
 }
+
+// Security review (holds): the site's content-signer certificate (codeSigning only) is no
+// TLS client of a DP; another DP's certificate is (a pull-DP fetches with it), but it
+// uploads nothing.
+func TestSignerIsNoClient(t *testing.T) {
+	p := newPKI(t)
+	m := newFakeMP(t, p)
+	s := settingsFor(p, m, t.TempDir())
+	s.Origin = true
+	r := startDP(t, s, true)
+	u := r.urls["dp-intranet"] + "/v1/content/" + sha([]byte("x"))
+	signer := p.writeIdentity(t, "signer", p.signer, p.signerKey, p.issuing)
+	if res := curl(t, p, signer, "GET", u); res.err == nil {
+		t.Fatalf("the content signer got HTTP %d", res.status)
+	}
+	dp2 := &identity{certFile: p.dp2CertFile, keyFile: p.dp2KeyFile}
+	if res := curl(t, p, dp2, "GET", u); res.status != 404 {
+		t.Fatalf("another DP: %d %v", res.status, res.err)
+	}
+	if res := curl(t, p, dp2, "GET", r.urls["dp-intranet"]+"/v1/admin/uploads/"+sha([]byte("x"))); res.status != 403 {
+		t.Fatalf("another DP asking to upload: %d %v", res.status, res.err)
+	}
+}
