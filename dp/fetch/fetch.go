@@ -64,11 +64,6 @@ type Options struct {
 	Client       *http.Client  // mutual TLS with the caller's certificate; http.DefaultClient when nil
 	Limiter      *rate.Limiter // bytes per second; nil = none
 	StallTimeout time.Duration // no byte for this long abandons the source; 30s when zero
-	// MinRate abandons a source that sends fewer bytes per second than this, averaged over
-	// each StallTimeout of transfer (time held back by Limiter not counted), so a source
-	// cannot hold a download by dripping a byte just inside StallTimeout. 1 KiB/s when
-	// zero; negative turns it off.
-	MinRate int64
 	// Progress, when set, is called with the verified-or-pending bytes held and the blob's
 	// size: once at the start and after every piece written (often: throttle it yourself).
 	Progress func(have, total int64)
@@ -85,9 +80,6 @@ type Result struct {
 // DefaultStallTimeout is the StallTimeout when Options leaves it zero.
 const DefaultStallTimeout = 30 * time.Second
 
-// DefaultMinRate is the MinRate when Options leaves it zero.
-const DefaultMinRate = 1 << 10
-
 // Errors a source fails with (inside SourceError.Err; test with errors.Is).
 var (
 	ErrStatus       = errors.New("error status")
@@ -97,7 +89,6 @@ var (
 	ErrChunk        = errors.New("chunk hash mismatch")
 	ErrShort        = errors.New("body ended early")
 	ErrStall        = errors.New("stalled")
-	ErrSlow         = errors.New("too slow")
 	ErrEncoding     = errors.New("content encoding not allowed")
 	ErrHash         = errors.New("whole-blob hash mismatch")
 )
@@ -190,9 +181,6 @@ func Get(ctx context.Context, b Blob, sources []Source, dst string, o Options) (
 	c := *o.Client
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	o.Client = &c
-	if o.MinRate == 0 {
-		o.MinRate = DefaultMinRate
-	}
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = DefaultStallTimeout
 	}
@@ -399,6 +387,11 @@ func (d *download) progress() {
 	}
 }
 
+// MinStallBytes is what a source must bring per StallTimeout spent waiting on it (or the
+// rest of its answer, when less): a source that drips a byte just inside the stall timeout
+// is abandoned as stalled too (about 2 KiB/s with the default 30 s).
+const MinStallBytes = 64 << 10
+
 // MaxResumes is how many times in a row Get asks a source again after its connection broke
 // off mid-body, each time for the rest only, provided the broken answer brought bytes.
 const MaxResumes = 3
@@ -440,7 +433,7 @@ func (d *download) from(ctx context.Context, src Source, received *int64) error 
 // broken tells a connection that broke off (worth resuming) from a source that misbehaved.
 func broken(err error) bool {
 	var local *localError
-	for _, e := range []error{ErrChunk, ErrStatus, ErrNotPartial, ErrContentRange, ErrLength, ErrEncoding, ErrStall, ErrSlow} {
+	for _, e := range []error{ErrChunk, ErrStatus, ErrNotPartial, ErrContentRange, ErrLength, ErrEncoding, ErrStall} {
 		if errors.Is(err, e) {
 			return false
 		}
@@ -515,19 +508,26 @@ func (d *download) request(ctx context.Context, src Source, received *int64) err
 	if l := d.o.Limiter; l != nil && l.Limit() != rate.Inf && l.Burst() < len(buf) {
 		buf = buf[:l.Burst()]
 	}
-	end := d.have + want // never read past this: a source cannot send more than asked
-	// The rate window: bytes and transfer time (without the limiter's waits) since windowAt.
-	windowAt, windowBytes, held := time.Now(), int64(0), time.Duration(0)
+	end := d.have + want     // never read past this: a source cannot send more than asked
+	var waited time.Duration // on the source in this window (not on the limiter)
+	windowFrom := d.have     // where the window began
 	for d.have < end {
 		// Read no further than the end of the current chunk, so a bad chunk stops the
 		// reading right at its last byte.
 		ci := d.have / d.b.ChunkSize
 		n := min(int64(len(buf)), ci*d.b.ChunkSize+d.b.chunkLen(ci)-d.have, end-d.have)
 		watchdog.Reset(d.o.StallTimeout)
+		readFrom := time.Now()
 		got, rerr := resp.Body.Read(buf[:n])
 		watchdog.Stop()
 		if stalled.Load() {
 			return failure(nil)
+		}
+		if waited += time.Since(readFrom); waited >= d.o.StallTimeout {
+			if brought := d.have + int64(got) - windowFrom; brought < min(MinStallBytes, end-windowFrom) {
+				return fmt.Errorf("%w: %d bytes in %s (a source must send %d per stall timeout)", ErrStall, brought, waited.Round(time.Millisecond), int64(MinStallBytes))
+			}
+			waited, windowFrom = 0, d.have+int64(got)
 		}
 		if got > 0 {
 			*received += int64(got)
@@ -535,17 +535,8 @@ func (d *download) request(ctx context.Context, src Source, received *int64) err
 				return err
 			}
 			d.progress()
-			t0 := time.Now()
 			if err := d.limit(ctx, got); err != nil {
 				return failure(err)
-			}
-			held += time.Since(t0)
-			windowBytes += int64(got)
-			if spent := time.Since(windowAt) - held; d.o.MinRate > 0 && spent >= d.o.StallTimeout {
-				if float64(windowBytes) < float64(d.o.MinRate)*spent.Seconds() {
-					return fmt.Errorf("%w: %d bytes in %s, under %d bytes/s", ErrSlow, windowBytes, spent.Round(time.Millisecond), d.o.MinRate)
-				}
-				windowAt, windowBytes, held = time.Now(), 0, 0
 			}
 		}
 		if (rerr == io.EOF || rerr == io.ErrUnexpectedEOF) && d.have < end {

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
 // Security review: a hostile DP that answers every Range request with a 206 of one byte
@@ -73,34 +72,4 @@ func TestRedirectNotFollowed(t *testing.T) {
 	if c.CheckRedirect != nil {
 		t.Fatal("Get changed the caller's client")
 	}
-}
-
-// Security review: a source that drips bytes just inside StallTimeout (never silent long
-// enough to stall) is abandoned for its rate, and the next source completes the blob.
-func TestDrippingSourceAbandoned(t *testing.T) {
-	data, b := testBlob(t, 2*testChunk)
-	drip := serve(t, data, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-		w.WriteHeader(http.StatusOK)
-		for i := 0; i < len(data); i++ {
-			if _, err := w.Write(data[i : i+1]); err != nil {
-				return
-			}
-			w.(http.Flusher).Flush()
-			select {
-			case <-r.Context().Done():
-				return
-			case <-time.After(20 * time.Millisecond): // a byte every 20 ms: under the 100 ms stall
-			}
-		}
-	})
-	good := serve(t, data, nil)
-	c, _ := client(drip)
-	dst := filepath.Join(t.TempDir(), b.SHA256)
-	res, err := Get(context.Background(), b, []Source{src("drip", drip), src("good", good)}, dst,
-		Options{Client: c, StallTimeout: 100 * time.Millisecond, MinRate: 1 << 10})
-	if err != nil || res.Source != "good" {
-		t.Fatalf("%+v %v", res, err)
-	}
-	mustFile(t, dst, data)
 }
