@@ -3,20 +3,17 @@ package deploy
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
+	"crypto"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,61 +23,31 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/dp/manifest"
+	"github.com/ibcm-project/ibcm/dp/manifest/manifesttest"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 const site = "TST"
 
-// testCA is a tiny CA: a root, a content signer of the site, and TLS certificates.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
+// testCA is the site's root with its content signer (manifesttest); it also issues the
+// TLS certificates of the fake DPs and of the device.
+type testCA struct{ *manifesttest.CA }
+
+func newCA(t *testing.T) *testCA { return &testCA{manifesttest.New(t, site)} }
 
 var serial int64 = 100
 
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func newCA(t *testing.T) *testCA {
-	k := newKey(t)
-	serial++
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "test root"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(c)
-	return &testCA{cert: c, key: k, pool: pool}
-}
-
-func (ca *testCA) issue(t *testing.T, tmpl *x509.Certificate) (*x509.Certificate, *ecdsa.PrivateKey) {
-	k := newKey(t)
+func (ca *testCA) issue(t *testing.T, tmpl *x509.Certificate) (*x509.Certificate, crypto.Signer) {
+	k := manifesttest.NewKey(t)
 	serial++
 	tmpl.SerialNumber = big.NewInt(serial)
 	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &k.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Root, k.Public(), ca.RootKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c, _ := x509.ParseCertificate(der)
 	return c, k
-}
-
-func (ca *testCA) signer(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
-	u, _ := url.Parse("urn:ibcm:site:" + site + ":role:content")
-	return ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "content-signer"}, URIs: []*url.URL{u},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}})
 }
 
 func (ca *testCA) tlsCert(t *testing.T, server bool) tls.Certificate {
@@ -118,13 +85,7 @@ func makePkg(t *testing.T, ca *testCA, name, version string, files map[string]st
 		m.Files = append(m.Files, f)
 		p.blobs[f.SHA256] = b
 	}
-	cert, key := ca.signer(t)
-	sm, err := manifest.Sign(m, key, []*x509.Certificate{cert})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.signed, _ = json.Marshal(sm)
-	p.pin = manifest.Hash(sm.Manifest)
+	p.signed, p.pin = ca.Signed(t, m)
 	p.m = m
 	return p
 }
@@ -184,7 +145,7 @@ func newDP(t *testing.T, ca *testCA, pkgs ...*pkg) *fakeDP {
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
 	})
 	d.srv = httptest.NewUnstartedServer(mux)
-	d.srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.tlsCert(t, true)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.pool}
+	d.srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.tlsCert(t, true)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool}
 	d.srv.StartTLS()
 	t.Cleanup(d.srv.Close)
 	return d
@@ -205,7 +166,7 @@ type env struct {
 func newEnv(t *testing.T, ca *testCA, dps ...*fakeDP) *env {
 	e := &env{t: t, ca: ca, dir: t.TempDir(), reports: make(chan Record, 1000)}
 	e.client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
-		Certificates: []tls.Certificate{ca.tlsCert(t, false)}, RootCAs: ca.pool}}}
+		Certificates: []tls.Certificate{ca.tlsCert(t, false)}, RootCAs: ca.Pool}}}
 	for _, d := range dps {
 		e.dps = append(e.dps, d.srv.URL)
 	}
@@ -215,7 +176,7 @@ func newEnv(t *testing.T, ca *testCA, dps ...*fakeDP) *env {
 func (e *env) manager(mod func(*Config)) (*Manager, context.CancelFunc) {
 	c := Config{Dir: e.dir, Client: func() *http.Client { return e.client },
 		Locate: func(context.Context) ([]string, error) { return e.dps, nil },
-		Trust:  func() manifest.Trust { return manifest.Trust{Roots: e.ca.pool, SiteCode: site} },
+		Trust:  func() manifest.Trust { return e.ca.Trust() },
 		Report: func(sev, text string, f map[string]string) {
 			e.mu.Lock()
 			e.all = append(e.all, f)
