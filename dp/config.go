@@ -10,8 +10,6 @@ import (
 	"regexp"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/ibcm-project/ibcm/internal/config"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
@@ -62,21 +60,8 @@ type PullSource struct {
 	Priority int    `yaml:"priority,omitempty"`
 }
 
-// Duration is a time.Duration written as "24h" in YAML.
-type Duration time.Duration
-
-// UnmarshalYAML parses a Go duration string.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("%q is not a duration like 24h or 30m", n.Value)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalYAML writes the duration as a string.
-func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+// Duration is a time.Duration written as "720h" or "30m" in YAML.
+type Duration = config.Duration
 
 // Default listen addresses of a DP (beside the CA's 8443 and the MP's 9443/9444).
 const (

@@ -71,6 +71,8 @@ type DP struct {
 
 	mu          sync.RWMutex
 	ready       bool                    // a snapshot of the feed is held (from the MP or the disk)
+	heard       time.Time               // the feed's last line (or the saved state's time): see MaxFeedAge
+	saved       time.Time               // when the feed's state was last written to the disk
 	blocked     map[string]bool         // device ids
 	serials     map[string]bool         // revoked (decimal), as the revoked set holds them, for the disk
 	assign      wire.DPAssignments      // the last answer of /v1/dp/assignments
@@ -360,7 +362,19 @@ func (d *DP) newMPClient(dial string) error {
 		pool.AddCert(r)
 	}
 	tr := &http.Transport{
-		TLSClientConfig:       &tls.Config{Certificates: []tls.Certificate{d.cert}, RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{d.cert}, RootCAs: pool, MinVersion: tls.VersionTLS12,
+			// Only a management point of this site: another site server valid for the
+			// same name (a DP) would decide who is revoked and what is assigned here.
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				leaf := cs.PeerCertificates[0]
+				if id := trust.Identify(leaf); id.Kind != trust.KindServer || id.ID != "mp" || id.Site != d.s.SiteCode {
+					return fmt.Errorf("dp.mp_url: the server presents %s %q of site %q, not a management point of site %s", id.Kind, id.ID, id.Site, d.s.SiteCode)
+				}
+				if d.revoked.Contains(leaf.SerialNumber) {
+					return fmt.Errorf("dp.mp_url: the server's certificate %s is revoked", wire.FormatSerial(leaf.SerialNumber))
+				}
+				return nil
+			}},
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 30 * time.Second,
 		IdleConnTimeout:       90 * time.Second,

@@ -265,6 +265,9 @@ func readLine(br *bufio.Reader, max int) ([]byte, error) {
 // and their live connections closed at once.
 func (d *DP) apply(ev wire.DPEvent) {
 	persist := true
+	d.mu.Lock()
+	d.heard = d.now()
+	d.mu.Unlock()
 	switch ev.Type {
 	case wire.DPEventSnapshot:
 		blocked := make(map[string]bool, len(ev.Blocked))
@@ -304,7 +307,9 @@ func (d *DP) apply(ev wire.DPEvent) {
 		delete(d.blocked, ev.Device)
 		d.mu.Unlock()
 	default: // ping, assignments, and types of later versions
-		persist = false
+		d.mu.RLock()
+		persist = d.now().Sub(d.saved) > time.Hour // the time heard, for a restart with the MP down
+		d.mu.RUnlock()
 	}
 	if persist {
 		if err := d.saveFeed(); err != nil {
@@ -325,7 +330,7 @@ type feedState struct {
 
 func (d *DP) saveFeed() error {
 	d.mu.RLock()
-	st := feedState{Revoked: make([]string, 0, len(d.serials)), Blocked: make([]string, 0, len(d.blocked)), Saved: d.now().UTC()}
+	st := feedState{Revoked: make([]string, 0, len(d.serials)), Blocked: make([]string, 0, len(d.blocked)), Saved: d.heard.UTC()}
 	for id := range d.blocked {
 		st.Blocked = append(st.Blocked, id)
 	}
@@ -339,7 +344,13 @@ func (d *DP) saveFeed() error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(filepath.Join(d.stateDir, feedFile), b, 0o600)
+	if err := atomicfile.Write(filepath.Join(d.stateDir, feedFile), b, 0o600); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.saved = d.now()
+	d.mu.Unlock()
+	return nil
 }
 
 // loadState reads what the last run kept: with a feed snapshot on disk the DP serves
@@ -363,7 +374,10 @@ func (d *DP) loadState() error {
 		for _, id := range st.Blocked {
 			d.blocked[id] = true
 		}
-		d.ready = true
+		d.ready, d.heard, d.saved = true, st.Saved, st.Saved
+		if age := d.now().Sub(st.Saved); age > MaxFeedAge {
+			d.log.Warn().Time("saved", st.Saved).Dur("max_age", MaxFeedAge).Msg("the feed state kept on disk is too old to serve on: waiting for the MP")
+		}
 		d.log.Info().Int("revoked", len(st.Revoked)).Int("blocked", len(st.Blocked)).Time("saved", st.Saved).Msg("serving from the feed state kept on disk until the MP answers")
 	}
 	b, err = os.ReadFile(filepath.Join(d.stateDir, assignmentsFile))

@@ -48,10 +48,15 @@ func (d *DP) isBlocked(device string) bool {
 	return d.blocked[device]
 }
 
+// MaxFeedAge bounds how long the DP serves on what it last heard from its MP's feed (kept
+// on disk across restarts): a revocation or a block it could not hear of since must not let
+// a device in for ever. Past it the DP answers 503 until the feed is back.
+var MaxFeedAge = 72 * time.Hour
+
 func (d *DP) isReady() bool {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	return d.ready
+	return d.ready && d.now().Sub(d.heard) <= MaxFeedAge
 }
 
 // connTracker knows the serial and device of every live connection once its first
@@ -195,7 +200,7 @@ func (d *DP) gate(next http.Handler) http.Handler {
 			return api.Errorf(http.StatusUnauthorized, "client_certificate_required", "a client certificate is required")
 		}
 		if !d.isReady() {
-			return api.Errorf(http.StatusServiceUnavailable, "starting", "the distribution point has not yet heard from its management point; retry later")
+			return api.Errorf(http.StatusServiceUnavailable, "starting", "the distribution point has not heard from its management point (for %s at most); retry later", MaxFeedAge)
 		}
 		leaf := r.TLS.PeerCertificates[0]
 		p := &peer{leaf: leaf, id: trust.Identify(leaf)}

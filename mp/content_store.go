@@ -310,6 +310,12 @@ func (m *MP) listContent(ctx context.Context) ([]wire.ContentVersion, error) {
 		if err != nil {
 			return nil, err
 		}
+		// The list says whether each version installs (not its files).
+		if sm, err := manifest.ParseSigned(c.signed); err == nil {
+			if man, err := manifest.Decode(sm.Manifest); err == nil {
+				c.Install = man.Install
+			}
+		}
 		out = append(out, c.ContentVersion)
 	}
 	return out, rows.Err()

@@ -113,11 +113,15 @@ func TestDPRoutesOnlyForDPs(t *testing.T) {
 // its state, which `ibcm dp list` and `content show` read back.
 func TestContentAndDistribution(t *testing.T) {
 	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
-		f := newFixture(t, db, Options{})
+		f := newFixture(t, db, Options{OriginDPs: []string{"dp1"}})
 		admin := f.client(ptr(f.user(t, "carol", access.ContentAdministrator)))
 		helpdesk := f.client(ptr(f.user(t, "hank", access.HelpDeskOperator)))
 		dp1, dp2 := f.client(ptr(f.dpCert(t, "dp1"))), f.client(ptr(f.dpCert(t, "dp2")))
 		register(t, f, dp1, wire.DPRegistration{ID: "dp1", Mode: "both", IntranetURL: "https://dp1.corp.test:8446", InternetURL: "https://dp1.example.test", Priority: 5, Origin: true})
+		// dp2 may not make itself an origin (the upload target and everyone's pull source).
+		if st, e := call(t, dp2, "POST", f.intranet+"/v1/dp/register", wire.DPRegistration{ID: "dp2", Mode: "intranet", IntranetURL: "https://dp2.corp.test:8446", Origin: true}, nil); st != http.StatusForbidden || e.Error.Code != "origin_not_allowed" {
+			t.Fatalf("dp2 registering as origin: HTTP %d %q, want 403 origin_not_allowed", st, e.Error.Code)
+		}
 		register(t, f, dp2, wire.DPRegistration{ID: "dp2", Mode: "intranet", IntranetURL: "https://dp2.corp.test:8446/", Priority: 1})
 
 		sm := f.signed(t, "tool", "1.0", hashOf('a'))
@@ -264,7 +268,7 @@ func TestContentAndDistribution(t *testing.T) {
 			t.Errorf("dp1 in the list: %+v", d)
 		}
 		var list []wire.ContentVersion
-		if st, _ := call(t, admin, "GET", f.intranet+"/v1/admin/content", nil, &list); st != 200 || len(list) != 1 || list[0].Name != "tool" {
+		if st, _ := call(t, admin, "GET", f.intranet+"/v1/admin/content", nil, &list); st != 200 || len(list) != 1 || list[0].Name != "tool" || list[0].Install == nil || len(list[0].Files) != 0 {
 			t.Errorf("content list: %+v", list)
 		}
 		if st, _ := call(t, admin, "DELETE", f.intranet+"/v1/admin/content/tool/1.0", nil, nil); st != http.StatusNoContent {
@@ -335,7 +339,7 @@ func (fd *feed) next(t testing.TB, typ string) wire.DPEvent {
 // The feed starts with every revoked serial and blocked device, then carries each
 // revocation, block, unblock and assignment change as it happens, and pings.
 func TestDPFeed(t *testing.T) {
-	f := newFixture(t, sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite)), Options{DPPingInterval: 100 * time.Millisecond})
+	f := newFixture(t, sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite)), Options{DPPingInterval: 100 * time.Millisecond, OriginDPs: []string{"dp1"}})
 	ctx := context.Background()
 	old := f.device(t, "old")
 	if err := f.ca.Revoke(ctx, old.Leaf.SerialNumber.String(), "keyCompromise"); err != nil {

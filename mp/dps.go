@@ -109,6 +109,10 @@ func (m *MP) handleDPRegister(w http.ResponseWriter, r *http.Request, id string)
 	if reg.Mode == wire.DPModeInternet && reg.IntranetURL != "" || reg.Mode == wire.DPModeIntranet && reg.InternetURL != "" {
 		return api.BadRequest("a DP in %s mode has no %s URL", reg.Mode, map[string]string{wire.DPModeInternet: "intranet", wire.DPModeIntranet: "internet"}[reg.Mode])
 	}
+	if reg.Origin && !slices.Contains(m.o.OriginDPs, id) {
+		// A DP cannot make itself the upload target and everyone's pull source.
+		return api.Errorf(http.StatusForbidden, "origin_not_allowed", "DP %q may not be an origin: only the DPs in the MP's mp.origin_dps (the site's own DP by default) are", id)
+	}
 	if reg.Priority < 0 || reg.Priority > 65535 {
 		return api.BadRequest("priority %d: 0 to 65535 (lower is preferred)", reg.Priority)
 	}

@@ -68,6 +68,9 @@ type Options struct {
 	// AuditKey is the site's audit private key (remote/recording): its public half goes in
 	// every policy served to devices, and it opens recordings for ReadAudit users.
 	AuditKey []byte
+	// OriginDPs are the DP ids allowed to register as origin (uploads, default pull
+	// source); a DP claiming origin that is not listed is refused.
+	OriginDPs []string
 	// SessionRetention is how long ended sessions are kept in the audit; 30 days when zero.
 	SessionRetention time.Duration
 	// MaxDPFeeds bounds the DP feeds (GET /v1/dp/feed) open at once; 1024 when zero.

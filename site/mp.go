@@ -42,6 +42,10 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 	if o.AuditKey, err = loadAuditKey(cfg.Path(cfg.MP.AuditKey), log); err != nil {
 		return nil, nil, nil, fmt.Errorf("mp.audit_key: %w", err)
 	}
+	o.OriginDPs = cfg.MP.OriginDPs
+	if len(o.OriginDPs) == 0 && cfg.DP != nil && cfg.DP.Origin {
+		o.OriginDPs = []string{cfg.DP.ID}
+	}
 	if cfg.MPIntranet() {
 		o.IntranetURL = cfg.MP.IntranetURL
 	}

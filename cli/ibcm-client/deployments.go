@@ -12,6 +12,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/client/deploy"
 	"github.com/ibcm-project/ibcm/internal/cliapp"
+	"github.com/ibcm-project/ibcm/remote/frame"
 )
 
 func deploymentsCommand() *cli.Command {
@@ -57,8 +58,10 @@ EXAMPLES:
 				if r.ExitCode != nil {
 					exit = strconv.Itoa(*r.ExitCode)
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d%%\t%s\t%s\t%s\t%s\n", r.ID, r.Package, r.Version, state, r.Percent, exit,
-					dash(r.DP), r.Updated.Format(timeFormat), dash(oneLine(r.Error)))
+				// What a DP, the MP or an install command said is printed without terminal controls.
+				p := frame.Printable
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d%%\t%s\t%s\t%s\t%s\n", p(r.ID), p(r.Package), p(r.Version), p(state), r.Percent, exit,
+					dash(p(r.DP)), r.Updated.Format(timeFormat), dash(p(oneLine(r.Error))))
 			}
 			return w.Flush()
 		},

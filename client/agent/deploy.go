@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ibcm-project/ibcm/client"
@@ -272,14 +273,14 @@ func Download(ctx context.Context, o HandDownload) (HandDownloaded, error) {
 		return res, err
 	}
 	partial := out + ".partial"
-	if err := os.MkdirAll(partial, 0o700); err != nil {
+	if err := ownDir(partial, 0o700); err != nil {
 		return res, err
 	}
 	res.DP, err = deploy.Download(ctx, partial, m, dps, deploy.DownloadOptions{Client: c, StallTimeout: o.StallTimeout, Progress: o.Progress})
 	if err != nil {
 		return res, fmt.Errorf("%w (what arrived is kept in %s: run again to resume)", err, partial)
 	}
-	if err := os.MkdirAll(out, 0o755); err != nil {
+	if err := ownDir(out, 0o755); err != nil {
 		return res, err
 	}
 	if err := deploy.Place(out, m, func(sum string) string { return deploy.BlobPath(partial, sum) }); err != nil {
@@ -287,6 +288,39 @@ func Download(ctx context.Context, o HandDownload) (HandDownloaded, error) {
 	}
 	res.Files, res.Size = len(m.Files), deploy.PackageSize(m)
 	return res, os.RemoveAll(partial)
+}
+
+// ownDir makes dir (perm; its parents as needed) unless it is there already, and then
+// accepts it only as a real directory of the effective user that no one else may write to:
+// run as root in a shared directory (--output /tmp/x), a directory or symlink another user
+// planted there would have root write, truncate and read where that user points.
+func ownDir(dir string, perm fs.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, perm); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Geteuid() || fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%s is a %s of mode %s that uid %d does not own alone (a symlink, another user's, or writable by others): refused; remove it or name another --output",
+			dir, kindOf(fi), fi.Mode().Perm(), os.Geteuid())
+	}
+	return nil
+}
+
+func kindOf(fi fs.FileInfo) string {
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return "symlink"
+	case fi.IsDir():
+		return "directory"
+	}
+	return "file"
 }
 
 // locate asks an MP for the DPs of the caller's location; it returns the site code the

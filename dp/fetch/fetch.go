@@ -387,6 +387,11 @@ func (d *download) progress() {
 	}
 }
 
+// MinStallBytes is what a source must bring per StallTimeout spent waiting on it (or the
+// rest of its answer, when less): a source that drips a byte just inside the stall timeout
+// is abandoned as stalled too (about 2 KiB/s with the default 30 s).
+const MinStallBytes = 64 << 10
+
 // MaxResumes is how many times in a row Get asks a source again after its connection broke
 // off mid-body, each time for the rest only, provided the broken answer brought bytes.
 const MaxResumes = 3
@@ -503,17 +508,26 @@ func (d *download) request(ctx context.Context, src Source, received *int64) err
 	if l := d.o.Limiter; l != nil && l.Limit() != rate.Inf && l.Burst() < len(buf) {
 		buf = buf[:l.Burst()]
 	}
-	end := d.have + want // never read past this: a source cannot send more than asked
+	end := d.have + want     // never read past this: a source cannot send more than asked
+	var waited time.Duration // on the source in this window (not on the limiter)
+	windowFrom := d.have     // where the window began
 	for d.have < end {
 		// Read no further than the end of the current chunk, so a bad chunk stops the
 		// reading right at its last byte.
 		ci := d.have / d.b.ChunkSize
 		n := min(int64(len(buf)), ci*d.b.ChunkSize+d.b.chunkLen(ci)-d.have, end-d.have)
 		watchdog.Reset(d.o.StallTimeout)
+		readFrom := time.Now()
 		got, rerr := resp.Body.Read(buf[:n])
 		watchdog.Stop()
 		if stalled.Load() {
 			return failure(nil)
+		}
+		if waited += time.Since(readFrom); waited >= d.o.StallTimeout {
+			if brought := d.have + int64(got) - windowFrom; brought < min(MinStallBytes, end-windowFrom) {
+				return fmt.Errorf("%w: %d bytes in %s (a source must send %d per stall timeout)", ErrStall, brought, waited.Round(time.Millisecond), int64(MinStallBytes))
+			}
+			waited, windowFrom = 0, d.have+int64(got)
 		}
 		if got > 0 {
 			*received += int64(got)

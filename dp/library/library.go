@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -95,7 +96,7 @@ func (l *Library) Has(sum string) bool {
 	if !ValidSum(sum) {
 		return false
 	}
-	fi, err := os.Stat(l.Path(sum))
+	fi, err := os.Lstat(l.Path(sum))
 	return err == nil && fi.Mode().IsRegular()
 }
 
@@ -104,11 +105,19 @@ func (l *Library) Open(sum string) (*os.File, error) {
 	if !ValidSum(sum) {
 		return nil, ErrBadHash
 	}
-	f, err := os.Open(l.Path(sum))
-	if errors.Is(err, fs.ErrNotExist) {
+	// Never through a symlink: the library holds regular files only.
+	f, err := os.OpenFile(l.Path(sum), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ELOOP) {
 		return nil, ErrNotFound
 	}
-	return f, err
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, ErrNotFound
+	}
+	return f, nil
 }
 
 // lock reserves sum for one writer.
@@ -147,7 +156,7 @@ func (l *Library) Put(sum string, r io.Reader) (int64, error) {
 		return 0, fmt.Errorf("writing blob %s: %w", sum, err)
 	}
 	part := final + PartSuffix
-	f, err := os.OpenFile(part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	f, err := os.OpenFile(part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|syscall.O_NOFOLLOW, 0o644)
 	if err != nil {
 		return 0, fmt.Errorf("writing blob %s: %w", sum, err)
 	}
@@ -200,7 +209,7 @@ func (l *Library) Received(sum string) (n int64, complete bool, err error) {
 	if !ValidSum(sum) {
 		return 0, false, ErrBadHash
 	}
-	if fi, err := os.Stat(l.Path(sum)); err == nil {
+	if fi, err := os.Lstat(l.Path(sum)); err == nil && fi.Mode().IsRegular() {
 		return fi.Size(), true, nil
 	}
 	fi, err := os.Stat(l.Path(sum) + PartSuffix)
@@ -231,14 +240,14 @@ func (l *Library) Append(sum string, offset, size int64, r io.Reader) (received 
 	}
 	defer unlock()
 	final := l.Path(sum)
-	if fi, err := os.Stat(final); err == nil {
+	if fi, err := os.Lstat(final); err == nil && fi.Mode().IsRegular() {
 		return fi.Size(), true, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
 		return 0, false, fmt.Errorf("writing blob %s: %w", sum, err)
 	}
 	part := final + PartSuffix
-	flags := os.O_CREATE | os.O_WRONLY
+	flags := os.O_CREATE | os.O_WRONLY | syscall.O_NOFOLLOW
 	if offset == 0 {
 		flags |= os.O_TRUNC
 	}
