@@ -240,7 +240,8 @@ func TestDPDeployment(t *testing.T) {
 	})
 
 	s.ibcm(t, "group", "create", "lab")
-	s.ibcm(t, "group", "add", "lab", idIn, idOut)
+	s.ibcm(t, "group", "add", "lab", idIn)
+	s.ibcm(t, "group", "add", "lab", idOut)
 	start := time.Now()
 	id := s.deploy(t, "app", "1.0", "lab")
 	d := s.waitInstalled(t, id, 2, 60*time.Second)
