@@ -73,12 +73,13 @@ func dpRoles(t *testing.T, args []string) []string {
 	switch {
 	case cfg.DP == nil:
 		return nil
-	case cfg.DP.Mode == wire.DPModeIntranet:
-		return []string{"dp-intranet"}
+	case cfg.DP.Mode == wire.DPModeBoth:
+		return []string{"dp-intranet", "dp-internet"}
 	case cfg.DP.Mode == wire.DPModeInternet:
 		return []string{"dp-internet"}
 	}
-	return []string{"dp-intranet", "dp-internet"}
+	return []string{"dp-intranet"} // the default mode
+
 }
 
 // dpSiteFlags are the `site init` flags of a site whose DP (the origin DP `site up` runs)
@@ -527,13 +528,17 @@ func (s *testSite) deployments(t *testing.T) []wire.DeploymentInfo {
 // deploy is `ibcm deploy create NAME --version V --group G --install`; it returns the id.
 func (s *testSite) deploy(t *testing.T, name, version, group string) string {
 	t.Helper()
-	s.ibcm(t, "deploy", "create", name, "--version", version, "--group", group, "--install")
-	for _, d := range s.deployments(t) {
-		if d.Package == name && d.Version == version && d.Group == group {
+	var d wire.DeploymentInfo
+	out := s.ibcm(t, "deploy", "create", name, "--version", version, "--group", group, "--install", "--json")
+	if err := json.Unmarshal([]byte(out), &d); err != nil || d.ID == "" || d.Package != name || !d.Install {
+		t.Fatalf("ibcm deploy create --json: %v\n%s", err, out)
+	}
+	for _, x := range s.deployments(t) {
+		if x.ID == d.ID {
 			return d.ID
 		}
 	}
-	t.Fatalf("ibcm deploy list does not show the deployment of %s %s to %s", name, version, group)
+	t.Fatalf("ibcm deploy list does not show deployment %s", d.ID)
 	return ""
 }
 
