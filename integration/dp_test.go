@@ -44,7 +44,20 @@ func TestDPContent(t *testing.T) {
 
 	files := writePackage(t, map[string]int{"tool.bin": 2*chunk + 12345, "README": 300, "setup.sh": 64})
 	big := fileNamed(t, files, "tool.bin")
-	s.contentAdd(t, "tools", "1.0", files, "--install-command", "sh setup.sh", "--success-codes", "0,3")
+	var total int64
+	for _, f := range files {
+		total += int64(len(f.data))
+	}
+	var added struct{ Uploaded, Skipped int64 }
+	out := s.contentAdd(t, "tools", "1.0", files, "--install-command", "sh setup.sh", "--success-codes", "0,3", "--json")
+	if err := json.Unmarshal([]byte(out), &added); err != nil || added.Uploaded != total || added.Skipped != 0 {
+		t.Errorf("ibcm content add --json: uploaded %d, skipped %d, want %d and 0 (%v)\n%s", added.Uploaded, added.Skipped, total, err, out)
+	}
+	// the library is single-instance: another version of the same files uploads nothing
+	out = s.contentAdd(t, "tools", "1.1", files, "--json")
+	if err := json.Unmarshal([]byte(out), &added); err != nil || added.Uploaded != 0 || added.Skipped != total {
+		t.Errorf("ibcm content add --json of the same files again: uploaded %d, skipped %d, want 0 and %d (%v)\n%s", added.Uploaded, added.Skipped, total, err, out)
+	}
 	s.ibcm(t, "content", "distribute", "tools", "--version", "1.0")
 	s.waitPackage(t, origin.ID, "tools", "1.0", 20*time.Second)
 
