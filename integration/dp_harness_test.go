@@ -82,12 +82,23 @@ func dpRoles(t *testing.T, args []string) []string {
 
 }
 
-// dpSiteFlags are the `site init` flags of a site whose DP (the origin DP `site up` runs)
-// listens on free loopback ports in mode; it returns them and the two addresses.
-func dpSiteFlags(t *testing.T, mode string) (flags []string, intranet, internet string) {
+// dpListen is where the site's DP listens, as site init wrote it into site.yaml.
+func (s *testSite) dpListen(t *testing.T) (intranet, internet string) {
 	t.Helper()
-	intranet, internet = freeAddr(t), freeAddr(t)
-	return []string{"--dp-intranet-addr", intranet, "--dp-internet-addr", internet, "--dp-mode", mode}, intranet, internet
+	b, err := os.ReadFile(s.path("site.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		DP struct {
+			IntranetListen string `yaml:"intranet_listen"`
+			InternetListen string `yaml:"internet_listen"`
+		} `yaml:"dp"`
+	}
+	if err := yaml.Unmarshal(b, &cfg); err != nil || cfg.DP.IntranetListen == "" || cfg.DP.InternetListen == "" {
+		t.Fatalf("site.yaml: no dp listeners (%v)", err)
+	}
+	return cfg.DP.IntranetListen, cfg.DP.InternetListen
 }
 
 // tcpProxy is a TCP forwarder the test puts between clients and a DP (TLS passes through

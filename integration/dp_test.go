@@ -33,8 +33,8 @@ const chunk = manifest.DefaultChunkSize // `ibcm content add` cuts files into ch
 func TestDPContent(t *testing.T) {
 	needTool(t, "curl")
 	needTool(t, "openssl")
-	flags, dpIntranet, dpInternet := dpSiteFlags(t, wire.DPModeInternet)
-	s := startSite(t, "sqlite", flags...)
+	s := startSite(t, "sqlite", "--dp-mode", wire.DPModeInternet)
+	dpIntranet, dpInternet := s.dpListen(t)
 	origin := s.originDP(t)
 	if origin.Mode != wire.DPModeInternet {
 		t.Errorf("the site's DP: mode %q, want internet: %+v", origin.Mode, origin)
@@ -160,8 +160,8 @@ func TestDPContent(t *testing.T) {
 func TestDPStandalonePull(t *testing.T) {
 	needTool(t, "curl")
 	needTool(t, "openssl")
-	flags, originIntranet, _ := dpSiteFlags(t, wire.DPModeBoth)
-	s := startSite(t, "sqlite", flags...)
+	s := startSite(t, "sqlite", "--dp-mode", wire.DPModeBoth)
+	originIntranet, _ := s.dpListen(t)
 	origin := s.originDP(t)
 
 	files := writePackage(t, map[string]int{"suite.bin": 3*chunk + 777, "notes.txt": 1000})
@@ -226,8 +226,7 @@ func TestDPStandalonePull(t *testing.T) {
 // both install, and `ibcm deploy status` counts 2 installed. A later policy (a second
 // deployment to the group, which both install) does not reinstall the first.
 func TestDPDeployment(t *testing.T) {
-	flags, _, _ := dpSiteFlags(t, wire.DPModeIntranet)
-	s, corpResolv := intranetSite(t, flags...)
+	s, corpResolv := intranetSite(t, "--dp-mode", wire.DPModeIntranet)
 	origin := s.originDP(t)
 	s.startDP(t, dpSpec{id: "dp2", mode: wire.DPModeInternet, priority: 5})
 
@@ -313,8 +312,8 @@ func TestDPDeployment(t *testing.T) {
 // the site's DP, keeping the chunks it had verified; what it installs has the right hash.
 // The bytes each DP sent are counted by a proxy in front of it (the URL each registers).
 func TestDPCorruptChunk(t *testing.T) {
-	flags, _, originInternet := dpSiteFlags(t, wire.DPModeInternet)
-	s := initSite(t, "sqlite", flags...)
+	s := initSite(t, "sqlite", "--dp-mode", wire.DPModeInternet)
+	_, originInternet := s.dpListen(t)
 	good := startProxy(t, originInternet)
 	editSection(t, s.path("site.yaml"), s.path("site.yaml"), "dp", func(dp map[string]any) {
 		dp["priority"] = 50
