@@ -281,9 +281,10 @@ func TestDPDeployment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var local []map[string]any
-	if out := must(t, bin.client, "deployments", "--dir", devIn, "--json"); json.Unmarshal([]byte(out), &local) != nil || !strings.Contains(out, "installed") {
-		t.Errorf("ibcm-client deployments --json:\n%s", out)
+	for _, dev := range []string{devIn, devOut} {
+		if r := localDeployment(t, dev, id); r.State != wire.DeployInstalled || r.ManifestSHA256 != d.ManifestSHA256 {
+			t.Errorf("ibcm-client deployments --json on %s: %+v", filepath.Base(dev), r)
+		}
 	}
 
 	// a later policy: a second deployment to the group; once both installed it, the first
@@ -330,7 +331,7 @@ func TestDPCorruptChunk(t *testing.T) {
 		return bad.URL
 	}})
 	installed := filepath.Join(t.TempDir(), "installed")
-	files := writePackage(t, map[string]int{"payload.bin": 8 * chunk})
+	files := writePackage(t, map[string]int{"payload.bin": 12 * chunk})
 	payload := files[0]
 	size := int64(len(payload.data))
 	s.contentAdd(t, "payload", "1.0", files, "--install-command", fmt.Sprintf("sha256sum < payload.bin | cut -d' ' -f1 > %s", installed))
@@ -388,6 +389,31 @@ func TestDPCorruptChunk(t *testing.T) {
 			}
 		}
 	}
+}
+
+// localRecord is a line of `ibcm-client deployments --json`: the agent's record of a deployment.
+type localRecord struct {
+	ID             string `json:"id"`
+	State          string `json:"state"`
+	ManifestSHA256 string `json:"manifest_sha256"`
+	DP             string `json:"dp"`
+}
+
+// localDeployment is the agent's record of deployment id (`ibcm-client deployments --json`).
+func localDeployment(t *testing.T, dev, id string) localRecord {
+	t.Helper()
+	out := must(t, bin.client, "deployments", "--dir", dev, "--json")
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var r localRecord
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("ibcm-client deployments --json: %v\n%s", err, out)
+		}
+		if r.ID == id {
+			return r
+		}
+	}
+	t.Fatalf("ibcm-client deployments --json has no deployment %s:\n%s", id, out)
+	return localRecord{}
 }
 
 // installLines are the lines an install command appended to file (none when it never ran).
