@@ -508,19 +508,27 @@ func certSerial(t *testing.T, cert string) string {
 // refused it at the handshake; it fails t past limit.
 func (s *testSite) revokedWithin(t *testing.T, dev, url string, limit time.Duration) time.Duration {
 	t.Helper()
-	if a := s.curlDP(t, deviceCert(dev), url, "-I"); a.status != http.StatusOK {
-		t.Fatalf("before the revocation: HEAD %s: %d (curl exit %d) %s", url, a.status, a.exit, a.stderr)
-	}
 	sn := certSerial(t, filepath.Join(dev, "cert.pem"))
+	return s.refusedWithin(t, dev, url, limit, func() { s.ibcm(t, "ca", "revoke", "--reason", "keyCompromise", sn) })
+}
+
+// refusedWithin checks that the DP at url answers the device, runs cut (an admin command)
+// and returns how long from cut's start until the DP refused the device at the handshake; it
+// fails t past limit.
+func (s *testSite) refusedWithin(t *testing.T, dev, url string, limit time.Duration, cut func()) time.Duration {
+	t.Helper()
+	if a := s.curlDP(t, deviceCert(dev), url, "-I"); a.status != http.StatusOK {
+		t.Fatalf("before: HEAD %s: %d (curl exit %d) %s", url, a.status, a.exit, a.stderr)
+	}
 	start := time.Now()
-	s.ibcm(t, "ca", "revoke", "--reason", "keyCompromise", sn)
+	cut()
 	for {
 		a := s.curlDP(t, deviceCert(dev), url, "-I")
 		if a.status == 0 && a.exit != 0 {
 			return time.Since(start)
 		}
 		if time.Since(start) > limit {
-			t.Fatalf("the DP at %s still answers %d to a revoked certificate %v after ibcm ca revoke started", url, a.status, time.Since(start))
+			t.Fatalf("the DP at %s still answers %d %v after the admin command started", url, a.status, time.Since(start))
 		}
 		time.Sleep(10 * time.Millisecond) // polling the condition itself
 	}

@@ -155,8 +155,8 @@ func TestDPContent(t *testing.T) {
 // its own certificate from `ibcm ca issue --role dp`) in internet mode registers through the
 // MP, pulls what `ibcm content distribute --dp` gives it from the origin DP over a
 // connection the test cuts twice mid-transfer, resumes, and ends ready with a library of
-// verified blobs; it serves them, and refuses a revoked certificate within a second (which
-// it learns from the MP's feed).
+// verified blobs; it serves them, and refuses a revoked certificate and a blocked device
+// within a second (which it learns from the MP's feed).
 func TestDPStandalonePull(t *testing.T) {
 	needTool(t, "curl")
 	needTool(t, "openssl")
@@ -218,6 +218,11 @@ func TestDPStandalonePull(t *testing.T) {
 	}
 	took := s.revokedWithin(t, dev, dp2.internetURL+"/v1/content/"+big.sha256, time.Second)
 	t.Logf("the standalone DP refused the revoked certificate %v after ibcm ca revoke started", took)
+	blocked := enrollDevice(t, s, "pc-dp2-blocked")
+	took = s.refusedWithin(t, blocked, dp2.internetURL+"/v1/content/"+big.sha256, time.Second, func() {
+		s.ibcm(t, "device", "block", deviceIDOf(t, blocked))
+	})
+	t.Logf("the standalone DP refused the blocked device %v after ibcm device block started", took)
 }
 
 // TestDPDeployment: a deployment to a group reaches an agent on the intranet and one on the
