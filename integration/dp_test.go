@@ -219,6 +219,9 @@ func TestDPStandalonePull(t *testing.T) {
 	took := s.revokedWithin(t, dev, dp2.internetURL+"/v1/content/"+big.sha256, time.Second)
 	t.Logf("the standalone DP refused the revoked certificate %v after ibcm ca revoke started", took)
 	blocked := enrollDevice(t, s, "pc-dp2-blocked")
+	if r := curlMP(t, s, blocked, s.mpInternet+"/v1/checkin", "-d", `{"location":"internet","compliance":"compliant"}`); r.code != 0 {
+		t.Fatalf("check-in (the MP knows a device from its first one): %s%s", r.stdout, r.stderr)
+	}
 	took = s.refusedWithin(t, blocked, dp2.internetURL+"/v1/content/"+big.sha256, time.Second, func() {
 		s.ibcm(t, "device", "block", deviceIDOf(t, blocked))
 	})
