@@ -37,9 +37,13 @@ type Options struct {
 	CRLValidity time.Duration             // how long a CRL stays current; 24h when zero
 	// Bootstrap is handed to every enrolled device: how to find the site's MPs.
 	Bootstrap *wire.Bootstrap
-	Now       func() time.Time // defaults to time.Now
-	Rand      io.Reader        // defaults to crypto/rand
-	Log       zerolog.Logger
+	// KeyPassword encrypts the keys the CA keeps in the site database (the content
+	// signer's): the CA's password, as for the issuing key. When empty, a password derived
+	// from the issuing key is used (whoever holds that key can sign anything anyway).
+	KeyPassword []byte
+	Now         func() time.Time // defaults to time.Now
+	Rand        io.Reader        // defaults to crypto/rand
+	Log         zerolog.Logger
 }
 
 // CA is the site's certificate authority: smallstep's embedded authority signing with the
@@ -64,6 +68,9 @@ type CA struct {
 	tokens tokenCache // what bulk tokens are bound to (lookupToken)
 
 	access *access.Store // who may use which admin route (http.go)
+
+	keyPassword []byte       // Options.KeyPassword, or derived from the issuing key
+	content     contentState // the key that signs manifests (content.go)
 }
 
 type issuerURLs struct{ crl, ocsp, issuer string }
@@ -105,6 +112,11 @@ func New(ctx context.Context, db *sitedb.DB, o Options) (*CA, error) {
 		db: db, h: o.Hierarchy, siteCode: o.SiteCode, issuerID: id,
 		urls:     issuerURLs{crl: base + "/crl/" + id + ".crl", ocsp: base + "/ocsp", issuer: base + "/ca/" + id + ".crt"},
 		validity: validity, crlTTL: o.CRLValidity, now: o.Now, rand: o.Rand, log: o.Log, boot: o.Bootstrap,
+	}
+	if c.keyPassword = o.KeyPassword; len(c.keyPassword) == 0 {
+		if c.keyPassword, err = derivedPassword(o.Hierarchy.IssuingKey); err != nil {
+			return nil, err
+		}
 	}
 	c.store = &store{db: db, issuerID: id, now: o.Now}
 	if err := c.store.registerCA(ctx, "root", o.Hierarchy.Root); err != nil {
@@ -311,6 +323,9 @@ func (c *CA) EnrollWith(ctx context.Context, e Enrollment) ([]*x509.Certificate,
 
 // Issue issues a certificate an admin asked for; the CSR proves possession of the key.
 func (c *CA) Issue(ctx context.Context, spec IssueSpec, csrData []byte, by string) ([]*x509.Certificate, error) {
+	if spec.Profile == ContentSigner {
+		return nil, errContentSignerProfile
+	}
 	csr, err := CheckCSR(csrData, spec.Profile)
 	if err != nil {
 		return nil, err

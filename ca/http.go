@@ -35,6 +35,7 @@ import (
 //	GET  /v1/admin/certificates/{serial}
 //	POST /v1/admin/certificates/{serial}/revoke
 //	GET  /v1/admin/crl
+//	POST /v1/admin/content/sign              ManageContent: wire.Manifest -> wire.SignedManifest (content.go)
 func (c *CA) Handler(v *trust.Verifier) http.Handler {
 	mux := http.NewServeMux()
 	h := func(fn api.HandlerFunc) http.Handler {
@@ -74,6 +75,7 @@ func (c *CA) Handler(v *trust.Verifier) http.Handler {
 	mux.Handle("GET /v1/admin/certificates", admin(access.ManagePKI, c.handleList))
 	mux.Handle("GET /v1/admin/certificates/{serial}", admin(access.ManagePKI, c.handleShow))
 	mux.Handle("POST /v1/admin/certificates/{serial}/revoke", admin(access.ManagePKI, c.handleRevoke))
+	mux.Handle("POST /v1/admin/content/sign", admin(access.ManageContent, c.handleContentSign))
 	mux.Handle("GET /v1/admin/crl", admin(access.ManagePKI, func(w http.ResponseWriter, r *http.Request, _ string) error {
 		der, err := c.CRL(r.Context())
 		if err != nil {
@@ -182,6 +184,9 @@ func (c *CA) handleTokenCreate(w http.ResponseWriter, r *http.Request, by string
 	if p == Admin {
 		return errUserProfile
 	}
+	if p == ContentSigner {
+		return httpError(errContentSignerProfile)
+	}
 	if req.DeviceID != "" && !access.FromContext(r.Context()).Allows(access.ManageDevices) {
 		return forbidden(by, access.ManageDevices) // a re-enroll token hands out an existing device's identity
 	}
@@ -233,6 +238,9 @@ func (c *CA) handleIssue(w http.ResponseWriter, r *http.Request, by string) erro
 	}
 	if p == Admin {
 		return errUserProfile
+	}
+	if p == ContentSigner {
+		return httpError(errContentSignerProfile)
 	}
 	if (p == SiteServer || p == OCSP) && access.FromContext(r.Context()).Site != access.AllPermissions {
 		// A site server's certificate is the site's authority itself (an MP serves policy

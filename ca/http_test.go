@@ -334,6 +334,7 @@ func TestAdminRoutesCheckTheirPermission(t *testing.T) {
 		{"GET", "/v1/admin/roles/nothing", "", access.ManageAccess},
 		{"POST", "/v1/admin/roles", `{}`, access.ManageAccess},
 		{"DELETE", "/v1/admin/roles/nothing", "", access.ManageAccess},
+		{"POST", "/v1/admin/content/sign", "{", access.ManageContent},
 	}
 	// Every admin route the CA registers is in the table, so a new one cannot skip it.
 	var table []accesstest.Route

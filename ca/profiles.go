@@ -26,10 +26,14 @@ const (
 	SiteServer Profile = "site-server"
 	Admin      Profile = "admin"
 	OCSP       Profile = "ocsp"
+	// ContentSigner signs the manifests of content (DESIGN.md §8): EKU codeSigning only,
+	// CN "content-signer", URI urn:ibcm:site:<code>:role:content. Only the CA makes it, for
+	// a key it makes and keeps itself (content.go); no admin route or token issues one.
+	ContentSigner Profile = "content-signer"
 )
 
 // Profiles lists every profile in a stable order.
-var Profiles = []Profile{Client, SiteServer, Admin, OCSP}
+var Profiles = []Profile{Client, SiteServer, Admin, OCSP, ContentSigner}
 
 // DefaultValidity is each profile's certificate lifetime unless configured otherwise.
 var DefaultValidity = map[Profile]time.Duration{
@@ -37,6 +41,8 @@ var DefaultValidity = map[Profile]time.Duration{
 	SiteServer: 365 * 24 * time.Hour,
 	Admin:      90 * 24 * time.Hour,
 	OCSP:       24 * time.Hour,
+	// A manifest outlives its signer's certificate (it is checked at its creation time).
+	ContentSigner: 365 * 24 * time.Hour,
 }
 
 // ParseProfile checks a profile name.
@@ -46,7 +52,7 @@ func ParseProfile(s string) (Profile, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("%w: %q (client, site-server, admin or ocsp)", ErrBadProfile, s)
+	return "", fmt.Errorf("%w: %q (client, site-server, admin, ocsp or content-signer)", ErrBadProfile, s)
 }
 
 // Roles a site-server certificate can name.
@@ -60,12 +66,19 @@ func (p Profile) extKeyUsages() []x509.ExtKeyUsage {
 		return []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	case OCSP:
 		return []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}
+	case ContentSigner:
+		return []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}
 	}
 	return []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 }
 
 // ProfileOf tells which profile issued a certificate, from what the profile put in it.
 func ProfileOf(c *x509.Certificate) Profile {
+	for _, e := range c.ExtKeyUsage {
+		if e == x509.ExtKeyUsageCodeSigning {
+			return ContentSigner
+		}
+	}
 	switch trust.Identify(c).Kind {
 	case trust.KindDevice:
 		return Client
@@ -307,6 +320,9 @@ func TemplateFromSpec(s IssueSpec, siteCode string, csr *x509.CertificateRequest
 	if len(csr.EmailAddresses)+len(csr.URIs) > 0 {
 		return Template{}, fmt.Errorf("%w: the request carries e-mail or URI names; the CA assigns the identity URI", ErrForbiddenSAN)
 	}
+	if s.Profile == ContentSigner {
+		return Template{}, errContentSignerProfile
+	}
 	t := Template{Profile: s.Profile, CommonName: subject}
 	for _, n := range names {
 		if ip := net.ParseIP(n); ip != nil {
@@ -364,7 +380,7 @@ func (t Template) apply(c *x509.Certificate, siteCode string, notBefore, notAfte
 	c.NotBefore, c.NotAfter = notBefore, notAfter
 	c.BasicConstraintsValid, c.IsCA, c.MaxPathLen, c.MaxPathLenZero = true, false, 0, false
 	c.KeyUsage = x509.KeyUsageDigitalSignature
-	if _, ok := c.PublicKey.(*rsa.PublicKey); ok && t.Profile != OCSP {
+	if _, ok := c.PublicKey.(*rsa.PublicKey); ok && t.Profile != OCSP && t.Profile != ContentSigner {
 		c.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
 	c.ExtKeyUsage, c.UnknownExtKeyUsage = t.Profile.extKeyUsages(), nil

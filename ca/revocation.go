@@ -39,12 +39,16 @@ func (c *CA) crlDue() bool {
 	return c.now().After(info.ExpiresAt.Add(-info.Duration / 3))
 }
 
-// Prepare makes sure a current CRL and an OCSP signing certificate exist.
+// Prepare makes sure a current CRL, an OCSP signing certificate and a content signer
+// (valid for more than contentSignerRenew) exist.
 func (c *CA) Prepare(ctx context.Context) error {
 	if c.crlDue() {
 		if err := c.RefreshCRL(); err != nil {
 			return err
 		}
+	}
+	if _, _, err := c.contentSigner(ctx); err != nil {
+		return err
 	}
 	return c.rotateResponder(ctx)
 }

@@ -142,7 +142,8 @@ func initSiteDSN(t *testing.T, store, dsn string, extra ...string) *testSite {
 	s.mpIntranet, s.mpInternet = "https://"+mpIn, "https://"+mpOut
 	args := []string{"site", "init", "--dir", s.dir, "--site-code", "E2E", "--intranet-name", "ibcm.corp.test",
 		"--internet-name", "ibcm.example.test", "--ca-addr", caAddr, "--ca-public-addr", pubAddr,
-		"--mp-intranet-addr", mpIn, "--mp-internet-addr", mpOut, "--store", store}
+		"--mp-intranet-addr", mpIn, "--mp-internet-addr", mpOut, "--store", store,
+		"--dp-intranet-addr", freeAddr(t), "--dp-internet-addr", freeAddr(t)}
 	if store == "postgres" {
 		args = append(args, "--dsn", s.dsn)
 	}
@@ -155,7 +156,7 @@ func initSiteDSN(t *testing.T, store, dsn string, extra ...string) *testSite {
 // ("<role> <url> (listening on ...)").
 func (s *testSite) start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	roles := map[string][]string{"site up": {"ca", "ca-public", "mp-intranet", "mp-internet"},
+	roles := map[string][]string{"site up": {"ca", "ca-public", "mp-intranet", "mp-internet", "dp-intranet", "dp-internet"},
 		"ca serve": {"ca", "ca-public"}, "mp serve": {"mp-intranet", "mp-internet"}}[args[0]+" "+args[1]]
 	roles = append(roles, dpRoles(t, args)...)
 	cmd := exec.Command(bin.ibcm, args...)

@@ -51,6 +51,16 @@ func TestAdminRoutesCheckTheirPermission(t *testing.T) {
 		{"POST", "/v1/admin/sessions/" + none + "/join", "", access.ViewScreen},
 		{"GET", "/v1/admin/sessions/" + none + "/recording", "", access.ReadAudit},
 		{"GET", "/v1/admin/sessions/" + none + "/relay", "", access.ViewScreen},
+		{"POST", "/v1/admin/content", "{", access.ManageContent},
+		{"GET", "/v1/admin/content", "", access.ManageContent},
+		{"GET", "/v1/admin/content/none/1", "", access.ManageContent},
+		{"DELETE", "/v1/admin/content/none/1", "", access.ManageContent},
+		{"POST", "/v1/admin/content/none/1/distribute", "{", access.ManageContent},
+		{"GET", "/v1/admin/dps", "", access.ManageContent},
+		{"POST", "/v1/admin/deployments", "{", access.ManageContent},
+		{"GET", "/v1/admin/deployments", "", access.ManageContent},
+		{"GET", "/v1/admin/deployments/" + none[:16], "", access.ManageContent},
+		{"DELETE", "/v1/admin/deployments/" + none[:16], "", access.ManageContent},
 	}
 	var table []accesstest.Route
 	for _, rt := range routes {

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -465,8 +467,46 @@ func (m *MP) handleLocate(w http.ResponseWriter, r *http.Request) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
+	rows.Close()
+	if out.DPs, err = m.locateDPs(r.Context(), col, modes); err != nil {
+		return err
+	}
 	api.WriteJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// locateDPs lists the URLs (column col) of the live DPs in modes: lower priority first,
+// in random order among equal priorities, so that devices spread over them. A DP is live
+// when seen within dpLiveFor (content_store.go).
+func (m *MP) locateDPs(ctx context.Context, col string, modes []any) ([]string, error) {
+	rows, err := m.db.Query(ctx, `SELECT `+col+`, priority FROM dps WHERE mode IN (?, ?) AND last_seen >= ? AND `+col+` <> '' ORDER BY priority`,
+		append(modes, m.dpLiveSince())...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	type dp struct {
+		url  string
+		prio int
+	}
+	var dps []dp
+	for rows.Next() {
+		var d dp
+		if err := rows.Scan(&d.url, &d.prio); err != nil {
+			return nil, err
+		}
+		dps = append(dps, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	mrand.Shuffle(len(dps), func(i, j int) { dps[i], dps[j] = dps[j], dps[i] })
+	slices.SortStableFunc(dps, func(a, b dp) int { return a.prio - b.prio })
+	out := make([]string, 0, len(dps))
+	for _, d := range dps {
+		out = append(out, d.url)
+	}
+	return out, nil
 }
 
 // ErrNoDevice is returned for an unknown device id.

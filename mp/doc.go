@@ -9,6 +9,12 @@
 // audit and its retention, recordings sealed to the site's audit key, and the relay that
 // splices the two legs of a ticket, forwarded between the site's MPs when the helper and
 // the device are on different ones (relay.go).
+// For the distribution points (DESIGN.md §8) it is the DPs' only link to the site: they
+// register, follow a feed of revocations, blocks and assignment changes, fetch what is
+// distributed to them and report their state (dps.go); the admin API registers signed
+// package versions, distributes them and deploys them to groups (content.go,
+// deployments.go), deployments reach devices in their policy, and devices' reports come
+// back as status messages of component "deployment".
 // DNS publishing of its SRV records is in mp/dnspub.
 //
 // An operator who wants to see for themselves that the relay forwards only ciphertext sets
@@ -26,7 +32,8 @@
 //
 // Its tables (devices, device_certificates, device_groups, group_members, policies,
 // status_messages, management_points, notify_connections, sessions, session_tickets,
-// session_recordings) live in the site database; their
+// session_recordings, dps, content_versions, content_files, distributions, dp_packages,
+// deployments, deployment_devices) live in the site database; their
 // SQL is in store.go and the files beside it. mp never imports ca: what it needs of the PKI
 // is internal/trust.
 package mp

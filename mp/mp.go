@@ -68,10 +68,17 @@ type Options struct {
 	// AuditKey is the site's audit private key (remote/recording): its public half goes in
 	// every policy served to devices, and it opens recordings for ReadAudit users.
 	AuditKey []byte
+	// OriginDPs are the DP ids allowed to register as origin (uploads, default pull
+	// source); a DP claiming origin that is not listed is refused.
+	OriginDPs []string
 	// SessionRetention is how long ended sessions are kept in the audit; 30 days when zero.
 	SessionRetention time.Duration
-	Now              func() time.Time
-	Log              zerolog.Logger
+	// MaxDPFeeds bounds the DP feeds (GET /v1/dp/feed) open at once; 1024 when zero.
+	MaxDPFeeds int
+	// DPPingInterval is how often a DP feed carries a ping; 15 s when zero.
+	DPPingInterval time.Duration
+	Now            func() time.Time
+	Log            zerolog.Logger
 }
 
 // MP is a management point.
@@ -110,6 +117,8 @@ type MP struct {
 	relays   *relays       // relay legs of sessions (relay.go)
 	uploads  chan struct{} // recordings being received at once (each up to recording.MaxSealed in memory)
 	auditPub string        // public half of Options.AuditKey
+
+	feeds *dpFeeds // the DP feeds open on this MP (dps.go)
 }
 
 // New opens the MP over the site database: it applies the MP's migrations, stores the
@@ -141,6 +150,12 @@ func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options
 	if o.SessionRetention <= 0 {
 		o.SessionRetention = defaultSessionRetention
 	}
+	if o.MaxDPFeeds <= 0 {
+		o.MaxDPFeeds = defaultMaxDPFeeds
+	}
+	if o.DPPingInterval <= 0 {
+		o.DPPingInterval = dpPingEvery
+	}
 	if err := Migrate(ctx, db); err != nil {
 		return nil, err
 	}
@@ -150,6 +165,7 @@ func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options
 		return nil, err
 	}
 	m.hub = newHub(m)
+	m.feeds = newDPFeeds(o.MaxDPFeeds)
 	m.relays = newRelays(m)
 	m.uploads = make(chan struct{}, maxUploads)
 	if len(o.AuditKey) > 0 {
@@ -158,7 +174,7 @@ func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options
 		}
 	}
 	m.checkins = &checkinBuffer{db: db, pending: map[string]pendingCheckin{}}
-	m.policies = &policyCache{byDevice: map[string]string{}, byName: map[string]*wire.Policy{}}
+	m.policies = &policyCache{byDevice: map[string]string{}, byName: map[string]*wire.Policy{}, deploys: map[string][]wire.Deployment{}}
 	if err := m.ensureDefaultPolicy(ctx); err != nil {
 		return nil, err
 	}
@@ -179,6 +195,8 @@ func (m *MP) Start(ctx context.Context) error {
 		context.AfterFunc(ctx, stop)
 		stopSessions := rs.OnRevoke(func(serial string) { go m.endSessionsOfSerial(serial) })
 		context.AfterFunc(ctx, stopSessions)
+		stopFeeds := rs.OnRevoke(func(serial string) { m.feeds.broadcast("", wire.DPEvent{Type: wire.DPEventRevoked, Serial: serial}) })
+		context.AfterFunc(ctx, stopFeeds)
 	}
 	// Sessions this MP brokered or relayed before it stopped lost their relay with it.
 	if n, err := m.interruptSessions(ctx, `mp_id = ? OR device_mp = ?`, m.o.ID, m.o.ID); err != nil {
@@ -283,11 +301,15 @@ func (m *MP) isBlocked(deviceID string) bool {
 
 func (m *MP) setBlocked(deviceID string, blocked bool) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	was := m.blocked[deviceID]
 	if blocked {
 		m.blocked[deviceID] = true
 	} else {
 		delete(m.blocked, deviceID)
+	}
+	m.mu.Unlock()
+	if was != blocked {
+		m.blockChanged(deviceID, blocked) // the DPs refuse the device too
 	}
 }
 

@@ -38,6 +38,11 @@ const (
 	// Session ended with Outcome (and the refusal's Code): the MPs close its relay legs, of
 	// every ticket, or of Ticket alone (a viewer's leg).
 	kindSession = "session"
+	// Content or distributions changed: the DP Device (every DP when "") is to fetch its
+	// assignments again (content_store.go).
+	kindContent = "content"
+	// The deployments of group Policy changed: its members' policies differ (deployments.go).
+	kindDeploy = "deploy"
 )
 
 type siteEvent struct {
@@ -223,6 +228,7 @@ func (h *hub) catchUp(ctx context.Context) {
 		h.closeDevice(id)
 	}
 	h.m.policies.clear("")
+	h.m.feeds.broadcast("", wire.DPEvent{Type: wire.DPEventAssignments}) // content changes may have been missed
 	if err := h.reconcile(ctx); err != nil && ctx.Err() == nil {
 		h.m.log.Warn().Err(err).Msg("reloading notification channels")
 		failed = true
@@ -327,6 +333,10 @@ func (h *hub) dispatch(ctx context.Context, ev siteEvent) {
 	case kindPolicy:
 		h.m.policies.clear(ev.Policy)
 		h.deliver("", wire.Event{Type: wire.EventPolicyChanged, Time: h.m.now().UTC(), Data: map[string]string{"policy": ev.Policy}})
+	case kindContent:
+		h.m.feeds.broadcast(ev.Device, wire.DPEvent{Type: wire.DPEventAssignments})
+	case kindDeploy:
+		h.m.deploymentsChanged(ctx, ev.Policy)
 	case kindPush:
 		if ev.Event != nil {
 			h.deliver(ev.Device, *ev.Event)
@@ -945,13 +955,24 @@ func (m *MP) loadBlocked(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	m.mu.Lock()
-	var newly []string
+	var newly, unblocked []string
 	for id := range set {
 		if !m.blocked[id] {
 			newly = append(newly, id)
 		}
 	}
+	for id := range m.blocked {
+		if !set[id] {
+			unblocked = append(unblocked, id)
+		}
+	}
 	m.blocked = set
 	m.mu.Unlock()
+	for _, id := range newly {
+		m.blockChanged(id, true)
+	}
+	for _, id := range unblocked {
+		m.blockChanged(id, false)
+	}
 	return newly, nil
 }

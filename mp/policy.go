@@ -154,14 +154,21 @@ func withDefaults(p wire.Policy) wire.Policy {
 	return p
 }
 
-// policyETag names a policy as served: its name and version, and the audit key it carries
-// (so a device that cached a policy served before the site had one fetches it again).
+// policyETag names a policy as served: its name and version, the audit key it carries
+// (so a device that cached a policy served before the site had one fetches it again), and
+// its deployments (so a device fetches it again when they change).
 func policyETag(p wire.Policy) string {
-	if p.AuditKey == "" {
-		return fmt.Sprintf(`"%s.%d"`, p.Name, p.Version)
+	tag := fmt.Sprintf(`%s.%d`, p.Name, p.Version)
+	if p.AuditKey != "" {
+		sum := sha256.Sum256([]byte(p.AuditKey))
+		tag += fmt.Sprintf(".%x", sum[:4])
 	}
-	sum := sha256.Sum256([]byte(p.AuditKey))
-	return fmt.Sprintf(`"%s.%d.%x"`, p.Name, p.Version, sum[:4])
+	if len(p.Deployments) > 0 {
+		b, _ := json.Marshal(p.Deployments)
+		sum := sha256.Sum256(b)
+		tag += fmt.Sprintf(".d%x", sum[:8])
+	}
+	return `"` + tag + `"`
 }
 
 // policyCache keeps resolved policies in memory; device events clear it. gen counts the
@@ -169,16 +176,18 @@ func policyETag(p wire.Policy) string {
 type policyCache struct {
 	mu       sync.RWMutex
 	gen      uint64
-	byDevice map[string]string       // device -> policy name
-	byName   map[string]*wire.Policy // name -> document
+	byDevice map[string]string            // device -> policy name
+	byName   map[string]*wire.Policy      // name -> document
+	deploys  map[string][]wire.Deployment // device -> the deployments of its groups (deployments.go)
 }
 
-// forgetDevice drops the policy resolved for one device.
+// forgetDevice drops the policy resolved for one device (its groups changed).
 func (c *policyCache) forgetDevice(device string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
 	delete(c.byDevice, device)
+	delete(c.deploys, device)
 }
 
 func (c *policyCache) clear(name string) {
@@ -187,8 +196,17 @@ func (c *policyCache) clear(name string) {
 	c.gen++
 	if name == "" {
 		c.byDevice = map[string]string{}
+		c.deploys = map[string][]wire.Deployment{}
 	}
 	delete(c.byName, name)
+}
+
+// clearDeployments drops every device's deployments (a deployment was made or removed).
+func (c *policyCache) clearDeployments() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.deploys = map[string][]wire.Deployment{}
 }
 
 func (m *MP) ensureDefaultPolicy(ctx context.Context) error {
@@ -255,7 +273,11 @@ func (m *MP) devicePolicy(ctx context.Context, device string) (wire.Policy, erro
 		m.policies.mu.Unlock()
 	}
 	pol, err := m.Policy(ctx, name)
+	if err != nil {
+		return pol, err
+	}
 	pol.AuditKey = m.auditPub // the agent seals recordings to it
+	pol.Deployments, err = m.deviceDeployments(ctx, device)
 	return pol, err
 }
 
@@ -278,6 +300,7 @@ func (m *MP) handlePolicy(w http.ResponseWriter, r *http.Request, p *peer) error
 // policy again.
 func (m *MP) SetPolicy(ctx context.Context, p wire.Policy, by string) (wire.Policy, error) {
 	p = withDefaults(p)
+	p.Deployments = nil // the MP adds them when serving, from the device's groups
 	if err := ValidatePolicy(p); err != nil {
 		return wire.Policy{}, api.Wrap(err, http.StatusBadRequest, "invalid_policy", err.Error())
 	}

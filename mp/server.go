@@ -91,6 +91,7 @@ func peerOf(r *http.Request) *peer { return r.Context().Value(peerKey{}).(*peer)
 //	GET  /v1/notify           devices; WebSocket
 //	/v1/admin/...             admin certificates
 //	/v1/sessions/..., /v1/relay/{id}, /v1/crl: remote-control sessions (sessions.go)
+//	/v1/dp/..., /v1/admin/content..., /v1/admin/dps, /v1/admin/deployments...: content.go
 func (m *MP) Handler(location string) http.Handler {
 	mux := http.NewServeMux()
 	h := func(fn api.HandlerFunc) http.Handler {
@@ -122,6 +123,7 @@ func (m *MP) Handler(location string) http.Handler {
 	mux.Handle("GET /v1/notify", device(m.handleNotify))
 	m.adminRoutes(mux, h)
 	m.sessionRoutes(mux, h, device)
+	m.contentRoutes(mux, h)
 	mux.Handle("/", h(func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
 	}))
@@ -166,7 +168,8 @@ func (m *MP) gate(location string, next http.Handler) http.Handler {
 		// A relay leg waits for its other leg, then leaves net/http: it is bounded by the
 		// sessions, not by the request slots.
 		relayLeg := strings.HasSuffix(r.URL.Path, "/relay") || strings.HasPrefix(r.URL.Path, "/v1/relay/")
-		if r.URL.Path != "/v1/notify" && r.URL.Path != wire.ProbePath && !relayLeg { // a probe costs no more than /healthz
+		// The DP feeds are long-lived too, bounded by Options.MaxDPFeeds.
+		if r.URL.Path != "/v1/notify" && r.URL.Path != "/v1/dp/feed" && r.URL.Path != wire.ProbePath && !relayLeg { // a probe costs no more than /healthz
 			select {
 			case m.inflight <- struct{}{}:
 				defer func() { <-m.inflight }()

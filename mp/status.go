@@ -29,15 +29,28 @@ func (m *MP) handleStatus(w http.ResponseWriter, r *http.Request, p *peer) error
 	if len(b.Messages) == 0 || len(b.Messages) > wire.MaxStatusBatch {
 		return api.BadRequest("messages: between 1 and %d per batch", wire.MaxStatusBatch)
 	}
+	deploys := map[int]deployState{}
 	for i, msg := range b.Messages {
 		if err := msg.Check(); err != nil {
 			return api.BadRequest("messages[%d].%v", i, err)
+		}
+		if msg.Component == wire.DeploymentComponent {
+			s, err := parseDeployState(msg)
+			if err != nil {
+				return api.BadRequest("messages[%d].%v", i, err)
+			}
+			deploys[i] = s
 		}
 	}
 	now := m.now().Unix()
 	ack := wire.StatusAck{Acked: make([]string, 0, len(b.Messages))}
 	err := m.db.Tx(r.Context(), func(tx *sitedb.Tx) error {
-		for _, msg := range b.Messages {
+		for i, msg := range b.Messages {
+			if s, ok := deploys[i]; ok {
+				if err := m.recordDeployState(tx, p.id.ID, s); err != nil {
+					return err
+				}
+			}
 			fields, _ := json.Marshal(msg.Fields)
 			if _, err := tx.Exec(`INSERT INTO status_messages (device_id, id, time, time_ns, severity, component, text, fields, received_at)
 				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, id) DO NOTHING`,

@@ -11,9 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/dp"
 	"github.com/ibcm-project/ibcm/internal/config"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -29,6 +28,9 @@ type Config struct {
 	Store   Store    `yaml:"store"`
 	CA      CAConfig `yaml:"ca"`
 	MP      MPConfig `yaml:"mp"`
+	// DP is the distribution point `ibcm site up` runs (package dp; the same keys as a
+	// standalone DP's file). A site made before DPs existed has none: then no DP runs.
+	DP *dp.Settings `yaml:"dp,omitempty"`
 
 	dir string // directory of the file, for relative paths
 }
@@ -78,10 +80,14 @@ type MPConfig struct {
 	AuditKey string `yaml:"audit_key,omitempty"`
 	// SessionRetention is how long ended remote-control sessions stay in the audit (30 days
 	// when unset).
-	SessionRetention Duration   `yaml:"session_retention,omitempty"`
-	MaxConns         int        `yaml:"max_conns,omitempty"`     // open connections per listener
-	MaxInFlight      int        `yaml:"max_in_flight,omitempty"` // requests at once before 503
-	DNS              *DNSConfig `yaml:"dns,omitempty"`           // publish the SRV records
+	SessionRetention Duration `yaml:"session_retention,omitempty"`
+	// OriginDPs are the DPs (ids) that may register as origin: take uploads and be the
+	// default pull source. The site's own DP (dp: with origin: true) when unset. A DP says
+	// it is an origin, but only the site's configuration may let it.
+	OriginDPs   []string   `yaml:"origin_dps,omitempty"`
+	MaxConns    int        `yaml:"max_conns,omitempty"`     // open connections per listener
+	MaxInFlight int        `yaml:"max_in_flight,omitempty"` // requests at once before 503
+	DNS         *DNSConfig `yaml:"dns,omitempty"`           // publish the SRV records
 	// ParkIdleChannels: a TLS 1.3 notification channel leaves crypto/tls once upgraded
 	// (internal/tlspark); true when unset. ParksIdleChannels reads it.
 	ParkIdleChannels *bool `yaml:"park_idle_channels,omitempty"`
@@ -114,21 +120,8 @@ type Validity struct {
 	OCSP       Duration `yaml:"ocsp,omitempty"`
 }
 
-// Duration is a time.Duration written as "720h" in YAML.
-type Duration time.Duration
-
-// UnmarshalYAML parses a Go duration string.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("%q is not a duration like 720h or 30m", n.Value)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalYAML writes the duration as a string.
-func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+// Duration is a time.Duration written as "720h" or "30m" in YAML.
+type Duration = config.Duration
 
 // Load reads, strictly decodes, defaults and validates a site.yaml.
 func Load(path string) (*Config, error) {
@@ -204,6 +197,20 @@ func (c *Config) setDefaults() {
 		d(&c.MP.DNS.Algorithm, "hmac-sha256")
 		d(&c.MP.DNS.Target, c.Site.IntranetName)
 	}
+	if c.DP != nil {
+		c.DP.SetDefaults(c.dpDefaults())
+	}
+}
+
+// dpDefaults are what the site gives its DP: the site's code and roots, the MP's URL, the
+// library <site dir>/content, the certificate tls/dp.crt.
+func (c *Config) dpDefaults() dp.Defaults {
+	mpURL := c.MP.InternetURL
+	if c.MPIntranet() {
+		mpURL = c.MP.IntranetURL
+	}
+	return dp.Defaults{ID: "dp1", SiteCode: c.Site.Code, Roots: c.CA.RootCert, MPURL: mpURL, Library: "content",
+		TLSCert: "tls/dp.crt", TLSKey: "tls/dp.key", IntranetName: c.Site.IntranetName, InternetName: c.Site.InternetName}
 }
 
 // MPIntranet reports whether the MP takes intranet connections.
@@ -287,6 +294,11 @@ func (c *Config) Validate() error {
 		}
 		if dns.SecretFile == "" {
 			bad("mp.dns.secret_file", "is required")
+		}
+	}
+	if c.DP != nil {
+		if err := c.DP.Validate("dp"); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for key, addr := range map[string]string{"ca.listen": c.CA.Listen, "ca.public_listen": c.CA.PublicListen,

@@ -14,6 +14,9 @@ func TestExampleConfigsLoad(t *testing.T) {
 		t.Fatalf("no example configs found under etc/ (%v)", err)
 	}
 	for _, f := range files {
+		if filepath.Base(f) == "dp.yaml" {
+			continue // a standalone DP's file: dp.TestExampleConfigLoads loads it
+		}
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			cfg, err := Load(f)
 			if err != nil {
@@ -45,6 +48,9 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"intranet name", strings.Replace(base, "a.corp", "-bad-", 1), "site.intranet_name"},
 		{"park switch", base + "mp: {park_idle_channels: maybe}\n", `site.yaml:3: mp.park_idle_channels: must be true or false (got "maybe")`},
 		{"channels per device", base + "mp: {max_channels_per_device: -1}\n", "mp.max_channels_per_device"},
+		{"dp mode", base + "dp: {mode: everywhere}\n", "site.yaml: dp.mode: must be intranet, internet or both"},
+		{"dp unknown key", base + "dp: {orign: true}\n", "site.yaml:3: dp.orign: unknown key (did you mean origin?)"},
+		{"dp pull source", base + "dp: {pull: {sources: [{priority: 1}]}}\n", "dp.pull.sources[0]: give id"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -60,6 +66,17 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 	}
 	if cfg.MP.MaxChannelsPerDevice != 3 {
 		t.Errorf("mp.max_channels_per_device defaults to %d, want 3", cfg.MP.MaxChannelsPerDevice)
+	}
+	if cfg.DP != nil {
+		t.Errorf("a site.yaml without a dp section has a DP: %+v", cfg.DP)
+	}
+	// An empty dp section is a DP with the site's defaults.
+	cfg, err = Parse([]byte(base + "mp: {mode: internet}\ndp: {}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cfg.DP; d.ID != "dp1" || d.SiteCode != "ABC" || d.Roots != cfg.CA.RootCert || d.MPURL != cfg.MP.InternetURL || d.Library != "content" || d.TLSCert != "tls/dp.crt" {
+		t.Errorf("dp defaults from the site: %+v", d)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/dp"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/remote/recording"
 )
@@ -35,6 +36,9 @@ type InitOptions struct {
 	MPIntranetAddr string // MP intranet listener, default 127.0.0.1:9443
 	MPInternetAddr string // MP internet listener, default 127.0.0.1:9444
 	MPMode         string // intranet, internet or both (default)
+	DPIntranetAddr string // DP intranet listener, default 127.0.0.1:8446
+	DPInternetAddr string // DP internet listener, default 127.0.0.1:8447
+	DPMode         string // intranet, internet or both (default)
 	Store          string // sqlite (default) or postgres
 	DSN            string // postgres DSN
 	KeyType        string // p256 (default), p384, rsa2048, rsa3072
@@ -77,6 +81,11 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 		Store:   Store{Driver: o.Store, DSN: o.DSN},
 		CA:      CAConfig{Listen: o.CAAddr, PublicListen: o.CAPublicAddr},
 		MP:      MPConfig{Mode: o.MPMode, IntranetListen: o.MPIntranetAddr, InternetListen: o.MPInternetAddr},
+		// The site's DP is the origin: it takes uploads and is every pull-DP's default source.
+		DP: &dp.Settings{Mode: o.DPMode, IntranetListen: o.DPIntranetAddr, InternetListen: o.DPInternetAddr, Origin: true},
+	}
+	if cfg.DP.Mode == "" {
+		cfg.DP.Mode = "both"
 	}
 	if cfg.Store.Driver == "" {
 		cfg.Store.Driver = string(sitedb.SQLite)
@@ -199,6 +208,10 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issuing the MP role's TLS certificate: %w", err)
 	}
+	dpChain, dpKey, err := issue(ctx, authority, kt, o.Rand, ca.IssueSpec{Profile: ca.SiteServer, Subject: cfg.DP.ID, DNS: dpNames(cfg), Role: "dp"}, "site-init")
+	if err != nil {
+		return nil, fmt.Errorf("issuing the DP's TLS certificate: %w", err)
+	}
 	adminChain, adminKey, err := issue(ctx, authority, kt, o.Rand, ca.IssueSpec{Profile: ca.Admin, Subject: o.AdminName}, "site-init")
 	if err != nil {
 		return nil, fmt.Errorf("issuing the first admin certificate: %w", err)
@@ -212,6 +225,7 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 	}{
 		{cfg.Path(cfg.CA.TLSCert), ca.EncodeCerts(append(tlsChain, h.Root)...)},
 		{cfg.Path(cfg.MP.TLSCert), ca.EncodeCerts(mpChain...)},
+		{cfg.Path(cfg.DP.TLSCert), ca.EncodeCerts(dpChain...)},
 		{cfg.Path(AdminCert), ca.EncodeCerts(adminChain...)},
 	} {
 		if err := writeFile(f.path, f.data, 0o644); err != nil {
@@ -229,6 +243,9 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 		return nil, err
 	}
 	if err := writeKey(cfg.Path(cfg.MP.TLSKey), mpKey); err != nil {
+		return nil, err
+	}
+	if err := writeKey(cfg.Path(cfg.DP.TLSKey), dpKey); err != nil {
 		return nil, err
 	}
 	if err := writeKey(cfg.Path(AdminKey), adminKey); err != nil {
@@ -283,6 +300,7 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 	fmt.Fprintf(out, "  store          %s\n", cfg.Store.Driver)
 	fmt.Fprintf(out, "  CA TLS cert    %s (names: %v)\n", cfg.Path(cfg.CA.TLSCert), names)
 	fmt.Fprintf(out, "  MP TLS cert    %s (mode %s, names: %v)\n", cfg.Path(cfg.MP.TLSCert), cfg.MP.Mode, mpNames(cfg))
+	fmt.Fprintf(out, "  DP TLS cert    %s (%s, mode %s, origin, names: %v)\n", cfg.Path(cfg.DP.TLSCert), cfg.DP.ID, cfg.DP.Mode, dpNames(cfg))
 	fmt.Fprintf(out, "  admin identity %s, %s\n", cfg.Path(AdminCert), cfg.Path(AdminKey))
 	fmt.Fprintf(out, "  config         %s\n", cfg.Path(FileName))
 	fmt.Fprintf(out, "\nNext: ibcm site up --dir %s\n", dir)
@@ -398,6 +416,28 @@ func mpNames(cfg *Config) []string {
 	if cfg.MPInternet() {
 		add(cfg.Site.InternetName)
 		add(hostOf(cfg.MP.InternetURL))
+	}
+	return names
+}
+
+// dpNames are the names the DP's certificate carries, as mpNames for the MP.
+func dpNames(cfg *Config) []string {
+	var names []string
+	add := func(n string) {
+		for _, have := range names {
+			if have == n || n == "" {
+				return
+			}
+		}
+		names = append(names, n)
+	}
+	if cfg.DP.Intranet() {
+		add(cfg.Site.IntranetName)
+		add(hostOf(cfg.DP.IntranetURL))
+	}
+	if cfg.DP.Internet() {
+		add(cfg.Site.InternetName)
+		add(hostOf(cfg.DP.InternetURL))
 	}
 	return names
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/ibcm-project/ibcm/internal/listener"
 	"github.com/ibcm-project/ibcm/internal/logging"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
@@ -28,7 +29,7 @@ import (
 
 // openMP makes the management point's listeners (as its mode asks) and its background work:
 // device events, OCSP stapling of its own certificate, and DNS publishing when configured.
-func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Verifier, log zerolog.Logger) ([]*server, []func(context.Context), *mp.MP, error) {
+func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Verifier, log zerolog.Logger) ([]*listener.Server, []func(context.Context), *mp.MP, error) {
 	cert, err := trust.NewStapledCert(cfg.Path(cfg.MP.TLSCert), cfg.Path(cfg.MP.TLSKey), log)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("loading the MP role's TLS certificate (mp.tls_cert, mp.tls_key): %w", err)
@@ -40,6 +41,10 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 	}
 	if o.AuditKey, err = loadAuditKey(cfg.Path(cfg.MP.AuditKey), log); err != nil {
 		return nil, nil, nil, fmt.Errorf("mp.audit_key: %w", err)
+	}
+	o.OriginDPs = cfg.MP.OriginDPs
+	if len(o.OriginDPs) == 0 && cfg.DP != nil && cfg.DP.Origin {
+		o.OriginDPs = []string{cfg.DP.ID}
 	}
 	if cfg.MPIntranet() {
 		o.IntranetURL = cfg.MP.IntranetURL
@@ -54,10 +59,10 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 	if err := m.Start(ctx); err != nil {
 		return nil, nil, nil, err
 	}
-	var servers []*server
+	var servers []*listener.Server
 	add := func(role, addr, url, location string) {
-		servers = append(servers, &server{role: role, addr: addr, url: url, maxConns: cfg.MP.MaxConns,
-			tls: m.TLSConfig(cert.GetCertificate), parkable: cfg.MP.ParksIdleChannels(), configure: func(s *http.Server) { m.Configure(s, location) }})
+		servers = append(servers, &listener.Server{Role: role, Addr: addr, URL: url, MaxConns: cfg.MP.MaxConns,
+			TLS: m.TLSConfig(cert.GetCertificate), Parkable: cfg.MP.ParksIdleChannels(), Configure: func(s *http.Server) { m.Configure(s, location) }})
 	}
 	if cfg.MPIntranet() {
 		add("mp-intranet", cfg.MP.IntranetListen, cfg.MP.IntranetURL, wire.Intranet)

@@ -71,13 +71,13 @@ func TestParkIdleChannelsSwitch(t *testing.T) {
 				t.Fatalf("%d MP listeners, want 2", len(servers))
 			}
 			for _, s := range servers {
-				if err := s.listen(); err != nil {
+				if err := s.Listen(); err != nil {
 					t.Fatal(err)
 				}
-				defer s.close()
+				defer s.Close()
 				accepted := make(chan *tls.Conn, 1)
 				go func() {
-					c, err := s.ln.Accept()
+					c, err := s.Listener.Accept()
 					if err != nil {
 						close(accepted)
 						return
@@ -90,25 +90,25 @@ func TestParkIdleChannelsSwitch(t *testing.T) {
 					}
 					accepted <- tc
 				}()
-				c, err := tls.Dial("tcp", s.ln.Addr().String(), adminTLS(t, cfg))
+				c, err := tls.Dial("tcp", s.Listener.Addr().String(), adminTLS(t, cfg))
 				if err != nil {
 					t.Fatal(err)
 				}
 				defer c.Close()
 				if v := c.ConnectionState().Version; v != tls.VersionTLS13 {
-					t.Fatalf("%s: %s, want TLS 1.3", s.role, tls.VersionName(v))
+					t.Fatalf("%s: %s, want TLS 1.3", s.Role, tls.VersionName(v))
 				}
 				sc := <-accepted
 				if sc == nil {
-					t.Fatalf("%s: handshake failed", s.role)
+					t.Fatalf("%s: handshake failed", s.Role)
 				}
 				defer sc.Close()
 				pc, err := tlspark.Park(sc)
 				switch {
 				case tc.parked && err != nil:
-					t.Errorf("%s: Park: %v, want the connection parked", s.role, err)
+					t.Errorf("%s: Park: %v, want the connection parked", s.Role, err)
 				case !tc.parked && !errors.Is(err, tlspark.ErrNotParkable):
-					t.Errorf("%s: Park: %v, want ErrNotParkable with parking off", s.role, err)
+					t.Errorf("%s: Park: %v, want ErrNotParkable with parking off", s.Role, err)
 				}
 				if pc != nil {
 					pc.Close()

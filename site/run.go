@@ -3,21 +3,17 @@ package site
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"time"
 
 	"github.com/rs/zerolog"
-	"golang.org/x/net/netutil"
 
 	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/internal/listener"
 	"github.com/ibcm-project/ibcm/internal/logging"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
-	"github.com/ibcm-project/ibcm/internal/tlspark"
 	"github.com/ibcm-project/ibcm/internal/trust"
 )
 
@@ -25,11 +21,12 @@ import (
 const (
 	RoleCA = "ca"
 	RoleMP = "mp"
+	RoleDP = "dp"
 )
 
 // Listener is one endpoint a running site serves.
 type Listener struct {
-	Role string // ca, ca-public, mp-intranet, mp-internet
+	Role string // ca, ca-public, mp-intranet, mp-internet, dp-intranet, dp-internet
 	URL  string
 	MTLS bool // a client certificate is required in the handshake
 }
@@ -46,6 +43,14 @@ func (c *Config) Listeners(roles ...string) []Listener {
 		}
 		if c.MPInternet() {
 			out = append(out, Listener{Role: "mp-internet", URL: c.MP.InternetURL, MTLS: true})
+		}
+	}
+	if has(roles, RoleDP) && c.DP != nil {
+		if c.DP.Intranet() {
+			out = append(out, Listener{Role: "dp-intranet", URL: c.DP.IntranetURL, MTLS: true})
+		}
+		if c.DP.Internet() {
+			out = append(out, Listener{Role: "dp-internet", URL: c.DP.InternetURL, MTLS: true})
 		}
 	}
 	return out
@@ -90,7 +95,7 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		return err
 	}
 
-	var servers []*server
+	var servers []*listener.Server
 	var background []func(context.Context) // run once the listeners are up
 	var done []chan struct{}               // background work to wait for on shutdown
 	var closers []func()                   // after the listeners and the background work
@@ -107,12 +112,12 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 			return fmt.Errorf("loading the CA role's TLS certificate (ca.tls_cert, ca.tls_key): %w", err)
 		}
 		servers = append(servers,
-			&server{role: "ca", addr: cfg.CA.Listen, url: cfg.CA.URL, maxConns: maxConns, handler: authority.Handler(verifier), tls: &tls.Config{
+			&listener.Server{Role: "ca", Addr: cfg.CA.Listen, URL: cfg.CA.URL, MaxConns: maxConns, Handler: authority.Handler(verifier), TLS: &tls.Config{
 				Certificates: []tls.Certificate{cert},
 				ClientAuth:   tls.RequestClientCert, // verified per route, for clear errors
 				MinVersion:   tls.VersionTLS12,
 			}},
-			&server{role: "ca-public", addr: cfg.CA.PublicListen, url: cfg.CA.PublicURL, maxConns: maxConns, handler: authority.PublicHandler()},
+			&listener.Server{Role: "ca-public", Addr: cfg.CA.PublicListen, URL: cfg.CA.PublicURL, MaxConns: maxConns, Handler: authority.PublicHandler()},
 		)
 		background = append(background, func(ctx context.Context) { authority.Run(ctx, time.Minute) })
 	}
@@ -125,17 +130,33 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 		background = append(background, bg...)
 		closers = append(closers, m.Close)
 	}
+	// The DP after the MP: its listeners open once the MP's are, and it reaches the MP
+	// over loopback.
+	if has(roles, RoleDP) {
+		if cfg.DP == nil {
+			if len(roles) == 0 {
+				log.Info().Msg("no distribution point: site.yaml has no dp section (add `dp: {}` to run one with its defaults, and issue its certificate: ibcm ca issue --profile site-server --role dp --subject dp1)")
+			}
+		} else {
+			d, err := openDP(cfg, logging.Component(log, "dp"))
+			if err != nil {
+				return err
+			}
+			servers = append(servers, d.Servers()...)
+			background = append(background, d.Run)
+		}
+	}
 
 	errc := make(chan error, len(servers))
 	for _, s := range servers {
-		if err := s.listen(); err != nil {
+		if err := s.Listen(); err != nil {
 			for _, o := range servers {
-				o.close()
+				o.Close()
 			}
 			return err
 		}
-		fmt.Fprintf(out, "%-12s %s (listening on %s)\n", s.role, s.url, s.ln.Addr())
-		go func() { errc <- s.serve(logging.Component(log, s.role)) }()
+		fmt.Fprintf(out, "%-12s %s (listening on %s)\n", s.Role, s.URL, s.Listener.Addr())
+		go func() { errc <- s.Serve(logging.Component(log, s.Role)) }()
 	}
 	for _, fn := range background {
 		ch := make(chan struct{})
@@ -145,6 +166,9 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 	served := roles
 	if len(served) == 0 {
 		served = []string{RoleCA, RoleMP}
+		if cfg.DP != nil {
+			served = append(served, RoleDP)
+		}
 	}
 	log.Info().Str("site", cfg.Site.Code).Strs("roles", served).Msg("site up")
 
@@ -157,7 +181,7 @@ func Run(ctx context.Context, cfg *Config, out io.Writer, log zerolog.Logger, ro
 	shutdownCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stop()
 	for _, s := range servers {
-		_ = s.srv.Shutdown(shutdownCtx)
+		_ = s.HTTP.Shutdown(shutdownCtx)
 	}
 	for _, ch := range done {
 		select {
@@ -191,8 +215,12 @@ func openCA(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger)
 	if err != nil {
 		return nil, err
 	}
+	password, err := cfg.Password() // LoadHierarchy read it too: it encrypts the content signer's key
+	if err != nil {
+		return nil, err
+	}
 	b := cfg.Bootstrap()
-	return ca.New(ctx, db, ca.Options{SiteCode: cfg.Site.Code, Hierarchy: h, PublicURL: cfg.CA.PublicURL, Bootstrap: &b,
+	return ca.New(ctx, db, ca.Options{SiteCode: cfg.Site.Code, Hierarchy: h, PublicURL: cfg.CA.PublicURL, Bootstrap: &b, KeyPassword: password,
 		Validity: cfg.CA.Validity.byProfile(), CRLValidity: time.Duration(cfg.CA.CRLValidity), Log: log})
 }
 
@@ -237,65 +265,4 @@ func LoadHierarchy(cfg *Config) (*ca.Hierarchy, error) {
 		return nil, fmt.Errorf("ca.issuing_cert is not signed by ca.root_cert: %w", err)
 	}
 	return &ca.Hierarchy{Root: roots[0], Issuing: iss[0], IssuingKey: key}, nil
-}
-
-// slowClientTimeouts cut a client that is slow to shake hands or send its request
-// headers, slow to send a body or read an answer, or idle between requests; tests shorten
-// them. A hijacked connection (the MP's notification channel) has its own.
-var slowClientTimeouts = struct{ header, read, write, idle time.Duration }{
-	header: 10 * time.Second, read: 30 * time.Second, write: 30 * time.Second, idle: 2 * time.Minute,
-}
-
-// server is one listener of the site with hardened HTTP timeouts and a connection limit.
-type server struct {
-	role, addr, url string
-	handler         http.Handler
-	tls             *tls.Config
-	parkable        bool // MP: a notification channel's TLS may be parked (internal/tlspark)
-	maxConns        int
-	configure       func(*http.Server) // optional: the role's own hooks
-	ln              net.Listener
-	srv             *http.Server
-}
-
-func (s *server) listen() error {
-	ln, err := net.Listen("tcp", s.addr)
-	if err != nil {
-		return fmt.Errorf("%s listener on %s: %w", s.role, s.addr, err)
-	}
-	ln = netutil.LimitListener(ln, s.maxConns)
-	switch {
-	case s.tls != nil && s.parkable:
-		ln = tlspark.NewListener(ln, s.tls)
-	case s.tls != nil:
-		ln = tls.NewListener(ln, s.tls)
-	}
-	s.ln = ln
-	s.srv = &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: slowClientTimeouts.header, // also bounds the TLS handshake
-		ReadTimeout:       slowClientTimeouts.read,
-		WriteTimeout:      slowClientTimeouts.write,
-		IdleTimeout:       slowClientTimeouts.idle,
-		MaxHeaderBytes:    16 << 10,
-	}
-	if s.configure != nil {
-		s.configure(s.srv)
-	}
-	return nil
-}
-
-func (s *server) serve(log zerolog.Logger) error {
-	s.srv.ErrorLog = newStdLog(log)
-	err := s.srv.Serve(s.ln)
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return err
-}
-
-func (s *server) close() {
-	if s.ln != nil {
-		_ = s.ln.Close()
-	}
 }

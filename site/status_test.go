@@ -46,6 +46,7 @@ func runSite(t *testing.T) (cfg *Config, stop func() error) {
 	dir := filepath.Join(t.TempDir(), "site")
 	o := initOptions(dir)
 	o.CAAddr, o.CAPublicAddr, o.MPIntranetAddr, o.MPInternetAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	o.DPIntranetAddr, o.DPInternetAddr = freeAddr(t), freeAddr(t)
 	cfg, err := Init(context.Background(), o, io.Discard)
 	if err != nil {
 		t.Fatal(err)

@@ -11,15 +11,17 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/ibcm-project/ibcm/internal/listener"
 )
 
 // TestSlowClientsAreCut: an MP listener closes a connection that never starts its TLS
 // handshake, one that sends half a request header and stops, and a kept-alive one that
 // stays idle, each after its timeout.
 func TestSlowClientsAreCut(t *testing.T) {
-	saved := slowClientTimeouts
-	t.Cleanup(func() { slowClientTimeouts = saved })
-	slowClientTimeouts.header, slowClientTimeouts.idle = 300*time.Millisecond, 300*time.Millisecond
+	saved := listener.SlowClient
+	t.Cleanup(func() { listener.SlowClient = saved })
+	listener.SlowClient.Header, listener.SlowClient.Idle = 300*time.Millisecond, 300*time.Millisecond
 	cfg, _ := runSite(t)
 	addr := hostPort(cfg.MP.IntranetURL)
 	pair, err := tls.LoadX509KeyPair(cfg.Path(AdminCert), cfg.Path(AdminKey))

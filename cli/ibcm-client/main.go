@@ -1,7 +1,8 @@
 // Command ibcm-client is the agent that runs on devices: it enrolls the device with the
 // site's CA, renews its certificate and reports its identity, serves remote-control
-// sessions, and gives local users `share`, `consent` and `sessions`. It links only the
-// client package, remote/device and the remote contracts, internal/wire, internal/cliapp,
+// sessions, gives local users `share`, `consent` and `sessions`, and carries out
+// deployments (`deployments`, `download`). It links only the client package, remote/device
+// and the remote contracts, dp/manifest and dp/fetch, internal/wire, internal/cliapp,
 // internal/logging, zerolog, creack/pty, x/term and urfave/cli (DESIGN.md §2).
 package main
 
@@ -40,7 +41,7 @@ func newApp() *cli.Command {
 				Validator: cliapp.OneOf("auto", "json", "console")},
 		},
 		Commands: []*cli.Command{enrollCommand(), renewCommand(), runCommand(), locationCommand(), statusCommand(), reportCommand(),
-			shareCommand(), consentCommand(), sessionsCommand()},
+			shareCommand(), consentCommand(), sessionsCommand(), deploymentsCommand(), downloadCommand()},
 		HideHelpCommand: true,
 	})
 }

@@ -35,7 +35,9 @@ keeps the notification channel open, delivers spooled status messages and renews
 certificate at two thirds of its life. It serves remote-control sessions: tickets from the
 notification channel, consent through the share socket (--share-socket, any local user may
 connect; see share and consent), the relay through the MP and, on the intranet, the session
-port. Logs go to stderr: JSON, or zerolog's console format
+port. It carries out the deployments of its policy (see deployments): the DPs of its
+location, signed manifests, a download cache bounded by --cache-size, install commands run
+as root outside the agent's sandbox (through systemd-run when session shells are). Logs go to stderr: JSON, or zerolog's console format
 when stderr is a terminal (--log-format json keeps JSON there too).
 
 EXAMPLES:
@@ -49,6 +51,9 @@ EXAMPLES:
 				Validator: cliapp.OneOf("auto", "systemd", "direct")},
 			&cli.StringSliceFlag{Name: "direct-addr", Sources: cli.EnvVars("IBCM_CLIENT_DIRECT_ADDR"),
 				Usage: "an address `IP` the agent reports at check-in and where its session port listens (repeatable; default: every non-loopback address)"},
+			&cli.StringFlag{Name: "cache-size", Value: "4GiB", Sources: cli.EnvVars("IBCM_CLIENT_CACHE_SIZE"),
+				Usage: "bound the deployments' blob cache to `SIZE` (bytes, or with KiB, MiB, GiB, TiB); least recently used blobs go first"},
+			stallTimeoutFlag(),
 		},
 		Action: func(ctx context.Context, c *cli.Command) error {
 			shells := c.String("session-shells")
@@ -63,8 +68,13 @@ EXAMPLES:
 				}
 				direct = append(direct, ip)
 			}
+			cacheSize, err := parseSize(c.String("cache-size"))
+			if err != nil {
+				return cliapp.UsageErrorf("--cache-size: %v", err)
+			}
 			a, err := agent.New(agent.Options{Dir: c.String("dir"), ResolvConf: c.String("resolv-conf"), Log: logger(c),
-				ShareSocket: c.String("share-socket"), Shells: shells, DirectAddrs: direct})
+				ShareSocket: c.String("share-socket"), Shells: shells, DirectAddrs: direct,
+				CacheSize: cacheSize, StallTimeout: c.Duration("stall-timeout")})
 			if err != nil {
 				return err
 			}

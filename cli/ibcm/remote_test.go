@@ -45,6 +45,7 @@ type remoteSite struct {
 	startErr  *wire.Error // the answer to a start, when set
 	relayErr  *wire.Error
 	errStatus int
+	mux       *http.ServeMux // more routes may be added (ibcm content, deploy)
 }
 
 func newRemoteSite(t *testing.T) *remoteSite {
@@ -84,6 +85,7 @@ func newRemoteSite(t *testing.T) *remoteSite {
 	}
 
 	mux := http.NewServeMux()
+	s.mux = mux
 	mux.HandleFunc("GET /v1/admin/sessions", func(w http.ResponseWriter, r *http.Request) {
 		s.query <- r.URL.Query()
 		_ = json.NewEncoder(w).Encode(s.sessions)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/urfave/cli/v3"
 
+	"github.com/ibcm-project/ibcm/dp"
 	"github.com/ibcm-project/ibcm/internal/cliapp"
 	"github.com/ibcm-project/ibcm/site"
 )
@@ -26,8 +27,8 @@ func siteCommand() *cli.Command {
 				Name:  "init",
 				Usage: "create a new site: CA hierarchy, database, certificates, first admin",
 				Description: `Creates DIR with site.yaml, the root and issuing CA (the issuing key encrypted with the
-CA password), the database, the CA role's TLS certificate and a first admin identity in
-DIR/admin. It never prompts and refuses to overwrite an existing site. Without
+CA password), the database, the TLS certificates of the CA, the MP and the site's (origin)
+distribution point dp1, and a first admin identity in DIR/admin. It never prompts and refuses to overwrite an existing site. Without
 --password-file or IBCM_CA_PASSWORD it makes a random password in DIR/ca/password (0600).
 
 EXAMPLES:
@@ -47,6 +48,10 @@ EXAMPLES:
 					&cli.StringFlag{Name: "mp-internet-addr", Value: "127.0.0.1:9444", Usage: "MP internet listener (mutual TLS)", Sources: cli.EnvVars("IBCM_MP_INTERNET_ADDR")},
 					&cli.StringFlag{Name: "mp-mode", Value: "both", Usage: "MP connection mode: intranet, internet or both", Sources: cli.EnvVars("IBCM_MP_MODE"),
 						Validator: cliapp.OneOf("intranet", "internet", "both")},
+					&cli.StringFlag{Name: "dp-intranet-addr", Value: dp.DefaultIntranetListen, Usage: "intranet listener of the site's distribution point (mutual TLS)", Sources: cli.EnvVars("IBCM_DP_INTRANET_ADDR")},
+					&cli.StringFlag{Name: "dp-internet-addr", Value: dp.DefaultInternetListen, Usage: "internet listener of the site's distribution point (mutual TLS)", Sources: cli.EnvVars("IBCM_DP_INTERNET_ADDR")},
+					&cli.StringFlag{Name: "dp-mode", Value: "both", Usage: "DP connection mode: intranet, internet or both", Sources: cli.EnvVars("IBCM_DP_MODE"),
+						Validator: cliapp.OneOf("intranet", "internet", "both")},
 					&cli.StringFlag{Name: "store", Value: "sqlite", Usage: "sqlite (DIR/site.db) or postgres", Sources: cli.EnvVars("IBCM_STORE"),
 						Validator: cliapp.OneOf("sqlite", "postgres")},
 					&cli.StringFlag{Name: "dsn", Usage: "PostgreSQL DSN with --store postgres", Sources: cli.EnvVars("IBCM_DSN")},
@@ -65,6 +70,7 @@ EXAMPLES:
 						IntranetName: c.String("intranet-name"), InternetName: c.String("internet-name"),
 						CAAddr: c.String("ca-addr"), CAPublicAddr: c.String("ca-public-addr"),
 						MPIntranetAddr: c.String("mp-intranet-addr"), MPInternetAddr: c.String("mp-internet-addr"), MPMode: c.String("mp-mode"),
+						DPIntranetAddr: c.String("dp-intranet-addr"), DPInternetAddr: c.String("dp-internet-addr"), DPMode: c.String("dp-mode"),
 						Store: c.String("store"), DSN: c.String("dsn"), KeyType: c.String("key-type"),
 						PasswordFile: c.String("password-file"), OfflineRoot: c.String("offline-root"), AdminName: c.String("admin"),
 					}, c.Root().Writer)
@@ -74,8 +80,8 @@ EXAMPLES:
 			{
 				Name:  "up",
 				Usage: "run every role of the site in this process",
-				Description: `Runs the site's roles (CA and MP) until SIGINT or SIGTERM, printing each
-listener's URL once it accepts connections. Every listener answers GET /healthz.
+				Description: `Runs the site's roles (CA, MP, and the origin DP of the dp section) until SIGINT or
+SIGTERM, printing each listener's URL once it accepts connections. Every listener answers GET /healthz.
 
 EXAMPLES:
    ibcm site up --dir /srv/ibcm
@@ -137,6 +143,7 @@ var initFlags = map[string]string{
 	"site.code": "--site-code", "site.intranet_name": "--intranet-name", "site.internet_name": "--internet-name",
 	"ca.listen": "--ca-addr", "ca.public_listen": "--ca-public-addr",
 	"mp.intranet_listen": "--mp-intranet-addr", "mp.internet_listen": "--mp-internet-addr", "mp.mode": "--mp-mode",
+	"dp.intranet_listen": "--dp-intranet-addr", "dp.internet_listen": "--dp-internet-addr", "dp.mode": "--dp-mode",
 	"store.driver": "--store", "store.dsn": "--dsn",
 }
 

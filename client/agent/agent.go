@@ -51,6 +51,10 @@ type Options struct {
 	// ones its session port listens on (at most 16); empty: every address of the machine's
 	// interfaces but loopback and link-local ones.
 	DirectAddrs []net.IP
+	// CacheSize bounds the deployments' blob cache (client/deploy.DefaultCacheSize when
+	// zero); StallTimeout abandons a DP that sends nothing for so long (30s when zero).
+	CacheSize    int64
+	StallTimeout time.Duration
 }
 
 // Status is what a running agent reports (`ibcm-client status`).
@@ -98,6 +102,7 @@ type Agent struct {
 	contested string // serial (hex) of the certificate contestSuperseded renewed for
 
 	remote *remoteState // remote control (remote/device)
+	deploy *deployState // deployments (client/deploy)
 }
 
 type cachedPolicy struct {
@@ -143,6 +148,12 @@ func New(o Options) (*Agent, error) {
 	a.setIdentityStatus(id)
 	if a.remote, err = a.newRemote(); err != nil {
 		return nil, err
+	}
+	if a.deploy, err = a.newDeploy(); err != nil {
+		return nil, err
+	}
+	if a.policy != nil {
+		a.deploy.m.SetPolicy(a.policy.Policy.Deployments)
 	}
 	return a, nil
 }
@@ -247,6 +258,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	run(a.sessionLoop)
 	run(a.renewLoop)
 	run(a.runRemote)
+	run(a.deploy.m.Run)
 	run(func(ctx context.Context) {
 		location.WatchFile(ctx, a.o.ResolvConf, a.o.WatchEvery, func() { a.Redetect(false) })
 	})

@@ -141,6 +141,7 @@ func (a *Agent) setMP(s *session, up bool) {
 	a.remote.mu.Unlock()
 	if up {
 		go a.refreshCRL(context.Background(), true)
+		a.deploy.m.Wake() // deployments waiting for an MP to name the DPs
 	}
 }
 

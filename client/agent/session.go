@@ -248,6 +248,7 @@ func (s *session) fetchPolicy(ctx context.Context) error {
 	old := s.a.policy
 	s.a.policy = &cp
 	s.a.mu.Unlock()
+	s.a.deploy.m.SetPolicy(p.Deployments) // act on the deployments at once
 	if old == nil || old.Policy.Location.RedetectInterval != p.Location.RedetectInterval ||
 		fmt.Sprint(old.Policy.Location) != fmt.Sprint(p.Location) {
 		s.a.Redetect(false) // the location settings changed

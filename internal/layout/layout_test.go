@@ -73,7 +73,8 @@ func TestAgentLinksNoServerCode(t *testing.T) {
 // standard library it uses only miekg/dns (SRV lookups), coder/websocket (the
 // notification channel) and rs/zerolog (the site's log library, DESIGN.md §4), and for
 // remote control the device's side (remote/device) with the contracts it shares
-// (remote/ticket, frame, e2e, recording), creack/pty and x/term.
+// (remote/ticket, frame, e2e, recording), creack/pty and x/term, and for deployments the
+// signed manifests (dp/manifest) and the blob downloader (dp/fetch).
 func TestClientImportsOnlyWireAndTheStandardLibrary(t *testing.T) {
 	allowed := func(imp string) bool {
 		switch {
@@ -83,7 +84,8 @@ func TestClientImportsOnlyWireAndTheStandardLibrary(t *testing.T) {
 			imp == "github.com/miekg/dns", imp == "github.com/coder/websocket", imp == "github.com/rs/zerolog",
 			imp == "github.com/ibcm-project/ibcm/remote/ticket", imp == "github.com/ibcm-project/ibcm/remote/frame",
 			imp == "github.com/ibcm-project/ibcm/remote/e2e", imp == "github.com/ibcm-project/ibcm/remote/recording",
-			imp == "github.com/ibcm-project/ibcm/remote/device", imp == "github.com/creack/pty", imp == "golang.org/x/term":
+			imp == "github.com/ibcm-project/ibcm/remote/device", imp == "github.com/creack/pty", imp == "golang.org/x/term",
+			imp == "github.com/ibcm-project/ibcm/dp/manifest", imp == "github.com/ibcm-project/ibcm/dp/fetch": // deployments (client/deploy)
 			return true
 		}
 		return false
