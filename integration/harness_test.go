@@ -156,7 +156,7 @@ func initSiteDSN(t *testing.T, store, dsn string, extra ...string) *testSite {
 // ("<role> <url> (listening on ...)").
 func (s *testSite) start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	roles := map[string][]string{"site up": {"ca", "ca-public", "mp-intranet", "mp-internet", "dp-intranet", "dp-internet"},
+	roles := map[string][]string{"site up": {"ca", "ca-public", "mp-intranet", "mp-internet"},
 		"ca serve": {"ca", "ca-public"}, "mp serve": {"mp-intranet", "mp-internet"}}[args[0]+" "+args[1]]
 	roles = append(roles, dpRoles(t, args)...)
 	cmd := exec.Command(bin.ibcm, args...)
