@@ -231,8 +231,8 @@ func TestDPStandalonePull(t *testing.T) {
 // TestDPDeployment: a deployment to a group reaches an agent on the intranet and one on the
 // internet (each located by the real detection: BIND for the intranet), each downloads from
 // the DP of its location (the site's DP in intranet mode, a standalone DP in internet mode),
-// both install, and `ibcm deploy status` counts 2 installed. A later policy (a second
-// deployment to the group, which both install) does not reinstall the first.
+// both install, and `ibcm deploy status` counts 2 installed. Later policy fetches (an agent
+// restarted, a second deployment to the group which both install) do not reinstall the first.
 func TestDPDeployment(t *testing.T) {
 	s, corpResolv := intranetSite(t, "--dp-mode", wire.DPModeIntranet)
 	origin := s.originDP(t)
@@ -252,7 +252,7 @@ func TestDPDeployment(t *testing.T) {
 	idIn, idOut := deviceIDOf(t, devIn), deviceIDOf(t, devOut)
 	roadResolv := filepath.Join(t.TempDir(), "resolv.conf")
 	writeResolv(t, roadResolv) // no nameservers: no intranet
-	startAgent(t, devIn, corpResolv)
+	stopIn := startAgent(t, devIn, corpResolv)
 	startAgent(t, devOut, roadResolv)
 	waitFor(t, 15*time.Second, "both agents checked in, each at its location", func() bool {
 		in, out := statusOf(t, devIn), statusOf(t, devOut)
@@ -295,8 +295,11 @@ func TestDPDeployment(t *testing.T) {
 		}
 	}
 
-	// a later policy: a second deployment to the group; once both installed it, the first
-	// has not run again
+	// later policy fetches: the intranet agent restarts (it fetches its policy afresh), then a
+	// second deployment goes to the group; once both devices installed it, the first has not
+	// run again
+	stopIn()
+	startAgent(t, devIn, corpResolv)
 	notes := filepath.Join(t.TempDir(), "notes-installs")
 	s.contentAdd(t, "notes", "1", writePackage(t, map[string]int{"notes.txt": 100}), "--install-command", "echo done >> "+notes)
 	s.ibcm(t, "content", "distribute", "notes", "--version", "1")
