@@ -606,16 +606,6 @@ func usedDP(reported string, d wire.DPInfo) bool {
 		(d.InternetURL != "" && strings.HasPrefix(reported, d.InternetURL))
 }
 
-// hostPort is the host:port of a URL.
-func hostPort(t *testing.T, u string) string {
-	t.Helper()
-	p, err := url.Parse(u)
-	if err != nil || p.Host == "" {
-		t.Fatalf("not a URL: %q", u)
-	}
-	return p.Host
-}
-
 // refusesTCP fails t unless nothing accepts TCP connections at addr.
 func refusesTCP(t *testing.T, addr, what string) {
 	t.Helper()
