@@ -10,10 +10,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +25,7 @@ import (
 	"github.com/ibcm-project/ibcm/client/agent"
 	"github.com/ibcm-project/ibcm/client/deploy"
 	"github.com/ibcm-project/ibcm/dp/manifest"
+	"github.com/ibcm-project/ibcm/dp/manifest/manifesttest"
 	"github.com/ibcm-project/ibcm/internal/cliapp"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
@@ -125,21 +124,8 @@ func TestDownloadByHand(t *testing.T) {
 		f.Chunks = append(f.Chunks, manifest.Hash(data[off:min(off+int(m.ChunkSize), len(data))]))
 	}
 	m.Files = []wire.ManifestFile{f}
-	h := catest.Hierarchy()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u, _ := url.Parse("urn:ibcm:site:TST:role:content")
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "content-signer"},
-		URIs: []*url.URL{u}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}}, h.Issuing, &key.PublicKey, h.IssuingKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	sm, err := manifest.Sign(m, key, []*x509.Certificate{leaf, h.Issuing})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signed, _ := json.Marshal(sm)
+	h := catest.Hierarchy() // a content signer the test hierarchy's issuing CA makes
+	signed, pin := manifesttest.From(t, "TST", h.Issuing, h.IssuingKey).Signed(t, m)
 
 	newDP := func(corrupt bool) (*httptest.Server, *atomic.Int64) {
 		var hits atomic.Int64
@@ -179,7 +165,7 @@ func TestDownloadByHand(t *testing.T) {
 
 	policy := map[string]any{"etag": `"1"`, "policy": wire.Policy{Name: "p", Version: 1,
 		Location:    wire.LocationSettings{InternetMPNames: []string{strings.TrimPrefix(mp.URL, "https://")}, SRVNames: []string{"_ibcm-mp._tcp"}},
-		Deployments: []wire.Deployment{{ID: "d1", Package: "tool", Version: "2.1", ManifestSHA256: manifest.Hash(sm.Manifest), Install: true}}}}
+		Deployments: []wire.Deployment{{ID: "d1", Package: "tool", Version: "2.1", ManifestSHA256: pin, Install: true}}}}
 	b, _ := json.Marshal(policy)
 	if err := os.WriteFile(filepath.Join(dir, agent.PolicyFile), b, 0o600); err != nil {
 		t.Fatal(err)

@@ -12,10 +12,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +25,7 @@ import (
 	"github.com/ibcm-project/ibcm/ca/catest"
 	"github.com/ibcm-project/ibcm/client/deploy"
 	"github.com/ibcm-project/ibcm/dp/manifest"
+	"github.com/ibcm-project/ibcm/dp/manifest/manifesttest"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
@@ -42,27 +41,6 @@ func serverTLS(t *testing.T, s *catest.Server, role string) *tls.Config {
 		ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12}
 }
 
-// contentSigned signs m with a content-signer certificate the test hierarchy's issuing CA makes.
-func contentSigned(t *testing.T, m *wire.Manifest) (signed []byte, pin string) {
-	h := catest.Hierarchy()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u, _ := url.Parse("urn:ibcm:site:TST:role:content")
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "content-signer"}, URIs: []*url.URL{u},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, h.Issuing, &key.PublicKey, h.IssuingKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	sm, err := manifest.Sign(m, key, []*x509.Certificate{leaf, h.Issuing})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(sm)
-	return b, manifest.Hash(sm.Manifest)
-}
-
 // The agent acts on the deployments of a fetched policy: DPs from GET /v1/locate on the
 // current MP, the manifest verified against the enrolled roots and the site, download,
 // install, status messages through the spool; a later policy fetch installs nothing again.
@@ -75,7 +53,8 @@ func TestAgentDeploysFromPolicy(t *testing.T) {
 	m := &wire.Manifest{Name: "hello", Version: "1.0", ChunkSize: manifest.MinChunkSize, Created: time.Now().Add(-time.Minute).UTC(),
 		Files:   []wire.ManifestFile{{Path: "bin/hello", Size: int64(len(script)), Mode: 0o755, SHA256: manifest.Hash(script), Chunks: []string{manifest.Hash(script)}}},
 		Install: &wire.InstallSpec{Command: "./bin/hello > out && echo run >> " + count, Timeout: "30s"}}
-	signed, pin := contentSigned(t, m)
+	h := catest.Hierarchy() // a content signer the test hierarchy's issuing CA makes
+	signed, pin := manifesttest.From(t, "TST", h.Issuing, h.IssuingKey).Signed(t, m)
 
 	dp := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {

@@ -3,20 +3,17 @@ package deploy
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
+	"crypto"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,61 +23,31 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/dp/manifest"
+	"github.com/ibcm-project/ibcm/dp/manifest/manifesttest"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 const site = "TST"
 
-// testCA is a tiny CA: a root, a content signer of the site, and TLS certificates.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
+// testCA is the site's root with its content signer (manifesttest); it also issues the
+// TLS certificates of the fake DPs and of the device.
+type testCA struct{ *manifesttest.CA }
+
+func newCA(t *testing.T) *testCA { return &testCA{manifesttest.New(t, site)} }
 
 var serial int64 = 100
 
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func newCA(t *testing.T) *testCA {
-	k := newKey(t)
-	serial++
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "test root"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(c)
-	return &testCA{cert: c, key: k, pool: pool}
-}
-
-func (ca *testCA) issue(t *testing.T, tmpl *x509.Certificate) (*x509.Certificate, *ecdsa.PrivateKey) {
-	k := newKey(t)
+func (ca *testCA) issue(t *testing.T, tmpl *x509.Certificate) (*x509.Certificate, crypto.Signer) {
+	k := manifesttest.NewKey(t)
 	serial++
 	tmpl.SerialNumber = big.NewInt(serial)
 	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &k.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Root, k.Public(), ca.RootKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c, _ := x509.ParseCertificate(der)
 	return c, k
-}
-
-func (ca *testCA) signer(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
-	u, _ := url.Parse("urn:ibcm:site:" + site + ":role:content")
-	return ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "content-signer"}, URIs: []*url.URL{u},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}})
 }
 
 func (ca *testCA) tlsCert(t *testing.T, server bool) tls.Certificate {
@@ -118,13 +85,7 @@ func makePkg(t *testing.T, ca *testCA, name, version string, files map[string]st
 		m.Files = append(m.Files, f)
 		p.blobs[f.SHA256] = b
 	}
-	cert, key := ca.signer(t)
-	sm, err := manifest.Sign(m, key, []*x509.Certificate{cert})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.signed, _ = json.Marshal(sm)
-	p.pin = manifest.Hash(sm.Manifest)
+	p.signed, p.pin = ca.Signed(t, m)
 	p.m = m
 	return p
 }
@@ -184,7 +145,7 @@ func newDP(t *testing.T, ca *testCA, pkgs ...*pkg) *fakeDP {
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
 	})
 	d.srv = httptest.NewUnstartedServer(mux)
-	d.srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.tlsCert(t, true)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.pool}
+	d.srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.tlsCert(t, true)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool}
 	d.srv.StartTLS()
 	t.Cleanup(d.srv.Close)
 	return d
@@ -205,7 +166,7 @@ type env struct {
 func newEnv(t *testing.T, ca *testCA, dps ...*fakeDP) *env {
 	e := &env{t: t, ca: ca, dir: t.TempDir(), reports: make(chan Record, 1000)}
 	e.client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
-		Certificates: []tls.Certificate{ca.tlsCert(t, false)}, RootCAs: ca.pool}}}
+		Certificates: []tls.Certificate{ca.tlsCert(t, false)}, RootCAs: ca.Pool}}}
 	for _, d := range dps {
 		e.dps = append(e.dps, d.srv.URL)
 	}
@@ -215,7 +176,7 @@ func newEnv(t *testing.T, ca *testCA, dps ...*fakeDP) *env {
 func (e *env) manager(mod func(*Config)) (*Manager, context.CancelFunc) {
 	c := Config{Dir: e.dir, Client: func() *http.Client { return e.client },
 		Locate: func(context.Context) ([]string, error) { return e.dps, nil },
-		Trust:  func() manifest.Trust { return manifest.Trust{Roots: e.ca.pool, SiteCode: site} },
+		Trust:  func() manifest.Trust { return e.ca.Trust() },
 		Report: func(sev, text string, f map[string]string) {
 			e.mu.Lock()
 			e.all = append(e.all, f)
@@ -602,5 +563,124 @@ func TestDeployStalledDPThenNext(t *testing.T) {
 	r := e.await(m, "d1")
 	if r.State != wire.DeployDownloaded || r.DP != good.srv.URL || stalled.hits == 0 {
 		t.Fatalf("%+v", r)
+	}
+}
+
+// A package directory lives as long as a deployment of the policy names it: a new version
+// replaces the old one, a removed deployment's directory goes, a directory of a deployment
+// still in the policy stays, and a link planted in a removed directory is not followed.
+func TestDeployPackageDirsFollowThePolicy(t *testing.T) {
+	ca := newCA(t)
+	a1 := makePkg(t, ca, "a", "1", map[string]string{"f": "a1"}, nil)
+	a2 := makePkg(t, ca, "a", "2", map[string]string{"f": "a2"}, nil)
+	b1 := makePkg(t, ca, "b", "1", map[string]string{"f": "b1"}, &wire.InstallSpec{Command: "true", Timeout: "10s"})
+	c1 := makePkg(t, ca, "c", "1", map[string]string{"f": "c1"}, nil)
+	e := newEnv(t, ca, newDP(t, ca, a1, a2, b1, c1))
+	pkgDir := func(name, version string) string { return filepath.Join(e.dir, PackagesDir, name, version) }
+	exists := func(p string) bool { _, err := os.Lstat(p); return err == nil }
+	// a directory left by an earlier deployment the policy no longer names
+	if err := os.MkdirAll(pkgDir("old", "0.9"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := e.manager(nil)
+	m.SetPolicy([]wire.Deployment{deployment("da1", a1, false), deployment("db1", b1, true)})
+	e.await(m, "da1")
+	e.await(m, "db1")
+	if !exists(pkgDir("a", "1")) || !exists(pkgDir("b", "1")) || exists(filepath.Join(e.dir, PackagesDir, "old")) {
+		t.Fatalf("after the first policy: a/1 %v, b/1 %v, old %v", exists(pkgDir("a", "1")), exists(pkgDir("b", "1")), exists(filepath.Join(e.dir, PackagesDir, "old")))
+	}
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "keep"), []byte("k"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(pkgDir("a", "1"), "link")); err != nil {
+		t.Fatal(err)
+	}
+
+	// a new version of a replaces the old one; b stays in the policy and keeps its directory
+	m.SetPolicy([]wire.Deployment{deployment("da2", a2, false), deployment("db1", b1, true)})
+	e.await(m, "da2")
+	if exists(pkgDir("a", "1")) || !exists(pkgDir("a", "2")) || !exists(pkgDir("b", "1")) {
+		t.Fatalf("after a new version: a/1 %v, a/2 %v, b/1 %v", exists(pkgDir("a", "1")), exists(pkgDir("a", "2")), exists(pkgDir("b", "1")))
+	}
+	if b, err := os.ReadFile(filepath.Join(outside, "keep")); err != nil || string(b) != "k" {
+		t.Fatalf("the link planted in a/1 was followed: %q %v", b, err)
+	}
+
+	// b leaves the policy (installed or not, its directory goes); c arrives
+	m.SetPolicy([]wire.Deployment{deployment("da2", a2, false), deployment("dc1", c1, false)})
+	e.await(m, "dc1")
+	if exists(filepath.Join(e.dir, PackagesDir, "b")) || !exists(pkgDir("a", "2")) || !exists(pkgDir("c", "1")) {
+		t.Fatalf("after removing b: b %v, a/2 %v, c/1 %v", exists(filepath.Join(e.dir, PackagesDir, "b")), exists(pkgDir("a", "2")), exists(pkgDir("c", "1")))
+	}
+}
+
+// prunePackages removes links themselves, never what they point to, and does not look
+// into a kept name that is a link.
+func TestPrunePackagesDoesNotFollowSymlinks(t *testing.T) {
+	state := t.TempDir()
+	pk := filepath.Join(state, PackagesDir)
+	outside := t.TempDir()
+	for _, d := range []string{"1", "2", "x/9"} {
+		if err := os.MkdirAll(filepath.Join(outside, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(outside, d, "keep"), []byte("k"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{"kept/1", "kept/3/sub", "gone/1"} {
+		if err := os.MkdirAll(filepath.Join(pk, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	links := map[string]string{
+		"kept/1/in":       outside,                        // inside a kept directory: left alone
+		"kept/2":          filepath.Join(outside, "2"),    // a version that is a link: the link goes
+		"kept/3/sub/deep": filepath.Join(outside, "1"),    // deep in a removed version
+		"gone/1/l":        outside,                        // in a removed name
+		"linked":          filepath.Join(outside, "x"),    // a name that is a link
+		"kept2":           filepath.Join(outside, "x"),    // a kept name that is a link: not looked into
+		"kept/4":          filepath.Join(state, "victim"), // a link to elsewhere in the state directory
+	}
+	if err := os.Mkdir(filepath.Join(state, "victim"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for l, target := range links {
+		if err := os.Symlink(target, filepath.Join(pk, l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removed, err := prunePackages(state, map[string]bool{"kept/1": true, "kept2/9": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "packages/gone packages/kept/2 packages/kept/3 packages/kept/4 packages/linked"
+	if got := strings.Join(removed, " "); got != want {
+		t.Fatalf("removed %q, want %q", got, want)
+	}
+	for _, d := range []string{"1", "2", "x/9"} {
+		if _, err := os.Stat(filepath.Join(outside, d, "keep")); err != nil {
+			t.Fatalf("a link was followed: %v", err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(state, "victim")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"kept/1/in", "kept2"} {
+		if fi, err := os.Lstat(filepath.Join(pk, p)); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			t.Fatalf("%s: %v %v", p, fi, err)
+		}
+	}
+	// packages itself a link: nothing is looked into
+	state2 := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(state2, PackagesDir)); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := prunePackages(state2, nil); err != nil || len(removed) != 0 {
+		t.Fatalf("%v %v", removed, err)
+	}
+	if _, err := os.Stat(filepath.Join(outside, "1", "keep")); err != nil {
+		t.Fatal(err)
 	}
 }

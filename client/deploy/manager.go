@@ -65,6 +65,7 @@ type Manager struct {
 	idleUntil time.Time // no MP to name the DPs: nothing to try before then, or Wake
 	wakes     uint64    // Wake calls, so one during an attempt is not lost
 	wake      chan struct{}
+	prune     bool // the policy changed: package directories it no longer names are to go
 }
 
 // New loads the local record of deployments.
@@ -157,6 +158,7 @@ func (m *Manager) SetPolicy(ds []wire.Deployment) {
 		}
 		r.InPolicy = true
 	}
+	m.prune = true
 	for _, r := range m.recs {
 		if !in[r.ID] && r.InPolicy {
 			r.InPolicy = false
@@ -271,9 +273,34 @@ func (m *Manager) next() (*wire.Deployment, time.Duration) {
 	return nil, wait
 }
 
+// prunePackages removes the package directories (<state>/packages/<name>/<version>) that
+// no deployment of the policy names, once after each policy change. Run calls it between
+// deployments, so it never races a placement or an install.
+func (m *Manager) prunePackages() {
+	m.mu.Lock()
+	if !m.prune {
+		m.mu.Unlock()
+		return
+	}
+	m.prune = false
+	keep := map[string]bool{}
+	for _, d := range m.policy {
+		keep[d.Package+"/"+d.Version] = true
+	}
+	m.mu.Unlock()
+	removed, err := prunePackages(m.c.Dir, keep)
+	if len(removed) > 0 {
+		m.log.Info().Strs("removed", removed).Msg("package directories no deployment of the policy names removed")
+	}
+	if err != nil {
+		m.log.Warn().Err(err).Msg("removing package directories")
+	}
+}
+
 // Run carries out the deployments until ctx is done.
 func (m *Manager) Run(ctx context.Context) {
 	for {
+		m.prunePackages()
 		d, wait := m.next()
 		if d == nil {
 			var t <-chan time.Time

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/ibcm-project/ibcm/dp/manifest"
@@ -65,6 +67,76 @@ func PackageDir(dir, name, version string) (string, error) {
 		return "", err
 	}
 	return filepath.Join(dir, PackagesDir, name, version), nil
+}
+
+// prunePackages removes below <dir>/packages every <name>/<version> that keep (a set of
+// "name/version") does not hold, and every <name> none of whose versions keep holds. It
+// never follows a symlink: each entry is looked at with Lstat inside an os.Root, a link or
+// a file is removed itself (never what it points to), and a <name> that is not a real
+// directory is not looked into. It returns the paths it removed, relative to dir.
+func prunePackages(dir string, keep map[string]bool) ([]string, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	if fi, err := root.Lstat(PackagesDir); errors.Is(err, fs.ErrNotExist) || (err == nil && !fi.IsDir()) {
+		return nil, nil // nothing placed yet, or a planted link: PackageDir replaces it
+	} else if err != nil {
+		return nil, err
+	}
+	keepName := map[string]bool{}
+	for nv := range keep {
+		if n, _, ok := strings.Cut(nv, "/"); ok {
+			keepName[n] = true
+		}
+	}
+	var removed []string
+	var errs []error
+	remove := func(rel string) {
+		if err := root.RemoveAll(rel); err != nil {
+			errs = append(errs, err)
+			return
+		}
+		removed = append(removed, rel)
+	}
+	names, err := readDirNames(root, PackagesDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range names {
+		rel := path.Join(PackagesDir, name)
+		if !keepName[name] {
+			remove(rel)
+			continue
+		}
+		if fi, err := root.Lstat(rel); err != nil || !fi.IsDir() {
+			continue // a link or a file where a kept package's directory belongs: PackageDir replaces it
+		}
+		versions, err := readDirNames(root, rel)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, v := range versions {
+			if !keep[name+"/"+v] {
+				remove(path.Join(rel, v))
+			}
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+// readDirNames lists the directory name of root, sorted.
+func readDirNames(root *os.Root, name string) ([]string, error) {
+	f, err := root.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	sort.Strings(names)
+	return names, err
 }
 
 // Place writes every file of m below dir, from the blobs blob(sum) names: directories

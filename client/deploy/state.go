@@ -5,6 +5,14 @@
 // (deployments.json, which `ibcm-client deployments` prints) and the status messages that
 // report every change. The agent (client/agent) gives it the identity's trust, the DPs the
 // current MP names and its spool; `ibcm-client download` uses its pieces by hand.
+//
+// Package directories: <state>/packages/<name>/<version> is kept exactly as long as a
+// deployment of the policy names that package and version. After each policy change (and
+// at start, with the cached policy) the agent removes the others, between two deployments
+// and without following a symlink: a new version that replaces the old one in the policy
+// replaces its directory, and a deployment removed from the policy takes its directory
+// with it. What an install command put elsewhere is not touched. (The blob cache is
+// bounded by CacheSize on its own.)
 package deploy
 
 import (

@@ -4,22 +4,17 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -30,52 +25,11 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/dp/manifest"
+	"github.com/ibcm-project/ibcm/dp/manifest/manifesttest"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 const testChunk = manifest.MinChunkSize
-
-// --- a tiny site CA with a content signer ---
-
-type testCA struct {
-	root    *x509.Certificate
-	rootKey crypto.Signer
-	pool    *x509.CertPool
-}
-
-func newCA(t *testing.T) *testCA {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test root"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(root)
-	return &testCA{root: root, rootKey: key, pool: pool}
-}
-
-// leaf issues a signing certificate naming role of site TEST.
-func (ca *testCA) leaf(t *testing.T, role string) (crypto.Signer, *x509.Certificate) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u, _ := url.Parse("urn:ibcm:site:TEST:role:" + role)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "content-signer"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}, URIs: []*url.URL{u}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.root, key.Public(), ca.rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return key, c
-}
-
-func (ca *testCA) trust() manifest.Trust { return manifest.Trust{Roots: ca.pool, SiteCode: "TEST"} }
 
 // pkgOf makes a package of the given files, signed by key/cert.
 func pkgOf(t *testing.T, name string, files [][]byte, key crypto.Signer, cert *x509.Certificate) wire.DPPackage {
@@ -292,12 +246,12 @@ func (r *run) until(t *testing.T, name, state string) wire.DPPackageState {
 }
 
 func TestPreferredSourceUsed(t *testing.T) {
-	ca := newCA(t)
-	key, cert := ca.leaf(t, "content")
+	ca := manifesttest.New(t, "TEST")
+	key, cert := ca.Key, ca.Cert
 	files := randomFiles(3, 3*testChunk+17)
 	a, b := newDP(t, files), newDP(t, files)
 	app := pkgOf(t, "app", files, key, cert)
-	r := start(t, a.Client(), ca.trust(), Options{}, []wire.DPPackage{app},
+	r := start(t, a.Client(), ca.Trust(), Options{}, []wire.DPPackage{app},
 		[]Source{{URL: b.URL, Priority: 2}, {URL: a.URL, Priority: 1}})
 	s := r.until(t, "app", wire.DPReady)
 	if s.Percent != 100 || s.Error != "" || s.Version != "1.0" {
@@ -326,11 +280,11 @@ func TestPreferredSourceUsed(t *testing.T) {
 }
 
 func TestEqualPrioritySpread(t *testing.T) {
-	ca := newCA(t)
-	key, cert := ca.leaf(t, "content")
+	ca := manifesttest.New(t, "TEST")
+	key, cert := ca.Key, ca.Cert
 	files := randomFiles(12, 1000)
 	a, b := newDP(t, files), newDP(t, files)
-	r := start(t, a.Client(), ca.trust(), Options{}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)},
+	r := start(t, a.Client(), ca.Trust(), Options{}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)},
 		[]Source{{URL: a.URL, Priority: 5}, {URL: b.URL, Priority: 5}})
 	r.until(t, "app", wire.DPReady)
 	r.lib.check(t, files)
@@ -342,8 +296,8 @@ func TestEqualPrioritySpread(t *testing.T) {
 // The source cuts the connection halfway through its first two answers: the sync resumes
 // each time and ends with a verified library, never asking again for bytes it holds.
 func TestSyncOverConnectionCutTwice(t *testing.T) {
-	ca := newCA(t)
-	key, cert := ca.leaf(t, "content")
+	ca := manifesttest.New(t, "TEST")
+	key, cert := ca.Key, ca.Cert
 	files := randomFiles(1, 20*testChunk+333)
 	data := files[0]
 	s := newDP(t, files)
@@ -364,7 +318,7 @@ func TestSyncOverConnectionCutTwice(t *testing.T) {
 		w.(http.Flusher).Flush()
 		panic(http.ErrAbortHandler)
 	})
-	r := start(t, s.Client(), ca.trust(), Options{MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond},
+	r := start(t, s.Client(), ca.Trust(), Options{MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond},
 		[]wire.DPPackage{pkgOf(t, "big", files, key, cert)}, []Source{{URL: s.URL, Priority: 1}})
 	r.until(t, "big", wire.DPReady)
 	r.lib.check(t, files)
@@ -386,8 +340,8 @@ func TestSyncOverConnectionCutTwice(t *testing.T) {
 }
 
 func TestBadSourceFallsToNext(t *testing.T) {
-	ca := newCA(t)
-	key, cert := ca.leaf(t, "content")
+	ca := manifesttest.New(t, "TEST")
+	key, cert := ca.Key, ca.Cert
 	files := randomFiles(2, 4*testChunk)
 	bad, good := newDP(t, files), newDP(t, files)
 	bad.setBehave(func(_ int64, w http.ResponseWriter, r *http.Request, data []byte) bool {
@@ -397,7 +351,7 @@ func TestBadSourceFallsToNext(t *testing.T) {
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(flipped))
 		return true
 	})
-	r := start(t, bad.Client(), ca.trust(), Options{}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)},
+	r := start(t, bad.Client(), ca.Trust(), Options{}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)},
 		[]Source{{URL: bad.URL, Priority: 1}, {URL: good.URL, Priority: 2}})
 	r.until(t, "app", wire.DPReady)
 	r.lib.check(t, files)
@@ -413,18 +367,19 @@ func TestBadSourceFallsToNext(t *testing.T) {
 }
 
 func TestManifestRefused(t *testing.T) {
-	ca := newCA(t)
-	key, cert := ca.leaf(t, "content")
-	dpKey, dpCert := ca.leaf(t, "dp")
-	other := newCA(t)
-	oKey, oCert := other.leaf(t, "content")
+	ca := manifesttest.New(t, "TEST")
+	key, cert := ca.Key, ca.Cert
+	dpKey := manifesttest.NewKey(t) // a DP's role, not content
+	dpCert := ca.Leaf(t, dpKey, "urn:ibcm:site:TEST:role:dp", x509.ExtKeyUsageCodeSigning, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	other := manifesttest.New(t, "TEST")
+	oKey, oCert := other.Key, other.Cert
 	files := randomFiles(1, 1000)
 	s := newDP(t, files)
 	pinned := pkgOf(t, "pinned", files, key, cert)
 	pinned.ManifestSHA256 = strings.Repeat("0", 64)
 	renamed := pkgOf(t, "renamed", files, key, cert)
 	renamed.Name = "other"
-	r := start(t, s.Client(), ca.trust(), Options{}, []wire.DPPackage{
+	r := start(t, s.Client(), ca.Trust(), Options{}, []wire.DPPackage{
 		pkgOf(t, "by-dp", files, dpKey, dpCert),
 		pkgOf(t, "foreign", files, oKey, oCert),
 		pinned,
@@ -461,14 +416,14 @@ func TestManifestRefused(t *testing.T) {
 }
 
 func TestRateLimitShared(t *testing.T) {
-	ca := newCA(t)
-	key, cert := ca.leaf(t, "content")
+	ca := manifesttest.New(t, "TEST")
+	key, cert := ca.Key, ca.Cert
 	files := randomFiles(2, 96<<10)
 	s := newDP(t, files)
 	const bps = 128 << 10
 	startAt := time.Now()
 	c, cc := watch(s.Client())
-	r := start(t, c, ca.trust(), Options{BytesPerSecond: bps, tick: 50 * time.Millisecond}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)},
+	r := start(t, c, ca.Trust(), Options{BytesPerSecond: bps, tick: 50 * time.Millisecond}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)},
 		[]Source{{URL: s.URL, Priority: 1}})
 	var percents []int
 	for st := range r.reports {
@@ -501,8 +456,8 @@ func TestRateLimitShared(t *testing.T) {
 }
 
 func TestBackoffAfterFailure(t *testing.T) {
-	ca := newCA(t)
-	key, cert := ca.leaf(t, "content")
+	ca := manifesttest.New(t, "TEST")
+	key, cert := ca.Key, ca.Cert
 	files := randomFiles(1, 1000)
 	s := newDP(t, files)
 	var failing atomic.Bool
@@ -517,7 +472,7 @@ func TestBackoffAfterFailure(t *testing.T) {
 		return true
 	})
 	const minB = 100 * time.Millisecond
-	r := start(t, s.Client(), ca.trust(), Options{MinBackoff: minB, MaxBackoff: 10 * minB}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)},
+	r := start(t, s.Client(), ca.Trust(), Options{MinBackoff: minB, MaxBackoff: 10 * minB}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)},
 		[]Source{{URL: s.URL, Priority: 1}})
 	for i := 0; i < 3; i++ {
 		st := r.until(t, "app", wire.DPFailed)
@@ -560,8 +515,8 @@ func TestBackoffGrowsAndCaps(t *testing.T) {
 // No stampede: a new package waits its random start delay, and at most Parallel blobs are
 // fetched at once.
 func TestStartJitterAndParallel(t *testing.T) {
-	ca := newCA(t)
-	key, cert := ca.leaf(t, "content")
+	ca := manifesttest.New(t, "TEST")
+	key, cert := ca.Key, ca.Cert
 	files := randomFiles(6, 2*testChunk)
 	s := newDP(t, files)
 	c, cc := watch(s.Client())
@@ -569,7 +524,7 @@ func TestStartJitterAndParallel(t *testing.T) {
 	// The same seed as the puller's: its first draw is the package's start delay.
 	delay := time.Duration(mrand.New(mrand.NewPCG(7, 8)).Int64N(int64(jitter) + 1))
 	begin := time.Now()
-	r := start(t, c, ca.trust(), Options{StartJitter: jitter, BytesPerSecond: 4 << 20, Rand: mrand.New(mrand.NewPCG(7, 8))},
+	r := start(t, c, ca.Trust(), Options{StartJitter: jitter, BytesPerSecond: 4 << 20, Rand: mrand.New(mrand.NewPCG(7, 8))},
 		[]wire.DPPackage{pkgOf(t, "app", files, key, cert)}, []Source{{URL: s.URL, Priority: 1}})
 	r.until(t, "app", wire.DPReady)
 	s.mu.Lock()
@@ -586,11 +541,11 @@ func TestStartJitterAndParallel(t *testing.T) {
 
 // A blob that leaves the library (quarantined) is fetched again after Wake.
 func TestWakeRefetchesLostBlob(t *testing.T) {
-	ca := newCA(t)
-	key, cert := ca.leaf(t, "content")
+	ca := manifesttest.New(t, "TEST")
+	key, cert := ca.Key, ca.Cert
 	files := randomFiles(2, 1000)
 	s := newDP(t, files)
-	r := start(t, s.Client(), ca.trust(), Options{}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)}, []Source{{URL: s.URL, Priority: 1}})
+	r := start(t, s.Client(), ca.Trust(), Options{}, []wire.DPPackage{pkgOf(t, "app", files, key, cert)}, []Source{{URL: s.URL, Priority: 1}})
 	r.until(t, "app", wire.DPReady)
 	if err := os.Remove(r.lib.Path(hexsum(files[1]))); err != nil {
 		t.Fatal(err)

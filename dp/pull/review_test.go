@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ibcm-project/ibcm/dp/manifest/manifesttest"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
@@ -27,13 +28,13 @@ func (l *forgetfulLibrary) Path(sum string) string {
 // failure with backoff, not a reason to download again at once (a tight loop re-hashing
 // the blob each time).
 func TestNoSpinWhenLibraryLacksFetchedBlob(t *testing.T) {
-	ca := newCA(t)
-	key, cert := ca.leaf(t, "content")
+	ca := manifesttest.New(t, "TEST")
+	key, cert := ca.Key, ca.Cert
 	files := randomFiles(1, 2*testChunk)
 	s := newDP(t, files)
 	lib := &forgetfulLibrary{dirLibrary: dirLibrary{t.TempDir()}}
 	reports := make(chan wire.DPPackageState, 10000)
-	p := New(Options{Library: lib, Client: s.Client(), Trust: ca.trust(), StartJitter: -1, MinBackoff: time.Minute,
+	p := New(Options{Library: lib, Client: s.Client(), Trust: ca.Trust(), StartJitter: -1, MinBackoff: time.Minute,
 		Report: func(st wire.DPPackageState) {
 			select {
 			case reports <- st:
