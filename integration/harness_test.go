@@ -114,27 +114,27 @@ type testSite struct {
 	stop                   func() // stops `site up` (SIGTERM) and checks it exits cleanly
 }
 
-// startSite inits a site (store "sqlite" or "postgres") and runs `ibcm site up` until the
-// test ends; it returns once every listener printed its ready line.
-func startSite(t *testing.T, store string) *testSite {
+// startSite inits a site (store "sqlite" or "postgres", extra flags of `site init`) and runs
+// `ibcm site up` until the test ends; it returns once every listener printed its ready line.
+func startSite(t *testing.T, store string, extra ...string) *testSite {
 	t.Helper()
-	s := initSite(t, store)
+	s := initSite(t, store, extra...)
 	s.start(t, "site", "up", "--dir", s.dir)
 	return s
 }
 
-// initSite runs `ibcm site init` on free loopback ports.
-func initSite(t *testing.T, store string) *testSite {
+// initSite runs `ibcm site init` on free loopback ports, with extra flags of `site init`.
+func initSite(t *testing.T, store string, extra ...string) *testSite {
 	t.Helper()
 	dsn := ""
 	if store == "postgres" {
 		dsn = pgtest.DSN(t)
 	}
-	return initSiteDSN(t, store, dsn)
+	return initSiteDSN(t, store, dsn, extra...)
 }
 
 // initSiteDSN is initSite with the PostgreSQL database given (store "postgres").
-func initSiteDSN(t *testing.T, store, dsn string) *testSite {
+func initSiteDSN(t *testing.T, store, dsn string, extra ...string) *testSite {
 	t.Helper()
 	s := &testSite{dir: filepath.Join(t.TempDir(), "site"), dsn: dsn}
 	caAddr, pubAddr, mpIn, mpOut := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
@@ -147,17 +147,18 @@ func initSiteDSN(t *testing.T, store, dsn string) *testSite {
 	if store == "postgres" {
 		args = append(args, "--dsn", s.dsn)
 	}
-	must(t, bin.ibcm, args...)
+	must(t, bin.ibcm, append(args, extra...)...)
 	return s
 }
 
-// start runs an ibcm server command (site up, ca serve, mp serve) until the test ends; it
-// returns once every listener the command serves printed its ready line
+// start runs an ibcm server command (site up, ca serve, mp serve, dp serve) until the test
+// ends; it returns once every listener the command serves printed its ready line
 // ("<role> <url> (listening on ...)").
 func (s *testSite) start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	roles := map[string][]string{"site up": {"ca", "ca-public", "mp-intranet", "mp-internet", "dp-intranet", "dp-internet"},
+	roles := map[string][]string{"site up": {"ca", "ca-public", "mp-intranet", "mp-internet"},
 		"ca serve": {"ca", "ca-public"}, "mp serve": {"mp-intranet", "mp-internet"}}[args[0]+" "+args[1]]
+	roles = append(roles, dpRoles(t, args)...)
 	cmd := exec.Command(bin.ibcm, args...)
 	if args[1] == "up" {
 		s.cmd = cmd

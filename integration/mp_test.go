@@ -234,6 +234,12 @@ func TestBlockAcrossMPProcesses(t *testing.T) {
 // editConfig rewrites the mp section of a site.yaml into out.
 func editConfig(t *testing.T, in, out string, edit func(mp map[string]any)) {
 	t.Helper()
+	editSection(t, in, out, "mp", edit)
+}
+
+// editSection rewrites one section (mp, dp, ...) of a site.yaml into out.
+func editSection(t *testing.T, in, out, section string, edit func(sec map[string]any)) {
+	t.Helper()
 	b, err := os.ReadFile(in)
 	if err != nil {
 		t.Fatal(err)
@@ -242,7 +248,11 @@ func editConfig(t *testing.T, in, out string, edit func(mp map[string]any)) {
 	if err := yaml.Unmarshal(b, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	edit(cfg["mp"].(map[string]any))
+	sec, ok := cfg[section].(map[string]any)
+	if !ok {
+		t.Fatalf("%s has no %s section", in, section)
+	}
+	edit(sec)
 	b, _ = yaml.Marshal(cfg)
 	if err := os.WriteFile(out, b, 0o600); err != nil {
 		t.Fatal(err)

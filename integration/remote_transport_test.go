@@ -25,11 +25,11 @@ import (
 
 // intranetSite runs a site whose MP publishes its SRV record to a real BIND (as
 // TestAgentLocation does) and returns a resolv.conf naming that BIND: an agent using it
-// detects the intranet and its MP for real.
-func intranetSite(t *testing.T) (s *testSite, resolv string) {
+// detects the intranet and its MP for real. extra are more flags of `site init`.
+func intranetSite(t *testing.T, extra ...string) (s *testSite, resolv string) {
 	t.Helper()
 	corp := bindtest.Start(t, "corp.test.")
-	s = initSite(t, "sqlite")
+	s = initSite(t, "sqlite", extra...)
 	if err := os.WriteFile(s.path("dns.key"), []byte(corp.Secret), 0o600); err != nil {
 		t.Fatal(err)
 	}

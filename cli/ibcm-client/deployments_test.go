@@ -80,15 +80,6 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
-func TestRenderBar(t *testing.T) {
-	if got := renderBar("pkg", 512<<10, 1<<20, 10); got != "pkg [=====>    ]  50%  512.0 KiB / 1.0 MiB" {
-		t.Errorf("%q", got)
-	}
-	if got := renderBar("pkg", 10, 10, 4); got != "pkg [====] 100%  10 B / 10 B" {
-		t.Errorf("%q", got)
-	}
-}
-
 // siteServer is a TLS configuration with a site-server certificate of role for 127.0.0.1.
 func siteServer(t *testing.T, s *catest.Server, role string) *tls.Config {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -4,18 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"strings"
-	"sync"
-	"time"
 
 	"github.com/urfave/cli/v3"
-	"golang.org/x/term"
 
 	"github.com/ibcm-project/ibcm/client/agent"
 	"github.com/ibcm-project/ibcm/client/deploy"
 	"github.com/ibcm-project/ibcm/internal/cliapp"
+	"github.com/ibcm-project/ibcm/internal/progress"
+	"github.com/ibcm-project/ibcm/remote/frame"
 )
 
 func stallTimeoutFlag() *cli.DurationFlag {
@@ -46,11 +42,11 @@ EXAMPLES:
 			&cli.StringFlag{Name: "output", Sources: cli.EnvVars("IBCM_CLIENT_OUTPUT"), TakesFile: true, Usage: "the `DIR` to place the files in (default ./NAME-VERSION)"},
 		},
 		Action: func(ctx context.Context, c *cli.Command) error {
-			bar := newProgressBar(c.Root().ErrWriter, c.StringArg("NAME"))
+			bar := progress.New(c.Root().ErrWriter, frame.Printable(c.StringArg("NAME")), 0)
 			res, err := agent.Download(ctx, agent.HandDownload{Dir: c.String("dir"), ResolvConf: c.String("resolv-conf"),
 				Name: c.StringArg("NAME"), Version: c.String("version"), Output: c.String("output"),
-				StallTimeout: c.Duration("stall-timeout"), Progress: bar.update})
-			bar.finish(err == nil)
+				StallTimeout: c.Duration("stall-timeout"), Progress: bar.Update})
+			bar.Finish()
 			if errors.Is(err, agent.ErrNoDeployment) {
 				return cliapp.UsageErrorf("%v", err)
 			}
@@ -58,70 +54,8 @@ EXAMPLES:
 				return err
 			}
 			fmt.Fprintf(c.Root().Writer, "%s %s: %d files, %s, from %s (%s), verified, in %s (not installed)\n",
-				res.Package, res.Version, res.Files, humanBytes(res.Size), res.DP, res.Location, res.Output)
+				res.Package, res.Version, res.Files, progress.Bytes(res.Size), res.DP, res.Location, res.Output)
 			return nil
 		},
 	}
-}
-
-// progressBar draws one line on a terminal (nothing elsewhere), at most ten times a second.
-type progressBar struct {
-	mu    sync.Mutex
-	w     io.Writer
-	name  string
-	tty   bool
-	last  time.Time
-	drawn bool
-}
-
-func newProgressBar(w io.Writer, name string) *progressBar {
-	f, ok := w.(*os.File)
-	return &progressBar{w: w, name: name, tty: ok && term.IsTerminal(int(f.Fd()))}
-}
-
-func (p *progressBar) update(have, total int64) {
-	if !p.tty {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if time.Since(p.last) < 100*time.Millisecond && have < total {
-		return
-	}
-	p.last = time.Now()
-	p.drawn = true
-	fmt.Fprint(p.w, "\r"+renderBar(p.name, have, total, 30))
-}
-
-func (p *progressBar) finish(ok bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.drawn {
-		fmt.Fprintln(p.w)
-	}
-}
-
-func renderBar(name string, have, total int64, width int) string {
-	pct := 100
-	if total > 0 {
-		pct = int(have * 100 / total)
-	}
-	fill := pct * width / 100
-	bar := strings.Repeat("=", fill)
-	if fill < width {
-		bar += ">" + strings.Repeat(" ", width-fill-1)
-	}
-	return fmt.Sprintf("%s [%s] %3d%%  %s / %s", name, bar, pct, humanBytes(have), humanBytes(total))
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/dp/manifest"
 	"github.com/ibcm-project/ibcm/internal/cliapp"
+	"github.com/ibcm-project/ibcm/internal/progress"
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/site"
@@ -176,18 +177,13 @@ func contentAdd(ctx context.Context, c *cli.Command) error {
 		return err
 	}
 
-	var hashing *progressBar
-	if isTerminal(errw) {
-		var total int64
-		for _, f := range files {
-			total += f.Size
-		}
-		hashing = newProgressBar(errw, fmt.Sprintf("hashing %s", plural(len(files), "file")), total)
+	var total int64
+	for _, f := range files {
+		total += f.Size
 	}
+	hashing := progress.New(errw, fmt.Sprintf("hashing %s", plural(len(files), "file")), total)
 	m, err := buildManifest(name, c.String("version"), chunk, files, install, time.Now().UTC().Truncate(time.Second), hashing)
-	if hashing != nil {
-		hashing.finish()
-	}
+	hashing.Finish()
 	if err != nil {
 		return err
 	}
@@ -196,8 +192,8 @@ func contentAdd(ctx context.Context, c *cli.Command) error {
 		return err
 	}
 	up.log = errw
-	if isTerminal(errw) {
-		up.bar = func(label string, total int64) *progressBar { return newProgressBar(errw, label, total) }
+	up.bar = func(label string, total int64) *progress.Bar {
+		return progress.New(errw, frame.Printable(label), total)
 	}
 	res := contentAdded{Name: m.Name, Version: m.Version, Files: len(m.Files), DP: target.ID}
 	for _, f := range distinctBlobs(files) {
@@ -233,9 +229,9 @@ func contentAdd(ctx context.Context, c *cli.Command) error {
 	w := tabwriter.NewWriter(c.Root().Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "added\t%s %s\n", res.Name, res.Version)
 	fmt.Fprintf(w, "manifest sha256\t%s\n", res.ManifestSHA256)
-	fmt.Fprintf(w, "files\t%d (%s)\n", res.Files, humanBytes(res.Size))
-	fmt.Fprintf(w, "uploaded\t%s to %s\n", humanBytes(res.Uploaded), target.ID)
-	fmt.Fprintf(w, "skipped\t%s (already on %s)\n", humanBytes(res.Skipped), target.ID)
+	fmt.Fprintf(w, "files\t%d (%s)\n", res.Files, progress.Bytes(res.Size))
+	fmt.Fprintf(w, "uploaded\t%s to %s\n", progress.Bytes(res.Uploaded), target.ID)
+	fmt.Fprintf(w, "skipped\t%s (already on %s)\n", progress.Bytes(res.Skipped), target.ID)
 	if err := w.Flush(); err != nil {
 		return err
 	}
@@ -399,7 +395,7 @@ func fileKind(t fs.FileMode) string {
 
 // hashFile fills in f's SHA-256 and the SHA-256 of each chunkSize piece, reading the file
 // once as a stream. The file must still have the size it was listed with.
-func hashFile(f *localFile, chunkSize int64, bar *progressBar) error {
+func hashFile(f *localFile, chunkSize int64, bar *progress.Bar) error {
 	fh, err := os.Open(f.disk)
 	if err != nil {
 		return fmt.Errorf("hashing %s: %w", f.disk, err)
@@ -418,7 +414,7 @@ func hashFile(f *localFile, chunkSize int64, bar *progressBar) error {
 			piece.Write(buf[:k])
 			n += int64(k)
 			if bar != nil {
-				bar.add(int64(k))
+				bar.Add(int64(k))
 			}
 			if n%chunkSize == 0 {
 				chunks = append(chunks, sum(piece))
@@ -446,7 +442,7 @@ func sum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
 
 // buildManifest hashes the files and makes the manifest of the package version, checked
 // as the CA and the devices will check it; bar (may be nil) shows the bytes hashed.
-func buildManifest(name, version string, chunkSize int64, files []localFile, install *wire.InstallSpec, now time.Time, bar *progressBar) (*wire.Manifest, error) {
+func buildManifest(name, version string, chunkSize int64, files []localFile, install *wire.InstallSpec, now time.Time, bar *progress.Bar) (*wire.Manifest, error) {
 	m := &wire.Manifest{Name: name, Version: version, ChunkSize: chunkSize, Install: install, Created: now}
 	for i := range files {
 		if err := hashFile(&files[i], chunkSize, bar); err != nil {
@@ -528,7 +524,7 @@ func contentListCommand() *cli.Command {
 			w := tabwriter.NewWriter(c.Root().Writer, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "NAME\tVERSION\tSIZE\tINSTALL\tDEPLOYMENTS\tMANIFEST\tCREATED\tADDED BY")
 			for _, cv := range cvs {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", cv.Name, cv.Version, humanBytes(cv.Size), yesNo(cv.Install != nil), cv.Deployments,
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", cv.Name, cv.Version, progress.Bytes(cv.Size), yesNo(cv.Install != nil), cv.Deployments,
 					short(cv.ManifestSHA256), cv.Created.Format(time.RFC3339), dash(cv.AddedBy))
 			}
 			return w.Flush()
@@ -569,7 +565,7 @@ func contentShowCommand() *cli.Command {
 func printContentVersion(out io.Writer, cv wire.ContentVersion) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "name\t%s\nversion\t%s\nmanifest sha256\t%s\n", cv.Name, cv.Version, cv.ManifestSHA256)
-	fmt.Fprintf(w, "size\t%s in %s\n", humanBytes(cv.Size), plural(len(cv.Files), "file"))
+	fmt.Fprintf(w, "size\t%s in %s\n", progress.Bytes(cv.Size), plural(len(cv.Files), "file"))
 	fmt.Fprintf(w, "created\t%s by %s\n", cv.Created.Format(time.RFC3339), dash(cv.AddedBy))
 	if in := cv.Install; in != nil {
 		codes := make([]string, 0, len(in.SuccessCodes))
@@ -723,20 +719,6 @@ EXAMPLES:
 			return printDPStates(c.Root().Writer, cv.DPs)
 		},
 	}
-}
-
-// humanBytes reads 1.5 MiB.
-func humanBytes(n int64) string {
-	if n < 1024 {
-		return fmt.Sprintf("%d B", n)
-	}
-	v, units := float64(n)/1024, []string{"KiB", "MiB", "GiB", "TiB"}
-	i := 0
-	for v >= 1024 && i < len(units)-1 {
-		v /= 1024
-		i++
-	}
-	return fmt.Sprintf("%.1f %s", v, units[i])
 }
 
 // plural reads "1 file", "3 files".

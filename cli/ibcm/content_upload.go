@@ -14,10 +14,8 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/term"
-
+	"github.com/ibcm-project/ibcm/internal/progress"
 	"github.com/ibcm-project/ibcm/internal/wire"
-	"github.com/ibcm-project/ibcm/remote/frame"
 )
 
 // The upload of `ibcm content add`: each blob the origin DP lacks goes to its upload
@@ -35,7 +33,7 @@ type uploader struct {
 	stall   time.Duration // no byte taken for this long ends the attempt
 	backoff func(attempt int) time.Duration
 	log     io.Writer
-	bar     func(label string, total int64) *progressBar // nil: no progress bar
+	bar     func(label string, total int64) *progress.Bar // nil: no progress bar
 }
 
 // newUploader reaches dp with the identity and roots of the MP client (a DP is a server
@@ -145,18 +143,16 @@ func (u *uploader) upload(ctx context.Context, f localFile) (sent, skipped int64
 		return 0, skipped, err
 	}
 	defer fh.Close()
-	var bar *progressBar
+	var bar *progress.Bar
 	if u.bar != nil {
 		bar = u.bar(f.Path, f.Size)
-		defer bar.finish()
+		defer bar.Finish()
 	}
 	for attempt := 0; ; attempt++ {
 		if st.Received < 0 || st.Received > f.Size {
 			return sent, skipped, fmt.Errorf("the DP says it holds %d bytes of a %d-byte blob", st.Received, f.Size)
 		}
-		if bar != nil {
-			bar.set(st.Received)
-		}
+		bar.Set(st.Received)
 		n, done, err := u.put(ctx, fh, f, st.Received, bar)
 		sent += n
 		if err == nil && done {
@@ -189,7 +185,7 @@ func (u *uploader) upload(ctx context.Context, f localFile) (sent, skipped int64
 }
 
 // put sends the bytes of f from offset to its end.
-func (u *uploader) put(ctx context.Context, fh *os.File, f localFile, offset int64, bar *progressBar) (sent int64, complete bool, err error) {
+func (u *uploader) put(ctx context.Context, fh *os.File, f localFile, offset int64, bar *progress.Bar) (sent int64, complete bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	errStalled := fmt.Errorf("no byte taken for %s", u.stall)
@@ -203,7 +199,7 @@ func (u *uploader) put(ctx context.Context, fh *os.File, f localFile, offset int
 			stall.Reset(u.stall)
 		}
 		if bar != nil {
-			bar.add(int64(n))
+			bar.Add(int64(n))
 		}
 	}}
 	q := url.Values{"offset": {strconv.FormatInt(offset, 10)}, "size": {strconv.FormatInt(f.Size, 10)}}
@@ -275,53 +271,4 @@ func (c *countingReader) finish() int64 {
 	defer c.mu.Unlock()
 	c.done = true
 	return c.n
-}
-
-// isTerminal reports whether w is a terminal (the progress bar is drawn there only).
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
-}
-
-// progressBar draws one line, redrawn at most every 100 ms: label, bar, percent, bytes.
-type progressBar struct {
-	w           io.Writer
-	label       string
-	total, done int64
-	drawn       time.Time
-}
-
-func newProgressBar(w io.Writer, label string, total int64) *progressBar {
-	p := &progressBar{w: w, label: frame.Printable(label), total: total}
-	p.draw()
-	return p
-}
-
-func (p *progressBar) set(n int64) { p.done = n; p.draw() }
-
-func (p *progressBar) add(n int64) {
-	p.done += n
-	if time.Since(p.drawn) >= 100*time.Millisecond {
-		p.draw()
-	}
-}
-
-func (p *progressBar) draw() {
-	p.drawn = time.Now()
-	const width = 30
-	pct := 100
-	if p.total > 0 {
-		pct = int(min(p.done, p.total) * 100 / p.total)
-	}
-	fill := pct * width / 100
-	label := p.label
-	if r := []rune(label); len(r) > 24 {
-		label = "…" + string(r[len(r)-23:])
-	}
-	fmt.Fprintf(p.w, "\r%-24s [%s%s] %3d %% %s / %s\x1b[K", label, strings.Repeat("=", fill), strings.Repeat(" ", width-fill), pct, humanBytes(p.done), humanBytes(p.total))
-}
-
-func (p *progressBar) finish() {
-	p.draw()
-	fmt.Fprintln(p.w)
 }

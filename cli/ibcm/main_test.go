@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 
@@ -66,5 +67,21 @@ func TestUsageErrorsExitWithTheUsageCode(t *testing.T) {
 				t.Errorf("printed besides the error:\n%s", out.String())
 			}
 		})
+	}
+}
+
+// config validate tells a standalone DP's dp.yaml from a site.yaml: the examples in etc/
+// are all valid, and a mistake in a dp.yaml is named with its key.
+func TestConfigValidateSiteAndDPFiles(t *testing.T) {
+	out, _, err := runIBCM(t, "", "config", "validate", "../../etc/site.yaml", "../../etc/dp.yaml")
+	if err != nil || !strings.Contains(out, "etc/dp.yaml: valid") || !strings.Contains(out, "etc/site.yaml: valid") {
+		t.Fatalf("validate etc/: %q %v", out, err)
+	}
+	bad := t.TempDir() + "/dp.yaml"
+	if err := os.WriteFile(bad, []byte("version: 1\ndp:\n  id: dp2\n  mood: both\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runIBCM(t, "", "config", "validate", bad); err == nil || !strings.Contains(err.Error(), "dp.mood: unknown key (did you mean mode?)") {
+		t.Fatalf("a bad dp.yaml: %v", err)
 	}
 }
