@@ -1,0 +1,24 @@
+-- Security codes for unenrolled devices (Remote Help's "get a security code"): a helper's
+-- code, stored only as its SHA-256, exchanged once at the CA for a guest certificate of
+-- the session it was made for. Times are unix seconds.
+CREATE TABLE security_codes (
+    id          TEXT PRIMARY KEY,           -- first 16 hex of the hash: what logs and audit name
+    hash        TEXT NOT NULL UNIQUE,       -- hex SHA-256 of the normalised code
+    session_id  TEXT NOT NULL,
+    helper      TEXT NOT NULL,
+    mode        TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    used_at     BIGINT,
+    used_serial TEXT NOT NULL DEFAULT '',   -- decimal serial of the guest certificate
+    sharer      TEXT NOT NULL DEFAULT ''    -- the guest certificate's common name
+);
+
+-- Every exchange attempt, refused ones included.
+CREATE TABLE security_code_attempts (
+    at          BIGINT NOT NULL,
+    remote_addr TEXT NOT NULL,
+    code_id     TEXT NOT NULL DEFAULT '',  -- '' when no code matched
+    outcome     TEXT NOT NULL              -- issued, code_invalid, code_expired, code_used, rate_limited
+);
+CREATE INDEX security_code_attempts_at ON security_code_attempts (at);
