@@ -153,7 +153,7 @@ func (c *CA) handleGuestExchange(w http.ResponseWriter, r *http.Request) error {
 	api.WriteJSON(w, http.StatusOK, wire.GuestCertificate{
 		CertificateResponse: wire.CertificateResponse{Serial: wire.FormatSerial(leaf.SerialNumber), NotAfter: leaf.NotAfter.UTC(),
 			Certificate: string(EncodeCerts(chain...)), Bootstrap: c.boot},
-		Session: code.Session, Helper: code.Helper, Mode: code.Mode,
+		Session: code.Session, Helper: code.Helper, Mode: code.Mode, TicketID: code.TicketID, Ticket: code.Ticket,
 	})
 	return nil
 }

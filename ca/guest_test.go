@@ -63,7 +63,7 @@ func newCode(t *testing.T, db *sitedb.DB, now time.Time, session string) (string
 	var c guestcode.Code
 	err = db.Tx(context.Background(), func(tx *sitedb.Tx) error {
 		var err error
-		c, err = guestcode.Insert(tx, code, guestcode.Code{Session: session, Helper: "helen", Mode: "control",
+		c, err = guestcode.Insert(tx, code, guestcode.Code{Session: session, Helper: "helen", Mode: "control", TicketID: "T-" + session, Ticket: "signed",
 			CreatedAt: now, ExpiresAt: now.Add(guestcode.TTL)})
 		return err
 	})

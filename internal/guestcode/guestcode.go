@@ -146,6 +146,8 @@ type Code struct {
 	Session   string
 	Helper    string
 	Mode      string
+	TicketID  string // the helper's leg of the session
+	Ticket    string // signed (remote/ticket): the guest checks the helper's key with it
 	CreatedAt time.Time
 	ExpiresAt time.Time
 	UsedAt    *time.Time
@@ -161,20 +163,20 @@ func Insert(tx *sitedb.Tx, code string, c Code) (Code, error) {
 	}
 	h := Hash(n)
 	c.ID = ID(h)
-	if _, err := tx.Exec(`INSERT INTO security_codes (id, hash, session_id, helper, mode, created_at, expires_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`, c.ID, h, c.Session, c.Helper, c.Mode, c.CreatedAt.Unix(), c.ExpiresAt.Unix()); err != nil {
+	if _, err := tx.Exec(`INSERT INTO security_codes (id, hash, session_id, helper, mode, ticket_id, ticket, created_at, expires_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, c.ID, h, c.Session, c.Helper, c.Mode, c.TicketID, c.Ticket, c.CreatedAt.Unix(), c.ExpiresAt.Unix()); err != nil {
 		return Code{}, fmt.Errorf("storing the security code: %w", err)
 	}
 	return c, nil
 }
 
-const columns = `id, session_id, helper, mode, created_at, expires_at, used_at, used_serial, sharer`
+const columns = `id, session_id, helper, mode, ticket_id, ticket, created_at, expires_at, used_at, used_serial, sharer`
 
 func scan(row interface{ Scan(...any) error }) (Code, error) {
 	var c Code
 	var created, exp int64
 	var used sql.NullInt64
-	if err := row.Scan(&c.ID, &c.Session, &c.Helper, &c.Mode, &created, &exp, &used, &c.Serial, &c.Sharer); err != nil {
+	if err := row.Scan(&c.ID, &c.Session, &c.Helper, &c.Mode, &c.TicketID, &c.Ticket, &created, &exp, &used, &c.Serial, &c.Sharer); err != nil {
 		return Code{}, err
 	}
 	c.CreatedAt, c.ExpiresAt = time.Unix(created, 0).UTC(), time.Unix(exp, 0).UTC()
@@ -206,6 +208,18 @@ func (c Code) usable(now time.Time) error {
 		return fmt.Errorf("%w: code %s expired at %s", ErrExpired, c.ID, c.ExpiresAt.Format(time.RFC3339))
 	}
 	return nil
+}
+
+// OfSession returns the code made for session (ErrInvalid when there is none).
+func OfSession(ctx context.Context, db *sitedb.DB, session string) (Code, error) {
+	c, err := scan(db.QueryRow(ctx, `SELECT `+columns+` FROM security_codes WHERE session_id = ?`, session))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Code{}, fmt.Errorf("%w: no code for session %s", ErrInvalid, session)
+	}
+	if err != nil {
+		return Code{}, fmt.Errorf("reading the security code of session %s: %w", session, err)
+	}
+	return c, nil
 }
 
 // Spend marks the code with hash used by the guest certificate serial (decimal) inside tx,

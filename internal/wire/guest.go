@@ -12,6 +12,8 @@ import (
 //
 //	POST /v1/admin/sessions/codes   MP, OfferRemoteAssistance: SecurityCodeRequest → SecurityCode
 //	POST /v1/guest/exchange         CA, no client certificate: GuestExchangeRequest → GuestCertificate
+//	GET  /v1/guest/sessions/{id}/relay  MP, the guest certificate of session id: the device's leg
+//	                                    (?ticket=, Upgrade: ibcm-relay), the only route that takes it
 //
 // Refusals of the exchange: 401 code_invalid (no such code, or not a code at all),
 // 403 code_expired, 409 code_used, 429 rate_limited (Retry-After), 404 security_codes_disabled.
@@ -52,6 +54,8 @@ type SecurityCode struct {
 	Session   string    `json:"session"`
 	Mode      string    `json:"mode"`
 	ExpiresAt time.Time `json:"expires_at"`
+	// Start is the helper's leg, as `ibcm remote start` gets it: its relay ticket.
+	Start SessionStart `json:"start"`
 }
 
 // GuestExchangeRequest is what the sharer's agent sends the CA.
@@ -63,7 +67,9 @@ type GuestExchangeRequest struct {
 // GuestCertificate answers an exchange: the certificate (one hour) and the session it is for.
 type GuestCertificate struct {
 	CertificateResponse
-	Session string `json:"session"`
-	Helper  string `json:"helper"`
-	Mode    string `json:"mode"`
+	Session  string `json:"session"`
+	Helper   string `json:"helper"`
+	Mode     string `json:"mode"`
+	TicketID string `json:"ticket_id"` // the relay leg: GET /v1/guest/sessions/{session}/relay?ticket=
+	Ticket   string `json:"ticket"`    // signed by the MP (remote/ticket): names the helper's key
 }

@@ -7,6 +7,8 @@ CREATE TABLE security_codes (
     session_id  TEXT NOT NULL,
     helper      TEXT NOT NULL,
     mode        TEXT NOT NULL,
+    ticket_id   TEXT NOT NULL,              -- the helper's leg: the guest's relay leg pairs with it
+    ticket      TEXT NOT NULL,              -- the signed ticket, handed to the guest with its certificate
     created_at  BIGINT NOT NULL,
     expires_at  BIGINT NOT NULL,
     used_at     BIGINT,
