@@ -107,7 +107,8 @@ func (m *MP) handleCodeCreate(w http.ResponseWriter, r *http.Request, name strin
 	if req.Mode == "control" {
 		modes = append(modes, "control")
 	}
-	s := sessionRow{Session: wire.Session{ID: ticket.NewID(), DeviceName: DeviceNameGuest, Helper: name, Reason: req.Reason,
+	id := ticket.NewID()
+	s := sessionRow{Session: wire.Session{ID: id, Device: wire.GuestURIPrefix + id, DeviceName: DeviceNameGuest, Helper: name, Reason: req.Reason,
 		State: wire.SessionRequested, Mode: req.Mode, Modes: []wire.SessionMode{{Mode: req.Mode, At: now.UTC()}}, MP: m.o.ID, RequestedAt: now.UTC()},
 		HelperSerial: p.leaf.SerialNumber.String(), DeviceMP: m.o.ID}
 	card := ticket.Card{User: name}
