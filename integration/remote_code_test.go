@@ -46,12 +46,16 @@ func TestRemoteSecurityCode(t *testing.T) {
 		t.Fatalf("ibcm remote code create exited %d:\n%s", code, tm.screen("helper"))
 	}
 	var guest wire.Session
-	for _, x := range s.sessions(t) {
-		if strings.HasPrefix(x.Device, wire.GuestURIPrefix) {
-			guest = x
+	waitFor(t, 10*time.Second, "the guest session ended in the audit", func() bool {
+		for _, x := range s.sessions(t) {
+			if strings.HasPrefix(x.Device, wire.GuestURIPrefix) {
+				guest = x
+			}
 		}
-	}
-	if !strings.HasPrefix(guest.DeviceName, "not enrolled: guest ") || guest.Helper != "helen" || guest.Reason != "call 4711" || guest.Sharer == "" {
+		return guest.State == wire.SessionEnded
+	})
+	if !strings.HasPrefix(guest.DeviceName, "not enrolled: guest ") || guest.Helper != "helen" || guest.Reason != "call 4711" || guest.Sharer == "" ||
+		guest.Outcome != wire.OutcomeCompleted || guest.Transport != wire.TransportRelay || guest.StartedAt == nil || guest.BytesOut == 0 {
 		t.Errorf("audit of the guest session: %+v", guest)
 	}
 }

@@ -1,6 +1,7 @@
 package mp
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
@@ -183,4 +184,22 @@ func (m *MP) handleGuestRelay(w http.ResponseWriter, r *http.Request) error {
 		return m.forwardLeg(w, r, s, ticketID, sideDevice)
 	}
 	return m.waitLeg(w, r, s, ticketID, sideDevice)
+}
+
+// recordGuestRelay keeps the audit of a guest session, whose device end cannot report
+// (its certificate opens no route but the relay): the MP records what its relay sees.
+// started: both legs are spliced (the session is active over the relay; its end-to-end TLS
+// is the guest's remote/e2e, as for any device); otherwise the splice closed (completed).
+// Sessions of enrolled devices are left to their devices' reports.
+func (m *MP) recordGuestRelay(ctx context.Context, session string, started bool) {
+	now := m.now().Unix()
+	q := `UPDATE sessions SET state = ?, started_at = ?, transport = ?, e2e = 1 WHERE id = ? AND device_id LIKE ? AND state IN (?, ?)`
+	args := []any{wire.SessionActive, now, wire.TransportRelay, session, wire.GuestURIPrefix + "%", wire.SessionRequested, wire.SessionWaiting}
+	if !started {
+		q = `UPDATE sessions SET state = ?, outcome = ?, ended_at = ? WHERE id = ? AND device_id LIKE ? AND state <> ?`
+		args = []any{wire.SessionEnded, wire.OutcomeCompleted, now, session, wire.GuestURIPrefix + "%", wire.SessionEnded}
+	}
+	if _, err := m.db.Exec(ctx, q, args...); err != nil {
+		m.log.Warn().Err(err).Str("session", session).Msg("recording a guest session's relay")
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -139,8 +140,21 @@ func TestGuestCertificateOnlyReachesItsRelay(t *testing.T) {
 	if status, e := call(t, f.client(&helper), "GET", f.intranet+"/v1/admin/sessions/"+code.Session, nil, &s); status != http.StatusOK {
 		t.Fatalf("session: %d %+v", status, e)
 	}
-	if s.DeviceName != "not enrolled: guest alice" || s.Sharer != "alice" || s.Helper != "hd" || s.Mode != "control" {
+	if s.DeviceName != "not enrolled: guest alice" || s.Sharer != "alice" || s.Helper != "hd" || s.Mode != "control" ||
+		s.State != wire.SessionActive || s.Transport != wire.TransportRelay {
 		t.Errorf("the helper sees %+v", s)
+	}
+	// The MP keeps the audit of a guest session from its relay: the guest cannot report.
+	g.conn.Close()
+	hl.conn.Close()
+	for deadline := time.Now().Add(5 * time.Second); s.State != wire.SessionEnded; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest session after its relay closed: %+v", s)
+		}
+		call(t, f.client(&helper), "GET", f.intranet+"/v1/admin/sessions/"+code.Session, nil, &s)
+	}
+	if s.Outcome != wire.OutcomeCompleted || s.BytesIn == 0 || s.BytesOut == 0 {
+		t.Errorf("the ended guest session: %+v", s)
 	}
 	_ = otherGuest
 }
