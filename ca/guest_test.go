@@ -1,15 +1,19 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -394,4 +398,31 @@ func TestGuestCertificateRefusedByCARoutes(t *testing.T) {
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("past the address's limit: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
+}
+
+// FuzzGuestExchange sends arbitrary bodies to the exchange route: every answer is a JSON
+// error with one of the route's codes (or a certificate for the one good code), never a 5xx.
+func FuzzGuestExchange(f *testing.F) {
+	db := sitedbtest.Open(f, sitedb.SQLite, sitedbtest.NewDSN(f, sitedb.SQLite))
+	clk := &clock{t: time.Now().UTC().Truncate(time.Second)}
+	c, err := New(context.Background(), db, Options{SiteCode: "TST", Hierarchy: testHierarchy(), PublicURL: "http://127.0.0.1:1",
+		Log: zerolog.Nop(), SecurityCodes: true, CodeLimits: generous, Now: clk.now})
+	if err != nil {
+		f.Fatal(err)
+	}
+	h := c.Handler(&trust.Verifier{Anchors: trust.NewAnchors([]*x509.Certificate{c.Root()}, []*x509.Certificate{c.Issuing()})})
+	csr := string(csrPEM(f, newKey(f), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "alice"}}))
+	for _, s := range []string{`{"code":"ABCDE-FGHJK","csr":` + strconv.Quote(csr) + `}`, `{"code":"","csr":""}`, `{}`, `[`, `{"code":1}`,
+		`{"code":"ABCDE-FGHJK","csr":"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("POST", "/v1/guest/exchange", bytes.NewReader(body))
+		h.ServeHTTP(rec, req)
+		var e wire.Error
+		if rec.Code >= 500 || json.Unmarshal(rec.Body.Bytes(), &e) != nil || e.Error.Code == "" {
+			t.Fatalf("body %q: %d %s", body, rec.Code, rec.Body.Bytes())
+		}
+	})
 }
