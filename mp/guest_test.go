@@ -205,3 +205,21 @@ func TestGuestCodesOffByDefault(t *testing.T) {
 		t.Errorf("a guest certificate at an MP without codes: handshake passed, status %d", leg.status)
 	}
 }
+
+// A guest who reaches another MP of the site than the one its code was made at is forwarded
+// there, as a device's leg is.
+func TestGuestRelayAcrossMPs(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{ID: "mp-a", SecurityCodes: true})
+	b := f.startMP(t, Options{ID: "mp-b", SecurityCodes: true})
+	helper := f.user(t, "hd", access.HelpDeskOperator)
+	code := createCode(t, f, helper, "view")
+	guest, _ := guestCert(t, f, code.Code, "alice")
+	gl := dialLeg(t, f, b.internet, guest, guestRelayPath(code.Session)+"?ticket="+code.Start.TicketID)
+	waitPairs(t, f.mp, 1) // the forwarded leg waits at the code's MP
+	hl := waitLeg(t, dialLeg(t, f, f.intranet, helper, "/v1/admin/sessions/"+code.Session+"/relay?ticket="+code.Start.TicketID))
+	g := waitLeg(t, gl)
+	if g.status != http.StatusSwitchingProtocols || hl.status != http.StatusSwitchingProtocols {
+		t.Fatalf("legs: guest %d %+v, helper %d %+v", g.status, g.err, hl.status, hl.err)
+	}
+	exchange(t, g, hl)
+}
