@@ -67,7 +67,7 @@ EXAMPLES:
 				if err != nil {
 					return remoteError(err)
 				}
-				start.Device.Name = s.DeviceName
+				start.Device.Name, start.Device.ID = s.DeviceName, s.Device // "not enrolled: guest <user>", urn:ibcm:guest:<session>
 				return attach(ctx, hc, start, newTerminal(c))
 			},
 		}},
