@@ -127,6 +127,14 @@ func TestGuestCertificateOnlyReachesItsRelay(t *testing.T) {
 		t.Errorf("a device's leg of a guest session: %d %+v", leg.status, leg.err)
 	}
 
+	// The guest route takes nothing but a guest certificate.
+	for name, cert := range map[string]tls.Certificate{"a device": pc, "the helper": helper} {
+		leg = waitLeg(t, dialLeg(t, f, f.internet, cert, guestRelayPath(code.Session)+"?ticket="+code.Start.TicketID))
+		if leg.status != http.StatusForbidden || leg.err.Error.Code != "guest_certificate" {
+			t.Errorf("%s on the guest relay route: %d %+v", name, leg.status, leg.err)
+		}
+	}
+
 	// The guest's and the helper's legs meet.
 	gl := dialLeg(t, f, f.internet, guest, guestRelayPath(code.Session)+"?ticket="+code.Start.TicketID)
 	waitPairs(t, f.mp, 1)

@@ -339,6 +339,12 @@ func (m *MP) purgeLoop(ctx context.Context) {
 		} else if n > 0 {
 			m.log.Info().Int64("sessions", n).Msg("old sessions purged")
 		}
+		// Security codes and their attempts are kept as long as the sessions' audit.
+		if n, err := guestcode.Purge(ctx, m.db, m.now().Add(-m.o.SessionRetention)); err != nil && ctx.Err() == nil {
+			m.log.Warn().Err(err).Msg("purging old security codes")
+		} else if n > 0 {
+			m.log.Info().Int64("rows", n).Msg("old security codes and attempts purged")
+		}
 		select {
 		case <-ctx.Done():
 			return

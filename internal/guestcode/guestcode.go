@@ -281,3 +281,21 @@ func Attempts(ctx context.Context, db *sitedb.DB, since time.Time) ([]Attempt, e
 	}
 	return out, rows.Err()
 }
+
+// Purge deletes the codes that expired before cutoff and the attempts made before it (the
+// MP calls it with the sessions' retention). It returns how many rows went.
+func Purge(ctx context.Context, db *sitedb.DB, cutoff time.Time) (int64, error) {
+	var n int64
+	err := db.Tx(ctx, func(tx *sitedb.Tx) error {
+		for _, q := range []string{`DELETE FROM security_codes WHERE expires_at < ?`, `DELETE FROM security_code_attempts WHERE at < ?`} {
+			res, err := tx.Exec(q, cutoff.Unix())
+			if err != nil {
+				return fmt.Errorf("purging security codes: %w", err)
+			}
+			k, _ := res.RowsAffected()
+			n += k
+		}
+		return nil
+	})
+	return n, err
+}
