@@ -54,6 +54,9 @@ func (c *CA) ExchangeCode(ctx context.Context, e GuestExchange) ([]*x509.Certifi
 	if err != nil && !isGuestOutcome(err) {
 		outcome = "refused" // a bad request, a database error: the code was not spent
 	}
+	if outcome == guestcode.OutcomeRateLimited && !c.guest.limits.NoteRefusal(e.RemoteAddr) {
+		return chain, code, err // refused before anything was tried: audited once a minute per address
+	}
 	if aerr := guestcode.Audit(ctx, c.db, c.now(), e.RemoteAddr, code.ID, outcome); aerr != nil {
 		c.log.Error().Err(aerr).Msg("auditing a security code attempt")
 	}

@@ -426,3 +426,34 @@ func FuzzGuestExchange(f *testing.F) {
 		}
 	})
 }
+
+// A guesser past the limits still reaches the route at line rate: its refused attempts must
+// not each cost a row in the site database (and a log line), or the limit bounds the
+// guessing but not the writes, which anyone on the internet can then make without end.
+func TestGuestRateLimitedAttemptsBoundedAudit(t *testing.T) {
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	ctx := context.Background()
+	clk := &clock{t: time.Now().UTC().Truncate(time.Second)}
+	c := newGuestCA(t, db, clk, true, &guestcode.Limits{PerAddress: rate.Every(time.Minute), AddrBurst: 3, PerCode: rate.Inf,
+		Global: rate.Every(time.Second), GlobalBurst: 100})
+	start := clk.now()
+	for i := range 500 {
+		_, _, err := c.ExchangeCode(ctx, GuestExchange{Code: "ABCDE-FGHJK", CSR: []byte("x"), RemoteAddr: fmt.Sprintf("[2001:db8:%x::1]:1", i%50)})
+		if i >= 150 && !errors.Is(err, guestcode.ErrRateLimited) {
+			t.Fatalf("attempt %d: %v, want ErrRateLimited", i, err)
+		}
+	}
+	attempts, err := guestcode.Attempts(ctx, db, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited := 0
+	for _, a := range attempts {
+		if a.Outcome == guestcode.OutcomeRateLimited {
+			limited++
+		}
+	}
+	if limited == 0 || limited > 60 {
+		t.Errorf("%d rate-limited attempts audited of 350 (%d rows in all); want some, at most one per address and minute", limited, len(attempts))
+	}
+}

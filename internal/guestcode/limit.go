@@ -39,6 +39,9 @@ type Limiter struct {
 	addrs  map[string]*rate.Limiter
 	codes  map[string]*rate.Limiter
 	global *rate.Limiter
+	// noted and notes bound the audit of refused attempts (NoteRefusal).
+	noted map[string]time.Time
+	notes *rate.Limiter
 }
 
 const maxKeys = 100_000
@@ -49,7 +52,28 @@ func NewLimiter(l Limits, now func() time.Time) *Limiter {
 		now = time.Now
 	}
 	return &Limiter{l: l, now: now, addrs: map[string]*rate.Limiter{}, codes: map[string]*rate.Limiter{},
-		global: rate.NewLimiter(l.Global, l.GlobalBurst)}
+		global: rate.NewLimiter(l.Global, l.GlobalBurst), noted: map[string]time.Time{}, notes: rate.NewLimiter(rate.Every(time.Second), 60)}
+}
+
+// NoteRefusal says whether a rate-limited attempt from remoteAddr is to be audited (and
+// logged): the first of its address in a minute, and at most one a second for the CA after
+// a burst of 60. A guesser past the limits still reaches the route at line rate; without
+// this each of its refusals would be a row in the site database.
+func (l *Limiter) NoteRefusal(remoteAddr string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now, key := l.now(), AddressKey(remoteAddr)
+	if at, ok := l.noted[key]; ok && now.Sub(at) < time.Minute {
+		return false
+	}
+	if !l.notes.AllowN(now, 1) {
+		return false
+	}
+	if len(l.noted) >= maxKeys {
+		clear(l.noted)
+	}
+	l.noted[key] = now
+	return true
 }
 
 // AddressKey is the key of a source address: the address itself, or its /64 for IPv6
