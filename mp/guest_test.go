@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/internal/access"
+	"github.com/ibcm-project/ibcm/internal/guestcode"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
@@ -230,4 +232,27 @@ func TestGuestRelayAcrossMPs(t *testing.T) {
 		t.Fatalf("legs: guest %d %+v, helper %d %+v", g.status, g.err, hl.status, hl.err)
 	}
 	exchange(t, g, hl)
+}
+
+// A code dies with its session: once the helper (or an admin, or the user's disabling)
+// ended the session, the code exchanges for nothing.
+func TestGuestCodeDiesWithItsSession(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{SecurityCodes: true})
+	helper := f.user(t, "hd", access.HelpDeskOperator)
+	code := createCode(t, f, helper, "view")
+	if status, e := call(t, f.client(&helper), "POST", f.intranet+"/v1/admin/sessions/"+code.Session+"/end", nil, nil); status != http.StatusOK {
+		t.Fatalf("ending the session: %d %+v", status, e)
+	}
+	c, err := ca.New(context.Background(), f.db, ca.Options{SiteCode: "TST", Hierarchy: hierarchy(), PublicURL: "http://127.0.0.1:1",
+		Log: zerolog.Nop(), SecurityCodes: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "alice"}}, key)
+	chain, _, err := c.ExchangeCode(context.Background(), ca.GuestExchange{Code: code.Code,
+		CSR: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), RemoteAddr: "127.0.0.1:1"})
+	if !errors.Is(err, guestcode.ErrExpired) || chain != nil {
+		t.Fatalf("exchanging the code of an ended session: %v (certificate issued: %v), want ErrExpired", err, chain != nil)
+	}
 }

@@ -244,6 +244,16 @@ func Spend(tx *sitedb.Tx, hash, serial, sharer string, now time.Time) error {
 	return fmt.Errorf("%w: code %s", ErrUsed, c.ID)
 }
 
+// EndSession expires the unspent code of session inside tx, the transaction that ends the
+// session (the MP's endSessions): a code dies with its session.
+func EndSession(tx *sitedb.Tx, session string, now time.Time) error {
+	if _, err := tx.Exec(`UPDATE security_codes SET expires_at = ? WHERE session_id = ? AND used_at IS NULL AND expires_at > ?`,
+		now.Unix(), session, now.Unix()); err != nil {
+		return fmt.Errorf("expiring the security code of session %s: %w", session, err)
+	}
+	return nil
+}
+
 // Audit records one exchange attempt. codeID is "" when no code matched.
 func Audit(ctx context.Context, db *sitedb.DB, at time.Time, remoteAddr, codeID, outcome string) error {
 	_, err := db.Exec(ctx, `INSERT INTO security_code_attempts (at, remote_addr, code_id, outcome) VALUES (?, ?, ?, ?)`,
