@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/ibcm-project/ibcm/internal/api"
 	"github.com/ibcm-project/ibcm/internal/guestcode"
@@ -104,7 +105,7 @@ func (c *CA) exchangeCode(ctx context.Context, e GuestExchange) ([]*x509.Certifi
 	if err != nil {
 		return nil, code, err
 	}
-	chain, err := c.sign(ctx, csr, t, "guest:"+hash)
+	chain, err := c.sign(ctx, csr, t, "guest:"+hash+":"+code.ID)
 	return chain, code, err
 }
 
@@ -121,8 +122,10 @@ func templateGuest(csr *x509.CertificateRequest, session string) (Template, erro
 		URIs: []*url.URL{{Scheme: "urn", Opaque: "ibcm:guest:" + session}}}, nil
 }
 
-// storeGuest records a guest certificate and spends its code (by hash) in one transaction.
-func (s *store) storeGuest(hash string, c *x509.Certificate) error {
+// storeGuest records a guest certificate and spends its code in one transaction; by is
+// "<hash>:<code id>".
+func (s *store) storeGuest(by string, c *x509.Certificate) error {
+	hash, id, _ := strings.Cut(by, ":")
 	ctx, cancel := s.ctx()
 	defer cancel()
 	now := s.now()
@@ -133,7 +136,7 @@ func (s *store) storeGuest(hash string, c *x509.Certificate) error {
 			}
 			return err
 		}
-		return insertCert(tx, c, s.issuerID, "code:"+guestcode.ID(hash), "", now)
+		return insertCert(tx, c, s.issuerID, "code:"+id, "", now)
 	})
 }
 

@@ -18,6 +18,7 @@ package guestcode
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"database/sql"
 	"embed"
@@ -137,8 +138,16 @@ func Hash(normalized string) string {
 	return hex.EncodeToString(h[:])
 }
 
-// ID is the name logs and the audit give a code: the start of its hash.
-func ID(hash string) string { return hash[:16] }
+// newID is the name logs and the audit give a code: random, so that it says nothing of the
+// code (a prefix of the code's fast hash would let whoever reads a log search the code
+// space offline).
+func newID() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("making a security code id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
 
 // Code is a stored code: never the code itself.
 type Code struct {
@@ -162,7 +171,9 @@ func Insert(tx *sitedb.Tx, code string, c Code) (Code, error) {
 		return Code{}, err
 	}
 	h := Hash(n)
-	c.ID = ID(h)
+	if c.ID, err = newID(); err != nil {
+		return Code{}, err
+	}
 	if _, err := tx.Exec(`INSERT INTO security_codes (id, hash, session_id, helper, mode, ticket_id, ticket, created_at, expires_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, c.ID, h, c.Session, c.Helper, c.Mode, c.TicketID, c.Ticket, c.CreatedAt.Unix(), c.ExpiresAt.Unix()); err != nil {
 		return Code{}, fmt.Errorf("storing the security code: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,5 +63,44 @@ func TestStoreSpendPurge(t *testing.T) {
 	}
 	if _, err := OfSession(ctx, db, "s1"); !errors.Is(err, ErrInvalid) {
 		t.Errorf("after purge: %v", err)
+	}
+}
+
+// The id that logs, the audit and the certificate records carry says nothing of the code:
+// were it a prefix of the code's unsalted SHA-256, whoever reads a log could search the
+// 2^49.5 codes for it offline, which a few hundred GPUs do within a code's 10 minutes.
+func TestIDIsNotDerivedFromTheCode(t *testing.T) {
+	ctx := context.Background()
+	db := sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite))
+	if err := Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	code, _ := New(rand.Reader)
+	n, _ := Normalize(code)
+	now := time.Unix(1_800_000_000, 0)
+	var ids []string
+	for i, s := range []string{"s1", "s2"} {
+		err := db.Tx(ctx, func(tx *sitedb.Tx) error {
+			if i > 0 {
+				if _, err := tx.Exec(`DELETE FROM security_codes`); err != nil {
+					return err
+				}
+			}
+			c, err := Insert(tx, code, Code{Session: s, Helper: "h", Mode: "view", TicketID: "t", Ticket: "x", CreatedAt: now, ExpiresAt: now.Add(TTL)})
+			ids = append(ids, c.ID)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := Hash(n)
+	for _, id := range ids {
+		if len(id) != 16 || strings.Contains(h, id) {
+			t.Errorf("code id %q is a part of the code's hash %s", id, h)
+		}
+	}
+	if ids[0] == ids[1] {
+		t.Errorf("the same code got the same id twice (%s): the id is a function of the code", ids[0])
 	}
 }
