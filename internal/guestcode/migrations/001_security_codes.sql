@@ -2,7 +2,7 @@
 -- code, stored only as its SHA-256, exchanged once at the CA for a guest certificate of
 -- the session it was made for. Times are unix seconds.
 CREATE TABLE security_codes (
-    id          TEXT PRIMARY KEY,           -- first 16 hex of the hash: what logs and audit name
+    id          TEXT PRIMARY KEY,           -- 16 random hex: what logs and audit name (nothing of the code)
     hash        TEXT NOT NULL UNIQUE,       -- hex SHA-256 of the normalised code
     session_id  TEXT NOT NULL,
     helper      TEXT NOT NULL,
