@@ -22,6 +22,7 @@ import (
 	"github.com/smallstep/certificates/authority/provisioner"
 	stepdb "github.com/smallstep/certificates/db"
 
+	"github.com/ibcm-project/ibcm/internal/guestcode"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
@@ -41,9 +42,14 @@ type Options struct {
 	// signer's): the CA's password, as for the issuing key. When empty, a password derived
 	// from the issuing key is used (whoever holds that key can sign anything anyway).
 	KeyPassword []byte
-	Now         func() time.Time // defaults to time.Now
-	Rand        io.Reader        // defaults to crypto/rand
-	Log         zerolog.Logger
+	// SecurityCodes lets a sharer on an unenrolled device exchange a helper's security code
+	// for a guest certificate (guest.go); off by default. CodeLimits are the exchange's
+	// attempt rates (guestcode.DefaultLimits when nil).
+	SecurityCodes bool
+	CodeLimits    *guestcode.Limits
+	Now           func() time.Time // defaults to time.Now
+	Rand          io.Reader        // defaults to crypto/rand
+	Log           zerolog.Logger
 }
 
 // CA is the site's certificate authority: smallstep's embedded authority signing with the
@@ -71,6 +77,8 @@ type CA struct {
 
 	keyPassword []byte       // Options.KeyPassword, or derived from the issuing key
 	content     contentState // the key that signs manifests (content.go)
+
+	guest guestState // security codes (guest.go)
 }
 
 type issuerURLs struct{ crl, ocsp, issuer string }
@@ -106,6 +114,9 @@ func New(ctx context.Context, db *sitedb.DB, o Options) (*CA, error) {
 	if err := Migrate(ctx, db); err != nil {
 		return nil, err
 	}
+	if err := guestcode.Migrate(ctx, db); err != nil {
+		return nil, err
+	}
 	id := IssuerID(o.Hierarchy.Issuing)
 	base := strings.TrimSuffix(o.PublicURL, "/")
 	c := &CA{
@@ -119,6 +130,11 @@ func New(ctx context.Context, db *sitedb.DB, o Options) (*CA, error) {
 		}
 	}
 	c.store = &store{db: db, issuerID: id, now: o.Now}
+	limits := guestcode.DefaultLimits
+	if o.CodeLimits != nil {
+		limits = *o.CodeLimits
+	}
+	c.guest = guestState{enabled: o.SecurityCodes, limits: guestcode.NewLimiter(limits, o.Now)}
 	if err := c.store.registerCA(ctx, "root", o.Hierarchy.Root); err != nil {
 		return nil, err
 	}
@@ -325,6 +341,9 @@ func (c *CA) EnrollWith(ctx context.Context, e Enrollment) ([]*x509.Certificate,
 func (c *CA) Issue(ctx context.Context, spec IssueSpec, csrData []byte, by string) ([]*x509.Certificate, error) {
 	if spec.Profile == ContentSigner {
 		return nil, errContentSignerProfile
+	}
+	if spec.Profile == Guest {
+		return nil, errGuestProfile
 	}
 	csr, err := CheckCSR(csrData, spec.Profile)
 	if err != nil {

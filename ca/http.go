@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/ibcm-project/ibcm/internal/api"
+	"github.com/ibcm-project/ibcm/internal/guestcode"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -26,6 +27,7 @@ import (
 //	GET  /healthz
 //	POST /v1/enroll                          token + CSR -> chain
 //	POST /v1/renew                           mutual TLS with the current certificate
+//	POST /v1/guest/exchange                  security code + CSR -> guest certificate (guest.go)
 //	GET  /v1/bundle                          the site's roots
 //	POST /v1/admin/tokens                    admin certificate required from here on
 //	GET  /v1/admin/tokens
@@ -66,6 +68,7 @@ func (c *CA) Handler(v *trust.Verifier) http.Handler {
 	c.userRoutes(mux, admin)
 	mux.Handle("GET /healthz", healthz("ca"))
 	mux.Handle("POST /v1/enroll", h(c.handleEnroll))
+	mux.Handle("POST /v1/guest/exchange", h(c.handleGuestExchange))
 	mux.Handle("POST /v1/renew", h(func(w http.ResponseWriter, r *http.Request) error { return c.handleRenew(w, r, v) }))
 	mux.Handle("GET /v1/bundle", h(c.handleBundle))
 	mux.Handle("POST /v1/admin/tokens", admin(access.ManagePKI, c.handleTokenCreate))
@@ -187,6 +190,9 @@ func (c *CA) handleTokenCreate(w http.ResponseWriter, r *http.Request, by string
 	if p == ContentSigner {
 		return httpError(errContentSignerProfile)
 	}
+	if p == Guest {
+		return httpError(errGuestProfile)
+	}
 	if req.DeviceID != "" && !access.FromContext(r.Context()).Allows(access.ManageDevices) {
 		return forbidden(by, access.ManageDevices) // a re-enroll token hands out an existing device's identity
 	}
@@ -241,6 +247,9 @@ func (c *CA) handleIssue(w http.ResponseWriter, r *http.Request, by string) erro
 	}
 	if p == ContentSigner {
 		return httpError(errContentSignerProfile)
+	}
+	if p == Guest {
+		return httpError(errGuestProfile)
 	}
 	if (p == SiteServer || p == OCSP) && access.FromContext(r.Context()).Site != access.AllPermissions {
 		// A site server's certificate is the site's authority itself (an MP serves policy
@@ -393,6 +402,11 @@ func httpError(err error) error {
 		{ErrDeviceBlocked, http.StatusForbidden, "device_blocked"},
 		{ErrDeviceLive, http.StatusConflict, "device_has_certificate"},
 		{ErrUserDisabled, http.StatusForbidden, "user_disabled"},
+		{guestcode.ErrRateLimited, http.StatusTooManyRequests, "rate_limited"},
+		{guestcode.ErrExpired, http.StatusForbidden, "code_expired"},
+		{guestcode.ErrUsed, http.StatusConflict, "code_used"},
+		{guestcode.ErrInvalid, http.StatusUnauthorized, "code_invalid"},
+		{errGuestDisabled, http.StatusNotFound, "security_codes_disabled"},
 		{trust.ErrNoCertificate, http.StatusUnauthorized, "client_certificate_required"},
 		{trust.ErrUntrusted, http.StatusForbidden, "untrusted_certificate"},
 		{trust.ErrExpired, http.StatusForbidden, "certificate_expired"},

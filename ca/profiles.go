@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/trust"
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 // Profile names a kind of certificate the CA issues. The profile, not the request, decides
@@ -30,10 +31,14 @@ const (
 	// CN "content-signer", URI urn:ibcm:site:<code>:role:content. Only the CA makes it, for
 	// a key it makes and keeps itself (content.go); no admin route or token issues one.
 	ContentSigner Profile = "content-signer"
+	// Guest is the sharer of an unenrolled device (guest.go): one hour, CN the sharer's
+	// local user name, URI urn:ibcm:guest:<session>, and the guest-only EKU
+	// wire.OIDGuestEKU instead of clientAuth. Only a security code's exchange issues one.
+	Guest Profile = "guest"
 )
 
 // Profiles lists every profile in a stable order.
-var Profiles = []Profile{Client, SiteServer, Admin, OCSP, ContentSigner}
+var Profiles = []Profile{Client, SiteServer, Admin, OCSP, ContentSigner, Guest}
 
 // DefaultValidity is each profile's certificate lifetime unless configured otherwise.
 var DefaultValidity = map[Profile]time.Duration{
@@ -43,6 +48,7 @@ var DefaultValidity = map[Profile]time.Duration{
 	OCSP:       24 * time.Hour,
 	// A manifest outlives its signer's certificate (it is checked at its creation time).
 	ContentSigner: 365 * 24 * time.Hour,
+	Guest:         time.Hour,
 }
 
 // ParseProfile checks a profile name.
@@ -52,7 +58,7 @@ func ParseProfile(s string) (Profile, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("%w: %q (client, site-server, admin, ocsp or content-signer)", ErrBadProfile, s)
+	return "", fmt.Errorf("%w: %q (client, site-server, admin, ocsp, content-signer or guest)", ErrBadProfile, s)
 }
 
 // Roles a site-server certificate can name.
@@ -68,12 +74,17 @@ func (p Profile) extKeyUsages() []x509.ExtKeyUsage {
 		return []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}
 	case ContentSigner:
 		return []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}
+	case Guest:
+		return nil // only wire.OIDGuestEKU (apply)
 	}
 	return []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 }
 
 // ProfileOf tells which profile issued a certificate, from what the profile put in it.
 func ProfileOf(c *x509.Certificate) Profile {
+	if wire.IsGuestCertificate(c) {
+		return Guest
+	}
 	for _, e := range c.ExtKeyUsage {
 		if e == x509.ExtKeyUsageCodeSigning {
 			return ContentSigner
@@ -384,6 +395,9 @@ func (t Template) apply(c *x509.Certificate, siteCode string, notBefore, notAfte
 		c.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
 	c.ExtKeyUsage, c.UnknownExtKeyUsage = t.Profile.extKeyUsages(), nil
+	if t.Profile == Guest {
+		c.UnknownExtKeyUsage = []asn1.ObjectIdentifier{wire.OIDGuestEKU}
+	}
 	c.ExtraExtensions, c.PolicyIdentifiers, c.Policies = nil, nil, nil
 	if t.Profile == OCSP {
 		// id-pkix-ocsp-nocheck: clients need not check the responder's own status.

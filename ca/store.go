@@ -141,6 +141,9 @@ func (s *store) StoreCertificateChain(p provisioner.Interface, chain ...*x509.Ce
 	if p != nil {
 		by = p.GetID()
 	}
+	if hash, ok := strings.CutPrefix(by, "guest:"); ok {
+		return s.storeGuest(hash, chain[0])
+	}
 	if old, ok := strings.CutPrefix(by, "renew:"); ok {
 		ctx, cancel := s.ctx()
 		defer cancel()

@@ -45,6 +45,7 @@ func TestAdminRoutesCheckTheirPermission(t *testing.T) {
 		// Sessions: "" is a route every user may call (their own sessions; the session's
 		// helper), refused further in by what the session says.
 		{"POST", "/v1/admin/sessions", "{", access.ViewScreen},
+		{"POST", "/v1/admin/sessions/codes", "{", access.OfferRemoteAssistance},
 		{"GET", "/v1/admin/sessions", "", ""},
 		{"GET", "/v1/admin/sessions/" + none, "", ""},
 		{"POST", "/v1/admin/sessions/" + none + "/end", "", ""},

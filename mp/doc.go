@@ -15,6 +15,9 @@
 // package versions, distributes them and deploys them to groups (content.go,
 // deployments.go), deployments reach devices in their policy, and devices' reports come
 // back as status messages of component "deployment".
+// Security codes for unenrolled devices (guest.go): a helper's code records a pending
+// session; the guest certificate the CA exchanges it for passes the handshake only when the
+// site enables codes, and the gate keeps it to the relay of its own session.
 // DNS publishing of its SRV records is in mp/dnspub.
 //
 // An operator who wants to see for themselves that the relay forwards only ciphertext sets

@@ -17,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/ibcm-project/ibcm/internal/guestcode"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/trust"
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -77,8 +78,11 @@ type Options struct {
 	MaxDPFeeds int
 	// DPPingInterval is how often a DP feed carries a ping; 15 s when zero.
 	DPPingInterval time.Duration
-	Now            func() time.Time
-	Log            zerolog.Logger
+	// SecurityCodes lets helpers make security codes for unenrolled devices and the
+	// guests' certificates reach their sessions' relay (guest.go); off by default.
+	SecurityCodes bool
+	Now           func() time.Time
+	Log           zerolog.Logger
 }
 
 // MP is a management point.
@@ -157,6 +161,9 @@ func New(ctx context.Context, db *sitedb.DB, verifier *trust.Verifier, o Options
 		o.DPPingInterval = dpPingEvery
 	}
 	if err := Migrate(ctx, db); err != nil {
+		return nil, err
+	}
+	if err := guestcode.Migrate(ctx, db); err != nil {
 		return nil, err
 	}
 	m := &MP{db: db, verifier: verifier, o: o, now: o.Now, log: o.Log, inflight: make(chan struct{}, o.MaxInFlight), blocked: map[string]bool{}}
@@ -331,6 +338,12 @@ func (m *MP) purgeLoop(ctx context.Context) {
 			m.log.Warn().Err(err).Msg("purging old sessions")
 		} else if n > 0 {
 			m.log.Info().Int64("sessions", n).Msg("old sessions purged")
+		}
+		// Security codes and their attempts are kept as long as the sessions' audit.
+		if n, err := guestcode.Purge(ctx, m.db, m.now().Add(-m.o.SessionRetention)); err != nil && ctx.Err() == nil {
+			m.log.Warn().Err(err).Msg("purging old security codes")
+		} else if n > 0 {
+			m.log.Info().Int64("rows", n).Msg("old security codes and attempts purged")
 		}
 		select {
 		case <-ctx.Done():

@@ -156,6 +156,9 @@ func (rs *relays) attach(p *relayPair, side int, c net.Conn) {
 	}
 	rs.mu.Unlock()
 	if ready {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		rs.m.recordGuestRelay(ctx, p.session, true)
+		cancel()
 		rs.splice(p)
 		return
 	}
@@ -287,6 +290,7 @@ func (rs *relays) finish(p *relayPair) {
 		toDevice, toDevice, fromDevice, fromDevice, p.session, p.ticket); err != nil {
 		rs.m.log.Warn().Err(err).Str("session", p.session).Msg("recording the relay's byte counts")
 	}
+	rs.m.recordGuestRelay(ctx, p.session, false)
 }
 
 // checkRelayRequest refuses what is not a relay leg: HTTP/1.1 GET with Upgrade: ibcm-relay

@@ -32,6 +32,9 @@ func (m *MP) TLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, err
 		MinVersion:     tls.VersionTLS12,
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			leaf, err := m.verifier.Verify(cs.PeerCertificates, x509.ExtKeyUsageClientAuth)
+			if errors.Is(err, trust.ErrWrongUsage) && m.verifyGuest(cs.PeerCertificates) == nil {
+				return nil // a guest certificate: the gate keeps it to its session's relay leg (guest.go)
+			}
 			if err != nil {
 				return err
 			}
@@ -91,6 +94,7 @@ func peerOf(r *http.Request) *peer { return r.Context().Value(peerKey{}).(*peer)
 //	GET  /v1/notify           devices; WebSocket
 //	/v1/admin/...             admin certificates
 //	/v1/sessions/..., /v1/relay/{id}, /v1/crl: remote-control sessions (sessions.go)
+//	POST /v1/admin/sessions/codes, GET /v1/guest/sessions/{id}/relay: security codes (guest.go)
 //	/v1/dp/..., /v1/admin/content..., /v1/admin/dps, /v1/admin/deployments...: content.go
 func (m *MP) Handler(location string) http.Handler {
 	mux := http.NewServeMux()
@@ -123,6 +127,7 @@ func (m *MP) Handler(location string) http.Handler {
 	mux.Handle("GET /v1/notify", device(m.handleNotify))
 	m.adminRoutes(mux, h)
 	m.sessionRoutes(mux, h, device)
+	m.guestRoutes(mux, h)
 	m.contentRoutes(mux, h)
 	mux.Handle("/", h(func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
@@ -138,6 +143,14 @@ func (m *MP) Handler(location string) http.Handler {
 // internet).
 func (m *MP) gate(location string, next http.Handler) http.Handler {
 	return api.Handle(m.log, func(w http.ResponseWriter, r *http.Request) error {
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && isGuest(r.TLS.PeerCertificates[0]) {
+			// A guest certificate reaches the relay of its own session and nothing else,
+			// not even /healthz (guest.go).
+			leaf := r.TLS.PeerCertificates[0]
+			if err := gateGuest(r, &peer{leaf: leaf, id: trust.Identify(leaf)}); err != nil {
+				return err
+			}
+		}
 		if r.URL.Path == "/healthz" {
 			next.ServeHTTP(w, r)
 			return nil
@@ -165,6 +178,7 @@ func (m *MP) gate(location string, next http.Handler) http.Handler {
 		if p.id.Kind == trust.KindDevice && m.isBlocked(p.id.ID) {
 			return api.Errorf(http.StatusForbidden, "device_blocked", "device %s is blocked", p.id.ID)
 		}
+
 		// A relay leg waits for its other leg, then leaves net/http: it is bounded by the
 		// sessions, not by the request slots.
 		relayLeg := strings.HasSuffix(r.URL.Path, "/relay") || strings.HasPrefix(r.URL.Path, "/v1/relay/")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/api"
+	"github.com/ibcm-project/ibcm/internal/guestcode"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/ticket"
@@ -221,6 +222,9 @@ func (m *MP) endSessions(tx *sitedb.Tx, outcome, code string, tellDevice bool, w
 			continue
 		}
 		ids = append(ids, s.id)
+		if err := guestcode.EndSession(tx, s.id, now); err != nil {
+			return nil, err
+		}
 		if err := m.hub.publish(tx, siteEvent{Kind: kindSession, Session: s.id, Outcome: outcome, Code: code}); err != nil {
 			return nil, err
 		}

@@ -62,6 +62,10 @@ type CAConfig struct {
 	TLSKey       string   `yaml:"tls_key"`
 	Validity     Validity `yaml:"validity,omitempty"`
 	CRLValidity  Duration `yaml:"crl_validity,omitempty"`
+	// SecurityCodes lets helpers make security codes (`ibcm remote code create`) and the
+	// sharers of unenrolled devices exchange them here for one-hour guest certificates
+	// (`ibcm-client share --code`). Off by default; the MPs read it too.
+	SecurityCodes bool `yaml:"security_codes,omitempty"`
 }
 
 // MPConfig configures the management point role.

@@ -35,7 +35,8 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 		return nil, nil, nil, fmt.Errorf("loading the MP role's TLS certificate (mp.tls_cert, mp.tls_key): %w", err)
 	}
 	o := mp.Options{ID: cfg.MP.ID, Mode: cfg.MP.Mode, MaxInFlight: cfg.MP.MaxInFlight, MaxChannelsPerDevice: cfg.MP.MaxChannelsPerDevice, Log: log,
-		DefaultPolicy: mp.DefaultPolicy(cfg.Bootstrap()), SessionRetention: time.Duration(cfg.MP.SessionRetention)}
+		DefaultPolicy: mp.DefaultPolicy(cfg.Bootstrap()), SessionRetention: time.Duration(cfg.MP.SessionRetention),
+		SecurityCodes: cfg.CA.SecurityCodes}
 	if o.SiteKey, o.SiteChain, err = loadSiteKey(cfg.Path(cfg.MP.TLSCert), cfg.Path(cfg.MP.TLSKey)); err != nil {
 		return nil, nil, nil, fmt.Errorf("loading the MP role's key for session tickets (mp.tls_cert, mp.tls_key): %w", err)
 	}

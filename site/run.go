@@ -221,7 +221,7 @@ func openCA(ctx context.Context, cfg *Config, db *sitedb.DB, log zerolog.Logger)
 	}
 	b := cfg.Bootstrap()
 	return ca.New(ctx, db, ca.Options{SiteCode: cfg.Site.Code, Hierarchy: h, PublicURL: cfg.CA.PublicURL, Bootstrap: &b, KeyPassword: password,
-		Validity: cfg.CA.Validity.byProfile(), CRLValidity: time.Duration(cfg.CA.CRLValidity), Log: log})
+		Validity: cfg.CA.Validity.byProfile(), CRLValidity: time.Duration(cfg.CA.CRLValidity), SecurityCodes: cfg.CA.SecurityCodes, Log: log})
 }
 
 // LoadHierarchy reads the root and issuing certificates and decrypts the issuing key.

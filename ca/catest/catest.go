@@ -41,6 +41,7 @@ type Server struct {
 	URL     string            // https://127.0.0.1:port
 	Pin     string            // SHA-256 of the root, lower-case hex, as ibcm-client --root-sha256 takes it
 	Revoked *trust.RevokedSet // the set the API's verifier checks; add to it to revoke in memory
+	DB      *sitedb.DB        // the site database (security codes are made in it, as an MP does)
 }
 
 // Start serves a CA of site TST on a TLS listener that presents leaf, issuing CA and root
@@ -55,6 +56,13 @@ func Start(t testing.TB) *Server {
 // has answered.
 func StartWrapped(t testing.TB, wrap func(http.Handler) http.Handler) *Server {
 	t.Helper()
+	return StartWith(t, wrap, nil)
+}
+
+// StartWith is StartWrapped with the CA's options changed by opts (when not nil), such as
+// SecurityCodes.
+func StartWith(t testing.TB, wrap func(http.Handler) http.Handler, opts func(*ca.Options)) *Server {
+	t.Helper()
 	ctx := context.Background()
 	db, err := sitedb.Open(ctx, sitedb.SQLite, filepath.Join(t.TempDir(), "site.db"))
 	if err != nil {
@@ -62,7 +70,11 @@ func StartWrapped(t testing.TB, wrap func(http.Handler) http.Handler) *Server {
 	}
 	t.Cleanup(func() { _ = db.Close() })
 	h := Hierarchy()
-	c, err := ca.New(ctx, db, ca.Options{SiteCode: "TST", Hierarchy: h, PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()})
+	o := ca.Options{SiteCode: "TST", Hierarchy: h, PublicURL: "http://127.0.0.1:1", Log: zerolog.Nop()}
+	if opts != nil {
+		opts(&o)
+	}
+	c, err := ca.New(ctx, db, o)
 	if err != nil {
 		t.Fatalf("ca.New: %v", err)
 	}
@@ -92,7 +104,7 @@ func StartWrapped(t testing.TB, wrap func(http.Handler) http.Handler) *Server {
 	}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	return &Server{CA: c, URL: srv.URL, Pin: ca.Fingerprint(h.Root), Revoked: revoked}
+	return &Server{CA: c, URL: srv.URL, Pin: ca.Fingerprint(h.Root), Revoked: revoked, DB: db}
 }
 
 // Token makes an enrollment token (client profile when spec is zero) and returns its secret.

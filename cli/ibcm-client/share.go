@@ -3,13 +3,19 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/signal"
+	osuser "os/user"
 	"syscall"
 
 	"github.com/urfave/cli/v3"
 	"golang.org/x/term"
 
+	"github.com/rs/zerolog"
+
+	"github.com/ibcm-project/ibcm/client"
+	"github.com/ibcm-project/ibcm/client/agent"
 	"github.com/ibcm-project/ibcm/remote/device"
 )
 
@@ -36,18 +42,48 @@ and chat. Press Ctrl-] and then:
 Leaving the shell (exit) ends the sharing and any session on it. share checks that the
 socket belongs to root before it trusts it.
 
+On a device that is not enrolled (no agent), --code takes the security code a helper read
+to you (` + "`ibcm remote code create`" + `, valid 10 minutes, once): share trusts the site's CA only
+through --root-sha256, as enrollment does, makes a key in memory, exchanges the code at
+--site for a one-hour guest certificate of that one session, and runs the session itself
+over the MP's relay (--mp, or the site's first internet MP). The helper sees "not
+enrolled: guest <your user name>"; nothing is installed or kept.
+
 EXAMPLES:
    ibcm-client share
 
-   ibcm-client share --shell /bin/zsh`,
+   ibcm-client share --shell /bin/zsh
+
+   ibcm-client share --code K7QP2-XM9RD --site https://ibcm.example.com:8443 --root-sha256 3F:A1:...`,
 		Flags: []cli.Flag{shareSocketFlag(),
-			&cli.StringFlag{Name: "shell", Sources: cli.EnvVars("IBCM_CLIENT_SHELL"), TakesFile: true, Usage: "the shell `PATH` to share (default: your login shell)"}},
+			&cli.StringFlag{Name: "shell", Sources: cli.EnvVars("IBCM_CLIENT_SHELL"), TakesFile: true, Usage: "the shell `PATH` to share (default: your login shell)"},
+			&cli.StringFlag{Name: "code", Sources: cli.EnvVars("IBCM_CLIENT_SHARE_CODE"), Usage: "a helper's security `CODE`, on a device that is not enrolled"},
+			&cli.StringFlag{Name: "site", Sources: cli.EnvVars("IBCM_CLIENT_SITE"), Usage: "with --code: the site CA's `URL` (https://host:port)"},
+			&cli.StringFlag{Name: "root-sha256", Sources: cli.EnvVars("IBCM_CLIENT_ROOT_SHA256"), Usage: "with --code: the SHA-256 `FINGERPRINT` of the site's root certificate"},
+			&cli.StringFlag{Name: "mp", Sources: cli.EnvVars("IBCM_CLIENT_MP"), Usage: "with --code: the MP `URL` whose relay carries the session (default: the site's first internet MP)"},
+			timeoutFlag()},
 		Action: func(ctx context.Context, c *cli.Command) error {
 			fd := int(os.Stdin.Fd())
 			if !term.IsTerminal(fd) || !term.IsTerminal(int(os.Stdout.Fd())) {
 				return errors.New("share needs a terminal on its standard input and output")
 			}
-			if err := device.CheckSocket(c.String("share-socket")); err != nil {
+			var guest *client.Guest
+			if code := c.String("code"); code != "" {
+				if c.String("site") == "" || c.String("root-sha256") == "" {
+					return errors.New("share --code needs --site and --root-sha256")
+				}
+				user := "guest"
+				if u, err := osuser.Current(); err == nil {
+					user = u.Username
+				}
+				g, err := client.ExchangeCode(ctx, client.GuestOptions{CAURL: c.String("site"), RootSHA256: c.String("root-sha256"),
+					Code: code, User: user, Timeout: c.Duration("timeout")})
+				if err != nil {
+					return err
+				}
+				guest = g
+				fmt.Fprintf(os.Stdout, "ibcm: the code is good: %s asks for a %s session; accept it on the status line (Ctrl-] y)\r\n", g.Grant.Helper, g.Grant.Mode)
+			} else if err := device.CheckSocket(c.String("share-socket")); err != nil {
 				return err
 			}
 			old, err := term.MakeRaw(fd)
@@ -74,8 +110,12 @@ EXAMPLES:
 				}
 				return uint16(min(h, 0xffff)), uint16(min(w, 0xffff))
 			}
-			return device.Share(ctx, device.ShareOptions{Socket: c.String("share-socket"), Shell: c.String("shell"),
-				In: os.Stdin, Out: os.Stdout, Size: size, Resized: resized})
+			so := device.ShareOptions{Socket: c.String("share-socket"), Shell: c.String("shell"),
+				In: os.Stdin, Out: os.Stdout, Size: size, Resized: resized}
+			if guest != nil {
+				return agent.ShareGuest(ctx, agent.GuestShareOptions{Guest: guest, MPURL: c.String("mp"), Share: so, Log: zerolog.Nop()})
+			}
+			return device.Share(ctx, so)
 		},
 	}
 }

@@ -31,11 +31,12 @@ const exitRefused = 4
 func remoteCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "remote",
-		Usage: "remote control: start, join, sessions, show, end, recording",
+		Usage: "remote control: start, join, sessions, code, show, end, recording",
 		Commands: []*cli.Command{
 			remoteStartCommand(),
 			remoteJoinCommand(),
 			remoteSessionsCommand(),
+			remoteCodeCommand(),
 			{
 				Name:      "show",
 				Usage:     "show one session as the audit keeps it",

@@ -12,12 +12,15 @@ const (
 	KindDevice = "device"      // urn:ibcm:device:<id>
 	KindServer = "site-server" // urn:ibcm:site:<code>:role:<role>
 	KindUser   = "user"        // urn:ibcm:user:<name>
+	// KindGuest is the sharer of an unenrolled device: urn:ibcm:guest:<session>, the guest
+	// certificate a security code was exchanged for (guest.go). Its ID is the session.
+	KindGuest = "guest"
 )
 
 // Identity is who a site certificate says its holder is.
 type Identity struct {
-	Kind string // KindDevice, KindServer, KindUser, or "" for none
-	ID   string // device id, user name, or role
+	Kind string // KindDevice, KindServer, KindUser, KindGuest, or "" for none
+	ID   string // device id, user name, role, or a guest's session
 	Site string // site code (site-server only)
 }
 
@@ -31,6 +34,8 @@ func Identify(c *x509.Certificate) Identity {
 			return Identity{Kind: KindDevice, ID: strings.TrimPrefix(s, "urn:ibcm:device:")}
 		case strings.HasPrefix(s, "urn:ibcm:user:"):
 			return Identity{Kind: KindUser, ID: strings.TrimPrefix(s, "urn:ibcm:user:")}
+		case strings.HasPrefix(s, "urn:ibcm:guest:"):
+			return Identity{Kind: KindGuest, ID: strings.TrimPrefix(s, "urn:ibcm:guest:")}
 		case strings.HasPrefix(s, "urn:ibcm:site:"):
 			rest := strings.TrimPrefix(s, "urn:ibcm:site:")
 			if code, role, ok := strings.Cut(rest, ":role:"); ok {

@@ -17,6 +17,8 @@ import "time"
 //	POST /v1/sessions/{id}/recording        the device: the recording sealed to the site's audit key
 //	GET  /v1/relay/{id}                     ?ticket=[&side=device]: another MP of the site forwarding a helper's leg (or a device's)
 //	GET  /v1/crl                            the issuing CA's CRL (DER), for the agent's checks
+//	POST /v1/admin/sessions/codes           OfferRemoteAssistance: a security code (guest.go)
+//	GET  /v1/guest/sessions/{id}/relay      ?ticket=: the guest's leg, with its guest certificate (guest.go)
 //
 // A relay leg is an HTTP/1.1 GET with "Connection: Upgrade" and "Upgrade: ibcm-relay"; the MP
 // answers 101 once both legs of the ticket are there (or an error body when the session was

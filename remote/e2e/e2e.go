@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -70,6 +71,9 @@ func DeviceConfig(cert tls.Certificate, e HelperExpect) *tls.Config {
 
 // HelperConfig is the helper's side: TLS 1.3 client with the user certificate, requiring
 // the device certificate of device (a site client certificate naming urn:ibcm:device:<id>).
+// A device of the form urn:ibcm:guest:<session> is an unenrolled device that exchanged a
+// security code: then the guest certificate of that session is required instead (the
+// guest-only EKU, no clientAuth), and nothing else.
 // With crl (the issuing CA's list, as the helper's MP serves it), a device certificate on
 // it is refused, and so is a list its issuing CA did not sign: a direct connection reaches
 // the device with no MP in between to check it.
@@ -80,6 +84,9 @@ func HelperConfig(cert tls.Certificate, roots *x509.CertPool, device string, clo
 		NextProtos:         []string{ALPN},
 		InsecureSkipVerify: true, // device certificates have no server name: verified below
 		VerifyConnection: func(cs tls.ConnectionState) error {
+			if session, ok := strings.CutPrefix(device, wire.GuestURIPrefix); ok {
+				return verifyGuest(cs, roots, now(clock), session, crl)
+			}
 			chain, err := verifiedChain(cs.PeerCertificates, roots, now(clock), nil)
 			if err != nil {
 				return err
@@ -99,6 +106,35 @@ func HelperConfig(cert tls.Certificate, roots *x509.CertPool, device string, clo
 			return nil
 		},
 	}
+}
+
+// verifyGuest is the helper's check of a guest: a guest certificate of session, chained
+// to the site's roots and valid now.
+func verifyGuest(cs tls.ConnectionState, roots *x509.CertPool, at time.Time, session string, crl *x509.RevocationList) error {
+	if len(cs.PeerCertificates) == 0 || !wire.IsGuestCertificate(cs.PeerCertificates[0]) {
+		return fmt.Errorf("%w: the session is with an unenrolled device, which presented no guest certificate", ErrPeer)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	leaf := cs.PeerCertificates[0]
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrPeer, err)
+	}
+	if id := wire.Identify(leaf); id.Kind != wire.KindGuest || id.ID != session {
+		return fmt.Errorf("%w: the guest certificate names %s %q, want the guest of session %q", ErrPeer, id.Kind, id.ID, session)
+	}
+	if crl != nil {
+		if err := checkCRL(crl, chains[0]); err != nil {
+			return err
+		}
+	}
+	if cs.NegotiatedProtocol != ALPN {
+		return fmt.Errorf("%w: protocol %q, want %q", ErrPeer, cs.NegotiatedProtocol, ALPN)
+	}
+	return nil
 }
 
 // checkCRL refuses chain[0] when crl, signed by its issuer in the verified chain, lists it.
