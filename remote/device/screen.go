@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/rfb"
 	"github.com/ibcm-project/ibcm/remote/ticket"
@@ -286,22 +287,12 @@ func (s *session) startScreen() error {
 	s.log.Info().Str("display", sc.Display).Msg("screen session: x11vnc started")
 	s.bytesOut.Add(int64(len(sc.Init)))
 	s.sendHelper(frame.Data, sc.Init)
-	pr, pw := io.Pipe()
-	s.screenIn = pw
-	f := &rfb.Filter{Mode: func() rfb.Mode {
-		if s.screenMode.Load() {
-			return rfb.Control
+	s.screenIn = &rfb.Filter{Dst: sc.Conn, Mode: func() rfb.Mode { // called in the loop
+		if s.mode == ticket.ModeView {
+			return rfb.View
 		}
-		return rfb.View
+		return rfb.Control
 	}}
-	go func() {
-		err := f.Copy(sc.Conn, pr)
-		pr.CloseWithError(errors.New("the screen filter stopped"))
-		if err == nil {
-			err = io.EOF
-		}
-		s.post(event{src: fromScreen, err: err})
-	}()
 	go func() {
 		buf := make([]byte, frame.MaxData)
 		for {
@@ -317,4 +308,15 @@ func (s *session) startScreen() error {
 		}
 	}()
 	return nil
+}
+
+// screenEnded ends a screen session: the filter refused the helper's message, the server's
+// connection failed or closed.
+func (s *session) screenEnded(err error) {
+	if errors.Is(err, rfb.ErrForbidden) || errors.Is(err, rfb.ErrTooLarge) {
+		s.log.Warn().Err(err).Msg("the helper's viewer sent a message the screen filter refuses")
+		s.end(wire.OutcomeFailed, err.Error())
+		return
+	}
+	s.end(wire.OutcomeCompleted, "the screen's VNC server closed")
 }

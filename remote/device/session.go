@@ -92,9 +92,8 @@ type session struct {
 
 	claimedShared bool // this session holds the sharer's shared terminal (hub.claimShared)
 
-	screen     *Screen        // a screen session's VNC server
-	screenIn   *io.PipeWriter // the helper's RFB, into the filter
-	screenMode atomic.Bool    // the filter passes input (control, unattended)
+	screen   *Screen     // a screen session's VNC server
+	screenIn *rfb.Filter // the helper's RFB goes through it to the server, in the loop
 }
 
 func newSession(h *Host, t *ticket.Ticket, p Policy, ctx context.Context, cancel context.CancelFunc) *session {
@@ -513,7 +512,6 @@ func (s *session) serve(conn *tls.Conn) {
 	s.started = s.h.c.Now()
 	s.lastActive.Store(s.started.UnixNano())
 	s.mode = s.t.Mode
-	s.screenMode.Store(s.mode != ticket.ModeView)
 	s.modes = []wire.SessionMode{{Mode: s.mode, At: s.started.UTC()}}
 	s.log = s.log.With().Str("transport", s.transport).Logger()
 	s.log.Info().Str("mode", s.mode).Str("terminal", s.terminal).Msg("remote session started")
@@ -749,12 +747,7 @@ func (s *session) handle(e event) {
 	case fromViewer:
 		s.viewerEvent(e)
 	case fromScreen:
-		if errors.Is(e.err, rfb.ErrForbidden) || errors.Is(e.err, rfb.ErrTooLarge) {
-			s.log.Warn().Err(e.err).Msg("the helper's viewer sent a message the screen filter refuses")
-			s.end(wire.OutcomeFailed, e.err.Error())
-			return
-		}
-		s.end(wire.OutcomeCompleted, "the screen's VNC server closed")
+		s.screenEnded(e.err)
 	case fromConsent:
 		s.asking = false
 		if e.answer == "accepted" {
@@ -800,7 +793,11 @@ func (s *session) fromHelper(f frame.Frame) {
 		s.bytesIn.Add(int64(len(f.Payload)))
 		switch {
 		case s.screenIn != nil:
-			_, _ = s.screenIn.Write(f.Payload) // the filter decides by mode
+			// The filter reads the mode in force as each message completes, here in the
+			// loop: a mode change applies from the next frame on.
+			if _, err := s.screenIn.Write(f.Payload); err != nil {
+				s.screenEnded(err)
+			}
 		case s.mode == ticket.ModeView:
 			// view: the helper's input is dropped
 		case s.mode == ticket.ModeElevated && s.elevated != nil:
@@ -945,7 +942,6 @@ func (s *session) setMode(m, why string) {
 		s.elevated = nil
 	}
 	s.mode = m
-	s.screenMode.Store(m != ticket.ModeView)
 	now := s.h.c.Now().UTC()
 	s.modes = append(s.modes, wire.SessionMode{Mode: m, At: now})
 	s.log.Info().Str("mode", m).Str("why", why).Msg("remote session mode")
@@ -990,9 +986,6 @@ func (s *session) wrapUp() {
 		if sh != nil {
 			sh.Kill()
 		}
-	}
-	if s.screenIn != nil {
-		s.screenIn.Close()
 	}
 	if s.screen != nil {
 		if err := s.screen.Close(); err != nil {

@@ -1,7 +1,6 @@
 package rfb
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -85,143 +84,156 @@ func Allowed(enc int32) bool {
 	return (enc >= -32 && enc <= -23) || (enc >= -256 && enc <= -247)
 }
 
-// Filter reads the client→server messages of an RFB 3.8 stream after the handshake and
-// writes to the server those its mode allows, each message in one Write.
+// Filter is the client→server half of an RFB 3.8 stream after the handshake: written to
+// (Write, or Copy from a reader), it writes to the server those messages its mode allows,
+// each complete message in one Write. The mode is read as each message completes, in the
+// writer's goroutine: a mode change made between two Writes applies from the next message.
+// After an error every Write returns it.
 type Filter struct {
-	// Mode is read before each message; nil means View.
+	// Dst is the server.
+	Dst io.Writer
+	// Mode is read for each message; nil means View.
 	Mode func() Mode
 	// Clipboard decides, in control mode, whether a ClientCutText reaches the server (the
 	// sharer's prompt); nil drops every one.
 	Clipboard func(text []byte) bool
 	// Dropped, if set, is told the type of each message the filter dropped.
 	Dropped func(msgType byte)
+
+	pending []byte
+	err     error
+}
+
+// Write takes the next bytes of the viewer's stream. It returns an error wrapping
+// ErrForbidden or ErrTooLarge when a message ends the session, or the server's error.
+func (f *Filter) Write(p []byte) (int, error) {
+	if f.err != nil {
+		return 0, f.err
+	}
+	f.pending = append(f.pending, p...)
+	for len(f.pending) > 0 {
+		n, err := messageLen(f.pending)
+		if err != nil {
+			f.err = err
+			return 0, err
+		}
+		if n == 0 || len(f.pending) < n {
+			break // need more
+		}
+		if err := f.message(f.pending[:n]); err != nil {
+			f.err = err
+			return 0, err
+		}
+		f.pending = f.pending[n:]
+	}
+	if len(f.pending) == 0 {
+		f.pending = f.pending[:0:0] // let a large message's buffer go
+	}
+	return len(p), nil
+}
+
+// Close reports a stream that ended inside a message (io.ErrUnexpectedEOF).
+func (f *Filter) Close() error {
+	if f.err == nil && len(f.pending) > 0 {
+		f.err = io.ErrUnexpectedEOF
+	}
+	return f.err
 }
 
 // Copy filters src into dst until src ends (nil at the boundary of a message), a write
 // fails, or a message ends the session (an error wrapping ErrForbidden or ErrTooLarge).
 func (f *Filter) Copy(dst io.Writer, src io.Reader) error {
-	r := bufio.NewReaderSize(src, 4096)
-	buf := make([]byte, 0, 64)
-	for {
-		t, err := r.ReadByte()
-		if err != nil {
-			if err == io.EOF {
-				return nil
-			}
-			return err
-		}
-		mode := View
-		if f.Mode != nil {
-			mode = f.Mode()
-		}
-		buf = append(buf[:0], t)
-		pass := true
-		switch t {
-		case MsgSetPixelFormat: // 3 padding, 16 pixel format
-			buf, err = readN(r, buf, 19)
-		case MsgSetEncodings:
-			buf, err = setEncodings(r, buf)
-		case MsgFramebufferUpdateRequest: // incremental, x, y, w, h
-			buf, err = readN(r, buf, 9)
-		case MsgEnableContinuousUpdates: // enable, x, y, w, h
-			buf, err = readN(r, buf, 9)
-		case MsgClientFence: // 3 padding, flags, length, payload
-			if buf, err = readN(r, buf, 8); err == nil {
-				n := int(buf[8])
-				if n > MaxFence {
-					return fmt.Errorf("%w: ClientFence payload of %d bytes (limit %d)", ErrTooLarge, n, MaxFence)
-				}
-				buf, err = readN(r, buf, n)
-			}
-		case MsgKeyEvent: // down, 2 padding, key
-			buf, err = readN(r, buf, 7)
-			pass = mode == Control
-		case MsgPointerEvent: // buttons, x, y
-			buf, err = readN(r, buf, 5)
-			pass = mode == Control
-		case MsgClientCutText: // 3 padding, length, text
-			if buf, err = readN(r, buf, 7); err == nil {
-				n := binary.BigEndian.Uint32(buf[4:8])
-				if n > MaxCutText {
-					return fmt.Errorf("%w: ClientCutText of %d bytes (limit %d)", ErrTooLarge, n, MaxCutText)
-				}
-				if mode == Control && f.Clipboard != nil {
-					if buf, err = readN(r, buf, int(n)); err == nil {
-						pass = f.Clipboard(buf[8:])
-					}
-				} else {
-					pass = false
-					if _, err = r.Discard(int(n)); err == io.EOF {
-						err = io.ErrUnexpectedEOF
-					}
-				}
-			}
-		case MsgQEMU:
-			return fmt.Errorf("%w: QEMU message (255)", ErrForbidden)
-		case MsgXvp:
-			return fmt.Errorf("%w: xvp (250)", ErrForbidden)
-		case MsgSetDesktopSize:
-			return fmt.Errorf("%w: SetDesktopSize (251)", ErrForbidden)
-		default:
-			return fmt.Errorf("%w: unknown type %d", ErrForbidden, t)
-		}
-		if err != nil {
-			return err
-		}
-		if !pass {
-			if f.Dropped != nil {
-				f.Dropped(t)
-			}
-			continue
-		}
-		if _, err := dst.Write(buf); err != nil {
-			return err
-		}
+	f.Dst = dst
+	if _, err := io.Copy(f, src); err != nil {
+		return err
 	}
+	return f.Close()
 }
 
-// readN appends the next n bytes of r to buf; a stream cut inside is io.ErrUnexpectedEOF.
-func readN(r *bufio.Reader, buf []byte, n int) ([]byte, error) {
-	l := len(buf)
-	buf = append(buf, make([]byte, n)...)
-	if _, err := io.ReadFull(r, buf[l:]); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+// messageLen returns the length of the message at the start of p, 0 when p is too short
+// to tell, or the error of a message that ends the session.
+func messageLen(p []byte) (int, error) {
+	switch p[0] {
+	case MsgSetPixelFormat: // 3 padding, 16 pixel format
+		return 20, nil
+	case MsgFramebufferUpdateRequest, MsgEnableContinuousUpdates: // 9 bytes of fields
+		return 10, nil
+	case MsgKeyEvent: // down, 2 padding, key
+		return 8, nil
+	case MsgPointerEvent: // buttons, x, y
+		return 6, nil
+	case MsgSetEncodings: // padding, count, encodings
+		if len(p) < 4 {
+			return 0, nil
 		}
-		return buf, err
+		n := int(binary.BigEndian.Uint16(p[2:4]))
+		if n > MaxEncodings {
+			return 0, fmt.Errorf("%w: SetEncodings of %d encodings (limit %d)", ErrTooLarge, n, MaxEncodings)
+		}
+		return 4 + 4*n, nil
+	case MsgClientCutText: // 3 padding, length, text
+		if len(p) < 8 {
+			return 0, nil
+		}
+		n := binary.BigEndian.Uint32(p[4:8])
+		if n > MaxCutText {
+			return 0, fmt.Errorf("%w: ClientCutText of %d bytes (limit %d)", ErrTooLarge, n, MaxCutText)
+		}
+		return 8 + int(n), nil
+	case MsgClientFence: // 3 padding, flags, length, payload
+		if len(p) < 9 {
+			return 0, nil
+		}
+		n := int(p[8])
+		if n > MaxFence {
+			return 0, fmt.Errorf("%w: ClientFence payload of %d bytes (limit %d)", ErrTooLarge, n, MaxFence)
+		}
+		return 9 + n, nil
+	case MsgQEMU:
+		return 0, fmt.Errorf("%w: QEMU message (255)", ErrForbidden)
+	case MsgXvp:
+		return 0, fmt.Errorf("%w: xvp (250)", ErrForbidden)
+	case MsgSetDesktopSize:
+		return 0, fmt.Errorf("%w: SetDesktopSize (251)", ErrForbidden)
 	}
-	return buf, nil
+	return 0, fmt.Errorf("%w: unknown type %d", ErrForbidden, p[0])
 }
 
-// setEncodings reads a SetEncodings after its type and appends it with the encodings
-// Allowed keeps and its count rewritten.
-func setEncodings(r *bufio.Reader, buf []byte) ([]byte, error) {
-	var hdr [3]byte // padding, count
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return buf, err
+// message passes or drops one complete message m.
+func (f *Filter) message(m []byte) error {
+	mode := View
+	if f.Mode != nil {
+		mode = f.Mode()
 	}
-	n := int(binary.BigEndian.Uint16(hdr[1:]))
-	if n > MaxEncodings {
-		return buf, fmt.Errorf("%w: SetEncodings of %d encodings (limit %d)", ErrTooLarge, n, MaxEncodings)
+	pass := true
+	switch m[0] {
+	case MsgSetEncodings:
+		m = keepEncodings(m)
+	case MsgKeyEvent, MsgPointerEvent:
+		pass = mode == Control
+	case MsgClientCutText:
+		pass = mode == Control && f.Clipboard != nil && f.Clipboard(m[8:])
 	}
-	buf = append(buf, 0, 0, 0)
-	kept := 0
-	var e [4]byte
-	for i := 0; i < n; i++ {
-		if _, err := io.ReadFull(r, e[:]); err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return buf, err
+	if !pass {
+		if f.Dropped != nil {
+			f.Dropped(m[0])
 		}
-		if Allowed(int32(binary.BigEndian.Uint32(e[:]))) {
-			buf = append(buf, e[:]...)
-			kept++
+		return nil
+	}
+	_, err := f.Dst.Write(m)
+	return err
+}
+
+// keepEncodings returns a SetEncodings with only the encodings Allowed keeps, its count
+// rewritten.
+func keepEncodings(m []byte) []byte {
+	out := make([]byte, 4, len(m))
+	copy(out, m[:4])
+	for e := m[4:]; len(e) >= 4; e = e[4:] {
+		if Allowed(int32(binary.BigEndian.Uint32(e))) {
+			out = append(out, e[:4]...)
 		}
 	}
-	binary.BigEndian.PutUint16(buf[2:4], uint16(kept))
-	return buf, nil
+	binary.BigEndian.PutUint16(out[2:4], uint16((len(out)-4)/4))
+	return out
 }

@@ -148,3 +148,41 @@ func TestAllowed(t *testing.T) {
 		}
 	}
 }
+
+// Messages split across writes anywhere come out whole, one Write each.
+func TestFilterSplitWrites(t *testing.T) {
+	in := cat(pixelFormat, encodingsIn, updateRequest, keyEvent, pointerEvent, cutText, continuous, fence, updateRequest)
+	want := cat(pixelFormat, encodingsOut, updateRequest, continuous, fence, updateRequest)
+	var writes [][]byte
+	f := &Filter{Dst: writerFunc(func(p []byte) (int, error) { writes = append(writes, append([]byte(nil), p...)); return len(p), nil })}
+	for i := range in {
+		if _, err := f.Write(in[i : i+1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := cat(writes...); !bytes.Equal(got, want) {
+		t.Fatalf("passed %v, want %v", got, want)
+	}
+	if len(writes) != 6 {
+		t.Fatalf("%d writes, want one per message passed (6)", len(writes))
+	}
+}
+
+// An error is sticky: nothing after a refused message reaches the server.
+func TestFilterErrorSticky(t *testing.T) {
+	var out bytes.Buffer
+	f := &Filter{Dst: &out}
+	if _, err := f.Write([]byte{250}); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("xvp: %v", err)
+	}
+	if _, err := f.Write(updateRequest); !errors.Is(err, ErrForbidden) || out.Len() != 0 {
+		t.Fatalf("after the error: %v, %d bytes passed", err, out.Len())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (w writerFunc) Write(p []byte) (int, error) { return w(p) }
