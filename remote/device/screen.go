@@ -85,6 +85,7 @@ type Screen struct {
 	dir     string
 	procs   []*exec.Cmd
 	waits   []chan struct{}
+	closers []io.Closer
 }
 
 // StartScreen starts x11vnc (and Xvfb when spec has no display), connects to it and runs
@@ -138,7 +139,7 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 	}
 	sock := filepath.Join(s.dir, "vnc.sock")
 	cmd := exec.Command(X11VNCBinary, "-display", s.Display, "-unixsock", sock, "-rfbport", "0",
-		"-passwdfile", "rm:"+pwFile, "-shared", "-nossl", "-noipv6", "-norc", "-nocmds", "-noremote", "-nofilexfer", "-quiet")
+		"-passwdfile", "rm:"+pwFile, "-shared", "-nossl", "-noipv6", "-norc", "-nocmds", "-noremote", "-quiet")
 	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + s.dir}
 	if spec.XAuthority != "" {
 		cmd.Env = append(cmd.Env, "XAUTHORITY="+spec.XAuthority)
@@ -195,8 +196,8 @@ func (s *Screen) startXvfb(ctx context.Context, xauth string, logw io.Writer) (s
 	if err != nil {
 		return "", err
 	}
-	defer r.Close()
-	cmd := exec.Command(XvfbBinary, "-displayfd", "3", "-screen", "0", ScreenGeometry, "-nolisten", "tcp", "-auth", xauth)
+	s.closers = append(s.closers, r) // open while Xvfb runs: it fails on a closed pipe
+	cmd := exec.Command(XvfbBinary, "-displayfd", "3", "-screen", "0", ScreenGeometry, "-nolisten", "tcp", "-noreset", "-auth", xauth)
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stdout, cmd.Stderr = logw, logw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
@@ -207,14 +208,16 @@ func (s *Screen) startXvfb(ctx context.Context, xauth string, logw io.Writer) (s
 	}
 	got := make(chan string, 1)
 	go func() {
-		b := make([]byte, 16)
-		n, _ := io.ReadAtLeast(r, b, 1)
-		got <- strings.TrimSpace(string(b[:n]))
+		d, err := readDisplayFD(r)
+		if err != nil {
+			d = ""
+		}
+		got <- d
 	}()
 	select {
 	case d := <-got:
-		if _, err := strconv.Atoi(d); err != nil {
-			return "", fmt.Errorf("Xvfb did not start (displayfd %q)", d)
+		if d == "" {
+			return "", errors.New("Xvfb did not start")
 		}
 		return ":" + d, nil
 	case <-exited:
@@ -237,6 +240,9 @@ func (s *Screen) Close() error {
 			_ = s.procs[i].Process.Kill()
 			<-s.waits[i]
 		}
+	}
+	for _, c := range s.closers {
+		c.Close()
 	}
 	if s.dir != "" {
 		return os.RemoveAll(s.dir)
@@ -319,4 +325,24 @@ func (s *session) screenEnded(err error) {
 		return
 	}
 	s.end(wire.OutcomeCompleted, "the screen's VNC server closed")
+}
+
+// readDisplayFD reads the display number an X server writes to its -displayfd, up to its
+// newline.
+func readDisplayFD(r io.Reader) (string, error) {
+	var b []byte
+	one := make([]byte, 1)
+	for len(b) < 8 {
+		if _, err := r.Read(one); err != nil {
+			return "", fmt.Errorf("reading the display number: %w", err)
+		}
+		if one[0] == '\n' {
+			break
+		}
+		b = append(b, one[0])
+	}
+	if _, err := strconv.Atoi(string(b)); err != nil {
+		return "", fmt.Errorf("display number %q", b)
+	}
+	return string(b), nil
 }
