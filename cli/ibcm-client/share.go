@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/urfave/cli/v3"
@@ -36,12 +38,18 @@ and chat. Press Ctrl-] and then:
 Leaving the shell (exit) ends the sharing and any session on it. share checks that the
 socket belongs to root before it trusts it.
 
+With --screen, share also offers your X display (DISPLAY and XAUTHORITY of its environment)
+to screen sessions: when you accept one, the agent runs x11vnc as you on that display for
+the session only, on a private Unix socket, and stops it at the end.
+
 EXAMPLES:
    ibcm-client share
+   ibcm-client share --screen
 
    ibcm-client share --shell /bin/zsh`,
 		Flags: []cli.Flag{shareSocketFlag(),
-			&cli.StringFlag{Name: "shell", Sources: cli.EnvVars("IBCM_CLIENT_SHELL"), TakesFile: true, Usage: "the shell `PATH` to share (default: your login shell)"}},
+			&cli.StringFlag{Name: "shell", Sources: cli.EnvVars("IBCM_CLIENT_SHELL"), TakesFile: true, Usage: "the shell `PATH` to share (default: your login shell)"},
+			&cli.BoolFlag{Name: "screen", Sources: cli.EnvVars("IBCM_CLIENT_SHARE_SCREEN"), Usage: "offer this X display (DISPLAY) to screen sessions too"}},
 		Action: func(ctx context.Context, c *cli.Command) error {
 			fd := int(os.Stdin.Fd())
 			if !term.IsTerminal(fd) || !term.IsTerminal(int(os.Stdout.Fd())) {
@@ -49,6 +57,20 @@ EXAMPLES:
 			}
 			if err := device.CheckSocket(c.String("share-socket")); err != nil {
 				return err
+			}
+			var display, xauth string
+			if c.Bool("screen") {
+				display, xauth = os.Getenv("DISPLAY"), os.Getenv("XAUTHORITY")
+				if xauth == "" {
+					if home, err := os.UserHomeDir(); err == nil {
+						if _, err := os.Stat(filepath.Join(home, ".Xauthority")); err == nil {
+							xauth = filepath.Join(home, ".Xauthority")
+						}
+					}
+				}
+				if err := device.CheckDisplay(display, xauth); err != nil {
+					return fmt.Errorf("--screen: %w", err)
+				}
 			}
 			old, err := term.MakeRaw(fd)
 			if err != nil {
@@ -75,7 +97,7 @@ EXAMPLES:
 				return uint16(min(h, 0xffff)), uint16(min(w, 0xffff))
 			}
 			return device.Share(ctx, device.ShareOptions{Socket: c.String("share-socket"), Shell: c.String("shell"),
-				In: os.Stdin, Out: os.Stdout, Size: size, Resized: resized})
+				In: os.Stdin, Out: os.Stdout, Size: size, Resized: resized, Display: display, XAuthority: xauth})
 		},
 	}
 }

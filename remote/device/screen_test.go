@@ -413,7 +413,7 @@ func TestScreenViewDropsInputControlPasses(t *testing.T) {
 	if b, err := exec.Command(xdo, "mousemove", "40", "40").CombinedOutput(); err != nil {
 		t.Fatalf("xdotool: %v %s", err, b)
 	}
-	
+
 	rc := defaultRC()
 	rc.PromptUser = false
 	e := newEnv(t, rc)
