@@ -465,3 +465,44 @@ func TestScreenViewDropsInputControlPasses(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// Unattended, nobody present: the agent starts Xvfb on a fresh display with a cookie of
+// its own, and x11vnc on it; a message the filter does not allow ends the session.
+func TestScreenUnattendedXvfbAndForbiddenMessage(t *testing.T) {
+	peertest.Need(t, "Xvfb")
+	peertest.Need(t, "x11vnc")
+	rc := defaultRC()
+	rc.AllowUnattended, rc.PromptUser = true, false
+	e := newEnv(t, rc)
+	e.host.c.ScreenDir = t.TempDir()
+	ss := startScreen(t, e, ticket.ModeUnattended, ticket.ModeView, ticket.ModeUnattended)
+	v := dialViewer(t, ss)
+	if g := strings.SplitN(ScreenGeometry, "x", 3); v.w != atoi(t, g[0]) || v.h != atoi(t, g[1]) {
+		t.Fatalf("screen of %dx%d, want %s", v.w, v.h, ScreenGeometry)
+	}
+	if fb := v.frame(); len(fb) != v.w*v.h*4 {
+		t.Fatal("no frame")
+	}
+	// The session's private directory: 0700.
+	ents, _ := os.ReadDir(e.host.c.ScreenDir)
+	if len(ents) != 1 {
+		t.Fatalf("screen directories %v", ents)
+	}
+	if fi, err := os.Stat(filepath.Join(e.host.c.ScreenDir, ents[0].Name())); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("the screen directory: %v %v", fi.Mode(), err)
+	}
+	v.send([]byte{250, 0, 1, 2}) // xvp: not allowed in any mode
+	if r := e.rep.wait(t, wire.ReportEnded); r.Outcome != wire.OutcomeFailed || !strings.Contains(r.Message, "xvp") {
+		t.Errorf("ended %+v", r)
+	}
+	waitNoScreenDir(t, e.host.c.ScreenDir)
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
