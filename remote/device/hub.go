@@ -359,17 +359,16 @@ func (hb *hub) shareOf(uid int) *shareClient {
 	return nil
 }
 
-// displayOf returns the X display (and its XAUTHORITY) one of uid's clients offers for
-// screen sessions, or "".
-func (hb *hub) displayOf(uid int) (display, xauthority string) {
+// displayOf returns the client of uid that offers an X display for screen sessions, or nil.
+func (hb *hub) displayOf(uid int) *shareClient {
 	hb.mu.Lock()
 	defer hb.mu.Unlock()
 	for _, c := range hb.clients {
 		if c.uid == uid && c.display != "" {
-			return c.display, c.xauthority
+			return c
 		}
 	}
-	return "", ""
+	return nil
 }
 
 // of returns every share and watch client of uid.

@@ -278,10 +278,12 @@ func (s *session) startScreen() error {
 		})
 	}
 	if s.t.Mode != ticket.ModeUnattended {
-		spec.Display, spec.XAuthority = s.h.hub.displayOf(s.sharerUID)
-		if spec.Display == "" {
+		owner := s.h.hub.displayOf(s.sharerUID)
+		if owner == nil {
 			return ErrNoDisplay
 		}
+		spec.Display, spec.XAuthority = owner.display, owner.xauthority
+		s.screenOwner = owner
 		a := s.sharer
 		spec.As = &a
 	}

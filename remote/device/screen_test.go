@@ -111,7 +111,7 @@ func drawPattern(t *testing.T, display string) func(x, y int) [3]byte {
 
 // offerDisplay connects a share-socket client of the test's user that offers display, as
 // `ibcm-client share --screen` does.
-func offerDisplay(t *testing.T, e *env, display string) {
+func offerDisplay(t *testing.T, e *env, display string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("unix", e.sock)
 	if err != nil {
@@ -126,6 +126,7 @@ func offerDisplay(t *testing.T, e *env, display string) {
 	for e.host.hub.present() < 0 && time.Now().Before(deadline) { // the hub has no event for a watcher's arrival here
 		time.Sleep(5 * time.Millisecond)
 	}
+	return c
 }
 
 type screenSession struct {
@@ -505,4 +506,39 @@ func atoi(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// The sharer's client that offered the display leaves: the session ends, x11vnc stops.
+func TestScreenEndsWhenSharerLeaves(t *testing.T) {
+	display := startX(t)
+	rc := defaultRC()
+	rc.PromptUser = false
+	e := newEnv(t, rc)
+	e.host.c.ScreenDir = t.TempDir()
+	c := offerDisplay(t, e, display)
+	ss := startScreen(t, e, ticket.ModeView, ticket.ModeView)
+	v := dialViewer(t, ss)
+	v.frame()
+	c.Close()
+	if r := e.rep.wait(t, wire.ReportEnded); r.Outcome != wire.OutcomeCompleted || !strings.Contains(r.Message, "offered the display") {
+		t.Errorf("ended %+v", r)
+	}
+	waitNoScreenDir(t, e.host.c.ScreenDir)
+}
+
+// Without a display offered (plain share or consent --watch), an attended screen session is refused.
+func TestScreenNeedsADisplay(t *testing.T) {
+	rc := defaultRC()
+	rc.PromptUser = false
+	e := newEnv(t, rc)
+	_, _, _ = e.watch(t)
+	now := time.Now()
+	tk := ticket.Ticket{ID: ticket.NewID(), Session: ticket.NewID(), Device: deviceID, Helper: "alice", HelperKey: wire.PublicKeyHash(e.alice.Leaf),
+		Card: ticket.Card{User: "alice"}, Role: ticket.RoleHelper, Mode: ticket.ModeView, Modes: []string{ticket.ModeView}, Kind: ticket.KindScreen, MP: "mp1", IssuedAt: now, ExpiresAt: now.Add(5 * time.Minute)}
+	if err := e.host.Request(context.Background(), e.sign(tk, e.mp)); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.rep.wait(t, wire.ReportRefused); r.Code != CodeNoDisplay {
+		t.Errorf("refused %+v", r)
+	}
 }

@@ -92,8 +92,9 @@ type session struct {
 
 	claimedShared bool // this session holds the sharer's shared terminal (hub.claimShared)
 
-	screen   *Screen     // a screen session's VNC server
-	screenIn *rfb.Filter // the helper's RFB goes through it to the server, in the loop
+	screen      *Screen      // a screen session's VNC server
+	screenOwner *shareClient // the sharer's client that offered the display: its end ends the session
+	screenIn    *rfb.Filter  // the helper's RFB goes through it to the server, in the loop
 }
 
 func newSession(h *Host, t *ticket.Ticket, p Policy, ctx context.Context, cancel context.CancelFunc) *session {
@@ -241,7 +242,7 @@ func (s *session) consent() (outcome, code string, err error) {
 	}
 	s.log = s.log.With().Str("sharer", s.sharer.Name).Logger()
 	if s.t.Kind == ticket.KindScreen && s.t.Mode != ticket.ModeUnattended {
-		if d, _ := s.h.hub.displayOf(uid); d == "" {
+		if s.h.hub.displayOf(uid) == nil {
 			return wire.OutcomeRefused, CodeNoDisplay, fmt.Errorf("%s: %w", s.sharer.Name, ErrNoDisplay)
 		}
 	}
@@ -853,6 +854,8 @@ func (s *session) fromSharer(e event) {
 	case 0: // a client of the sharer left
 		if e.client == s.share {
 			s.end(wire.OutcomeCompleted, "the sharer's share client closed")
+		} else if e.client != nil && e.client == s.screenOwner {
+			s.end(wire.OutcomeCompleted, "the sharer's share client that offered the display closed")
 		}
 	case frame.Data:
 		if e.client != s.share {
