@@ -25,7 +25,7 @@ import (
 
 // Screen sessions: the agent starts the device's VNC server itself, x11vnc, for this one
 // session, listening only on a Unix socket in a private directory (0700, owned by the
-// user x11vnc runs as): no TCP port (-rfbport 0), and a random password of the session
+// user x11vnc runs as): no TCP port (-rfbport 0 -rfbportv6 -1; a test checks), and a random password of the session
 // besides (-passwdfile, read and removed by x11vnc at start), so nobody but the agent
 // reaches the server even through that directory. x11vnc exits when the agent's one
 // connection closes (no -forever), and Close kills it anyway.
@@ -138,7 +138,9 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 		}
 	}
 	sock := filepath.Join(s.dir, "vnc.sock")
-	cmd := exec.Command(X11VNCBinary, "-display", s.Display, "-unixsock", sock, "-rfbport", "0",
+	// -rfbport 0 alone still leaves libvncserver's IPv6 listener on 5900: -rfbportv6 -1.
+	// (-localhost cannot be added: it refuses the Unix socket's clients too.)
+	cmd := exec.Command(X11VNCBinary, "-display", s.Display, "-unixsock", sock, "-rfbport", "0", "-rfbportv6", "-1",
 		"-passwdfile", "rm:"+pwFile, "-shared", "-nossl", "-noipv6", "-norc", "-nocmds", "-noremote", "-quiet")
 	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + s.dir}
 	if spec.XAuthority != "" {

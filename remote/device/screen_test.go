@@ -542,3 +542,42 @@ func TestScreenNeedsADisplay(t *testing.T) {
 		t.Errorf("refused %+v", r)
 	}
 }
+
+// x11vnc listens on its Unix socket only: none of its sockets is a TCP listener.
+func TestStartScreenListensOnNoTCPPort(t *testing.T) {
+	display := startX(t)
+	sc, err := StartScreen(context.Background(), ScreenSpec{Display: display, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	if w, h := sc.Init.Size(); w != testW || h != testH {
+		t.Fatalf("ServerInit of %dx%d", w, h)
+	}
+	pid := sc.procs[0].Process.Pid
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	if len(inodes) == 0 {
+		t.Fatal("x11vnc has no sockets")
+	}
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) > 9 && f[3] == "0A" && inodes[f[9]] { // 0A: LISTEN
+				t.Errorf("x11vnc listens on TCP %s (%s)", f[1], table)
+			}
+		}
+	}
+}
