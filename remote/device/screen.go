@@ -75,6 +75,12 @@ type ScreenSpec struct {
 	Dir string
 	// Log receives x11vnc's and Xvfb's output (discarded when nil).
 	Log io.Writer
+	// Systemd, when set, starts an attended session's x11vnc as a transient service named
+	// Unit (systemd-run), outside the agent unit's sandbox: ProtectHome and PrivateTmp would
+	// hide the sharer's XAUTHORITY and X socket from a child of the agent. Dir must then be
+	// visible outside the sandbox too (the agent's runtime directory).
+	Systemd *SystemdShells
+	Unit    string
 }
 
 // Screen is a running VNC server of one session, and the agent's connection to it.
@@ -86,6 +92,7 @@ type Screen struct {
 	procs   []*exec.Cmd
 	waits   []chan struct{}
 	closers []io.Closer
+	stop    func() // stops x11vnc's transient unit
 }
 
 // StartScreen starts x11vnc (and Xvfb when spec has no display), connects to it and runs
@@ -140,14 +147,21 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 	sock := filepath.Join(s.dir, "vnc.sock")
 	// -rfbport 0 alone still leaves libvncserver's IPv6 listener on 5900: -rfbportv6 -1.
 	// (-localhost cannot be added: it refuses the Unix socket's clients too.)
-	cmd := exec.Command(X11VNCBinary, "-display", s.Display, "-unixsock", sock, "-rfbport", "0", "-rfbportv6", "-1",
-		"-passwdfile", "rm:"+pwFile, "-shared", "-nossl", "-noipv6", "-norc", "-nocmds", "-noremote", "-quiet")
-	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + s.dir}
+	args := []string{"-display", s.Display, "-unixsock", sock, "-rfbport", "0", "-rfbportv6", "-1",
+		"-passwdfile", "rm:" + pwFile, "-shared", "-nossl", "-noipv6", "-norc", "-nocmds", "-noremote", "-quiet"}
+	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + s.dir}
 	if spec.XAuthority != "" {
-		cmd.Env = append(cmd.Env, "XAUTHORITY="+spec.XAuthority)
+		env = append(env, "XAUTHORITY="+spec.XAuthority)
+	}
+	var cmd *exec.Cmd
+	if spec.Systemd != nil && spec.Display != "" && spec.Unit != "" {
+		cmd = s.systemdCommand(spec, args, env)
+	} else {
+		cmd = exec.Command(X11VNCBinary, args...)
+		cmd.Env = env
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	}
 	cmd.Stdout, cmd.Stderr = logw, logw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	exited, err := s.start(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("starting x11vnc: %w", err)
@@ -179,6 +193,39 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 	}
 	_ = s.Conn.SetDeadline(time.Time{})
 	return s, nil
+}
+
+// systemdCommand is systemd-run starting x11vnc as the transient service spec.Unit, as
+// spec.As; Close stops the unit.
+func (s *Screen) systemdCommand(spec ScreenSpec, args, env []string) *exec.Cmd {
+	run, ctl := spec.Systemd.Run, spec.Systemd.Ctl
+	if run == "" {
+		run = "systemd-run"
+	}
+	if ctl == "" {
+		ctl = "systemctl"
+	}
+	bin := X11VNCBinary
+	if p, err := exec.LookPath(bin); err == nil {
+		bin = p
+	}
+	unit := spec.Unit + ".service"
+	sargs := []string{"--unit", unit, "--quiet", "--collect", "--wait", "--service-type=exec", "-p", "KillMode=control-group"}
+	if spec.As != nil {
+		sargs = append(sargs, "--uid", strconv.Itoa(spec.As.UID), "--gid", strconv.Itoa(spec.As.GID))
+	}
+	for _, e := range env {
+		sargs = append(sargs, "-E", e)
+	}
+	sargs = append(append(sargs, "--", bin), args...)
+	s.stop = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = exec.CommandContext(ctx, ctl, "stop", unit).Run()
+	}
+	cmd := exec.Command(run, sargs...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return cmd
 }
 
 // start starts cmd and returns a channel closed when it has exited.
@@ -234,6 +281,9 @@ func (s *Screen) Close() error {
 	if s.Conn != nil {
 		s.Conn.Close()
 	}
+	if s.stop != nil {
+		s.stop()
+	}
 	for i := len(s.procs) - 1; i >= 0; i-- {
 		_ = s.procs[i].Process.Signal(syscall.SIGTERM)
 		select {
@@ -273,7 +323,8 @@ func writeXAuthority(path string) error {
 // everything it sends go to the helper in Data frames; the helper's Data frames go
 // through the filter (rfb.Filter, by the mode in force) to the server.
 func (s *session) startScreen() error {
-	spec := ScreenSpec{Dir: s.h.c.ScreenDir, Log: s.log.With().Str("component", "x11vnc").Logger()}
+	spec := ScreenSpec{Dir: s.h.c.ScreenDir, Log: s.log.With().Str("component", "x11vnc").Logger(),
+		Systemd: s.h.c.ScreenSystemd, Unit: "ibcm-" + s.t.Session[:12] + "-screen"}
 	if s.sharerUID >= 0 {
 		s.detach = s.h.hub.attach(s.sharerUID, func(from *shareClient, f frame.Frame) {
 			s.post(event{src: fromSharer, f: f, client: from})

@@ -581,3 +581,52 @@ func TestStartScreenListensOnNoTCPPort(t *testing.T) {
 		}
 	}
 }
+
+// Under systemd the agent starts an attended session's x11vnc with systemd-run, as the
+// sharer, and stops its unit at the end (stand-ins for systemd-run and systemctl that run
+// the command and record their arguments).
+func TestScreenUnderSystemd(t *testing.T) {
+	display := startX(t)
+	dir := t.TempDir()
+	runArgs, ctlArgs := filepath.Join(dir, "run.args"), filepath.Join(dir, "ctl.args")
+	run := filepath.Join(dir, "systemd-run")
+	ctl := filepath.Join(dir, "systemctl")
+	if err := os.WriteFile(run, []byte(`#!/bin/sh
+echo "$@" > `+runArgs+`
+while [ "$1" != "--" ]; do
+	if [ "$1" = "-E" ]; then shift; export "$1"; fi
+	shift
+done
+shift
+exec "$@"
+`), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ctl, []byte("#!/bin/sh\necho \"$@\" >> "+ctlArgs+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rc := defaultRC()
+	rc.PromptUser = false
+	e := newEnv(t, rc)
+	e.host.c.ScreenDir = t.TempDir()
+	e.host.c.ScreenSystemd = &SystemdShells{Run: run, Ctl: ctl}
+	offerDisplay(t, e, display)
+	ss := startScreen(t, e, ticket.ModeView, ticket.ModeView)
+	v := dialViewer(t, ss)
+	if fb := v.frame(); len(fb) != testW*testH*4 {
+		t.Fatal("no frame")
+	}
+	ss.s.End("done")
+	e.rep.wait(t, wire.ReportEnded)
+	waitNoScreenDir(t, e.host.c.ScreenDir)
+	unit := "ibcm-" + ss.tk.Session[:12] + "-screen.service"
+	b, _ := os.ReadFile(runArgs)
+	for _, want := range []string{"--unit " + unit, "--uid 0 --gid 0", "-E HOME=", "-- /", "x11vnc -display " + display + " -unixsock "} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("systemd-run %s: no %q", b, want)
+		}
+	}
+	if b, _ := os.ReadFile(ctlArgs); strings.TrimSpace(string(b)) != "stop "+unit {
+		t.Errorf("systemctl %q", b)
+	}
+}
