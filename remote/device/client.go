@@ -188,8 +188,11 @@ func Watch(ctx context.Context, socket string, in io.Reader, out io.Writer) erro
 func PromptText(p frame.ConsentPrompt) string {
 	who := peerText(p.Helper)
 	s := fmt.Sprintf("%s asks for a remote %s session on this device", who, p.Mode)
-	if p.Kind == "screen" {
+	switch p.Kind {
+	case "screen":
 		s = fmt.Sprintf("%s asks to see this device's screen (%s mode)", who, p.Mode)
+	case KindClipboard:
+		s = fmt.Sprintf("%s asks to paste into this device's clipboard", who)
 	}
 	if p.Reason != "" {
 		s += " (" + p.Reason + ")"
@@ -201,8 +204,11 @@ func PromptText(p frame.ConsentPrompt) string {
 // name first, since an 80-column terminal cuts what does not fit.
 func promptLine(p frame.ConsentPrompt) string {
 	what := p.Mode
-	if p.Kind == "screen" {
+	switch p.Kind {
+	case "screen":
 		what = "screen " + p.Mode
+	case KindClipboard:
+		return fmt.Sprintf("Ctrl-] y/n: allow a clipboard paste from %s? (%s)", peerText(p.Helper), p.Reason)
 	}
 	s := fmt.Sprintf("Ctrl-] y/n: allow %s access for %s?", what, peerText(p.Helper))
 	if p.Reason != "" {

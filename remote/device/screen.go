@@ -44,6 +44,9 @@ var (
 // ScreenGeometry is the size of an unattended session's Xvfb display.
 var ScreenGeometry = "1280x800x24"
 
+// KindClipboard is the Kind of a ConsentPrompt about the helper's clipboard text.
+const KindClipboard = "clipboard"
+
 // ErrNoDisplay is the error of a screen session whose sharer shares no display.
 var ErrNoDisplay = errors.New("no display to share: the sharer must run `ibcm-client share --screen` in their X session")
 
@@ -147,7 +150,8 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 	sock := filepath.Join(s.dir, "vnc.sock")
 	// -rfbport 0 alone still leaves libvncserver's IPv6 listener on 5900: -rfbportv6 -1.
 	// (-localhost cannot be added: it refuses the Unix socket's clients too.)
-	args := []string{"-display", s.Display, "-unixsock", sock, "-rfbport", "0", "-rfbportv6", "-1",
+	// -seldir recv: the device's selections are never sent to the viewer.
+	args := []string{"-display", s.Display, "-unixsock", sock, "-rfbport", "0", "-rfbportv6", "-1", "-seldir", "recv",
 		"-passwdfile", "rm:" + pwFile, "-shared", "-nossl", "-noipv6", "-norc", "-nocmds", "-noremote", "-quiet"}
 	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + s.dir}
 	if spec.XAuthority != "" {
@@ -353,7 +357,7 @@ func (s *session) startScreen() error {
 			return rfb.View
 		}
 		return rfb.Control
-	}}
+	}, Clipboard: s.clipboard}
 	go func() {
 		buf := make([]byte, frame.MaxData)
 		for {
@@ -400,4 +404,42 @@ func readDisplayFD(r io.Reader) (string, error) {
 		return "", fmt.Errorf("display number %q", b)
 	}
 	return string(b), nil
+}
+
+// clipboard decides, in the loop, whether the helper's clipboard text (control mode) goes
+// to the device now: yes without prompt_clipboard; otherwise the sharer is asked (one
+// question at a time) and the text goes once they accept, if control is still in force.
+func (s *session) clipboard(text []byte) bool {
+	if !s.p.RC.PromptClipboard {
+		return true
+	}
+	if s.sharerUID < 0 || s.asking {
+		s.sendHelperJSON(frame.Status, frame.Presence{Session: s.t.Session, Mode: s.mode, Message: "clipboard text dropped: nobody at the device can accept it now"})
+		return false
+	}
+	s.asking = true
+	text = append([]byte(nil), text...)
+	cp := frame.ConsentPrompt{Session: s.t.Session, Helper: s.peer(s.mode), Mode: s.mode, Kind: KindClipboard,
+		Reason: fmt.Sprintf("%d bytes of text", len(text)), Timeout: int(s.consentTimeout() / time.Second)}
+	go func() {
+		ctx, cancel := context.WithTimeout(s.ctx, s.consentTimeout())
+		defer cancel()
+		ans := s.h.hub.ask(ctx, s.sharerUID, cp)
+		s.post(event{src: fromConsent, mode: KindClipboard, answer: ans, clip: text})
+	}()
+	return false
+}
+
+// clipboardAnswer is the sharer's answer about clipboard text: accepted, it goes to the
+// server as a ClientCutText, while control is in force.
+func (s *session) clipboardAnswer(e event) {
+	s.asking = false
+	if e.answer != "accepted" || s.screen == nil || s.mode == ticket.ModeView {
+		s.sendHelperJSON(frame.Status, frame.Presence{Session: s.t.Session, Mode: s.mode, Message: "clipboard text not accepted (" + e.answer + ")"})
+		return
+	}
+	m := binary.BigEndian.AppendUint32([]byte{rfb.MsgClientCutText, 0, 0, 0}, uint32(len(e.clip)))
+	if _, err := s.screen.Conn.Write(append(m, e.clip...)); err != nil {
+		s.screenEnded(err)
+	}
 }

@@ -113,6 +113,14 @@ func drawPattern(t *testing.T, display string) func(x, y int) [3]byte {
 // `ibcm-client share --screen` does.
 func offerDisplay(t *testing.T, e *env, display string) net.Conn {
 	t.Helper()
+	c := offerDisplayConn(t, e, display)
+	go io.Copy(io.Discard, c)
+	return c
+}
+
+// offerDisplayConn is offerDisplay leaving the agent's frames to the caller.
+func offerDisplayConn(t *testing.T, e *env, display string) net.Conn {
+	t.Helper()
 	c, err := net.Dial("unix", e.sock)
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +129,6 @@ func offerDisplay(t *testing.T, e *env, display string) net.Conn {
 	if err := frame.WriteJSON(c, frame.Hello, frame.Greeting{Terminal: KindWatch, Display: display}); err != nil {
 		t.Fatal(err)
 	}
-	go io.Copy(io.Discard, c)
 	deadline := time.Now().Add(10 * time.Second)
 	for e.host.hub.present() < 0 && time.Now().Before(deadline) { // the hub has no event for a watcher's arrival here
 		time.Sleep(5 * time.Millisecond)
@@ -628,5 +635,64 @@ exec "$@"
 	}
 	if b, _ := os.ReadFile(ctlArgs); strings.TrimSpace(string(b)) != "stop "+unit {
 		t.Errorf("systemctl %q", b)
+	}
+}
+
+// With prompt_clipboard, the viewer's clipboard text reaches the device's clipboard only
+// once the sharer accepts it; a denied one does not.
+func TestScreenClipboardAsksTheSharer(t *testing.T) {
+	display := startX(t)
+	xprop := peertest.Need(t, "xprop")
+	rc := defaultRC()
+	rc.PromptUser, rc.PromptClipboard = false, true
+	e := newEnv(t, rc)
+	c := offerDisplayConn(t, e, display)
+	answers := []bool{true, false}
+	prompts := make(chan frame.ConsentPrompt, 4)
+	go func() { // the sharer: accepts the first paste, denies the second
+		r := frame.NewReader(c)
+		for {
+			f, err := r.Next()
+			if err != nil {
+				return
+			}
+			if f.Type != frame.Prompt {
+				continue
+			}
+			var p frame.ConsentPrompt
+			if frame.DecodeJSON(f, &p) != nil || len(answers) == 0 {
+				return
+			}
+			prompts <- p
+			_ = frame.WriteJSON(c, frame.Answer, frame.ConsentAnswer{ID: p.ID, Accept: answers[0]})
+			answers = answers[1:]
+		}
+	}()
+	ss := startScreen(t, e, ticket.ModeControl, ticket.ModeView, ticket.ModeControl)
+	v := dialViewer(t, ss)
+	cut := func(text string) {
+		v.send(append(binary.BigEndian.AppendUint32([]byte{6, 0, 0, 0}, uint32(len(text))), text...))
+	}
+	clipboard := func() string { // x11vnc puts the viewer's text in the cut buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		out, _ := exec.CommandContext(ctx, xprop, "-display", display, "-root", "CUT_BUFFER0").Output()
+		return strings.TrimSpace(string(out))
+	}
+	const accepted = `CUT_BUFFER0(STRING) = "hello-clip"`
+	cut("hello-clip")
+	if p := <-prompts; p.Kind != KindClipboard || p.Reason != "10 bytes of text" || p.Helper.User != "alice" {
+		t.Fatalf("prompt %+v", p)
+	}
+	waitFor(t, "the accepted text on the device's clipboard", func() bool { return clipboard() == accepted })
+	cut("denied-text")
+	<-prompts
+	for ev := range ss.events {
+		if ev.Type == frame.Status && strings.Contains(ev.Presence.Message, "not accepted (denied)") {
+			break
+		}
+	}
+	if got := clipboard(); got != accepted {
+		t.Fatalf("the clipboard holds %q after a denied paste", got)
 	}
 }

@@ -49,6 +49,7 @@ type event struct {
 	mode   string // fromConsent: the mode asked
 	answer string // fromConsent: accepted, denied, consent-timeout
 	viewer *viewer
+	clip   []byte // fromConsent about clipboard text: the text
 }
 
 // session is one session served by the host.
@@ -750,6 +751,10 @@ func (s *session) handle(e event) {
 	case fromScreen:
 		s.screenEnded(e.err)
 	case fromConsent:
+		if e.mode == KindClipboard {
+			s.clipboardAnswer(e)
+			return
+		}
 		s.asking = false
 		if e.answer == "accepted" {
 			s.setMode(e.mode, "")
