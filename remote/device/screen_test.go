@@ -262,6 +262,16 @@ func TestScreenCaptureMatchesDisplay(t *testing.T) {
 	if r := e.rep.wait(t, wire.ReportEnded); r.Outcome != wire.OutcomeCompleted || r.BytesOut == 0 || r.BytesIn == 0 {
 		t.Errorf("ended %+v", r)
 	}
+	// The helper still reads the device's frames after its viewer left: the End arrives.
+	timeout := time.After(10 * time.Second)
+	for done := false; !done; {
+		select {
+		case ev := <-ss.events:
+			done = ev.Type == frame.End
+		case <-timeout:
+			t.Fatal("the device's End did not reach the helper")
+		}
+	}
 	waitNoScreenDir(t, e.host.c.ScreenDir)
 }
 

@@ -58,6 +58,9 @@ const viewerHandshakeTimeout = time.Minute
 // takes one attempt. Serve does not end the session; the caller does (s.End).
 func (p *ScreenPort) Serve(ctx context.Context, s *Session, onEvent func(Event)) error {
 	pr, pw := io.Pipe()
+	// Once Serve returns nobody reads the device's screen bytes: they are dropped (the
+	// frames goroutine reads on, for the device's End).
+	defer pr.Close()
 	ended := make(chan error, 1)
 	go func() { // the device's frames
 		for {
