@@ -33,7 +33,7 @@ func DefaultPolicy(b wire.Bootstrap) wire.Policy {
 			InternetMPNames: b.InternetMPs, RedetectInterval: "1h"},
 		RemoteControl: wire.RemoteControlSettings{
 			Enabled: true, AccessLevel: "full", PromptUser: true, ConsentTimeout: "30s", AllowDirect: true, DirectPort: 2701,
-			ShowConnectionBar: true, PlaySound: "start_end", AllowChat: true, PermittedViewers: []string{},
+			ShowConnectionBar: true, PlaySound: "start_end", AllowChat: true, PermittedViewers: []string{}, PromptClipboard: true,
 		},
 	}
 }

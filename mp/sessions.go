@@ -254,6 +254,12 @@ func (m *MP) handleSessionStart(w http.ResponseWriter, r *http.Request, name str
 	if err := checkText("reason", req.Reason, 512); err != nil {
 		return err
 	}
+	if req.Kind != ticket.KindTerminal && req.Kind != ticket.KindScreen {
+		return api.BadRequest("kind: empty (terminal) or screen (got %q)", req.Kind)
+	}
+	if req.Kind == ticket.KindScreen && req.Mode == ticket.ModeElevated {
+		return api.BadRequest("mode: a screen session is view, control or unattended")
+	}
 	ctx := r.Context()
 	g := access.FromContext(ctx)
 	d, err := m.resolveDevice(ctx, g, access.ViewScreen, req.Device)
@@ -263,7 +269,7 @@ func (m *MP) handleSessionStart(w http.ResponseWriter, r *http.Request, name str
 	p := peerOf(r)
 	s := sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: d.ID, DeviceName: d.Name, Helper: name, Reason: req.Reason,
 		Mode: req.Mode, Modes: []wire.SessionMode{}, Location: d.LastLocation, MP: m.o.ID, RequestedAt: m.now().UTC()},
-		HelperSerial: p.leaf.SerialNumber.String()}
+		HelperSerial: p.leaf.SerialNumber.String(), Kind: req.Kind}
 	if u, err := m.access.User(ctx, name); err == nil {
 		s.HelperName = u.DisplayName // for the audit of a refusal too
 	}
@@ -338,7 +344,7 @@ func (m *MP) issueLeg(ctx context.Context, s sessionRow, p *peer, pol wire.Polic
 	}
 	now := m.now()
 	t := ticket.Ticket{ID: ticket.NewID(), Session: s.ID, Device: s.Device, Helper: helper, HelperKey: trust.PublicKeyHash(p.leaf),
-		Card: card, Role: role, Mode: mode, Modes: modes, Reason: s.Reason, Direct: direct, MP: m.o.ID,
+		Card: card, Role: role, Mode: mode, Modes: modes, Kind: s.Kind, Reason: s.Reason, Direct: direct, MP: m.o.ID,
 		IssuedAt: now.UTC(), ExpiresAt: now.UTC().Add(min(consentTimeout(pol)+2*time.Minute, ticket.MaxLifetime))}
 	signed, err := ticket.Sign(t, m.o.SiteKey, m.o.SiteChain)
 	if err != nil {

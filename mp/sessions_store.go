@@ -25,6 +25,9 @@ type sessionRow struct {
 	wire.Session
 	HelperSerial string
 	DeviceMP     string
+	// Kind is the session's kind (ticket.KindScreen or terminal) on a start; it is not
+	// stored, so a join's leg is a terminal's, which the device refuses for a screen session.
+	Kind string
 }
 
 const sessionColumns = `id, device_id, device_name, helper, helper_name, helper_serial, sharer, sharer_name, reason, state, outcome,

@@ -4,6 +4,8 @@
 //   - remote/ticket — the session ticket an MP signs and the agent checks.
 //   - remote/frame  — the framed messages inside a session (data, resize, chat, modes, end).
 //   - remote/e2e    — the end-to-end TLS 1.3 between helper and device, bound to the ticket.
+//   - remote/rfb    — screen sessions' RFB: the agent's client-message filter (view mode),
+//     VNC Authentication and the handshakes on each side.
 //   - remote/device — the device's side: consent over the share socket, terminals, transports.
 //   - remote/helper — the helper's side behind `ibcm remote …`.
 //

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	osuser "os/user"
+	"path/filepath"
 	"syscall"
 
 	"github.com/urfave/cli/v3"
@@ -49,8 +50,13 @@ through --root-sha256, as enrollment does, makes a key in memory, exchanges the 
 over the MP's relay (--mp, or the site's first internet MP). The helper sees "not
 enrolled: guest <your user name>"; nothing is installed or kept.
 
+With --screen, share also offers your X display (DISPLAY and XAUTHORITY of its environment)
+to screen sessions: when you accept one, the agent runs x11vnc as you on that display for
+the session only, on a private Unix socket, and stops it at the end.
+
 EXAMPLES:
    ibcm-client share
+   ibcm-client share --screen
 
    ibcm-client share --shell /bin/zsh
 
@@ -61,7 +67,8 @@ EXAMPLES:
 			&cli.StringFlag{Name: "site", Sources: cli.EnvVars("IBCM_CLIENT_SITE"), Usage: "with --code: the site CA's `URL` (https://host:port)"},
 			&cli.StringFlag{Name: "root-sha256", Sources: cli.EnvVars("IBCM_CLIENT_ROOT_SHA256"), Usage: "with --code: the SHA-256 `FINGERPRINT` of the site's root certificate"},
 			&cli.StringFlag{Name: "mp", Sources: cli.EnvVars("IBCM_CLIENT_MP"), Usage: "with --code: the MP `URL` whose relay carries the session (default: the site's first internet MP)"},
-			timeoutFlag()},
+			timeoutFlag(),
+			&cli.BoolFlag{Name: "screen", Sources: cli.EnvVars("IBCM_CLIENT_SHARE_SCREEN"), Usage: "offer this X display (DISPLAY) to screen sessions too"}},
 		Action: func(ctx context.Context, c *cli.Command) error {
 			fd := int(os.Stdin.Fd())
 			if !term.IsTerminal(fd) || !term.IsTerminal(int(os.Stdout.Fd())) {
@@ -85,6 +92,20 @@ EXAMPLES:
 				fmt.Fprintf(os.Stdout, "ibcm: the code is good: %s asks for a %s session; accept it on the status line (Ctrl-] y)\r\n", g.Grant.Helper, g.Grant.Mode)
 			} else if err := device.CheckSocket(c.String("share-socket")); err != nil {
 				return err
+			}
+			var display, xauth string
+			if c.Bool("screen") {
+				display, xauth = os.Getenv("DISPLAY"), os.Getenv("XAUTHORITY")
+				if xauth == "" {
+					if home, err := os.UserHomeDir(); err == nil {
+						if _, err := os.Stat(filepath.Join(home, ".Xauthority")); err == nil {
+							xauth = filepath.Join(home, ".Xauthority")
+						}
+					}
+				}
+				if err := device.CheckDisplay(display, xauth); err != nil {
+					return fmt.Errorf("--screen: %w", err)
+				}
 			}
 			old, err := term.MakeRaw(fd)
 			if err != nil {
@@ -111,7 +132,7 @@ EXAMPLES:
 				return uint16(min(h, 0xffff)), uint16(min(w, 0xffff))
 			}
 			so := device.ShareOptions{Socket: c.String("share-socket"), Shell: c.String("shell"),
-				In: os.Stdin, Out: os.Stdout, Size: size, Resized: resized}
+				In: os.Stdin, Out: os.Stdout, Size: size, Resized: resized, Display: display, XAuthority: xauth}
 			if guest != nil {
 				return agent.ShareGuest(ctx, agent.GuestShareOptions{Guest: guest, MPURL: c.String("mp"), Share: so, Log: zerolog.Nop()})
 			}

@@ -21,6 +21,7 @@ import (
 	"github.com/ibcm-project/ibcm/internal/cliapp"
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/helper"
+	"github.com/ibcm-project/ibcm/remote/ticket"
 	"github.com/ibcm-project/ibcm/site"
 )
 
@@ -115,6 +116,13 @@ opens a menu: c request control, e request elevated, v back to view, t chat (typ
 Enter sends), q end the session; Ctrl-] twice sends a Ctrl-]. When stdin is not a terminal,
 it is sent as it is (no menu) and its end ends the session.
 
+With --screen, the session shows the device's display instead (RFB, for any VNC viewer): the
+device's agent starts its VNC server on the sharer's X display (the sharer runs
+` + "`ibcm-client share --screen`" + `), or on a fresh virtual display for unattended; this command opens
+a local VNC port on 127.0.0.1 (--vnc-listen) that takes one connection and prints its
+one-time VNC password. In view mode the device drops the viewer's keys, pointer and
+clipboard. Lines on stdin: c asks for control, v goes back to view, q ends the session.
+
 Exit status: 0 when the session completed, 4 when the site or the device refused or ended it
 (the error names the code: device_offline, denied, consent_timeout, forbidden, …), 2 for bad
 input, 1 for anything else.
@@ -123,10 +131,13 @@ EXAMPLES:
    ibcm remote start --mode control --reason "ticket 4711: printer queue" kiosk-12
    ibcm remote start --mode view 6defabdb
    ibcm remote start --mode unattended --dir /srv/ibcm 6defabdb-743f-4a34-9830-20527b338cb5
-   printf 'uptime\nexit\n' | ibcm remote start --mode control kiosk-12`,
+   printf 'uptime\nexit\n' | ibcm remote start --mode control kiosk-12
+   ibcm remote start --screen --mode view kiosk-12   # then: gvncviewer 127.0.0.1:<display>`,
 		Flags: append(adminFlags(),
 			&cli.StringFlag{Name: "mode", Value: "control", Usage: "view, control, elevated or unattended", Sources: cli.EnvVars("IBCM_REMOTE_MODE"),
 				Validator: cliapp.OneOf("view", "control", "elevated", "unattended")},
+			&cli.BoolFlag{Name: "screen", Usage: "a screen session (VNC) instead of a terminal", Sources: cli.EnvVars("IBCM_REMOTE_SCREEN")},
+			&cli.StringFlag{Name: "vnc-listen", Value: "127.0.0.1:0", Usage: "the local VNC port of --screen (`HOST:PORT`, loopback only)", Sources: cli.EnvVars("IBCM_REMOTE_VNC_LISTEN")},
 			&cli.StringFlag{Name: "reason", Usage: "why, shown to the device's user and kept in the audit", Sources: cli.EnvVars("IBCM_REMOTE_REASON"),
 				Validator: func(s string) error {
 					if len(s) > 512 {
@@ -142,9 +153,20 @@ EXAMPLES:
 			}
 			ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 			defer stop()
-			start, err := hc.Start(ctx, wire.SessionStartRequest{Device: c.StringArg("DEVICE"), Mode: c.String("mode"), Reason: c.String("reason")})
+			req := wire.SessionStartRequest{Device: c.StringArg("DEVICE"), Mode: c.String("mode"), Reason: c.String("reason")}
+			if c.Bool("screen") {
+				if req.Mode == "elevated" {
+					return exitErr{code: exitUsage, err: errors.New("--screen: the mode is view, control or unattended")}
+				}
+				req.Kind = ticket.KindScreen
+			}
+			start, err := hc.Start(ctx, req)
 			if err != nil {
 				return remoteError(err)
+			}
+			if req.Kind == ticket.KindScreen {
+				t := newTerminal(c)
+				return attachScreen(ctx, hc, start, c.String("vnc-listen"), t.in, t.errw)
 			}
 			return attach(ctx, hc, start, newTerminal(c))
 		},

@@ -67,8 +67,16 @@ func (a *Agent) newRemote() (*remoteState, error) {
 	a.mu.Unlock()
 	rs := &remoteState{crl: e2e.NewCRL(issuerOf(id), filepath.Join(a.o.Dir, device.CRLFile))}
 	var shells device.ShellStarter = device.DirectShells{}
+	var screenSystemd *device.SystemdShells
+	screenDir := ""
 	if a.o.Shells == "systemd" || a.o.Shells == "" && device.UnderSystemd() {
 		shells = device.SystemdShells{}
+		// x11vnc as a transient service too; its socket in the runtime directory (the share
+		// socket's), which the agent's private /tmp would hide.
+		screenSystemd = &device.SystemdShells{}
+		if a.o.ShareSocket != "" {
+			screenDir = filepath.Dir(a.o.ShareSocket)
+		}
 	}
 	h, err := device.New(device.Config{
 		Identity: func() (string, string) {
@@ -113,10 +121,12 @@ func (a *Agent) newRemote() (*remoteState, error) {
 			defer a.mu.Unlock()
 			return a.current.Location == wire.Intranet
 		},
-		DirectAddrs: a.sessionPortAddrs,
-		Shells:      shells,
-		StateDir:    a.o.Dir,
-		Log:         a.o.Log,
+		DirectAddrs:   a.sessionPortAddrs,
+		Shells:        shells,
+		ScreenDir:     screenDir,
+		ScreenSystemd: screenSystemd,
+		StateDir:      a.o.Dir,
+		Log:           a.o.Log,
 	})
 	if err != nil {
 		return nil, err

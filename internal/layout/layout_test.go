@@ -111,7 +111,7 @@ func TestRolesDoNotImportTheCA(t *testing.T) {
 }
 
 // remote/device is linked into the agent: it imports the standard library, internal/wire,
-// internal/atomicfile, the remote contracts, creack/pty and zerolog, and depends on no
+// internal/atomicfile, the remote contracts, remote/rfb, creack/pty and zerolog, and depends on no
 // server code.
 func TestRemoteDeviceImportsNoServerCode(t *testing.T) {
 	allowed := func(imp string) bool {
@@ -120,6 +120,7 @@ func TestRemoteDeviceImportsNoServerCode(t *testing.T) {
 			imp == "github.com/ibcm-project/ibcm/internal/wire", imp == "github.com/ibcm-project/ibcm/internal/atomicfile",
 			imp == "github.com/ibcm-project/ibcm/remote/ticket", imp == "github.com/ibcm-project/ibcm/remote/frame",
 			imp == "github.com/ibcm-project/ibcm/remote/e2e", imp == "github.com/ibcm-project/ibcm/remote/recording",
+			imp == "github.com/ibcm-project/ibcm/remote/rfb", // screen sessions' RFB filter and handshakes
 			imp == "github.com/creack/pty", imp == "github.com/rs/zerolog":
 			return true
 		}

@@ -11,7 +11,7 @@ import (
 )
 
 // Hint says how to get the peers.
-const Hint = "run `make deps` as root (Debian: postgresql bind9 bind9-dnsutils openssl curl tmux asciinema bsdutils)"
+const Hint = "run `make deps` as root (Debian: postgresql bind9 bind9-dnsutils openssl curl tmux asciinema bsdutils xvfb x11vnc gvncviewer xterm xfonts-base x11-xserver-utils x11-utils xdotool)"
 
 // Missing fails t under CI=true and skips it otherwise, with msg.
 func Missing(t testing.TB, msg string) {

@@ -65,6 +65,9 @@ type SessionStartRequest struct {
 	Device string `json:"device"` // id, unique id prefix, or device name
 	Mode   string `json:"mode"`   // view, control, elevated, unattended
 	Reason string `json:"reason,omitempty"`
+	// Kind is "" for a terminal session or "screen" for a screen session (RFB); it
+	// travels in the signed ticket, so the device and its sharer know before consent.
+	Kind string `json:"kind,omitempty"`
 }
 
 // SessionStart answers a start or a join: the session, the leg's ticket id for the relay,

@@ -326,6 +326,10 @@ type RemoteControlSettings struct {
 	PlaySound         string   `json:"play_sound" yaml:"play_sound"`                   // a bell on the sharer's terminal: none, start_end, repeatedly
 	AllowChat         bool     `json:"allow_chat" yaml:"allow_chat"`
 	RecordTerminal    bool     `json:"record_terminal" yaml:"record_terminal"` // asciicast sealed to the site's audit key
+	// PromptClipboard: in a screen session's control mode, text the helper's viewer puts on
+	// the clipboard reaches the device only once the sharer accepts it (unattended: never);
+	// off, it passes in control mode. The device's clipboard never goes to the helper.
+	PromptClipboard bool `json:"prompt_clipboard" yaml:"prompt_clipboard"`
 }
 
 // Locate is GET /v1/locate: the MPs and DPs for the caller's location.

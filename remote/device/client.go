@@ -55,7 +55,7 @@ func CheckSocket(path string) error {
 	return nil
 }
 
-func dialShare(ctx context.Context, path, kind string, rows, cols uint16) (net.Conn, error) {
+func dialShare(ctx context.Context, path, kind string, rows, cols uint16, display ...string) (net.Conn, error) {
 	if err := CheckSocket(path); err != nil {
 		return nil, err
 	}
@@ -64,7 +64,11 @@ func dialShare(ctx context.Context, path, kind string, rows, cols uint16) (net.C
 	if err != nil {
 		return nil, fmt.Errorf("share socket: %w", err)
 	}
-	if err := frame.WriteJSON(c, frame.Hello, frame.Greeting{Terminal: kind, Rows: rows, Cols: cols}); err != nil {
+	g := frame.Greeting{Terminal: kind, Rows: rows, Cols: cols}
+	if len(display) == 2 {
+		g.Display, g.XAuthority = display[0], display[1]
+	}
+	if err := frame.WriteJSON(c, frame.Hello, g); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -184,6 +188,12 @@ func Watch(ctx context.Context, socket string, in io.Reader, out io.Writer) erro
 func PromptText(p frame.ConsentPrompt) string {
 	who := peerText(p.Helper)
 	s := fmt.Sprintf("%s asks for a remote %s session on this device", who, p.Mode)
+	switch p.Kind {
+	case "screen":
+		s = fmt.Sprintf("%s asks to see this device's screen (%s mode)", who, p.Mode)
+	case KindClipboard:
+		s = fmt.Sprintf("%s asks to paste into this device's clipboard", who)
+	}
 	if p.Reason != "" {
 		s += " (" + p.Reason + ")"
 	}
@@ -193,7 +203,14 @@ func PromptText(p frame.ConsentPrompt) string {
 // promptLine is a question on the status line: how to answer, the mode and the helper's
 // name first, since an 80-column terminal cuts what does not fit.
 func promptLine(p frame.ConsentPrompt) string {
-	s := fmt.Sprintf("Ctrl-] y/n: allow %s access for %s?", p.Mode, peerText(p.Helper))
+	what := p.Mode
+	switch p.Kind {
+	case "screen":
+		what = "screen " + p.Mode
+	case KindClipboard:
+		return fmt.Sprintf("Ctrl-] y/n: allow a clipboard paste from %s? (%s)", peerText(p.Helper), p.Reason)
+	}
+	s := fmt.Sprintf("Ctrl-] y/n: allow %s access for %s?", what, peerText(p.Helper))
 	if p.Reason != "" {
 		s += " (" + p.Reason + ")"
 	}
@@ -241,6 +258,9 @@ type ShareOptions struct {
 	// Size is the terminal's size; Resized signals a change (SIGWINCH).
 	Size    func() (rows, cols uint16)
 	Resized <-chan struct{}
+	// Display and XAuthority offer this X display to screen sessions (`share --screen`);
+	// CheckDisplay must accept them.
+	Display, XAuthority string
 }
 
 // Share is `ibcm-client share`: the user's shell on a PTY, shown on their terminal and
@@ -253,7 +273,14 @@ func Share(ctx context.Context, o ShareOptions) error {
 	if rows > 2 {
 		prows = rows - 1
 	}
-	c, err := dialShare(ctx, o.Socket, KindShare, prows, cols)
+	var display []string
+	if o.Display != "" {
+		if err := CheckDisplay(o.Display, o.XAuthority); err != nil {
+			return err
+		}
+		display = []string{o.Display, o.XAuthority}
+	}
+	c, err := dialShare(ctx, o.Socket, KindShare, prows, cols, display...)
 	if err != nil {
 		return err
 	}

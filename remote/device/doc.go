@@ -5,7 +5,11 @@
 // the transports of an accepted session (the MP's relay, and the intranet session port
 // while the session is pending), runs the end-to-end TLS (remote/e2e) and the frames
 // inside it (remote/frame), and connects the helper to a terminal: the sharer's shared
-// terminal, a new shell, or an elevated root shell in its own cgroup. It enforces the
+// terminal, a new shell, or an elevated root shell in its own cgroup — or, for a ticket of
+// kind screen, to a display: x11vnc started for the session (as the sharer on the display
+// their `ibcm-client share --screen` offers, or on a fresh Xvfb when unattended) on a
+// private Unix socket, its RFB carried in Data frames, the helper's through the
+// remote/rfb filter of the mode in force (screen.go). It enforces the
 // device's remote-control policy again, reports every step to the MP, keeps a local
 // session log and seals recordings to the site's audit key (remote/recording).
 //

@@ -84,6 +84,12 @@ type Config struct {
 	// Shells starts shells: nil = on a PTY as a child of the agent (own session, own
 	// cgroup when possible).
 	Shells ShellStarter
+	// ScreenDir is where screen sessions make their private directory for the VNC
+	// server's socket (os.TempDir when empty).
+	ScreenDir string
+	// ScreenSystemd, when set, starts the x11vnc of attended screen sessions as transient
+	// services (outside the agent unit's sandbox); ScreenDir must then be visible outside it.
+	ScreenSystemd *SystemdShells
 	// StateDir keeps the used tickets, the session log and the recordings waiting.
 	StateDir string
 	Log      zerolog.Logger

@@ -42,8 +42,10 @@ type shareClient struct {
 	uid  int
 	pid  int
 	kind string
-	wmu  sync.Mutex
-	gone chan struct{}
+	// display and xauthority: the X display the client offers for screen sessions.
+	display, xauthority string
+	wmu                 sync.Mutex
+	gone                chan struct{}
 }
 
 func (c *shareClient) send(t frame.Type, payload []byte) error {
@@ -206,12 +208,17 @@ func (hb *hub) handle(c net.Conn) {
 	if err == nil && g.Terminal != KindShare && g.Terminal != KindWatch && g.Terminal != KindAnswer {
 		err = fmt.Errorf("%w: unknown client kind %q", frame.ErrFrame, g.Terminal)
 	}
+	if err == nil && (g.Display != "" || g.XAuthority != "") {
+		if err = CheckDisplay(g.Display, g.XAuthority); err != nil {
+			err = fmt.Errorf("%w: %v", frame.ErrFrame, err)
+		}
+	}
 	if err != nil {
 		hb.h.log.Warn().Err(err).Int("uid", uid).Int("pid", pid).Msg("share socket: bad hello")
 		_ = cl.sendJSON(frame.End, frame.Ending{Outcome: "bad_request", Message: err.Error()})
 		return
 	}
-	cl.kind = g.Terminal
+	cl.kind, cl.display, cl.xauthority = g.Terminal, g.Display, g.XAuthority
 	if cl.kind == KindAnswer {
 		f, err := r.Next()
 		var a frame.ConsentAnswer
@@ -346,6 +353,18 @@ func (hb *hub) shareOf(uid int) *shareClient {
 	defer hb.mu.Unlock()
 	for _, c := range hb.clients {
 		if c.kind == KindShare && c.uid == uid {
+			return c
+		}
+	}
+	return nil
+}
+
+// displayOf returns the client of uid that offers an X display for screen sessions, or nil.
+func (hb *hub) displayOf(uid int) *shareClient {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	for _, c := range hb.clients {
+		if c.uid == uid && c.display != "" {
 			return c
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/e2e"
 	"github.com/ibcm-project/ibcm/remote/frame"
+	"github.com/ibcm-project/ibcm/remote/rfb"
 	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
@@ -26,6 +27,7 @@ import (
 const (
 	TerminalShared   = "shared"
 	TerminalNewShell = "new-shell"
+	TerminalScreen   = "screen" // a screen session: the display over RFB
 )
 
 // Sources of the events a session's loop handles.
@@ -36,6 +38,7 @@ const (
 	fromElevated
 	fromConsent
 	fromViewer
+	fromScreen // the VNC server's side ended, or the filter refused the helper's message
 )
 
 type event struct {
@@ -46,6 +49,7 @@ type event struct {
 	mode   string // fromConsent: the mode asked
 	answer string // fromConsent: accepted, denied, consent-timeout
 	viewer *viewer
+	clip   []byte // fromConsent about clipboard text: the text
 }
 
 // session is one session served by the host.
@@ -88,6 +92,10 @@ type session struct {
 	detach   func() // takes the session's sink off the share socket
 
 	claimedShared bool // this session holds the sharer's shared terminal (hub.claimShared)
+
+	screen      *Screen      // a screen session's VNC server
+	screenOwner *shareClient // the sharer's client that offered the display: its end ends the session
+	screenIn    *rfb.Filter  // the helper's RFB goes through it to the server, in the loop
 }
 
 func newSession(h *Host, t *ticket.Ticket, p Policy, ctx context.Context, cancel context.CancelFunc) *session {
@@ -206,6 +214,9 @@ func (s *session) consent() (outcome, code string, err error) {
 	if uid < 0 && s.t.Mode == ticket.ModeUnattended {
 		// Nobody present: allow_unattended decides (checked with the policy), no prompt.
 		s.terminal = TerminalNewShell
+		if s.t.Kind == ticket.KindScreen {
+			s.terminal = TerminalScreen
+		}
 		s.report(wire.SessionReport{Event: wire.ReportAccepted, Mode: s.t.Mode, Message: "unattended"})
 		return "", "", nil
 	}
@@ -231,7 +242,12 @@ func (s *session) consent() (outcome, code string, err error) {
 		s.sharer = Account{UID: uid, Name: strconv.Itoa(uid)}
 	}
 	s.log = s.log.With().Str("sharer", s.sharer.Name).Logger()
-	if s.t.Mode != ticket.ModeUnattended && s.h.hub.shareOf(uid) != nil {
+	if s.t.Kind == ticket.KindScreen && s.t.Mode != ticket.ModeUnattended {
+		if s.h.hub.displayOf(uid) == nil {
+			return wire.OutcomeRefused, CodeNoDisplay, fmt.Errorf("%s: %w", s.sharer.Name, ErrNoDisplay)
+		}
+	}
+	if s.t.Kind != ticket.KindScreen && s.t.Mode != ticket.ModeUnattended && s.h.hub.shareOf(uid) != nil {
 		if !s.h.hub.claimShared(uid) {
 			return wire.OutcomeRefused, CodeSharerBusy, fmt.Errorf("%s's shared terminal is in another session", s.sharer.Name)
 		}
@@ -246,7 +262,7 @@ func (s *session) consent() (outcome, code string, err error) {
 	}
 	if rc.PromptUser {
 		s.report(wire.SessionReport{Event: wire.ReportConsentAsked, Mode: s.t.Mode})
-		ans := s.h.hub.ask(deadline, uid, frame.ConsentPrompt{Session: s.t.Session, Helper: s.peer(""), Mode: s.t.Mode, Reason: s.t.Reason, Timeout: int(timeout / time.Second)})
+		ans := s.h.hub.ask(deadline, uid, frame.ConsentPrompt{Session: s.t.Session, Helper: s.peer(""), Mode: s.t.Mode, Kind: s.t.Kind, Reason: s.t.Reason, Timeout: int(timeout / time.Second)})
 		if s.ended() {
 			return s.outcome, "", errors.New(s.message)
 		}
@@ -261,6 +277,8 @@ func (s *session) consent() (outcome, code string, err error) {
 	}
 	s.report(wire.SessionReport{Event: wire.ReportAccepted, Mode: s.t.Mode})
 	switch {
+	case s.t.Kind == ticket.KindScreen:
+		s.terminal = TerminalScreen
 	case s.t.Mode == ticket.ModeUnattended:
 		s.terminal = TerminalNewShell
 	case s.claimedShared && s.h.hub.shareOf(uid) != nil:
@@ -523,7 +541,9 @@ func (s *session) serve(conn *tls.Conn) {
 	if hello.Rows == 0 || hello.Cols == 0 {
 		rows, cols = 24, 80
 	}
-	if s.p.RC.RecordTerminal {
+	if s.p.RC.RecordTerminal && s.terminal == TerminalScreen {
+		s.log.Warn().Msg("policy says record_terminal: screen sessions are not recorded")
+	} else if s.p.RC.RecordTerminal {
 		if s.p.AuditKey != "" {
 			s.rec = newRecorder(s.started, cols, rows)
 		} else {
@@ -531,14 +551,18 @@ func (s *session) serve(conn *tls.Conn) {
 			s.h.c.Audit("error", "remote session "+s.t.Session+": not recorded: the policy carries no audit key")
 		}
 	}
-	if err := s.startTerminal(rows, cols); err != nil {
+	start := s.startTerminal
+	if s.terminal == TerminalScreen {
+		start = func(uint16, uint16) error { return s.startScreen() }
+	}
+	if err := start(rows, cols); err != nil {
 		s.end(wire.OutcomeFailed, err.Error())
 		s.wrapUp()
 		return
 	}
 	// A session that starts elevated gets its root shell now, as one that escalates does
 	// (else the mode says elevated while the helper types into the sharer's own shell).
-	if s.mode == ticket.ModeElevated && s.needsElevated() {
+	if s.mode == ticket.ModeElevated && s.terminal != TerminalScreen && s.needsElevated() {
 		if err := s.startElevated(rows, cols); err != nil {
 			s.end(wire.OutcomeFailed, "starting the elevated shell: "+err.Error())
 			s.wrapUp()
@@ -724,7 +748,13 @@ func (s *session) handle(e event) {
 		s.output(e.src, e.f.Payload)
 	case fromViewer:
 		s.viewerEvent(e)
+	case fromScreen:
+		s.screenEnded(e.err)
 	case fromConsent:
+		if e.mode == KindClipboard {
+			s.clipboardAnswer(e)
+			return
+		}
 		s.asking = false
 		if e.answer == "accepted" {
 			s.setMode(e.mode, "")
@@ -768,6 +798,12 @@ func (s *session) fromHelper(f frame.Frame) {
 		s.active()
 		s.bytesIn.Add(int64(len(f.Payload)))
 		switch {
+		case s.screenIn != nil:
+			// The filter reads the mode in force as each message completes, here in the
+			// loop: a mode change applies from the next frame on.
+			if _, err := s.screenIn.Write(f.Payload); err != nil {
+				s.screenEnded(err)
+			}
 		case s.mode == ticket.ModeView:
 			// view: the helper's input is dropped
 		case s.mode == ticket.ModeElevated && s.elevated != nil:
@@ -823,6 +859,8 @@ func (s *session) fromSharer(e event) {
 	case 0: // a client of the sharer left
 		if e.client == s.share {
 			s.end(wire.OutcomeCompleted, "the sharer's share client closed")
+		} else if e.client != nil && e.client == s.screenOwner {
+			s.end(wire.OutcomeCompleted, "the sharer's share client that offered the display closed")
 		}
 	case frame.Data:
 		if e.client != s.share {
@@ -867,7 +905,8 @@ func rank(m string) int {
 
 // requestMode handles the helper's request for a mode.
 func (s *session) requestMode(m string) {
-	if !ticket.ValidMode(m) || !s.t.Allows(m) || !modeAllowed(s.p.RC, m) || m == ticket.ModeUnattended && s.mode != ticket.ModeUnattended {
+	if !ticket.ValidMode(m) || !s.t.Allows(m) || !modeAllowed(s.p.RC, m) || m == ticket.ModeUnattended && s.mode != ticket.ModeUnattended ||
+		m == ticket.ModeElevated && s.terminal == TerminalScreen {
 		s.sendHelperJSON(frame.Mode, frame.ModeChange{Mode: m, Reason: "not-permitted"})
 		return
 	}
@@ -954,6 +993,11 @@ func (s *session) wrapUp() {
 	for _, sh := range []*Shell{s.elevated, s.shell} {
 		if sh != nil {
 			sh.Kill()
+		}
+	}
+	if s.screen != nil {
+		if err := s.screen.Close(); err != nil {
+			s.log.Warn().Err(err).Msg("stopping the screen's VNC server")
 		}
 	}
 	for len(s.viewers) > 0 {

@@ -52,6 +52,11 @@ func (h *Host) joinViewer(ctx context.Context, t *ticket.Ticket) error {
 		h.refuse(ctx, t, CodeNoSession, err)
 		return err
 	}
+	if s.t.Kind == ticket.KindScreen || t.Kind == ticket.KindScreen {
+		err := errors.New("a second viewer cannot join a screen session")
+		h.refuse(ctx, t, CodeNoSession, err)
+		return err
+	}
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()

@@ -199,6 +199,10 @@ type Greeting struct {
 	Terminal   string `json:"terminal,omitempty"`    // "shared" or "new-shell"
 	Rows       uint16 `json:"rows,omitempty"`
 	Cols       uint16 `json:"cols,omitempty"`
+	// Display and XAuthority: the X display a share client offers for screen sessions
+	// (`ibcm-client share --screen`, from its environment); share socket only.
+	Display    string `json:"display,omitempty"`
+	XAuthority string `json:"xauthority,omitempty"`
 }
 
 // ModeChange asks for a mode (helper → device, or the sharer's drop to view), or says
@@ -240,6 +244,7 @@ type ConsentPrompt struct {
 	Session string `json:"session"`
 	Helper  Peer   `json:"helper"`
 	Mode    string `json:"mode"`
+	Kind    string `json:"kind,omitempty"` // "screen" for a screen session
 	Reason  string `json:"reason,omitempty"`
 	Timeout int    `json:"timeout_s"`
 }

@@ -2,7 +2,8 @@
 // 4, 5 and 7): asking the management point for a session (Start, Join), reaching the device
 // over the device's session port or the MP's relay, whichever completes its end-to-end TLS
 // first (Connect), and the framed conversation inside (Session: terminal bytes, resize,
-// chat, mode requests, ping, end). It has no terminal of its own: `ibcm remote` attaches one,
+// chat, mode requests, ping, end), and for a screen session the local VNC port (ScreenPort:
+// loopback, one connection, a one-time VNC password). It has no terminal of its own: `ibcm remote` attaches one,
 // and the benchmark drives a Session from code:
 //
 //	c, _ := helper.NewClient("https://mp.corp.example", &tls.Config{Certificates: []tls.Certificate{user}, RootCAs: siteRoots}, nil)

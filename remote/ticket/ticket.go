@@ -51,6 +51,12 @@ const (
 	ModeUnattended = "unattended"
 )
 
+// Kinds of a session (Ticket.Kind).
+const (
+	KindTerminal = ""       // a terminal: the sharer's, a new shell, a root shell
+	KindScreen   = "screen" // the display, over RFB (remote/rfb)
+)
+
 // Roles of a leg.
 const (
 	RoleHelper = "helper" // the helper who started the session
@@ -78,7 +84,9 @@ type Ticket struct {
 	Role      string   `json:"role"`  // RoleHelper or RoleViewer
 	Mode      string   `json:"mode"`  // the mode asked for at the start
 	Modes     []string `json:"modes"` // every mode the helper may use (permissions ∩ policy)
-	Reason    string   `json:"reason,omitempty"`
+	// Kind is what the session shows: KindTerminal ("", the default) or KindScreen.
+	Kind   string `json:"kind,omitempty"`
+	Reason string `json:"reason,omitempty"`
 	// Direct: the helper is on the intranet and policy allows direct connections, so the
 	// agent may open its session port (when it is on the intranet too).
 	Direct    bool      `json:"direct,omitempty"`
@@ -134,6 +142,9 @@ func (t *Ticket) Check() error {
 		if !ValidMode(m) {
 			return fmt.Errorf("%w: mode %q", ErrMalformed, m)
 		}
+	}
+	if t.Kind != KindTerminal && t.Kind != KindScreen {
+		return fmt.Errorf("%w: kind %q", ErrMalformed, t.Kind)
 	}
 	if !t.Allows(t.Mode) {
 		return fmt.Errorf("%w: mode %q is not among the allowed modes", ErrMalformed, t.Mode)

@@ -1,0 +1,445 @@
+package device
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/frame"
+	"github.com/ibcm-project/ibcm/remote/rfb"
+	"github.com/ibcm-project/ibcm/remote/ticket"
+)
+
+// Screen sessions: the agent starts the device's VNC server itself, x11vnc, for this one
+// session, listening only on a Unix socket in a private directory (0700, owned by the
+// user x11vnc runs as): no TCP port (-rfbport 0 -rfbportv6 -1; a test checks), and a random password of the session
+// besides (-passwdfile, read and removed by x11vnc at start), so nobody but the agent
+// reaches the server even through that directory. x11vnc exits when the agent's one
+// connection closes (no -forever), and Close kills it anyway.
+//
+// Attended, x11vnc runs as the sharer on the display their `ibcm-client share --screen`
+// named (DISPLAY and XAUTHORITY of its environment): running as them, it can reach no
+// display they could not. Unattended (nobody present), the agent starts Xvfb on a fresh
+// display (-displayfd tells which, once it is ready) and x11vnc on it, as itself.
+
+// Binaries of screen sessions, looked up in PATH when relative.
+var (
+	X11VNCBinary = "x11vnc"
+	XvfbBinary   = "Xvfb"
+)
+
+// ScreenGeometry is the size of an unattended session's Xvfb display.
+var ScreenGeometry = "1280x800x24"
+
+// KindClipboard is the Kind of a ConsentPrompt about the helper's clipboard text.
+const KindClipboard = "clipboard"
+
+// ErrNoDisplay is the error of a screen session whose sharer shares no display.
+var ErrNoDisplay = errors.New("no display to share: the sharer must run `ibcm-client share --screen` in their X session")
+
+// CodeNoDisplay is the refusal code of ErrNoDisplay.
+const CodeNoDisplay = "screen_no_display"
+
+var displayRE = regexp.MustCompile(`^:[0-9]{1,4}(\.[0-9]{1,2})?$`)
+
+// CheckDisplay validates a display a share client names: a local X display only (":0",
+// ":1.0"), and an absolute XAUTHORITY path when one is given.
+func CheckDisplay(display, xauthority string) error {
+	if !displayRE.MatchString(display) {
+		return fmt.Errorf("display %q: want a local display such as :0", display)
+	}
+	if xauthority != "" && (!filepath.IsAbs(xauthority) || len(xauthority) > 4096 || strings.ContainsRune(xauthority, 0)) {
+		return fmt.Errorf("xauthority %q: want an absolute path", xauthority)
+	}
+	return nil
+}
+
+// ScreenSpec is the display a screen session shares.
+type ScreenSpec struct {
+	Display    string // ":0"; empty starts Xvfb on a fresh display
+	XAuthority string
+	// As is the account x11vnc runs as when the agent is root and it is not root (the
+	// sharer); nil runs it as the agent.
+	As *Account
+	// Dir is where the private directory is made (os.TempDir when empty).
+	Dir string
+	// Log receives x11vnc's and Xvfb's output (discarded when nil).
+	Log io.Writer
+	// Systemd, when set, starts an attended session's x11vnc as a transient service named
+	// Unit (systemd-run), outside the agent unit's sandbox: ProtectHome and PrivateTmp would
+	// hide the sharer's XAUTHORITY and X socket from a child of the agent. Dir must then be
+	// visible outside the sandbox too (the agent's runtime directory).
+	Systemd *SystemdShells
+	Unit    string
+}
+
+// Screen is a running VNC server of one session, and the agent's connection to it.
+type Screen struct {
+	Conn    net.Conn
+	Init    rfb.ServerInit
+	Display string
+	dir     string
+	procs   []*exec.Cmd
+	waits   []chan struct{}
+	closers []io.Closer
+	stop    func() // stops x11vnc's transient unit
+}
+
+// StartScreen starts x11vnc (and Xvfb when spec has no display), connects to it and runs
+// the RFB handshake. ctx bounds the start only.
+func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	s := &Screen{Display: spec.Display}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	s.dir, err = os.MkdirTemp(spec.Dir, "ibcm-screen-")
+	if err != nil {
+		return nil, fmt.Errorf("screen session directory: %w", err)
+	}
+	var cred *syscall.Credential
+	if spec.As != nil && os.Geteuid() == 0 && spec.As.UID != 0 {
+		cred = &syscall.Credential{Uid: uint32(spec.As.UID), Gid: uint32(spec.As.GID), NoSetGroups: true}
+		if err := os.Chown(s.dir, spec.As.UID, spec.As.GID); err != nil {
+			return nil, err
+		}
+	}
+	logw := spec.Log
+	if logw == nil {
+		logw = io.Discard
+	}
+	if s.Display == "" {
+		// A fresh display that only the holder of its cookie may open.
+		spec.XAuthority = filepath.Join(s.dir, "Xauthority")
+		if err := writeXAuthority(spec.XAuthority); err != nil {
+			return nil, err
+		}
+		if s.Display, err = s.startXvfb(ctx, spec.XAuthority, logw); err != nil {
+			return nil, err
+		}
+	}
+	pw, err := rfb.NewPassword(nil)
+	if err != nil {
+		return nil, err
+	}
+	pwFile := filepath.Join(s.dir, "passwd")
+	if err := os.WriteFile(pwFile, []byte(pw+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	if cred != nil {
+		if err := os.Chown(pwFile, spec.As.UID, spec.As.GID); err != nil {
+			return nil, err
+		}
+	}
+	sock := filepath.Join(s.dir, "vnc.sock")
+	// -rfbport 0 alone still leaves libvncserver's IPv6 listener on 5900: -rfbportv6 -1.
+	// (-localhost cannot be added: it refuses the Unix socket's clients too.)
+	// -seldir recv: the device's selections are never sent to the viewer.
+	args := []string{"-display", s.Display, "-unixsock", sock, "-rfbport", "0", "-rfbportv6", "-1", "-seldir", "recv",
+		"-passwdfile", "rm:" + pwFile, "-shared", "-nossl", "-noipv6", "-norc", "-nocmds", "-noremote", "-quiet"}
+	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + s.dir}
+	if spec.XAuthority != "" {
+		env = append(env, "XAUTHORITY="+spec.XAuthority)
+	}
+	var cmd *exec.Cmd
+	if spec.Systemd != nil && spec.Display != "" && spec.Unit != "" {
+		cmd = s.systemdCommand(spec, args, env)
+	} else {
+		cmd = exec.Command(X11VNCBinary, args...)
+		cmd.Env = env
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
+	}
+	cmd.Stdout, cmd.Stderr = logw, logw
+	exited, err := s.start(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("starting x11vnc: %w", err)
+	}
+	// Readiness: the socket accepts. x11vnc tells nothing else when it listens on no port.
+	var d net.Dialer
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		c, err := d.DialContext(ctx, "unix", sock)
+		if err == nil {
+			s.Conn = c
+			break
+		}
+		select {
+		case <-exited:
+			return nil, fmt.Errorf("x11vnc on display %s exited: %v", s.Display, cmd.ProcessState)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("x11vnc on display %s: no socket: %w", s.Display, ctx.Err())
+		case <-tick.C:
+		}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.Conn.SetDeadline(dl)
+	}
+	s.Init, err = rfb.Dial(s.Conn, pw)
+	if err != nil {
+		return nil, fmt.Errorf("the RFB handshake with x11vnc: %w", err)
+	}
+	_ = s.Conn.SetDeadline(time.Time{})
+	return s, nil
+}
+
+// systemdCommand is systemd-run starting x11vnc as the transient service spec.Unit, as
+// spec.As; Close stops the unit.
+func (s *Screen) systemdCommand(spec ScreenSpec, args, env []string) *exec.Cmd {
+	run, ctl := spec.Systemd.Run, spec.Systemd.Ctl
+	if run == "" {
+		run = "systemd-run"
+	}
+	if ctl == "" {
+		ctl = "systemctl"
+	}
+	bin := X11VNCBinary
+	if p, err := exec.LookPath(bin); err == nil {
+		bin = p
+	}
+	unit := spec.Unit + ".service"
+	sargs := []string{"--unit", unit, "--quiet", "--collect", "--wait", "--service-type=exec", "-p", "KillMode=control-group"}
+	if spec.As != nil {
+		sargs = append(sargs, "--uid", strconv.Itoa(spec.As.UID), "--gid", strconv.Itoa(spec.As.GID))
+	}
+	for _, e := range env {
+		sargs = append(sargs, "-E", e)
+	}
+	sargs = append(append(sargs, "--", bin), args...)
+	s.stop = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = exec.CommandContext(ctx, ctl, "stop", unit).Run()
+	}
+	cmd := exec.Command(run, sargs...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return cmd
+}
+
+// start starts cmd and returns a channel closed when it has exited.
+func (s *Screen) start(cmd *exec.Cmd) (chan struct{}, error) {
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	s.procs = append(s.procs, cmd)
+	s.waits = append(s.waits, done)
+	return done, nil
+}
+
+func (s *Screen) startXvfb(ctx context.Context, xauth string, logw io.Writer) (string, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "", err
+	}
+	s.closers = append(s.closers, r) // open while Xvfb runs: it fails on a closed pipe
+	cmd := exec.Command(XvfbBinary, "-displayfd", "3", "-screen", "0", ScreenGeometry, "-nolisten", "tcp", "-noreset", "-auth", xauth)
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Stdout, cmd.Stderr = logw, logw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	exited, err := s.start(cmd)
+	w.Close()
+	if err != nil {
+		return "", fmt.Errorf("starting Xvfb: %w", err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		d, err := readDisplayFD(r)
+		if err != nil {
+			d = ""
+		}
+		got <- d
+	}()
+	select {
+	case d := <-got:
+		if d == "" {
+			return "", errors.New("Xvfb did not start")
+		}
+		return ":" + d, nil
+	case <-exited:
+		return "", errors.New("Xvfb exited at start")
+	case <-ctx.Done():
+		return "", fmt.Errorf("Xvfb: %w", ctx.Err())
+	}
+}
+
+// Close closes the connection, stops x11vnc and Xvfb, and removes the directory.
+func (s *Screen) Close() error {
+	if s.Conn != nil {
+		s.Conn.Close()
+	}
+	if s.stop != nil {
+		s.stop()
+	}
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		_ = s.procs[i].Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.waits[i]:
+		case <-time.After(3 * time.Second):
+			_ = s.procs[i].Process.Kill()
+			<-s.waits[i]
+		}
+	}
+	for _, c := range s.closers {
+		c.Close()
+	}
+	if s.dir != "" {
+		return os.RemoveAll(s.dir)
+	}
+	return nil
+}
+
+// writeXAuthority writes an Xauthority file (0600) with one random MIT-MAGIC-COOKIE-1 for
+// any display (family FamilyWild), for the Xvfb of an unattended session and its x11vnc.
+func writeXAuthority(path string) error {
+	cookie := make([]byte, 16)
+	if _, err := rand.Read(cookie); err != nil {
+		return err
+	}
+	var b []byte
+	field := func(p []byte) { b = binary.BigEndian.AppendUint16(b, uint16(len(p))); b = append(b, p...) }
+	b = binary.BigEndian.AppendUint16(b, 0xffff) // FamilyWild
+	field(nil)                                   // address
+	field(nil)                                   // display number: any
+	field([]byte("MIT-MAGIC-COOKIE-1"))
+	field(cookie)
+	return os.WriteFile(path, b, 0o600)
+}
+
+// startScreen starts the session's VNC server and bridges it: its ServerInit and then
+// everything it sends go to the helper in Data frames; the helper's Data frames go
+// through the filter (rfb.Filter, by the mode in force) to the server.
+func (s *session) startScreen() error {
+	spec := ScreenSpec{Dir: s.h.c.ScreenDir, Log: s.log.With().Str("component", "x11vnc").Logger(),
+		Systemd: s.h.c.ScreenSystemd, Unit: "ibcm-" + s.t.Session[:12] + "-screen"}
+	if s.sharerUID >= 0 {
+		s.detach = s.h.hub.attach(s.sharerUID, func(from *shareClient, f frame.Frame) {
+			s.post(event{src: fromSharer, f: f, client: from})
+		})
+	}
+	if s.t.Mode != ticket.ModeUnattended {
+		owner := s.h.hub.displayOf(s.sharerUID)
+		if owner == nil {
+			return ErrNoDisplay
+		}
+		spec.Display, spec.XAuthority = owner.display, owner.xauthority
+		s.screenOwner = owner
+		a := s.sharer
+		spec.As = &a
+	}
+	sc, err := StartScreen(s.ctx, spec)
+	if err != nil {
+		return fmt.Errorf("starting the screen: %w", err)
+	}
+	s.screen = sc
+	s.log.Info().Str("display", sc.Display).Msg("screen session: x11vnc started")
+	s.bytesOut.Add(int64(len(sc.Init)))
+	s.sendHelper(frame.Data, sc.Init)
+	s.screenIn = &rfb.Filter{Dst: sc.Conn, Mode: func() rfb.Mode { // called in the loop
+		if s.mode == ticket.ModeView {
+			return rfb.View
+		}
+		return rfb.Control
+	}, Clipboard: s.clipboard}
+	go func() {
+		buf := make([]byte, frame.MaxData)
+		for {
+			n, err := sc.Conn.Read(buf)
+			if n > 0 {
+				s.bytesOut.Add(int64(n))
+				s.sendHelper(frame.Data, buf[:n])
+			}
+			if err != nil {
+				s.post(event{src: fromScreen, err: io.EOF})
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// screenEnded ends a screen session: the filter refused the helper's message, the server's
+// connection failed or closed.
+func (s *session) screenEnded(err error) {
+	if errors.Is(err, rfb.ErrForbidden) || errors.Is(err, rfb.ErrTooLarge) {
+		s.log.Warn().Err(err).Msg("the helper's viewer sent a message the screen filter refuses")
+		s.end(wire.OutcomeFailed, err.Error())
+		return
+	}
+	s.end(wire.OutcomeCompleted, "the screen's VNC server closed")
+}
+
+// readDisplayFD reads the display number an X server writes to its -displayfd, up to its
+// newline.
+func readDisplayFD(r io.Reader) (string, error) {
+	var b []byte
+	one := make([]byte, 1)
+	for len(b) < 8 {
+		if _, err := r.Read(one); err != nil {
+			return "", fmt.Errorf("reading the display number: %w", err)
+		}
+		if one[0] == '\n' {
+			break
+		}
+		b = append(b, one[0])
+	}
+	if _, err := strconv.Atoi(string(b)); err != nil {
+		return "", fmt.Errorf("display number %q", b)
+	}
+	return string(b), nil
+}
+
+// clipboard decides, in the loop, whether the helper's clipboard text (control mode) goes
+// to the device now: yes without prompt_clipboard; otherwise the sharer is asked (one
+// question at a time) and the text goes once they accept, if control is still in force.
+func (s *session) clipboard(text []byte) bool {
+	if !s.p.RC.PromptClipboard {
+		return true
+	}
+	if s.sharerUID < 0 || s.asking {
+		s.sendHelperJSON(frame.Status, frame.Presence{Session: s.t.Session, Mode: s.mode, Message: "clipboard text dropped: nobody at the device can accept it now"})
+		return false
+	}
+	s.asking = true
+	text = append([]byte(nil), text...)
+	cp := frame.ConsentPrompt{Session: s.t.Session, Helper: s.peer(s.mode), Mode: s.mode, Kind: KindClipboard,
+		Reason: fmt.Sprintf("%d bytes of text", len(text)), Timeout: int(s.consentTimeout() / time.Second)}
+	go func() {
+		ctx, cancel := context.WithTimeout(s.ctx, s.consentTimeout())
+		defer cancel()
+		ans := s.h.hub.ask(ctx, s.sharerUID, cp)
+		s.post(event{src: fromConsent, mode: KindClipboard, answer: ans, clip: text})
+	}()
+	return false
+}
+
+// clipboardAnswer is the sharer's answer about clipboard text: accepted, it goes to the
+// server as a ClientCutText, while control is in force.
+func (s *session) clipboardAnswer(e event) {
+	s.asking = false
+	if e.answer != "accepted" || s.screen == nil || s.mode == ticket.ModeView {
+		s.sendHelperJSON(frame.Status, frame.Presence{Session: s.t.Session, Mode: s.mode, Message: "clipboard text not accepted (" + e.answer + ")"})
+		return
+	}
+	m := binary.BigEndian.AppendUint32([]byte{rfb.MsgClientCutText, 0, 0, 0}, uint32(len(e.clip)))
+	if _, err := s.screen.Conn.Write(append(m, e.clip...)); err != nil {
+		s.screenEnded(err)
+	}
+}
