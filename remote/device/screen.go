@@ -115,8 +115,10 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 	}
 	var cred *syscall.Credential
 	if spec.As != nil && os.Geteuid() == 0 && spec.As.UID != 0 {
-		cred = &syscall.Credential{Uid: uint32(spec.As.UID), Gid: uint32(spec.As.GID), NoSetGroups: true}
-		if err := os.Chown(s.dir, spec.As.UID, spec.As.GID); err != nil {
+		// The sharer's own groups (credential), not the agent's: NoSetGroups would leave
+		// x11vnc, which the sharer may ptrace, with root's supplementary groups.
+		cred = credential(*spec.As)
+		if err := os.Lchown(s.dir, spec.As.UID, spec.As.GID); err != nil {
 			return nil, err
 		}
 	}
@@ -139,13 +141,8 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 		return nil, err
 	}
 	pwFile := filepath.Join(s.dir, "passwd")
-	if err := os.WriteFile(pwFile, []byte(pw+"\n"), 0o600); err != nil {
+	if err := writeSecret(pwFile, []byte(pw+"\n"), cred); err != nil {
 		return nil, err
-	}
-	if cred != nil {
-		if err := os.Chown(pwFile, spec.As.UID, spec.As.GID); err != nil {
-			return nil, err
-		}
 	}
 	sock := filepath.Join(s.dir, "vnc.sock")
 	// -rfbport 0 alone still leaves libvncserver's IPv6 listener on 5900: -rfbportv6 -1.
@@ -304,6 +301,28 @@ func (s *Screen) Close() error {
 		return os.RemoveAll(s.dir)
 	}
 	return nil
+}
+
+// writeSecret writes a 0600 file for the account of cred (the agent's when nil).
+// The directory may belong to that account already: the file must be new (O_EXCL) and not
+// a symlink (O_NOFOLLOW), and is chowned by its descriptor, so a name the account planted
+// there makes the root agent neither write nor chown anything else.
+func writeSecret(path string, data []byte, cred *syscall.Credential) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	if cred != nil {
+		if err := f.Chown(int(cred.Uid), int(cred.Gid)); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // writeXAuthority writes an Xauthority file (0600) with one random MIT-MAGIC-COOKIE-1 for
