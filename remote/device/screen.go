@@ -41,6 +41,9 @@ var (
 	XvfbBinary   = "Xvfb"
 )
 
+// nogroupGID is the group x11vnc runs as for a sharer whose primary group is unknown.
+const nogroupGID = 65534
+
 // ScreenGeometry is the size of an unattended session's Xvfb display.
 var ScreenGeometry = "1280x800x24"
 
@@ -113,6 +116,18 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("screen session directory: %w", err)
 	}
+	if spec.As != nil && spec.As.UID != 0 && spec.As.GID == 0 {
+		// A sharer the session found no passwd entry for has GID 0: not x11vnc's group.
+		a := *spec.As
+		a.GID = nogroupGID
+		spec.As = &a
+	}
+	// x11vnc's socket must be served by this account: its directory is the sharer's, who
+	// could put a symlink to another process's socket there.
+	serverUID := os.Geteuid()
+	if spec.As != nil && serverUID == 0 {
+		serverUID = spec.As.UID
+	}
 	var cred *syscall.Credential
 	if spec.As != nil && os.Geteuid() == 0 && spec.As.UID != 0 {
 		// The sharer's own groups (credential), not the agent's: NoSetGroups would leave
@@ -175,6 +190,9 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 		c, err := d.DialContext(ctx, "unix", sock)
 		if err == nil {
 			s.Conn = c
+			if uid, _, err := peerCred(c); err != nil || uid != serverUID {
+				return nil, fmt.Errorf("x11vnc's socket is served by uid %d, not %d (%v)", uid, serverUID, err)
+			}
 			break
 		}
 		select {
