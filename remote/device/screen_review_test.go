@@ -11,7 +11,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/rfb"
+	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
 // The sharer owns the screen session's directory (x11vnc runs as them and removes the
@@ -166,4 +168,41 @@ exec sleep 30
 		t.Fatal("the agent took a root process's socket, planted by the sharer, for x11vnc's")
 	}
 	t.Log(err)
+}
+
+// A screen session's request for control asks the sharer about their screen, not about a
+// terminal: the prompt carries the session's kind.
+func TestScreenControlPromptNamesTheScreen(t *testing.T) {
+	display := startX(t)
+	rc := defaultRC()
+	rc.PromptUser = true
+	e := newEnv(t, rc)
+	c := offerDisplayConn(t, e, display)
+	prompts := make(chan frame.ConsentPrompt, 4)
+	go func() { // the sharer accepts everything
+		r := frame.NewReader(c)
+		for {
+			f, err := r.Next()
+			if err != nil {
+				return
+			}
+			var p frame.ConsentPrompt
+			if f.Type != frame.Prompt || frame.DecodeJSON(f, &p) != nil {
+				continue
+			}
+			prompts <- p
+			_ = frame.WriteJSON(c, frame.Answer, frame.ConsentAnswer{ID: p.ID, Accept: true})
+		}
+	}()
+	ss := startScreen(t, e, ticket.ModeView, ticket.ModeView, ticket.ModeControl)
+	if p := <-prompts; p.Kind != ticket.KindScreen {
+		t.Fatalf("first prompt %+v", p)
+	}
+	if err := ss.s.RequestMode(ticket.ModeControl); err != nil {
+		t.Fatal(err)
+	}
+	p := <-prompts
+	if p.Mode != ticket.ModeControl || p.Kind != ticket.KindScreen {
+		t.Errorf("the request for control asks %q (%+v)", PromptText(p), p)
+	}
 }

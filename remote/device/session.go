@@ -924,7 +924,7 @@ func (s *session) requestMode(m string) {
 	}
 	s.asking = true
 	s.report(wire.SessionReport{Event: wire.ReportConsentAsked, Mode: m})
-	cp := frame.ConsentPrompt{Session: s.t.Session, Helper: s.peer(s.mode), Mode: m, Reason: s.t.Reason, Timeout: int(s.consentTimeout() / time.Second)}
+	cp := frame.ConsentPrompt{Session: s.t.Session, Helper: s.peer(s.mode), Mode: m, Kind: s.t.Kind, Reason: s.t.Reason, Timeout: int(s.consentTimeout() / time.Second)}
 	go func() {
 		ctx, cancel := context.WithTimeout(s.ctx, s.consentTimeout())
 		defer cancel()
