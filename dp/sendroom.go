@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,6 +37,14 @@ const (
 	pieceSize  = 32 << 10
 	pieceSlack = 2 << 10 // on top of a piece: the response headers and the TLS records' framing
 	minPiece   = 4 << 10 // the least a piece is cut to when the kernel shrank the buffer
+)
+
+// piecesHeld counts the pieces being read or written at this moment (the tests check that
+// a download waiting for room holds none); testHookWait, when set, runs as a socket
+// starts waiting for room.
+var (
+	piecesHeld   atomic.Int64
+	testHookWait func()
 )
 
 // connKey carries the accepted connection in each request's context (http.Server's
@@ -95,6 +104,7 @@ func sendBlob(w io.Writer, rc *http.ResponseController, raw syscall.RawConn, f i
 			}
 		}
 		buf := copyBufs.Get().(*[]byte)
+		piecesHeld.Add(1)
 		k, err := f.ReadAt((*buf)[:n], off)
 		if k == n {
 			err = nil
@@ -105,6 +115,7 @@ func sendBlob(w io.Writer, rc *http.ResponseController, raw syscall.RawConn, f i
 			_, err = w.Write((*buf)[:n])
 		}
 		copyBufs.Put(buf)
+		piecesHeld.Add(-1)
 		if err != nil {
 			return err
 		}

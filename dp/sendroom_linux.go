@@ -77,6 +77,9 @@ func socketRoom(raw syscall.RawConn, need int) (room, queued int, waited bool, e
 			return true
 		}
 		waited = true
+		if testHookWait != nil {
+			testHookWait()
+		}
 		return false
 	})
 	if err == nil {
