@@ -24,16 +24,20 @@ import (
 // still holds is net/http's connection (bufio reader and writer), the TLS state and the
 // handshake's certificates, and its goroutines' stacks.
 //
-// Each blob socket gets TCP_NOTSENT_LOWAT = sendLowat: the kernel then holds at most that
-// much not yet sent (beside what is in flight) and counts the socket writable below half
-// of it. Without it a slow client's socket takes megabytes (loopback: SO_SNDBUF grows to
-// tcp_wmem's 4 MiB), a thousand of them drive TCP into memory pressure, and there a write
-// blocks though the buffer has room — holding its piece. With it a socket waits for room
-// that it gets: a thousand slow downloads hold about 270 MiB of kernel memory, and a fast
-// one still has 128 to 256 KiB queued to send when it is woken for more (the wake-up cost
-// per byte is that of a 128 KiB refill).
+// A blob socket starts with TCP_NOTSENT_LOWAT = sendLowat: the kernel then holds at most
+// that much not yet sent (beside what is in flight) and counts the socket writable below
+// half of it. Without it a slow client's socket takes megabytes (loopback: SO_SNDBUF grows
+// to tcp_wmem's 4 MiB), a thousand of them drive TCP into memory pressure, and there a
+// write blocks though the buffer has room — holding its piece. With it a thousand slow
+// downloads hold about 270 MiB of kernel memory and each waits for room that it gets. A
+// socket woken within fastWait of starting to wait belongs to a fast client: the mark is
+// taken off (the kernel's default), so that it is woken once a third of its send buffer
+// is free as before rather than for every 128 KiB (that cost 10-15 % more CPU per GiB);
+// one that then waits slowWait or longer gets it back.
 const (
 	sendLowat  = 256 << 10
+	fastWait   = 20 * time.Millisecond
+	slowWait   = time.Second
 	pieceSize  = 32 << 10
 	pieceSlack = 2 << 10 // on top of a piece: the response headers and the TLS records' framing
 	minPiece   = 4 << 10 // the least a piece is cut to when the kernel shrank the buffer
@@ -77,24 +81,26 @@ func rawConnOf(r *http.Request) syscall.RawConn {
 	if err != nil {
 		return nil
 	}
-	prepareSocket(raw)
 	return raw
 }
 
 // sendBlob writes length bytes of f from off to w, piece by piece, each once the socket
 // (raw; nil: no waiting) has room for it. The room socketRoom finds is a budget spent by
 // the pieces that follow (a fast client's socket has room for many: one look at it per
-// few hundred KiB). A client that reads nothing for listener.SlowClient.Write is cut (the
-// wait's and the write's deadline).
+// few hundred KiB). A client is cut once a whole listener.SlowClient.Write passed without
+// its acknowledging a byte (waitRoom) or finishing a write.
 func sendBlob(w io.Writer, rc *http.ResponseController, raw syscall.RawConn, f io.ReaderAt, off, length int64) error {
 	if raw == nil {
 		w = deadlineWriter{w: w, rc: rc}
 	}
-	budget := 0
+	budget, lowat := 0, sendLowat
+	if raw != nil {
+		setLowat(raw, lowat)
+	}
 	for length > 0 {
 		n := int(min(pieceSize, length))
 		if raw != nil && budget < n+pieceSlack {
-			room, err := waitRoom(rc, raw, n+pieceSlack)
+			room, err := waitRoom(rc, raw, n+pieceSlack, &lowat)
 			if err != nil {
 				return err
 			}
@@ -130,14 +136,25 @@ func sendBlob(w io.Writer, rc *http.ResponseController, raw syscall.RawConn, f i
 // deadline, which it moves along as long as the client acknowledges bytes: a client that
 // reads is never cut, however slowly its send buffer drains; one that stops is cut once a
 // whole deadline passed without an acknowledged byte. The deadline it leaves is
-// SlowClient.Write from when the room was found, for the writes of the budget.
-func waitRoom(rc *http.ResponseController, raw syscall.RawConn, need int) (int, error) {
-	_ = rc.SetWriteDeadline(time.Now().Add(listener.SlowClient.Write))
+// SlowClient.Write from when the room was found, for the writes of the budget. It takes
+// the socket's TCP_NOTSENT_LOWAT off or puts it back (*lowat) by how long it waited.
+func waitRoom(rc *http.ResponseController, raw syscall.RawConn, need int, lowat *int) (int, error) {
+	start := time.Now()
+	_ = rc.SetWriteDeadline(start.Add(listener.SlowClient.Write))
 	for {
-		room, queued, waited, err := socketRoom(raw, need)
+		room, queued, waited, err := socketRoom(raw, need, *lowat)
 		if err == nil {
 			if waited {
-				_ = rc.SetWriteDeadline(time.Now().Add(listener.SlowClient.Write))
+				now := time.Now()
+				_ = rc.SetWriteDeadline(now.Add(listener.SlowClient.Write))
+				switch d := now.Sub(start); {
+				case d < fastWait && *lowat != 0:
+					*lowat = 0
+					setLowat(raw, 0)
+				case d >= slowWait && *lowat == 0:
+					*lowat = sendLowat
+					setLowat(raw, sendLowat)
+				}
 			}
 			return room, nil
 		}

@@ -19,10 +19,10 @@ const (
 // canWaitRoom: this platform waits for room in the socket's send buffer (sendroom.go).
 const canWaitRoom = true
 
-// prepareSocket sets TCP_NOTSENT_LOWAT = sendLowat on a blob's socket.
-func prepareSocket(raw syscall.RawConn) {
+// setLowat sets TCP_NOTSENT_LOWAT on a blob's socket; 0 restores the kernel's default (none).
+func setLowat(raw syscall.RawConn, lowat int) {
 	_ = raw.Control(func(fd uintptr) {
-		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, sendLowat)
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, lowat)
 	})
 }
 
@@ -33,8 +33,9 @@ func prepareSocket(raw syscall.RawConn) {
 //
 // The room is what a write surely gets in without blocking: half of what the send buffer
 // has free by the kernel's own accounting (SO_MEMINFO: SO_SNDBUF less the queued buffers'
-// true size, which exceeds the bytes they carry), and no more than sendLowat less the
-// bytes not yet sent (SIOCOUTQNSD): past TCP_NOTSENT_LOWAT a write blocks too.
+// true size, which exceeds the bytes they carry), and, where TCP_NOTSENT_LOWAT is set
+// (lowat), no more than that less the bytes not yet sent (SIOCOUTQNSD): past it a write
+// blocks too.
 //
 // EPOLLOUT is edge-triggered in Go's poller and Linux raises the edge only when a socket
 // turns writable after a writer found it full (SOCK_NOSPACE). So the wait starts only once
@@ -44,37 +45,36 @@ func prepareSocket(raw syscall.RawConn) {
 // than half of the low-water mark unsent, so a short answer means a send buffer below
 // about 6 × need (a new connection's on a slow network, or one the kernel shrank under
 // memory pressure); the piece is cut to fit it.
-func socketRoom(raw syscall.RawConn, need int) (room, queued int, waited bool, err error) {
-	var serr error
+func socketRoom(raw syscall.RawConn, need, lowat int) (room, queued int, waited bool, err error) {
 	err = raw.Write(func(fd uintptr) bool {
+		// A socket that cannot be measured (an old kernel) is written to as if it had room.
+		blind := func() bool { room = need; return true }
 		var mi [meminfoVars]uint32
 		n := uint32(unsafe.Sizeof(mi))
 		if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO, uintptr(unsafe.Pointer(&mi)), uintptr(unsafe.Pointer(&n)), 0); e != 0 {
-			serr = e
-			return true
+			return blind()
 		}
 		room = (int(mi[meminfoSndbuf]) - int(mi[meminfoWmemQueued])) / 2
-		unsent, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQNSD)
-		if err != nil {
-			serr = err
-			return true
+		if lowat > 0 {
+			unsent, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQNSD)
+			if err != nil {
+				return blind()
+			}
+			room = min(room, lowat-unsent)
 		}
-		room = min(room, sendLowat-unsent)
 		if room >= need {
 			return true
 		}
 		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
 		k, err := unix.Poll(p, 0)
 		if err != nil {
-			serr = err // EINTR included: never wait without knowing the edge will come
-			return true
+			return blind() // EINTR included: never wait without knowing the edge will come
 		}
 		if k > 0 && p[0].Revents != 0 {
 			return true // writable (or an error the write will report): go on with the room there is
 		}
 		if queued, err = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err != nil {
-			serr = err
-			return true
+			return blind()
 		}
 		waited = true
 		if testHookWait != nil {
@@ -82,9 +82,6 @@ func socketRoom(raw syscall.RawConn, need int) (room, queued int, waited bool, e
 		}
 		return false
 	})
-	if err == nil {
-		err = serr
-	}
 	return room, queued, waited, err
 }
 

@@ -8,10 +8,10 @@ import "syscall"
 // slow client blocks holding its piece, as any write does.
 const canWaitRoom = false
 
-func socketRoom(syscall.RawConn, int) (room, queued int, waited bool, err error) {
+func socketRoom(syscall.RawConn, int, int) (room, queued int, waited bool, err error) {
 	return 0, 0, false, nil
 }
 
 func socketQueued(syscall.RawConn) (int, error) { return 0, nil }
 
-func prepareSocket(syscall.RawConn) {}
+func setLowat(syscall.RawConn, int) {}

@@ -23,12 +23,13 @@ import (
 )
 
 // dpGCPercent is the Go collector's GOGC of `ibcm dp serve` unless GOGC is set. A DP's
-// live heap is mostly its connections (a slow download holds about 28 KiB: net/http's
-// buffers, the TLS state, the client's certificate, two goroutine stacks) and the default
-// 100 lets the heap grow to twice that before a collection: 50 keeps a thousand slow
-// downloads within 64 KiB of RSS each. Bulk transfers allocate next to nothing (pooled
-// pieces and TLS records), so the collector runs no more often during them.
-const dpGCPercent = 50
+// live heap is mostly its connections (a slow download holds about 30 KiB: net/http's
+// buffers, the TLS state, the client's certificate; 4 KiB of goroutine stacks beside) and
+// the default 100 lets the heap grow to twice that before a collection: a thousand slow
+// downloads took 62 KiB of RSS each at 50, 55 KiB at 25 (bench -suite dp). Bulk transfers
+// allocate next to nothing (pooled pieces and TLS records), so the collector hardly runs
+// during them; what runs it more often is handshakes (some 50 KiB of garbage each).
+const dpGCPercent = 25
 
 func dpCommand() *cli.Command {
 	return &cli.Command{
@@ -45,7 +46,7 @@ site's roots and an MP: the DP has no database settings, it registers with that 
 revocations, blocked devices and what is distributed to it there. A DP that has never heard
 from its MP answers 503 until it has; one that has serves from what it kept on disk.
 The site's own (origin) DP runs with ibcm site up instead. Unless GOGC is set, the DP runs
-its Go collector at GOGC=50, which bounds its memory per connection.
+its Go collector at GOGC=25, which bounds its memory per connection.
 
 EXAMPLES:
    ibcm ca issue --dir /srv/ibcm --profile site-server --role dp --subject dp2 --dns dp2.corp.example --out dp2.crt --key-out dp2.key
