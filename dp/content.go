@@ -20,9 +20,9 @@ import (
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
-// copyBufs are the buffers blobs are streamed through: 32 KiB each, so a slow client costs
-// one buffer and the connection's TLS record, never the blob.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// copyBufs are the buffers blobs are streamed through (sendroom.go): pieceSize each, taken
+// only while a piece is read and written, so a slow client waiting for room holds none.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, pieceSize); return &b }}
 
 // byteRange is [Start, Start+Length) of a blob.
 type byteRange struct{ Start, Length int64 }
@@ -153,10 +153,7 @@ func (d *DP) handleContent(w http.ResponseWriter, r *http.Request) error {
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	buf := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(buf)
-	_, err = io.CopyBuffer(deadlineWriter{w: w, rc: http.NewResponseController(w)}, io.NewSectionReader(f, rg.Start, rg.Length), *buf)
-	if err != nil {
+	if err := sendBlob(w, http.NewResponseController(w), rawConnOf(r), f, rg.Start, rg.Length); err != nil {
 		d.log.Debug().Err(err).Str("sha256", sum).Str("remote_addr", r.RemoteAddr).Msg("blob transfer ended early")
 	}
 	return nil

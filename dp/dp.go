@@ -181,6 +181,7 @@ func (d *DP) makeServers() {
 			Handler: d.handler(role), Configure: func(srv *http.Server) {
 				srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){} // bulk over HTTP/1.1, never h2
 				srv.ConnState = d.conns.state
+				srv.ConnContext = withConn // sendBlob waits on the socket (sendroom.go)
 				// Bulk transfers move the deadlines along as bytes flow (deadlineWriter):
 				// the whole-request bounds stop at the headers.
 				srv.ReadTimeout, srv.WriteTimeout = 0, 0

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"golang.org/x/net/netutil"
 
 	"github.com/ibcm-project/ibcm/internal/api"
 	"github.com/ibcm-project/ibcm/internal/tlspark"
@@ -50,7 +49,7 @@ func (s *Server) Listen() error {
 		return fmt.Errorf("%s listener on %s: %w", s.Role, s.Addr, err)
 	}
 	if s.MaxConns > 0 {
-		ln = netutil.LimitListener(ln, s.MaxConns)
+		ln = LimitListener(ln, s.MaxConns)
 	}
 	switch {
 	case s.TLS != nil && s.Parkable:
