@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -123,16 +122,5 @@ func guestRelay(ctx context.Context, transport *http.Transport, base *url.URL, s
 		}
 		return nil, err
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		if rw, ok := resp.Body.(io.ReadWriteCloser); ok {
-			return rw, nil
-		}
-		resp.Body.Close()
-		return nil, errors.New("relay: the upgraded connection is not writable")
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-	var e wire.Error
-	_ = json.Unmarshal(data, &e)
-	return nil, &client.ServerError{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message, Server: client.ManagementPoint}
+	return relayAnswer(resp)
 }

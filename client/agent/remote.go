@@ -253,6 +253,12 @@ func (a *Agent) relay(ctx context.Context, sid, ticketID string) (io.ReadWriteCl
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errMPDown, err)
 	}
+	return relayAnswer(resp)
+}
+
+// relayAnswer is the MP's answer to a relay leg: the spliced stream (101), or the error its
+// JSON body names.
+func relayAnswer(resp *http.Response) (io.ReadWriteCloser, error) {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if rw, ok := resp.Body.(io.ReadWriteCloser); ok {
 			return rw, nil
