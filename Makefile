@@ -50,6 +50,7 @@ vet: ## go vet
 	$(GO) vet $(GOTAGS) ./...
 
 bench: deps ## benchmarks, printed as tables beside their references (BENCH_JSON=f.json to save)
+	@./.ci/deps bench
 	$(GO) run $(GOTAGS) ./bench $(if $(BENCH_JSON),-json $(BENCH_JSON))
 
 fuzz: ## run every fuzz target for FUZZTIME (default 20s) each
@@ -58,7 +59,7 @@ fuzz: ## run every fuzz target for FUZZTIME (default 20s) each
 	    echo "== $$pkg $$f"; $(GO) test $(GOTAGS) -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-20s} $$pkg || exit 1; \
 	  done; done
 
-deps: ## install what the tests need (postgresql, bind9, dnsutils, openssl, curl) when missing; needs root
+deps: ## install what the tests need (postgresql, bind9, openssl, curl, tmux, Xvfb, x11vnc, …) when missing; needs root
 	@./.ci/deps
 
 clean: ## remove build output, man pages and the make-run site

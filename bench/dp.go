@@ -288,7 +288,7 @@ func nginxBinary() (string, error) {
 	if fi, err := os.Stat("/usr/sbin/nginx"); err == nil && fi.Mode()&0o111 != 0 {
 		return "/usr/sbin/nginx", nil
 	}
-	return "", errors.New("nginx not found: the dp suite compares the DP with it; run `make deps` as root or install the Debian package: apt-get install nginx")
+	return "", errors.New("nginx not found: the dp suite compares the DP with it; run `make bench` as root (it installs nginx) or install the Debian package: apt-get install nginx")
 }
 
 // startNginx runs nginx in the foreground (master and GOMAXPROCS workers) on a free
