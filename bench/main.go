@@ -64,7 +64,7 @@ type Row struct {
 }
 
 // suites lists every suite in the order `-suite all` runs them.
-var suites = []Suite{caSuite, mpSuite, stormSuite, locationSuite, remoteSuite, dpSuite}
+var suites = []Suite{caSuite, mpSuite, stormSuite, locationSuite, remoteSuite, screenSuite, dpSuite}
 
 func main() {
 	os.Exit(run())
