@@ -46,13 +46,16 @@ const (
 	screenTimeout = 5 * time.Second // one key's update
 	// scrolling: 40 numbered lines of `ls -l` 20 times a second, in a 160x50 xterm (the
 	// numbers make every burst differ from the last)
+	// colours: the whole root window changes colour 10 times a second (the display ends the
+	// loop: xsetroot fails once it is gone)
+	screenColourLoad = `while xsetroot -solid '#c04020' && sleep 0.05 && xsetroot -solid '#2040c0' && sleep 0.05; do :; done`
 	screenScrollLoad = `i=0; while :; do i=$((i+1)); ls -l /usr/bin | head -40 | sed "s/^/$i /"; sleep 0.05; done`
 )
 
-// screenWrapper writes a script that starts an xterm running cmd on x11vnc's display (its
+// screenWrapper writes a script that starts bg in the background on x11vnc's display (its
 // -display argument; XAUTHORITY is in the environment the agent gives x11vnc), then
-// execs x11vnc.
-func screenWrapper(dir, name, cmd string) (string, error) {
+// execs x11vnc. The display's end ends bg.
+func screenWrapper(dir, name, bg string) (string, error) {
 	x11vnc, err := exec.LookPath("x11vnc")
 	if err != nil {
 		return "", err
@@ -60,11 +63,17 @@ func screenWrapper(dir, name, cmd string) (string, error) {
 	script := fmt.Sprintf(`#!/bin/sh
 prev=
 for a in "$@"; do [ "$prev" = -display ] && d=$a; prev=$a; done
-DISPLAY="$d" xterm -geometry 160x50+0+0 -e sh -c '%s' >/dev/null 2>&1 &
+export DISPLAY="$d"
+%s >/dev/null 2>&1 &
 exec %s "$@"
-`, cmd, x11vnc)
+`, bg, x11vnc)
 	p := filepath.Join(dir, name)
 	return p, os.WriteFile(p, []byte(script), 0o755)
+}
+
+// xtermRunning is a background command: a 160x50 xterm running the shell command cmd.
+func xtermRunning(cmd string) string {
+	return "xterm -geometry 160x50+0+0 -e sh -c '" + cmd + "'"
 }
 
 func runScreen(ctx context.Context, o Options, progress io.Writer) (Result, error) {
@@ -72,9 +81,9 @@ func runScreen(ctx context.Context, o Options, progress io.Writer) (Result, erro
 	if *screenSamples < 20 || *screenWindow <= 0 {
 		return res, errors.New("-screen-samples must be at least 20 and -screen-window positive")
 	}
-	for _, tool := range []string{"Xvfb", "x11vnc", "xterm"} {
+	for _, tool := range []string{"Xvfb", "x11vnc", "xterm", "xsetroot"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return res, fmt.Errorf("the screen suite needs %s (apt-get install xvfb x11vnc xterm): %w", tool, err)
+			return res, fmt.Errorf("the screen suite needs %s (apt-get install xvfb x11vnc xterm x11-xserver-utils): %w", tool, err)
 		}
 	}
 	tmp, err := os.MkdirTemp("", "ibcm-bench-screen-")
@@ -82,11 +91,15 @@ func runScreen(ctx context.Context, o Options, progress io.Writer) (Result, erro
 		return res, err
 	}
 	defer os.RemoveAll(tmp)
-	scroll, err := screenWrapper(tmp, "x11vnc-scroll", screenScrollLoad)
+	scroll, err := screenWrapper(tmp, "x11vnc-scroll", xtermRunning(screenScrollLoad))
 	if err != nil {
 		return res, err
 	}
-	typing, err := screenWrapper(tmp, "x11vnc-cat", "exec cat")
+	colours, err := screenWrapper(tmp, "x11vnc-colours", screenColourLoad)
+	if err != nil {
+		return res, err
+	}
+	typing, err := screenWrapper(tmp, "x11vnc-cat", xtermRunning("exec cat"))
 	if err != nil {
 		return res, err
 	}
@@ -115,35 +128,41 @@ func runScreen(ctx context.Context, o Options, progress io.Writer) (Result, erro
 		c               *helper.Client
 	}{{"relay", wire.TransportRelay, env.internet}, {"direct", wire.TransportDirect, env.intranet}}
 
-	// 1. Frames and bytes of the scrolling display.
-	rdevice.X11VNCBinary = scroll
-	var fps, bps [2]float64
-	var frames [2]int
-	for p, path := range paths {
-		fmt.Fprintf(progress, "screen: %s: counting frames of a scrolling xterm for %s\n", path.name, *screenWindow)
-		err := withScreen(ctx, path.c, env.device, path.transport, func(v *vncClient) error {
-			n, b, err := v.count(screenSettle, *screenWindow)
-			frames[p] = n
-			fps[p] = float64(n) / screenWindow.Seconds()
-			bps[p] = float64(b) / screenWindow.Seconds()
-			return err
-		})
-		if err != nil {
-			return res, fmt.Errorf("frames, %s: %w", path.name, err)
+	// 1. Frames and bytes of the scrolling display, in ZRLE (what viewers ask for) and in
+	// Raw (no compression: the bytes the transports carry when nothing shrinks them).
+	for _, enc := range []struct {
+		load, name, wrapper string
+		code                int32
+	}{{"scrolling xterm", "ZRLE", scroll, 16}, {"scrolling xterm", "Raw", scroll, 0}, {"root colour cycling", "Raw", colours, 0}} {
+		rdevice.X11VNCBinary = enc.wrapper
+		var fps, bps [2]float64
+		var frames [2]int
+		for p, path := range paths {
+			fmt.Fprintf(progress, "screen: %s, %s: counting frames of %s for %s\n", path.name, enc.name, enc.load, *screenWindow)
+			err := withScreen(ctx, path.c, env.device, path.transport, enc.code, func(v *vncClient) error {
+				n, b, err := v.count(screenSettle, *screenWindow)
+				frames[p] = n
+				fps[p] = float64(n) / screenWindow.Seconds()
+				bps[p] = float64(b) / screenWindow.Seconds()
+				return err
+			})
+			if err != nil {
+				return res, fmt.Errorf("frames, %s, %s: %w", enc.name, path.name, err)
+			}
 		}
+		res.Rows = append(res.Rows,
+			Row{Name: enc.load + ", " + enc.name + ", frames/s, relay", Value: fps[0], Unit: "frames/s", Count: frames[0]},
+			Row{Name: enc.load + ", " + enc.name + ", frames/s, direct", Value: fps[1], Unit: "frames/s", Count: frames[1]},
+			Row{Name: enc.load + ", " + enc.name + ", KiB/s, relay", Value: bps[0] / 1024, Unit: "KiB/s", Count: frames[0]},
+			Row{Name: enc.load + ", " + enc.name + ", KiB/s, direct", Value: bps[1] / 1024, Unit: "KiB/s", Count: frames[1]})
 	}
-	res.Rows = append(res.Rows,
-		Row{Name: "scrolling 1280x800, frames/s, relay", Value: fps[0], Unit: "frames/s", Count: frames[0]},
-		Row{Name: "scrolling 1280x800, frames/s, direct", Value: fps[1], Unit: "frames/s", Count: frames[1]},
-		Row{Name: "scrolling 1280x800, KiB/s, relay", Value: bps[0] / 1024, Unit: "KiB/s", Count: frames[0]},
-		Row{Name: "scrolling 1280x800, KiB/s, direct", Value: bps[1] / 1024, Unit: "KiB/s", Count: frames[1]})
 
 	// 2. A key into an xterm running cat until the update that shows it.
 	rdevice.X11VNCBinary = typing
 	var lat [2]measurement
 	for p, path := range paths {
 		fmt.Fprintf(progress, "screen: %s: %d keys into an xterm until the update that shows each\n", path.name, *screenSamples)
-		err := withScreen(ctx, path.c, env.device, path.transport, func(v *vncClient) error {
+		err := withScreen(ctx, path.c, env.device, path.transport, 16, func(v *vncClient) error {
 			d, err := v.keyLatency(*screenSamples)
 			lat[p] = latencies(d)
 			return err
@@ -157,14 +176,15 @@ func runScreen(ctx context.Context, o Options, progress io.Writer) (Result, erro
 		p99Row("key -> display update, relay", lat[0], 0),
 		Row{Name: "key -> display update, relay p99 - direct p99", Value: lat[0].percentile(0.99) - lat[1].percentile(0.99), Unit: "ms", Count: lat[0].count})
 	res.Notes = append(res.Notes,
-		"unattended screen sessions (control): the agent's own Xvfb 1280x800x24 and x11vnc; the viewer asks for ZRLE, one incremental update request in flight",
+		"unattended screen sessions (control): the agent's own Xvfb 1280x800x24 and x11vnc; frames in ZRLE and in Raw, keys in ZRLE; one incremental update request in flight",
 		"frames: FramebufferUpdate messages with at least one rectangle; bytes: everything the viewer read in the window")
 	return res, nil
 }
 
 // withScreen starts an unattended screen session on the transport want, connects a viewer
-// to the helper's local VNC port with its one-time password, runs f and ends the session.
-func withScreen(ctx context.Context, c *helper.Client, device, want string, f func(*vncClient) error) error {
+// to the helper's local VNC port with its one-time password, asks for the encoding enc
+// (16 ZRLE or 0 Raw), runs f and ends the session.
+func withScreen(ctx context.Context, c *helper.Client, device, want string, enc int32, f func(*vncClient) error) error {
 	ctx, cancel := context.WithTimeout(ctx, remoteOpTimeout+2*time.Minute)
 	defer cancel()
 	st, err := c.Start(ctx, wire.SessionStartRequest{Device: device, Mode: "unattended", Kind: "screen", Reason: "benchmark"})
@@ -208,9 +228,9 @@ func withScreen(ctx context.Context, c *helper.Client, device, want string, f fu
 	if v.bpp == 0 {
 		return errors.New("the ServerInit has 0 bits per pixel")
 	}
-	// SetEncodings: ZRLE, Raw.
+	// SetEncodings: enc, then Raw (which a server may always use).
 	msg := []byte{2, 0, 0, 2}
-	msg = binary.BigEndian.AppendUint32(msg, 16)
+	msg = binary.BigEndian.AppendUint32(msg, uint32(enc))
 	msg = binary.BigEndian.AppendUint32(msg, 0)
 	if _, err := conn.Write(msg); err != nil {
 		return err
