@@ -1,5 +1,5 @@
 // Package main is the benchmark program of `make bench`: it owns the performance numbers
-// of DESIGN.md §12. Each suite (ca, mp, storm, location, remote, dp) measures one role
+// of DESIGN.md §12. Each suite (ca, mp, storm, location, remote, screen, dp) measures one role
 // against real listeners and a real store, and prints one table whose rows are compared
 // side by side in one run: the role beside its raw limit, one backend beside another, each
 // against its target.
@@ -64,7 +64,7 @@ type Row struct {
 }
 
 // suites lists every suite in the order `-suite all` runs them.
-var suites = []Suite{caSuite, mpSuite, stormSuite, locationSuite, remoteSuite, dpSuite}
+var suites = []Suite{caSuite, mpSuite, stormSuite, locationSuite, remoteSuite, screenSuite, dpSuite}
 
 func main() {
 	os.Exit(run())
