@@ -2,11 +2,13 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"io"
 	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 // rect is a FramebufferUpdate rectangle header.
@@ -17,24 +19,33 @@ func rect(w, h uint16, enc int32) []byte {
 	return binary.BigEndian.AppendUint32(b, uint32(enc))
 }
 
-// serveViewer runs a vncClient's reader on the server bytes in, and returns the updates it
-// reported and the error it stopped with.
+// serveViewer runs a vncClient's reader on the server bytes in (then EOF), taking whatever
+// it writes, and returns the updates it reported and the error it stopped with.
 func serveViewer(t *testing.T, in []byte) ([]update, error) {
 	t.Helper()
-	srv, cli := net.Pipe()
-	v := &vncClient{conn: cli, r: bufio.NewReader(cli), n: &countReader{r: cli}, w: 1280, h: 800, bpp: 4, updates: make(chan update, 16)}
+	c := &streamConn{r: bytes.NewReader(in)}
+	v := &vncClient{conn: c, r: bufio.NewReader(c), n: &countReader{r: c}, w: 1280, h: 800, bpp: 4, updates: make(chan update, 16)}
 	go v.read()
-	go func() {
-		_, _ = srv.Write(in)
-		srv.Close()
-	}()
-	go func() { _, _ = io.Copy(io.Discard, srv) }() // the viewer's update requests
 	var got []update
 	for u := range v.updates {
 		got = append(got, u)
 	}
 	return got, v.failed()
 }
+
+// streamConn is a connection that reads a fixed stream and takes every write (the viewer's
+// update requests), so the reader meets the stream's end, not a closed pipe.
+type streamConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *streamConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
+func (c *streamConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (c *streamConn) Close() error                     { return nil }
+func (c *streamConn) SetDeadline(time.Time) error      { return nil }
+func (c *streamConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *streamConn) SetWriteDeadline(time.Time) error { return nil }
 
 func TestVNCClientParsesUpdates(t *testing.T) {
 	var in []byte
