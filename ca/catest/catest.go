@@ -119,3 +119,17 @@ func (s *Server) Token(t testing.TB, spec ca.TokenSpec) string {
 	}
 	return secret
 }
+
+// ServerTLS is a TLS server configuration with a site-server certificate of role (CN
+// role+"1", SAN 127.0.0.1) issued by the test CA, asking for any client certificate.
+func (s *Server) ServerTLS(t testing.TB, role string) *tls.Config {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: role + "1"}}, key)
+	chain, err := s.CA.Issue(context.Background(), ca.IssueSpec{Profile: ca.SiteServer, Subject: role + "1", DNS: []string{"127.0.0.1"}, Role: role}, csr, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, Hierarchy().Issuing.Raw}, PrivateKey: key}},
+		ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12}
+}

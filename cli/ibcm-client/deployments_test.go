@@ -2,13 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -80,18 +73,6 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
-// siteServer is a TLS configuration with a site-server certificate of role for 127.0.0.1.
-func siteServer(t *testing.T, s *catest.Server, role string) *tls.Config {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: role + "1"}}, key)
-	chain, err := s.CA.Issue(context.Background(), ca.IssueSpec{Profile: ca.SiteServer, Subject: role + "1", DNS: []string{"127.0.0.1"}, Role: role}, csr, "admin:test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, catest.Hierarchy().Issuing.Raw}, PrivateKey: key}},
-		ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12}
-}
-
 // `download NAME` on an enrolled device whose policy deploys NAME: the location is
 // detected (the internet MP here), the DPs come from that MP's /v1/locate, the first DP
 // serves bad bytes, the second completes; the files land in --output, nothing runs.
@@ -136,7 +117,7 @@ func TestDownloadByHand(t *testing.T) {
 				http.NotFound(w, r)
 			}
 		}))
-		dp.TLS = siteServer(t, s, "dp")
+		dp.TLS = s.ServerTLS(t, "dp")
 		dp.StartTLS()
 		t.Cleanup(dp.Close)
 		return dp, &hits
@@ -150,7 +131,7 @@ func TestDownloadByHand(t *testing.T) {
 		}
 		http.NotFound(w, r)
 	}))
-	mp.TLS = siteServer(t, s, "mp")
+	mp.TLS = s.ServerTLS(t, "mp")
 	mp.StartTLS()
 	t.Cleanup(mp.Close)
 

@@ -3,12 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,25 +15,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/ca/catest"
 	"github.com/ibcm-project/ibcm/client/deploy"
 	"github.com/ibcm-project/ibcm/dp/manifest"
 	"github.com/ibcm-project/ibcm/dp/manifest/manifesttest"
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
-
-// serverTLS is a site-server certificate of the test CA for 127.0.0.1 with role.
-func serverTLS(t *testing.T, s *catest.Server, role string) *tls.Config {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: role + "1"}}, key)
-	chain, err := s.CA.Issue(context.Background(), ca.IssueSpec{Profile: ca.SiteServer, Subject: role + "1", DNS: []string{"127.0.0.1"}, Role: role}, csr, "admin:test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{chain[0].Raw, catest.Hierarchy().Issuing.Raw}, PrivateKey: key}},
-		ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS12}
-}
 
 // The agent acts on the deployments of a fetched policy: DPs from GET /v1/locate on the
 // current MP, the manifest verified against the enrolled roots and the site, download,
@@ -66,7 +47,7 @@ func TestAgentDeploysFromPolicy(t *testing.T) {
 			http.NotFound(w, r)
 		}
 	}))
-	dp.TLS = serverTLS(t, s, "dp")
+	dp.TLS = s.ServerTLS(t, "dp")
 	dp.StartTLS()
 	t.Cleanup(dp.Close)
 
@@ -84,7 +65,7 @@ func TestAgentDeploysFromPolicy(t *testing.T) {
 			http.NotFound(w, r)
 		}
 	}))
-	mp.TLS = serverTLS(t, s, "mp")
+	mp.TLS = s.ServerTLS(t, "mp")
 	mp.StartTLS()
 	t.Cleanup(mp.Close)
 
