@@ -1,5 +1,5 @@
 // Package peertest owns the rule for tests that need a real peer (openssl, curl, BIND,
-// PostgreSQL): when the peer is missing, the test fails under CI=true and is skipped
+// PostgreSQL, Chromium): when the peer is missing, the test fails under CI=true and is skipped
 // otherwise, saying how to get it. `make test` installs the peers (`make deps`).
 package peertest
 
@@ -11,7 +11,7 @@ import (
 )
 
 // Hint says how to get the peers.
-const Hint = "run `make deps` as root (Debian: postgresql bind9 bind9-dnsutils openssl curl tmux asciinema bsdutils xvfb x11vnc gvncviewer xterm xfonts-base x11-xserver-utils x11-utils xdotool)"
+const Hint = "run `make deps` as root (Debian: postgresql bind9 bind9-dnsutils openssl curl tmux asciinema bsdutils xvfb x11vnc gvncviewer xterm xfonts-base x11-xserver-utils x11-utils xdotool chromium libnss3-tools)"
 
 // Missing fails t under CI=true and skips it otherwise, with msg.
 func Missing(t testing.TB, msg string) {
