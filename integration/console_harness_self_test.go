@@ -91,6 +91,20 @@ document.getElementById("screen").appendChild(c);
 	}
 	b.until("the title", `document.title === "harness"`)
 
+	// A private tab has cookies of its own.
+	evalJS[string](b, `document.cookie = "who=first; Secure; SameSite=Strict; Path=/"`)
+	p := b.private()
+	p.open(good + "/")
+	if c := evalJS[string](p, `document.cookie`); c != "" {
+		t.Errorf("the private tab has the first's cookies: %q", c)
+	}
+	if c := evalJS[string](b, `document.cookie`); c != "who=first" {
+		t.Errorf("the first tab's cookies: %q", c)
+	}
+	if code := p.openStatus(good + "/nothing"); code != http.StatusNotFound {
+		t.Errorf("GET /nothing: %d", code)
+	}
+
 	shot := b.png()
 	img, err := png.Decode(bytes.NewReader(shot))
 	if err != nil {

@@ -35,9 +35,9 @@ type browser struct {
 	t   *testing.T
 	ctx context.Context // the tab; it ends with the test or at the browser's time limit
 
-	mu      sync.Mutex
-	console []string     // what the pages wrote to their consoles, for failure reports
-	stderr  bytes.Buffer // what Chromium printed
+	mu      *sync.Mutex   // guards console and stderr
+	console []string      // what the tab's pages wrote to their consoles, for failure reports
+	stderr  *bytes.Buffer // what Chromium printed (shared by the tabs of one Chromium)
 }
 
 // newBrowser starts Chromium for the test, trusting the CA roots (PEM files) and resolving
@@ -63,7 +63,7 @@ func newBrowser(t *testing.T, limit time.Duration, roots []string, hosts ...stri
 		nss("-A", "-t", "C,,", "-n", fmt.Sprintf("ibcm test root %d", i), "-i", root)
 	}
 
-	b := &browser{t: t}
+	b := &browser{t: t, mu: new(sync.Mutex), stderr: new(bytes.Buffer)}
 	rules := make([]string, 0, len(hosts))
 	for _, h := range hosts {
 		rules = append(rules, "MAP "+h+" 127.0.0.1")
@@ -75,7 +75,7 @@ func newBrowser(t *testing.T, limit time.Duration, roots []string, hosts ...stri
 		chromedp.Env("HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"), "XDG_CACHE_HOME="+filepath.Join(home, ".cache")),
 		chromedp.Flag("no-proxy-server", true),
 		chromedp.Flag("host-resolver-rules", strings.Join(rules, ", ")),
-		chromedp.CombinedOutput(lockedWriter{&b.mu, &b.stderr}),
+		chromedp.CombinedOutput(lockedWriter{b.mu, b.stderr}),
 	)
 	if os.Geteuid() == 0 {
 		opts = append(opts, chromedp.NoSandbox) // Chromium's sandbox refuses to run as root
@@ -92,13 +92,23 @@ func newBrowser(t *testing.T, limit time.Duration, roots []string, hosts ...stri
 		cancelAlloc()
 		cancelLimit()
 	})
-	// The first call starts the browser; a page's console is collected from then on.
+	// The first call starts the browser.
+	b.start()
+	return b
+}
+
+// start opens the tab at the exact viewport and collects what its pages write to their
+// consoles.
+func (b *browser) start() {
+	b.t.Helper()
 	// The window's viewport is smaller than the window (headless keeps room for its
 	// frame): the page gets exactly 1280×800.
-	if err := chromedp.Do(tab, chromedp.EmulateViewport(browserWidth, browserHeight)); err != nil {
-		t.Fatalf("starting %s: %v\n%s", chromium, err, b.stderr.String())
+	if err := chromedp.Do(b.ctx, chromedp.EmulateViewport(browserWidth, browserHeight)); err != nil {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.t.Fatalf("starting chromium: %v\n%s", err, b.stderr.String())
 	}
-	messages := chromedp.Console(tab)
+	messages := chromedp.Console(b.ctx)
 	go func() {
 		for m, err := range messages {
 			if err != nil {
@@ -109,7 +119,22 @@ func newBrowser(t *testing.T, limit time.Duration, roots []string, hosts ...stri
 			b.mu.Unlock()
 		}
 	}()
-	return b
+}
+
+// private opens a tab in a new browser context of the same Chromium: its own cookies, as
+// another person's browser would have. It closes when the test ends.
+func (b *browser) private() *browser {
+	b.t.Helper()
+	ctx, cancel := chromedp.NewContext(b.ctx, chromedp.WithNewBrowserContext())
+	p := &browser{t: b.t, ctx: ctx, mu: b.mu, stderr: b.stderr}
+	b.t.Cleanup(func() {
+		if b.t.Failed() {
+			p.report()
+		}
+		cancel()
+	})
+	p.start()
+	return p
 }
 
 // lockedWriter writes to a buffer others read under the same mutex.
@@ -176,6 +201,19 @@ func runAction[T any](b *browser, what string, a chromedp.Action[T]) T {
 func (b *browser) open(url string) {
 	b.t.Helper()
 	b.do("open "+url, chromedp.Navigate(url))
+}
+
+// openStatus navigates to url and returns the HTTP status of the document it ends on
+// (after redirects).
+func (b *browser) openStatus(url string) int {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, browserStep)
+	defer cancel()
+	resp, err := chromedp.RunResponse(ctx, chromedp.Navigate(url))
+	if err != nil {
+		b.t.Fatalf("browser: open %s: %v", url, err)
+	}
+	return int(resp.Status)
 }
 
 // openErr navigates to url and returns the navigation's error (a certificate the browser
