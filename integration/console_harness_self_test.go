@@ -77,6 +77,11 @@ document.getElementById("screen").appendChild(c);
 	}
 	b.typeInto("#in", "typed 42")
 	b.waitText("#echo", "echo:typed 42")
+	b.clear("#in")
+	b.until("the input cleared", `document.getElementById("echo").textContent === "echo:"`)
+	b.click("#in")
+	b.keys("k\r")
+	b.waitText("#echo", "echo:k")
 	if n := b.canvasInk("#screen"); n != 32*32 {
 		t.Errorf("%d inked pixels on the canvas, want %d", n, 32*32)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/ibcm-project/ibcm/internal/peertest"
 )
@@ -290,6 +291,22 @@ func (b *browser) click(sel string) {
 func (b *browser) typeInto(sel, text string) {
 	b.t.Helper()
 	b.do("type into "+sel, chromedp.SendKeys(chromedp.CSS(sel), text))
+}
+
+// clear empties the input matching sel the way a user does, with Backspace (the page sees
+// its input events).
+func (b *browser) clear(sel string) {
+	b.t.Helper()
+	v := runAction(b, "the value of "+sel, chromedp.Value(chromedp.CSS(sel)))
+	b.do("clear "+sel, chromedp.Focus(chromedp.CSS(sel)),
+		chromedp.KeyEvent(strings.Repeat(kb.End, 1)+strings.Repeat(kb.Backspace, len([]rune(v)))))
+}
+
+// keys types text (a "\r" is Enter) into whatever has the focus: xterm.js takes its keys
+// in a hidden textarea it focuses when clicked.
+func (b *browser) keys(text string) {
+	b.t.Helper()
+	b.do("type "+jsString(text), chromedp.KeyEvent(text))
 }
 
 // count is how many elements match the CSS selector now.
