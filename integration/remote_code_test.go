@@ -37,6 +37,17 @@ func TestRemoteSecurityCode(t *testing.T) {
 	tm.text("helper", "echo GUEST$((40+2))")
 	tm.keys("helper", "Enter")
 	tm.waitFor("sharer", "GUEST42", 10*time.Second)
+	// The guest's output may not command the helper's terminal: a title (OSC 2) it prints
+	// never reaches the helper's pane, what follows it does.
+	tm.text("sharer", `printf '\033]2;PWNED\007TITLE%s\n' 77`)
+	tm.keys("sharer", "Enter")
+	tm.waitFor("helper", "TITLE77", 10*time.Second)
+	if title := tm.tmux("display-message", "-p", "-t", "helper", "#{pane_title}"); strings.Contains(title, "PWNED") {
+		t.Errorf("the guest set the helper's terminal title: %q", title)
+	}
+	if title := tm.tmux("display-message", "-p", "-t", "sharer", "#{pane_title}"); !strings.Contains(title, "PWNED") {
+		t.Logf("the sharer's own pane title is %q (tmux did not take the OSC there either)", title)
+	}
 
 	// The code works once.
 	tm.open("again", nil, share+" --shell /bin/sh")
