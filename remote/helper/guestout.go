@@ -21,12 +21,12 @@ type GuestOutput struct {
 type guestState uint8
 
 const (
-	gsGround guestState = iota
-	gsEsc               // after ESC
-	gsCSI               // inside ESC [ …
-	gsString            // inside OSC, DCS, APC, PM or SOS: dropped up to BEL or ST
-	gsStringEsc         // ESC inside a string: ST (ESC \) ends it
-	gsC2                // after the UTF-8 lead byte 0xC2: a C1 control follows when 0x80–0x9F
+	gsGround    guestState = iota
+	gsEsc                  // after ESC
+	gsCSI                  // inside ESC [ …
+	gsString               // inside OSC, DCS, APC, PM or SOS: dropped up to BEL or ST
+	gsStringEsc            // ESC inside a string: ST (ESC \) ends it
+	gsC2                   // after the UTF-8 lead byte 0xC2: a C1 control follows when 0x80–0x9F
 )
 
 // maxCSI bounds a CSI sequence; a longer one is dropped whole.
