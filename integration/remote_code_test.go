@@ -37,6 +37,17 @@ func TestRemoteSecurityCode(t *testing.T) {
 	tm.text("helper", "echo GUEST$((40+2))")
 	tm.keys("helper", "Enter")
 	tm.waitFor("sharer", "GUEST42", 10*time.Second)
+	// The guest's output may not command the helper's terminal: a title (OSC 2) it prints
+	// never reaches the helper's pane, what follows it does.
+	tm.text("sharer", `printf '\033]2;PWNED\007TITLE%s\n' 77`)
+	tm.keys("sharer", "Enter")
+	tm.waitFor("helper", "TITLE77", 10*time.Second)
+	if title := tm.tmux("display-message", "-p", "-t", "helper", "#{pane_title}"); strings.Contains(title, "PWNED") {
+		t.Errorf("the guest set the helper's terminal title: %q", title)
+	}
+	if title := tm.tmux("display-message", "-p", "-t", "sharer", "#{pane_title}"); !strings.Contains(title, "PWNED") {
+		t.Logf("the sharer's own pane title is %q (tmux did not take the OSC there either)", title)
+	}
 
 	// The code works once.
 	tm.open("again", nil, share+" --shell /bin/sh")
@@ -49,8 +60,14 @@ func TestRemoteSecurityCode(t *testing.T) {
 	// A view code: the helper sees the sharer's shell and cannot type into it.
 	tm.open("viewer", helen.env, bin.ibcm+" remote code create")
 	code = securityCodeRE.FindString(tm.wait("viewer", "a security code", 15*time.Second, func(sc string) bool { return securityCodeRE.MatchString(sc) }))
-	tm.open("sharer2", nil, bin.client+" share --code "+code+" --site "+s.caURL+" --root-sha256 "+pin+" --mp "+s.mpInternet+" --shell /bin/sh")
-	tm.waitFor("sharer2", "allow view access for Helen Desk (helen)", 15*time.Second)
+	// --code - asks for the code without echoing it (not in the process list).
+	tm.open("sharer2", nil, bin.client+" share --code - --site "+s.caURL+" --root-sha256 "+pin+" --mp "+s.mpInternet+" --shell /bin/sh")
+	tm.waitFor("sharer2", "Security code (not shown):", 15*time.Second)
+	tm.text("sharer2", code)
+	tm.keys("sharer2", "Enter")
+	if sc := tm.waitFor("sharer2", "allow view access for Helen Desk (helen)", 15*time.Second); strings.Contains(sc, code) {
+		t.Errorf("the typed security code was echoed:\n%s", sc)
+	}
 	tm.keys("sharer2", "C-]", "y")
 	tm.waitFor("viewer", "end to end encrypted", 15*time.Second)
 	tm.text("viewer", "echo TYPED$((50+5))")

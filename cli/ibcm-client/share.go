@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	osuser "os/user"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v3"
@@ -48,7 +49,9 @@ to you (` + "`ibcm remote code create`" + `, valid 10 minutes, once): share trus
 through --root-sha256, as enrollment does, makes a key in memory, exchanges the code at
 --site for a one-hour guest certificate of that one session, and runs the session itself
 over the MP's relay (--mp, or the site's first internet MP). The helper sees "not
-enrolled: guest <your user name>"; nothing is installed or kept.
+enrolled: guest <your user name>"; nothing is installed or kept. --code - asks for the code
+on the terminal without echoing it, so that it is not in the process list (the environment
+variable IBCM_CLIENT_SHARE_CODE keeps it out too).
 
 With --screen, share also offers your X display (DISPLAY and XAUTHORITY of its environment)
 to screen sessions: when you accept one, the agent runs x11vnc as you on that display for
@@ -60,10 +63,10 @@ EXAMPLES:
 
    ibcm-client share --shell /bin/zsh
 
-   ibcm-client share --code K7QP2-XM9RD --site https://ibcm.example.com:8443 --root-sha256 3F:A1:...`,
+   ibcm-client share --code - --site https://ibcm.example.com:8443 --root-sha256 3F:A1:...`,
 		Flags: []cli.Flag{shareSocketFlag(),
 			&cli.StringFlag{Name: "shell", Sources: cli.EnvVars("IBCM_CLIENT_SHELL"), TakesFile: true, Usage: "the shell `PATH` to share (default: your login shell)"},
-			&cli.StringFlag{Name: "code", Sources: cli.EnvVars("IBCM_CLIENT_SHARE_CODE"), Usage: "a helper's security `CODE`, on a device that is not enrolled"},
+			&cli.StringFlag{Name: "code", Sources: cli.EnvVars("IBCM_CLIENT_SHARE_CODE"), Usage: "a helper's security `CODE`, on a device that is not enrolled (- asks for it without echo)"},
 			&cli.StringFlag{Name: "site", Sources: cli.EnvVars("IBCM_CLIENT_SITE"), Usage: "with --code: the site CA's `URL` (https://host:port)"},
 			&cli.StringFlag{Name: "root-sha256", Sources: cli.EnvVars("IBCM_CLIENT_ROOT_SHA256"), Usage: "with --code: the SHA-256 `FINGERPRINT` of the site's root certificate"},
 			&cli.StringFlag{Name: "mp", Sources: cli.EnvVars("IBCM_CLIENT_MP"), Usage: "with --code: the MP `URL` whose relay carries the session (default: the site's first internet MP)"},
@@ -78,6 +81,17 @@ EXAMPLES:
 			if code := c.String("code"); code != "" {
 				if c.String("site") == "" || c.String("root-sha256") == "" {
 					return errors.New("share --code needs --site and --root-sha256")
+				}
+				if code == "-" {
+					fmt.Fprint(os.Stdout, "Security code (not shown): ")
+					b, err := term.ReadPassword(fd)
+					fmt.Fprint(os.Stdout, "\r\n")
+					if err != nil {
+						return fmt.Errorf("reading the security code: %w", err)
+					}
+					if code = strings.TrimSpace(string(b)); code == "" {
+						return errors.New("no security code typed")
+					}
 				}
 				user := "guest"
 				if u, err := osuser.Current(); err == nil {

@@ -192,6 +192,13 @@ func attach(ctx context.Context, hc *helper.Client, start wire.SessionStart, t *
 		return remoteError(fmt.Errorf("reaching %s: %w", frame.Printable(orDefault(start.Device.Name, start.Device.ID)), err))
 	}
 	defer s.Close()
+	if strings.HasPrefix(start.Session.Device, wire.GuestURIPrefix) {
+		// An unenrolled device's program is nobody the site vouches for: its output may draw
+		// on the helper's terminal but not command it (OSC 52 clipboard, DCS, titles).
+		t.mu.Lock()
+		t.out = helper.NewGuestOutput(t.out)
+		t.mu.Unlock()
+	}
 	conn := s.Connection
 	line := fmt.Sprintf("connected over %s in %s, end to end encrypted", conn.Transport, conn.Took.Round(time.Millisecond))
 	if lost := conn.Lost(); lost != "" {

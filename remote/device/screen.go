@@ -33,7 +33,10 @@ import (
 // Attended, x11vnc runs as the sharer on the display their `ibcm-client share --screen`
 // named (DISPLAY and XAUTHORITY of its environment): running as them, it can reach no
 // display they could not. Unattended (nobody present), the agent starts Xvfb on a fresh
-// display (-displayfd tells which, once it is ready) and x11vnc on it, as itself.
+// display (-displayfd tells which, once it is ready) and x11vnc on it, both as the
+// unprivileged account nobody (UnattendedScreenUID) when the agent is root: a VNC server
+// parses what the helper's viewer sends, and should a flaw in it be reached, it is
+// nobody's, not root's.
 
 // Binaries of screen sessions, looked up in PATH when relative.
 var (
@@ -43,6 +46,10 @@ var (
 
 // nogroupGID is the group x11vnc runs as for a sharer whose primary group is unknown.
 const nogroupGID = 65534
+
+// UnattendedScreenUID is the account an unattended screen session's Xvfb and x11vnc run
+// as when the agent is root (nobody); it is a variable for tests.
+var UnattendedScreenUID = 65534
 
 // ScreenGeometry is the size of an unattended session's Xvfb display.
 var ScreenGeometry = "1280x800x24"
@@ -144,10 +151,10 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 	if s.Display == "" {
 		// A fresh display that only the holder of its cookie may open.
 		spec.XAuthority = filepath.Join(s.dir, "Xauthority")
-		if err := writeXAuthority(spec.XAuthority); err != nil {
+		if err := writeSecret(spec.XAuthority, xauthority(), cred); err != nil {
 			return nil, err
 		}
-		if s.Display, err = s.startXvfb(ctx, spec.XAuthority, logw); err != nil {
+		if s.Display, err = s.startXvfb(ctx, spec.XAuthority, cred, logw); err != nil {
 			return nil, err
 		}
 	}
@@ -259,7 +266,7 @@ func (s *Screen) start(cmd *exec.Cmd) (chan struct{}, error) {
 	return done, nil
 }
 
-func (s *Screen) startXvfb(ctx context.Context, xauth string, logw io.Writer) (string, error) {
+func (s *Screen) startXvfb(ctx context.Context, xauth string, cred *syscall.Credential, logw io.Writer) (string, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return "", err
@@ -268,7 +275,7 @@ func (s *Screen) startXvfb(ctx context.Context, xauth string, logw io.Writer) (s
 	cmd := exec.Command(XvfbBinary, "-displayfd", "3", "-screen", "0", ScreenGeometry, "-nolisten", "tcp", "-noreset", "-auth", xauth)
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stdout, cmd.Stderr = logw, logw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	exited, err := s.start(cmd)
 	w.Close()
 	if err != nil {
@@ -343,13 +350,11 @@ func writeSecret(path string, data []byte, cred *syscall.Credential) error {
 	return f.Close()
 }
 
-// writeXAuthority writes an Xauthority file (0600) with one random MIT-MAGIC-COOKIE-1 for
-// any display (family FamilyWild), for the Xvfb of an unattended session and its x11vnc.
-func writeXAuthority(path string) error {
+// xauthority is an Xauthority file's content with one random MIT-MAGIC-COOKIE-1 for any
+// display (family FamilyWild), for the Xvfb of an unattended session and its x11vnc.
+func xauthority() []byte {
 	cookie := make([]byte, 16)
-	if _, err := rand.Read(cookie); err != nil {
-		return err
-	}
+	_, _ = rand.Read(cookie) // crypto/rand does not fail
 	var b []byte
 	field := func(p []byte) { b = binary.BigEndian.AppendUint16(b, uint16(len(p))); b = append(b, p...) }
 	b = binary.BigEndian.AppendUint16(b, 0xffff) // FamilyWild
@@ -357,7 +362,7 @@ func writeXAuthority(path string) error {
 	field(nil)                                   // display number: any
 	field([]byte("MIT-MAGIC-COOKIE-1"))
 	field(cookie)
-	return os.WriteFile(path, b, 0o600)
+	return b
 }
 
 // startScreen starts the session's VNC server and bridges it: its ServerInit and then
@@ -370,6 +375,13 @@ func (s *session) startScreen() error {
 		s.detach = s.h.hub.attach(s.sharerUID, func(from *shareClient, f frame.Frame) {
 			s.post(event{src: fromSharer, f: f, client: from})
 		})
+	}
+	if s.t.Mode == ticket.ModeUnattended && os.Geteuid() == 0 {
+		a, err := LookupUID(UnattendedScreenUID)
+		if err != nil {
+			return fmt.Errorf("the account of unattended screens: %w", err)
+		}
+		spec.As = &a
 	}
 	if s.t.Mode != ticket.ModeUnattended {
 		owner := s.h.hub.displayOf(s.sharerUID)

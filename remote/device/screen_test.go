@@ -492,7 +492,7 @@ func TestScreenUnattendedXvfbAndForbiddenMessage(t *testing.T) {
 	rc := defaultRC()
 	rc.AllowUnattended, rc.PromptUser = true, false
 	e := newEnv(t, rc)
-	e.host.c.ScreenDir = t.TempDir()
+	e.host.c.ScreenDir = traversableDir(t)
 	ss := startScreen(t, e, ticket.ModeUnattended, ticket.ModeView, ticket.ModeUnattended)
 	v := dialViewer(t, ss)
 	if g := strings.SplitN(ScreenGeometry, "x", 3); v.w != atoi(t, g[0]) || v.h != atoi(t, g[1]) {
@@ -506,8 +506,21 @@ func TestScreenUnattendedXvfbAndForbiddenMessage(t *testing.T) {
 	if len(ents) != 1 {
 		t.Fatalf("screen directories %v", ents)
 	}
-	if fi, err := os.Stat(filepath.Join(e.host.c.ScreenDir, ents[0].Name())); err != nil || fi.Mode().Perm() != 0o700 {
+	dir := filepath.Join(e.host.c.ScreenDir, ents[0].Name())
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("the screen directory: %v %v", fi.Mode(), err)
+	}
+	// Run by root, the agent starts both servers as nobody.
+	if os.Geteuid() == 0 {
+		procs := processesWith(t, dir)
+		if len(procs) < 2 {
+			t.Fatalf("found %d processes of the screen (want Xvfb and x11vnc)", len(procs))
+		}
+		for pid, uid := range procs {
+			if uid != UnattendedScreenUID {
+				t.Errorf("process %d of the unattended screen runs as uid %d, want %d", pid, uid, UnattendedScreenUID)
+			}
+		}
 	}
 	v.send([]byte{250, 0, 1, 2}) // xvp: not allowed in any mode
 	if r := e.rep.wait(t, wire.ReportEnded); r.Outcome != wire.OutcomeFailed || !strings.Contains(r.Message, "xvp") {
@@ -705,4 +718,50 @@ func TestScreenClipboardAsksTheSharer(t *testing.T) {
 	if got := clipboard(); got != accepted {
 		t.Fatalf("the clipboard holds %q after a denied paste", got)
 	}
+}
+
+// traversableDir is a temporary directory other accounts can pass through (0711), as the
+// agent's screen directory is: an unattended screen's servers run as nobody.
+func traversableDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ibcm-screen-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// processesWith returns the pid and real uid of every process whose command line names
+// something under dir.
+func processesWith(t *testing.T, dir string) map[int]int {
+	t.Helper()
+	out := map[int]int{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(cmd), dir) {
+			continue
+		}
+		status, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+				out[pid] = atoi(t, f[1])
+			}
+		}
+	}
+	return out
 }

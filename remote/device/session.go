@@ -312,7 +312,7 @@ func (s *session) connect(t *ticket.Ticket) (*tls.Conn, string, error) {
 				continue
 			}
 			lns = append(lns, ln)
-			go s.acceptDirect(ctx, t, ln, cfg, func(c *tls.Conn, err error) {
+			go s.acceptDirect(ctx, s.log, t, ln, cfg, func(c *tls.Conn, err error) {
 				if err != nil {
 					return // logged by acceptDirect; the relay may still come
 				}
@@ -412,8 +412,9 @@ type legResult struct {
 const maxDirectPending = 16
 
 // acceptDirect takes connections on the session port while the session is pending: the
-// preamble must name this session's ticket, then the end-to-end TLS.
-func (s *session) acceptDirect(ctx context.Context, t *ticket.Ticket, ln net.Listener, cfg *tls.Config, done func(*tls.Conn, error)) {
+// preamble must name this session's ticket, then the end-to-end TLS. It logs with log, the
+// session's logger as it was when the port opened (serve replaces s.log).
+func (s *session) acceptDirect(ctx context.Context, log zerolog.Logger, t *ticket.Ticket, ln net.Listener, cfg *tls.Config, done func(*tls.Conn, error)) {
 	pending := make(chan struct{}, maxDirectPending)
 	for {
 		c, err := ln.Accept()
@@ -434,14 +435,14 @@ func (s *session) acceptDirect(ctx context.Context, t *ticket.Ticket, ln net.Lis
 				err = fmt.Errorf("%w: the preamble names ticket %s, not this session's", e2e.ErrPeer, id)
 			}
 			if err != nil {
-				s.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("session port: connection refused")
+				log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("session port: connection refused")
 				c.Close()
 				done(nil, err)
 				return
 			}
 			tc := tls.Server(c, cfg)
 			if err := tc.HandshakeContext(ctx); err != nil {
-				s.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("session port: end-to-end TLS failed")
+				log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("session port: end-to-end TLS failed")
 				s.h.c.Audit("warning", fmt.Sprintf("remote session %s: a direct connection from %s refused: %v", t.Session, c.RemoteAddr(), err))
 				c.Close()
 				done(nil, err)
