@@ -250,8 +250,8 @@ func (b *browser) text(sel string) string {
 	return runAction(b, "the text of "+sel, chromedp.Text(chromedp.CSS(sel)))
 }
 
-// waitText waits (the page's own animation frames poll) until an element matching sel has
-// a text content containing want, and returns that text.
+// waitText waits until an element matching sel has a text content containing want, and
+// returns that text.
 func (b *browser) waitText(sel, want string) string {
 	b.t.Helper()
 	const pred = `(sel, want) => {
@@ -260,10 +260,7 @@ func (b *browser) waitText(sel, want string) string {
 		}
 		return false;
 	}`
-	ctx, cancel := context.WithTimeout(b.ctx, browserStep)
-	defer cancel()
-	s, err := chromedp.Run(ctx, chromedp.PollFunction[string](pred,
-		chromedp.WithPollingArgs(sel, want), chromedp.WithPollingTimeout(browserStep)))
+	s, err := poll[string](b, pred, sel, want)
 	if err != nil {
 		ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
 		defer cancel()
@@ -274,11 +271,44 @@ func (b *browser) waitText(sel, want string) string {
 	return s
 }
 
-// until waits (the page's animation frames poll) for a JavaScript expression to be truthy.
+// until waits for a JavaScript expression to be truthy.
 func (b *browser) until(what, expr string) {
 	b.t.Helper()
-	poll := chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(browserStep))
-	b.do(what, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error { _, err := poll(ctx, t); return err }))
+	if _, err := poll[any](b, "() => ("+expr+")"); err != nil {
+		b.t.Fatalf("browser: %s: %v", what, err)
+	}
+}
+
+// poll waits, within one step's limit, for the JavaScript function fn to return a truthy
+// value for args, and returns that value. The page's animation frames run the check; a
+// navigation under way (the page it ran in is gone) starts it again in the new page.
+func poll[T any](b *browser, fn string, args ...any) (T, error) {
+	ctx, cancel := context.WithTimeout(b.ctx, browserStep)
+	defer cancel()
+	for {
+		left := time.Until(deadlineOf(ctx))
+		v, err := chromedp.Run(ctx, chromedp.PollFunction[T](fn, chromedp.WithPollingArgs(args...), chromedp.WithPollingTimeout(left)))
+		if err == nil || !navigated(err) || ctx.Err() != nil {
+			return v, err
+		}
+		// The new page's document: a readiness signal to poll in again.
+		if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`true`)); err != nil && !navigated(err) {
+			return v, err
+		}
+	}
+}
+
+func deadlineOf(ctx context.Context) time.Time {
+	d, _ := ctx.Deadline()
+	return d
+}
+
+// navigated says whether err is the page's JavaScript context going away under a check.
+func navigated(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "Cannot find context with specified id") ||
+		strings.Contains(s, "Execution context was destroyed") ||
+		strings.Contains(s, "Inspected target navigated or closed")
 }
 
 // click clicks the first visible element matching the CSS selector.
