@@ -3,7 +3,6 @@ package console
 import (
 	"bytes"
 	"crypto/subtle"
-	"encoding/base64"
 	"errors"
 	"html/template"
 	"io"
@@ -241,7 +240,7 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		writePage(w, http.StatusServiceUnavailable, pageError, "The console could not log you in; try again.")
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: base64.RawURLEncoding.EncodeToString(secret), Path: "/",
+	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: encodeSecret(secret), Path: "/",
 		MaxAge: int(SessionLifetime / time.Second), Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	c.log.Info().Str("user", user).Time("expires_at", exp).Str("remote_addr", r.RemoteAddr).Msg("console login")
 	http.Redirect(w, r, "/devices", http.StatusSeeOther)

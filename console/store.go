@@ -56,6 +56,9 @@ func newSecret() []byte {
 	return b
 }
 
+// encodeSecret is the text form of a secret (a cookie value; a link token after its prefix).
+func encodeSecret(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
 // parseSecret reads a cookie value: exactly the base64url (no padding) of 32 bytes.
 func parseSecret(s string) ([]byte, error) {
 	if len(s) != encodedLen {
@@ -118,7 +121,7 @@ func (c *Console) createLink(ctx context.Context, user string) (string, time.Tim
 		hashOf(secret), user, now.Unix(), exp.Unix()); err != nil {
 		return "", time.Time{}, fmt.Errorf("recording a console link: %w", err)
 	}
-	return linkPrefix + base64.RawURLEncoding.EncodeToString(secret), exp.UTC().Truncate(time.Second), nil
+	return linkPrefix + encodeSecret(secret), exp.UTC().Truncate(time.Second), nil
 }
 
 // errLinkInvalid is a link that is unknown, used or expired.
