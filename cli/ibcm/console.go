@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 
 	"github.com/urfave/cli/v3"
 
@@ -41,7 +40,7 @@ EXAMPLES:
 					return err
 				}
 				fmt.Fprintln(c.Root().Writer, link.URL)
-				fmt.Fprintf(os.Stderr, "open it in your browser before %s (once; it is a secret: do not share it)\n",
+				fmt.Fprintf(c.Root().ErrWriter, "open it in your browser before %s (once; it is a secret: do not share it)\n",
 					link.ExpiresAt.Local().Format("15:04:05"))
 				return nil
 			},
