@@ -99,14 +99,22 @@ func New(ctx context.Context, o Options) (*Console, error) {
 		log: o.Log, now: o.Now, assets: o.Assets, index: index, purge: o.PurgeEvery}, nil
 }
 
-// Origin returns the browser origin (scheme://host[:port]) of a console URL, which must be
-// an absolute https URL without user, path, query or fragment.
+// Origin returns the browser origin (scheme://host[:port], as a browser sends it: lower
+// case, no :443) of a console URL, which must be an absolute https URL without user, path,
+// query or fragment.
 func Origin(rawURL string) (string, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
 		return "", fmt.Errorf("console URL %q: must be https://host[:port] with no path", rawURL)
 	}
-	return "https://" + strings.ToLower(u.Host), nil
+	host := strings.ToLower(u.Host)
+	if h, port, err := net.SplitHostPort(host); err == nil && port == "443" { // browsers leave the default port out
+		host = h
+		if strings.Contains(h, ":") {
+			host = "[" + h + "]"
+		}
+	}
+	return "https://" + host, nil
 }
 
 // CreateLink makes a one-time login URL for user, valid LinkLifetime (it implements the

@@ -99,6 +99,17 @@ func securityHeaders(next http.Handler) http.Handler {
 	})
 }
 
+// The hooks of the browser sessions' WebSockets (bridge.go), which run before the upgrade:
+//
+//	user, csrf, err := c.sessionOf(r)          // 401 login_required unless a live cookie session
+//	err = c.checkOrigin(r, true)               // 403 origin unless Origin is exactly the console's
+//	err = checkCSRF(csrf, r.URL.Query().Get("csrf")) // 403 csrf
+//	conn, err := c.backend.DialSession(ctx, user, id, ticket)
+//
+// Their errors are *api.Error: api.WriteError(w, err) answers them as JSON. A long-lived
+// socket may call sessionOf again with its upgrade request (the cookie is in it) to learn
+// that the session was revoked or expired, or the user disabled.
+
 // errLoginRequired answers an /api or /ws request without a live cookie session.
 var errLoginRequired = api.Errorf(http.StatusUnauthorized, "login_required",
 	"no console session (expired, revoked or logged out): run `ibcm console login` and open the URL it prints")
