@@ -590,3 +590,31 @@ func FuzzTokens(f *testing.F) {
 		}
 	})
 }
+
+// Run purges on its schedule until its context ends.
+func TestRunPurgesOnSchedule(t *testing.T) {
+	f := sqliteFixture(t)
+	f.c.purge = 5 * time.Millisecond
+	f.link(t, "alice")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.c.Run(ctx) }()
+	count := func() int {
+		var n int
+		if err := f.c.db.QueryRow(context.Background(), `SELECT COUNT(*) FROM console_links`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("%d links before expiry", n) // not purged while valid
+	}
+	f.clock.add(LinkLifetime + time.Second)
+	for deadline := time.Now().Add(5 * time.Second); count() != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the expired link was not purged")
+		}
+	}
+	cancel()
+	<-done
+}
