@@ -48,7 +48,8 @@ type Options struct {
 	URL string
 	Log zerolog.Logger
 	Now func() time.Time
-	// Assets are the built pages (index.html, assets/); web.Dist's "dist" when nil.
+	// Assets are the built pages (index.html, optionally logged-out.html, assets/); web.Dist's
+	// "dist" when nil.
 	Assets fs.FS
 	// PurgeEvery is how often Run deletes expired links and sessions; 10 minutes when zero.
 	PurgeEvery time.Duration
@@ -56,16 +57,17 @@ type Options struct {
 
 // Console is the web console of one MP.
 type Console struct {
-	db      *sitedb.DB
-	access  *access.Store
-	backend Backend
-	url     string // without a trailing slash
-	origin  string // scheme://host[:port] of url
-	log     zerolog.Logger
-	now     func() time.Time
-	assets  fs.FS
-	index   []byte // index.html, read once
-	purge   time.Duration
+	db        *sitedb.DB
+	access    *access.Store
+	backend   Backend
+	url       string // without a trailing slash
+	origin    string // scheme://host[:port] of url
+	log       zerolog.Logger
+	now       func() time.Time
+	assets    fs.FS
+	index     []byte // index.html, read once
+	loggedOut []byte // logged-out.html when the built pages have one
+	purge     time.Duration
 }
 
 // New applies the console's migrations and returns it.
@@ -92,11 +94,12 @@ func New(ctx context.Context, o Options) (*Console, error) {
 	if err != nil {
 		return nil, fmt.Errorf("console: the built pages have no index.html: %w", err)
 	}
+	loggedOut, _ := fs.ReadFile(o.Assets, "logged-out.html")
 	if err := Migrate(ctx, o.DB); err != nil {
 		return nil, err
 	}
 	return &Console{db: o.DB, access: o.Access, backend: o.Backend, url: strings.TrimSuffix(o.URL, "/"), origin: origin,
-		log: o.Log, now: o.Now, assets: o.Assets, index: index, purge: o.PurgeEvery}, nil
+		log: o.Log, now: o.Now, assets: o.Assets, index: index, loggedOut: loggedOut, purge: o.PurgeEvery}, nil
 }
 
 // Origin returns the browser origin (scheme://host[:port], as a browser sends it: lower

@@ -42,9 +42,9 @@ var shellPaths = []string{"GET /{$}", "GET /devices", "GET /devices/{id}", "GET 
 //	GET  /healthz                 no session needed (ibcm site status)
 //	GET  /login/{token}           a one-time link: sets the cookie, 303 to /devices
 //	POST /logout                  CSRF: revokes the cookie session, 303 to /logged-out
-//	GET  /logged-out              no session needed
+//	GET  /logged-out              no session needed (logged-out.html of the built pages)
 //	GET  /, /devices, /devices/{id}, /sessions, /sessions/{id}, /sessions/{id}/live: index.html
-//	GET  /assets/{file...}        the built assets
+//	GET  /assets/{file...}        the built assets, no session needed
 //	GET  /api/me                  who is logged in, with the CSRF token
 //	     /api/v1/admin/...        Backend.ConsoleAPI(user), "/api" stripped
 //	GET  /ws/...                  WebSockets of browser sessions (bridge.go)
@@ -57,6 +57,11 @@ func (c *Console) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /login/{token}", c.handleLogin)
 	mux.HandleFunc("GET /logged-out", func(w http.ResponseWriter, _ *http.Request) {
+		if c.loggedOut != nil { // the built pages' own (console/web)
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			_, _ = w.Write(c.loggedOut)
+			return
+		}
 		writePage(w, http.StatusOK, pageLoggedOut, "")
 	})
 	mux.Handle("/logout", c.page(c.handleLogout))
@@ -67,7 +72,9 @@ func (c *Console) Handler() http.Handler {
 			return nil
 		}))
 	}
-	mux.Handle("GET /assets/{file...}", c.page(c.serveAsset))
+	// The assets are the same for everyone (no data in them): they need no session, so that
+	// the logged-out and login pages have their stylesheet.
+	mux.Handle("GET /assets/{file...}", api.Handle(c.log, c.serveAsset))
 	mux.Handle("/api/me", c.api(c.handleMe))
 	mux.Handle("/api/v1/admin/", c.api(c.handleAPI))
 	mux.Handle("/api/", api.Handle(c.log, func(_ http.ResponseWriter, r *http.Request) error {
@@ -271,7 +278,7 @@ func (c *Console) handleLogout(w http.ResponseWriter, r *http.Request, s *sessio
 	return nil
 }
 
-func (c *Console) serveAsset(w http.ResponseWriter, r *http.Request, _ *session) error {
+func (c *Console) serveAsset(w http.ResponseWriter, r *http.Request) error {
 	name := "assets/" + r.PathValue("file")
 	notFound := api.Errorf(http.StatusNotFound, "not_found", "no such asset")
 	if !fs.ValidPath(name) || strings.HasSuffix(name, "/") {
@@ -343,8 +350,8 @@ func (c *Console) handleAPI(w http.ResponseWriter, r *http.Request, s *session) 
 	return nil
 }
 
-// The server-rendered pages: the 401 page (#login-needed), the logged-out page, errors.
-// Self-contained (no script, no style), so the CSP holds without assets.
+// The server-rendered pages: the 401 page (#login-needed), the logged-out page (when the
+// built pages have none), errors. No script; the built stylesheet when there is one.
 const (
 	pageLoginNeeded = "login-needed"
 	pageLoggedOut   = "logged-out"
@@ -354,24 +361,32 @@ const (
 
 var pages = template.Must(template.New("page").Parse(`<!doctype html>
 <html lang="en">
-<head><meta charset="utf-8"><meta name="referrer" content="no-referrer"><title>ibcm console</title></head>
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ibcm console</title>
+<link rel="stylesheet" href="/assets/app.css">
+</head>
 <body>
+<header class="top"><span class="brand">ibcm</span></header>
+<main id="main">
 {{- if eq .ID "login-needed"}}
-<main id="login-needed">
+<section id="login-needed" class="notice">
 <h1>Log in to the ibcm console</h1>
 <p>{{.Message}}</p>
 <p>Run <code>ibcm console login</code> on your own machine (it uses your ibcm certificate) and open the one-time URL it prints within 5 minutes.</p>
-</main>
+</section>
 {{- else if eq .ID "logged-out"}}
-<main id="logged-out">
+<section id="logged-out" class="notice">
 <h1>Logged out</h1>
 <p>Your console session has ended. To log in again, run <code>ibcm console login</code> and open the URL it prints.</p>
-</main>
+</section>
 {{- else if eq .ID "not-found"}}
-<main id="not-found"><h1>Not found</h1><p>There is no such page. <a href="/devices">Devices</a></p></main>
+<section id="not-found" class="notice"><h1>Not found</h1><p>There is no such page. <a href="/devices">Devices</a></p></section>
 {{- else}}
-<main id="error"><h1>Error</h1><p>{{.Message}}</p></main>
+<section id="error-page" class="notice"><h1>Error</h1><p>{{.Message}}</p></section>
 {{- end}}
+</main>
 </body>
 </html>
 `))
