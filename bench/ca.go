@@ -393,6 +393,7 @@ func startSiteWith(ctx context.Context, o site.InitOptions, ready string, config
 		}
 	}
 	o.Dir, o.SiteCode = filepath.Join(dir, "site"), "BEN"
+	o.NoConsole = true // no web console: its fixed default port could be taken
 	o.IntranetName, o.InternetName = "ibcm.bench.test", "ibcm.bench.example"
 	s.cfg, err = site.Init(ctx, o, io.Discard)
 	if err != nil {

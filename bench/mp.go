@@ -968,7 +968,7 @@ func initSiteDir(ctx context.Context, bin, dir string, extra ...string) error {
 	}
 	initCmd := exec.CommandContext(ctx, bin, "site", "init", "--dir", dir, "--site-code", "BEN",
 		"--intranet-name", "ibcm.bench.test", "--internet-name", "ibcm.bench.example",
-		"--ca-addr", addrs[0], "--ca-public-addr", addrs[1], "--mp-intranet-addr", addrs[2], "--mp-internet-addr", addrs[3])
+		"--ca-addr", addrs[0], "--ca-public-addr", addrs[1], "--mp-intranet-addr", addrs[2], "--mp-internet-addr", addrs[3], "--console-addr", "")
 	initCmd.Args = append(initCmd.Args, extra...)
 	if out, err := initCmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("ibcm site init: %w\n%s", err, out)

@@ -143,7 +143,7 @@ func initSiteDSN(t *testing.T, store, dsn string, extra ...string) *testSite {
 	args := []string{"site", "init", "--dir", s.dir, "--site-code", "E2E", "--intranet-name", "ibcm.corp.test",
 		"--internet-name", "ibcm.example.test", "--ca-addr", caAddr, "--ca-public-addr", pubAddr,
 		"--mp-intranet-addr", mpIn, "--mp-internet-addr", mpOut, "--store", store,
-		"--dp-intranet-addr", freeAddr(t), "--dp-internet-addr", freeAddr(t)}
+		"--dp-intranet-addr", freeAddr(t), "--dp-internet-addr", freeAddr(t), "--console-addr", freeAddr(t)}
 	if store == "postgres" {
 		args = append(args, "--dsn", s.dsn)
 	}

@@ -234,7 +234,13 @@ func TestBlockAcrossMPProcesses(t *testing.T) {
 // editConfig rewrites the mp section of a site.yaml into out.
 func editConfig(t *testing.T, in, out string, edit func(mp map[string]any)) {
 	t.Helper()
-	editSection(t, in, out, "mp", edit)
+	editSection(t, in, out, "mp", func(mp map[string]any) {
+		if in != out { // another MP of the site: the web console's listener stays the first's
+			delete(mp, "console_listen")
+			delete(mp, "console_url")
+		}
+		edit(mp)
+	})
 }
 
 // editSection rewrites one section (mp, dp, ...) of a site.yaml into out.

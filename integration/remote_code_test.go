@@ -83,6 +83,18 @@ func TestRemoteSecurityCode(t *testing.T) {
 		t.Fatalf("ibcm remote code create (view) exited %d:\n%s", code, tm.screen("viewer"))
 	}
 
+	// A helper who gives up before the person at the device connects ends the session, and
+	// the code dies with it.
+	tm.open("giveup", helen.env, bin.ibcm+" remote code create")
+	code = securityCodeRE.FindString(tm.wait("giveup", "a security code", 15*time.Second, func(sc string) bool { return securityCodeRE.MatchString(sc) }))
+	tm.waitFor("giveup", "waiting for the person at the device", 10*time.Second)
+	tm.keys("giveup", "C-c")
+	if c := tm.exited("giveup", 15*time.Second); c == 0 {
+		t.Fatalf("an interrupted code create exited 0:\n%s", tm.screen("giveup"))
+	}
+	tm.open("late", nil, bin.client+" share --code "+code+" --site "+s.caURL+" --root-sha256 "+pin+" --mp "+s.mpInternet+" --shell /bin/sh")
+	tm.waitFor("late", "code_expired", 15*time.Second)
+
 	var guest wire.Session
 	waitFor(t, 10*time.Second, "the guest session ended in the audit", func() bool {
 		for _, x := range s.sessions(t) {

@@ -32,6 +32,11 @@ func TestAdminRoutesCheckTheirPermission(t *testing.T) {
 		{"GET", "/v1/admin/devices", "", access.ReadDevices},
 		{"GET", "/v1/admin/devices/" + id, "", access.ReadDevices},
 		{"GET", "/v1/admin/devices/" + id + "/messages", "", access.ReadDevices},
+		{"GET", "/v1/admin/devices/" + id + "/remote", "", access.ReadDevices},
+		{"GET", "/v1/admin/devices/" + id + "/deployments", "", access.ReadDevices},
+		// The web console's logins: any user for themself (no console here: 404).
+		{"POST", "/v1/admin/console/links", "{}", ""},
+		{"POST", "/v1/admin/console/revoke", "{}", ""},
 		{"POST", "/v1/admin/devices/" + id + "/block", "{", access.ManageDevices},
 		{"POST", "/v1/admin/devices/" + id + "/unblock", "{", access.ManageDevices},
 		{"POST", "/v1/admin/devices/" + id + "/notify", `{"type":"bogus"}`, access.ManageDevices},

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"github.com/ibcm-project/ibcm/internal/access"
 	"math/big"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,8 +82,11 @@ type Options struct {
 	// SecurityCodes lets helpers make security codes for unenrolled devices and the
 	// guests' certificates reach their sessions' relay (guest.go); off by default.
 	SecurityCodes bool
-	Now           func() time.Time
-	Log           zerolog.Logger
+	// ConsoleLinks makes and revokes the web console's logins (*console.Console); nil when
+	// the site has no console (its routes answer 404 console_disabled).
+	ConsoleLinks ConsoleLinks
+	Now          func() time.Time
+	Log          zerolog.Logger
 }
 
 // MP is a management point.
@@ -123,6 +127,9 @@ type MP struct {
 	auditPub string        // public half of Options.AuditKey
 
 	feeds *dpFeeds // the DP feeds open on this MP (dps.go)
+
+	consoleOnce sync.Once
+	consoleMux  *http.ServeMux // the routes without a gate, for ConsoleAPI (console.go)
 }
 
 // New opens the MP over the site database: it applies the MP's migrations, stores the

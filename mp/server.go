@@ -96,7 +96,14 @@ func peerOf(r *http.Request) *peer { return r.Context().Value(peerKey{}).(*peer)
 //	/v1/sessions/..., /v1/relay/{id}, /v1/crl: remote-control sessions (sessions.go)
 //	POST /v1/admin/sessions/codes, GET /v1/guest/sessions/{id}/relay: security codes (guest.go)
 //	/v1/dp/..., /v1/admin/content..., /v1/admin/dps, /v1/admin/deployments...: content.go
+//	/v1/admin/console/..., /v1/admin/devices/{id}/remote|deployments: the web console (console.go)
 func (m *MP) Handler(location string) http.Handler {
+	return m.gate(location, m.routes(location))
+}
+
+// routes is every route of the MP, behind no gate: Handler puts the gate of a listener in
+// front of it, ConsoleAPI the console's.
+func (m *MP) routes(location string) *http.ServeMux {
 	mux := http.NewServeMux()
 	h := func(fn api.HandlerFunc) http.Handler {
 		return api.Handle(m.log, api.ShedWhen(sitedb.IsUnavailable, fn))
@@ -129,10 +136,11 @@ func (m *MP) Handler(location string) http.Handler {
 	m.sessionRoutes(mux, h, device)
 	m.guestRoutes(mux, h)
 	m.contentRoutes(mux, h)
+	m.consoleRoutes(mux, h)
 	mux.Handle("/", h(func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
 	}))
-	return m.gate(location, mux)
+	return mux
 }
 
 // gate runs before every route: it records who the peer is, refuses a revoked or expired

@@ -244,6 +244,9 @@ func checkText(key, v string, max int) error {
 }
 
 func (m *MP) handleSessionStart(w http.ResponseWriter, r *http.Request, name string) error {
+	if peerOf(r).leaf == nil { // a web-console call (ConsoleAPI): browser sessions are not wired yet
+		return api.Errorf(http.StatusServiceUnavailable, "console_sessions_unavailable", "sessions cannot be started from the web console yet")
+	}
 	var req wire.SessionStartRequest
 	if err := api.Decode(w, r, &req); err != nil {
 		return err
@@ -433,6 +436,10 @@ func (m *MP) handleSessionList(w http.ResponseWriter, r *http.Request, name stri
 	if err != nil {
 		return api.BadRequest("the query is not URL-encoded key=value pairs: %v", err)
 	}
+	format, err := sessionListFormat(q)
+	if err != nil {
+		return err
+	}
 	var f sessionFilter
 	switch q.Get("active") {
 	case "", "0", "false":
@@ -452,8 +459,7 @@ func (m *MP) handleSessionList(w http.ResponseWriter, r *http.Request, name stri
 	}
 	if !access.FromContext(r.Context()).Allows(access.ReadAudit) {
 		if f.Helper != "" && f.Helper != name {
-			api.WriteJSON(w, http.StatusOK, []wire.Session{})
-			return nil
+			return writeSessionList(w, format, []wire.Session{})
 		}
 		f.Helper = name // their own
 	}
@@ -461,8 +467,7 @@ func (m *MP) handleSessionList(w http.ResponseWriter, r *http.Request, name stri
 	if err != nil {
 		return err
 	}
-	api.WriteJSON(w, http.StatusOK, out)
-	return nil
+	return writeSessionList(w, format, out)
 }
 
 // mayRead reports whether name may see session s: ReadAudit, or they helped or viewed it.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ibcm-project/ibcm/ca"
+	"github.com/ibcm-project/ibcm/console"
 	"github.com/ibcm-project/ibcm/dp"
 	"github.com/ibcm-project/ibcm/internal/config"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
@@ -78,6 +79,13 @@ type MPConfig struct {
 	InternetURL    string `yaml:"internet_url"`    // how internet devices reach it
 	TLSCert        string `yaml:"tls_cert"`        // site-server certificate of the MP role, with chain
 	TLSKey         string `yaml:"tls_key"`
+	// ConsoleListen is the web console's listener (HTTPS with the MP's certificate, no
+	// client certificate: browsers log in with `ibcm console login`); empty: no console.
+	ConsoleListen string `yaml:"console_listen,omitempty"`
+	// ConsoleURL is how browsers reach ConsoleListen (https://host:port, no path): the
+	// login links start with it and its origin is the only one the console accepts.
+	// https://<reachable console_listen> when unset.
+	ConsoleURL string `yaml:"console_url,omitempty"`
 	// AuditKey is the site's audit private key (raw X25519 bytes, 0600): session recordings
 	// are sealed to its public half and opened with it. Next to tls_key when unset; made by
 	// `site init`, or by the MP role at its start for a site made before.
@@ -191,6 +199,9 @@ func (c *Config) setDefaults() {
 	d(&c.MP.TLSCert, "tls/mp.crt")
 	d(&c.MP.TLSKey, "tls/mp.key")
 	d(&c.MP.AuditKey, filepath.Join(filepath.Dir(c.MP.TLSKey), "audit.key"))
+	if c.MP.ConsoleListen != "" {
+		d(&c.MP.ConsoleURL, "https://"+reachable(c.MP.ConsoleListen, c.Site.IntranetName))
+	}
 	if c.MP.MaxConns == 0 {
 		c.MP.MaxConns = 150000
 	}
@@ -310,6 +321,16 @@ func (c *Config) Validate() error {
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
 			bad(key, "must be host:port (got %q)", addr)
 		}
+	}
+	if c.MP.ConsoleListen != "" {
+		if _, port, err := net.SplitHostPort(c.MP.ConsoleListen); err != nil || port == "" {
+			bad("mp.console_listen", "must be host:port, or empty for no web console (got %q)", c.MP.ConsoleListen)
+		}
+		if _, err := console.Origin(c.MP.ConsoleURL); err != nil {
+			bad("mp.console_url", "must be https://host[:port] with no path (got %q)", c.MP.ConsoleURL)
+		}
+	} else if c.MP.ConsoleURL != "" {
+		bad("mp.console_url", "is set but mp.console_listen is empty (no web console)")
 	}
 	for key, raw := range map[string]string{"ca.url": c.CA.URL, "ca.public_url": c.CA.PublicURL,
 		"mp.intranet_url": c.MP.IntranetURL, "mp.internet_url": c.MP.InternetURL} {

@@ -50,6 +50,10 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"channels per device", base + "mp: {max_channels_per_device: -1}\n", "mp.max_channels_per_device"},
 		{"dp mode", base + "dp: {mode: everywhere}\n", "site.yaml: dp.mode: must be intranet, internet or both"},
 		{"dp unknown key", base + "dp: {orign: true}\n", "site.yaml:3: dp.orign: unknown key (did you mean origin?)"},
+		{"console listen", base + "mp: {console_listen: nowhere}\n", "mp.console_listen: must be host:port"},
+		{"console url", base + "mp: {console_listen: '127.0.0.1:9445', console_url: 'http://a.corp:9445'}\n", "mp.console_url: must be https://host[:port]"},
+		{"console url path", base + "mp: {console_listen: '127.0.0.1:9445', console_url: 'https://a.corp/console'}\n", "mp.console_url"},
+		{"console url alone", base + "mp: {console_url: 'https://a.corp:9445'}\n", "mp.console_url: is set but mp.console_listen is empty"},
 		{"dp pull source", base + "dp: {pull: {sources: [{priority: 1}]}}\n", "dp.pull.sources[0]: give id"},
 	}
 	for _, tc := range cases {
@@ -69,6 +73,16 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 	}
 	if cfg.DP != nil {
 		t.Errorf("a site.yaml without a dp section has a DP: %+v", cfg.DP)
+	}
+	if cfg.MP.ConsoleListen != "" || cfg.MP.ConsoleURL != "" {
+		t.Errorf("a site.yaml without console_listen has a console: %q %q", cfg.MP.ConsoleListen, cfg.MP.ConsoleURL)
+	}
+	// console_url defaults from console_listen (its host when specific, else the intranet name).
+	for listen, want := range map[string]string{"0.0.0.0:9445": "https://a.corp:9445", "127.0.0.1:9445": "https://127.0.0.1:9445"} {
+		cfg, err := Parse([]byte(base + "mp: {console_listen: '" + listen + "'}\n"))
+		if err != nil || cfg.MP.ConsoleURL != want {
+			t.Errorf("console_listen %s: console_url %q, %v", listen, cfg.MP.ConsoleURL, err)
+		}
 	}
 	// An empty dp section is a DP with the site's defaults.
 	cfg, err = Parse([]byte(base + "mp: {mode: internet}\ndp: {}\n"))

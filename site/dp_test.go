@@ -48,7 +48,7 @@ func TestInitMakesTheOriginDP(t *testing.T) {
 	for _, l := range loaded.Listeners() {
 		roles = append(roles, l.Role)
 	}
-	if strings.Join(roles, ",") != "ca,ca-public,mp-intranet,mp-internet,dp-intranet" {
+	if strings.Join(roles, ",") != "ca,ca-public,mp-intranet,mp-internet,console,dp-intranet" {
 		t.Errorf("listeners: %v", roles)
 	}
 	pair, err := tls.LoadX509KeyPair(cfg.Path(d.TLSCert), cfg.Path(d.TLSKey))
@@ -79,6 +79,7 @@ func TestSiteWithoutDPKeepsWorking(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "site")
 	o := initOptions(dir)
 	o.CAAddr, o.CAPublicAddr, o.MPIntranetAddr, o.MPInternetAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	o.ConsoleAddr = freeAddr(t)
 	if _, err := Init(context.Background(), o, io.Discard); err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +96,7 @@ func TestSiteWithoutDPKeepsWorking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.DP != nil || len(cfg.Listeners()) != 4 {
+	if cfg.DP != nil || len(cfg.Listeners()) != 5 { // ca, ca-public, mp-intranet, mp-internet, console
 		t.Fatalf("an old site: dp %v, %d listeners", cfg.DP, len(cfg.Listeners()))
 	}
 	var logBuf syncBuffer
@@ -103,7 +104,7 @@ func TestSiteWithoutDPKeepsWorking(t *testing.T) {
 	ready := make(chan string, 8)
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, lineWriter(ready), zerolog.New(&logBuf)) }()
-	for seen := 0; seen < 4; {
+	for seen := 0; seen < 5; {
 		select {
 		case line := <-ready:
 			if strings.Contains(line, "dp-") {

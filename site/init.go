@@ -36,6 +36,8 @@ type InitOptions struct {
 	MPIntranetAddr string // MP intranet listener, default 127.0.0.1:9443
 	MPInternetAddr string // MP internet listener, default 127.0.0.1:9444
 	MPMode         string // intranet, internet or both (default)
+	ConsoleAddr    string // web console listener, default 127.0.0.1:9445
+	NoConsole      bool   // no web console (--console-addr "")
 	DPIntranetAddr string // DP intranet listener, default 127.0.0.1:8446
 	DPInternetAddr string // DP internet listener, default 127.0.0.1:8447
 	DPMode         string // intranet, internet or both (default)
@@ -83,6 +85,12 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 		MP:      MPConfig{Mode: o.MPMode, IntranetListen: o.MPIntranetAddr, InternetListen: o.MPInternetAddr},
 		// The site's DP is the origin: it takes uploads and is every pull-DP's default source.
 		DP: &dp.Settings{Mode: o.DPMode, IntranetListen: o.DPIntranetAddr, InternetListen: o.DPInternetAddr, Origin: true},
+	}
+	if !o.NoConsole {
+		cfg.MP.ConsoleListen = o.ConsoleAddr
+		if cfg.MP.ConsoleListen == "" {
+			cfg.MP.ConsoleListen = "127.0.0.1:9445"
+		}
 	}
 	if cfg.DP.Mode == "" {
 		cfg.DP.Mode = "both"
@@ -300,6 +308,9 @@ func Init(ctx context.Context, o InitOptions, out io.Writer) (*Config, error) {
 	fmt.Fprintf(out, "  store          %s\n", cfg.Store.Driver)
 	fmt.Fprintf(out, "  CA TLS cert    %s (names: %v)\n", cfg.Path(cfg.CA.TLSCert), names)
 	fmt.Fprintf(out, "  MP TLS cert    %s (mode %s, names: %v)\n", cfg.Path(cfg.MP.TLSCert), cfg.MP.Mode, mpNames(cfg))
+	if cfg.MP.ConsoleListen != "" {
+		fmt.Fprintf(out, "  web console    %s (log in: ibcm console login)\n", cfg.MP.ConsoleURL)
+	}
 	fmt.Fprintf(out, "  DP TLS cert    %s (%s, mode %s, origin, names: %v)\n", cfg.Path(cfg.DP.TLSCert), cfg.DP.ID, cfg.DP.Mode, dpNames(cfg))
 	fmt.Fprintf(out, "  admin identity %s, %s\n", cfg.Path(AdminCert), cfg.Path(AdminKey))
 	fmt.Fprintf(out, "  config         %s\n", cfg.Path(FileName))
@@ -416,6 +427,9 @@ func mpNames(cfg *Config) []string {
 	if cfg.MPInternet() {
 		add(cfg.Site.InternetName)
 		add(hostOf(cfg.MP.InternetURL))
+	}
+	if cfg.MP.ConsoleListen != "" { // browsers check the console's name too
+		add(hostOf(cfg.MP.ConsoleURL))
 	}
 	return names
 }

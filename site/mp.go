@@ -17,6 +17,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/ibcm-project/ibcm/console"
+	"github.com/ibcm-project/ibcm/internal/access"
 	"github.com/ibcm-project/ibcm/internal/listener"
 	"github.com/ibcm-project/ibcm/internal/logging"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
@@ -53,10 +55,27 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 	if cfg.MPInternet() {
 		o.InternetURL = cfg.MP.InternetURL
 	}
+	// The web console and the MP each need the other: the console's backend is set to the
+	// MP once it is made, before any listener serves.
+	var cons *console.Console
+	backend := &mpBackend{}
+	if cfg.MP.ConsoleListen != "" {
+		users, err := access.Open(ctx, db)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		cons, err = console.New(ctx, console.Options{DB: db, Access: users, Backend: backend, URL: cfg.MP.ConsoleURL,
+			Log: logging.Component(log, "console")})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		o.ConsoleLinks = cons
+	}
 	m, err := mp.New(ctx, db, verifier, o)
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	backend.MP = m
 	if err := m.Start(ctx); err != nil {
 		return nil, nil, nil, err
 	}
@@ -72,6 +91,13 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 		add("mp-internet", cfg.MP.InternetListen, cfg.MP.InternetURL, wire.Internet)
 	}
 	bg := []func(context.Context){func(ctx context.Context) { cert.Run(ctx, 30*time.Second) }}
+	if cons != nil {
+		// Server-only TLS with the MP's certificate: no client certificate is asked for
+		// (a browser would prompt for one); the console's cookie session authenticates.
+		servers = append(servers, &listener.Server{Role: "console", Addr: cfg.MP.ConsoleListen, URL: cfg.MP.ConsoleURL, MaxConns: maxConsoleConns,
+			Handler: cons.Handler(), TLS: &tls.Config{GetCertificate: cert.GetCertificate, MinVersion: tls.VersionTLS12}})
+		bg = append(bg, cons.Run)
+	}
 	if d := cfg.MP.DNS; d != nil && cfg.MPIntranet() {
 		pub, err := newPublisher(cfg, logging.Component(log, "dnspub"))
 		if err != nil {
@@ -84,6 +110,24 @@ func openMP(ctx context.Context, cfg *Config, db *sitedb.DB, verifier *trust.Ver
 		})
 	}
 	return servers, bg, m, nil
+}
+
+// maxConsoleConns bounds the open connections of the console listener.
+const maxConsoleConns = 1024
+
+// mpBackend is the console's backend: the MP, set once made (openMP).
+type mpBackend struct{ *mp.MP }
+
+// DialSession is the MP's (mp/console_session.go) when this build has it; it is looked up
+// dynamically so that this wiring holds before and after browser sessions exist.
+func (b *mpBackend) DialSession(ctx context.Context, user, sessionID, ticketID string) (net.Conn, error) {
+	d, ok := any(b.MP).(interface {
+		DialSession(ctx context.Context, user, sessionID, ticketID string) (net.Conn, error)
+	})
+	if !ok {
+		return nil, errors.New("browser sessions are not available in this build")
+	}
+	return d.DialSession(ctx, user, sessionID, ticketID)
 }
 
 // loadSiteKey reads the MP's site-server certificate chain and key: the MP signs session

@@ -47,6 +47,7 @@ func TestParkIdleChannelsSwitch(t *testing.T) {
 			defer cancel()
 			o := initOptions(filepath.Join(t.TempDir(), "site"))
 			o.MPIntranetAddr, o.MPInternetAddr = freeAddr(t), freeAddr(t)
+			o.NoConsole = true // the MP's own listeners only
 			cfg, err := Init(ctx, o, io.Discard)
 			if err != nil {
 				t.Fatal(err)

@@ -26,7 +26,7 @@ const (
 
 // Listener is one endpoint a running site serves.
 type Listener struct {
-	Role string // ca, ca-public, mp-intranet, mp-internet, dp-intranet, dp-internet
+	Role string // ca, ca-public, mp-intranet, mp-internet, console, dp-intranet, dp-internet
 	URL  string
 	MTLS bool // a client certificate is required in the handshake
 }
@@ -43,6 +43,9 @@ func (c *Config) Listeners(roles ...string) []Listener {
 		}
 		if c.MPInternet() {
 			out = append(out, Listener{Role: "mp-internet", URL: c.MP.InternetURL, MTLS: true})
+		}
+		if c.MP.ConsoleListen != "" {
+			out = append(out, Listener{Role: "console", URL: c.MP.ConsoleURL})
 		}
 	}
 	if has(roles, RoleDP) && c.DP != nil {

@@ -47,12 +47,13 @@ func runSite(t *testing.T) (cfg *Config, stop func() error) {
 	o := initOptions(dir)
 	o.CAAddr, o.CAPublicAddr, o.MPIntranetAddr, o.MPInternetAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	o.DPIntranetAddr, o.DPInternetAddr = freeAddr(t), freeAddr(t)
+	o.ConsoleAddr = freeAddr(t)
 	cfg, err := Init(context.Background(), o, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 4)
+	ready := make(chan string, 8)
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, cfg, lineWriter(ready), zerolog.Nop()) }()
 	for seen := 0; seen < len(cfg.Listeners()); {

@@ -57,7 +57,7 @@ EXAMPLES:
 				Validator: cliapp.OneOf("auto", "json", "console")},
 		},
 		Commands: []*cli.Command{siteCommand(), caCommand(), mpCommand(), deviceCommand(), groupCommand(), policyCommand(),
-			userCommand(), roleCommand(), remoteCommand(), loginCommand(), configCommand(),
+			userCommand(), roleCommand(), remoteCommand(), loginCommand(), consoleCommand(), configCommand(),
 			contentCommand(),
 			deployCommand(),
 			dpCommand(),

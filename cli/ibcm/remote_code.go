@@ -31,7 +31,8 @@ site.yaml sets ca.security_codes: true. The code is printed on stdout, once: rea
 person at the device, who runs
    ibcm-client share --code CODE --site CA_URL --root-sha256 ROOT_FINGERPRINT
 within 10 minutes; it works once. The management point keeps only its hash, and the session
-in the audit. Once they have exchanged it and accepted, this terminal is attached as with
+in the audit. Interrupting the command (Ctrl-C) before they connect ends the session and
+the code with it. Once they have exchanged it and accepted, this terminal is attached as with
 ` + "`ibcm remote start`" + `; the device is shown as "not enrolled: guest <their user name>".
 
 EXAMPLES:
@@ -65,6 +66,16 @@ EXAMPLES:
 				start := code.Start
 				s, err := waitGuest(ctx, func(ctx context.Context) (wire.Session, error) { return hc.Session(ctx, code.Session) }, code.ExpiresAt.Add(5*time.Minute))
 				if err != nil {
+					if s.State != wire.SessionEnded {
+						// The helper gave up (Ctrl-C, time): the session ends, and its code with it,
+						// so that nobody can use it once nobody waits at this end.
+						endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+						if e := hc.End(endCtx, code.Session); e != nil {
+							fmt.Fprintf(os.Stderr, "ibcm: ending session %s (its code stays valid until %s): %v\n",
+								code.Session, code.ExpiresAt.Local().Format("15:04:05"), e)
+						}
+						cancel()
+					}
 					return remoteError(err)
 				}
 				start.Device.Name, start.Device.ID = s.DeviceName, s.Device // "not enrolled: guest <user>", urn:ibcm:guest:<session>

@@ -48,6 +48,7 @@ EXAMPLES:
 					&cli.StringFlag{Name: "mp-internet-addr", Value: "127.0.0.1:9444", Usage: "MP internet listener (mutual TLS)", Sources: cli.EnvVars("IBCM_MP_INTERNET_ADDR")},
 					&cli.StringFlag{Name: "mp-mode", Value: "both", Usage: "MP connection mode: intranet, internet or both", Sources: cli.EnvVars("IBCM_MP_MODE"),
 						Validator: cliapp.OneOf("intranet", "internet", "both")},
+					&cli.StringFlag{Name: "console-addr", Value: "127.0.0.1:9445", Usage: `web console listener (HTTPS, no client certificate; "" for none)`, Sources: cli.EnvVars("IBCM_CONSOLE_ADDR")},
 					&cli.StringFlag{Name: "dp-intranet-addr", Value: dp.DefaultIntranetListen, Usage: "intranet listener of the site's distribution point (mutual TLS)", Sources: cli.EnvVars("IBCM_DP_INTRANET_ADDR")},
 					&cli.StringFlag{Name: "dp-internet-addr", Value: dp.DefaultInternetListen, Usage: "internet listener of the site's distribution point (mutual TLS)", Sources: cli.EnvVars("IBCM_DP_INTERNET_ADDR")},
 					&cli.StringFlag{Name: "dp-mode", Value: "both", Usage: "DP connection mode: intranet, internet or both", Sources: cli.EnvVars("IBCM_DP_MODE"),
@@ -70,6 +71,7 @@ EXAMPLES:
 						IntranetName: c.String("intranet-name"), InternetName: c.String("internet-name"),
 						CAAddr: c.String("ca-addr"), CAPublicAddr: c.String("ca-public-addr"),
 						MPIntranetAddr: c.String("mp-intranet-addr"), MPInternetAddr: c.String("mp-internet-addr"), MPMode: c.String("mp-mode"),
+						ConsoleAddr: c.String("console-addr"), NoConsole: c.String("console-addr") == "",
 						DPIntranetAddr: c.String("dp-intranet-addr"), DPInternetAddr: c.String("dp-internet-addr"), DPMode: c.String("dp-mode"),
 						Store: c.String("store"), DSN: c.String("dsn"), KeyType: c.String("key-type"),
 						PasswordFile: c.String("password-file"), OfflineRoot: c.String("offline-root"), AdminName: c.String("admin"),
@@ -143,6 +145,7 @@ var initFlags = map[string]string{
 	"site.code": "--site-code", "site.intranet_name": "--intranet-name", "site.internet_name": "--internet-name",
 	"ca.listen": "--ca-addr", "ca.public_listen": "--ca-public-addr",
 	"mp.intranet_listen": "--mp-intranet-addr", "mp.internet_listen": "--mp-internet-addr", "mp.mode": "--mp-mode",
+	"mp.console_listen": "--console-addr", "mp.console_url": "--console-addr",
 	"dp.intranet_listen": "--dp-intranet-addr", "dp.internet_listen": "--dp-internet-addr", "dp.mode": "--dp-mode",
 	"store.driver": "--store", "store.dsn": "--dsn",
 }
