@@ -1,69 +1,68 @@
-// xterm.js (6.x, its DOM renderer and its scrollbar) styles itself with <style> elements it
-// creates and fills at run time, and colours some cells with setAttribute('style', …). The
-// console's Content-Security-Policy (style-src 'self', no 'unsafe-inline') makes the browser
-// ignore both. Rather than relax the policy for every page, the terminal's page mirrors
-// them through the CSSOM, which style-src does not govern:
-//   - each <style> element under the terminal's container is copied into a constructed
-//     stylesheet (document.adoptedStyleSheets), kept in step as xterm rewrites it;
+// xterm.js 6 styles itself with three <style> elements it creates and fills at run time
+// (the scrollbar's colours, and its DOM renderer's cell dimensions and theme), and colours
+// some cells (256 and true colours) with setAttribute('style', …). Under the console's
+// Content-Security-Policy (style-src 'self', no 'unsafe-inline') the browser ignores both:
+// a terminal without row heights or colours. Rather than relax the policy, the console
+// routes them through the CSSOM, which style-src does not govern:
+//   - document.createElement('style') gives an inert element (namespace urn:ibcm:inert,
+//     so the browser neither applies nor checks it; even an empty <style> is a violation)
+//     whose textContent reads and writes a constructed stylesheet in
+//     document.adoptedStyleSheets, and whose remove() drops that sheet;
 //   - element.setAttribute('style', v) becomes element.style.cssText = v.
-// Markup injected into the page (there is none: no innerHTML) would still be held by the
-// policy; only the page's own script can set styles this way.
+// Markup (there is none from data: the console never uses innerHTML) is still held by the
+// policy; only the page's own script can style this way. noVNC needs neither: it styles
+// its elements through element.style (CSSOM) only.
 
-let attrPatched = false;
+let installed = false;
 
-// adoptInlineStyles watches root for <style> elements and mirrors them; call it before
-// the terminal opens in root.
-export function adoptInlineStyles(root) {
-  patchStyleAttribute();
-  const sheets = new Map();
-  const sync = (el) => {
-    let sheet = sheets.get(el);
-    if (!sheet) {
-      sheet = new CSSStyleSheet();
-      sheets.set(el, sheet);
-      document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
+// allowScriptStyles installs both; call it before xterm opens a terminal.
+export function allowScriptStyles() {
+  if (installed) return;
+  installed = true;
+  const create = Document.prototype.createElement;
+  Document.prototype.createElement = function createElement(tag, options) {
+    if (typeof tag === 'string' && tag.toLowerCase() === 'style') {
+      return mirror(this.createElementNS('urn:ibcm:inert', 'style'));
     }
-    try {
-      sheet.replaceSync(el.textContent || '');
-    } catch (e) {
-      console.warn('cspstyle: a stylesheet xterm wrote does not parse', e);
-    }
+    return create.call(this, tag, options);
   };
-  const drop = (el) => {
-    const sheet = sheets.get(el);
-    if (!sheet) return;
-    sheets.delete(el);
-    document.adoptedStyleSheets = document.adoptedStyleSheets.filter((s) => s !== sheet);
-  };
-  const styleOf = (node) => {
-    const el = node.nodeType === Node.ELEMENT_NODE ? node : node.parentElement;
-    return el && el.closest ? el.closest('style') : null;
-  };
-  const visit = (node, fn) => {
-    if (node.nodeType !== Node.ELEMENT_NODE) return;
-    if (node.localName === 'style') fn(node);
-    node.querySelectorAll('style').forEach(fn);
-  };
-  new MutationObserver((records) => {
-    for (const r of records) {
-      r.addedNodes.forEach((n) => visit(n, sync));
-      r.removedNodes.forEach((n) => visit(n, drop));
-      const s = styleOf(r.target);
-      if (s && root.contains(s)) sync(s);
-    }
-  }).observe(root, { childList: true, subtree: true, characterData: true });
-  root.querySelectorAll('style').forEach(sync);
-}
-
-function patchStyleAttribute() {
-  if (attrPatched) return;
-  attrPatched = true;
   const set = Element.prototype.setAttribute;
   Element.prototype.setAttribute = function setAttribute(name, value) {
     if (typeof name === 'string' && name.toLowerCase() === 'style' && this.style) {
       this.style.cssText = String(value);
-      return;
+      return undefined;
     }
     return set.call(this, name, value);
   };
+}
+
+function mirror(el) {
+  const sheet = new CSSStyleSheet();
+  let text = '';
+  let adopted = false;
+  Object.defineProperty(el, 'textContent', {
+    configurable: true,
+    get: () => text,
+    set: (v) => {
+      text = v === null || v === undefined ? '' : String(v);
+      try {
+        sheet.replaceSync(text);
+      } catch (e) {
+        console.warn('a stylesheet written by script does not parse', e);
+      }
+      if (!adopted) {
+        adopted = true;
+        document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
+      }
+    },
+  });
+  const remove = el.remove;
+  el.remove = function removeStyle() {
+    if (adopted) {
+      adopted = false;
+      document.adoptedStyleSheets = document.adoptedStyleSheets.filter((s) => s !== sheet);
+    }
+    return remove.call(this);
+  };
+  return el;
 }

@@ -7,7 +7,7 @@ import { FitAddon } from '@xterm/addon-fit';
 import RFB from '@novnc/novnc';
 import { api, csrf, showError } from './api.js';
 import { h } from './dom.js';
-import { adoptInlineStyles } from './cspstyle.js';
+import { allowScriptStyles } from './cspstyle.js';
 
 const MODES = ['view', 'control', 'elevated', 'unattended'];
 const SCREEN_MODES = ['view', 'control', 'unattended'];
@@ -47,7 +47,7 @@ export async function livePage(main, id) {
     log.scrollTop = log.scrollHeight;
   };
   const say = (from, text) => {
-    log.append(h('li', { class: `chat from-${from}` }, h('span', { class: 'from' }, `${from}: `), text));
+    log.append(h('li', { class: `msg from-${from}` }, h('span', { class: 'from' }, `${from}: `), text));
     log.scrollTop = log.scrollHeight;
   };
 
@@ -72,7 +72,7 @@ export async function livePage(main, id) {
     });
     fit = new FitAddon();
     term.loadAddon(fit);
-    adoptInlineStyles(stage);
+    allowScriptStyles();
     term.open(stage);
     fit.fit();
     term.options.disableStdin = mode === 'view';
