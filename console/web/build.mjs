@@ -6,6 +6,7 @@
 import * as esbuild from 'esbuild';
 import { readFileSync, writeFileSync, mkdirSync, rmSync, copyFileSync, existsSync, readdirSync } from 'node:fs';
 import { dirname, join, relative, sep } from 'node:path';
+import { createHash } from 'node:crypto';
 
 const root = dirname(new URL(import.meta.url).pathname);
 const dist = join(root, 'dist');
@@ -104,6 +105,13 @@ for (const c of list) {
   }
 }
 writeFileSync(join(assets, 'THIRD-PARTY-LICENSES.txt'), out);
+
+// What dist/ was built from, in sha256sum's format: package web's test compares it with
+// the sources, so a change to src/ without a rebuild of dist/ fails `go test`.
+const inputs = ['build.mjs', 'package.json', 'package-lock.json',
+  ...readdirSync(join(root, 'src')).sort().map((f) => `src/${f}`)];
+writeFileSync(join(dist, 'SOURCES.sha256'), inputs.map((f) =>
+  `${createHash('sha256').update(readFileSync(join(root, f))).digest('hex')}  ${f}\n`).join(''));
 
 for (const c of list) console.log(`licence: ${c.name} ${c.version} ${c.licence}`);
 for (const f of readdirSync(assets).sort()) console.log(`built: dist/assets/${f}`);

@@ -1,7 +1,11 @@
 package web
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -105,6 +109,38 @@ func TestScriptNeedsNoEval(t *testing.T) {
 	for _, bad := range []string{"new Function(", "eval("} {
 		if strings.Contains(js, bad) {
 			t.Errorf("app.js contains %q (the CSP has no 'unsafe-eval')", bad)
+		}
+	}
+}
+
+// dist/ must be built from the sources as they are: SOURCES.sha256 (written by the build)
+// names every input with its hash. A change to src/, build.mjs or the lockfile without
+// `make console-assets` fails here.
+func TestDistIsBuiltFromTheseSources(t *testing.T) {
+	sums := read(t, "dist/SOURCES.sha256")
+	listed := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSuffix(sums, "\n"), "\n") {
+		want, name, ok := strings.Cut(line, "  ")
+		if !ok {
+			t.Fatalf("SOURCES.sha256: bad line %q", line)
+		}
+		listed[name] = true
+		b, err := os.ReadFile(filepath.FromSlash(name))
+		if err != nil {
+			t.Errorf("%s: %v (run make console-assets)", name, err)
+			continue
+		}
+		if got := fmt.Sprintf("%x", sha256.Sum256(b)); got != want {
+			t.Errorf("%s changed since dist/ was built: run make console-assets", name)
+		}
+	}
+	src, err := os.ReadDir("src")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range src {
+		if !listed["src/"+e.Name()] {
+			t.Errorf("src/%s is not in dist/ (run make console-assets)", e.Name())
 		}
 	}
 }
