@@ -24,7 +24,8 @@ async function main() {
   } catch (e) {
     return failed(main, e);
   }
-  document.getElementById('user').textContent = me.display_name ? `${me.display_name} (${me.user})` : me.user;
+  document.getElementById('user').textContent = me.user;
+  document.getElementById('user-display-name').textContent = me.display_name && me.display_name !== me.user ? me.display_name : '';
   document.getElementById('logout-csrf').value = csrf();
   document.getElementById('logout').addEventListener('submit', logout);
 
