@@ -129,7 +129,7 @@ function reader(socket, onMessage) {
 server.on('upgrade', (req, socket) => {
   socket.on('error', () => socket.destroy());
   const u = new URL(req.url, 'http://x');
-  if (u.searchParams.get('csrf') !== csrf || !u.searchParams.get('ticket')) { socket.end('HTTP/1.1 403 Forbidden\r\n\r\n'); return; }
+  if (u.searchParams.get('csrf') !== csrf || !u.searchParams.get('ticket') || u.searchParams.get('ticket') === 'refused') { socket.end('HTTP/1.1 403 Forbidden\r\n\r\n'); return; }
   if (/^\/ws\/sessions\/[^/]+\/screen$/.test(u.pathname)) {
     if (!process.env.MOCK_VNC) { socket.end('HTTP/1.1 404 Not Found\r\n\r\n'); return; }
     const [host, vport] = process.env.MOCK_VNC.split(':');

@@ -70,7 +70,8 @@ async function logout(ev) {
       method: 'POST', credentials: 'same-origin', redirect: 'manual', body,
       headers: { 'X-CSRF-Token': csrf() },
     });
-    if (res.type !== 'opaqueredirect' && !res.ok) {
+    // 401: the cookie session had ended already, which is what logging out wants
+    if (res.type !== 'opaqueredirect' && !res.ok && res.status !== 401) {
       let msg = `log out: HTTP ${res.status}`;
       try { const j = await res.json(); msg = (j.error || j).message || msg; } catch { /* not JSON */ }
       throw new ApiError(res.status, 'logout', msg);

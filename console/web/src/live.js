@@ -175,8 +175,23 @@ export async function livePage(main, id) {
         break; // newer messages this page does not know
     }
   });
-  ws.addEventListener('close', (ev) => {
-    if (!ended) finish(ev.reason ? `connection closed (${ev.reason})` : `connection closed (code ${ev.code})`);
+  let opened = false;
+  ws.addEventListener('open', () => { opened = true; });
+  ws.addEventListener('close', async (ev) => {
+    if (ended) return;
+    if (opened) {
+      finish(ev.reason ? `connection closed (${ev.reason})` : `connection closed (code ${ev.code})`);
+      return;
+    }
+    // The upgrade was refused (the browser does not say why): the audit record may.
+    let why = 'could not connect';
+    try {
+      const s = await api('GET', `/v1/admin/sessions/${encodeURIComponent(id)}`);
+      why += ` (session ${s.state}${s.outcome ? `, ${s.outcome}` : ''}${s.error ? `: ${s.error}` : ''})`;
+    } catch (e) {
+      why += ` (${e.message})`;
+    }
+    finish(why);
   });
   ws.addEventListener('error', () => note('The session connection failed.'));
 
