@@ -149,7 +149,7 @@ server.on('upgrade', (req, socket) => {
   const screen = !u.searchParams.get('rows');
   send({ type: 'status', text: 'waiting for consent from bob on ws-042' });
   setTimeout(() => {
-    send({ type: 'card', device: { id: devices[0].id, name: 'ws-042', fqdn: 'ws-042.corp.example', compliance: 'compliant' }, mode: 'control', transport: 'relay' });
+    send({ type: 'card', session: 'mock', kind: screen ? 'screen' : 'terminal', device: { id: devices[0].id, name: 'ws-042' }, mode: 'control', transport: 'relay', sharer: 'bob', sharer_name: 'Bob User' });
     if (!screen) out('Debian GNU/Linux 13 ws-042\r\n\r\nbob@ws-042:~$ ');
     send({ type: 'chat', from: 'sharer', text: 'Hi, the VPN client fails since this morning.' });
   }, 300);
@@ -172,7 +172,7 @@ server.on('upgrade', (req, socket) => {
     let m;
     try { m = JSON.parse(data.toString()); } catch { return; }
     if (m.type === 'chat') setTimeout(() => send({ type: 'chat', from: 'sharer', text: `ok: ${m.text}` }), 200);
-    if (m.type === 'mode') send({ type: 'mode', mode: m.mode, granted: m.mode !== 'elevated' });
+    if (m.type === 'mode') send({ type: 'mode', mode: m.mode, granted: m.mode !== 'elevated', reason: m.mode === 'elevated' ? 'the sharer said no' : undefined });
     if (m.type === 'resize') send({ type: 'status', text: `resized to ${m.cols}×${m.rows}` });
     if (m.type === 'end') { send({ type: 'end', reason: 'ended by the helper' }); socket.end(frame(8, Buffer.from([0x03, 0xe8]))); }
   });

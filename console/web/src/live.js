@@ -11,6 +11,7 @@ import { allowScriptStyles } from './cspstyle.js';
 
 const MODES = ['view', 'control', 'elevated', 'unattended'];
 const SCREEN_MODES = ['view', 'control', 'unattended'];
+const MAX_CHAT = 4096; // bytes of UTF-8 (remote/frame.MaxChat)
 
 export async function livePage(main, id) {
   const q = new URLSearchParams(location.search);
@@ -28,7 +29,7 @@ export async function livePage(main, id) {
     ? h('div', { id: 'screen', class: 'screen' })
     : h('div', { id: 'terminal', class: 'terminal' });
   const log = h('ol', { id: 'chat-log', class: 'chat-log', 'aria-live': 'polite' });
-  const input = h('input', { id: 'chat-input', type: 'text', maxlength: 2000, placeholder: 'Message to the device\'s user', autocomplete: 'off' });
+  const input = h('input', { id: 'chat-input', type: 'text', maxlength: MAX_CHAT, placeholder: 'Message to the device\'s user', autocomplete: 'off' });
   const send = h('button', { id: 'chat-send', type: 'submit' }, 'Send');
   const modes = kind === 'screen' ? SCREEN_MODES : MODES;
   const select = h('select', { id: 'mode-select', 'aria-label': 'Mode' }, modes.map((m) => h('option', { value: m }, m)));
@@ -144,7 +145,9 @@ export async function livePage(main, id) {
       case 'card': {
         state.textContent = 'active';
         const dev = m.device && typeof m.device === 'object' ? (m.device.name || m.device.id) : m.device;
-        card.textContent = [dev, m.mode && `mode ${m.mode}`, m.transport && `via ${m.transport}`].filter(Boolean).join(' · ');
+        const sharer = m.sharer_name || m.sharer;
+        card.textContent = [dev, sharer && `shared by ${sharer}`, m.mode && `mode ${m.mode}`, m.transport && `via ${m.transport}`]
+          .filter(Boolean).join(' · ');
         if (m.mode) setMode(m.mode);
         if (m.device && typeof m.device === 'object' && m.device.compliance === 'noncompliant') {
           note('This device is not compliant.', 'status warning');
@@ -164,7 +167,7 @@ export async function livePage(main, id) {
           setMode(String(m.mode));
           note(`Mode ${m.mode}: granted.`);
         } else {
-          note(`Mode ${m.mode}: refused.`);
+          note(`Mode ${m.mode}: refused${m.reason ? ` (${m.reason})` : ''}.`);
           if (modes.includes(mode)) select.value = mode;
         }
         break;
@@ -218,6 +221,10 @@ export async function livePage(main, id) {
     ev.preventDefault();
     const text = input.value.trim();
     if (!text || ended) return;
+    if (enc.encode(text).length > MAX_CHAT) {
+      note(`A message is at most ${MAX_CHAT} bytes.`);
+      return;
+    }
     sendJSON({ type: 'chat', text });
     say('you', text);
     input.value = '';
