@@ -34,6 +34,7 @@ const result = await esbuild.build({
 for (const f of ['index.html', 'logged-out.html']) {
   copyFileSync(join(root, 'src', f), join(dist, f));
 }
+copyFileSync(join(root, 'src', 'favicon.svg'), join(assets, 'favicon.svg'));
 
 // The licences of what went into the bundle: every input under node_modules belongs to a
 // package (its nearest package.json); a directory with its own LICENSE inside a package
