@@ -23,21 +23,6 @@ import (
 // browser's WebSockets to the connection it returns. Such a session is audited with
 // console = 1 and e2e = 0, whatever the device reports.
 
-// LocationConsole is the location of a web console's peer (ConsoleAPI): neither intranet
-// nor internet, so a console session never goes direct.
-const LocationConsole = "console"
-
-// newConsolePeer is the peer of a web console's request for user: a user without a
-// certificate (the console's cookie authenticated them).
-func newConsolePeer(user string) *peer {
-	return &peer{id: trust.Identity{Kind: trust.KindUser, ID: user}, location: LocationConsole}
-}
-
-// withConsolePeer is ctx carrying the console peer of user (for ConsoleAPI's handlers).
-func withConsolePeer(ctx context.Context, user string) context.Context {
-	return context.WithValue(ctx, peerKey{}, newConsolePeer(user))
-}
-
 // consoleHandshakeTimeout bounds the end-to-end TLS handshake once the relay legs met.
 const consoleHandshakeTimeout = 30 * time.Second
 

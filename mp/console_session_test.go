@@ -22,6 +22,12 @@ import (
 	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
+// withConsolePeer is ctx carrying a web console's peer for user, as ConsoleAPI makes it: a
+// user without a certificate, at location "console".
+func withConsolePeer(ctx context.Context, user string) context.Context {
+	return context.WithValue(ctx, peerKey{}, &peer{id: trust.Identity{Kind: trust.KindUser, ID: user}, location: "console"})
+}
+
 // consoleStart posts a session start as the web console does for user (ConsoleAPI: a
 // peer without a certificate), through the session routes and their guards.
 func consoleStart(t testing.TB, m *MP, user string, req wire.SessionStartRequest) (int, wire.SessionStart, wire.Error) {
