@@ -148,7 +148,9 @@ func newBridge(t *testing.T, dev *fakeDevice) (*httptest.Server, *fakeBackend) {
 	return srv, be
 }
 
-func wsURL(srv *httptest.Server, path string) string { return "ws" + strings.TrimPrefix(srv.URL, "http") + path }
+func wsURL(srv *httptest.Server, path string) string {
+	return "ws" + strings.TrimPrefix(srv.URL, "http") + path
+}
 
 func dialWS(ctx context.Context, srv *httptest.Server, path string, hdr http.Header) (*websocket.Conn, *http.Response, error) {
 	h := http.Header{"Origin": {testOrigin}, "Cookie": {CookieName + "=alice"}}
