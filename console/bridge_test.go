@@ -36,14 +36,14 @@ const (
 
 var testSession = strings.Repeat("ab", 16)
 
-// fakeDevice is the device's side of one session.
-type fakeDevice struct {
+// bridgeDevice is the device's side of one session.
+type bridgeDevice struct {
 	screen bool
 	got    chan frame.Frame // what the helper sent (Data, Resize, Chat, Mode, End)
 	end    chan string      // the test ends the session from the device with this message
 }
 
-func (d *fakeDevice) serve(conn net.Conn) {
+func (d *bridgeDevice) serve(conn net.Conn) {
 	defer conn.Close()
 	r := frame.NewReader(conn)
 	var wmu sync.Mutex
@@ -98,15 +98,15 @@ func (d *fakeDevice) serve(conn net.Conn) {
 	}
 }
 
-// fakeBackend dials fake devices.
-type fakeBackend struct {
+// bridgeBackend dials fake devices.
+type bridgeBackend struct {
 	mu      sync.Mutex
-	dev     *fakeDevice
+	dev     *bridgeDevice
 	dialErr error
 	dials   []string // user/session/ticket
 }
 
-func (b *fakeBackend) ConsoleAPI(user string) http.Handler {
+func (b *bridgeBackend) ConsoleAPI(user string) http.Handler {
 	return api.Handle(zerolog.Nop(), func(w http.ResponseWriter, r *http.Request) error {
 		if r.URL.Path != "/v1/admin/sessions/"+testSession || user != "alice" {
 			return api.Errorf(http.StatusNotFound, "not_found", "no")
@@ -116,7 +116,7 @@ func (b *fakeBackend) ConsoleAPI(user string) http.Handler {
 	})
 }
 
-func (b *fakeBackend) DialSession(ctx context.Context, user, sessionID, ticketID string) (net.Conn, error) {
+func (b *bridgeBackend) DialSession(ctx context.Context, user, sessionID, ticketID string) (net.Conn, error) {
 	b.mu.Lock()
 	b.dials = append(b.dials, user+"/"+sessionID+"/"+ticketID)
 	dev, err := b.dev, b.dialErr
@@ -137,9 +137,9 @@ func testAuth(r *http.Request) (string, string, error) {
 	return "", "", api.Errorf(http.StatusUnauthorized, "login_required", "no console session")
 }
 
-func newBridge(t *testing.T, dev *fakeDevice) (*httptest.Server, *fakeBackend) {
+func newBridge(t *testing.T, dev *bridgeDevice) (*httptest.Server, *bridgeBackend) {
 	t.Helper()
-	be := &fakeBackend{dev: dev}
+	be := &bridgeBackend{dev: dev}
 	c := &Console{backend: be, origin: testOrigin, log: zerolog.New(zerolog.NewTestWriter(t))}
 	mux := http.NewServeMux()
 	c.bridgeRoutesWith(mux, testAuth)
@@ -205,7 +205,7 @@ func next(t *testing.T, ctx context.Context, ws *websocket.Conn, typ string, bin
 // Everything is checked before the upgrade: the Origin exactly, the cookie, the CSRF
 // token, the query; a screen WebSocket needs its live session.
 func TestBridgeRefusesBeforeUpgrade(t *testing.T) {
-	srv, be := newBridge(t, &fakeDevice{got: make(chan frame.Frame, 10)})
+	srv, be := newBridge(t, &bridgeDevice{got: make(chan frame.Frame, 10)})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, tc := range []struct {
@@ -253,7 +253,7 @@ func TestBridgeRefusesBeforeUpgrade(t *testing.T) {
 // resize, bad messages refused without ending, and the browser's end: the device is told,
 // and the end message comes last before the close.
 func TestBridgeTerminal(t *testing.T) {
-	dev := &fakeDevice{got: make(chan frame.Frame, 100), end: make(chan string)}
+	dev := &bridgeDevice{got: make(chan frame.Frame, 100), end: make(chan string)}
 	srv, be := newBridge(t, dev)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -333,7 +333,7 @@ func TestBridgeTerminal(t *testing.T) {
 // The device ends the session: end message, then a normal close. A browser that leaves
 // ends the session at the device.
 func TestBridgeEnds(t *testing.T) {
-	dev := &fakeDevice{got: make(chan frame.Frame, 100), end: make(chan string, 1)}
+	dev := &bridgeDevice{got: make(chan frame.Frame, 100), end: make(chan string, 1)}
 	srv, _ := newBridge(t, dev)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -350,7 +350,7 @@ func TestBridgeEnds(t *testing.T) {
 		t.Errorf("after the end: %v", err)
 	}
 
-	dev2 := &fakeDevice{got: make(chan frame.Frame, 100)}
+	dev2 := &bridgeDevice{got: make(chan frame.Frame, 100)}
 	srv2, _ := newBridge(t, dev2)
 	ws2, _, err := dialWS(ctx, srv2, controlPath(""), nil)
 	if err != nil {
@@ -389,7 +389,7 @@ func TestBridgeDialFails(t *testing.T) {
 // cookie session speaks RFB with security None and gets the device's ServerInit, and the
 // bytes go both ways. A second screen WebSocket is refused.
 func TestBridgeScreen(t *testing.T) {
-	dev := &fakeDevice{screen: true, got: make(chan frame.Frame, 100)}
+	dev := &bridgeDevice{screen: true, got: make(chan frame.Frame, 100)}
 	srv, _ := newBridge(t, dev)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
