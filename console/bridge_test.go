@@ -22,6 +22,7 @@ import (
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/rfb"
+	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
 // The bridge against a fake device (the framed conversation over a pipe, as the device's
@@ -34,7 +35,9 @@ const (
 	testTicket = "0123456789abcdef0123456789abcdef"
 )
 
-var testSession = strings.Repeat("ab", 16)
+// testSession is the session id of the running test (newBridge makes a new one: the live
+// sessions of a test that ended may still be going away).
+var testSession string
 
 // bridgeDevice is the device's side of one session.
 type bridgeDevice struct {
@@ -139,8 +142,11 @@ func testAuth(r *http.Request) (string, string, error) {
 
 func newBridge(t *testing.T, dev *bridgeDevice) (*httptest.Server, *bridgeBackend) {
 	t.Helper()
+	testSession = ticket.NewID()
 	be := &bridgeBackend{dev: dev}
-	c := &Console{backend: be, origin: testOrigin, log: zerolog.New(zerolog.NewTestWriter(t))}
+	// No test logger: the bridge's goroutines may log after the test (hijacked connections
+	// outlive httptest.Server.Close).
+	c := &Console{backend: be, origin: testOrigin, log: zerolog.Nop()}
 	mux := http.NewServeMux()
 	c.bridgeRoutesWith(mux, testAuth)
 	srv := httptest.NewServer(mux)
