@@ -176,7 +176,7 @@ func TestConsoleTerminalSession(t *testing.T) {
 	c := loginConsole(t, s, helen, consoleAddr)
 
 	tm := newTerminals(t)
-	tm.open("sharer", nil, bin.client+" share --share-socket "+sock+" --shell /bin/sh")
+	tm.open("sharer", nil, bin.client+" share --share-socket "+sock+" --shell /bin/bash") // $RANDOM
 	tm.waitFor("sharer", "ibcm: connected to the ibcm agent", 10*time.Second)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
