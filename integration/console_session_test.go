@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -20,6 +22,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/rfb"
 )
 
 // consoleClient is a browser without a browser: the console's cookie in a jar, the
@@ -265,4 +268,137 @@ func TestConsoleTerminalSession(t *testing.T) {
 	if cli.Console || !cli.E2E || cli.Outcome != wire.OutcomeCompleted {
 		t.Errorf("audit of the command line's session: %+v", cli)
 	}
+}
+
+// TestConsoleScreenSession: a screen session from the web console, as noVNC runs it: the
+// control WebSocket gives the card, the screen WebSocket of the same cookie session speaks
+// RFB with security None, and the frame it takes is the sharer's display (Xvfb, x11vnc
+// started by the agent); the audit says console, not end to end.
+func TestConsoleScreenSession(t *testing.T) {
+	for _, tool := range []string{"Xvfb", "x11vnc", "xsetroot"} {
+		needTool(t, tool)
+	}
+	display := startXvfb(t)
+	if out, err := exec.Command("xsetroot", "-display", display, "-solid", "#20c040").CombinedOutput(); err != nil {
+		t.Fatalf("xsetroot: %v %s", err, out)
+	}
+	consoleAddr := freeAddr(t)
+	s := startSite(t, "sqlite", "--console-addr", consoleAddr)
+	resolv := t.TempDir() + "/resolv.conf"
+	writeResolv(t, resolv, blackHole(t))
+	dev := enrollDevice(t, s, "pc-webscr")
+	sock, _ := startSharingAgent(t, dev, resolv)
+	waitFor(t, 15*time.Second, "the agent's notification channel", func() bool { return statusOf(t, dev).Notify })
+	id := deviceIDOf(t, dev)
+	helen := addHelper(t, s, "helen", "Help Desk Operator", "Helen Desk", s.mpInternet)
+	c := loginConsole(t, s, helen, consoleAddr)
+
+	tm := newTerminals(t)
+	tm.open("sharer", []string{"DISPLAY=" + display}, bin.client+" share --screen --share-socket "+sock+" --shell /bin/sh")
+	tm.waitFor("sharer", "ibcm: connected to the ibcm agent", 10*time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var start wire.SessionStart
+	if status := c.do("POST", "/api/v1/admin/sessions", map[string]string{"device": "pc-webscr", "mode": "view", "kind": "screen"}, &start); status != http.StatusCreated {
+		t.Fatalf("start: %d", status)
+	}
+	q := url.Values{"ticket": {start.TicketID}, "csrf": {c.csrf}}
+	base := "wss" + strings.TrimPrefix(c.base, "https") + "/ws/sessions/" + start.Session.ID
+	opts := &websocket.DialOptions{HTTPClient: c.http, HTTPHeader: http.Header{"Origin": {c.origin}}, Subprotocols: []string{"binary"}}
+	ws, _, err := websocket.Dial(ctx, base+"?"+q.Encode(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	tm.waitFor("sharer", "allow screen view access for Helen Desk (helen), Service Desk, Contoso IT, via the web console?", 15*time.Second)
+	tm.keys("sharer", "C-]", "y")
+	var out []byte
+	if card := wsNext(t, ctx, ws, "card", &out); card["kind"] != "screen" || card["mode"] != "view" {
+		t.Fatalf("card %v", card)
+	}
+	sws, _, err := websocket.Dial(ctx, base+"/screen?"+q.Encode(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sws.CloseNow()
+	nc := websocket.NetConn(ctx, sws, websocket.MessageBinary)
+	si, err := rfb.Dial(nc, "")
+	if err != nil {
+		t.Fatalf("noVNC's handshake: %v", err)
+	}
+	if w, h := si.Size(); w != 640 || h != 480 {
+		t.Fatalf("the screen is %dx%d, want the display's 640x480", w, h)
+	}
+	green := rawFrame(t, nc, si)
+	if green < 640*480-400 { // all but the pointer's arrow
+		t.Fatalf("%d pixels of the display's colour in %d", green, 640*480)
+	}
+	s.session(t, id, "the console screen session active", func(x wire.Session) bool {
+		return x.ID == start.Session.ID && x.State == wire.SessionActive && x.Console && !x.E2E
+	})
+	if err := ws.Write(ctx, websocket.MessageText, []byte(`{"type":"end"}`)); err != nil {
+		t.Fatal(err)
+	}
+	wsNext(t, ctx, ws, "end", &out)
+	done := s.session(t, id, "the console screen session ended", func(x wire.Session) bool { return x.ID == start.Session.ID && x.State == wire.SessionEnded })
+	if !done.Console || done.E2E || done.Outcome != wire.OutcomeCompleted || done.BytesOut == 0 {
+		t.Errorf("audit: %+v", done)
+	}
+}
+
+// rawFrame asks for one full frame in the Raw encoding and counts the pixels of #20c040.
+func rawFrame(t *testing.T, rw io.ReadWriter, si rfb.ServerInit) int {
+	t.Helper()
+	pf := si[4:20]
+	bpp, bigEndian := int(pf[0])/8, pf[2] != 0
+	rmax, gmax, bmax := binary.BigEndian.Uint16(pf[4:]), binary.BigEndian.Uint16(pf[6:]), binary.BigEndian.Uint16(pf[8:])
+	rs, gs, bs := pf[10], pf[11], pf[12]
+	if bpp != 4 || pf[3] == 0 {
+		t.Fatalf("pixel format %v: want 32 bpp true colour", pf)
+	}
+	w, h := si.Size()
+	msg := []byte{2, 0, 0, 1, 0, 0, 0, 0} // SetEncodings: Raw
+	msg = append(msg, 3, 0, 0, 0, 0, 0)   // FramebufferUpdateRequest, full
+	msg = binary.BigEndian.AppendUint16(msg, w)
+	msg = binary.BigEndian.AppendUint16(msg, h)
+	if _, err := rw.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	green, covered := 0, 0
+	for covered < int(w)*int(h) {
+		var hdr [4]byte
+		if _, err := io.ReadFull(rw, hdr[:]); err != nil {
+			t.Fatal(err)
+		}
+		if hdr[0] != 0 {
+			t.Fatalf("server message %d, want a FramebufferUpdate", hdr[0])
+		}
+		for n := binary.BigEndian.Uint16(hdr[2:]); n > 0; n-- {
+			var r [12]byte
+			if _, err := io.ReadFull(rw, r[:]); err != nil {
+				t.Fatal(err)
+			}
+			rw_, rh := int(binary.BigEndian.Uint16(r[4:])), int(binary.BigEndian.Uint16(r[6:]))
+			if enc := int32(binary.BigEndian.Uint32(r[8:])); enc != 0 {
+				t.Fatalf("encoding %d, want Raw", enc)
+			}
+			px := make([]byte, rw_*rh*bpp)
+			if _, err := io.ReadFull(rw, px); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < len(px); i += 4 {
+				v := binary.LittleEndian.Uint32(px[i:])
+				if bigEndian {
+					v = binary.BigEndian.Uint32(px[i:])
+				}
+				r8, g8, b8 := (v>>rs)&uint32(rmax), (v>>gs)&uint32(gmax), (v>>bs)&uint32(bmax)
+				if r8*255/uint32(rmax) == 0x20 && g8*255/uint32(gmax) == 0xc0 && b8*255/uint32(bmax) == 0x40 {
+					green++
+				}
+			}
+			covered += rw_ * rh
+		}
+	}
+	return green
 }
