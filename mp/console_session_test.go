@@ -197,3 +197,51 @@ func TestConsoleSession(t *testing.T) {
 		t.Errorf("an expired ticket: %v", err)
 	}
 }
+
+// The console's MP is not the one that holds the device's channel: DialSession forwards
+// the helper's leg to the device's MP, as forwardLeg does for a helper's.
+func TestConsoleSessionAcrossMPs(t *testing.T) {
+	f := newFixture(t, sqliteDB(t), Options{ID: "mp-d"})
+	b := f.startMP(t, Options{ID: "mp-h"})
+	pc, ws := online(t, f, f.mp, f.internet, "pc-1")
+	f.user(t, "hd", access.HelpDeskOperator)
+	status, out, e := consoleStart(t, b.mp, "hd", wire.SessionStartRequest{Device: deviceID(pc), Mode: ticket.ModeControl})
+	if status != http.StatusCreated {
+		t.Fatalf("start at the console's MP: %d %+v", status, e)
+	}
+	tk := ticketEvent(t, f, ws, deviceID(pc))
+	if tk.MP != "mp-h" || tk.HelperKey != trust.PublicKeyHash(b.mp.o.SiteChain[0]) {
+		t.Fatalf("ticket %+v", tk)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	type dialed struct {
+		c   net.Conn
+		err error
+	}
+	dc := make(chan dialed, 1)
+	go func() { c, err := b.mp.DialSession(ctx, "hd", out.Session.ID, out.TicketID); dc <- dialed{c, err} }()
+	waitPairs(t, f.mp, 1) // the forwarded leg waits at the device's MP
+	d := waitLeg(t, dialLeg(t, f, f.internet, pc, "/v1/sessions/"+out.Session.ID+"/relay?ticket="+out.TicketID))
+	if d.status != http.StatusSwitchingProtocols {
+		t.Fatalf("device leg %d %+v", d.status, d.err)
+	}
+	// The fixture's MP certificates all say CN=mp.
+	expect := e2e.HelperExpect{Roots: f.roots, User: tk.Helper, KeyHash: tk.HelperKey, Console: true, MP: b.mp.o.SiteChain[0].Subject.CommonName, Site: "TST"}
+	srv := tls.Server(legConn{d.conn, d.br}, e2e.DeviceConfig(pc, expect))
+	if err := srv.HandshakeContext(ctx); err != nil {
+		t.Fatalf("device handshake: %v", err)
+	}
+	got := <-dc
+	if got.err != nil {
+		t.Fatalf("DialSession: %v", got.err)
+	}
+	defer got.c.Close()
+	if _, err := srv.Write([]byte("across")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(got.c, buf); err != nil || string(buf) != "across" {
+		t.Fatalf("console read %q %v", buf, err)
+	}
+}
