@@ -2,7 +2,10 @@
 // client with its user certificate, the device the TLS server with its device certificate,
 // and each checks the other against the site's roots and the ticket, over whatever carries
 // the bytes (the MP's relay, or the device's session port on the intranet). A relay sees
-// only ciphertext. It also holds the CRL both ends check the other against. It imports only
+// only ciphertext. For a session of the web console (ticket.Console) the helper's end is the
+// MP that signed the ticket, with its site-server certificate (ConsoleConfig, and
+// HelperExpect.Console on the device's side): such a session is not end to end to the
+// person helping. It also holds the CRL both ends check the other against. It imports only
 // the standard library, internal/wire and internal/atomicfile.
 package e2e
 
