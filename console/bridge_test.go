@@ -288,6 +288,9 @@ func TestBridgeTerminal(t *testing.T) {
 			out = append(out, b...)
 		}
 	}
+	if f := <-dev.got; f.Type != frame.Data || string(f.Payload) != "ls\r" {
+		t.Errorf("the device got %s %q, want the keystrokes once", f.Type, f.Payload)
+	}
 	send := func(s string) {
 		t.Helper()
 		if err := ws.Write(ctx, websocket.MessageText, []byte(s)); err != nil {
