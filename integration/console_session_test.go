@@ -25,6 +25,16 @@ import (
 	"github.com/ibcm-project/ibcm/remote/rfb"
 )
 
+// needConsoleListener skips, on helper B's branch alone, a test that needs the console
+// listener of helper A's core (site init --console-addr). Once both are merged it always
+// runs: the lead deletes this guard then.
+func needConsoleListener(t *testing.T) {
+	t.Helper()
+	if r := run(t, bin.ibcm, "site", "init", "--help"); !strings.Contains(r.stdout+r.stderr, "--console-addr") {
+		t.Skip("no console listener in this build (helper A's console core is not merged yet)")
+	}
+}
+
 // consoleClient is a browser without a browser: the console's cookie in a jar, the
 // console's name resolved to its loopback listener, the site's root trusted.
 type consoleClient struct {
@@ -158,6 +168,7 @@ func wsNext(t *testing.T, ctx context.Context, ws *websocket.Conn, typ string, o
 // --console-sessions=false refuses the console's session (console_forbidden, audited) while
 // a session from the command line still works on it.
 func TestConsoleTerminalSession(t *testing.T) {
+	needConsoleListener(t)
 	consoleAddr := freeAddr(t)
 	s := startSite(t, "sqlite", "--console-addr", consoleAddr)
 	waitFor(t, 15*time.Second, "the console listener", func() bool {
@@ -275,6 +286,7 @@ func TestConsoleTerminalSession(t *testing.T) {
 // RFB with security None, and the frame it takes is the sharer's display (Xvfb, x11vnc
 // started by the agent); the audit says console, not end to end.
 func TestConsoleScreenSession(t *testing.T) {
+	needConsoleListener(t)
 	for _, tool := range []string{"Xvfb", "x11vnc", "xsetroot"} {
 		needTool(t, tool)
 	}
