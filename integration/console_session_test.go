@@ -20,19 +20,34 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"gopkg.in/yaml.v3"
 
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/rfb"
 )
 
-// needConsoleListener skips, on helper B's branch alone, a test that needs the console
-// listener of helper A's core (site init --console-addr). Once both are merged it always
-// runs: the lead deletes this guard then.
-func needConsoleListener(t *testing.T) {
+// consoleListen is the console listener's address of the site (mp.console_listen of its
+// site.yaml). On helper B's branch alone the site has none (the listener is helper A's
+// core): the test is skipped there; once both are merged it always runs, and the lead
+// deletes the skip.
+func consoleListen(t *testing.T, s *testSite) string {
 	t.Helper()
-	if r := run(t, bin.ibcm, "site", "init", "--help"); !strings.Contains(r.stdout+r.stderr, "--console-addr") {
+	b, err := os.ReadFile(s.path("site.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		MP struct {
+			ConsoleListen string `yaml:"console_listen"`
+		} `yaml:"mp"`
+	}
+	if err := yaml.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MP.ConsoleListen == "" {
 		t.Skip("no console listener in this build (helper A's console core is not merged yet)")
 	}
+	return cfg.MP.ConsoleListen
 }
 
 // consoleClient is a browser without a browser: the console's cookie in a jar, the
@@ -168,9 +183,8 @@ func wsNext(t *testing.T, ctx context.Context, ws *websocket.Conn, typ string, o
 // --console-sessions=false refuses the console's session (console_forbidden, audited) while
 // a session from the command line still works on it.
 func TestConsoleTerminalSession(t *testing.T) {
-	needConsoleListener(t)
-	consoleAddr := freeAddr(t)
-	s := startSite(t, "sqlite", "--console-addr", consoleAddr)
+	s := startSite(t, "sqlite") // the harness gives every site a console listener on a free port
+	consoleAddr := consoleListen(t, s)
 	waitFor(t, 15*time.Second, "the console listener", func() bool {
 		c, err := net.Dial("tcp", consoleAddr)
 		if err == nil {
@@ -286,7 +300,6 @@ func TestConsoleTerminalSession(t *testing.T) {
 // RFB with security None, and the frame it takes is the sharer's display (Xvfb, x11vnc
 // started by the agent); the audit says console, not end to end.
 func TestConsoleScreenSession(t *testing.T) {
-	needConsoleListener(t)
 	for _, tool := range []string{"Xvfb", "x11vnc", "xsetroot"} {
 		needTool(t, tool)
 	}
@@ -294,8 +307,8 @@ func TestConsoleScreenSession(t *testing.T) {
 	if out, err := exec.Command("xsetroot", "-display", display, "-solid", "#20c040").CombinedOutput(); err != nil {
 		t.Fatalf("xsetroot: %v %s", err, out)
 	}
-	consoleAddr := freeAddr(t)
-	s := startSite(t, "sqlite", "--console-addr", consoleAddr)
+	s := startSite(t, "sqlite") // the harness gives every site a console listener on a free port
+	consoleAddr := consoleListen(t, s)
 	resolv := t.TempDir() + "/resolv.conf"
 	writeResolv(t, resolv, blackHole(t))
 	dev := enrollDevice(t, s, "pc-webscr")
