@@ -225,9 +225,6 @@ func sessionListFormat(q url.Values) (string, error) {
 var sessionCSVHeader = []string{"id", "device", "device_name", "helper", "helper_name", "sharer", "sharer_name", "state", "outcome", "error",
 	"mode", "modes", "transport", "e2e", "console", "location", "mp", "requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device"}
 
-// sessionViaConsole tells whether a session was started from the web console.
-// TODO(helper B): return s.Console once wire.Session has it.
-func sessionViaConsole(wire.Session) bool { return false }
 
 // csvCell keeps a spreadsheet from reading a cell as a formula (CSV injection): a cell
 // starting with = + - @ (or a tab or carriage return) gets a leading '.
@@ -261,7 +258,7 @@ func writeSessionList(w http.ResponseWriter, format string, ss []wire.Session) e
 			modes[i] = md.Mode
 		}
 		row := []string{s.ID, s.Device, s.DeviceName, s.Helper, s.HelperName, s.Sharer, s.SharerName, s.State, s.Outcome, s.Error,
-			s.Mode, strings.Join(modes, " "), s.Transport, strconv.FormatBool(s.E2E), strconv.FormatBool(sessionViaConsole(s)), s.Location, s.MP,
+			s.Mode, strings.Join(modes, " "), s.Transport, strconv.FormatBool(s.E2E), strconv.FormatBool(s.Console), s.Location, s.MP,
 			at(&s.RequestedAt), at(s.StartedAt), at(s.EndedAt), strconv.FormatInt(s.BytesIn, 10), strconv.FormatInt(s.BytesOut, 10)}
 		for i := range row {
 			row[i] = csvCell(row[i])
