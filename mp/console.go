@@ -225,7 +225,6 @@ func sessionListFormat(q url.Values) (string, error) {
 var sessionCSVHeader = []string{"id", "device", "device_name", "helper", "helper_name", "sharer", "sharer_name", "state", "outcome", "error",
 	"mode", "modes", "transport", "e2e", "console", "location", "mp", "requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device"}
 
-
 // csvCell keeps a spreadsheet from reading a cell as a formula (CSV injection): a cell
 // starting with = + - @ (or a tab or carriage return) gets a leading '.
 func csvCell(s string) string {
