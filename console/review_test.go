@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"testing"
@@ -63,4 +64,34 @@ func TestLoginAgainEndsTheBrowsersSession(t *testing.T) {
 	stale := f.browser(t)
 	stale.Jar.SetCookies(u, old)
 	wantLoginRequired(t, do(t, stale, "GET", f.url+"/api/me", nil, nil))
+}
+
+// Disabling a user is the site's kill switch (the CA revokes their certificates and login
+// tokens so that enabling them again gives nothing back): a console session or login link
+// of theirs must not come back to life when they are enabled again, whether or not a
+// request came while they were disabled.
+func TestDisabledUserStaysLoggedOutWhenEnabledAgain(t *testing.T) {
+	f := sqliteFixture(t)
+	ctx := context.Background()
+	used, idle := f.browser(t), f.browser(t)
+	f.login(t, used, "bob")
+	f.login(t, idle, "bob")
+	link := f.link(t, "bob")
+	if err := f.users.SetDisabled(ctx, "bob", true); err != nil {
+		t.Fatal(err)
+	}
+	wantLoginRequired(t, do(t, used, "GET", f.url+"/api/me", nil, nil)) // a request while disabled
+	// idle makes none: the console's sweep (Run) finds the disabled user.
+	if err := f.c.endDisabledUsers(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.users.SetDisabled(ctx, "bob", false); err != nil {
+		t.Fatal(err)
+	}
+	wantLoginRequired(t, do(t, used, "GET", f.url+"/api/me", nil, nil))
+	wantLoginRequired(t, do(t, idle, "GET", f.url+"/api/me", nil, nil))
+	if a := do(t, f.browser(t), "GET", link, nil, nil); a.status != http.StatusUnauthorized {
+		t.Errorf("a link made before bob was disabled: HTTP %d", a.status)
+	}
+	f.login(t, f.browser(t), "bob") // a new login works
 }
