@@ -178,6 +178,11 @@ func (m *MP) handleDeviceRemote(w http.ResponseWriter, r *http.Request, name str
 func (m *MP) handleDeviceDeployments(w http.ResponseWriter, r *http.Request, _ string) error {
 	ctx := r.Context()
 	id := r.PathValue("id")
+	// An unknown device is 404, as on the other device routes (a site-wide grant lets any
+	// id through onDevice).
+	if _, err := m.Device(ctx, id); err != nil {
+		return err
+	}
 	// The deployments of the device's groups, and those it reported on since it left one.
 	rows, err := m.db.Query(ctx, `SELECT d.id, d.name, d.version, d.created, dd.state, dd.error, dd.dp, dd.updated
 		FROM deployments d LEFT JOIN deployment_devices dd ON dd.deployment_id = d.id AND dd.device_id = ?
