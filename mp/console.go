@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/ibcm-project/ibcm/internal/access"
 	"github.com/ibcm-project/ibcm/internal/api"
@@ -235,9 +237,15 @@ var sessionCSVHeader = []string{"id", "device", "device_name", "helper", "helper
 func sessionViaConsole(wire.Session) bool { return false }
 
 // csvCell keeps a spreadsheet from reading a cell as a formula (CSV injection): a cell
-// starting with = + - @ (or a tab or carriage return) gets a leading '.
+// starting with = + - @ (or a tab or carriage return), also after white space (an import
+// that trims spaces) or in their full-width forms, gets a leading '. Device names and
+// errors come from devices: an attacker's.
 func csvCell(s string) string {
-	if s != "" && strings.ContainsRune("=+-@\t\r", rune(s[0])) {
+	if s == "" {
+		return s
+	}
+	first, _ := utf8.DecodeRuneInString(strings.TrimLeftFunc(s, unicode.IsSpace))
+	if strings.ContainsRune("\t\r\n", rune(s[0])) || strings.ContainsRune("=+-@\uff1d\uff0b\uff0d\uff20", first) {
 		return "'" + s
 	}
 	return s

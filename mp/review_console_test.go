@@ -181,3 +181,14 @@ func TestConsolePathTricks(t *testing.T) {
 		t.Errorf("HEAD end: HTTP %d", status)
 	}
 }
+
+// A device names itself (and writes its errors): a formula behind white space (imports
+// that trim it), a line break, or in full-width characters is kept out of spreadsheets too.
+func TestCSVCellBehindSpaces(t *testing.T) {
+	for in, want := range map[string]string{" =1+1": "' =1+1", "  @SUM(A1)": "'  @SUM(A1)", "\n=cmd": "'\n=cmd", "\u00a0-1": "'\u00a0-1",
+		"\uff1dHYPERLINK(1)": "'\uff1dHYPERLINK(1)", "\uff20x": "'\uff20x", " x": " x", "pc 1": "pc 1", "a=1": "a=1", " ": " "} {
+		if got := csvCell(in); got != want {
+			t.Errorf("csvCell(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
