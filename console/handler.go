@@ -390,9 +390,39 @@ func (c *Console) handleAPI(w http.ResponseWriter, r *http.Request, s *session) 
 	r2.Body = http.MaxBytesReader(w, r.Body, MaxAPIBody)
 	r2.Header.Del("Cookie")
 	r2.Header.Del(CSRFHeader)
-	c.backend.ConsoleAPI(s.user).ServeHTTP(w, r2)
+	sw := &statusWriter{ResponseWriter: w}
+	c.backend.ConsoleAPI(s.user).ServeHTTP(sw, r2)
+	// The MP logs a refusal without the user: through the console the request has no
+	// client certificate to name them. The console names them, for the audit trail.
+	if sw.status >= 400 {
+		c.log.Warn().Str("user", s.user).Str("method", r.Method).Str("path", api.RedactPath(r2.URL.Path)).
+			Str("remote_addr", r.RemoteAddr).Int("status", sw.status).Msg("console API call refused")
+	}
 	return nil
 }
+
+// statusWriter records the status of an answer.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer (flushes).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // The server-rendered pages: the 401 page (#login-needed), the logged-out page (when the
 // built pages have none), errors. No script; the built stylesheet when there is one.

@@ -1,10 +1,17 @@
 package console
 
 import (
+	"bytes"
 	"context"
+	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/rs/zerolog"
 )
 
 // A page of another site (or another server of this host: SameSite does not separate
@@ -94,4 +101,54 @@ func TestDisabledUserStaysLoggedOutWhenEnabledAgain(t *testing.T) {
 		t.Errorf("a link made before bob was disabled: HTTP %d", a.status)
 	}
 	f.login(t, f.browser(t), "bob") // a new login works
+}
+
+// lockedBuffer is a log sink the server's goroutines write while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// refusingBackend refuses every admin call, as the MP refuses a user without the permission.
+type refusingBackend struct{ fakeBackend }
+
+func (*refusingBackend) ConsoleAPI(string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, `{"error":{"code":"forbidden"}}`, http.StatusForbidden)
+	})
+}
+
+// The MP's log of a refused call has no user when it comes through the console (no client
+// certificate): the console's log names the user of the cookie session, for the audit.
+func TestRefusedAPICallsNameTheUser(t *testing.T) {
+	f := sqliteFixture(t)
+	var logs lockedBuffer
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	url := "https://" + srv.Listener.Addr().String()
+	c, err := New(context.Background(), Options{DB: f.c.db, Access: f.users, Backend: &refusingBackend{}, URL: url,
+		Log: zerolog.New(&logs), Now: f.clock.now, Assets: testAssets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Config.Handler = c.Handler()
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	f.url, f.srv, f.c = url, srv, c
+	b := f.browser(t)
+	f.login(t, b, "bob")
+	if a := do(t, b, "GET", f.url+"/api/v1/admin/devices/x/remote", nil, nil); a.status != http.StatusForbidden {
+		t.Fatalf("HTTP %d %s", a.status, a.body)
+	}
+	out := logs.String()
+	if !strings.Contains(out, `"user":"bob"`) || !strings.Contains(out, `"path":"/v1/admin/devices/x/remote"`) || !strings.Contains(out, `"status":403`) {
+		t.Errorf("log %s", out)
+	}
 }
