@@ -152,3 +152,31 @@ func TestRefusedAPICallsNameTheUser(t *testing.T) {
 		t.Errorf("log %s", out)
 	}
 }
+
+// Logging out is a state change like any other: no GET, no cross-site form (text/plain or
+// urlencoded without the session's token, or with another Origin), no token of another
+// session; the session survives every one of them.
+func TestLogoutNeedsTheSessionsToken(t *testing.T) {
+	f := sqliteFixture(t)
+	c := f.browser(t)
+	csrf := f.login(t, c, "alice")
+	other := f.login(t, f.browser(t), "alice")
+	for _, r := range []struct {
+		method, body string
+		hdr          map[string]string
+	}{
+		{"GET", "", nil},
+		{"HEAD", "", nil},
+		{"POST", "csrf=" + other, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}},
+		{"POST", "csrf=" + csrf, map[string]string{"Content-Type": "text/plain"}},
+		{"POST", "csrf=" + csrf, map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Origin": "https://evil.example"}},
+		{"POST", "csrf=" + csrf, map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Origin": "null"}},
+		{"POST", "", map[string]string{CSRFHeader: csrf, "Origin": "https://evil.example"}},
+		{"POST", "csrf=" + csrf + strings.Repeat("&x=y", maxFormBody), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}},
+	} {
+		if a := do(t, c, r.method, f.url+"/logout", strings.NewReader(r.body), r.hdr); a.status < 400 || a.header.Get("Content-Security-Policy") != CSP {
+			t.Errorf("%s %.40q %v: HTTP %d", r.method, r.body, r.hdr, a.status)
+		}
+		f.me(t, c)
+	}
+}
