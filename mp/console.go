@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -64,6 +65,9 @@ func (m *MP) ungated() *http.ServeMux {
 // requests in flight.
 func (m *MP) ConsoleAPI(user string) http.Handler {
 	return api.Handle(m.log, func(w http.ResponseWriter, r *http.Request) error {
+		if err := consoleText(r); err != nil {
+			return err
+		}
 		mux := m.ungated()
 		if _, pattern := mux.Handler(r); !consoleAllowlist[pattern] {
 			return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s for the web console", r.Method, r.URL.Path)
@@ -78,6 +82,26 @@ func (m *MP) ConsoleAPI(user string) http.Handler {
 		mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), peerKey{}, p)))
 		return nil
 	})
+}
+
+// consoleText refuses (400) a console call whose path or query has a control character or
+// bytes that are not UTF-8: no id of the site has them, and PostgreSQL refuses them in a
+// statement (an internal error at every route that looks the id up).
+func consoleText(r *http.Request) error {
+	bad := func(s string) bool { return !utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl) }
+	if bad(r.URL.Path) {
+		return api.BadRequest("the path has control characters or is not UTF-8")
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return api.BadRequest("the query is not URL-encoded key=value pairs: %v", err)
+	}
+	for k, vs := range q {
+		if bad(k) || slices.ContainsFunc(vs, bad) {
+			return api.BadRequest("the query has control characters or is not UTF-8")
+		}
+	}
+	return nil
 }
 
 // consoleRoutes adds the web console's routes to the MP's admin API.
