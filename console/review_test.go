@@ -180,3 +180,47 @@ func TestLogoutNeedsTheSessionsToken(t *testing.T) {
 		f.me(t, c)
 	}
 }
+
+// No secret of the console reaches its log: not the link (made, refused unspent, used,
+// used again), not the cookie, not the CSRF token.
+func TestNoSecretInTheLog(t *testing.T) {
+	f := sqliteFixture(t)
+	var logs lockedBuffer
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	url := "https://" + srv.Listener.Addr().String()
+	c, err := New(context.Background(), Options{DB: f.c.db, Access: f.users, Backend: &refusingBackend{}, URL: url,
+		Log: zerolog.New(&logs), Now: f.clock.now, Assets: testAssets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Config.Handler = c.Handler()
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	f.url, f.srv, f.c = url, srv, c
+	b := f.browser(t)
+	link := f.link(t, "alice")
+	do(t, b, "GET", link, nil, map[string]string{"Sec-Fetch-Site": "cross-site"})
+	do(t, b, "GET", link, nil, nil)
+	do(t, b, "GET", link, nil, nil)
+	me := f.me(t, b)
+	u, _ := urlParse(f.url)
+	secrets := []string{link[strings.LastIndex(link, "/")+1:], me.CSRF}
+	for _, ck := range b.Jar.Cookies(u) {
+		secrets = append(secrets, ck.Value)
+	}
+	if len(secrets) != 3 {
+		t.Fatalf("jar %v", b.Jar.Cookies(u))
+	}
+	do(t, b, "POST", f.url+"/api/v1/admin/sessions", strings.NewReader("{}"), map[string]string{CSRFHeader: me.CSRF})
+	do(t, b, "POST", f.url+"/logout", nil, map[string]string{CSRFHeader: me.CSRF})
+	out := logs.String()
+	if !strings.Contains(out, "console login") {
+		t.Fatalf("no log at all? %s", out)
+	}
+	for _, s := range secrets {
+		if s != "" && strings.Contains(out, s[5:]) {
+			t.Errorf("the log has a secret: %s", out)
+		}
+	}
+}
