@@ -12,6 +12,9 @@ import (
 	"testing"
 
 	"github.com/rs/zerolog"
+
+	"github.com/ibcm-project/ibcm/internal/sitedb"
+	"github.com/ibcm-project/ibcm/internal/sitedb/sitedbtest"
 )
 
 // A page of another site (or another server of this host: SameSite does not separate
@@ -223,4 +226,49 @@ func TestNoSecretInTheLog(t *testing.T) {
 			t.Errorf("the log has a secret: %s", out)
 		}
 	}
+}
+
+// Many browsers open the same link at once (a link seen by someone else, raced): exactly
+// one gets a session, on every backend.
+func TestLinkRacedOnce(t *testing.T) {
+	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
+		f := newFixture(t, db)
+		link := f.link(t, "alice")
+		const n = 8
+		statuses := make(chan int, n)
+		var wg sync.WaitGroup
+		for range n {
+			b := f.browser(t)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := b.Get(link)
+				if err != nil {
+					statuses <- 0
+					return
+				}
+				resp.Body.Close()
+				statuses <- resp.StatusCode
+			}()
+		}
+		wg.Wait()
+		close(statuses)
+		won := 0
+		for s := range statuses {
+			switch s {
+			case http.StatusSeeOther:
+				won++
+			case http.StatusUnauthorized, http.StatusServiceUnavailable: // lost the race (or a serialization failure)
+			default:
+				t.Errorf("HTTP %d", s)
+			}
+		}
+		if won != 1 {
+			t.Errorf("%d browsers logged in with one link", won)
+		}
+		var sessions int
+		if err := db.QueryRow(context.Background(), `SELECT COUNT(*) FROM console_sessions`).Scan(&sessions); err != nil || sessions != 1 {
+			t.Errorf("%d sessions, %v", sessions, err)
+		}
+	})
 }
