@@ -263,6 +263,9 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		// A user disabled since the link was made gets no session.
 		if u, uerr := c.access.User(r.Context(), user); uerr != nil || u.DisabledAt != nil {
 			_ = c.revoke(r.Context(), hashOf(secret))
+			if uerr == nil { // and their other sessions and links, for good (lookup)
+				_, _ = c.revokeUser(r.Context(), user)
+			}
 			err = errLinkInvalid
 		}
 	}

@@ -272,3 +272,23 @@ func TestLinkRacedOnce(t *testing.T) {
 		}
 	})
 }
+
+// A link opened while its user is disabled spends the user's other links too: enabled
+// again within their lifetime, none works.
+func TestDisabledUsersLinkSpendsTheOthers(t *testing.T) {
+	f := sqliteFixture(t)
+	ctx := context.Background()
+	first, second := f.link(t, "bob"), f.link(t, "bob")
+	if err := f.users.SetDisabled(ctx, "bob", true); err != nil {
+		t.Fatal(err)
+	}
+	if a := do(t, f.browser(t), "GET", first, nil, nil); a.status != http.StatusUnauthorized {
+		t.Errorf("disabled: HTTP %d", a.status)
+	}
+	if err := f.users.SetDisabled(ctx, "bob", false); err != nil {
+		t.Fatal(err)
+	}
+	if a := do(t, f.browser(t), "GET", second, nil, nil); a.status != http.StatusUnauthorized {
+		t.Errorf("the other link after enabling: HTTP %d", a.status)
+	}
+}
