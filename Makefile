@@ -13,7 +13,7 @@ COMMIT  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
 LDFLAGS := -X github.com/ibcm-project/ibcm/internal/cliapp.version=$(VERSION) -X github.com/ibcm-project/ibcm/internal/cliapp.commit=$(COMMIT)
 
 .DEFAULT_GOAL := help
-.PHONY: help build man run test check bench integration deps fuzz fmt vet unit clean
+.PHONY: help build man run test check bench integration deps fuzz fmt vet unit clean console-assets
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,6 +21,9 @@ help: ## list the targets
 build: ## build bin/ibcm and bin/ibcm-client
 	$(GO) build $(GOTAGS) -ldflags "$(LDFLAGS)" -o bin/ibcm ./cli/ibcm
 	$(GO) build $(GOTAGS) -ldflags "$(LDFLAGS)" -o bin/ibcm-client ./cli/ibcm-client
+
+console-assets: ## rebuild the web console's committed console/web/dist (needs node 20 and npm; make build does not)
+	cd console/web && npm ci && npm run build
 
 man: build ## write the man pages of both command trees to man/ (man -l man/ibcm.1)
 	./bin/ibcm man man

@@ -134,6 +134,15 @@ func (c *Console) CreateLink(ctx context.Context, user string) (string, time.Tim
 // RevokeUser ends every console session of user and spends their unused links; it returns
 // how many sessions it ended (it implements the MP's ConsoleLinks).
 func (c *Console) RevokeUser(ctx context.Context, user string) (int, error) {
+	n, err := c.revokeUser(ctx, user)
+	if err != nil {
+		return 0, err
+	}
+	c.log.Info().Str("user", user).Int("sessions", n).Msg("console sessions revoked")
+	return n, nil
+}
+
+func (c *Console) revokeUser(ctx context.Context, user string) (int, error) {
 	now := c.now().Unix()
 	var n int64
 	err := c.db.Tx(ctx, func(tx *sitedb.Tx) error {
@@ -150,16 +159,18 @@ func (c *Console) RevokeUser(ctx context.Context, user string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("revoking the console sessions of %q: %w", user, err)
 	}
-	c.log.Info().Str("user", user).Int64("sessions", n).Msg("console sessions revoked")
 	return int(n), nil
 }
 
-// Run deletes expired and spent links and sessions at once and every Options.PurgeEvery,
-// until ctx is done.
+// Run ends the sessions and links of disabled users and deletes expired and spent links and
+// sessions, at once and every Options.PurgeEvery, until ctx is done.
 func (c *Console) Run(ctx context.Context) {
 	t := time.NewTicker(c.purge)
 	defer t.Stop()
 	for {
+		if err := c.endDisabledUsers(ctx); err != nil && ctx.Err() == nil {
+			c.log.Warn().Err(err).Msg("ending the console sessions of disabled users")
+		}
 		if n, err := c.Purge(ctx); err != nil && ctx.Err() == nil {
 			c.log.Warn().Err(err).Msg("purging console links and sessions")
 		} else if n > 0 {

@@ -240,11 +240,32 @@ func (c *Console) page(fn func(w http.ResponseWriter, r *http.Request, s *sessio
 }
 
 func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
+	// Link checkers and prefetchers (HEAD, Sec-Purpose) must not spend the link, nor may a
+	// navigation that another page started: a site (or another server of this host, which
+	// SameSite does not tell apart) could send the browser to the attacker's own link and
+	// log the victim in as the attacker (login CSRF). Browsers mark a navigation from the
+	// address bar, a terminal or another application "none"; one without Sec-Fetch-Site
+	// (older browsers, command-line clients) is let in. None of these spends the link.
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		writePage(w, http.StatusMethodNotAllowed, pageError, "Open the login link in your browser.")
+		return
+	}
+	if !openedByUser(r) {
+		c.log.Warn().Str("remote_addr", r.RemoteAddr).Str("sec_fetch_site", r.Header.Get("Sec-Fetch-Site")).
+			Msg("console login link refused unspent: opened from another page or prefetched")
+		writePage(w, http.StatusForbidden, pageError, "This login link was opened from another page, or prefetched. "+
+			"Paste it into your browser's address bar: it is not spent, and works once until it expires.")
+		return
+	}
 	user, secret, exp, err := c.useLink(r.Context(), r.PathValue("token"))
 	if err == nil {
 		// A user disabled since the link was made gets no session.
 		if u, uerr := c.access.User(r.Context(), user); uerr != nil || u.DisabledAt != nil {
 			_ = c.revoke(r.Context(), hashOf(secret))
+			if uerr == nil { // and their other sessions and links, for good (lookup)
+				_, _ = c.revokeUser(r.Context(), user)
+			}
 			err = errLinkInvalid
 		}
 	}
@@ -258,10 +279,36 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		writePage(w, http.StatusServiceUnavailable, pageError, "The console could not log you in; try again.")
 		return
 	}
+	// The browser's previous session (this link replaces its cookie) ends: it would
+	// otherwise stay usable beside the new one until it expires.
+	if ck, err := r.Cookie(CookieName); err == nil {
+		if old, err := parseSecret(ck.Value); err == nil {
+			if err := c.revoke(r.Context(), hashOf(old)); err != nil {
+				c.log.Warn().Err(err).Msg("ending the browser's previous console session")
+			}
+		}
+	}
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: encodeSecret(secret), Path: "/",
 		MaxAge: int(SessionLifetime / time.Second), Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	c.log.Info().Str("user", user).Time("expires_at", exp).Str("remote_addr", r.RemoteAddr).Msg("console login")
 	http.Redirect(w, r, "/devices", http.StatusSeeOther)
+}
+
+// openedByUser tells whether a login link's request is a navigation the user started
+// (Sec-Fetch-Site none, or same-origin from the console's own pages; absent in browsers
+// that predate it) and no prefetch.
+func openedByUser(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "none", "same-origin":
+	default:
+		return false
+	}
+	for _, h := range []string{"Sec-Purpose", "Purpose", "X-Purpose", "X-Moz"} {
+		if strings.Contains(strings.ToLower(strings.Join(r.Header.Values(h), ",")), "prefetch") {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *Console) handleLogout(w http.ResponseWriter, r *http.Request, s *session) error {
@@ -346,9 +393,39 @@ func (c *Console) handleAPI(w http.ResponseWriter, r *http.Request, s *session) 
 	r2.Body = http.MaxBytesReader(w, r.Body, MaxAPIBody)
 	r2.Header.Del("Cookie")
 	r2.Header.Del(CSRFHeader)
-	c.backend.ConsoleAPI(s.user).ServeHTTP(w, r2)
+	sw := &statusWriter{ResponseWriter: w}
+	c.backend.ConsoleAPI(s.user).ServeHTTP(sw, r2)
+	// The MP logs a refusal without the user: through the console the request has no
+	// client certificate to name them. The console names them, for the audit trail.
+	if sw.status >= 400 {
+		c.log.Warn().Str("user", s.user).Str("method", r.Method).Str("path", api.RedactPath(r2.URL.Path)).
+			Str("remote_addr", r.RemoteAddr).Int("status", sw.status).Msg("console API call refused")
+	}
 	return nil
 }
+
+// statusWriter records the status of an answer.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer (flushes).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // The server-rendered pages: the 401 page (#login-needed), the logged-out page (when the
 // built pages have none), errors. No script; the built stylesheet when there is one.

@@ -186,14 +186,16 @@ func (c *Console) lookup(ctx context.Context, cookie string) (*session, error) {
 	}
 	s.expiresAt = time.Unix(exp, 0).UTC()
 	u, err := c.access.User(ctx, s.user)
-	if errors.Is(err, access.ErrUnknownUser) {
+	if errors.Is(err, access.ErrUnknownUser) || (err == nil && u.DisabledAt != nil) {
+		// Ended for good, with the user's other sessions and links: enabling the user again
+		// must not bring them back (a stolen cookie would live again).
+		if _, err := c.revokeUser(ctx, s.user); err != nil {
+			c.log.Warn().Err(err).Str("user", s.user).Msg("ending the console sessions of a disabled user")
+		}
 		return nil, errNoSession
 	}
 	if err != nil {
 		return nil, err
-	}
-	if u.DisabledAt != nil {
-		return nil, errNoSession
 	}
 	return s, nil
 }
@@ -231,4 +233,27 @@ func (c *Console) Purge(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("purging console links and sessions: %w", err)
 	}
 	return n, nil
+}
+
+// endDisabledUsers ends the console sessions and links of every disabled user, so that none
+// comes back when the user is enabled again, even one no request used while they were
+// disabled (Run calls it on its schedule; lookup ends those it meets at once).
+func (c *Console) endDisabledUsers(ctx context.Context) error {
+	users, err := c.access.Users(ctx)
+	if err != nil {
+		return fmt.Errorf("listing the users: %w", err)
+	}
+	for _, u := range users {
+		if u.DisabledAt == nil {
+			continue
+		}
+		n, err := c.revokeUser(ctx, u.Name)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			c.log.Info().Str("user", u.Name).Int("sessions", n).Msg("console sessions of a disabled user ended")
+		}
+	}
+	return nil
 }

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/ibcm-project/ibcm/internal/access"
 	"github.com/ibcm-project/ibcm/internal/api"
@@ -62,6 +65,9 @@ func (m *MP) ungated() *http.ServeMux {
 // requests in flight.
 func (m *MP) ConsoleAPI(user string) http.Handler {
 	return api.Handle(m.log, func(w http.ResponseWriter, r *http.Request) error {
+		if err := consoleText(r); err != nil {
+			return err
+		}
 		mux := m.ungated()
 		if _, pattern := mux.Handler(r); !consoleAllowlist[pattern] {
 			return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s for the web console", r.Method, r.URL.Path)
@@ -76,6 +82,26 @@ func (m *MP) ConsoleAPI(user string) http.Handler {
 		mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), peerKey{}, p)))
 		return nil
 	})
+}
+
+// consoleText refuses (400) a console call whose path or query has a control character or
+// bytes that are not UTF-8: no id of the site has them, and PostgreSQL refuses them in a
+// statement (an internal error at every route that looks the id up).
+func consoleText(r *http.Request) error {
+	bad := func(s string) bool { return !utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl) }
+	if bad(r.URL.Path) {
+		return api.BadRequest("the path has control characters or is not UTF-8")
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return api.BadRequest("the query is not URL-encoded key=value pairs: %v", err)
+	}
+	for k, vs := range q {
+		if bad(k) || slices.ContainsFunc(vs, bad) {
+			return api.BadRequest("the query has control characters or is not UTF-8")
+		}
+	}
+	return nil
 }
 
 // consoleRoutes adds the web console's routes to the MP's admin API.
@@ -178,6 +204,11 @@ func (m *MP) handleDeviceRemote(w http.ResponseWriter, r *http.Request, name str
 func (m *MP) handleDeviceDeployments(w http.ResponseWriter, r *http.Request, _ string) error {
 	ctx := r.Context()
 	id := r.PathValue("id")
+	// An unknown device is 404, as on the other device routes (a site-wide grant lets any
+	// id through onDevice).
+	if _, err := m.Device(ctx, id); err != nil {
+		return err
+	}
 	// The deployments of the device's groups, and those it reported on since it left one.
 	rows, err := m.db.Query(ctx, `SELECT d.id, d.name, d.version, d.created, dd.state, dd.error, dd.dp, dd.updated
 		FROM deployments d LEFT JOIN deployment_devices dd ON dd.deployment_id = d.id AND dd.device_id = ?
@@ -225,14 +256,16 @@ func sessionListFormat(q url.Values) (string, error) {
 var sessionCSVHeader = []string{"id", "device", "device_name", "helper", "helper_name", "sharer", "sharer_name", "state", "outcome", "error",
 	"mode", "modes", "transport", "e2e", "console", "location", "mp", "requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device"}
 
-// sessionViaConsole tells whether a session was started from the web console.
-// TODO(helper B): return s.Console once wire.Session has it.
-func sessionViaConsole(wire.Session) bool { return false }
-
 // csvCell keeps a spreadsheet from reading a cell as a formula (CSV injection): a cell
-// starting with = + - @ (or a tab or carriage return) gets a leading '.
+// starting with = + - @ (or a tab or carriage return), also after white space (an import
+// that trims spaces) or in their full-width forms, gets a leading '. Device names and
+// errors come from devices: an attacker's.
 func csvCell(s string) string {
-	if s != "" && strings.ContainsRune("=+-@\t\r", rune(s[0])) {
+	if s == "" {
+		return s
+	}
+	first, _ := utf8.DecodeRuneInString(strings.TrimLeftFunc(s, unicode.IsSpace))
+	if strings.ContainsRune("\t\r\n", rune(s[0])) || strings.ContainsRune("=+-@\uff1d\uff0b\uff0d\uff20", first) {
 		return "'" + s
 	}
 	return s
@@ -261,7 +294,7 @@ func writeSessionList(w http.ResponseWriter, format string, ss []wire.Session) e
 			modes[i] = md.Mode
 		}
 		row := []string{s.ID, s.Device, s.DeviceName, s.Helper, s.HelperName, s.Sharer, s.SharerName, s.State, s.Outcome, s.Error,
-			s.Mode, strings.Join(modes, " "), s.Transport, strconv.FormatBool(s.E2E), strconv.FormatBool(sessionViaConsole(s)), s.Location, s.MP,
+			s.Mode, strings.Join(modes, " "), s.Transport, strconv.FormatBool(s.E2E), strconv.FormatBool(s.Console), s.Location, s.MP,
 			at(&s.RequestedAt), at(s.StartedAt), at(s.EndedAt), strconv.FormatInt(s.BytesIn, 10), strconv.FormatInt(s.BytesOut, 10)}
 		for i := range row {
 			row[i] = csvCell(row[i])

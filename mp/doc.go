@@ -8,7 +8,11 @@
 // which session (sessions.go), the signed ticket of each leg, the device's reports, the
 // audit and its retention, recordings sealed to the site's audit key, and the relay that
 // splices the two legs of a ticket, forwarded between the site's MPs when the helper and
-// the device are on different ones (relay.go).
+// the device are on different ones (relay.go). A session started from the web console
+// (a peer without a certificate, through ConsoleAPI) ends at the MP: its ticket names the
+// MP's own key (ticket.Console), DialSession joins the relay in-process and holds the
+// end-to-end TLS for the browser, and the audit keeps console = 1, e2e = 0
+// (console_session.go).
 // For the distribution points (DESIGN.md §8) it is the DPs' only link to the site: they
 // register, follow a feed of revocations, blocks and assignment changes, fetch what is
 // distributed to them and report their state (dps.go); the admin API registers signed

@@ -402,7 +402,7 @@ func (m *MP) handleHelperRelay(w http.ResponseWriter, r *http.Request, name stri
 	if err != nil {
 		return err
 	}
-	if t.Helper != name || t.HelperKey != trust.PublicKeyHash(peerOf(r).leaf) {
+	if t.Helper != name || t.Console || t.HelperKey != trust.PublicKeyHash(peerOf(r).leaf) {
 		e := api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to this certificate", ticketID)
 		m.auditRefusal(r.Context(), sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: s.Device, DeviceName: s.DeviceName, Helper: name,
 			Reason: "relay " + s.ID, Mode: s.Mode, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC()}},

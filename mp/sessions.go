@@ -244,9 +244,6 @@ func checkText(key, v string, max int) error {
 }
 
 func (m *MP) handleSessionStart(w http.ResponseWriter, r *http.Request, name string) error {
-	if peerOf(r).leaf == nil { // a web-console call (ConsoleAPI): browser sessions are not wired yet
-		return api.Errorf(http.StatusServiceUnavailable, "console_sessions_unavailable", "sessions cannot be started from the web console yet")
-	}
 	var req wire.SessionStartRequest
 	if err := api.Decode(w, r, &req); err != nil {
 		return err
@@ -270,9 +267,15 @@ func (m *MP) handleSessionStart(w http.ResponseWriter, r *http.Request, name str
 		return err
 	}
 	p := peerOf(r)
+	// A peer without a certificate is the web console's user (ConsoleAPI): the MP will be
+	// the helper's end of the end-to-end TLS (DialSession), over the relay only.
+	console := p.leaf == nil
 	s := sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: d.ID, DeviceName: d.Name, Helper: name, Reason: req.Reason,
-		Mode: req.Mode, Modes: []wire.SessionMode{}, Location: d.LastLocation, MP: m.o.ID, RequestedAt: m.now().UTC()},
-		HelperSerial: p.leaf.SerialNumber.String(), Kind: req.Kind}
+		Mode: req.Mode, Modes: []wire.SessionMode{}, Location: d.LastLocation, MP: m.o.ID, RequestedAt: m.now().UTC(), Console: console},
+		Kind: req.Kind}
+	if !console {
+		s.HelperSerial = p.leaf.SerialNumber.String()
+	}
 	if u, err := m.access.User(ctx, name); err == nil {
 		s.HelperName = u.DisplayName // for the audit of a refusal too
 	}
@@ -302,7 +305,7 @@ func (m *MP) handleSessionStart(w http.ResponseWriter, r *http.Request, name str
 	}
 	s.DeviceMP = deviceMP
 	// Direct: both ends on the intranet, policy allows it, and the device told its addresses.
-	direct := p.location == wire.Intranet && pol.RemoteControl.AllowDirect && d.LastLocation == wire.Intranet && len(d.Addresses) > 0
+	direct := !console && p.location == wire.Intranet && pol.RemoteControl.AllowDirect && d.LastLocation == wire.Intranet && len(d.Addresses) > 0
 	out, err := m.issueLeg(ctx, s, p, pol, ticket.RoleHelper, req.Mode, allowedModes(g, d.Groups, pol), direct, true)
 	if err != nil {
 		return err
@@ -335,7 +338,18 @@ func (m *MP) issueLeg(ctx context.Context, s sessionRow, p *peer, pol wire.Polic
 	if m.o.SiteKey == nil || len(m.o.SiteChain) == 0 {
 		return wire.SessionStart{}, api.Errorf(http.StatusServiceUnavailable, "sessions_unavailable", "this management point has no site-server key to sign session tickets")
 	}
-	helper := trust.Identify(p.leaf).ID
+	// The helper's end of the end-to-end TLS: the user's certificate, or for the web
+	// console (a peer without one) this MP's own site-server certificate.
+	console := p.leaf == nil
+	var helper, helperKey, helperSerial string
+	if console {
+		if p.id.Kind != trust.KindUser || p.id.ID == "" || role != ticket.RoleHelper {
+			return wire.SessionStart{}, api.Errorf(http.StatusForbidden, "not_admin", "a console session is started by a user, as its helper")
+		}
+		helper, helperKey = p.id.ID, trust.PublicKeyHash(m.o.SiteChain[0])
+	} else {
+		helper, helperKey, helperSerial = trust.Identify(p.leaf).ID, trust.PublicKeyHash(p.leaf), p.leaf.SerialNumber.String()
+	}
 	card := ticket.Card{User: helper}
 	if u, err := m.access.User(ctx, helper); err == nil {
 		card.DisplayName, card.Title, card.Organization = u.DisplayName, u.Title, u.Org
@@ -346,8 +360,8 @@ func (m *MP) issueLeg(ctx context.Context, s sessionRow, p *peer, pol wire.Polic
 		s.HelperName = card.DisplayName
 	}
 	now := m.now()
-	t := ticket.Ticket{ID: ticket.NewID(), Session: s.ID, Device: s.Device, Helper: helper, HelperKey: trust.PublicKeyHash(p.leaf),
-		Card: card, Role: role, Mode: mode, Modes: modes, Kind: s.Kind, Reason: s.Reason, Direct: direct, MP: m.o.ID,
+	t := ticket.Ticket{ID: ticket.NewID(), Session: s.ID, Device: s.Device, Helper: helper, HelperKey: helperKey,
+		Card: card, Role: role, Mode: mode, Modes: modes, Kind: s.Kind, Reason: s.Reason, Direct: direct && !console, Console: console, MP: m.o.ID,
 		IssuedAt: now.UTC(), ExpiresAt: now.UTC().Add(min(consentTimeout(pol)+2*time.Minute, ticket.MaxLifetime))}
 	signed, err := ticket.Sign(t, m.o.SiteKey, m.o.SiteChain)
 	if err != nil {
@@ -362,7 +376,7 @@ func (m *MP) issueLeg(ctx context.Context, s sessionRow, p *peer, pol wire.Polic
 			}
 		}
 		if err := insertTicket(tx, ticketRow{ID: t.ID, Session: s.ID, Role: role, Helper: helper, HelperKey: t.HelperKey,
-			HelperSerial: p.leaf.SerialNumber.String(), ExpiresAt: t.ExpiresAt}, now); err != nil {
+			HelperSerial: helperSerial, ExpiresAt: t.ExpiresAt, Console: console}, now); err != nil {
 			return err
 		}
 		ev := wire.Event{Type: wire.EventSessionRequested, Time: now.UTC(), Data: map[string]string{wire.EventDataTicket: signed}}
@@ -685,7 +699,8 @@ func (m *MP) handleSessionReport(w http.ResponseWriter, r *http.Request, p *peer
 				transport = wire.TransportRelay
 			}
 			// A session that went direct has no direct error, whatever the helper's relay leg said.
-			return set(`state = ?, transport = ?, direct_error = CASE WHEN ? = 'direct' THEN '' ELSE direct_error END, e2e = 1, started_at = ?, sharer = CASE WHEN ? = '' THEN sharer ELSE ? END,
+			return set(`state = ?, transport = ?, direct_error = CASE WHEN ? = 'direct' THEN '' ELSE direct_error END,
+				e2e = CASE WHEN console = 0 THEN 1 ELSE 0 END, started_at = ?, sharer = CASE WHEN ? = '' THEN sharer ELSE ? END,
 				sharer_name = CASE WHEN ? = '' THEN sharer_name ELSE ? END`,
 				wire.SessionActive, transport, transport, at.Unix(), rep.Sharer, rep.Sharer, rep.SharerName, rep.SharerName)
 		case wire.ReportMode:

@@ -31,20 +31,20 @@ type sessionRow struct {
 }
 
 const sessionColumns = `id, device_id, device_name, helper, helper_name, helper_serial, sharer, sharer_name, reason, state, outcome,
-	error, mode, modes, location, transport, direct_error, e2e, mp_id, device_mp, requested_at, started_at, ended_at, bytes_in, bytes_out, recorded`
+	error, mode, modes, location, transport, direct_error, e2e, mp_id, device_mp, requested_at, started_at, ended_at, bytes_in, bytes_out, recorded, console`
 
 func scanSession(row interface{ Scan(...any) error }) (sessionRow, error) {
 	var s sessionRow
 	var modes string
-	var e2e, recorded int
+	var e2e, recorded, console int
 	var requested int64
 	var started, ended sql.NullInt64
 	if err := row.Scan(&s.ID, &s.Device, &s.DeviceName, &s.Helper, &s.HelperName, &s.HelperSerial, &s.Sharer, &s.SharerName, &s.Reason,
 		&s.State, &s.Outcome, &s.Error, &s.Mode, &modes, &s.Location, &s.Transport, &s.DirectError, &e2e, &s.MP, &s.DeviceMP, &requested,
-		&started, &ended, &s.BytesIn, &s.BytesOut, &recorded); err != nil {
+		&started, &ended, &s.BytesIn, &s.BytesOut, &recorded, &console); err != nil {
 		return sessionRow{}, err
 	}
-	s.E2E, s.Recorded = e2e != 0, recorded != 0
+	s.E2E, s.Recorded, s.Console = e2e != 0, recorded != 0, console != 0
 	s.RequestedAt = time.Unix(requested, 0).UTC()
 	if started.Valid {
 		t := time.Unix(started.Int64, 0).UTC()
@@ -151,9 +151,9 @@ func insertSession(tx *sitedb.Tx, s sessionRow) error {
 		ended = s.EndedAt.Unix()
 	}
 	_, err := tx.Exec(`INSERT INTO sessions (id, device_id, device_name, helper, helper_name, helper_serial, reason, state, outcome, error,
-		mode, modes, location, mp_id, device_mp, requested_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		mode, modes, location, mp_id, device_mp, requested_at, ended_at, console) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.Device, s.DeviceName, s.Helper, s.HelperName, s.HelperSerial, s.Reason, s.State, s.Outcome, s.Error,
-		s.Mode, string(modes), s.Location, s.MP, s.DeviceMP, s.RequestedAt.Unix(), ended)
+		s.Mode, string(modes), s.Location, s.MP, s.DeviceMP, s.RequestedAt.Unix(), ended, boolInt(s.Console))
 	if err != nil {
 		return fmt.Errorf("recording session %s: %w", s.ID, err)
 	}
@@ -164,11 +164,13 @@ func insertSession(tx *sitedb.Tx, s sessionRow) error {
 type ticketRow struct {
 	ID, Session, Role, Helper, HelperKey, HelperSerial string
 	ExpiresAt                                          time.Time
+	// Console: the web console's ticket, whose helper end is this site's MP (DialSession).
+	Console bool
 }
 
 func insertTicket(tx *sitedb.Tx, t ticketRow, now time.Time) error {
-	_, err := tx.Exec(`INSERT INTO session_tickets (id, session_id, role, helper, helper_key, helper_serial, expires_at, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, t.ID, t.Session, t.Role, t.Helper, t.HelperKey, t.HelperSerial, t.ExpiresAt.Unix(), now.Unix())
+	_, err := tx.Exec(`INSERT INTO session_tickets (id, session_id, role, helper, helper_key, helper_serial, expires_at, created_at, console)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, t.ID, t.Session, t.Role, t.Helper, t.HelperKey, t.HelperSerial, t.ExpiresAt.Unix(), now.Unix(), boolInt(t.Console))
 	if err != nil {
 		return fmt.Errorf("recording the ticket of session %s: %w", t.Session, err)
 	}
@@ -179,15 +181,16 @@ func insertTicket(tx *sitedb.Tx, t ticketRow, now time.Time) error {
 func (m *MP) ticket(ctx context.Context, id string) (*ticketRow, error) {
 	var t ticketRow
 	var exp int64
-	err := m.db.QueryRow(ctx, `SELECT id, session_id, role, helper, helper_key, helper_serial, expires_at FROM session_tickets WHERE id = ?`, id).
-		Scan(&t.ID, &t.Session, &t.Role, &t.Helper, &t.HelperKey, &t.HelperSerial, &exp)
+	var console int
+	err := m.db.QueryRow(ctx, `SELECT id, session_id, role, helper, helper_key, helper_serial, expires_at, console FROM session_tickets WHERE id = ?`, id).
+		Scan(&t.ID, &t.Session, &t.Role, &t.Helper, &t.HelperKey, &t.HelperSerial, &exp, &console)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading ticket: %w", err)
 	}
-	t.ExpiresAt = time.Unix(exp, 0)
+	t.ExpiresAt, t.Console = time.Unix(exp, 0), console != 0
 	return &t, nil
 }
 

@@ -35,7 +35,8 @@ keeps the notification channel open, delivers spooled status messages and renews
 certificate at two thirds of its life. It serves remote-control sessions: tickets from the
 notification channel, consent through the share socket (--share-socket, any local user may
 connect; see share and consent), the relay through the MP and, on the intranet, the session
-port. It carries out the deployments of its policy (see deployments): the DPs of its
+port (--console-sessions=false refuses the sessions of the web console, which end at the
+MP). It carries out the deployments of its policy (see deployments): the DPs of its
 location, signed manifests, a download cache bounded by --cache-size, install commands run
 as root outside the agent's sandbox (through systemd-run when session shells are). Logs go to stderr: JSON, or zerolog's console format
 when stderr is a terminal (--log-format json keeps JSON there too).
@@ -54,6 +55,8 @@ EXAMPLES:
 			&cli.StringFlag{Name: "cache-size", Value: "4GiB", Sources: cli.EnvVars("IBCM_CLIENT_CACHE_SIZE"),
 				Usage: "bound the deployments' blob cache to `SIZE` (bytes, or with KiB, MiB, GiB, TiB); least recently used blobs go first"},
 			stallTimeoutFlag(),
+			&cli.BoolFlag{Name: "console-sessions", Value: true, Sources: cli.EnvVars("IBCM_CLIENT_CONSOLE_SESSIONS"),
+				Usage: "take remote sessions started from the web console (they end at the MP, not end to end with the helper); false refuses them (console_forbidden) whatever the site's policy says"},
 		},
 		Action: func(ctx context.Context, c *cli.Command) error {
 			shells := c.String("session-shells")
@@ -74,7 +77,7 @@ EXAMPLES:
 			}
 			a, err := agent.New(agent.Options{Dir: c.String("dir"), ResolvConf: c.String("resolv-conf"), Log: logger(c),
 				ShareSocket: c.String("share-socket"), Shells: shells, DirectAddrs: direct,
-				CacheSize: cacheSize, StallTimeout: c.Duration("stall-timeout")})
+				CacheSize: cacheSize, StallTimeout: c.Duration("stall-timeout"), NoConsoleSessions: !c.Bool("console-sessions")})
 			if err != nil {
 				return err
 			}

@@ -252,10 +252,10 @@ EXAMPLES:
 				return sessionsCSV(w, ss)
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tDEVICE\tHELPER\tSHARER\tMODE\tSTATE\tTRANSPORT\tE2E\tREQUESTED\tSTARTED\tENDED")
+			fmt.Fprintln(tw, "ID\tDEVICE\tHELPER\tSHARER\tMODE\tSTATE\tTRANSPORT\tE2E\tCONSOLE\tREQUESTED\tSTARTED\tENDED")
 			for _, s := range ss {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, dash(orDefault(s.DeviceName, s.Device)), dash(s.Helper), dash(s.Sharer),
-					dash(s.Mode), sessionState(s), transportText(s), yesNo(s.E2E), s.RequestedAt.Format(time.RFC3339), timeOrDash(s.StartedAt), timeOrDash(s.EndedAt))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, dash(orDefault(s.DeviceName, s.Device)), dash(s.Helper), dash(s.Sharer),
+					dash(s.Mode), sessionState(s), transportText(s), yesNo(s.E2E), yesNo(s.Console), s.RequestedAt.Format(time.RFC3339), timeOrDash(s.StartedAt), timeOrDash(s.EndedAt))
 			}
 			return tw.Flush()
 		},
@@ -339,11 +339,11 @@ func timeOrEmpty(t *time.Time) string {
 func sessionsCSV(w io.Writer, ss []wire.Session) error {
 	cw := csv.NewWriter(w)
 	_ = cw.Write([]string{"id", "device", "device_name", "helper", "sharer", "sharer_name", "mode", "state", "outcome", "error", "transport", "e2e",
-		"requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device", "mp", "reason", "direct_error"})
+		"requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device", "mp", "reason", "direct_error", "console"})
 	for _, s := range ss {
 		_ = cw.Write([]string{s.ID, s.Device, s.DeviceName, s.Helper, s.Sharer, s.SharerName, s.Mode, s.State, s.Outcome, s.Error, s.Transport,
 			strconv.FormatBool(s.E2E), s.RequestedAt.UTC().Format(time.RFC3339), timeOrEmpty(s.StartedAt), timeOrEmpty(s.EndedAt),
-			strconv.FormatInt(s.BytesIn, 10), strconv.FormatInt(s.BytesOut, 10), s.MP, s.Reason, s.DirectError})
+			strconv.FormatInt(s.BytesIn, 10), strconv.FormatInt(s.BytesOut, 10), s.MP, s.Reason, s.DirectError, strconv.FormatBool(s.Console)})
 	}
 	cw.Flush()
 	return cw.Error()
@@ -370,8 +370,12 @@ func printSession(w io.Writer, s wire.Session) error {
 	}
 	fmt.Fprintf(tw, "mode\t%s\nmodes\t%s\n", dash(s.Mode), dash(strings.Join(modes, ", ")))
 	transport := transportText(s)
+	e2eText := yesNo(s.E2E)
+	if s.Console {
+		e2eText += " (web console: the session ends at the management point)"
+	}
 	fmt.Fprintf(tw, "location\t%s\ntransport\t%s\nend to end\t%s\nmanagement point\t%s\nviewers\t%s\n",
-		dash(s.Location), transport, yesNo(s.E2E), dash(s.MP), dash(strings.Join(s.Viewers, ", ")))
+		dash(s.Location), transport, e2eText, dash(s.MP), dash(strings.Join(s.Viewers, ", ")))
 	fmt.Fprintf(tw, "requested\t%s\nstarted\t%s\nended\t%s\n", s.RequestedAt.Format(time.RFC3339), timeOrDash(s.StartedAt), timeOrDash(s.EndedAt))
 	fmt.Fprintf(tw, "bytes to device\t%d\nbytes from device\t%d\nrecorded\t%s\n", s.BytesIn, s.BytesOut, yesNo(s.Recorded))
 	return tw.Flush()

@@ -284,7 +284,7 @@ func TestRemoteSessionsOutput(t *testing.T) {
 		t.Fatalf("csv:\n%s", stdout)
 	}
 	want := []string{"0123456789abcdef0123456789abcdef", "dev-1", "kiosk-1", "alice", "bob", "Bob, \"the\" user", "control", "ended", "completed", "", "relay", "true",
-		"2026-12-07T09:00:00Z", "2026-12-07T09:00:05Z", "2026-12-07T09:10:00Z", "120", "4096", "mp1", "", "timeout"}
+		"2026-12-07T09:00:00Z", "2026-12-07T09:00:05Z", "2026-12-07T09:10:00Z", "120", "4096", "mp1", "", "timeout", "false"}
 	if strings.Join(rows[1], "|") != strings.Join(want, "|") {
 		t.Errorf("row 1:\n%q\nwant\n%q", rows[1], want)
 	}

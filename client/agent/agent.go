@@ -51,6 +51,9 @@ type Options struct {
 	// ones its session port listens on (at most 16); empty: every address of the machine's
 	// interfaces but loopback and link-local ones.
 	DirectAddrs []net.IP
+	// NoConsoleSessions refuses the remote sessions of the web console (they end at the MP,
+	// not end to end with the helper): the device's own setting, not the site's policy.
+	NoConsoleSessions bool
 	// CacheSize bounds the deployments' blob cache (client/deploy.DefaultCacheSize when
 	// zero); StallTimeout abandons a DP that sends nothing for so long (30s when zero).
 	CacheSize    int64

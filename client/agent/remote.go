@@ -79,6 +79,7 @@ func (a *Agent) newRemote() (*remoteState, error) {
 		}
 	}
 	h, err := device.New(device.Config{
+		ForbidConsole: a.o.NoConsoleSessions,
 		Identity: func() (string, string) {
 			a.mu.Lock()
 			dev, site := a.id.DeviceID, ""

@@ -123,8 +123,11 @@ type Session struct {
 	// DirectError says why the direct connection lost when the helper had the device's
 	// session port and the session went over the relay: DirectClosed, DirectTimeout or
 	// DirectFailed ("" otherwise).
-	DirectError string     `json:"direct_error,omitempty"`
-	E2E         bool       `json:"e2e"`
+	DirectError string `json:"direct_error,omitempty"`
+	E2E         bool   `json:"e2e"`
+	// Console: started from the web console; the session ended at the MP, which held the
+	// end-to-end TLS for the helper (so E2E is false).
+	Console     bool       `json:"console"`
 	MP          string     `json:"mp"` // the MP that brokered it
 	Viewers     []string   `json:"viewers,omitempty"`
 	RequestedAt time.Time  `json:"requested_at"`

@@ -227,6 +227,9 @@ func peerText(p frame.Peer) string {
 			who += ", " + x
 		}
 	}
+	if p.Console {
+		who += ", via the web console"
+	}
 	return who
 }
 

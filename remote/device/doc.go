@@ -9,8 +9,11 @@
 // kind screen, to a display: x11vnc started for the session (as the sharer on the display
 // their `ibcm-client share --screen` offers, or on a fresh Xvfb when unattended) on a
 // private Unix socket, its RFB carried in Data frames, the helper's through the
-// remote/rfb filter of the mode in force (screen.go). It enforces the
-// device's remote-control policy again, reports every step to the MP, keeps a local
+// remote/rfb filter of the mode in force (screen.go). A ticket of the web console
+// (ticket.Console) takes the MP that signed it as the helper's end of the end-to-end TLS,
+// and the sharer's prompt says so; Config.ForbidConsole, the device's own setting
+// (`ibcm-client run --console-sessions=false`), refuses such tickets (console_forbidden).
+// It enforces the device's remote-control policy again, reports every step to the MP, keeps a local
 // session log and seals recordings to the site's audit key (remote/recording).
 //
 // Host is the agent's side, with its relay dialer, reporter and uploader injected so that

@@ -41,6 +41,7 @@ const (
 	CodeSessionDuplicate = "session_duplicate"  // a second helper ticket for a session already here
 	CodeSharerBusy       = "sharer_busy"        // the sharer's shared terminal is in another session
 	CodeNoAuditKey       = "recording_no_key"   // policy records sessions but carries no audit key
+	CodeConsoleForbidden = "console_forbidden"  // a web-console session, which this device's local setting forbids
 )
 
 // Policy is what the host enforces: the device's remote-control settings and the site's
@@ -54,6 +55,10 @@ type Policy struct {
 type Config struct {
 	DeviceID string
 	SiteCode string
+	// ForbidConsole refuses the sessions of the web console (tickets with Console: they end
+	// at the MP, not end to end with the helper): a setting of the device itself
+	// (`ibcm-client run --console-sessions=false`), which the site's policy cannot change.
+	ForbidConsole bool
 	// Identity, when set, gives the device id and site code at each ticket instead (they
 	// change with a new enrollment).
 	Identity func() (deviceID, siteCode string)
@@ -153,6 +158,14 @@ func (h *Host) Run(ctx context.Context) {
 	}
 }
 
+// identity is the device id and site code now.
+func (h *Host) identity() (deviceID, siteCode string) {
+	if h.c.Identity != nil {
+		return h.c.Identity()
+	}
+	return h.c.DeviceID, h.c.SiteCode
+}
+
 func (h *Host) policy() Policy {
 	if h.c.Policy == nil {
 		return Policy{}
@@ -173,10 +186,7 @@ func (h *Host) Request(ctx context.Context, signed string) error {
 	if h.c.RefreshCRL != nil {
 		h.c.RefreshCRL(ctx)
 	}
-	dev, site := h.c.DeviceID, h.c.SiteCode
-	if h.c.Identity != nil {
-		dev, site = h.c.Identity()
-	}
+	dev, site := h.identity()
 	t, err := s.Verify(ticket.VerifyOptions{Roots: h.c.Roots(), SiteCode: site, Device: dev, Now: now, Revoked: h.c.Revoked})
 	if err != nil {
 		h.refuse(ctx, &s.Ticket, ticket.Code(err), fmt.Errorf("%w (signer %s)", err, signerName(s)))
@@ -184,6 +194,11 @@ func (h *Host) Request(ctx context.Context, signed string) error {
 	}
 	if err := h.seen.use(t, now); err != nil {
 		h.refuse(ctx, t, ticket.Code(err), fmt.Errorf("%w (signer %s)", err, signerName(s)))
+		return err
+	}
+	if t.Console && h.c.ForbidConsole {
+		err := errors.New("this device's own setting forbids web-console sessions (ibcm-client run --console-sessions=false)")
+		h.refuse(ctx, t, CodeConsoleForbidden, err)
 		return err
 	}
 	p := h.policy()

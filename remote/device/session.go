@@ -159,7 +159,7 @@ func (s *session) consentTimeout() time.Duration {
 
 func (s *session) peer(mode string) frame.Peer {
 	c := s.t.Card
-	return frame.Peer{User: s.t.Helper, DisplayName: c.DisplayName, Title: c.Title, Organization: c.Organization, Role: s.t.Role, Mode: mode}
+	return frame.Peer{User: s.t.Helper, DisplayName: c.DisplayName, Title: c.Title, Organization: c.Organization, Role: s.t.Role, Mode: mode, Console: s.t.Console}
 }
 
 // run is the life of the session: consent, transports, end to end, frames, the end.
@@ -223,8 +223,12 @@ func (s *session) consent() (outcome, code string, err error) {
 	deadline, cancel := context.WithTimeout(s.ctx, timeout)
 	defer cancel()
 	if uid < 0 {
-		s.h.c.Notice(frame.Printable(fmt.Sprintf("ibcm: %s (%s) asks for a remote %s session on this device. Run `ibcm-client share` (or `ibcm-client consent --watch`) within %s to answer.",
-			orDash(s.t.Card.DisplayName), s.t.Helper, s.t.Mode, timeout.Round(time.Second))))
+		via := ""
+		if s.t.Console {
+			via = " via the web console"
+		}
+		s.h.c.Notice(frame.Printable(fmt.Sprintf("ibcm: %s (%s) asks%s for a remote %s session on this device. Run `ibcm-client share` (or `ibcm-client consent --watch`) within %s to answer.",
+			orDash(s.t.Card.DisplayName), s.t.Helper, via, s.t.Mode, timeout.Round(time.Second))))
 		s.report(wire.SessionReport{Event: wire.ReportConsentAsked, Mode: s.t.Mode, Message: "nobody present: logged-in terminals told"})
 		uid = s.h.hub.waitPresent(deadline)
 		if uid < 0 {
@@ -296,7 +300,9 @@ func (s *session) connect(t *ticket.Ticket) (*tls.Conn, string, error) {
 	if s.h.c.RefreshCRL != nil {
 		s.h.c.RefreshCRL(ctx)
 	}
-	cfg := e2e.DeviceConfig(s.h.c.Cert(), e2e.HelperExpect{Roots: s.h.c.Roots(), User: t.Helper, KeyHash: t.HelperKey, Now: s.h.c.Now, Revoked: s.h.c.Revoked})
+	_, site := s.h.identity()
+	cfg := e2e.DeviceConfig(s.h.c.Cert(), e2e.HelperExpect{Roots: s.h.c.Roots(), User: t.Helper, KeyHash: t.HelperKey, Now: s.h.c.Now, Revoked: s.h.c.Revoked,
+		Console: t.Console, MP: t.MP, Site: site})
 	results := make(chan legResult, 8)
 	legs := 0
 	var lns []net.Listener

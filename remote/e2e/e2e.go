@@ -2,7 +2,10 @@
 // client with its user certificate, the device the TLS server with its device certificate,
 // and each checks the other against the site's roots and the ticket, over whatever carries
 // the bytes (the MP's relay, or the device's session port on the intranet). A relay sees
-// only ciphertext. It also holds the CRL both ends check the other against. It imports only
+// only ciphertext. For a session of the web console (ticket.Console) the helper's end is the
+// MP that signed the ticket, with its site-server certificate (ConsoleConfig, and
+// HelperExpect.Console on the device's side): such a session is not end to end to the
+// person helping. It also holds the CRL both ends check the other against. It imports only
 // the standard library, internal/wire and internal/atomicfile.
 package e2e
 
@@ -33,12 +36,46 @@ var ErrPeer = errors.New("end-to-end peer refused")
 
 // HelperExpect is what the device requires of the helper's certificate: the ticket's user
 // and key, chained to the site's roots, clientAuth, valid now, not revoked.
+//
+// For a console ticket (Console: the helper works in the web console, whose session ends at
+// the MP) the helper's end is the MP that signed the ticket instead: a site-server
+// certificate of role mp of Site whose common name is MP (ticket.MP) and whose key is
+// KeyHash; a user certificate is then refused. Without Console a site-server certificate is
+// refused, whatever it names.
 type HelperExpect struct {
 	Roots   *x509.CertPool
 	User    string // ticket.Helper
 	KeyHash string // ticket.HelperKey
 	Now     func() time.Time
 	Revoked func(*x509.Certificate) bool // the agent's verified CRL; nil checks nothing
+
+	Console bool   // ticket.Console
+	MP      string // ticket.MP: the console's MP, by its certificate's common name
+	Site    string // this device's site code: the console's MP must be of it
+}
+
+// check is the device's check of the helper's verified leaf.
+func (e HelperExpect) check(leaf *x509.Certificate) error {
+	id := wire.Identify(leaf)
+	if e.Console {
+		if id.Kind != wire.KindServer || id.ID != "mp" || e.Site == "" || id.Site != e.Site {
+			return fmt.Errorf("%w: a console session's helper end must be a management point of site %q; got %s %q of site %q", ErrPeer, e.Site, id.Kind, id.ID, id.Site)
+		}
+		if e.MP == "" || leaf.Subject.CommonName != e.MP {
+			return fmt.Errorf("%w: the console session's management point is %q, the certificate names %q", ErrPeer, e.MP, leaf.Subject.CommonName)
+		}
+		if got := wire.PublicKeyHash(leaf); got != e.KeyHash {
+			return fmt.Errorf("%w: management point %q presented another key than the one its ticket names", ErrPeer, e.MP)
+		}
+		return nil
+	}
+	if id.Kind != wire.KindUser || id.ID != e.User {
+		return fmt.Errorf("%w: the certificate names %s %q, the ticket user %q", ErrPeer, id.Kind, id.ID, e.User)
+	}
+	if got := wire.PublicKeyHash(leaf); got != e.KeyHash {
+		return fmt.Errorf("%w: user %q presented another key than the one the session was started with", ErrPeer, e.User)
+	}
+	return nil
 }
 
 // DeviceConfig is the device's side: TLS 1.3 server with the device certificate, a client
@@ -54,12 +91,8 @@ func DeviceConfig(cert tls.Certificate, e HelperExpect) *tls.Config {
 			if err != nil {
 				return err
 			}
-			id := wire.Identify(leaf)
-			if id.Kind != wire.KindUser || id.ID != e.User {
-				return fmt.Errorf("%w: the certificate names %s %q, the ticket user %q", ErrPeer, id.Kind, id.ID, e.User)
-			}
-			if got := wire.PublicKeyHash(leaf); got != e.KeyHash {
-				return fmt.Errorf("%w: user %q presented another key than the one the session was started with", ErrPeer, e.User)
+			if err := e.check(leaf); err != nil {
+				return err
 			}
 			if cs.NegotiatedProtocol != ALPN {
 				return fmt.Errorf("%w: protocol %q, want %q", ErrPeer, cs.NegotiatedProtocol, ALPN)
@@ -106,6 +139,13 @@ func HelperConfig(cert tls.Certificate, roots *x509.CertPool, device string, clo
 			return nil
 		},
 	}
+}
+
+// ConsoleConfig is the helper's side when the helper is the MP itself, for the web console
+// (a ticket with Console): HelperConfig with the MP's site-server certificate (which
+// carries clientAuth too) as the client certificate.
+func ConsoleConfig(mpCert tls.Certificate, roots *x509.CertPool, device string, clock func() time.Time, crl *x509.RevocationList) *tls.Config {
+	return HelperConfig(mpCert, roots, device, clock, crl)
 }
 
 // verifyGuest is the helper's check of a guest: a guest certificate of session, chained

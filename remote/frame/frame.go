@@ -236,6 +236,9 @@ type Peer struct {
 	Organization string `json:"organization,omitempty"`
 	Role         string `json:"role"` // helper or viewer
 	Mode         string `json:"mode,omitempty"`
+	// Console: the helper works in the web console (the session ends at the MP, which
+	// holds the end-to-end TLS for them).
+	Console bool `json:"console,omitempty"`
 }
 
 // ConsentPrompt asks the local user to consent (share socket). ID names the question.

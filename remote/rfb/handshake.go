@@ -172,6 +172,19 @@ func Accept(rw io.ReadWriter, password string, init func() (ServerInit, error), 
 	if rnd == nil {
 		rnd = rand.Reader
 	}
+	return accept(rw, SecVNCAuth, password, init, rnd)
+}
+
+// AcceptNone is Accept with security type None: for a viewer the caller authenticated
+// otherwise (the web console's noVNC, behind the console's cookie, Origin and CSRF checks).
+// It must not be offered on a port anyone else can reach.
+func AcceptNone(rw io.ReadWriter, init func() (ServerInit, error)) (shared bool, err error) {
+	return accept(rw, SecNone, "", init, nil)
+}
+
+// accept is the server's handshake offering the one security type sec (SecVNCAuth or
+// SecNone).
+func accept(rw io.ReadWriter, sec byte, password string, init func() (ServerInit, error), rnd io.Reader) (shared bool, err error) {
 	if _, err := io.WriteString(rw, version38); err != nil {
 		return false, err
 	}
@@ -188,15 +201,24 @@ func Accept(rw io.ReadWriter, password string, init func() (ServerInit, error), 
 	default:
 		return false, fmt.Errorf("%w: viewer version %q, want RFB 3.7 or 3.8", ErrHandshake, v[:])
 	}
-	if _, err := rw.Write([]byte{1, SecVNCAuth}); err != nil {
+	if _, err := rw.Write([]byte{1, sec}); err != nil {
 		return false, err
 	}
 	var t [1]byte
 	if err := readFull(rw, t[:]); err != nil {
 		return false, fmt.Errorf("reading the viewer's security type: %w", err)
 	}
-	if t[0] != SecVNCAuth {
+	if t[0] != sec {
 		return false, fmt.Errorf("%w: viewer chose security type %d", ErrHandshake, t[0])
+	}
+	if sec == SecNone {
+		// RFB 3.8 sends a SecurityResult for None too; 3.7 goes straight to ClientInit.
+		if minor == 8 {
+			if _, err := rw.Write([]byte{0, 0, 0, 0}); err != nil {
+				return false, err
+			}
+		}
+		return clientInit(rw, init)
 	}
 	var c, resp [ChallengeSize]byte
 	if _, err := io.ReadFull(rnd, c[:]); err != nil {
@@ -221,6 +243,11 @@ func Accept(rw io.ReadWriter, password string, init func() (ServerInit, error), 
 	if _, err := rw.Write([]byte{0, 0, 0, 0}); err != nil {
 		return false, err
 	}
+	return clientInit(rw, init)
+}
+
+// clientInit reads the viewer's ClientInit and answers with init's ServerInit.
+func clientInit(rw io.ReadWriter, init func() (ServerInit, error)) (shared bool, err error) {
 	var ci [1]byte
 	if err := readFull(rw, ci[:]); err != nil {
 		return false, fmt.Errorf("reading ClientInit: %w", err)

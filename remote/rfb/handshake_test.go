@@ -132,3 +132,43 @@ func FuzzAccept(f *testing.F) {
 		}
 	})
 }
+
+// AcceptNone offers security None only: Dial (which takes None when offered) gets the
+// ServerInit; a viewer choosing VNC Authentication is refused before it; 3.7 gets no
+// SecurityResult.
+func TestAcceptNone(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := AcceptNone(a, func() (ServerInit, error) { return testInit, nil })
+		done <- err
+	}()
+	si, err := Dial(b, "")
+	if err != nil || !bytes.Equal(si, testInit) {
+		t.Fatalf("dial: %v %v", si, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, in string
+		ok       bool
+		out      string
+	}{
+		{"vnc auth chosen", "RFB 003.008\n\x02", false, "RFB 003.008\n\x01\x01"},
+		{"3.7", "RFB 003.007\n\x01\x01", true, "RFB 003.008\n\x01\x01" + string(testInit)},
+		{"3.8", "RFB 003.008\n\x01\x00", true, "RFB 003.008\n\x01\x01\x00\x00\x00\x00" + string(testInit)},
+		{"cut", "RFB 003.008\n", false, "RFB 003.008\n\x01\x01"},
+	} {
+		var out bytes.Buffer
+		_, err := AcceptNone(struct {
+			io.Reader
+			io.Writer
+		}{strings.NewReader(tc.in), &out}, func() (ServerInit, error) { return testInit, nil })
+		if (err == nil) != tc.ok || out.String() != tc.out {
+			t.Errorf("%s: %v, sent %q", tc.name, err, out.String())
+		}
+	}
+}

@@ -89,7 +89,12 @@ type Ticket struct {
 	Reason string `json:"reason,omitempty"`
 	// Direct: the helper is on the intranet and policy allows direct connections, so the
 	// agent may open its session port (when it is on the intranet too).
-	Direct    bool      `json:"direct,omitempty"`
+	Direct bool `json:"direct,omitempty"`
+	// Console: the helper works in the web console, so the helper's end of the end-to-end
+	// TLS is the MP itself (HelperKey is the key hash of the MP's site-server certificate,
+	// MP its id): the session ends at the MP and is not end-to-end to the helper. Always
+	// over the relay (Direct false). The agent may refuse these (its local setting).
+	Console   bool      `json:"console,omitempty"`
 	MP        string    `json:"mp"` // id of the MP that signed (and relays)
 	IssuedAt  time.Time `json:"issued_at"`
 	ExpiresAt time.Time `json:"expires_at"`
@@ -151,6 +156,12 @@ func (t *Ticket) Check() error {
 	}
 	if len(t.Reason) > 512 || len(t.Card.DisplayName) > 256 || len(t.Card.Title) > 256 || len(t.Card.Organization) > 256 {
 		return fmt.Errorf("%w: text too long", ErrMalformed)
+	}
+	if t.Console && t.Direct {
+		return fmt.Errorf("%w: a console ticket goes over the relay, never direct", ErrMalformed)
+	}
+	if t.Console && t.MP == "" {
+		return fmt.Errorf("%w: a console ticket names its MP", ErrMalformed)
 	}
 	if t.ExpiresAt.Before(t.IssuedAt) || t.ExpiresAt.Sub(t.IssuedAt) > MaxLifetime {
 		return fmt.Errorf("%w: lifetime must be at most %s", ErrMalformed, MaxLifetime)

@@ -148,6 +148,20 @@ func TestParseRefuses(t *testing.T) {
 	if err := bad.Check(); !errors.Is(err, ErrMalformed) {
 		t.Errorf("a mode outside the allowed modes: %v", err)
 	}
+	bad = sample(time.Now())
+	bad.Console, bad.Direct = true, true
+	if err := bad.Check(); !errors.Is(err, ErrMalformed) {
+		t.Errorf("a direct console ticket: %v", err)
+	}
+	bad.Direct, bad.MP = false, ""
+	if err := bad.Check(); !errors.Is(err, ErrMalformed) {
+		t.Errorf("a console ticket naming no MP: %v", err)
+	}
+	good := sample(time.Now())
+	good.Console = true
+	if err := good.Check(); err != nil {
+		t.Errorf("a console ticket over the relay: %v", err)
+	}
 }
 
 func FuzzParse(f *testing.F) {
