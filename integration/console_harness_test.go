@@ -12,7 +12,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
@@ -332,11 +335,43 @@ func (b *browser) clear(sel string) {
 		chromedp.KeyEvent(strings.Repeat(kb.End, 1)+strings.Repeat(kb.Backspace, len([]rune(v)))))
 }
 
-// keys types text (a "\r" is Enter) into whatever has the focus: xterm.js takes its keys
-// in a hidden textarea it focuses when clicked.
+// keys types text (a "\r" is Enter) into whatever has the focus, the way Puppeteer does:
+// per key one keyDown carrying the key's text, then its keyUp. (chromedp.KeyEvent's
+// keyDown-char-keyUp reaches xterm.js, which focuses a hidden textarea when clicked, as
+// two keys.)
 func (b *browser) keys(text string) {
 	b.t.Helper()
-	b.do("type "+jsString(text), chromedp.KeyEvent(text))
+	b.do("type "+jsString(text), chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		for _, r := range text {
+			for _, k := range kb.Encode(r) {
+				switch k.Type {
+				case kb.KeyChar:
+					continue
+				case kb.KeyDown:
+					if ch := charOf(r); ch != "" {
+						k.Text, k.UnmodifiedText = ch, ch
+					} else {
+						k.Type = kb.KeyRawDown
+					}
+				}
+				if _, err := cdp.Call(ctx, t, input.DispatchKeyEvent, *k); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}))
+}
+
+// charOf is the text a key types: the rune if it prints, "\r" for Enter.
+func charOf(r rune) string {
+	if r == '\r' || r == '\n' {
+		return "\r"
+	}
+	if unicode.IsPrint(r) {
+		return string(r)
+	}
+	return ""
 }
 
 // count is how many elements match the CSS selector now.
