@@ -81,7 +81,7 @@ document.getElementById("screen").appendChild(c);
 	b.until("the input cleared", `document.getElementById("echo").textContent === "echo:"`)
 	b.click("#in")
 	b.keys("k\r")
-	b.waitText("#echo", "echo:k")
+	b.until("one k typed", `document.getElementById("echo").textContent === "echo:k"`)
 	if n := b.canvasInk("#screen"); n != 32*32 {
 		t.Errorf("%d inked pixels on the canvas, want %d", n, 32*32)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -26,13 +27,25 @@ var consoleLinkRE = regexp.MustCompile(`https://\S+/login/[A-Za-z0-9_-]+`)
 // buttons, and the API answers their start with 403. With IBCM_SCREENSHOTS=DIR set, the
 // main pages are saved there as PNGs (the README's pictures, docs/console/).
 func TestConsoleBrowser(t *testing.T) {
-	for _, tool := range []string{"Xvfb", "x11vnc", "xsetroot"} {
+	for _, tool := range []string{"Xvfb", "x11vnc", "xsetroot", "xterm", "xdotool"} {
 		needTool(t, tool)
 	}
 	display := startXvfb(t)
-	// A solid colour the canvas must show (x11vnc draws its pointer on it).
+	// A solid colour the canvas must show (x11vnc draws its pointer on it), and a small
+	// xterm on it (for the picture).
 	if out, err := exec.Command("xsetroot", "-display", display, "-solid", "#20c040").CombinedOutput(); err != nil {
 		t.Fatalf("xsetroot: %v %s", err, out)
+	}
+	xt := exec.Command("xterm", "-display", display, "-geometry", "58x6+24+24", "-title", "pc-con1",
+		"-e", "sh", "-c", `echo "pc-con1: this display, seen in the ibcm web console"; sleep 600`)
+	if err := xt.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = xt.Process.Kill(); _ = xt.Wait() })
+	xdo := exec.Command("xdotool", "search", "--sync", "--onlyvisible", "--name", "pc-con1")
+	xdo.Env = append(os.Environ(), "DISPLAY="+display)
+	if out, err := xdo.CombinedOutput(); err != nil {
+		t.Fatalf("xdotool search: %v %s", err, out)
 	}
 
 	s := startSite(t, "sqlite")
@@ -101,6 +114,14 @@ func TestConsoleBrowser(t *testing.T) {
 	b.keys("echo console-$((40+2))\r")
 	b.waitText("#terminal .xterm-rows", "console-42")
 	tm.waitFor("sharer", "console-42", 10*time.Second)
+	// Chat both ways.
+	b.typeInto("#chat-input", "hello from the console, Grüße")
+	b.click("#chat-send")
+	tm.waitFor("sharer", "hello from the console, Grüße", 10*time.Second)
+	tm.keys("sharer", "C-]", "c")
+	tm.text("sharer", "thanks مرحبا")
+	tm.keys("sharer", "Enter")
+	b.waitText("#chat-log", "thanks مرحبا")
 	b.screenshot("terminal")
 	b.click("#end-session")
 	b.waitText("#session-state", "ended")
@@ -131,8 +152,13 @@ func TestConsoleBrowser(t *testing.T) {
 	b.open(origin + "/sessions")
 	b.wait(fmt.Sprintf(`table#sessions tr[data-session-id=%q]`, termSession))
 	b.wait(fmt.Sprintf(`table#sessions tr[data-session-id=%q]`, screenSession))
-	b.wait("#sessions-active-count")
+	b.waitText("#sessions-active-count", "0")
 	b.screenshot("sessions")
+	// The Remote Help report as CSV, as the page's link fetches it.
+	csv := evalJS[string](b, `fetch(document.getElementById("sessions-csv").href).then(r => r.ok ? r.text() : "HTTP " + r.status)`)
+	if !strings.HasPrefix(csv, "id,device,device_name,helper,") || !strings.Contains(csv, termSession+","+id+",pc-con1,helen,") {
+		t.Errorf("the sessions CSV:\n%s", csv)
+	}
 
 	// 5. The one-time URL does not work twice (in a browser of its own: no cookie).
 	other := b.private()
