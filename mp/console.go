@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/csv"
 	"fmt"
+	"math/big"
 	"net/http"
 	"net/url"
 	"slices"
@@ -28,8 +29,9 @@ import (
 // ConsoleLinks makes and revokes web-console logins; *console.Console implements it
 // (site/run.go passes it as Options.ConsoleLinks).
 type ConsoleLinks interface {
-	// CreateLink makes a one-time login URL for user, valid until expires.
-	CreateLink(ctx context.Context, user string) (url string, expires time.Time, err error)
+	// CreateLink makes a one-time login URL for user, asked with the certificate of serial
+	// (decimal), valid until expires; revoking that certificate ends what it made.
+	CreateLink(ctx context.Context, user, serial string) (url string, expires time.Time, err error)
 	// RevokeUser ends the user's console sessions and returns how many.
 	RevokeUser(ctx context.Context, user string) (int, error)
 }
@@ -136,7 +138,11 @@ func (m *MP) handleConsoleLink(w http.ResponseWriter, r *http.Request, name stri
 	if err != nil {
 		return err
 	}
-	u, exp, err := links.CreateLink(r.Context(), name)
+	p := peerOf(r)
+	if p.leaf == nil { // not on the console's allowlist; a login is made with a certificate only
+		return api.Errorf(http.StatusForbidden, "certificate_required", "a console login is made with a user certificate")
+	}
+	u, exp, err := links.CreateLink(r.Context(), name, p.leaf.SerialNumber.String())
 	if err != nil {
 		return err
 	}
@@ -305,4 +311,12 @@ func writeSessionList(w http.ResponseWriter, format string, ss []wire.Session) e
 	}
 	cw.Flush()
 	return nil
+}
+
+// CertificateRevoked says whether the certificate of serial (decimal) is in the site's
+// revoked set as this MP knows it (the web console's logins end with the certificate that
+// made them). A serial that does not parse counts as revoked.
+func (m *MP) CertificateRevoked(serial string) bool {
+	n, ok := new(big.Int).SetString(serial, 10)
+	return !ok || n.Sign() <= 0 || m.isRevoked(n)
 }
