@@ -176,6 +176,25 @@ func TestScreenViewerJoins(t *testing.T) {
 	}
 	e.rep.mu.Unlock()
 
+	// A viewer whose VNC client sends a message the filter does not allow: its leg ends
+	// (failed), the session goes on.
+	vt3 := viewerTicket(e, bob, ss.tk.Session, ticket.KindScreen)
+	vs3 := openScreen(t, e, bob, vt3)
+	<-prompts
+	waitTicket(t, e, wire.ReportStarted, vt3.ID)
+	v3 := dialViewer(t, vs3)
+	v3.frame()
+	v3.send([]byte{250, 0, 1, 2}) // xvp
+	if r := waitTicket(t, e, wire.ReportEnded, vt3.ID); r.Outcome != wire.OutcomeFailed || !strings.Contains(r.Message, "xvp") {
+		t.Errorf("the forbidden viewer's end %+v", r)
+	}
+	if !strings.Contains(e.auditText(), "the viewer bob ended") {
+		t.Errorf("no audit of the forbidden message: %s", e.auditText())
+	}
+	if fb := main.frame(); len(fb) != testW*testH*4 {
+		t.Fatal("no frame for the main helper after a viewer's forbidden message")
+	}
+
 	// Another viewer joins; the session ends: so does the viewer's leg.
 	vt2 := viewerTicket(e, bob, ss.tk.Session, ticket.KindScreen)
 	vs2 := openScreen(t, e, bob, vt2)
