@@ -8,7 +8,8 @@ import "time"
 //	GET  /v1/admin/sessions                 ?active=1&device=&helper=&since=<RFC 3339> → []Session
 //	GET  /v1/admin/sessions/{id}            → Session
 //	POST /v1/admin/sessions/{id}/end        the helper of the session, or ManageDevices on its device
-//	POST /v1/admin/sessions/{id}/join       a second helper with ViewScreen on the device → SessionStart (role viewer)
+//	POST /v1/admin/sessions/{id}/join       a second helper with ViewScreen on the device → SessionStart (role viewer,
+//	                                        its ticket of the session's kind: a screen session's viewer sees the screen)
 //	GET  /v1/admin/sessions/{id}/recording  ReadAudit: the decrypted asciicast v2
 //	GET  /v1/admin/sessions/{id}/relay      ?ticket=<ticket id>[&direct=closed|timeout|failed]: the helper's leg (Upgrade: ibcm-relay);
 //	                                        direct says why the device's session port had not answered when the relay started
