@@ -260,7 +260,7 @@ func sessionListFormat(q url.Values) (string, error) {
 
 // sessionCSVHeader is the header row of the session list as CSV (the Remote Help report).
 var sessionCSVHeader = []string{"id", "device", "device_name", "helper", "helper_name", "sharer", "sharer_name", "state", "outcome", "error",
-	"mode", "modes", "transport", "e2e", "console", "location", "mp", "requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device"}
+	"kind", "mode", "modes", "transport", "e2e", "console", "location", "mp", "requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device"}
 
 // csvCell keeps a spreadsheet from reading a cell as a formula (CSV injection): a cell
 // starting with = + - @ (or a tab or carriage return), also after white space (an import
@@ -275,6 +275,14 @@ func csvCell(s string) string {
 		return "'" + s
 	}
 	return s
+}
+
+// sessionKind names a session's kind for people: terminal ("") or screen.
+func sessionKind(kind string) string {
+	if kind == "" {
+		return "terminal"
+	}
+	return kind
 }
 
 func writeSessionList(w http.ResponseWriter, format string, ss []wire.Session) error {
@@ -300,7 +308,7 @@ func writeSessionList(w http.ResponseWriter, format string, ss []wire.Session) e
 			modes[i] = md.Mode
 		}
 		row := []string{s.ID, s.Device, s.DeviceName, s.Helper, s.HelperName, s.Sharer, s.SharerName, s.State, s.Outcome, s.Error,
-			s.Mode, strings.Join(modes, " "), s.Transport, strconv.FormatBool(s.E2E), strconv.FormatBool(s.Console), s.Location, s.MP,
+			sessionKind(s.Kind), s.Mode, strings.Join(modes, " "), s.Transport, strconv.FormatBool(s.E2E), strconv.FormatBool(s.Console), s.Location, s.MP,
 			at(&s.RequestedAt), at(s.StartedAt), at(s.EndedAt), strconv.FormatInt(s.BytesIn, 10), strconv.FormatInt(s.BytesOut, 10)}
 		for i := range row {
 			row[i] = csvCell(row[i])

@@ -326,13 +326,13 @@ func TestSessionsCSV(t *testing.T) {
 	if status != 200 || h.Get("Content-Type") != "text/csv; charset=utf-8" || !strings.Contains(h.Get("Content-Disposition"), "sessions.csv") || len(recs) != 3 {
 		t.Fatalf("HTTP %d %v %v", status, h, recs)
 	}
-	if want := "id,device,device_name,helper,helper_name,sharer,sharer_name,state,outcome,error,mode,modes,transport,e2e,console,location,mp,requested_at,started_at,ended_at,bytes_to_device,bytes_from_device"; strings.Join(recs[0], ",") != want {
+	if want := "id,device,device_name,helper,helper_name,sharer,sharer_name,state,outcome,error,kind,mode,modes,transport,e2e,console,location,mp,requested_at,started_at,ended_at,bytes_to_device,bytes_from_device"; strings.Join(recs[0], ",") != want {
 		t.Errorf("header %v", recs[0])
 	}
 	row := recs[2] // newest first
 	col := func(name string) string { return row[slices.Index(recs[0], name)] }
 	for name, want := range map[string]string{"id": strings.Repeat("b", 32), "device_name": `'=HYPERLINK("http://x")`, "helper_name": "'+1 Help, Desk",
-		"error": "'-oops", "location": "'@internet", "modes": "view control", "e2e": "false", "console": "false", "requested_at": "2023-11-14T22:13:20Z",
+		"error": "'-oops", "kind": "terminal", "location": "'@internet", "modes": "view control", "e2e": "false", "console": "false", "requested_at": "2023-11-14T22:13:20Z",
 		"started_at": "", "bytes_to_device": "0"} {
 		if got := col(name); got != want {
 			t.Errorf("%s: %q, want %q", name, got, want)
