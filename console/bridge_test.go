@@ -119,6 +119,8 @@ func (b *bridgeBackend) ConsoleAPI(user string) http.Handler {
 	})
 }
 
+func (b *bridgeBackend) CertificateRevoked(string) bool { return false }
+
 func (b *bridgeBackend) DialSession(ctx context.Context, user, sessionID, ticketID string) (net.Conn, error) {
 	b.mu.Lock()
 	b.dials = append(b.dials, user+"/"+sessionID+"/"+ticketID)

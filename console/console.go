@@ -36,6 +36,9 @@ type Backend interface {
 	// being the helper's end of the end-to-end TLS (the ticket was issued to the console),
 	// and returns the established inner TLS connection.
 	DialSession(ctx context.Context, user, sessionID, ticketID string) (net.Conn, error)
+	// CertificateRevoked says whether the certificate of serial (decimal) is revoked: a
+	// console login lives no longer than the certificate that made it.
+	CertificateRevoked(serial string) bool
 }
 
 // Options configure the console.
@@ -120,10 +123,12 @@ func Origin(rawURL string) (string, error) {
 	return "https://" + host, nil
 }
 
-// CreateLink makes a one-time login URL for user, valid LinkLifetime (it implements the
-// MP's ConsoleLinks). An unknown or disabled user gets none.
-func (c *Console) CreateLink(ctx context.Context, user string) (string, time.Time, error) {
-	token, exp, err := c.createLink(ctx, user)
+// CreateLink makes a one-time login URL for user, asked with the certificate of serial
+// (decimal), valid LinkLifetime (it implements the MP's ConsoleLinks). An unknown or
+// disabled user gets none. The link, and the session it opens, end when that certificate
+// is revoked.
+func (c *Console) CreateLink(ctx context.Context, user, serial string) (string, time.Time, error) {
+	token, exp, err := c.createLink(ctx, user, serial)
 	if err != nil {
 		return "", time.Time{}, err
 	}

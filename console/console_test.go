@@ -46,8 +46,24 @@ func (c *clock) add(d time.Duration) {
 
 // fakeBackend records the admin calls the console passes on.
 type fakeBackend struct {
-	mu    sync.Mutex
-	calls []string // "user METHOD path?query"
+	mu      sync.Mutex
+	calls   []string        // "user METHOD path?query"
+	revoked map[string]bool // serials
+}
+
+func (b *fakeBackend) CertificateRevoked(serial string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.revoked[serial]
+}
+
+func (b *fakeBackend) revoke(serial string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.revoked == nil {
+		b.revoked = map[string]bool{}
+	}
+	b.revoked[serial] = true
 }
 
 func (b *fakeBackend) ConsoleAPI(user string) http.Handler {
@@ -141,7 +157,7 @@ func (f *fixture) browser(t *testing.T) *http.Client {
 
 func (f *fixture) link(t *testing.T, user string) string {
 	t.Helper()
-	u, exp, err := f.c.CreateLink(context.Background(), user)
+	u, exp, err := f.c.CreateLink(context.Background(), user, testSerial)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,10 +389,10 @@ func TestRevokeUserAndDisabledUser(t *testing.T) {
 	if a := do(t, cb, "GET", f.url+"/sessions", nil, nil); a.status != http.StatusUnauthorized {
 		t.Errorf("page of a disabled user: HTTP %d", a.status)
 	}
-	if _, _, err := f.c.CreateLink(ctx, "bob"); err == nil {
+	if _, _, err := f.c.CreateLink(ctx, "bob", testSerial); err == nil {
 		t.Error("a link for a disabled user")
 	}
-	if _, _, err := f.c.CreateLink(ctx, "nobody"); err == nil {
+	if _, _, err := f.c.CreateLink(ctx, "nobody", testSerial); err == nil {
 		t.Error("a link for an unknown user")
 	}
 	if a := do(t, f.browser(t), "GET", before, nil, nil); a.status != http.StatusUnauthorized {
@@ -489,7 +505,7 @@ func TestStoreOnEveryBackend(t *testing.T) {
 	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
 		f := newFixture(t, db)
 		ctx := context.Background()
-		tok, _, err := f.c.createLink(ctx, "alice")
+		tok, _, err := f.c.createLink(ctx, "alice", testSerial)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -626,4 +642,40 @@ func flipLast(s string) string {
 		return s[:len(s)-1] + "B"
 	}
 	return s[:len(s)-1] + "A"
+}
+
+// testSerial is the certificate serial the tests' links are made with.
+const testSerial = "4242"
+
+// A console login lives no longer than the certificate that made it (a stolen laptop's
+// certificate revoked): its unused link no longer opens, and its open session ends at the
+// next request; a login made with another certificate goes on.
+func TestRevokedCertificateEndsLogins(t *testing.T) {
+	f := sqliteFixture(t)
+	used, unused, other := f.browser(t), f.browser(t), f.browser(t)
+	f.login(t, used, "alice")
+	pending := f.link(t, "alice")
+	u, _, err := f.c.CreateLink(context.Background(), "alice", "4343")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := do(t, other, "GET", u, nil, nil); a.status != http.StatusSeeOther {
+		t.Fatalf("the other certificate's link: HTTP %d", a.status)
+	}
+	if a := do(t, used, "GET", f.url+"/api/me", nil, nil); a.status != 200 {
+		t.Fatalf("before the revocation: HTTP %d %s", a.status, a.body)
+	}
+	f.backend.revoke(testSerial)
+	if a := do(t, used, "GET", f.url+"/api/me", nil, nil); a.status != 401 || !strings.Contains(a.body, "login_required") {
+		t.Errorf("the session of a revoked certificate: HTTP %d %s", a.status, a.body)
+	}
+	if a := do(t, unused, "GET", pending, nil, nil); a.status != 401 {
+		t.Errorf("the link of a revoked certificate: HTTP %d", a.status)
+	}
+	if a := do(t, other, "GET", f.url+"/api/me", nil, nil); a.status != 200 {
+		t.Errorf("another certificate's session: HTTP %d %s", a.status, a.body)
+	}
+	if _, _, err := f.c.CreateLink(context.Background(), "alice", ""); err == nil {
+		t.Error("a link without the certificate's serial was made")
+	}
 }

@@ -103,7 +103,10 @@ type session struct {
 }
 
 // createLink records a new one-time link for user and returns its token.
-func (c *Console) createLink(ctx context.Context, user string) (string, time.Time, error) {
+func (c *Console) createLink(ctx context.Context, user, serial string) (string, time.Time, error) {
+	if serial == "" {
+		return "", time.Time{}, errors.New("a console link needs the serial of the certificate that asked for it")
+	}
 	u, err := c.access.User(ctx, user)
 	if errors.Is(err, access.ErrUnknownUser) {
 		return "", time.Time{}, api.Errorf(http.StatusForbidden, "unknown_user", "user %q is not a user of this site", user)
@@ -117,8 +120,8 @@ func (c *Console) createLink(ctx context.Context, user string) (string, time.Tim
 	secret := newSecret()
 	now := c.now()
 	exp := now.Add(LinkLifetime)
-	if _, err := c.db.Exec(ctx, `INSERT INTO console_links (hash, user_name, created_at, expires_at) VALUES (?, ?, ?, ?)`,
-		hashOf(secret), user, now.Unix(), exp.Unix()); err != nil {
+	if _, err := c.db.Exec(ctx, `INSERT INTO console_links (hash, user_name, created_at, expires_at, serial) VALUES (?, ?, ?, ?, ?)`,
+		hashOf(secret), user, now.Unix(), exp.Unix(), serial); err != nil {
 		return "", time.Time{}, fmt.Errorf("recording a console link: %w", err)
 	}
 	return linkPrefix + encodeSecret(secret), exp.UTC().Truncate(time.Second), nil
@@ -139,7 +142,8 @@ func (c *Console) useLink(ctx context.Context, token string) (user string, secre
 	exp = now.Add(SessionLifetime)
 	err = c.db.Tx(ctx, func(tx *sitedb.Tx) error {
 		h := hashOf(raw)
-		if err := tx.QueryRow(`SELECT user_name FROM console_links WHERE hash = ? AND used_at IS NULL AND expires_at > ?`, h, now.Unix()).Scan(&user); err != nil {
+		var serial string
+		if err := tx.QueryRow(`SELECT user_name, serial FROM console_links WHERE hash = ? AND used_at IS NULL AND expires_at > ?`, h, now.Unix()).Scan(&user, &serial); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
 				return errLinkInvalid
 			}
@@ -152,8 +156,11 @@ func (c *Console) useLink(ctx context.Context, token string) (user string, secre
 		if n, err := res.RowsAffected(); err != nil || n != 1 { // spent by another request meanwhile
 			return errors.Join(err, errLinkInvalid)
 		}
-		_, err = tx.Exec(`INSERT INTO console_sessions (hash, user_name, created_at, expires_at) VALUES (?, ?, ?, ?)`,
-			hashOf(secret), user, now.Unix(), exp.Unix())
+		if c.backend != nil && c.backend.CertificateRevoked(serial) {
+			return errLinkInvalid // spent all the same: the certificate that made it is revoked
+		}
+		_, err = tx.Exec(`INSERT INTO console_sessions (hash, user_name, created_at, expires_at, serial) VALUES (?, ?, ?, ?, ?)`,
+			hashOf(secret), user, now.Unix(), exp.Unix(), serial)
 		return err
 	})
 	if err != nil {
@@ -176,8 +183,9 @@ func (c *Console) lookup(ctx context.Context, cookie string) (*session, error) {
 	}
 	s := &session{hash: hashOf(secret), csrf: csrfOf(secret)}
 	var exp int64
-	err = c.db.QueryRow(ctx, `SELECT user_name, expires_at FROM console_sessions WHERE hash = ? AND revoked_at IS NULL AND expires_at > ?`,
-		s.hash, c.now().Unix()).Scan(&s.user, &exp)
+	var serial string
+	err = c.db.QueryRow(ctx, `SELECT user_name, expires_at, serial FROM console_sessions WHERE hash = ? AND revoked_at IS NULL AND expires_at > ?`,
+		s.hash, c.now().Unix()).Scan(&s.user, &exp, &serial)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, errNoSession
 	}
@@ -185,6 +193,14 @@ func (c *Console) lookup(ctx context.Context, cookie string) (*session, error) {
 		return nil, fmt.Errorf("reading the console session: %w", err)
 	}
 	s.expiresAt = time.Unix(exp, 0).UTC()
+	if c.backend == nil || c.backend.CertificateRevoked(serial) {
+		// The certificate the login was made with is revoked (a stolen laptop): the session
+		// ends with it, as that certificate's own connections do.
+		if err := c.revoke(ctx, s.hash); err != nil {
+			c.log.Warn().Err(err).Str("user", s.user).Msg("ending a console session of a revoked certificate")
+		}
+		return nil, errNoSession
+	}
 	u, err := c.access.User(ctx, s.user)
 	if errors.Is(err, access.ErrUnknownUser) || (err == nil && u.DisabledAt != nil) {
 		// Ended for good, with the user's other sessions and links: enabling the user again

@@ -1,13 +1,16 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
+	"image"
 	"image/png"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,7 +24,9 @@ import (
 // `ibcm-client share --screen`, a helper with `ibcm remote start --screen --mode view`; the
 // sharer consents to a screen session, the helper's local VNC port takes gvnccapture with
 // the printed one-time password, and the frame it takes is the display's; the helper ends
-// the session and the audit has it.
+// the session and the audit has it. Meanwhile a second helper joins it with `ibcm remote
+// join` after the sharer's consent: a local VNC port of their own, whose frame
+// (gvnccapture) is the display's too; their leaving keeps the session.
 func TestRemoteScreenSession(t *testing.T) {
 	for _, tool := range []string{"Xvfb", "x11vnc", "gvnccapture", "xsetroot"} {
 		needTool(t, tool)
@@ -54,26 +59,75 @@ func TestRemoteScreenSession(t *testing.T) {
 	if m == nil {
 		t.Fatalf("no VNC port and password on the helper's terminal:\n%s", sc)
 	}
-	s.session(t, id, "the screen session active", func(x wire.Session) bool { return x.State == wire.SessionActive && x.E2E })
+	act := s.session(t, id, "the screen session active", func(x wire.Session) bool { return x.State == wire.SessionActive && x.E2E })
+	if act.Kind != "screen" {
+		t.Errorf("the session's kind %q", act.Kind)
+	}
 
-	// gvnccapture reads the password from its terminal.
+	// A second helper joins as a viewer, once the sharer accepts.
+	victor := addHelper(t, s, "victor", "Help Desk Operator", "Victor View", s.mpInternet)
+	tm.open("joiner", victor.env, bin.ibcm+" remote join "+act.ID)
+	tm.waitFor("sharer", "allow screen view access for Victor View", 10*time.Second)
+	tm.keys("sharer", "C-]", "y")
+	js := tm.waitFor("joiner", "one-time password", 20*time.Second)
+	jm := regexp.MustCompile(`127\.0\.0\.1:(\d+) \(display (\d+)\), one-time password ([a-z0-9]{8})`).FindStringSubmatch(js)
+	if jm == nil || !strings.Contains(js, "as a viewer") {
+		t.Fatalf("no VNC port and password on the joiner's terminal:\n%s", js)
+	}
+	checkGreen(t, captureScreen(t, tm, "jviewer", jm[2], jm[3]))
+	// The joiner's port took its one viewer, which closed: the joiner leaves, the session goes on.
+	if code := tm.exited("joiner", 15*time.Second); code != 0 {
+		t.Fatalf("ibcm remote join exited %d:\n%s", code, tm.screen("joiner"))
+	}
+	var shown wire.Session
+	if err := json.Unmarshal([]byte(s.ibcm(t, "remote", "show", "--json", act.ID)), &shown); err != nil {
+		t.Fatal(err)
+	}
+	if shown.State != wire.SessionActive || !slices.Contains(shown.Viewers, "victor") || shown.Kind != "screen" {
+		t.Fatalf("after the viewer left: %+v", shown)
+	}
+
+	checkGreen(t, captureScreen(t, tm, "viewer", m[2], m[3]))
+
+	// The port took its one viewer; the helper's command ends the session on q.
+	tm.text("helper", "q")
+	tm.keys("helper", "Enter")
+	if code := tm.exited("helper", 15*time.Second); code != 0 {
+		t.Fatalf("ibcm remote start --screen exited %d:\n%s", code, tm.screen("helper"))
+	}
+	done := s.session(t, id, "the screen session completed", func(x wire.Session) bool { return x.State == wire.SessionEnded })
+	if done.Outcome != wire.OutcomeCompleted || done.Reason != "screen check" || !done.E2E || done.BytesOut == 0 || done.Mode != "view" {
+		t.Errorf("audit of the screen session: %+v", done)
+	}
+}
+
+// captureScreen takes a frame with gvnccapture (in terminal name: it reads the password
+// from its terminal) from the helper's VNC port of display number display.
+func captureScreen(t *testing.T, tm *terminals, name, display, password string) image.Image {
+	t.Helper()
 	frame := filepath.Join(t.TempDir(), "frame.png")
-	tm.open("viewer", nil, fmt.Sprintf("gvnccapture 127.0.0.1:%s %s", m[2], frame))
-	tm.waitFor("viewer", "Password:", 10*time.Second)
-	tm.text("viewer", m[3])
-	tm.keys("viewer", "Enter")
-	if code := tm.exited("viewer", 30*time.Second); code != 0 {
-		t.Fatalf("gvnccapture exited %d:\n%s", code, tm.screen("viewer"))
+	tm.open(name, nil, fmt.Sprintf("gvnccapture 127.0.0.1:%s %s", display, frame))
+	tm.waitFor(name, "Password:", 10*time.Second)
+	tm.text(name, password)
+	tm.keys(name, "Enter")
+	if code := tm.exited(name, 30*time.Second); code != 0 {
+		t.Fatalf("gvnccapture exited %d:\n%s", code, tm.screen(name))
 	}
 	f, err := os.Open(frame)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 	img, err := png.Decode(f)
-	f.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return img
+}
+
+// checkGreen checks that img is the 640x480 display filled with #20c040.
+func checkGreen(t *testing.T, img image.Image) {
+	t.Helper()
 	b := img.Bounds()
 	if b.Dx() != 640 || b.Dy() != 480 {
 		t.Fatalf("a frame of %v, want the display's 640x480", b)
@@ -88,17 +142,6 @@ func TestRemoteScreenSession(t *testing.T) {
 	}
 	if green < 640*480-400 { // all but the pointer's arrow
 		t.Fatalf("%d pixels of the display's colour in %d", green, 640*480)
-	}
-
-	// The port took its one viewer; the helper's command ends the session on q.
-	tm.text("helper", "q")
-	tm.keys("helper", "Enter")
-	if code := tm.exited("helper", 15*time.Second); code != 0 {
-		t.Fatalf("ibcm remote start --screen exited %d:\n%s", code, tm.screen("helper"))
-	}
-	done := s.session(t, id, "the screen session completed", func(x wire.Session) bool { return x.State == wire.SessionEnded })
-	if done.Outcome != wire.OutcomeCompleted || done.Reason != "screen check" || !done.E2E || done.BytesOut == 0 || done.Mode != "view" {
-		t.Errorf("audit of the screen session: %+v", done)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/csv"
 	"fmt"
+	"math/big"
 	"net/http"
 	"net/url"
 	"slices"
@@ -28,8 +29,9 @@ import (
 // ConsoleLinks makes and revokes web-console logins; *console.Console implements it
 // (site/run.go passes it as Options.ConsoleLinks).
 type ConsoleLinks interface {
-	// CreateLink makes a one-time login URL for user, valid until expires.
-	CreateLink(ctx context.Context, user string) (url string, expires time.Time, err error)
+	// CreateLink makes a one-time login URL for user, asked with the certificate of serial
+	// (decimal), valid until expires; revoking that certificate ends what it made.
+	CreateLink(ctx context.Context, user, serial string) (url string, expires time.Time, err error)
 	// RevokeUser ends the user's console sessions and returns how many.
 	RevokeUser(ctx context.Context, user string) (int, error)
 }
@@ -136,7 +138,11 @@ func (m *MP) handleConsoleLink(w http.ResponseWriter, r *http.Request, name stri
 	if err != nil {
 		return err
 	}
-	u, exp, err := links.CreateLink(r.Context(), name)
+	p := peerOf(r)
+	if p.leaf == nil { // not on the console's allowlist; a login is made with a certificate only
+		return api.Errorf(http.StatusForbidden, "certificate_required", "a console login is made with a user certificate")
+	}
+	u, exp, err := links.CreateLink(r.Context(), name, p.leaf.SerialNumber.String())
 	if err != nil {
 		return err
 	}
@@ -254,7 +260,7 @@ func sessionListFormat(q url.Values) (string, error) {
 
 // sessionCSVHeader is the header row of the session list as CSV (the Remote Help report).
 var sessionCSVHeader = []string{"id", "device", "device_name", "helper", "helper_name", "sharer", "sharer_name", "state", "outcome", "error",
-	"mode", "modes", "transport", "e2e", "console", "location", "mp", "requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device"}
+	"kind", "mode", "modes", "transport", "e2e", "console", "location", "mp", "requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device"}
 
 // csvCell keeps a spreadsheet from reading a cell as a formula (CSV injection): a cell
 // starting with = + - @ (or a tab or carriage return), also after white space (an import
@@ -269,6 +275,14 @@ func csvCell(s string) string {
 		return "'" + s
 	}
 	return s
+}
+
+// sessionKind names a session's kind for people: terminal ("") or screen.
+func sessionKind(kind string) string {
+	if kind == "" {
+		return "terminal"
+	}
+	return kind
 }
 
 func writeSessionList(w http.ResponseWriter, format string, ss []wire.Session) error {
@@ -294,7 +308,7 @@ func writeSessionList(w http.ResponseWriter, format string, ss []wire.Session) e
 			modes[i] = md.Mode
 		}
 		row := []string{s.ID, s.Device, s.DeviceName, s.Helper, s.HelperName, s.Sharer, s.SharerName, s.State, s.Outcome, s.Error,
-			s.Mode, strings.Join(modes, " "), s.Transport, strconv.FormatBool(s.E2E), strconv.FormatBool(s.Console), s.Location, s.MP,
+			sessionKind(s.Kind), s.Mode, strings.Join(modes, " "), s.Transport, strconv.FormatBool(s.E2E), strconv.FormatBool(s.Console), s.Location, s.MP,
 			at(&s.RequestedAt), at(s.StartedAt), at(s.EndedAt), strconv.FormatInt(s.BytesIn, 10), strconv.FormatInt(s.BytesOut, 10)}
 		for i := range row {
 			row[i] = csvCell(row[i])
@@ -305,4 +319,12 @@ func writeSessionList(w http.ResponseWriter, format string, ss []wire.Session) e
 	}
 	cw.Flush()
 	return nil
+}
+
+// CertificateRevoked says whether the certificate of serial (decimal) is in the site's
+// revoked set as this MP knows it (the web console's logins end with the certificate that
+// made them). A serial that does not parse counts as revoked.
+func (m *MP) CertificateRevoked(serial string) bool {
+	n, ok := new(big.Int).SetString(serial, 10)
+	return !ok || n.Sign() <= 0 || m.isRevoked(n)
 }

@@ -149,9 +149,10 @@ func TestConsoleAPIAllowlistWithoutCertificate(t *testing.T) {
 }
 
 // fakeLinks records what the MP asks of the console.
-type fakeLinks struct{ revoked []string }
+type fakeLinks struct{ revoked, serials []string }
 
-func (l *fakeLinks) CreateLink(_ context.Context, user string) (string, time.Time, error) {
+func (l *fakeLinks) CreateLink(_ context.Context, user, serial string) (string, time.Time, error) {
+	l.serials = append(l.serials, serial)
 	return "https://console.test/login/ibcm_" + user, time.Unix(1e9, 0).UTC(), nil
 }
 
@@ -168,6 +169,28 @@ func TestConsoleLinkAndRevokeRoutes(t *testing.T) {
 	if status, e := call(t, f.client(&analyst), "POST", f.intranet+"/v1/admin/console/links", "{}", &link); status != 201 ||
 		link.URL != "https://console.test/login/ibcm_analyst" || !link.ExpiresAt.Equal(time.Unix(1e9, 0)) {
 		t.Errorf("links: HTTP %d %+v %+v", status, e.Error, link)
+	}
+	if want := analyst.Leaf.SerialNumber.String(); len(links.serials) != 1 || links.serials[0] != want {
+		t.Errorf("the link was made for certificate %v, want [%s]", links.serials, want)
+	}
+	// The console asks whether that certificate is revoked: not yet; then it is, at once.
+	carol := f.user(t, "carol", access.ReadOnlyAnalyst)
+	serial := carol.Leaf.SerialNumber.String()
+	if f.mp.CertificateRevoked(serial) {
+		t.Error("a valid certificate counted as revoked")
+	}
+	for _, bad := range []string{"", "x", "-1", "0", "12a"} {
+		if !f.mp.CertificateRevoked(bad) {
+			t.Errorf("serial %q: not counted as revoked", bad)
+		}
+	}
+	if err := f.ca.Revoke(context.Background(), serial, "keyCompromise"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Second); !f.mp.CertificateRevoked(serial); time.Sleep(10 * time.Millisecond) { // polling the condition itself
+		if time.Now().After(deadline) {
+			t.Fatal("the MP did not count a revoked certificate as revoked within 2 s")
+		}
 	}
 	if status, e := call(t, f.client(&analyst), "POST", f.intranet+"/v1/admin/console/links", `{"user":"admin"}`, nil); status != 400 {
 		t.Errorf("links with a user: HTTP %d %+v", status, e.Error)
@@ -303,13 +326,13 @@ func TestSessionsCSV(t *testing.T) {
 	if status != 200 || h.Get("Content-Type") != "text/csv; charset=utf-8" || !strings.Contains(h.Get("Content-Disposition"), "sessions.csv") || len(recs) != 3 {
 		t.Fatalf("HTTP %d %v %v", status, h, recs)
 	}
-	if want := "id,device,device_name,helper,helper_name,sharer,sharer_name,state,outcome,error,mode,modes,transport,e2e,console,location,mp,requested_at,started_at,ended_at,bytes_to_device,bytes_from_device"; strings.Join(recs[0], ",") != want {
+	if want := "id,device,device_name,helper,helper_name,sharer,sharer_name,state,outcome,error,kind,mode,modes,transport,e2e,console,location,mp,requested_at,started_at,ended_at,bytes_to_device,bytes_from_device"; strings.Join(recs[0], ",") != want {
 		t.Errorf("header %v", recs[0])
 	}
 	row := recs[2] // newest first
 	col := func(name string) string { return row[slices.Index(recs[0], name)] }
 	for name, want := range map[string]string{"id": strings.Repeat("b", 32), "device_name": `'=HYPERLINK("http://x")`, "helper_name": "'+1 Help, Desk",
-		"error": "'-oops", "location": "'@internet", "modes": "view control", "e2e": "false", "console": "false", "requested_at": "2023-11-14T22:13:20Z",
+		"error": "'-oops", "kind": "terminal", "location": "'@internet", "modes": "view control", "e2e": "false", "console": "false", "requested_at": "2023-11-14T22:13:20Z",
 		"started_at": "", "bytes_to_device": "0"} {
 		if got := col(name); got != want {
 			t.Errorf("%s: %q, want %q", name, got, want)

@@ -271,8 +271,8 @@ func (m *MP) handleSessionStart(w http.ResponseWriter, r *http.Request, name str
 	// the helper's end of the end-to-end TLS (DialSession), over the relay only.
 	console := p.leaf == nil
 	s := sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: d.ID, DeviceName: d.Name, Helper: name, Reason: req.Reason,
-		Mode: req.Mode, Modes: []wire.SessionMode{}, Location: d.LastLocation, MP: m.o.ID, RequestedAt: m.now().UTC(), Console: console},
-		Kind: req.Kind}
+		Mode: req.Mode, Modes: []wire.SessionMode{}, Location: d.LastLocation, MP: m.o.ID, RequestedAt: m.now().UTC(), Console: console,
+		Kind: req.Kind}}
 	if !console {
 		s.HelperSerial = p.leaf.SerialNumber.String()
 	}
@@ -416,7 +416,7 @@ func (m *MP) handleSessionJoin(w http.ResponseWriter, r *http.Request, name stri
 		return err
 	} else if e != nil { // audited as a refused session of the viewer's, naming the one joined
 		m.auditRefusal(ctx, sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: s.Device, DeviceName: s.DeviceName, Helper: name,
-			Reason: "join " + s.ID, Mode: ticket.ModeView, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC()}},
+			Reason: "join " + s.ID, Kind: s.Kind, Mode: ticket.ModeView, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC()}},
 			wire.OutcomeRefused, e.Code)
 		return e
 	}

@@ -25,13 +25,10 @@ type sessionRow struct {
 	wire.Session
 	HelperSerial string
 	DeviceMP     string
-	// Kind is the session's kind (ticket.KindScreen or terminal) on a start; it is not
-	// stored, so a join's leg is a terminal's, which the device refuses for a screen session.
-	Kind string
 }
 
 const sessionColumns = `id, device_id, device_name, helper, helper_name, helper_serial, sharer, sharer_name, reason, state, outcome,
-	error, mode, modes, location, transport, direct_error, e2e, mp_id, device_mp, requested_at, started_at, ended_at, bytes_in, bytes_out, recorded, console`
+	error, mode, modes, location, transport, direct_error, e2e, mp_id, device_mp, requested_at, started_at, ended_at, bytes_in, bytes_out, recorded, console, kind`
 
 func scanSession(row interface{ Scan(...any) error }) (sessionRow, error) {
 	var s sessionRow
@@ -41,7 +38,7 @@ func scanSession(row interface{ Scan(...any) error }) (sessionRow, error) {
 	var started, ended sql.NullInt64
 	if err := row.Scan(&s.ID, &s.Device, &s.DeviceName, &s.Helper, &s.HelperName, &s.HelperSerial, &s.Sharer, &s.SharerName, &s.Reason,
 		&s.State, &s.Outcome, &s.Error, &s.Mode, &modes, &s.Location, &s.Transport, &s.DirectError, &e2e, &s.MP, &s.DeviceMP, &requested,
-		&started, &ended, &s.BytesIn, &s.BytesOut, &recorded, &console); err != nil {
+		&started, &ended, &s.BytesIn, &s.BytesOut, &recorded, &console, &s.Kind); err != nil {
 		return sessionRow{}, err
 	}
 	s.E2E, s.Recorded, s.Console = e2e != 0, recorded != 0, console != 0
@@ -151,9 +148,9 @@ func insertSession(tx *sitedb.Tx, s sessionRow) error {
 		ended = s.EndedAt.Unix()
 	}
 	_, err := tx.Exec(`INSERT INTO sessions (id, device_id, device_name, helper, helper_name, helper_serial, reason, state, outcome, error,
-		mode, modes, location, mp_id, device_mp, requested_at, ended_at, console) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		mode, modes, location, mp_id, device_mp, requested_at, ended_at, console, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.Device, s.DeviceName, s.Helper, s.HelperName, s.HelperSerial, s.Reason, s.State, s.Outcome, s.Error,
-		s.Mode, string(modes), s.Location, s.MP, s.DeviceMP, s.RequestedAt.Unix(), ended, boolInt(s.Console))
+		s.Mode, string(modes), s.Location, s.MP, s.DeviceMP, s.RequestedAt.Unix(), ended, boolInt(s.Console), s.Kind)
 	if err != nil {
 		return fmt.Errorf("recording session %s: %w", s.ID, err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ibcm-project/ibcm/internal/cliapp"
 	"github.com/ibcm-project/ibcm/internal/wire"
+	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/helper"
 	"github.com/ibcm-project/ibcm/remote/ticket"
 	"github.com/ibcm-project/ibcm/site"
@@ -179,12 +180,22 @@ func remoteJoinCommand() *cli.Command {
 		Usage:     "watch a session as a viewer",
 		Arguments: []cli.Argument{cliapp.Arg("ID")},
 		Description: `Needs ViewScreen on the session's device and a policy whose permitted_viewers names you
-(or your role). A viewer sees the terminal and the chat and cannot type into the shell.
-Ctrl-] opens the menu: t chat, q leave.
+(or your role); the device's user is asked first when its policy prompts. A viewer sees
+the terminal and the chat and cannot type into the shell. Ctrl-] opens the menu: t chat,
+q leave.
+
+A screen session is joined the same way: this command opens a local VNC port on 127.0.0.1
+(--vnc-listen) that takes one connection and prints its one-time VNC password, as
+` + "`remote start --screen`" + ` does. The device gives the viewer a connection of its own to the
+session's VNC server and drops its keys, pointer and clipboard whatever the session's mode.
+Type q and Enter to leave; leaving does not end the session, its end ends yours.
 
 EXAMPLES:
-   ibcm remote join 0f3c2a9e41d84b7c9a1e5d2f6b8c0a17`,
-		Flags: adminFlags(),
+   ibcm remote join 0f3c2a9e41d84b7c9a1e5d2f6b8c0a17
+   ibcm remote join --vnc-listen 127.0.0.1:5911 0f3c2a9e41d84b7c9a1e5d2f6b8c0a17   # a screen session: gvncviewer 127.0.0.1:11`,
+		Flags: append(adminFlags(),
+			&cli.StringFlag{Name: "vnc-listen", Value: "127.0.0.1:0", Usage: "the local VNC port when the session is a screen session (`HOST:PORT`, loopback only)", Sources: cli.EnvVars("IBCM_REMOTE_VNC_LISTEN")},
+		),
 		Action: func(ctx context.Context, c *cli.Command) error {
 			hc, err := remoteClient(c)
 			if err != nil {
@@ -195,6 +206,10 @@ EXAMPLES:
 			start, err := hc.Join(ctx, c.StringArg("ID"))
 			if err != nil {
 				return remoteError(err)
+			}
+			if start.Session.Kind == ticket.KindScreen {
+				t := newTerminal(c)
+				return attachScreen(ctx, hc, start, c.String("vnc-listen"), t.in, t.errw)
 			}
 			return attach(ctx, hc, start, newTerminal(c))
 		},
@@ -252,10 +267,10 @@ EXAMPLES:
 				return sessionsCSV(w, ss)
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tDEVICE\tHELPER\tSHARER\tMODE\tSTATE\tTRANSPORT\tE2E\tCONSOLE\tREQUESTED\tSTARTED\tENDED")
+			fmt.Fprintln(tw, "ID\tDEVICE\tHELPER\tSHARER\tKIND\tMODE\tSTATE\tTRANSPORT\tE2E\tCONSOLE\tREQUESTED\tSTARTED\tENDED")
 			for _, s := range ss {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, dash(orDefault(s.DeviceName, s.Device)), dash(s.Helper), dash(s.Sharer),
-					dash(s.Mode), sessionState(s), transportText(s), yesNo(s.E2E), yesNo(s.Console), s.RequestedAt.Format(time.RFC3339), timeOrDash(s.StartedAt), timeOrDash(s.EndedAt))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, dash(orDefault(s.DeviceName, s.Device)), dash(s.Helper), dash(s.Sharer),
+					sessionKind(s.Kind), dash(s.Mode), sessionState(s), transportText(s), yesNo(s.E2E), yesNo(s.Console), s.RequestedAt.Format(time.RFC3339), timeOrDash(s.StartedAt), timeOrDash(s.EndedAt))
 			}
 			return tw.Flush()
 		},
@@ -307,6 +322,14 @@ func sessionsSince(s string, now time.Time) (time.Time, error) {
 	return time.Time{}, errors.New("must be a duration such as 36h or 7d, a date such as 2026-12-01, or an RFC 3339 time")
 }
 
+// sessionKind names a session's kind: terminal ("") or screen.
+func sessionKind(kind string) string {
+	if kind == "" {
+		return "terminal"
+	}
+	return frame.Printable(kind)
+}
+
 func sessionState(s wire.Session) string {
 	if s.State == wire.SessionEnded && s.Outcome != "" {
 		return s.Outcome
@@ -339,11 +362,11 @@ func timeOrEmpty(t *time.Time) string {
 func sessionsCSV(w io.Writer, ss []wire.Session) error {
 	cw := csv.NewWriter(w)
 	_ = cw.Write([]string{"id", "device", "device_name", "helper", "sharer", "sharer_name", "mode", "state", "outcome", "error", "transport", "e2e",
-		"requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device", "mp", "reason", "direct_error", "console"})
+		"requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device", "mp", "reason", "direct_error", "console", "kind"})
 	for _, s := range ss {
 		_ = cw.Write([]string{s.ID, s.Device, s.DeviceName, s.Helper, s.Sharer, s.SharerName, s.Mode, s.State, s.Outcome, s.Error, s.Transport,
 			strconv.FormatBool(s.E2E), s.RequestedAt.UTC().Format(time.RFC3339), timeOrEmpty(s.StartedAt), timeOrEmpty(s.EndedAt),
-			strconv.FormatInt(s.BytesIn, 10), strconv.FormatInt(s.BytesOut, 10), s.MP, s.Reason, s.DirectError, strconv.FormatBool(s.Console)})
+			strconv.FormatInt(s.BytesIn, 10), strconv.FormatInt(s.BytesOut, 10), s.MP, s.Reason, s.DirectError, strconv.FormatBool(s.Console), sessionKind(s.Kind)})
 	}
 	cw.Flush()
 	return cw.Error()
@@ -360,7 +383,7 @@ func transportText(s wire.Session) string {
 func printSession(w io.Writer, s wire.Session) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "id\t%s\ndevice\t%s (%s)\nhelper\t%s\n", s.ID, dash(s.DeviceName), s.Device, withName(s.Helper, s.HelperName))
-	fmt.Fprintf(tw, "sharer\t%s\nreason\t%s\nstate\t%s\noutcome\t%s\n", withName(s.Sharer, s.SharerName), dash(s.Reason), dash(s.State), dash(s.Outcome))
+	fmt.Fprintf(tw, "sharer\t%s\nreason\t%s\nkind\t%s\nstate\t%s\noutcome\t%s\n", withName(s.Sharer, s.SharerName), dash(s.Reason), sessionKind(s.Kind), dash(s.State), dash(s.Outcome))
 	if s.Error != "" {
 		fmt.Fprintf(tw, "error\t%s\n", s.Error)
 	}

@@ -12,18 +12,25 @@ import (
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/helper"
+	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
-// attachScreen is `ibcm remote start --screen`: the session's screen on a local VNC port
-// (loopback only) that takes one viewer, with a one-time VNC password printed on stderr.
-// Lines on stdin: c asks for control, v goes back to view, q ends the session.
+// attachScreen is `ibcm remote start --screen`, and `ibcm remote join` of a screen session:
+// the session's screen on a local VNC port (loopback only) that takes one viewer, with a
+// one-time VNC password printed on stderr. Lines on stdin: c asks for control, v goes back
+// to view, q ends the session; a viewer's leg (start.Role viewer) has q only, which leaves.
 func attachScreen(ctx context.Context, hc *helper.Client, start wire.SessionStart, listen string, in io.Reader, errw io.Writer) error {
 	say := func(format string, a ...any) { fmt.Fprintf(errw, "ibcm: "+format+"\r\n", a...) }
+	viewer := start.Role == ticket.RoleViewer
 	say("%s", card(start))
 	if start.ComplianceWarning != "" {
 		say("WARNING: %s", frame.Printable(start.ComplianceWarning))
 	}
-	say("screen session %s (mode %s): waiting for the device…", start.Session.ID, frame.Printable(orDefault(start.Session.Mode, "?")))
+	if viewer {
+		say("joining screen session %s as a viewer (you see the screen and cannot control it): waiting for the device…", start.Session.ID)
+	} else {
+		say("screen session %s (mode %s): waiting for the device…", start.Session.ID, frame.Printable(orDefault(start.Session.Mode, "?")))
+	}
 	port, err := helper.ListenScreen(listen)
 	if err != nil {
 		return fmt.Errorf("the local VNC port: %w", err)
@@ -41,7 +48,11 @@ func attachScreen(ctx context.Context, hc *helper.Client, start wire.SessionStar
 	say("%s", sharerLine(s.Device))
 	a := port.Addr()
 	say("VNC viewer: connect to %s (display %d), one-time password %s; it takes one connection", a, a.Port-5900, port.Password)
-	say("type c and Enter for control, v for view, q to end")
+	if viewer {
+		say("type q and Enter to leave")
+	} else {
+		say("type c and Enter for control, v for view, q to end")
+	}
 
 	ended := make(chan frame.Ending, 1)
 	onEvent := func(ev helper.Event) {
@@ -67,12 +78,12 @@ func attachScreen(ctx context.Context, hc *helper.Client, start wire.SessionStar
 	go func() { // the helper's commands
 		sc := bufio.NewScanner(in)
 		for sc.Scan() {
-			switch strings.TrimSpace(sc.Text()) {
-			case "c":
+			switch cmd := strings.TrimSpace(sc.Text()); {
+			case cmd == "c" && !viewer:
 				_ = s.RequestMode("control")
-			case "v":
+			case cmd == "v" && !viewer:
 				_ = s.RequestMode("view")
-			case "q":
+			case cmd == "q":
 				cancel()
 				return
 			}
@@ -94,6 +105,9 @@ func attachScreen(ctx context.Context, hc *helper.Client, start wire.SessionStar
 	}
 	if ctx.Err() != nil {
 		why = "the helper ended the session"
+		if viewer {
+			why = "the viewer left"
+		}
 	}
 	if err := s.End(why); err != nil {
 		return fmt.Errorf("ending the session: %w", err)

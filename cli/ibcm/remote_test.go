@@ -259,7 +259,7 @@ func cannedSessions() []wire.Session {
 		{ID: "0123456789abcdef0123456789abcdef", Device: "dev-1", DeviceName: "kiosk-1", Helper: "alice", Sharer: "bob", SharerName: "Bob, \"the\" user",
 			Mode: "control", State: wire.SessionEnded, Outcome: wire.OutcomeCompleted, Transport: wire.TransportRelay, DirectError: wire.DirectTimeout, E2E: true, MP: "mp1",
 			RequestedAt: req, StartedAt: &started, EndedAt: &ended, BytesIn: 120, BytesOut: 4096},
-		{ID: "fedcba9876543210fedcba9876543210", Device: "dev-2", Helper: "alice", Mode: "view", State: wire.SessionEnded,
+		{ID: "fedcba9876543210fedcba9876543210", Device: "dev-2", Helper: "alice", Mode: "view", Kind: "screen", State: wire.SessionEnded,
 			Outcome: wire.OutcomeDenied, Error: "denied", MP: "mp1", RequestedAt: req.Add(time.Hour)},
 	}
 }
@@ -284,11 +284,11 @@ func TestRemoteSessionsOutput(t *testing.T) {
 		t.Fatalf("csv:\n%s", stdout)
 	}
 	want := []string{"0123456789abcdef0123456789abcdef", "dev-1", "kiosk-1", "alice", "bob", "Bob, \"the\" user", "control", "ended", "completed", "", "relay", "true",
-		"2026-12-07T09:00:00Z", "2026-12-07T09:00:05Z", "2026-12-07T09:10:00Z", "120", "4096", "mp1", "", "timeout", "false"}
+		"2026-12-07T09:00:00Z", "2026-12-07T09:00:05Z", "2026-12-07T09:10:00Z", "120", "4096", "mp1", "", "timeout", "false", "terminal"}
 	if strings.Join(rows[1], "|") != strings.Join(want, "|") {
 		t.Errorf("row 1:\n%q\nwant\n%q", rows[1], want)
 	}
-	if rows[2][8] != "denied" || rows[2][9] != "denied" || rows[2][13] != "" {
+	if rows[2][8] != "denied" || rows[2][9] != "denied" || rows[2][13] != "" || rows[2][21] != "screen" {
 		t.Errorf("row 2: %q", rows[2])
 	}
 
@@ -308,8 +308,9 @@ func TestRemoteSessionsOutput(t *testing.T) {
 	}
 	<-site.query
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
-	if len(lines) != 3 || !strings.HasPrefix(lines[0], "ID") || !strings.Contains(lines[1], "kiosk-1") || !strings.Contains(lines[1], "completed") ||
-		!strings.Contains(lines[2], "denied") || !strings.Contains(lines[2], "dev-2") {
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "ID") || !strings.Contains(lines[0], "KIND") || !strings.Contains(lines[1], "kiosk-1") ||
+		!strings.Contains(lines[1], "completed") || !strings.Contains(lines[1], "terminal") ||
+		!strings.Contains(lines[2], "denied") || !strings.Contains(lines[2], "dev-2") || !strings.Contains(lines[2], "screen") {
 		t.Errorf("table:\n%s", stdout)
 	}
 
@@ -401,7 +402,7 @@ func TestRemoteShowEndRecording(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"kiosk-1 (dev-1)", "bob (Bob, \"the\" user)", "completed", "relay (direct: timeout)", "2026-12-07T09:00:05Z", "4096"} {
+	for _, want := range []string{"kiosk-1 (dev-1)", "bob (Bob, \"the\" user)", "completed", "relay (direct: timeout)", "2026-12-07T09:00:05Z", "4096", "terminal"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("show lacks %q:\n%s", want, stdout)
 		}

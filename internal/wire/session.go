@@ -8,7 +8,8 @@ import "time"
 //	GET  /v1/admin/sessions                 ?active=1&device=&helper=&since=<RFC 3339> → []Session
 //	GET  /v1/admin/sessions/{id}            → Session
 //	POST /v1/admin/sessions/{id}/end        the helper of the session, or ManageDevices on its device
-//	POST /v1/admin/sessions/{id}/join       a second helper with ViewScreen on the device → SessionStart (role viewer)
+//	POST /v1/admin/sessions/{id}/join       a second helper with ViewScreen on the device → SessionStart (role viewer,
+//	                                        its ticket of the session's kind: a screen session's viewer sees the screen)
 //	GET  /v1/admin/sessions/{id}/recording  ReadAudit: the decrypted asciicast v2
 //	GET  /v1/admin/sessions/{id}/relay      ?ticket=<ticket id>[&direct=closed|timeout|failed]: the helper's leg (Upgrade: ibcm-relay);
 //	                                        direct says why the device's session port had not answered when the relay started
@@ -105,21 +106,24 @@ type SessionMode struct {
 
 // Session is a session as the audit keeps it (`ibcm remote show`).
 type Session struct {
-	ID         string        `json:"id"`
-	Device     string        `json:"device"`
-	DeviceName string        `json:"device_name"`
-	Helper     string        `json:"helper"`
-	HelperName string        `json:"helper_name,omitempty"`
-	Sharer     string        `json:"sharer,omitempty"` // local user
-	SharerName string        `json:"sharer_name,omitempty"`
-	Reason     string        `json:"reason,omitempty"`
-	State      string        `json:"state"`
-	Outcome    string        `json:"outcome,omitempty"`
-	Error      string        `json:"error,omitempty"` // the refusal's code, when there was one
-	Mode       string        `json:"mode"`            // the mode in force (or last)
-	Modes      []SessionMode `json:"modes"`
-	Location   string        `json:"location,omitempty"` // the device's
-	Transport  string        `json:"transport,omitempty"`
+	ID         string `json:"id"`
+	Device     string `json:"device"`
+	DeviceName string `json:"device_name"`
+	Helper     string `json:"helper"`
+	HelperName string `json:"helper_name,omitempty"`
+	Sharer     string `json:"sharer,omitempty"` // local user
+	SharerName string `json:"sharer_name,omitempty"`
+	Reason     string `json:"reason,omitempty"`
+	// Kind is what the session shows: "" a terminal, "screen" the display (RFB). A
+	// viewer's leg on join is of the session's kind.
+	Kind      string        `json:"kind,omitempty"`
+	State     string        `json:"state"`
+	Outcome   string        `json:"outcome,omitempty"`
+	Error     string        `json:"error,omitempty"` // the refusal's code, when there was one
+	Mode      string        `json:"mode"`            // the mode in force (or last)
+	Modes     []SessionMode `json:"modes"`
+	Location  string        `json:"location,omitempty"` // the device's
+	Transport string        `json:"transport,omitempty"`
 	// DirectError says why the direct connection lost when the helper had the device's
 	// session port and the session went over the relay: DirectClosed, DirectTimeout or
 	// DirectFailed ("" otherwise).

@@ -9,7 +9,9 @@
 // kind screen, to a display: x11vnc started for the session (as the sharer on the display
 // their `ibcm-client share --screen` offers, or on a fresh Xvfb when unattended) on a
 // private Unix socket, its RFB carried in Data frames, the helper's through the
-// remote/rfb filter of the mode in force (screen.go). A ticket of the web console
+// remote/rfb filter of the mode in force (screen.go); a viewer's ticket of a screen
+// session gets a connection of its own to that x11vnc, filtered in view mode always
+// (viewer.go). A ticket of the web console
 // (ticket.Console) takes the MP that signed it as the helper's end of the end-to-end TLS,
 // and the sharer's prompt says so; Config.ForbidConsole, the device's own setting
 // (`ibcm-client run --console-sessions=false`), refuses such tickets (console_forbidden).

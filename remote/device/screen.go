@@ -27,8 +27,9 @@ import (
 // session, listening only on a Unix socket in a private directory (0700, owned by the
 // user x11vnc runs as): no TCP port (-rfbport 0 -rfbportv6 -1; a test checks), and a random password of the session
 // besides (-passwdfile, read and removed by x11vnc at start), so nobody but the agent
-// reaches the server even through that directory. x11vnc exits when the agent's one
-// connection closes (no -forever), and Close kills it anyway.
+// reaches the server even through that directory. x11vnc runs -shared: a joined viewer's
+// leg gets a connection of its own (Screen.Dial, viewer.go). Without -forever it exits
+// when the agent's connections are gone, and Close kills it anyway.
 //
 // Attended, x11vnc runs as the sharer on the display their `ibcm-client share --screen`
 // named (DISPLAY and XAUTHORITY of its environment): running as them, it can reach no
@@ -102,10 +103,15 @@ type Screen struct {
 	Init    rfb.ServerInit
 	Display string
 	dir     string
-	procs   []*exec.Cmd
-	waits   []chan struct{}
-	closers []io.Closer
-	stop    func() // stops x11vnc's transient unit
+	// sock, password and serverUID reach x11vnc again (Dial): it runs -shared, and the
+	// password stays in the agent's memory only (x11vnc removed its file at start).
+	sock      string
+	password  string
+	serverUID int
+	procs     []*exec.Cmd
+	waits     []chan struct{}
+	closers   []io.Closer
+	stop      func() // stops x11vnc's transient unit
 }
 
 // StartScreen starts x11vnc (and Xvfb when spec has no display), connects to it and runs
@@ -131,9 +137,9 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 	}
 	// x11vnc's socket must be served by this account: its directory is the sharer's, who
 	// could put a symlink to another process's socket there.
-	serverUID := os.Geteuid()
-	if spec.As != nil && serverUID == 0 {
-		serverUID = spec.As.UID
+	s.serverUID = os.Geteuid()
+	if spec.As != nil && s.serverUID == 0 {
+		s.serverUID = spec.As.UID
 	}
 	var cred *syscall.Credential
 	if spec.As != nil && os.Geteuid() == 0 && spec.As.UID != 0 {
@@ -158,15 +164,15 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 			return nil, err
 		}
 	}
-	pw, err := rfb.NewPassword(nil)
-	if err != nil {
+	if s.password, err = rfb.NewPassword(nil); err != nil {
 		return nil, err
 	}
 	pwFile := filepath.Join(s.dir, "passwd")
-	if err := writeSecret(pwFile, []byte(pw+"\n"), cred); err != nil {
+	if err := writeSecret(pwFile, []byte(s.password+"\n"), cred); err != nil {
 		return nil, err
 	}
-	sock := filepath.Join(s.dir, "vnc.sock")
+	s.sock = filepath.Join(s.dir, "vnc.sock")
+	sock := s.sock
 	// -rfbport 0 alone still leaves libvncserver's IPv6 listener on 5900: -rfbportv6 -1.
 	// (-localhost cannot be added: it refuses the Unix socket's clients too.)
 	// -seldir recv: the device's selections are never sent to the viewer.
@@ -197,9 +203,6 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 		c, err := d.DialContext(ctx, "unix", sock)
 		if err == nil {
 			s.Conn = c
-			if uid, _, err := peerCred(c); err != nil || uid != serverUID {
-				return nil, fmt.Errorf("x11vnc's socket is served by uid %d, not %d (%v)", uid, serverUID, err)
-			}
 			break
 		}
 		select {
@@ -210,15 +213,46 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 		case <-tick.C:
 		}
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = s.Conn.SetDeadline(dl)
+	if s.Init, err = s.handshake(ctx, s.Conn); err != nil {
+		return nil, err
 	}
-	s.Init, err = rfb.Dial(s.Conn, pw)
+	return s, nil
+}
+
+// handshake checks that x11vnc's account serves the socket c reached, and runs the RFB
+// handshake (VNC Authentication with the session's password, a shared session), within
+// ctx's deadline.
+func (s *Screen) handshake(ctx context.Context, c net.Conn) (rfb.ServerInit, error) {
+	if uid, _, err := peerCred(c); err != nil || uid != s.serverUID {
+		return nil, fmt.Errorf("x11vnc's socket is served by uid %d, not %d (%v)", uid, s.serverUID, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	init, err := rfb.Dial(c, s.password)
 	if err != nil {
 		return nil, fmt.Errorf("the RFB handshake with x11vnc: %w", err)
 	}
-	_ = s.Conn.SetDeadline(time.Time{})
-	return s, nil
+	_ = c.SetDeadline(time.Time{})
+	return init, nil
+}
+
+// Dial opens another connection to the session's x11vnc (it runs -shared), with its own
+// RFB handshake: a joined viewer's. ctx bounds the handshake only.
+func (s *Screen) Dial(ctx context.Context) (net.Conn, rfb.ServerInit, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", s.sock)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reaching x11vnc: %w", err)
+	}
+	init, err := s.handshake(ctx, c)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, init, nil
 }
 
 // systemdCommand is systemd-run starting x11vnc as the transient service spec.Unit, as

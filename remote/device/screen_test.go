@@ -150,6 +150,13 @@ func startScreen(t *testing.T, e *env, mode string, modes ...string) *screenSess
 	now := time.Now()
 	tk := ticket.Ticket{ID: ticket.NewID(), Session: ticket.NewID(), Device: deviceID, Helper: "alice", HelperKey: wire.PublicKeyHash(e.alice.Leaf),
 		Card: ticket.Card{User: "alice"}, Role: ticket.RoleHelper, Mode: mode, Modes: modes, Kind: ticket.KindScreen, MP: "mp1", IssuedAt: now, ExpiresAt: now.Add(5 * time.Minute)}
+	return openScreen(t, e, e.alice, tk)
+}
+
+// openScreen sends the ticket tk to the device and opens the helper's end of its leg as
+// cert, with the helper's VNC port.
+func openScreen(t *testing.T, e *env, cert tls.Certificate, tk ticket.Ticket) *screenSession {
+	t.Helper()
 	if err := e.host.Request(context.Background(), e.sign(tk, e.mp)); err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +165,7 @@ func startScreen(t *testing.T, e *env, mode string, modes ...string) *screenSess
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := tls.Client(c, e2e.HelperConfig(e.alice, e.pki.roots, deviceID, nil, nil))
+	tc := tls.Client(c, e2e.HelperConfig(cert, e.pki.roots, deviceID, nil, nil))
 	t.Cleanup(func() { tc.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -5,19 +5,26 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ibcm-project/ibcm/internal/wire"
 	"github.com/ibcm-project/ibcm/remote/frame"
+	"github.com/ibcm-project/ibcm/remote/rfb"
 	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
 // CodeNoSession refuses a viewer's ticket for a session this device is not serving.
 const CodeNoSession = "session_not_here"
 
-// viewer is a second helper's leg: it sees what the helper sees and types nothing.
+// CodeViewerKind refuses a viewer's ticket whose kind is not the session's.
+const CodeViewerKind = "viewer_kind"
+
+// viewer is a second helper's leg: it sees what the helper sees and types nothing. Of a
+// screen session, it has a connection of its own to the session's x11vnc (screen), its
+// RFB through a filter of view mode whatever the session's mode.
 type viewer struct {
 	t         *ticket.Ticket
 	c         *tls.Conn
@@ -25,7 +32,13 @@ type viewer struct {
 	wmu       sync.Mutex
 	bytesOut  atomic.Int64
 	once      sync.Once
+	screen    net.Conn
 }
+
+// legError ends a viewer's leg with an outcome of its own.
+type legError struct{ outcome, why string }
+
+func (e *legError) Error() string { return e.why }
 
 func (v *viewer) send(t frame.Type, p []byte) error {
 	v.wmu.Lock()
@@ -52,9 +65,9 @@ func (h *Host) joinViewer(ctx context.Context, t *ticket.Ticket) error {
 		h.refuse(ctx, t, CodeNoSession, err)
 		return err
 	}
-	if s.t.Kind == ticket.KindScreen || t.Kind == ticket.KindScreen {
-		err := errors.New("a second viewer cannot join a screen session")
-		h.refuse(ctx, t, CodeNoSession, err)
+	if t.Kind != s.t.Kind {
+		err := fmt.Errorf("a viewer's ticket of kind %q for a session of kind %q", t.Kind, s.t.Kind)
+		h.refuse(ctx, t, CodeViewerKind, err)
 		return err
 	}
 	h.wg.Add(1)
@@ -82,7 +95,7 @@ func (s *session) addViewer(t *ticket.Ticket) {
 	if s.p.RC.PromptUser && s.sharerUID >= 0 {
 		s.reportLeg(t, wire.SessionReport{Event: wire.ReportConsentAsked, Mode: ticket.ModeView})
 		ctx, cancel := context.WithTimeout(s.ctx, s.consentTimeout())
-		ans := s.h.hub.ask(ctx, s.sharerUID, frame.ConsentPrompt{Session: s.t.Session, Helper: peer, Mode: ticket.ModeView, Reason: "join as a viewer", Timeout: int(s.consentTimeout() / time.Second)})
+		ans := s.h.hub.ask(ctx, s.sharerUID, frame.ConsentPrompt{Session: s.t.Session, Helper: peer, Mode: ticket.ModeView, Kind: s.t.Kind, Reason: "join as a viewer", Timeout: int(s.consentTimeout() / time.Second)})
 		cancel()
 		if ans != "accepted" {
 			outcome, ev := wire.OutcomeDenied, wire.ReportDenied
@@ -115,16 +128,77 @@ func (s *session) addViewer(t *ticket.Ticket) {
 		conn.Close()
 		return
 	}
+	var in *rfb.Filter
+	if s.terminal == TerminalScreen {
+		// A connection of the viewer's own to x11vnc (s.screen is set before serving
+		// closes): its ServerInit first, then what x11vnc sends it. The filter has no
+		// mode: view always, keys, pointer and clipboard dropped.
+		sc, init, err := s.screen.Dial(s.ctx)
+		if err != nil {
+			log.Warn().Err(err).Msg("viewer's screen connection failed")
+			s.closeViewer(v, wire.OutcomeFailed, "the screen's VNC server: "+err.Error())
+			return
+		}
+		v.screen = sc
+		if err := v.send(frame.Data, init); err != nil {
+			s.closeViewer(v, wire.OutcomeCompleted, "writing to the viewer: "+err.Error())
+			return
+		}
+		v.bytesOut.Add(int64(len(init)))
+		in = &rfb.Filter{Dst: sc}
+	}
 	log.Info().Str("transport", transport).Msg("viewer joined")
 	s.reportLeg(t, wire.SessionReport{Event: wire.ReportStarted, Mode: ticket.ModeView, Transport: transport})
 	s.post(event{src: fromViewer, viewer: v})
+	go func() { // a safety net: a viewer whose joining the loop never saw ends with the session
+		<-s.endCh
+		time.Sleep(5 * time.Second)
+		s.closeViewer(v, wire.OutcomeCompleted, "the session ended")
+	}()
+	if v.screen != nil {
+		go s.viewerScreen(v)
+	}
 	for {
 		f, err := r.Next()
 		if err != nil {
 			s.post(event{src: fromViewer, viewer: v, err: err})
 			return
 		}
+		if in != nil && f.Type == frame.Data {
+			// Here, not in the loop: the filter's mode never changes, and a slow x11vnc
+			// holds this viewer only.
+			if _, err := in.Write(f.Payload); err != nil {
+				outcome := wire.OutcomeCompleted
+				if errors.Is(err, rfb.ErrForbidden) || errors.Is(err, rfb.ErrTooLarge) {
+					outcome = wire.OutcomeFailed
+					log.Warn().Err(err).Msg("the viewer's VNC client sent a message the screen filter refuses")
+					s.h.c.Audit("warning", fmt.Sprintf("remote session %s: the viewer %s ended: %v", s.t.Session, t.Helper, err))
+				}
+				s.post(event{src: fromViewer, viewer: v, err: &legError{outcome: outcome, why: "the viewer's screen: " + err.Error()}})
+				return
+			}
+			continue
+		}
 		s.post(event{src: fromViewer, viewer: v, f: frame.Frame{Type: f.Type, Payload: append([]byte(nil), f.Payload...)}})
+	}
+}
+
+// viewerScreen carries what x11vnc sends on the viewer's connection to the viewer.
+func (s *session) viewerScreen(v *viewer) {
+	buf := make([]byte, frame.MaxData)
+	for {
+		n, err := v.screen.Read(buf)
+		if n > 0 {
+			if werr := v.send(frame.Data, buf[:n]); werr != nil {
+				s.post(event{src: fromViewer, viewer: v, err: &legError{outcome: wire.OutcomeCompleted, why: "writing to the viewer: " + werr.Error()}})
+				return
+			}
+			v.bytesOut.Add(int64(n))
+		}
+		if err != nil {
+			s.post(event{src: fromViewer, viewer: v, err: &legError{outcome: wire.OutcomeCompleted, why: "the screen's VNC server closed the viewer's connection"}})
+			return
+		}
 	}
 }
 
@@ -141,7 +215,12 @@ func (s *session) viewerEvent(e event) {
 		return
 	}
 	if e.err != nil {
-		s.dropViewer(v, "the viewer left")
+		var le *legError
+		if errors.As(e.err, &le) {
+			s.endViewer(v, le.outcome, le.why)
+		} else {
+			s.dropViewer(v, "the viewer left")
+		}
 		return
 	}
 	switch e.f.Type {
@@ -160,17 +239,28 @@ func (s *session) viewerEvent(e event) {
 	}
 }
 
-func (s *session) dropViewer(v *viewer, why string) {
+func (s *session) dropViewer(v *viewer, why string) { s.endViewer(v, wire.OutcomeCompleted, why) }
+
+// endViewer ends a viewer's leg with outcome, in the loop; the session goes on.
+func (s *session) endViewer(v *viewer, outcome, why string) {
 	for i, x := range s.viewers {
 		if x == v {
 			s.viewers = append(s.viewers[:i], s.viewers[i+1:]...)
 			break
 		}
 	}
+	s.closeViewer(v, outcome, why)
+}
+
+// closeViewer ends a viewer's leg once: its End, its connections, its report.
+func (s *session) closeViewer(v *viewer, outcome, why string) {
 	v.once.Do(func() {
-		_ = v.sendJSON(frame.End, frame.Ending{Outcome: wire.OutcomeCompleted, Message: why})
+		_ = v.sendJSON(frame.End, frame.Ending{Outcome: outcome, Message: why})
 		_ = v.c.Close()
-		s.log.Info().Str("viewer", v.t.Helper).Str("why", why).Msg("viewer left")
-		s.h.report(context.Background(), s.t.Session, wire.SessionReport{Ticket: v.t.ID, Event: wire.ReportEnded, Outcome: wire.OutcomeCompleted, Message: why, BytesOut: v.bytesOut.Load()})
+		if v.screen != nil {
+			_ = v.screen.Close()
+		}
+		s.log.Info().Str("viewer", v.t.Helper).Str("outcome", outcome).Str("why", why).Msg("viewer left")
+		s.h.report(context.Background(), s.t.Session, wire.SessionReport{Ticket: v.t.ID, Event: wire.ReportEnded, Outcome: outcome, Message: why, BytesOut: v.bytesOut.Load()})
 	})
 }
