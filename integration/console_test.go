@@ -19,13 +19,16 @@ var consoleLinkRE = regexp.MustCompile(`https://\S+/login/[A-Za-z0-9_-]+`)
 // TestConsoleBrowser drives the web console in a real headless Chromium (Debian's) that
 // trusts the site's root: a device on the internet whose user shares their terminal and
 // their X display (`ibcm-client share --screen`, on real terminals); a Help Desk Operator
-// logs in with the one-time URL `ibcm console login` prints, sees the device in the list,
-// starts a control terminal session from the device's page (the sharer consents), types a
-// command into xterm.js and sees its output; starts a screen view session and sees the
-// display's colour on noVNC's canvas; the audit has both as console sessions, e2e=false.
-// The one-time URL does not work twice. A Read-only Analyst sees the device but no start
-// buttons, and the API answers their start with 403. With IBCM_SCREENSHOTS=DIR set, the
-// main pages are saved there as PNGs (the README's pictures, docs/console/).
+// logs in with the one-time URL `ibcm console login` prints, finds the device in the list
+// (and filters it out by search), starts a control terminal session from the device's page
+// (the sharer consents; their card says it comes from the web console), types a command
+// into xterm.js and sees its output, chats both ways; starts a screen view session and
+// sees the display's colour on noVNC's canvas; the audit has both as console sessions,
+// e2e=false, and so does the CSV the sessions page links to; logout ends the cookie
+// session. The one-time URL does not work twice. A Read-only Analyst sees the device but
+// no start buttons, and the API answers their start with 403 (forbidden, past the CSRF
+// check). With IBCM_SCREENSHOTS=DIR set, the main pages are saved there as PNGs (the
+// README's pictures, docs/console/).
 func TestConsoleBrowser(t *testing.T) {
 	for _, tool := range []string{"Xvfb", "x11vnc", "xsetroot", "xterm", "xdotool"} {
 		needTool(t, tool)
