@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -158,9 +159,20 @@ func TestConsoleBrowser(t *testing.T) {
 	b.waitText("#sessions-active-count", "0")
 	b.screenshot("sessions")
 	// The Remote Help report as CSV, as the page's link fetches it.
-	csv := evalJS[string](b, `fetch(document.getElementById("sessions-csv").href).then(r => r.ok ? r.text() : "HTTP " + r.status)`)
-	if !strings.HasPrefix(csv, "id,device,device_name,helper,") || !strings.Contains(csv, termSession+","+id+",pc-con1,helen,") {
-		t.Errorf("the sessions CSV:\n%s", csv)
+	text := evalJS[string](b, `fetch(document.getElementById("sessions-csv").href).then(r => r.ok ? r.text() : "HTTP " + r.status)`)
+	records, err := csv.NewReader(strings.NewReader(text)).ReadAll()
+	if err != nil || len(records) != 3 {
+		t.Fatalf("the sessions CSV: %v\n%s", err, text)
+	}
+	col := map[string]int{}
+	for i, name := range records[0] {
+		col[name] = i
+	}
+	for _, r := range records[1:] {
+		if (r[col["id"]] != termSession && r[col["id"]] != screenSession) || r[col["device_name"]] != "pc-con1" ||
+			r[col["helper"]] != "helen" || r[col["e2e"]] != "false" || r[col["console"]] != "true" {
+			t.Errorf("a row of the sessions CSV: %q (header %q)", r, records[0])
+		}
 	}
 
 	// 5. The one-time URL does not work twice (in a browser of its own: no cookie).
