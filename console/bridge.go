@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -58,6 +59,11 @@ const bridgeDialTimeout = 10 * time.Minute
 
 // screenAttachTimeout is how long a screen session waits for its screen WebSocket.
 var screenAttachTimeout = time.Minute
+
+// bridgeWriteTimeout bounds one write towards the device: a device that reads nothing for
+// that long (hung, or a dead link the relay has not noticed) loses the session, rather than
+// holding the bridge's goroutines, and the keepalive and cookie checks behind them, forever.
+var bridgeWriteTimeout = time.Minute
 
 // bridgeEndWait is how long an end waits for the device's own End before closing.
 const bridgeEndWait = 5 * time.Second
@@ -482,11 +488,12 @@ func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, user, csr
 	dctx, dcancel := context.WithTimeout(ctx, bridgeDialTimeout)
 	defer dcancel()
 	go func() {
-		conn, err := c.backend.DialSession(dctx, user, id, q.Ticket)
+		raw, err := c.backend.DialSession(dctx, user, id, q.Ticket)
 		if err != nil {
 			dc <- dialed{nil, err}
 			return
 		}
+		conn := deviceConn{raw}
 		s, err := helper.Open(dctx, conn, frame.Greeting{Rows: q.Rows, Cols: q.Cols})
 		if err != nil {
 			_ = conn.Close()
@@ -680,11 +687,13 @@ loop:
 		}
 	}
 	<-ls.done
-	// The device is told, and its own End awaited a moment (its outcome is the audit's).
-	_ = s.End("ended in the web console: " + ls.reason)
-	select {
-	case <-deviceDone:
-	case <-time.After(bridgeEndWait):
+	// The device is told, and its own End awaited a moment (its outcome is the audit's);
+	// not when it cannot be told (the connection is lost, or it reads nothing).
+	if err := s.End("ended in the web console: " + ls.reason); err == nil {
+		select {
+		case <-deviceDone:
+		case <-time.After(bridgeEndWait):
+		}
 	}
 	_ = s.Close()
 	closeWith(ws, ls.reason) // a browser that left has closed it already
@@ -726,6 +735,26 @@ func (c *Console) runScreen(rctx context.Context, ws *websocket.Conn, ls *liveSe
 		return
 	}
 	ls.end("the browser closed the screen")
+}
+
+// deviceConn bounds every write towards the device by bridgeWriteTimeout. A write that
+// times out leaves the TLS connection broken for good: the session is then lost, and its
+// Close no longer waits for anything.
+type deviceConn struct{ net.Conn }
+
+func (c deviceConn) Write(p []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(bridgeWriteTimeout))
+	return c.Conn.Write(p)
+}
+
+// CloseWrite is the TLS close_notify of helper.Session.End, bounded the same way.
+func (c deviceConn) CloseWrite() error {
+	cw, ok := c.Conn.(interface{ CloseWrite() error })
+	if !ok {
+		return nil
+	}
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(bridgeWriteTimeout))
+	return cw.CloseWrite()
 }
 
 // endReason is what the browser is told when the session could not start.

@@ -42,6 +42,7 @@ var testSession string
 // bridgeDevice is the device's side of one session.
 type bridgeDevice struct {
 	screen bool
+	stall  chan struct{}    // when not nil: after its greeting the device reads nothing until it closes
 	got    chan frame.Frame // what the helper sent (Data, Resize, Chat, Mode, End)
 	end    chan string      // the test ends the session from the device with this message
 }
@@ -66,6 +67,10 @@ func (d *bridgeDevice) serve(conn net.Conn) {
 		si = append(si, make([]byte, 16)...)
 		si = binary.BigEndian.AppendUint32(si, 4)
 		write(frame.Data, append(si, "desk"...))
+	}
+	if d.stall != nil {
+		<-d.stall
+		return
 	}
 	go func() {
 		if msg, ok := <-d.end; ok {
@@ -106,7 +111,20 @@ type bridgeBackend struct {
 	mu      sync.Mutex
 	dev     *bridgeDevice
 	dialErr error
-	dials   []string // user/session/ticket
+	dials   []string      // user/session/ticket
+	closed  chan struct{} // when not nil: closed when the console closes the dialled connection
+}
+
+// closeConn tells when the console closes its end of a session.
+type closeConn struct {
+	net.Conn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (c *closeConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
 }
 
 func (b *bridgeBackend) ConsoleAPI(user string) http.Handler {
@@ -129,6 +147,9 @@ func (b *bridgeBackend) DialSession(ctx context.Context, user, sessionID, ticket
 	}
 	a, c := net.Pipe()
 	go dev.serve(c)
+	if b.closed != nil {
+		return &closeConn{Conn: a, closed: b.closed}, nil
+	}
 	return a, nil
 }
 
@@ -515,4 +536,39 @@ func FuzzParseClientMessage(f *testing.F) {
 			t.Fatal(fmt.Sprintf("type %q passed", m.Type))
 		}
 	})
+}
+
+// A device that stops reading (hung, or a dead link the relay has not noticed) holds no
+// console goroutine: a write to it gives up after bridgeWriteTimeout, the browser is told,
+// and the connection is closed; a browser that leaves meanwhile does not wait for it either.
+func TestBridgeDeviceStopsReading(t *testing.T) {
+	defer func(d time.Duration) { bridgeWriteTimeout = d }(bridgeWriteTimeout)
+	bridgeWriteTimeout = 200 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for _, leaves := range []bool{false, true} {
+		dev := &bridgeDevice{got: make(chan frame.Frame, 10), stall: make(chan struct{})}
+		srv, be := newBridge(t, dev)
+		be.closed = make(chan struct{})
+		ws, _, err := dialWS(ctx, srv, controlPath(""), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next(t, ctx, ws, "card", nil)
+		if err := ws.Write(ctx, websocket.MessageBinary, []byte("keystrokes nobody reads")); err != nil {
+			t.Fatal(err)
+		}
+		if leaves {
+			ws.CloseNow()
+		} else if m := next(t, ctx, ws, "end", nil); !strings.Contains(m["reason"].(string), "device") {
+			t.Errorf("end %v", m)
+		}
+		select {
+		case <-be.closed:
+		case <-ctx.Done():
+			t.Fatalf("browser left %v: the connection to a device that reads nothing is still open", leaves)
+		}
+		ws.CloseNow()
+		close(dev.stall)
+	}
 }
