@@ -155,8 +155,15 @@ func (b *bridgeBackend) DialSession(ctx context.Context, user, sessionID, ticket
 
 // testAuth: the cookie "alice" is alice's session.
 func testAuth(r *http.Request) (string, string, error) {
-	if ck, err := r.Cookie(CookieName); err == nil && ck.Value == "alice" {
-		return "alice", testCSRF, nil
+	if ck, err := r.Cookie(CookieName); err == nil {
+		switch ck.Value {
+		case "alice":
+			return "alice", testCSRF, nil
+		case "alice-tab2": // another cookie session of alice's (another browser)
+			return "alice", "csrf-of-alice-elsewhere", nil
+		case "mallory": // another user, who learnt alice's CSRF token
+			return "mallory", testCSRF, nil
+		}
 	}
 	return "", "", api.Errorf(http.StatusUnauthorized, "login_required", "no console session")
 }
@@ -435,6 +442,14 @@ func TestBridgeScreen(t *testing.T) {
 	if _, resp, err := dialWS(ctx, srv, strings.Replace(screenPath, testTicket, strings.Repeat("0", 32), 1), nil); err == nil || resp.StatusCode != 404 {
 		t.Errorf("another ticket's screen: %v", err)
 	}
+	// Only the cookie session that opened the control WebSocket attaches the screen: not
+	// another user with the ticket and the token, not the same user's other browser.
+	for name, c := range map[string][2]string{"another user": {"mallory", testCSRF}, "another cookie session": {"alice-tab2", "csrf-of-alice-elsewhere"}} {
+		p := strings.Replace(screenPath, testCSRF, c[1], 1)
+		if _, resp, err := dialWS(ctx, srv, p, http.Header{"Cookie": {CookieName + "=" + c[0]}}); err == nil || resp.StatusCode != 404 {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
 	sws, _, err := dialWS(ctx, srv, screenPath, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -570,5 +585,54 @@ func TestBridgeDeviceStopsReading(t *testing.T) {
 		}
 		ws.CloseNow()
 		close(dev.stall)
+	}
+}
+
+// A screen WebSocket whose viewer speaks no RFB (or a hostile one): nothing of the device's
+// screen reaches it, and the session ends.
+func TestBridgeScreenBadViewer(t *testing.T) {
+	for _, hello := range [][]byte{[]byte("RFB 003.003\n"), []byte("GET / HTTP/1.1\r\n\r\n"), append([]byte("RFB 003.008\n"), 2)} {
+		dev := &bridgeDevice{screen: true, got: make(chan frame.Frame, 100)}
+		srv, _ := newBridge(t, dev)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ws, _, err := dialWS(ctx, srv, controlPath(""), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next(t, ctx, ws, "card", nil)
+		sws, _, err := dialWS(ctx, srv, "/ws/sessions/"+testSession+"/screen?ticket="+testTicket+"&csrf="+testCSRF, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sws.Write(ctx, websocket.MessageBinary, hello); err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		for {
+			typ, b, err := sws.Read(ctx)
+			if err != nil {
+				break
+			}
+			if typ == websocket.MessageBinary {
+				got = append(got, b...)
+			}
+		}
+		if strings.Contains(string(got), "desk") {
+			t.Errorf("%q: the viewer got the device's ServerInit: %q", hello, got)
+		}
+		if m := next(t, ctx, ws, "end", nil); !strings.Contains(m["reason"].(string), "handshake") {
+			t.Errorf("%q: end %v", hello, m)
+		}
+		for f := range dev.got {
+			if f.Type == frame.Data {
+				t.Errorf("%q: the device got screen bytes %q", hello, f.Payload)
+			}
+			if f.Type == frame.End {
+				break
+			}
+		}
+		ws.CloseNow()
+		sws.CloseNow()
+		cancel()
 	}
 }
