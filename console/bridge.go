@@ -43,9 +43,10 @@ import (
 // the cookie, Origin and CSRF), bridged to the device's screen stream.
 //
 // When the browser goes (either WebSocket closes, or stops answering pings) the session
-// ends; when the session ends, the WebSockets close with the end message first. Every
-// keepalive tick the cookie session is checked again: a logout, a revocation or a disabled
-// user ends the live session too.
+// ends; when the session ends, the WebSockets close with the end message first. A logout
+// or a revocation on this console ends the live sessions concerned at once (endLive); every
+// keepalive tick the cookie session is checked again too, for a disabled user, an expiry,
+// or a revocation made through another MP's console.
 
 // MaxWSMessage bounds one message a browser sends on either WebSocket.
 const MaxWSMessage = 64 << 10
@@ -344,6 +345,7 @@ type (
 // liveSession is a browser session served by this console: the control WebSocket's, which
 // a screen WebSocket of the same cookie session attaches to.
 type liveSession struct {
+	c                      *Console
 	id, user, csrf, ticket string
 	s                      *helper.Session
 	screen                 bool
@@ -391,6 +393,23 @@ func (l *liveSessions) remove(ls *liveSession) {
 	if l.m[ls.id] == ls {
 		delete(l.m, ls.id)
 	}
+}
+
+// endLive ends at once the live sessions of c for which match holds (a logout, a
+// revocation), rather than at their next keepalive; it returns how many.
+func (c *Console) endLive(match func(*liveSession) bool, reason string) int {
+	lives.mu.Lock()
+	var hit []*liveSession
+	for _, ls := range lives.m {
+		if ls.c == c && match(ls) {
+			hit = append(hit, ls)
+		}
+	}
+	lives.mu.Unlock()
+	for _, ls := range hit {
+		ls.end(reason)
+	}
+	return len(hit)
 }
 
 // attachScreen finds the screen session id that the same cookie session (user, csrf) opened
@@ -533,7 +552,7 @@ func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, user, csr
 		}
 	}
 	defer s.Close()
-	ls := &liveSession{id: id, user: user, csrf: csrf, ticket: q.Ticket, s: s, screen: s.Device.Terminal == "screen",
+	ls := &liveSession{c: c, id: id, user: user, csrf: csrf, ticket: q.Ticket, s: s, screen: s.Device.Terminal == "screen",
 		screenAttached: make(chan struct{}), done: make(chan struct{})}
 	var screenOut *io.PipeWriter
 	if ls.screen {
@@ -545,6 +564,11 @@ func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, user, csr
 		return
 	}
 	defer lives.remove(ls)
+	// A logout or revocation while the device was being reached (endLive did not see this
+	// session yet) ends it now, not at the first keepalive.
+	if err := recheck(ctx); err != nil {
+		ls.end("the console session ended (logged out, revoked or expired)")
+	}
 	log.Info().Bool("screen", ls.screen).Msg("console session live")
 
 	kind := "terminal"

@@ -636,3 +636,58 @@ func TestBridgeScreenBadViewer(t *testing.T) {
 		cancel()
 	}
 }
+
+// A logout or a revocation ends the user's live sessions on this console at once, not at
+// the next keepalive: only that cookie session's for a logout, every one of the user's for
+// a revocation.
+func TestBridgeEndsOnLogoutAndRevoke(t *testing.T) {
+	f := sqliteFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	// Every keepalive of this test comes after its deadline.
+	defer func(d time.Duration) { bridgeKeepalive = d }(bridgeKeepalive)
+	bridgeKeepalive = time.Hour
+	open := func(c *http.Client, csrf string) *websocket.Conn {
+		t.Helper()
+		dev := &bridgeDevice{got: make(chan frame.Frame, 100)}
+		testSession = ticket.NewID()
+		f.c.backend = &bridgeBackend{dev: dev}
+		ws, _, err := websocket.Dial(ctx, "wss"+strings.TrimPrefix(f.url, "https")+"/ws/sessions/"+testSession+"?ticket="+testTicket+"&csrf="+csrf,
+			&websocket.DialOptions{HTTPClient: c, HTTPHeader: http.Header{"Origin": {f.c.origin}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ws.CloseNow() })
+		readJSON(t, ctx, ws, nil) // status: connecting
+		if m := readJSON(t, ctx, ws, nil); m["type"] != "card" {
+			t.Fatalf("want the card: %v", m)
+		}
+		return ws
+	}
+	ended := func(ws *websocket.Conn, want string) {
+		t.Helper()
+		if m := readJSON(t, ctx, ws, nil); m["type"] != "end" || !strings.Contains(m["reason"].(string), want) {
+			t.Errorf("want the end (%s): %v", want, m)
+		}
+	}
+	c1, c2 := f.browser(t), f.browser(t)
+	csrf1, csrf2 := f.login(t, c1, "alice"), f.login(t, c2, "alice")
+	ws1, ws2 := open(c1, csrf1), open(c2, csrf2)
+	if a := do(t, c1, "POST", f.url+"/logout", nil, map[string]string{CSRFHeader: csrf1, "Origin": f.url}); a.status != http.StatusSeeOther {
+		t.Fatalf("logout: HTTP %d", a.status)
+	}
+	ended(ws1, "logged out")
+	// The other browser's session goes on.
+	if err := ws2.Write(ctx, websocket.MessageText, []byte(`{"type":"chat","text":"still here"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m := readJSON(t, ctx, ws2, nil); m["type"] != "chat" || m["text"] != "got: still here" {
+		t.Errorf("the other cookie session's: %v", m)
+	}
+	ws3 := open(c2, csrf2)
+	if _, err := f.c.RevokeUser(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	ended(ws2, "revoked")
+	ended(ws3, "revoked")
+}

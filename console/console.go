@@ -150,6 +150,7 @@ func (c *Console) RevokeUser(ctx context.Context, user string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("revoking the console sessions of %q: %w", user, err)
 	}
+	c.endLive(func(ls *liveSession) bool { return ls.user == user }, "the user's console sessions were revoked")
 	c.log.Info().Str("user", user).Int64("sessions", n).Msg("console sessions revoked")
 	return int(n), nil
 }
