@@ -111,6 +111,15 @@ func TestConsoleSession(t *testing.T) {
 	if _, err := f.mp.DialSession(ctx, "ana", out.Session.ID, out.TicketID); code(err) != "not_your_ticket" {
 		t.Errorf("another user's ticket: %v", err)
 	}
+	// Audited as the command line's relay audits it: a refused session of the user's,
+	// naming the one they reached for.
+	audited := false
+	for _, x := range auditOf(t, f, id) {
+		audited = audited || x.Helper == "ana" && x.Outcome == wire.OutcomeRefused && x.Error == "not_your_ticket" && x.Reason == "relay "+out.Session.ID && x.Console
+	}
+	if !audited {
+		t.Errorf("another user's ticket is not audited: %+v", auditOf(t, f, id))
+	}
 	if _, err := f.mp.DialSession(ctx, "hd", ticket.NewID(), out.TicketID); code(err) != "not_found" {
 		t.Errorf("another session: %v", err)
 	}
