@@ -276,8 +276,9 @@ func parseClientMessage(b []byte) (clientMessage, error) {
 	return m, nil
 }
 
-// uniqueKeys refuses an object whose keys repeat, or whose values are null (encoding/json
-// would take the last, or skip it).
+// uniqueKeys refuses an object whose keys repeat, are not exactly (case included) the names
+// of clientMessage's fields, or whose values are null: encoding/json would take the last,
+// match "TEXT" or "Mode" to a field, or skip a null.
 func uniqueKeys(b []byte) error {
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
@@ -290,6 +291,11 @@ func uniqueKeys(b []byte) error {
 			return fmt.Errorf("%w: %v", errMessage, err)
 		}
 		k, _ := t.(string)
+		switch k {
+		case "type", "rows", "cols", "text", "mode":
+		default:
+			return fmt.Errorf("%w: unknown field %q", errMessage, k)
+		}
 		if seen[k] {
 			return fmt.Errorf("%w: %q twice", errMessage, k)
 		}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -500,7 +501,8 @@ func TestParseClientMessage(t *testing.T) {
 		`{"type":"resize","rows":24,"cols":80,"text":"x"}`, `{"type":"chat"}`, `{"type":"chat","text":""}`,
 		`{"type":"chat","text":"` + strings.Repeat("x", frame.MaxChat+1) + `"}`, "{\"type\":\"chat\",\"text\":\"\xff\"}",
 		`{"type":"mode","mode":"root"}`, `{"type":"mode"}`, `{"type":"mode","mode":"view","rows":1}`, `{"type":1}`,
-		`{"type":"chat","text":"a","text":"b","rows":null}`} {
+		`{"type":"chat","text":"a","text":"b","rows":null}`, `{"TYPE":"end"}`, `{"type":"chat","text":"a","Text":"b"}`,
+		`{"type":"mode","mode":"view","MODE":"unattended"}`} {
 		if m, err := parseClientMessage([]byte(bad)); !errors.Is(err, errMessage) {
 			t.Errorf("%q: %+v %v", bad, m, err)
 		}
@@ -529,6 +531,21 @@ func FuzzParseClientMessage(f *testing.F) {
 		m, err := parseClientMessage(b)
 		if err != nil {
 			return
+		}
+		// The keys as written, exactly (encoding/json matches them without case): the
+		// type's fields and nothing else, each once.
+		var raw map[string]json.RawMessage
+		if err := json.Unmarshal(b, &raw); err != nil {
+			t.Fatalf("passed, but not an object: %v", err)
+		}
+		keys := []string{}
+		for k := range raw {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		want := map[string]string{"resize": "cols rows type", "chat": "text type", "mode": "mode type", "end": "type"}[m.Type]
+		if strings.Join(keys, " ") != want {
+			t.Fatalf("%s passed with the keys %q of %q", m.Type, keys, b)
 		}
 		switch m.Type {
 		case "resize":
