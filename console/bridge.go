@@ -661,7 +661,7 @@ loop:
 		case <-ls.done:
 			break loop
 		case err := <-readErr:
-			if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
+			if errors.Is(err, websocket.ErrMessageTooBig) {
 				ls.end(fmt.Sprintf("the browser sent a message over %d bytes", MaxWSMessage))
 			} else {
 				ls.end("the browser left")
@@ -760,7 +760,7 @@ func (c *Console) runScreen(rctx context.Context, ws *websocket.Conn, ls *liveSe
 		ls.end("the device's screen ended")
 	}()
 	_, err := io.Copy(ls.s, nc)
-	if errors.Is(err, frame.ErrFrame) || websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
+	if errors.Is(err, frame.ErrFrame) || errors.Is(err, websocket.ErrMessageTooBig) {
 		ls.end("the screen sent a message the console refuses")
 		return
 	}

@@ -708,3 +708,62 @@ func TestBridgeEndsOnLogoutAndRevoke(t *testing.T) {
 	ended(ws2, "revoked")
 	ended(ws3, "revoked")
 }
+
+// A message over MaxWSMessage ends the session (the device is told), whichever the
+// WebSocket; the console holds no more of it than the limit.
+func TestBridgeMessageTooBig(t *testing.T) {
+	dev := &bridgeDevice{got: make(chan frame.Frame, 100)}
+	srv, _ := newBridge(t, dev)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := dialWS(ctx, srv, controlPath(""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	next(t, ctx, ws, "card", nil)
+	_ = ws.Write(ctx, websocket.MessageText, []byte(`{"type":"chat","text":"`+strings.Repeat("x", MaxWSMessage)+`"}`))
+	if _, _, err := ws.Read(ctx); websocket.CloseStatus(err) != websocket.StatusMessageTooBig {
+		t.Errorf("after a message over the limit: %v", err)
+	}
+	for f := range dev.got {
+		if f.Type == frame.Chat {
+			t.Errorf("the device got the chat")
+		}
+		if f.Type == frame.End {
+			var e frame.Ending
+			_ = json.Unmarshal(f.Payload, &e)
+			if !strings.Contains(e.Message, "over 65536 bytes") {
+				t.Errorf("ending %+v", e)
+			}
+			break
+		}
+	}
+}
+
+// The same on the screen WebSocket, after noVNC's handshake.
+func TestBridgeScreenMessageTooBig(t *testing.T) {
+	dev := &bridgeDevice{screen: true, got: make(chan frame.Frame, 100)}
+	srv, _ := newBridge(t, dev)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := dialWS(ctx, srv, controlPath(""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	next(t, ctx, ws, "card", nil)
+	sws, _, err := dialWS(ctx, srv, "/ws/sessions/"+testSession+"/screen?ticket="+testTicket+"&csrf="+testCSRF, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sws.CloseNow()
+	nc := websocket.NetConn(ctx, sws, websocket.MessageBinary)
+	if _, err := rfb.Dial(nc, ""); err != nil {
+		t.Fatal(err)
+	}
+	_ = sws.Write(ctx, websocket.MessageBinary, make([]byte, MaxWSMessage+1))
+	if m := next(t, ctx, ws, "end", nil); !strings.Contains(m["reason"].(string), "refuses") {
+		t.Errorf("end %v", m)
+	}
+}
