@@ -284,7 +284,8 @@ type VerifyOptions struct {
 }
 
 // Verify checks the signer (chains to Roots with serverAuth at Now, is an MP of SiteCode,
-// not revoked), the signature, the device and the validity window. Replays are the
+// not revoked), the signature, the device, the validity window, and for a console ticket
+// that HelperKey is the signer's key. Replays are the
 // caller's (Seen).
 func (s *Signed) Verify(o VerifyOptions) (*Ticket, error) {
 	leaf := s.Chain[0]
@@ -310,6 +311,11 @@ func (s *Signed) Verify(o VerifyOptions) (*Ticket, error) {
 		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
 	}
 	t := s.Ticket
+	// A console ticket's helper end is the MP that signed it: its own key, no other (the
+	// device's end-to-end TLS then requires that key, remote/e2e).
+	if t.Console && t.HelperKey != wire.PublicKeyHash(leaf) {
+		return nil, fmt.Errorf("%w: a console ticket names another key than its signer's", ErrMalformed)
+	}
 	if t.Device != o.Device {
 		return nil, fmt.Errorf("%w: %s", ErrOtherDevice, t.Device)
 	}
