@@ -24,6 +24,7 @@ import (
 	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/helper"
 	"github.com/ibcm-project/ibcm/remote/rfb"
+	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
 // The WebSockets of browser sessions (the contract's "Browser sessions"):
@@ -129,22 +130,10 @@ func parseWSQuery(raw string, screen bool) (wsQuery, error) {
 			return wsQuery{}, api.BadRequest("unknown query parameter %q (ticket, csrf, rows, cols)", k)
 		}
 	}
-	if !isHexID(out.Ticket) {
+	if !ticket.ValidID(out.Ticket) {
 		return wsQuery{}, api.BadRequest("ticket: the ticket id of the session's start (32 hex digits)")
 	}
 	return out, nil
-}
-
-func isHexID(s string) bool {
-	if len(s) != 32 {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // wsRoute checks a WebSocket upgrade (Origin exactly, cookie session, CSRF, the query)
@@ -166,7 +155,7 @@ func (c *Console) wsRoute(auth authFunc, screen bool) http.Handler {
 			return err
 		}
 		id := r.PathValue("id")
-		if !isHexID(id) {
+		if !ticket.ValidID(id) {
 			return api.Errorf(http.StatusNotFound, "not_found", "no session %q", id)
 		}
 		var ls *liveSession

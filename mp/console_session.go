@@ -33,7 +33,7 @@ const consoleHandshakeTimeout = 30 * time.Second
 // It waits, as a relay leg does, until the device's leg is there (the sharer's consent
 // comes first): bound it with ctx.
 func (m *MP) DialSession(ctx context.Context, user, sessionID, ticketID string) (net.Conn, error) {
-	if !isHexID(sessionID) || !isHexID(ticketID) {
+	if !ticket.ValidID(sessionID) || !ticket.ValidID(ticketID) {
 		return nil, api.BadRequest("session and ticket: 32 hex digits each")
 	}
 	if len(m.o.SiteChain) == 0 || m.o.SiteKey == nil {

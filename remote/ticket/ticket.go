@@ -131,7 +131,7 @@ func NewID() string {
 
 // Check validates the fields of a ticket as a signer must write them.
 func (t *Ticket) Check() error {
-	if !isHexID(t.ID) || !isHexID(t.Session) {
+	if !ValidID(t.ID) || !ValidID(t.Session) {
 		return fmt.Errorf("%w: id and session must be 32 hex digits", ErrMalformed)
 	}
 	if t.Device == "" || len(t.Device) > 128 || t.Helper == "" || len(t.Helper) > 128 || len(t.HelperKey) != 64 {
@@ -184,12 +184,18 @@ func ValidMode(m string) bool {
 	return m == ModeView || m == ModeControl || m == ModeElevated || m == ModeUnattended
 }
 
-func isHexID(s string) bool {
+// ValidID reports whether s is an id as NewID makes them (tickets, sessions): 32
+// lower-case hex digits.
+func ValidID(s string) bool {
 	if len(s) != 32 {
 		return false
 	}
-	_, err := hex.DecodeString(s)
-	return err == nil
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 var b64 = base64.RawURLEncoding
