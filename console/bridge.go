@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 	"github.com/ibcm-project/ibcm/remote/frame"
 	"github.com/ibcm-project/ibcm/remote/helper"
 	"github.com/ibcm-project/ibcm/remote/rfb"
+	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
 // The WebSockets of browser sessions (the contract's "Browser sessions"):
@@ -42,9 +44,10 @@ import (
 // the cookie, Origin and CSRF), bridged to the device's screen stream.
 //
 // When the browser goes (either WebSocket closes, or stops answering pings) the session
-// ends; when the session ends, the WebSockets close with the end message first. Every
-// keepalive tick the cookie session is checked again: a logout, a revocation or a disabled
-// user ends the live session too.
+// ends; when the session ends, the WebSockets close with the end message first. A logout
+// or a revocation on this console ends the live sessions concerned at once (endLive); every
+// keepalive tick the cookie session is checked again too, for a disabled user, an expiry,
+// or a revocation made through another MP's console.
 
 // MaxWSMessage bounds one message a browser sends on either WebSocket.
 const MaxWSMessage = 64 << 10
@@ -58,6 +61,11 @@ const bridgeDialTimeout = 10 * time.Minute
 
 // screenAttachTimeout is how long a screen session waits for its screen WebSocket.
 var screenAttachTimeout = time.Minute
+
+// bridgeWriteTimeout bounds one write towards the device: a device that reads nothing for
+// that long (hung, or a dead link the relay has not noticed) loses the session, rather than
+// holding the bridge's goroutines, and the keepalive and cookie checks behind them, forever.
+var bridgeWriteTimeout = time.Minute
 
 // bridgeEndWait is how long an end waits for the device's own End before closing.
 const bridgeEndWait = 5 * time.Second
@@ -122,22 +130,10 @@ func parseWSQuery(raw string, screen bool) (wsQuery, error) {
 			return wsQuery{}, api.BadRequest("unknown query parameter %q (ticket, csrf, rows, cols)", k)
 		}
 	}
-	if !isHexID(out.Ticket) {
+	if !ticket.ValidID(out.Ticket) {
 		return wsQuery{}, api.BadRequest("ticket: the ticket id of the session's start (32 hex digits)")
 	}
 	return out, nil
-}
-
-func isHexID(s string) bool {
-	if len(s) != 32 {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // wsRoute checks a WebSocket upgrade (Origin exactly, cookie session, CSRF, the query)
@@ -159,7 +155,7 @@ func (c *Console) wsRoute(auth authFunc, screen bool) http.Handler {
 			return err
 		}
 		id := r.PathValue("id")
-		if !isHexID(id) {
+		if !ticket.ValidID(id) {
 			return api.Errorf(http.StatusNotFound, "not_found", "no session %q", id)
 		}
 		var ls *liveSession
@@ -269,8 +265,9 @@ func parseClientMessage(b []byte) (clientMessage, error) {
 	return m, nil
 }
 
-// uniqueKeys refuses an object whose keys repeat, or whose values are null (encoding/json
-// would take the last, or skip it).
+// uniqueKeys refuses an object whose keys repeat, are not exactly (case included) the names
+// of clientMessage's fields, or whose values are null: encoding/json would take the last,
+// match "TEXT" or "Mode" to a field, or skip a null.
 func uniqueKeys(b []byte) error {
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
@@ -283,6 +280,11 @@ func uniqueKeys(b []byte) error {
 			return fmt.Errorf("%w: %v", errMessage, err)
 		}
 		k, _ := t.(string)
+		switch k {
+		case "type", "rows", "cols", "text", "mode":
+		default:
+			return fmt.Errorf("%w: unknown field %q", errMessage, k)
+		}
 		if seen[k] {
 			return fmt.Errorf("%w: %q twice", errMessage, k)
 		}
@@ -338,6 +340,7 @@ type (
 // liveSession is a browser session served by this console: the control WebSocket's, which
 // a screen WebSocket of the same cookie session attaches to.
 type liveSession struct {
+	c                      *Console
 	id, user, csrf, ticket string
 	s                      *helper.Session
 	screen                 bool
@@ -385,6 +388,23 @@ func (l *liveSessions) remove(ls *liveSession) {
 	if l.m[ls.id] == ls {
 		delete(l.m, ls.id)
 	}
+}
+
+// endLive ends at once the live sessions of c for which match holds (a logout, a
+// revocation), rather than at their next keepalive; it returns how many.
+func (c *Console) endLive(match func(*liveSession) bool, reason string) int {
+	lives.mu.Lock()
+	var hit []*liveSession
+	for _, ls := range lives.m {
+		if ls.c == c && match(ls) {
+			hit = append(hit, ls)
+		}
+	}
+	lives.mu.Unlock()
+	for _, ls := range hit {
+		ls.end(reason)
+	}
+	return len(hit)
 }
 
 // attachScreen finds the screen session id that the same cookie session (user, csrf) opened
@@ -482,11 +502,12 @@ func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, user, csr
 	dctx, dcancel := context.WithTimeout(ctx, bridgeDialTimeout)
 	defer dcancel()
 	go func() {
-		conn, err := c.backend.DialSession(dctx, user, id, q.Ticket)
+		raw, err := c.backend.DialSession(dctx, user, id, q.Ticket)
 		if err != nil {
 			dc <- dialed{nil, err}
 			return
 		}
+		conn := deviceConn{raw}
 		s, err := helper.Open(dctx, conn, frame.Greeting{Rows: q.Rows, Cols: q.Cols})
 		if err != nil {
 			_ = conn.Close()
@@ -526,7 +547,7 @@ func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, user, csr
 		}
 	}
 	defer s.Close()
-	ls := &liveSession{id: id, user: user, csrf: csrf, ticket: q.Ticket, s: s, screen: s.Device.Terminal == "screen",
+	ls := &liveSession{c: c, id: id, user: user, csrf: csrf, ticket: q.Ticket, s: s, screen: s.Device.Terminal == "screen",
 		screenAttached: make(chan struct{}), done: make(chan struct{})}
 	var screenOut *io.PipeWriter
 	if ls.screen {
@@ -538,6 +559,11 @@ func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, user, csr
 		return
 	}
 	defer lives.remove(ls)
+	// A logout or revocation while the device was being reached (endLive did not see this
+	// session yet) ends it now, not at the first keepalive.
+	if err := recheck(ctx); err != nil {
+		ls.end("the console session ended (logged out, revoked or expired)")
+	}
 	log.Info().Bool("screen", ls.screen).Msg("console session live")
 
 	kind := "terminal"
@@ -624,7 +650,7 @@ loop:
 		case <-ls.done:
 			break loop
 		case err := <-readErr:
-			if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
+			if errors.Is(err, websocket.ErrMessageTooBig) {
 				ls.end(fmt.Sprintf("the browser sent a message over %d bytes", MaxWSMessage))
 			} else {
 				ls.end("the browser left")
@@ -680,11 +706,13 @@ loop:
 		}
 	}
 	<-ls.done
-	// The device is told, and its own End awaited a moment (its outcome is the audit's).
-	_ = s.End("ended in the web console: " + ls.reason)
-	select {
-	case <-deviceDone:
-	case <-time.After(bridgeEndWait):
+	// The device is told, and its own End awaited a moment (its outcome is the audit's);
+	// not when it cannot be told (the connection is lost, or it reads nothing).
+	if err := s.End("ended in the web console: " + ls.reason); err == nil {
+		select {
+		case <-deviceDone:
+		case <-time.After(bridgeEndWait):
+		}
 	}
 	_ = s.Close()
 	closeWith(ws, ls.reason) // a browser that left has closed it already
@@ -721,11 +749,31 @@ func (c *Console) runScreen(rctx context.Context, ws *websocket.Conn, ls *liveSe
 		ls.end("the device's screen ended")
 	}()
 	_, err := io.Copy(ls.s, nc)
-	if errors.Is(err, frame.ErrFrame) || websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
+	if errors.Is(err, frame.ErrFrame) || errors.Is(err, websocket.ErrMessageTooBig) {
 		ls.end("the screen sent a message the console refuses")
 		return
 	}
 	ls.end("the browser closed the screen")
+}
+
+// deviceConn bounds every write towards the device by bridgeWriteTimeout. A write that
+// times out leaves the TLS connection broken for good: the session is then lost, and its
+// Close no longer waits for anything.
+type deviceConn struct{ net.Conn }
+
+func (c deviceConn) Write(p []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(bridgeWriteTimeout))
+	return c.Conn.Write(p)
+}
+
+// CloseWrite is the TLS close_notify of helper.Session.End, bounded the same way.
+func (c deviceConn) CloseWrite() error {
+	cw, ok := c.Conn.(interface{ CloseWrite() error })
+	if !ok {
+		return nil
+	}
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(bridgeWriteTimeout))
+	return cw.CloseWrite()
 }
 
 // endReason is what the browser is told when the session could not start.

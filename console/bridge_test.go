@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -42,6 +43,7 @@ var testSession string
 // bridgeDevice is the device's side of one session.
 type bridgeDevice struct {
 	screen bool
+	stall  chan struct{}    // when not nil: after its greeting the device reads nothing until it closes
 	got    chan frame.Frame // what the helper sent (Data, Resize, Chat, Mode, End)
 	end    chan string      // the test ends the session from the device with this message
 }
@@ -66,6 +68,10 @@ func (d *bridgeDevice) serve(conn net.Conn) {
 		si = append(si, make([]byte, 16)...)
 		si = binary.BigEndian.AppendUint32(si, 4)
 		write(frame.Data, append(si, "desk"...))
+	}
+	if d.stall != nil {
+		<-d.stall
+		return
 	}
 	go func() {
 		if msg, ok := <-d.end; ok {
@@ -106,7 +112,20 @@ type bridgeBackend struct {
 	mu      sync.Mutex
 	dev     *bridgeDevice
 	dialErr error
-	dials   []string // user/session/ticket
+	dials   []string      // user/session/ticket
+	closed  chan struct{} // when not nil: closed when the console closes the dialled connection
+}
+
+// closeConn tells when the console closes its end of a session.
+type closeConn struct {
+	net.Conn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (c *closeConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
 }
 
 func (b *bridgeBackend) ConsoleAPI(user string) http.Handler {
@@ -131,13 +150,23 @@ func (b *bridgeBackend) DialSession(ctx context.Context, user, sessionID, ticket
 	}
 	a, c := net.Pipe()
 	go dev.serve(c)
+	if b.closed != nil {
+		return &closeConn{Conn: a, closed: b.closed}, nil
+	}
 	return a, nil
 }
 
 // testAuth: the cookie "alice" is alice's session.
 func testAuth(r *http.Request) (string, string, error) {
-	if ck, err := r.Cookie(CookieName); err == nil && ck.Value == "alice" {
-		return "alice", testCSRF, nil
+	if ck, err := r.Cookie(CookieName); err == nil {
+		switch ck.Value {
+		case "alice":
+			return "alice", testCSRF, nil
+		case "alice-tab2": // another cookie session of alice's (another browser)
+			return "alice", "csrf-of-alice-elsewhere", nil
+		case "mallory": // another user, who learnt alice's CSRF token
+			return "mallory", testCSRF, nil
+		}
 	}
 	return "", "", api.Errorf(http.StatusUnauthorized, "login_required", "no console session")
 }
@@ -416,6 +445,14 @@ func TestBridgeScreen(t *testing.T) {
 	if _, resp, err := dialWS(ctx, srv, strings.Replace(screenPath, testTicket, strings.Repeat("0", 32), 1), nil); err == nil || resp.StatusCode != 404 {
 		t.Errorf("another ticket's screen: %v", err)
 	}
+	// Only the cookie session that opened the control WebSocket attaches the screen: not
+	// another user with the ticket and the token, not the same user's other browser.
+	for name, c := range map[string][2]string{"another user": {"mallory", testCSRF}, "another cookie session": {"alice-tab2", "csrf-of-alice-elsewhere"}} {
+		p := strings.Replace(screenPath, testCSRF, c[1], 1)
+		if _, resp, err := dialWS(ctx, srv, p, http.Header{"Cookie": {CookieName + "=" + c[0]}}); err == nil || resp.StatusCode != 404 {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
 	sws, _, err := dialWS(ctx, srv, screenPath, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -466,7 +503,8 @@ func TestParseClientMessage(t *testing.T) {
 		`{"type":"resize","rows":24,"cols":80,"text":"x"}`, `{"type":"chat"}`, `{"type":"chat","text":""}`,
 		`{"type":"chat","text":"` + strings.Repeat("x", frame.MaxChat+1) + `"}`, "{\"type\":\"chat\",\"text\":\"\xff\"}",
 		`{"type":"mode","mode":"root"}`, `{"type":"mode"}`, `{"type":"mode","mode":"view","rows":1}`, `{"type":1}`,
-		`{"type":"chat","text":"a","text":"b","rows":null}`} {
+		`{"type":"chat","text":"a","text":"b","rows":null}`, `{"TYPE":"end"}`, `{"type":"chat","text":"a","Text":"b"}`,
+		`{"type":"mode","mode":"view","MODE":"unattended"}`} {
 		if m, err := parseClientMessage([]byte(bad)); !errors.Is(err, errMessage) {
 			t.Errorf("%q: %+v %v", bad, m, err)
 		}
@@ -496,6 +534,21 @@ func FuzzParseClientMessage(f *testing.F) {
 		if err != nil {
 			return
 		}
+		// The keys as written, exactly (encoding/json matches them without case): the
+		// type's fields and nothing else, each once.
+		var raw map[string]json.RawMessage
+		if err := json.Unmarshal(b, &raw); err != nil {
+			t.Fatalf("passed, but not an object: %v", err)
+		}
+		keys := []string{}
+		for k := range raw {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		want := map[string]string{"resize": "cols rows type", "chat": "text type", "mode": "mode type", "end": "type"}[m.Type]
+		if strings.Join(keys, " ") != want {
+			t.Fatalf("%s passed with the keys %q of %q", m.Type, keys, b)
+		}
 		switch m.Type {
 		case "resize":
 			if m.Rows == nil || m.Cols == nil || *m.Rows == 0 || *m.Cols == 0 || *m.Rows > 1000 || *m.Cols > 1000 || m.Text != nil || m.Mode != nil {
@@ -517,4 +570,202 @@ func FuzzParseClientMessage(f *testing.F) {
 			t.Fatal(fmt.Sprintf("type %q passed", m.Type))
 		}
 	})
+}
+
+// A device that stops reading (hung, or a dead link the relay has not noticed) holds no
+// console goroutine: a write to it gives up after bridgeWriteTimeout, the browser is told,
+// and the connection is closed; a browser that leaves meanwhile does not wait for it either.
+func TestBridgeDeviceStopsReading(t *testing.T) {
+	defer func(d time.Duration) { bridgeWriteTimeout = d }(bridgeWriteTimeout)
+	bridgeWriteTimeout = 200 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for _, leaves := range []bool{false, true} {
+		dev := &bridgeDevice{got: make(chan frame.Frame, 10), stall: make(chan struct{})}
+		srv, be := newBridge(t, dev)
+		be.closed = make(chan struct{})
+		ws, _, err := dialWS(ctx, srv, controlPath(""), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next(t, ctx, ws, "card", nil)
+		if err := ws.Write(ctx, websocket.MessageBinary, []byte("keystrokes nobody reads")); err != nil {
+			t.Fatal(err)
+		}
+		if leaves {
+			ws.CloseNow()
+		} else if m := next(t, ctx, ws, "end", nil); !strings.Contains(m["reason"].(string), "device") {
+			t.Errorf("end %v", m)
+		}
+		select {
+		case <-be.closed:
+		case <-ctx.Done():
+			t.Fatalf("browser left %v: the connection to a device that reads nothing is still open", leaves)
+		}
+		ws.CloseNow()
+		close(dev.stall)
+	}
+}
+
+// A screen WebSocket whose viewer speaks no RFB (or a hostile one): nothing of the device's
+// screen reaches it, and the session ends.
+func TestBridgeScreenBadViewer(t *testing.T) {
+	for _, hello := range [][]byte{[]byte("RFB 003.003\n"), []byte("GET / HTTP/1.1\r\n\r\n"), append([]byte("RFB 003.008\n"), 2)} {
+		dev := &bridgeDevice{screen: true, got: make(chan frame.Frame, 100)}
+		srv, _ := newBridge(t, dev)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ws, _, err := dialWS(ctx, srv, controlPath(""), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next(t, ctx, ws, "card", nil)
+		sws, _, err := dialWS(ctx, srv, "/ws/sessions/"+testSession+"/screen?ticket="+testTicket+"&csrf="+testCSRF, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sws.Write(ctx, websocket.MessageBinary, hello); err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		for {
+			typ, b, err := sws.Read(ctx)
+			if err != nil {
+				break
+			}
+			if typ == websocket.MessageBinary {
+				got = append(got, b...)
+			}
+		}
+		if strings.Contains(string(got), "desk") {
+			t.Errorf("%q: the viewer got the device's ServerInit: %q", hello, got)
+		}
+		if m := next(t, ctx, ws, "end", nil); !strings.Contains(m["reason"].(string), "handshake") {
+			t.Errorf("%q: end %v", hello, m)
+		}
+		for f := range dev.got {
+			if f.Type == frame.Data {
+				t.Errorf("%q: the device got screen bytes %q", hello, f.Payload)
+			}
+			if f.Type == frame.End {
+				break
+			}
+		}
+		ws.CloseNow()
+		sws.CloseNow()
+		cancel()
+	}
+}
+
+// A logout or a revocation ends the user's live sessions on this console at once, not at
+// the next keepalive: only that cookie session's for a logout, every one of the user's for
+// a revocation.
+func TestBridgeEndsOnLogoutAndRevoke(t *testing.T) {
+	f := sqliteFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	// Every keepalive of this test comes after its deadline.
+	defer func(d time.Duration) { bridgeKeepalive = d }(bridgeKeepalive)
+	bridgeKeepalive = time.Hour
+	open := func(c *http.Client, csrf string) *websocket.Conn {
+		t.Helper()
+		dev := &bridgeDevice{got: make(chan frame.Frame, 100)}
+		testSession = ticket.NewID()
+		f.c.backend = &bridgeBackend{dev: dev}
+		ws, _, err := websocket.Dial(ctx, "wss"+strings.TrimPrefix(f.url, "https")+"/ws/sessions/"+testSession+"?ticket="+testTicket+"&csrf="+csrf,
+			&websocket.DialOptions{HTTPClient: c, HTTPHeader: http.Header{"Origin": {f.c.origin}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ws.CloseNow() })
+		readJSON(t, ctx, ws, nil) // status: connecting
+		if m := readJSON(t, ctx, ws, nil); m["type"] != "card" {
+			t.Fatalf("want the card: %v", m)
+		}
+		return ws
+	}
+	ended := func(ws *websocket.Conn, want string) {
+		t.Helper()
+		if m := readJSON(t, ctx, ws, nil); m["type"] != "end" || !strings.Contains(m["reason"].(string), want) {
+			t.Errorf("want the end (%s): %v", want, m)
+		}
+	}
+	c1, c2 := f.browser(t), f.browser(t)
+	csrf1, csrf2 := f.login(t, c1, "alice"), f.login(t, c2, "alice")
+	ws1, ws2 := open(c1, csrf1), open(c2, csrf2)
+	if a := do(t, c1, "POST", f.url+"/logout", nil, map[string]string{CSRFHeader: csrf1, "Origin": f.url}); a.status != http.StatusSeeOther {
+		t.Fatalf("logout: HTTP %d", a.status)
+	}
+	ended(ws1, "logged out")
+	// The other browser's session goes on.
+	if err := ws2.Write(ctx, websocket.MessageText, []byte(`{"type":"chat","text":"still here"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m := readJSON(t, ctx, ws2, nil); m["type"] != "chat" || m["text"] != "got: still here" {
+		t.Errorf("the other cookie session's: %v", m)
+	}
+	ws3 := open(c2, csrf2)
+	if _, err := f.c.RevokeUser(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	ended(ws2, "revoked")
+	ended(ws3, "revoked")
+}
+
+// A message over MaxWSMessage ends the session (the device is told), whichever the
+// WebSocket; the console holds no more of it than the limit.
+func TestBridgeMessageTooBig(t *testing.T) {
+	dev := &bridgeDevice{got: make(chan frame.Frame, 100)}
+	srv, _ := newBridge(t, dev)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := dialWS(ctx, srv, controlPath(""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	next(t, ctx, ws, "card", nil)
+	_ = ws.Write(ctx, websocket.MessageText, []byte(`{"type":"chat","text":"`+strings.Repeat("x", MaxWSMessage)+`"}`))
+	if _, _, err := ws.Read(ctx); websocket.CloseStatus(err) != websocket.StatusMessageTooBig {
+		t.Errorf("after a message over the limit: %v", err)
+	}
+	for f := range dev.got {
+		if f.Type == frame.Chat {
+			t.Errorf("the device got the chat")
+		}
+		if f.Type == frame.End {
+			var e frame.Ending
+			_ = json.Unmarshal(f.Payload, &e)
+			if !strings.Contains(e.Message, "over 65536 bytes") {
+				t.Errorf("ending %+v", e)
+			}
+			break
+		}
+	}
+}
+
+// The same on the screen WebSocket, after noVNC's handshake.
+func TestBridgeScreenMessageTooBig(t *testing.T) {
+	dev := &bridgeDevice{screen: true, got: make(chan frame.Frame, 100)}
+	srv, _ := newBridge(t, dev)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := dialWS(ctx, srv, controlPath(""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	next(t, ctx, ws, "card", nil)
+	sws, _, err := dialWS(ctx, srv, "/ws/sessions/"+testSession+"/screen?ticket="+testTicket+"&csrf="+testCSRF, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sws.CloseNow()
+	nc := websocket.NetConn(ctx, sws, websocket.MessageBinary)
+	if _, err := rfb.Dial(nc, ""); err != nil {
+		t.Fatal(err)
+	}
+	_ = sws.Write(ctx, websocket.MessageBinary, make([]byte, MaxWSMessage+1))
+	if m := next(t, ctx, ws, "end", nil); !strings.Contains(m["reason"].(string), "refuses") {
+		t.Errorf("end %v", m)
+	}
 }

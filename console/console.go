@@ -164,6 +164,7 @@ func (c *Console) revokeUser(ctx context.Context, user string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("revoking the console sessions of %q: %w", user, err)
 	}
+	c.endLive(func(ls *liveSession) bool { return ls.user == user }, "the user's console sessions were revoked")
 	return int(n), nil
 }
 

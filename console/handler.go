@@ -319,6 +319,7 @@ func (c *Console) handleLogout(w http.ResponseWriter, r *http.Request, s *sessio
 	if err := c.revoke(r.Context(), s.hash); err != nil {
 		return err
 	}
+	c.endLive(func(ls *liveSession) bool { return ls.user == s.user && ls.csrf == s.csrf }, "logged out")
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	c.log.Info().Str("user", s.user).Msg("console logout")
 	http.Redirect(w, r, "/logged-out", http.StatusSeeOther)

@@ -21,7 +21,7 @@ func TestCA(t *testing.T) {
 			root, issuing := s.path("ca/root.crt"), s.path("ca/issuing.crt")
 
 			status := s.try(t, "site", "status")
-			if status.code != 0 || strings.Count(status.stdout, " ok ") != 6 { // ca, ca-public, mp-intranet, mp-internet, dp-intranet, dp-internet
+			if status.code != 0 || strings.Count(status.stdout, " ok ") != 7 { // ca, ca-public, mp-intranet, mp-internet, console, dp-intranet, dp-internet
 				t.Fatalf("site status: exit %d\n%s%s", status.code, status.stdout, status.stderr)
 			}
 

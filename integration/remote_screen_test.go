@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
@@ -108,6 +110,17 @@ func captureScreen(t *testing.T, tm *terminals, name, display, password string) 
 	frame := filepath.Join(t.TempDir(), "frame.png")
 	tm.open(name, nil, fmt.Sprintf("gvnccapture 127.0.0.1:%s %s", display, frame))
 	tm.waitFor(name, "Password:", 10*time.Second)
+	// gvnccapture prints the prompt, then turns echo off with TCSAFLUSH, dropping what was
+	// typed in between: the password goes in once echo is off.
+	tty, err := os.OpenFile(strings.TrimSpace(tm.tmux("display-message", "-p", "-t", name, "#{pane_tty}")), os.O_RDONLY|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "gvnccapture turns echo off", func() bool {
+		tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+		return err == nil && tio.Lflag&unix.ECHO == 0
+	})
+	tty.Close()
 	tm.text(name, password)
 	tm.keys(name, "Enter")
 	if code := tm.exited(name, 30*time.Second); code != 0 {

@@ -33,7 +33,7 @@ const consoleHandshakeTimeout = 30 * time.Second
 // It waits, as a relay leg does, until the device's leg is there (the sharer's consent
 // comes first): bound it with ctx.
 func (m *MP) DialSession(ctx context.Context, user, sessionID, ticketID string) (net.Conn, error) {
-	if !isHexID(sessionID) || !isHexID(ticketID) {
+	if !ticket.ValidID(sessionID) || !ticket.ValidID(ticketID) {
 		return nil, api.BadRequest("session and ticket: 32 hex digits each")
 	}
 	if len(m.o.SiteChain) == 0 || m.o.SiteKey == nil {
@@ -45,7 +45,12 @@ func (m *MP) DialSession(ctx context.Context, user, sessionID, ticketID string) 
 	}
 	switch {
 	case t.Helper != user:
-		return nil, api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to %s", ticketID, user)
+		// Audited as the command line's relay leg audits it (handleHelperRelay).
+		e := api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to %s", ticketID, user)
+		m.auditRefusal(ctx, sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: s.Device, DeviceName: s.DeviceName, Helper: user,
+			Reason: "relay " + s.ID, Mode: s.Mode, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC(),
+			Console: true}}, wire.OutcomeRefused, e.Code)
+		return nil, e
 	case !t.Console || t.Role != ticket.RoleHelper:
 		return nil, api.Errorf(http.StatusForbidden, "not_a_console_ticket", "ticket %s was not issued to the web console", ticketID)
 	case t.HelperKey != trust.PublicKeyHash(m.o.SiteChain[0]):

@@ -43,7 +43,7 @@ func (m *MP) verifyGuest(chain []*x509.Certificate) error {
 	if err != nil {
 		return err
 	}
-	if id := trust.Identify(leaf); id.Kind != wire.KindGuest || !isHexID(id.ID) {
+	if id := trust.Identify(leaf); id.Kind != wire.KindGuest || !ticket.ValidID(id.ID) {
 		return fmt.Errorf("%w: a guest certificate must name its session", trust.ErrWrongUsage)
 	}
 	return nil

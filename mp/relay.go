@@ -304,10 +304,10 @@ func checkRelayRequest(r *http.Request) (string, error) {
 		return "", api.BadRequest("the query is not URL-encoded key=value pairs: %v", err)
 	}
 	t := q.Get("ticket")
-	if len(q["ticket"]) != 1 || !isHexID(t) {
+	if len(q["ticket"]) != 1 || !ticket.ValidID(t) {
 		return "", api.BadRequest("ticket: one ticket id (32 hex digits) is required")
 	}
-	if !isHexID(r.PathValue("id")) {
+	if !ticket.ValidID(r.PathValue("id")) {
 		return "", api.Errorf(http.StatusNotFound, "not_found", "no session %q", r.PathValue("id"))
 	}
 	return t, nil
@@ -332,18 +332,6 @@ func relayDirectError(r *http.Request) (string, error) {
 		}
 	}
 	return "", api.BadRequest("direct: once, one of %s, %s, %s", wire.DirectClosed, wire.DirectTimeout, wire.DirectFailed)
-}
-
-func isHexID(s string) bool {
-	if len(s) != 32 {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // relayLeg reads the ticket and the session of a leg and refuses a session that ended.

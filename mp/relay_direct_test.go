@@ -101,7 +101,7 @@ func FuzzRelayQuery(f *testing.F) {
 		if err == nil && d != "" && d != wire.DirectClosed && d != wire.DirectTimeout && d != wire.DirectFailed {
 			t.Fatalf("accepted direct=%q", d)
 		}
-		if tk, err := checkRelayRequest(r); err == nil && !isHexID(tk) {
+		if tk, err := checkRelayRequest(r); err == nil && !ticket.ValidID(tk) {
 			t.Fatalf("accepted ticket %q", tk)
 		}
 	})

@@ -541,7 +541,7 @@ func (m *MP) handleSessionEnd(w http.ResponseWriter, r *http.Request, name strin
 
 // checkReport validates a device's report strictly.
 func checkReport(rep *wire.SessionReport) error {
-	if !isHexID(rep.Ticket) {
+	if !ticket.ValidID(rep.Ticket) {
 		return api.BadRequest("ticket: the ticket id (32 hex digits)")
 	}
 	switch rep.Event {

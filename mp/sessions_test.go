@@ -548,7 +548,7 @@ func FuzzSessionReport(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !isHexID(rep.Ticket) || rep.BytesIn < 0 || rep.BytesOut < 0 || (rep.Mode != "" && !ticket.ValidMode(rep.Mode)) {
+		if !ticket.ValidID(rep.Ticket) || rep.BytesIn < 0 || rep.BytesOut < 0 || (rep.Mode != "" && !ticket.ValidMode(rep.Mode)) {
 			t.Fatalf("accepted %+v", rep)
 		}
 	})

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 
 	"github.com/ibcm-project/ibcm/internal/peertest"
 	"github.com/ibcm-project/ibcm/internal/wire"
@@ -197,11 +198,15 @@ func capture(t *testing.T, ss *screenSession) image.Image {
 		t.Fatal(err)
 	}
 	defer tty.Close()
-	// It turns echo off with TCSAFLUSH, which drops input typed before: wait for its prompt.
 	msgs := &syncBuffer{}
 	done := make(chan struct{})
 	go func() { io.Copy(msgs, tty); close(done) }()
 	waitText(t, msgs, "Password:")
+	n, err := unix.IoctlGetInt(int(tty.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitEchoOff(t, fmt.Sprintf("/dev/pts/%d", n))
 	if _, err := io.WriteString(tty, ss.port.Password+"\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -771,4 +776,21 @@ func processesWith(t *testing.T, dir string) map[int]int {
 		}
 	}
 	return out
+}
+
+// waitEchoOff waits until the terminal at path has echo off. gvnccapture prints its
+// "Password:" prompt first and then turns echo off with TCSAFLUSH, which drops what was
+// typed in between: the prompt alone is not the signal that it reads (a busy machine lost
+// the password that way and gvnccapture waited for it until killed).
+func waitEchoOff(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	waitFor(t, "echo off on "+path, func() bool {
+		tio, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+		return err == nil && tio.Lflag&unix.ECHO == 0
+	})
 }

@@ -45,6 +45,13 @@ func TestDeviceConsoleTicketTakesOnlyItsMP(t *testing.T) {
 	if serr, cerr := handshake(DeviceConfig(dev, expect), console(mp1)); serr != nil || cerr != nil {
 		t.Fatalf("the ticket's MP: %v / %v", serr, cerr)
 	}
+	// MPs that share one certificate: its common name is the first MP's id, the ticket names
+	// the MP that signed it (ticket.Verify has bound the key to the signer).
+	shared := expect
+	shared.MP = "mp2"
+	if serr, cerr := handshake(DeviceConfig(dev, shared), console(mp1)); serr != nil || cerr != nil {
+		t.Fatalf("the ticket's MP under a shared certificate: %v / %v", serr, cerr)
+	}
 	alice := ca.leaf(t, "urn:ibcm:user:alice", x509.ExtKeyUsageClientAuth)
 	aliceKey := expect
 	aliceKey.KeyHash = wire.PublicKeyHash(alice.Leaf) // even with the user's own key named
@@ -60,6 +67,7 @@ func TestDeviceConsoleTicketTakesOnlyItsMP(t *testing.T) {
 		"a DP of the site named mp1":       {expect, ca.named(t, "mp1", "urn:ibcm:site:TST:role:dp", serverUsage...)},
 		"the MP of another CA":             {expect, newCA(t).named(t, "mp1", "urn:ibcm:site:TST:role:mp", serverUsage...)},
 		"the MP, the device knows no site": {func() HelperExpect { e := expect; e.Site = ""; return e }(), mp1},
+		"the MP, the ticket names no key":  {func() HelperExpect { e := expect; e.KeyHash = ""; return e }(), mp1},
 	} {
 		serr, cerr := handshake(DeviceConfig(dev, c.expect), console(c.cert))
 		if serr == nil && cerr == nil {

@@ -41,3 +41,29 @@ func FuzzFilter(f *testing.F) {
 		}
 	})
 }
+
+// FuzzAcceptNone is the console's handshake with noVNC (security None) against whatever a
+// viewer sends: it ends cleanly or with an error, and the device's ServerInit goes out only
+// after a well-formed RFB 3.7/3.8 version, the one security type offered, and a ClientInit.
+func FuzzAcceptNone(f *testing.F) {
+	for _, s := range [][]byte{[]byte("RFB 003.008\n\x01\x01"), []byte("RFB 003.007\n\x01\x00"), []byte("RFB 003.008\n\x02\x01"),
+		[]byte("RFB 003.003\n"), []byte("RFB 003.008\n"), {}, []byte("GET / HTTP/1.1\r\n\r\n")} {
+		f.Add(s)
+	}
+	si := ServerInit(append(make([]byte, 20), 0, 0, 0, 4, 'd', 'e', 's', 'k'))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var out bytes.Buffer
+		called := false
+		_, err := AcceptNone(struct {
+			io.Reader
+			io.Writer
+		}{bytes.NewReader(in), &out}, func() (ServerInit, error) { called = true; return si, nil })
+		wellFormed := len(in) >= 14 && (string(in[:12]) == "RFB 003.008\n" || string(in[:12]) == "RFB 003.007\n") && in[12] == SecNone
+		if called != wellFormed {
+			t.Fatalf("ServerInit asked for %v, the viewer's handshake well formed %v: %q", called, wellFormed, in)
+		}
+		if (err == nil) != wellFormed || err == nil && !bytes.HasSuffix(out.Bytes(), si) {
+			t.Fatalf("%q: %v, wrote %q", in, err, out.Bytes())
+		}
+	})
+}

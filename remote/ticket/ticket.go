@@ -131,7 +131,7 @@ func NewID() string {
 
 // Check validates the fields of a ticket as a signer must write them.
 func (t *Ticket) Check() error {
-	if !isHexID(t.ID) || !isHexID(t.Session) {
+	if !ValidID(t.ID) || !ValidID(t.Session) {
 		return fmt.Errorf("%w: id and session must be 32 hex digits", ErrMalformed)
 	}
 	if t.Device == "" || len(t.Device) > 128 || t.Helper == "" || len(t.Helper) > 128 || len(t.HelperKey) != 64 {
@@ -184,12 +184,18 @@ func ValidMode(m string) bool {
 	return m == ModeView || m == ModeControl || m == ModeElevated || m == ModeUnattended
 }
 
-func isHexID(s string) bool {
+// ValidID reports whether s is an id as NewID makes them (tickets, sessions): 32
+// lower-case hex digits.
+func ValidID(s string) bool {
 	if len(s) != 32 {
 		return false
 	}
-	_, err := hex.DecodeString(s)
-	return err == nil
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 var b64 = base64.RawURLEncoding
@@ -284,7 +290,8 @@ type VerifyOptions struct {
 }
 
 // Verify checks the signer (chains to Roots with serverAuth at Now, is an MP of SiteCode,
-// not revoked), the signature, the device and the validity window. Replays are the
+// not revoked), the signature, the device, the validity window, and for a console ticket
+// that HelperKey is the signer's key. Replays are the
 // caller's (Seen).
 func (s *Signed) Verify(o VerifyOptions) (*Ticket, error) {
 	leaf := s.Chain[0]
@@ -310,6 +317,11 @@ func (s *Signed) Verify(o VerifyOptions) (*Ticket, error) {
 		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
 	}
 	t := s.Ticket
+	// A console ticket's helper end is the MP that signed it: its own key, no other (the
+	// device's end-to-end TLS then requires that key, remote/e2e).
+	if t.Console && t.HelperKey != wire.PublicKeyHash(leaf) {
+		return nil, fmt.Errorf("%w: a console ticket names another key than its signer's", ErrMalformed)
+	}
 	if t.Device != o.Device {
 		return nil, fmt.Errorf("%w: %s", ErrOtherDevice, t.Device)
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ibcm-project/ibcm/internal/wire"
 )
 
 type pki struct {
@@ -174,4 +176,37 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A console ticket names its signer's own key as the helper's end: the MP that signed it
+// is the end of the end-to-end TLS, and no other key, whatever else the ticket says.
+func TestVerifyConsoleKeyIsTheSigner(t *testing.T) {
+	p := newPKI(t)
+	mp, mpKey := p.leaf(t, "urn:ibcm:site:TST:role:mp", x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	other, _ := p.leaf(t, "urn:ibcm:site:TST:role:mp", x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	user, _ := p.leaf(t, "urn:ibcm:user:alice", x509.ExtKeyUsageClientAuth)
+	now := time.Now()
+	opts := VerifyOptions{Roots: p.roots, SiteCode: "TST", Device: "dev-1", Now: now}
+	verify := func(key string) error {
+		tk := sample(now)
+		tk.Console, tk.HelperKey = true, key
+		signed, err := Sign(tk, mpKey, []*x509.Certificate{mp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := Parse(signed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.Verify(opts)
+		return err
+	}
+	if err := verify(wire.PublicKeyHash(mp)); err != nil {
+		t.Errorf("the signer's key: %v", err)
+	}
+	for name, c := range map[string]*x509.Certificate{"another MP's key": other, "the user's key": user} {
+		if err := verify(wire.PublicKeyHash(c)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
 }

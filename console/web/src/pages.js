@@ -190,6 +190,7 @@ export async function sessionsPage(main) {
     h('td', null, person(s.helper, s.helper_name)),
     h('td', null, person(s.sharer, s.sharer_name)),
     h('td', null, s.device_name || s.device),
+    h('td', null, s.kind === 'screen' ? 'screen' : 'terminal'),
     h('td', null, fmtTime(s.started_at || s.requested_at)),
     h('td', null, s.state === 'ended' ? fmtTime(s.ended_at) : s.state),
     h('td', null, modesText(s)),
@@ -197,7 +198,7 @@ export async function sessionsPage(main) {
     h('td', null, dash(s.transport)),
     h('td', null, yesNo(s.e2e)),
     h('td', null, yesNo(s.console))));
-  main.append(table('sessions', ['Session', 'Helper', 'Sharer', 'Device', 'Start', 'End', 'Modes', 'Outcome', 'Transport', 'E2E', 'Console'], rows));
+  main.append(table('sessions', ['Session', 'Helper', 'Sharer', 'Device', 'Kind', 'Start', 'End', 'Modes', 'Outcome', 'Transport', 'E2E', 'Console'], rows));
   if (rows.length === 0) main.append(h('p', { class: 'muted' }, 'No sessions yet.'));
 }
 
@@ -225,6 +226,7 @@ export async function sessionPage(main, id) {
     ['State', s.state],
     ['Outcome', dash(s.outcome)],
     ['Error', dash(s.error)],
+    ['Kind', s.kind === 'screen' ? 'screen' : 'terminal'],
     ['Mode', dash(s.mode)],
     ['Transport', dash(s.transport)],
     ['Direct connection', dash(s.direct_error && `lost: ${s.direct_error}`)],
