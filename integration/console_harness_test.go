@@ -240,12 +240,6 @@ func (b *browser) wait(sel string) {
 	b.do(sel+" visible", chromedp.WaitVisible(chromedp.CSS(sel)))
 }
 
-// waitGone waits until no element matches the CSS selector.
-func (b *browser) waitGone(sel string) {
-	b.t.Helper()
-	b.do(sel+" gone", chromedp.WaitNotPresent(chromedp.CSS(sel)))
-}
-
 // text waits for the element to be visible and returns its text as rendered.
 func (b *browser) text(sel string) string {
 	b.t.Helper()
