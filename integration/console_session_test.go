@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -256,8 +257,21 @@ func TestConsoleTerminalSession(t *testing.T) {
 	if show := s.ibcm(t, "remote", "show", start.Session.ID); !strings.Contains(show, "web console") {
 		t.Errorf("ibcm remote show:\n%s", show)
 	}
-	if list := s.ibcm(t, "remote", "sessions", "--csv", "--device", id); !strings.Contains(list, ",true\n") {
-		t.Errorf("ibcm remote sessions --csv has no console row:\n%s", list)
+	list := s.ibcm(t, "remote", "sessions", "--csv", "--device", id)
+	rows, err := csv.NewReader(strings.NewReader(list)).ReadAll()
+	if err != nil || len(rows) < 2 {
+		t.Fatalf("ibcm remote sessions --csv: %v\n%s", err, list)
+	}
+	col := map[string]int{}
+	for i, name := range rows[0] {
+		col[name] = i
+	}
+	found := false
+	for _, r := range rows[1:] {
+		found = found || r[col["id"]] == start.Session.ID && r[col["console"]] == "true" && r[col["e2e"]] == "false"
+	}
+	if !found {
+		t.Errorf("ibcm remote sessions --csv has no row of the console session (console true, e2e false):\n%s", list)
 	}
 
 	// The agent that forbids console sessions.

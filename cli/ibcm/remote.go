@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
@@ -252,19 +251,19 @@ EXAMPLES:
 			if err != nil {
 				return err
 			}
+			w := c.Root().Writer
+			if c.Bool("csv") { // the MP's report, as the web console exports it
+				return remoteError(hc.SessionsCSV(ctx, f, w))
+			}
 			ss, err := hc.Sessions(ctx, f)
 			if err != nil {
 				return remoteError(err)
 			}
-			w := c.Root().Writer
-			switch {
-			case c.Bool("json"):
+			if c.Bool("json") {
 				if ss == nil {
 					ss = []wire.Session{}
 				}
 				return printJSON(w, ss)
-			case c.Bool("csv"):
-				return sessionsCSV(w, ss)
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tDEVICE\tHELPER\tSHARER\tKIND\tMODE\tSTATE\tTRANSPORT\tE2E\tCONSOLE\tREQUESTED\tSTARTED\tENDED")
@@ -356,20 +355,6 @@ func timeOrEmpty(t *time.Time) string {
 		return ""
 	}
 	return t.UTC().Format(time.RFC3339)
-}
-
-// sessionsCSV writes one row per session with a header.
-func sessionsCSV(w io.Writer, ss []wire.Session) error {
-	cw := csv.NewWriter(w)
-	_ = cw.Write([]string{"id", "device", "device_name", "helper", "sharer", "sharer_name", "mode", "state", "outcome", "error", "transport", "e2e",
-		"requested_at", "started_at", "ended_at", "bytes_to_device", "bytes_from_device", "mp", "reason", "direct_error", "console", "kind"})
-	for _, s := range ss {
-		_ = cw.Write([]string{s.ID, s.Device, s.DeviceName, s.Helper, s.Sharer, s.SharerName, s.Mode, s.State, s.Outcome, s.Error, s.Transport,
-			strconv.FormatBool(s.E2E), s.RequestedAt.UTC().Format(time.RFC3339), timeOrEmpty(s.StartedAt), timeOrEmpty(s.EndedAt),
-			strconv.FormatInt(s.BytesIn, 10), strconv.FormatInt(s.BytesOut, 10), s.MP, s.Reason, s.DirectError, strconv.FormatBool(s.Console), sessionKind(s.Kind)})
-	}
-	cw.Flush()
-	return cw.Error()
 }
 
 // transportText is the transport of a session, with why direct lost when it did.

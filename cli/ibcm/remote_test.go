@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/csv"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -88,6 +87,11 @@ func newRemoteSite(t *testing.T) *remoteSite {
 	s.mux = mux
 	mux.HandleFunc("GET /v1/admin/sessions", func(w http.ResponseWriter, r *http.Request) {
 		s.query <- r.URL.Query()
+		if r.URL.Query().Get("format") == "csv" { // the MP writes the report (mp/console.go)
+			w.Header().Set("Content-Type", "text/csv")
+			_, _ = io.WriteString(w, cannedCSV)
+			return
+		}
 		_ = json.NewEncoder(w).Encode(s.sessions)
 	})
 	mux.HandleFunc("GET /v1/admin/sessions/{id}", func(w http.ResponseWriter, r *http.Request) {
@@ -252,6 +256,9 @@ func TestSessionsSince(t *testing.T) {
 	}
 }
 
+// cannedCSV stands for the MP's CSV report.
+const cannedCSV = "id,device,state\n0123456789abcdef0123456789abcdef,dev-1,ended\n"
+
 func cannedSessions() []wire.Session {
 	req := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
 	started, ended := req.Add(5*time.Second), req.Add(10*time.Minute)
@@ -268,28 +275,17 @@ func TestRemoteSessionsOutput(t *testing.T) {
 	site := newRemoteSite(t)
 	site.sessions = cannedSessions()
 
+	// --csv is the MP's report (the web console's export), asked with the same filter.
 	stdout, _, err := runIBCM(t, "", append([]string{"remote", "sessions", "--csv", "--active", "--device", "kiosk", "--helper", "alice", "--since", "2026-12-01T00:00:00Z"}, site.flags...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	q := <-site.query
-	if q.Get("active") != "1" || q.Get("device") != "kiosk" || q.Get("helper") != "alice" || q.Get("since") != "2026-12-01T00:00:00Z" {
+	if q.Get("format") != "csv" || q.Get("active") != "1" || q.Get("device") != "kiosk" || q.Get("helper") != "alice" || q.Get("since") != "2026-12-01T00:00:00Z" {
 		t.Errorf("query %v", q)
 	}
-	rows, err := csv.NewReader(strings.NewReader(stdout)).ReadAll()
-	if err != nil {
-		t.Fatalf("%v\n%s", err, stdout)
-	}
-	if len(rows) != 3 || rows[0][0] != "id" || rows[0][7] != "state" {
-		t.Fatalf("csv:\n%s", stdout)
-	}
-	want := []string{"0123456789abcdef0123456789abcdef", "dev-1", "kiosk-1", "alice", "bob", "Bob, \"the\" user", "control", "ended", "completed", "", "relay", "true",
-		"2026-12-07T09:00:00Z", "2026-12-07T09:00:05Z", "2026-12-07T09:10:00Z", "120", "4096", "mp1", "", "timeout", "false", "terminal"}
-	if strings.Join(rows[1], "|") != strings.Join(want, "|") {
-		t.Errorf("row 1:\n%q\nwant\n%q", rows[1], want)
-	}
-	if rows[2][8] != "denied" || rows[2][9] != "denied" || rows[2][13] != "" || rows[2][21] != "screen" {
-		t.Errorf("row 2: %q", rows[2])
+	if stdout != cannedCSV {
+		t.Errorf("csv:\n%s\nwant\n%s", stdout, cannedCSV)
 	}
 
 	stdout, _, err = runIBCM(t, "", append([]string{"remote", "sessions", "--json"}, site.flags...)...)

@@ -210,7 +210,28 @@ type SessionFilter struct {
 
 // Sessions lists sessions (GET /v1/admin/sessions).
 func (c *Client) Sessions(ctx context.Context, f SessionFilter) ([]wire.Session, error) {
+	var ss []wire.Session
+	err := c.Do(ctx, http.MethodGet, sessionsPath(f, ""), nil, &ss)
+	return ss, err
+}
+
+// SessionsCSV copies the MP's CSV of the sessions (the Remote Help report, the same file
+// the web console exports) to w.
+func (c *Client) SessionsCSV(ctx context.Context, f SessionFilter, w io.Writer) error {
+	resp, err := c.send(ctx, http.MethodGet, sessionsPath(f, "csv"), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+func sessionsPath(f SessionFilter, format string) string {
 	q := url.Values{}
+	if format != "" {
+		q.Set("format", format)
+	}
 	if f.Active {
 		q.Set("active", "1")
 	}
@@ -227,9 +248,7 @@ func (c *Client) Sessions(ctx context.Context, f SessionFilter) ([]wire.Session,
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	var ss []wire.Session
-	err := c.Do(ctx, http.MethodGet, path, nil, &ss)
-	return ss, err
+	return path
 }
 
 // Session reads one session.
