@@ -215,3 +215,12 @@ func answered(params []byte, final byte) bool {
 	}
 	return false
 }
+
+// GuestReset, written to the helper's terminal (not through the filter) when a guest's
+// session is over, turns off what the guest's program may have left on that makes the
+// terminal type into its input of its own: mouse tracking and its encodings, focus
+// events, bracketed paste, the kitty keyboard protocol's flags and modifyOtherKeys, the
+// application cursor and keypad modes; and leaves the alternate screen, the DEC graphics
+// character set and the colours. What the helper types next is read by their own shell.
+const GuestReset = "\x1b[?9l\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1004l\x1b[?1005l\x1b[?1006l\x1b[?1015l\x1b[?1016l" +
+	"\x1b[?2004l\x1b[=0;1u\x1b[>4;0m\x1b[?1l\x1b>\x1b[?1049l\x1b(B\x1b[0m\x1b[?25h"

@@ -109,3 +109,34 @@ func FuzzGuestOutput(f *testing.F) {
 		}
 	})
 }
+
+// The modes by which a terminal types into its input of its own (mouse, focus, keyboard
+// protocols, bracketed paste) pass the filter, so that a guest's editor works; GuestReset
+// turns each off once the session is over, so that none is left typing into the helper's
+// shell.
+func TestGuestReset(t *testing.T) {
+	for _, set := range []string{"\x1b[?9h", "\x1b[?1000h", "\x1b[?1002h", "\x1b[?1003h", "\x1b[?1004h", "\x1b[?1005h", "\x1b[?1006h", "\x1b[?1015h", "\x1b[?1016h", "\x1b[?2004h", "\x1b[?1049h", "\x1b[?1h", "\x1b="} {
+		if got := guestFiltered(set); got != set {
+			t.Fatalf("%q: filtered %q, the test's premise is wrong", set, got)
+		}
+		var off string
+		switch {
+		case set == "\x1b=":
+			off = "\x1b>"
+		default:
+			off = strings.TrimSuffix(set, "h") + "l"
+		}
+		if !strings.Contains(GuestReset, off) {
+			t.Errorf("GuestReset does not undo %q (%q)", set, off)
+		}
+	}
+	// The kitty keyboard protocol's flags and xterm's modifyOtherKeys.
+	for _, off := range []string{"\x1b[=0;1u", "\x1b[>4;0m", "\x1b(B", "\x1b[0m"} {
+		if !strings.Contains(GuestReset, off) {
+			t.Errorf("GuestReset lacks %q", off)
+		}
+	}
+	if got := guestFiltered(GuestReset); got != GuestReset {
+		t.Errorf("GuestReset is itself filtered: %q", got)
+	}
+}
