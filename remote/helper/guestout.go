@@ -11,7 +11,7 @@ import (
 // that terminal rather than draw on it: operating-system commands (ESC ], e.g. OSC 52
 // writing the helper's clipboard, OSC 8 links, window titles a title report would type
 // back), device-control strings (ESC P: passthrough, DECRQSS answers), APC, PM and SOS
-// strings, window manipulation (CSI … t), and the C1 controls encoded in UTF-8 (U+0080 to
+// strings, GNU screen's and tmux's titles (ESC k … ST), window manipulation (CSI … t), and the C1 controls encoded in UTF-8 (U+0080 to
 // U+009F, which some terminals take as those introducers). Only valid UTF-8 passes: an
 // 8-bit C1 byte (0x9B CSI, 0x9D OSC, 0x90 DCS) is a control to a terminal not decoding
 // UTF-8, an overlong encoding one to a lax decoder. Escape sequences that change how the
@@ -87,7 +87,7 @@ func (g *GuestOutput) step(b byte) {
 		switch b {
 		case '[':
 			g.state, g.csi = gsCSI, append(g.csi[:0], 0x1b, '[')
-		case ']', 'P', '_', '^', 'X':
+		case ']', 'P', '_', '^', 'X', 'k': // k: GNU screen's and tmux's title
 			g.state = gsString
 		case 0x1b:
 			// ESC ESC: the first is dropped, the second starts again

@@ -54,6 +54,8 @@ func TestGuestOutput(t *testing.T) {
 		// Requests the terminal answers by typing into its input: into the session while it
 		// lasts, into the helper's shell when the answer comes after it.
 		{"answer requests dropped", []string{"a\x1b[6nb\x1b[5nc\x1b[cd\x1b[>ce\x1b[=cf\x1b[?2004$pg\x1b[>qh\x1b[?uj\x1b[1;1;1;1;1;1*yk\x1b[xl\x1b[5im\x1b[?6nn"}, "abcdefghjklmn"},
+		// GNU screen and tmux read ESC k … ST as a window title, like an OSC.
+		{"screen title dropped", []string{"a\x1bktitle\x1b\\b"}, "ab"},
 		{"ENQ answerback dropped", []string{"a\x05b"}, "ab"},
 		{"cursor style passes", []string{"\x1b[2 q\x1b[?2004h\x1b[10;20r"}, "\x1b[2 q\x1b[?2004h\x1b[10;20r"},
 	} {
@@ -84,7 +86,7 @@ func FuzzGuestOutput(f *testing.F) {
 		if split := guestFiltered(string(in[:cut]), string(in[cut:])); split != whole {
 			t.Fatalf("split at %d: %q, whole %q", cut, split, whole)
 		}
-		for _, bad := range []string{"\x1b]", "\x1bP", "\x1b_", "\x1b^", "\x1bX"} {
+		for _, bad := range []string{"\x1b]", "\x1bP", "\x1b_", "\x1b^", "\x1bX", "\x1bk"} {
 			if bytes.Contains([]byte(whole), []byte(bad)) {
 				t.Fatalf("%q passed: %q", bad, whole)
 			}
