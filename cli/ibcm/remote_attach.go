@@ -196,8 +196,14 @@ func attach(ctx context.Context, hc *helper.Client, start wire.SessionStart, t *
 		// An unenrolled device's program is nobody the site vouches for: its output may draw
 		// on the helper's terminal but not command it (OSC 52 clipboard, DCS, titles).
 		t.mu.Lock()
-		t.out = helper.NewGuestOutput(t.out)
+		raw := t.out
+		t.out = helper.NewGuestOutput(raw)
 		t.mu.Unlock()
+		defer func() { // its modes that type into the terminal's input end with it
+			t.mu.Lock()
+			_, _ = io.WriteString(raw, helper.GuestReset)
+			t.mu.Unlock()
+		}()
 	}
 	conn := s.Connection
 	line := fmt.Sprintf("connected over %s in %s, end to end encrypted", conn.Transport, conn.Took.Round(time.Millisecond))

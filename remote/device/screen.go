@@ -38,6 +38,19 @@ import (
 // unprivileged account nobody (UnattendedScreenUID) when the agent is root: a VNC server
 // parses what the helper's viewer sends, and should a flaw in it be reached, it is
 // nobody's, not root's.
+//
+// The price (an attacker review's finding, not fixed): nobody is shared. Any other process
+// running as nobody on the device (a daemon configured with `user nobody`, such as
+// OpenVPN's or dnsmasq's on some distributions, an NFS-squashed job, `sudo -u nobody`)
+// can enter the session's directory, which is nobody's: read the Xauthority cookie and
+// open the Xvfb display (see and type into whatever runs there, a root program the helper
+// started on it included), read the VNC password before x11vnc removes it and connect
+// to its socket past the rfb.Filter, and, being the same uid, kill both or (Yama
+// ptrace_scope 0) ptrace them. Running them as root, the directory was root's and none of
+// this was reachable. A mode or ownership of the directory cannot separate two processes
+// of one uid (/proc/PID/fd and environ are open to the same uid); the fix is an account
+// of their own (a system user made at install, or a systemd DynamicUser unit per session).
+// Until then, start no privileged program on an unattended display.
 
 // Binaries of screen sessions, looked up in PATH when relative.
 var (
