@@ -10,10 +10,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -34,23 +36,14 @@ import (
 // Attended, x11vnc runs as the sharer on the display their `ibcm-client share --screen`
 // named (DISPLAY and XAUTHORITY of its environment): running as them, it can reach no
 // display they could not. Unattended (nobody present), the agent starts Xvfb on a fresh
-// display (-displayfd tells which, once it is ready) and x11vnc on it, both as the
-// unprivileged account nobody (UnattendedScreenUID) when the agent is root: a VNC server
-// parses what the helper's viewer sends, and should a flaw in it be reached, it is
-// nobody's, not root's.
-//
-// The price (an attacker review's finding, not fixed): nobody is shared. Any other process
-// running as nobody on the device (a daemon configured with `user nobody`, such as
-// OpenVPN's or dnsmasq's on some distributions, an NFS-squashed job, `sudo -u nobody`)
-// can enter the session's directory, which is nobody's: read the Xauthority cookie and
-// open the Xvfb display (see and type into whatever runs there, a root program the helper
-// started on it included), read the VNC password before x11vnc removes it and connect
-// to its socket past the rfb.Filter, and, being the same uid, kill both or (Yama
-// ptrace_scope 0) ptrace them. Running them as root, the directory was root's and none of
-// this was reachable. A mode or ownership of the directory cannot separate two processes
-// of one uid (/proc/PID/fd and environ are open to the same uid); the fix is an account
-// of their own (a system user made at install, or a systemd DynamicUser unit per session).
-// Until then, start no privileged program on an unattended display.
+// display (-displayfd tells which, once it is ready) and x11vnc on it, both as a uid of
+// the session's own when the agent is root (DynamicScreenUID: a free uid of systemd's
+// DynamicUser range that no account and no process has), as systemd's DynamicUser does:
+// a VNC server parses what the helper's viewer sends, and should a flaw in it be reached
+// it owns nothing and shares its uid with nobody — not with nobody (an attacker review
+// found that running them as nobody let every other nobody process read the session's
+// cookie and password, open its display and ptrace its servers). Its files are the
+// session directory's, removed with it.
 
 // Binaries of screen sessions, looked up in PATH when relative.
 var (
@@ -61,9 +54,84 @@ var (
 // nogroupGID is the group x11vnc runs as for a sharer whose primary group is unknown.
 const nogroupGID = 65534
 
-// UnattendedScreenUID is the account an unattended screen session's Xvfb and x11vnc run
-// as when the agent is root (nobody); it is a variable for tests.
-var UnattendedScreenUID = 65534
+// The uids an unattended screen may take: systemd's range for DynamicUser= services
+// (61184–65519), which no account of a Debian system is given.
+const (
+	dynamicUIDFirst = 61184
+	dynamicUIDLast  = 65519
+)
+
+var dynamicUIDs struct {
+	sync.Mutex
+	taken map[int]bool // by a screen of this agent
+}
+
+// DynamicScreenUID picks a uid for one unattended screen: in the dynamic range, with no
+// passwd entry and no process running as it, not taken by another screen of this agent.
+// release gives it back once the session's processes are gone.
+func DynamicScreenUID() (uid int, release func(), err error) {
+	dynamicUIDs.Lock()
+	defer dynamicUIDs.Unlock()
+	if dynamicUIDs.taken == nil {
+		dynamicUIDs.taken = map[int]bool{}
+	}
+	running, err := processUIDs()
+	if err != nil {
+		return 0, nil, err
+	}
+	n := dynamicUIDLast - dynamicUIDFirst + 1
+	start := int(binary.BigEndian.Uint32(randomBytes(4)) % uint32(n))
+	for i := range n {
+		u := dynamicUIDFirst + (start+i)%n
+		if dynamicUIDs.taken[u] || running[u] {
+			continue
+		}
+		if _, err := user.LookupId(strconv.Itoa(u)); err == nil {
+			continue // an account has it
+		}
+		dynamicUIDs.taken[u] = true
+		return u, func() {
+			dynamicUIDs.Lock()
+			delete(dynamicUIDs.taken, u)
+			dynamicUIDs.Unlock()
+		}, nil
+	}
+	return 0, nil, errors.New("no free uid for the screen session in 61184–65519")
+}
+
+// processUIDs returns the real, effective, saved and filesystem uids of every process.
+func processUIDs() (map[int]bool, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]bool{}
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f, ok := strings.CutPrefix(line, "Uid:"); ok {
+				for _, v := range strings.Fields(f) {
+					if u, err := strconv.Atoi(v); err == nil {
+						out[u] = true
+					}
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand does not fail
+	return b
+}
 
 // ScreenGeometry is the size of an unattended session's Xvfb display.
 var ScreenGeometry = "1280x800x24"
@@ -125,6 +193,8 @@ type Screen struct {
 	waits     []chan struct{}
 	closers   []io.Closer
 	stop      func() // stops x11vnc's transient unit
+	uid       int    // an unattended screen's own uid (DynamicScreenUID), given back by release
+	release   func()
 }
 
 // StartScreen starts x11vnc (and Xvfb when spec has no display), connects to it and runs
@@ -141,6 +211,15 @@ func StartScreen(ctx context.Context, spec ScreenSpec) (_ *Screen, err error) {
 	s.dir, err = os.MkdirTemp(spec.Dir, "ibcm-screen-")
 	if err != nil {
 		return nil, fmt.Errorf("screen session directory: %w", err)
+	}
+	if spec.Display == "" && spec.As == nil && os.Geteuid() == 0 {
+		// Xvfb and x11vnc of an unattended screen: a uid of their own (see the package doc).
+		uid, release, err := DynamicScreenUID()
+		if err != nil {
+			return nil, fmt.Errorf("the uid of an unattended screen: %w", err)
+		}
+		s.uid, s.release = uid, release
+		spec.As = &Account{UID: uid, GID: uid, Name: fmt.Sprintf("ibcm-screen-%d", uid), Home: s.dir}
 	}
 	if spec.As != nil && spec.As.UID != 0 && spec.As.GID == 0 {
 		// A sharer the session found no passwd entry for has GID 0: not x11vnc's group.
@@ -369,10 +448,37 @@ func (s *Screen) Close() error {
 	for _, c := range s.closers {
 		c.Close()
 	}
+	if s.release != nil {
+		killUID(s.uid) // whatever else ran as the session's uid (Xvfb's xkbcomp, …)
+		s.release()
+		s.release = nil
+	}
 	if s.dir != "" {
 		return os.RemoveAll(s.dir)
 	}
 	return nil
+}
+
+// killUID kills every process whose real or effective uid is uid.
+func killUID(uid int) {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f, ok := strings.CutPrefix(line, "Uid:"); ok {
+				if v := strings.Fields(f); len(v) >= 2 && (v[0] == strconv.Itoa(uid) || v[1] == strconv.Itoa(uid)) {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+	}
 }
 
 // writeSecret writes a 0600 file for the account of cred (the agent's when nil).
@@ -422,13 +528,6 @@ func (s *session) startScreen() error {
 		s.detach = s.h.hub.attach(s.sharerUID, func(from *shareClient, f frame.Frame) {
 			s.post(event{src: fromSharer, f: f, client: from})
 		})
-	}
-	if s.t.Mode == ticket.ModeUnattended && os.Geteuid() == 0 {
-		a, err := LookupUID(UnattendedScreenUID)
-		if err != nil {
-			return fmt.Errorf("the account of unattended screens: %w", err)
-		}
-		spec.As = &a
 	}
 	if s.t.Mode != ticket.ModeUnattended {
 		owner := s.h.hub.displayOf(s.sharerUID)

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -522,16 +523,27 @@ func TestScreenUnattendedXvfbAndForbiddenMessage(t *testing.T) {
 	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("the screen directory: %v %v", fi.Mode(), err)
 	}
-	// Run by root, the agent starts both servers as nobody.
+	// Run by root, the agent starts both servers as a uid of the session's own: in the
+	// dynamic range, no account's, and nothing runs as it once the session is over.
+	uid := -1
 	if os.Geteuid() == 0 {
 		procs := processesWith(t, dir)
 		if len(procs) < 2 {
 			t.Fatalf("found %d processes of the screen (want Xvfb and x11vnc)", len(procs))
 		}
-		for pid, uid := range procs {
-			if uid != UnattendedScreenUID {
-				t.Errorf("process %d of the unattended screen runs as uid %d, want %d", pid, uid, UnattendedScreenUID)
+		for pid, u := range procs {
+			if uid == -1 {
+				uid = u
 			}
+			if u != uid || u < dynamicUIDFirst || u > dynamicUIDLast {
+				t.Errorf("process %d of the unattended screen runs as uid %d (others %d), want one uid in %d–%d", pid, u, uid, dynamicUIDFirst, dynamicUIDLast)
+			}
+		}
+		if _, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+			t.Errorf("uid %d of the screen is an account's", uid)
+		}
+		if fi, err := os.Stat(dir); err == nil && fi.Sys().(*syscall.Stat_t).Uid != uint32(uid) {
+			t.Errorf("the screen directory belongs to uid %d, not the session's %d", fi.Sys().(*syscall.Stat_t).Uid, uid)
 		}
 	}
 	v.send([]byte{250, 0, 1, 2}) // xvp: not allowed in any mode
@@ -539,6 +551,38 @@ func TestScreenUnattendedXvfbAndForbiddenMessage(t *testing.T) {
 		t.Errorf("ended %+v", r)
 	}
 	waitNoScreenDir(t, e.host.c.ScreenDir)
+	if uid >= 0 {
+		running, err := processUIDs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if running[uid] {
+			t.Errorf("a process of uid %d still runs after the session", uid)
+		}
+	}
+}
+
+// Two unattended screens at once never share a uid, and a uid given back is free again.
+func TestDynamicScreenUIDs(t *testing.T) {
+	a, relA, err := DynamicScreenUID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, relB, err := DynamicScreenUID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relB()
+	if a == b || a < dynamicUIDFirst || b > dynamicUIDLast || b < dynamicUIDFirst || a > dynamicUIDLast {
+		t.Fatalf("uids %d and %d", a, b)
+	}
+	relA()
+	dynamicUIDs.Lock()
+	taken := dynamicUIDs.taken[a]
+	dynamicUIDs.Unlock()
+	if taken {
+		t.Errorf("uid %d still taken after its release", a)
+	}
 }
 
 func atoi(t *testing.T, s string) int {
