@@ -61,6 +61,9 @@ const (
 	dynamicUIDLast  = 65519
 )
 
+// systemdDynamicUIDDir is where systemd records the uids its DynamicUser services hold.
+const systemdDynamicUIDDir = "/run/systemd/dynamic-uid"
+
 var dynamicUIDs struct {
 	sync.Mutex
 	taken map[int]bool // by a screen of this agent
@@ -88,6 +91,9 @@ func DynamicScreenUID() (uid int, release func(), err error) {
 		}
 		if _, err := user.LookupId(strconv.Itoa(u)); err == nil {
 			continue // an account has it
+		}
+		if _, err := os.Lstat(filepath.Join(systemdDynamicUIDDir, strconv.Itoa(u))); err == nil {
+			continue // a systemd DynamicUser service holds it
 		}
 		dynamicUIDs.taken[u] = true
 		return u, func() {
