@@ -66,7 +66,7 @@ EXAMPLES:
    ibcm-client share --code - --site https://ibcm.example.com:8443 --root-sha256 3F:A1:...`,
 		Flags: []cli.Flag{shareSocketFlag(),
 			&cli.StringFlag{Name: "shell", Sources: cli.EnvVars("IBCM_CLIENT_SHELL"), TakesFile: true, Usage: "the shell `PATH` to share (default: your login shell)"},
-			&cli.StringFlag{Name: "code", Sources: cli.EnvVars("IBCM_CLIENT_SHARE_CODE"), Usage: "a helper's security `CODE`, on a device that is not enrolled (- asks for it without echo)"},
+			&cli.StringFlag{Name: "code", Sources: cli.EnvVars("IBCM_CLIENT_SHARE_CODE"), Usage: "a helper's security `CODE`, on a device that is not enrolled; - asks for it without echo (prefer it: a code on the command line is visible to the machine's other users)"},
 			&cli.StringFlag{Name: "site", Sources: cli.EnvVars("IBCM_CLIENT_SITE"), Usage: "with --code: the site CA's `URL` (https://host:port)"},
 			&cli.StringFlag{Name: "root-sha256", Sources: cli.EnvVars("IBCM_CLIENT_ROOT_SHA256"), Usage: "with --code: the SHA-256 `FINGERPRINT` of the site's root certificate"},
 			&cli.StringFlag{Name: "mp", Sources: cli.EnvVars("IBCM_CLIENT_MP"), Usage: "with --code: the MP `URL` whose relay carries the session (default: the site's first internet MP)"},
