@@ -10,6 +10,7 @@ package console
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -123,12 +124,14 @@ func Origin(rawURL string) (string, error) {
 	return "https://" + host, nil
 }
 
-// CreateLink makes a one-time login URL for user, asked with the certificate of serial
-// (decimal), valid LinkLifetime (it implements the MP's ConsoleLinks). An unknown or
-// disabled user gets none. The link, and the session it opens, end when that certificate
-// is revoked.
-func (c *Console) CreateLink(ctx context.Context, user, serial string) (string, time.Time, error) {
-	token, exp, err := c.createLink(ctx, user, serial)
+// CreateLink makes a one-time login URL for user, asked with cert, valid LinkLifetime (it
+// implements the MP's ConsoleLinks). An unknown or disabled user gets none. The link, and
+// the session it opens, end when cert is revoked, and the session when it expires.
+func (c *Console) CreateLink(ctx context.Context, user string, cert *x509.Certificate) (string, time.Time, error) {
+	if cert == nil || cert.SerialNumber == nil {
+		return "", time.Time{}, errors.New("a console link needs the certificate that asked for it")
+	}
+	token, exp, err := c.createLink(ctx, user, cert.SerialNumber.String(), cert.NotAfter)
 	if err != nil {
 		return "", time.Time{}, err
 	}

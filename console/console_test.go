@@ -2,10 +2,12 @@ package console
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"io"
 	"log"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
@@ -157,7 +159,7 @@ func (f *fixture) browser(t *testing.T) *http.Client {
 
 func (f *fixture) link(t *testing.T, user string) string {
 	t.Helper()
-	u, exp, err := f.c.CreateLink(context.Background(), user, testSerial)
+	u, exp, err := f.c.CreateLink(context.Background(), user, testCert())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,10 +391,10 @@ func TestRevokeUserAndDisabledUser(t *testing.T) {
 	if a := do(t, cb, "GET", f.url+"/sessions", nil, nil); a.status != http.StatusUnauthorized {
 		t.Errorf("page of a disabled user: HTTP %d", a.status)
 	}
-	if _, _, err := f.c.CreateLink(ctx, "bob", testSerial); err == nil {
+	if _, _, err := f.c.CreateLink(ctx, "bob", testCert()); err == nil {
 		t.Error("a link for a disabled user")
 	}
-	if _, _, err := f.c.CreateLink(ctx, "nobody", testSerial); err == nil {
+	if _, _, err := f.c.CreateLink(ctx, "nobody", testCert()); err == nil {
 		t.Error("a link for an unknown user")
 	}
 	if a := do(t, f.browser(t), "GET", before, nil, nil); a.status != http.StatusUnauthorized {
@@ -505,7 +507,7 @@ func TestStoreOnEveryBackend(t *testing.T) {
 	sitedbtest.ForEach(t, func(t *testing.T, db *sitedb.DB) {
 		f := newFixture(t, db)
 		ctx := context.Background()
-		tok, _, err := f.c.createLink(ctx, "alice", testSerial)
+		tok, _, err := f.c.createLink(ctx, "alice", testSerial, time.Now().AddDate(1, 0, 0))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -644,8 +646,50 @@ func flipLast(s string) string {
 	return s[:len(s)-1] + "A"
 }
 
-// testSerial is the certificate serial the tests' links are made with.
+// testSerial is the serial of testCert, the certificate the tests' links are made with
+// (valid a year).
 const testSerial = "4242"
+
+func testCert() *x509.Certificate {
+	return &x509.Certificate{SerialNumber: big.NewInt(4242), NotAfter: time.Now().AddDate(1, 0, 0)}
+}
+
+// A session ends with the certificate its login was made with, at the latest: the cookie
+// says so too; a link of an expired certificate does not open.
+func TestSessionEndsWithItsCertificate(t *testing.T) {
+	f := sqliteFixture(t)
+	cert := testCert()
+	cert.NotAfter = f.clock.now().Add(time.Hour)
+	u, _, err := f.c.CreateLink(context.Background(), "alice", cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := f.browser(t)
+	a := do(t, b, "GET", u, nil, nil)
+	if a.status != http.StatusSeeOther {
+		t.Fatalf("login: HTTP %d", a.status)
+	}
+	for _, ck := range a.resp.Cookies() {
+		if ck.Name == CookieName && (ck.MaxAge > 3600 || ck.MaxAge < 3500) {
+			t.Errorf("cookie Max-Age %d, want the certificate's hour", ck.MaxAge)
+		}
+	}
+	f.clock.add(59 * time.Minute)
+	if a := do(t, b, "GET", f.url+"/api/me", nil, nil); a.status != 200 {
+		t.Fatalf("before the certificate expires: HTTP %d", a.status)
+	}
+	f.clock.add(2 * time.Minute)
+	if a := do(t, b, "GET", f.url+"/api/me", nil, nil); a.status != 401 {
+		t.Errorf("after the certificate expired: HTTP %d", a.status)
+	}
+	u, _, err = f.c.CreateLink(context.Background(), "alice", cert) // made with an expired certificate
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := do(t, f.browser(t), "GET", u, nil, nil); a.status != 401 {
+		t.Errorf("the link of an expired certificate: HTTP %d", a.status)
+	}
+}
 
 // A console login lives no longer than the certificate that made it (a stolen laptop's
 // certificate revoked): its unused link no longer opens, and its open session ends at the
@@ -655,7 +699,9 @@ func TestRevokedCertificateEndsLogins(t *testing.T) {
 	used, unused, other := f.browser(t), f.browser(t), f.browser(t)
 	f.login(t, used, "alice")
 	pending := f.link(t, "alice")
-	u, _, err := f.c.CreateLink(context.Background(), "alice", "4343")
+	other4343 := testCert()
+	other4343.SerialNumber = big.NewInt(4343)
+	u, _, err := f.c.CreateLink(context.Background(), "alice", other4343)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -675,7 +721,7 @@ func TestRevokedCertificateEndsLogins(t *testing.T) {
 	if a := do(t, other, "GET", f.url+"/api/me", nil, nil); a.status != 200 {
 		t.Errorf("another certificate's session: HTTP %d %s", a.status, a.body)
 	}
-	if _, _, err := f.c.CreateLink(context.Background(), "alice", ""); err == nil {
-		t.Error("a link without the certificate's serial was made")
+	if _, _, err := f.c.CreateLink(context.Background(), "alice", nil); err == nil {
+		t.Error("a link without the certificate was made")
 	}
 }

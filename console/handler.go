@@ -289,7 +289,7 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: encodeSecret(secret), Path: "/",
-		MaxAge: int(SessionLifetime / time.Second), Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+		MaxAge: max(1, int(exp.Sub(c.now())/time.Second)), Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	c.log.Info().Str("user", user).Time("expires_at", exp).Str("remote_addr", r.RemoteAddr).Msg("console login")
 	http.Redirect(w, r, "/devices", http.StatusSeeOther)
 }

@@ -103,7 +103,7 @@ type session struct {
 }
 
 // createLink records a new one-time link for user and returns its token.
-func (c *Console) createLink(ctx context.Context, user, serial string) (string, time.Time, error) {
+func (c *Console) createLink(ctx context.Context, user, serial string, certExpires time.Time) (string, time.Time, error) {
 	if serial == "" {
 		return "", time.Time{}, errors.New("a console link needs the serial of the certificate that asked for it")
 	}
@@ -120,8 +120,8 @@ func (c *Console) createLink(ctx context.Context, user, serial string) (string, 
 	secret := newSecret()
 	now := c.now()
 	exp := now.Add(LinkLifetime)
-	if _, err := c.db.Exec(ctx, `INSERT INTO console_links (hash, user_name, created_at, expires_at, serial) VALUES (?, ?, ?, ?, ?)`,
-		hashOf(secret), user, now.Unix(), exp.Unix(), serial); err != nil {
+	if _, err := c.db.Exec(ctx, `INSERT INTO console_links (hash, user_name, created_at, expires_at, serial, cert_expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
+		hashOf(secret), user, now.Unix(), exp.Unix(), serial, certExpires.Unix()); err != nil {
 		return "", time.Time{}, fmt.Errorf("recording a console link: %w", err)
 	}
 	return linkPrefix + encodeSecret(secret), exp.UTC().Truncate(time.Second), nil
@@ -143,7 +143,8 @@ func (c *Console) useLink(ctx context.Context, token string) (user string, secre
 	err = c.db.Tx(ctx, func(tx *sitedb.Tx) error {
 		h := hashOf(raw)
 		var serial string
-		if err := tx.QueryRow(`SELECT user_name, serial FROM console_links WHERE hash = ? AND used_at IS NULL AND expires_at > ?`, h, now.Unix()).Scan(&user, &serial); err != nil {
+		var certExpires int64
+		if err := tx.QueryRow(`SELECT user_name, serial, cert_expires_at FROM console_links WHERE hash = ? AND used_at IS NULL AND expires_at > ?`, h, now.Unix()).Scan(&user, &serial, &certExpires); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
 				return errLinkInvalid
 			}
@@ -156,8 +157,11 @@ func (c *Console) useLink(ctx context.Context, token string) (user string, secre
 		if n, err := res.RowsAffected(); err != nil || n != 1 { // spent by another request meanwhile
 			return errors.Join(err, errLinkInvalid)
 		}
-		if c.backend != nil && c.backend.CertificateRevoked(serial) {
-			return errLinkInvalid // spent all the same: the certificate that made it is revoked
+		if c.backend != nil && c.backend.CertificateRevoked(serial) || certExpires <= now.Unix() {
+			return errLinkInvalid // spent all the same: the certificate that made it is revoked or expired
+		}
+		if ce := time.Unix(certExpires, 0); ce.Before(exp) {
+			exp = ce // the session ends with the certificate at the latest
 		}
 		_, err = tx.Exec(`INSERT INTO console_sessions (hash, user_name, created_at, expires_at, serial) VALUES (?, ?, ?, ?, ?)`,
 			hashOf(secret), user, now.Unix(), exp.Unix(), serial)

@@ -2,6 +2,7 @@ package mp
 
 import (
 	"context"
+	"crypto/x509"
 	"database/sql"
 	"encoding/csv"
 	"fmt"
@@ -29,9 +30,9 @@ import (
 // ConsoleLinks makes and revokes web-console logins; *console.Console implements it
 // (site/run.go passes it as Options.ConsoleLinks).
 type ConsoleLinks interface {
-	// CreateLink makes a one-time login URL for user, asked with the certificate of serial
-	// (decimal), valid until expires; revoking that certificate ends what it made.
-	CreateLink(ctx context.Context, user, serial string) (url string, expires time.Time, err error)
+	// CreateLink makes a one-time login URL for user, asked with cert, valid until expires;
+	// revoking cert ends what it made, and its expiry the session it opened.
+	CreateLink(ctx context.Context, user string, cert *x509.Certificate) (url string, expires time.Time, err error)
 	// RevokeUser ends the user's console sessions and returns how many.
 	RevokeUser(ctx context.Context, user string) (int, error)
 }
@@ -142,7 +143,7 @@ func (m *MP) handleConsoleLink(w http.ResponseWriter, r *http.Request, name stri
 	if p.leaf == nil { // not on the console's allowlist; a login is made with a certificate only
 		return api.Errorf(http.StatusForbidden, "certificate_required", "a console login is made with a user certificate")
 	}
-	u, exp, err := links.CreateLink(r.Context(), name, p.leaf.SerialNumber.String())
+	u, exp, err := links.CreateLink(r.Context(), name, p.leaf)
 	if err != nil {
 		return err
 	}

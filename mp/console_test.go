@@ -3,6 +3,7 @@ package mp
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/csv"
 	"encoding/json"
 	"io"
@@ -151,8 +152,8 @@ func TestConsoleAPIAllowlistWithoutCertificate(t *testing.T) {
 // fakeLinks records what the MP asks of the console.
 type fakeLinks struct{ revoked, serials []string }
 
-func (l *fakeLinks) CreateLink(_ context.Context, user, serial string) (string, time.Time, error) {
-	l.serials = append(l.serials, serial)
+func (l *fakeLinks) CreateLink(_ context.Context, user string, cert *x509.Certificate) (string, time.Time, error) {
+	l.serials = append(l.serials, cert.SerialNumber.String())
 	return "https://console.test/login/ibcm_" + user, time.Unix(1e9, 0).UTC(), nil
 }
 
