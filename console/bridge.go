@@ -72,7 +72,7 @@ const bridgeEndWait = 5 * time.Second
 
 // authFunc authenticates a request to its cookie session: the user and the session's CSRF
 // token (Console.sessionOf).
-type authFunc func(r *http.Request) (user, csrf string, err error)
+type authFunc func(r *http.Request) (login, error)
 
 // bridgeRoutes adds the two WebSocket routes of browser sessions.
 func (c *Console) bridgeRoutes(mux *http.ServeMux) { c.bridgeRoutesWith(mux, c.sessionOf) }
@@ -143,10 +143,11 @@ func (c *Console) wsRoute(auth authFunc, screen bool) http.Handler {
 		if err := c.checkOrigin(r, true); err != nil {
 			return err
 		}
-		user, csrf, err := auth(r)
+		l, err := auth(r)
 		if err != nil {
 			return err
 		}
+		user, csrf := l.user, l.csrf
 		q, err := parseWSQuery(r.URL.RawQuery, screen)
 		if err != nil {
 			return err
@@ -178,13 +179,13 @@ func (c *Console) wsRoute(auth authFunc, screen bool) http.Handler {
 		}
 		ws.SetReadLimit(MaxWSMessage)
 		recheck := func(ctx context.Context) error {
-			_, _, err := auth(r.Clone(ctx))
+			_, err := auth(r.Clone(ctx))
 			return err
 		}
 		if screen {
 			c.runScreen(r.Context(), ws, ls, recheck)
 		} else {
-			c.runControl(r.Context(), ws, user, csrf, id, q, recheck)
+			c.runControl(r.Context(), ws, l, id, q, recheck)
 		}
 		return nil
 	})
@@ -342,6 +343,7 @@ type (
 type liveSession struct {
 	c                      *Console
 	id, user, csrf, ticket string
+	serial                 string // of the certificate the console login was made with
 	s                      *helper.Session
 	screen                 bool
 	screenIn               *io.PipeReader // the device's RFB (screen sessions)
@@ -407,6 +409,22 @@ func (c *Console) endLive(match func(*liveSession) bool, reason string) int {
 	return len(hit)
 }
 
+// endRevoked ends at once the live sessions whose console login was made with a certificate
+// that is now revoked (the MP's revoked set, in memory: it is checked every
+// revokedCheckEvery by Run), so that a revocation — disabling the user revokes their
+// certificates too — reaches a browser's session within a second, as it reaches the
+// certificate's own connections.
+func (c *Console) endRevoked() int {
+	if c.backend == nil {
+		return 0
+	}
+	return c.endLive(func(ls *liveSession) bool { return c.backend.CertificateRevoked(ls.serial) },
+		"the certificate the console login was made with is revoked")
+}
+
+// revokedCheckEvery is how often Run looks for live sessions of revoked certificates.
+var revokedCheckEvery = time.Second
+
 // attachScreen finds the screen session id that the same cookie session (user, csrf) opened
 // with ticket, not attached yet.
 func (l *liveSessions) attachScreen(id, user, csrf, ticketID string) (*liveSession, error) {
@@ -469,7 +487,8 @@ type browserMessage struct {
 
 // runControl is the control WebSocket: it dials the session, opens the framed conversation,
 // and carries messages both ways until either side ends.
-func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, user, csrf, id string, q wsQuery, recheck func(context.Context) error) {
+func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, l login, id string, q wsQuery, recheck func(context.Context) error) {
+	user, csrf := l.user, l.csrf
 	ctx, cancel := context.WithCancel(rctx)
 	defer cancel()
 	// The browser's messages, read from the start: a close, or an end, while the device is
@@ -547,7 +566,7 @@ func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, user, csr
 		}
 	}
 	defer s.Close()
-	ls := &liveSession{c: c, id: id, user: user, csrf: csrf, ticket: q.Ticket, s: s, screen: s.Device.Terminal == "screen",
+	ls := &liveSession{c: c, id: id, user: user, csrf: csrf, serial: l.serial, ticket: q.Ticket, s: s, screen: s.Device.Terminal == "screen",
 		screenAttached: make(chan struct{}), done: make(chan struct{})}
 	var screenOut *io.PipeWriter
 	if ls.screen {

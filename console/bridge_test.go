@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -109,6 +110,7 @@ func (d *bridgeDevice) serve(conn net.Conn) {
 
 // bridgeBackend dials fake devices.
 type bridgeBackend struct {
+	revoked string // a serial CertificateRevoked says is revoked
 	mu      sync.Mutex
 	dev     *bridgeDevice
 	dialErr error
@@ -138,7 +140,11 @@ func (b *bridgeBackend) ConsoleAPI(user string) http.Handler {
 	})
 }
 
-func (b *bridgeBackend) CertificateRevoked(string) bool { return false }
+func (b *bridgeBackend) CertificateRevoked(serial string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return serial == b.revoked
+}
 
 func (b *bridgeBackend) DialSession(ctx context.Context, user, sessionID, ticketID string) (net.Conn, error) {
 	b.mu.Lock()
@@ -157,18 +163,18 @@ func (b *bridgeBackend) DialSession(ctx context.Context, user, sessionID, ticket
 }
 
 // testAuth: the cookie "alice" is alice's session.
-func testAuth(r *http.Request) (string, string, error) {
+func testAuth(r *http.Request) (login, error) {
 	if ck, err := r.Cookie(CookieName); err == nil {
 		switch ck.Value {
 		case "alice":
-			return "alice", testCSRF, nil
+			return login{user: "alice", csrf: testCSRF, serial: testSerial}, nil
 		case "alice-tab2": // another cookie session of alice's (another browser)
-			return "alice", "csrf-of-alice-elsewhere", nil
+			return login{user: "alice", csrf: "csrf-of-alice-elsewhere", serial: testSerial}, nil
 		case "mallory": // another user, who learnt alice's CSRF token
-			return "mallory", testCSRF, nil
+			return login{user: "mallory", csrf: testCSRF, serial: "777"}, nil
 		}
 	}
-	return "", "", api.Errorf(http.StatusUnauthorized, "login_required", "no console session")
+	return login{}, api.Errorf(http.StatusUnauthorized, "login_required", "no console session")
 }
 
 func newBridge(t *testing.T, dev *bridgeDevice) (*httptest.Server, *bridgeBackend) {
@@ -709,6 +715,65 @@ func TestBridgeEndsOnLogoutAndRevoke(t *testing.T) {
 	}
 	ended(ws2, "revoked")
 	ended(ws3, "revoked")
+}
+
+// Revoking the certificate a console login was made with ends its live browser sessions
+// within Run's second (disabling a user revokes their certificates too), not at the
+// next keepalive; a session of another certificate's login goes on.
+func TestBridgeEndsWhenTheLoginsCertificateIsRevoked(t *testing.T) {
+	f := sqliteFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	defer func(d time.Duration) { bridgeKeepalive = d }(bridgeKeepalive)
+	bridgeKeepalive = time.Hour
+	be := &bridgeBackend{dev: &bridgeDevice{got: make(chan frame.Frame, 100)}}
+	f.c.backend = be
+	open := func(c *http.Client, csrf string) *websocket.Conn {
+		t.Helper()
+		testSession = ticket.NewID()
+		ws, _, err := websocket.Dial(ctx, "wss"+strings.TrimPrefix(f.url, "https")+"/ws/sessions/"+testSession+"?ticket="+testTicket+"&csrf="+csrf,
+			&websocket.DialOptions{HTTPClient: c, HTTPHeader: http.Header{"Origin": {f.c.origin}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ws.CloseNow() })
+		readJSON(t, ctx, ws, nil) // status: connecting
+		if m := readJSON(t, ctx, ws, nil); m["type"] != "card" {
+			t.Fatalf("want the card: %v", m)
+		}
+		return ws
+	}
+	c1, c2 := f.browser(t), f.browser(t)
+	csrf1 := f.login(t, c1, "alice") // made with testCert (serial testSerial)
+	other := testCert()
+	other.SerialNumber = big.NewInt(5151)
+	u, _, err := f.c.CreateLink(ctx, "alice", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	do(t, c2, "GET", u, nil, nil)
+	me := do(t, c2, "GET", f.url+"/api/me", nil, nil)
+	var m2 struct{ CSRF string }
+	if err := json.Unmarshal([]byte(me.body), &m2); err != nil || m2.CSRF == "" {
+		t.Fatalf("/api/me: %v %s", err, me.body)
+	}
+	ws1 := open(c1, csrf1)
+	ws2 := open(c2, m2.CSRF)
+	defer func(d time.Duration) { revokedCheckEvery = d }(revokedCheckEvery)
+	revokedCheckEvery = 50 * time.Millisecond
+	go f.c.Run(ctx)
+	be.mu.Lock()
+	be.revoked = testSerial
+	be.mu.Unlock()
+	if m := readJSON(t, ctx, ws1, nil); m["type"] != "end" || !strings.Contains(m["reason"].(string), "revoked") {
+		t.Errorf("want the end of the revoked certificate's session: %v", m)
+	}
+	if err := ws2.Write(ctx, websocket.MessageText, []byte(`{"type":"chat","text":"still here"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m := readJSON(t, ctx, ws2, nil); m["type"] != "chat" || m["text"] != "got: still here" {
+		t.Errorf("the other certificate's session: %v", m)
+	}
 }
 
 // A message over MaxWSMessage ends the session (the device is told), whichever the

@@ -172,8 +172,23 @@ func (c *Console) revokeUser(ctx context.Context, user string) (int, error) {
 }
 
 // Run ends the sessions and links of disabled users and deletes expired and spent links and
-// sessions, at once and every Options.PurgeEvery, until ctx is done.
+// sessions, at once and every Options.PurgeEvery, and ends the live browser sessions of
+// revoked certificates every second (endRevoked), until ctx is done.
 func (c *Console) Run(ctx context.Context) {
+	go func() { // live browser sessions of revoked certificates end within a second
+		t := time.NewTicker(revokedCheckEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if n := c.endRevoked(); n > 0 {
+					c.log.Info().Int("sessions", n).Msg("live console sessions of a revoked certificate ended")
+				}
+			}
+		}
+	}()
 	t := time.NewTicker(c.purge)
 	defer t.Stop()
 	for {

@@ -108,10 +108,10 @@ func securityHeaders(next http.Handler) http.Handler {
 
 // The hooks of the browser sessions' WebSockets (bridge.go), which run before the upgrade:
 //
-//	user, csrf, err := c.sessionOf(r)          // 401 login_required unless a live cookie session
+//	l, err := c.sessionOf(r)                   // 401 login_required unless a live cookie session
 //	err = c.checkOrigin(r, true)               // 403 origin unless Origin is exactly the console's
-//	err = checkCSRF(csrf, r.URL.Query().Get("csrf")) // 403 csrf
-//	conn, err := c.backend.DialSession(ctx, user, id, ticket)
+//	err = checkCSRF(l.csrf, r.URL.Query().Get("csrf")) // 403 csrf
+//	conn, err := c.backend.DialSession(ctx, l.user, id, ticket)
 //
 // Their errors are *api.Error: api.WriteError(w, err) answers them as JSON. A long-lived
 // socket may call sessionOf again with its upgrade request (the cookie is in it) to learn
@@ -124,15 +124,19 @@ var errLoginRequired = api.Errorf(http.StatusUnauthorized, "login_required",
 // sessionOf authenticates r to its cookie session, for every route but /login, /logged-out
 // and /healthz (and for helper B's WebSockets): the cookie must name a live session (not
 // expired, not revoked) whose user exists and is not disabled, read afresh on each call.
-// It returns the user and the session's CSRF token. Its errors are *api.Error (401
-// login_required, or 503 while the store is unavailable), ready for api.WriteError.
-func (c *Console) sessionOf(r *http.Request) (user, csrf string, err error) {
+// It returns the user, the session's CSRF token and the serial of the certificate the
+// login was made with. Its errors are *api.Error (401 login_required, or 503 while the
+// store is unavailable), ready for api.WriteError.
+func (c *Console) sessionOf(r *http.Request) (login, error) {
 	s, err := c.sessionFrom(r)
 	if err != nil {
-		return "", "", err
+		return login{}, err
 	}
-	return s.user, s.csrf, nil
+	return login{user: s.user, csrf: s.csrf, serial: s.serial}, nil
 }
+
+// login is who a cookie session is (sessionOf).
+type login struct{ user, csrf, serial string }
 
 func (c *Console) sessionFrom(r *http.Request) (*session, error) {
 	ck, err := r.Cookie(CookieName)

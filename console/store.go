@@ -98,6 +98,7 @@ func csrfOf(secret []byte) string {
 type session struct {
 	user      string
 	csrf      string
+	serial    string // of the certificate the login was made with
 	expiresAt time.Time
 	hash      string
 }
@@ -196,7 +197,7 @@ func (c *Console) lookup(ctx context.Context, cookie string) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the console session: %w", err)
 	}
-	s.expiresAt = time.Unix(exp, 0).UTC()
+	s.expiresAt, s.serial = time.Unix(exp, 0).UTC(), serial
 	if c.backend == nil || c.backend.CertificateRevoked(serial) {
 		// The certificate the login was made with is revoked (a stolen laptop): the session
 		// ends with it, as that certificate's own connections do.
