@@ -91,6 +91,11 @@ func runScreen(ctx context.Context, o Options, progress io.Writer) (Result, erro
 		return res, err
 	}
 	defer os.RemoveAll(tmp)
+	// The wrappers below stand in for x11vnc, which an unattended screen runs as a uid of
+	// its own (remote/device DynamicScreenUID): it must be able to reach them.
+	if err := os.Chmod(tmp, 0o711); err != nil {
+		return res, err
+	}
 	scroll, err := screenWrapper(tmp, "x11vnc-scroll", xtermRunning(screenScrollLoad))
 	if err != nil {
 		return res, err
