@@ -138,13 +138,7 @@ EXAMPLES:
 				Validator: cliapp.OneOf("view", "control", "elevated", "unattended")},
 			&cli.BoolFlag{Name: "screen", Usage: "a screen session (VNC) instead of a terminal", Sources: cli.EnvVars("IBCM_REMOTE_SCREEN")},
 			&cli.StringFlag{Name: "vnc-listen", Value: "127.0.0.1:0", Usage: "the local VNC port of --screen (`HOST:PORT`, loopback only)", Sources: cli.EnvVars("IBCM_REMOTE_VNC_LISTEN")},
-			&cli.StringFlag{Name: "reason", Usage: "why, shown to the device's user and kept in the audit", Sources: cli.EnvVars("IBCM_REMOTE_REASON"),
-				Validator: func(s string) error {
-					if len(s) > 512 {
-						return fmt.Errorf("must be at most 512 bytes (got %d)", len(s))
-					}
-					return nil
-				}},
+			reasonFlag("why, shown to the device's user and kept in the audit"),
 		),
 		Action: func(ctx context.Context, c *cli.Command) error {
 			hc, err := remoteClient(c)
@@ -274,6 +268,17 @@ EXAMPLES:
 			return tw.Flush()
 		},
 	}
+}
+
+// reasonFlag is --reason of a session: at most 512 bytes, as the MP takes it.
+func reasonFlag(usage string) *cli.StringFlag {
+	return &cli.StringFlag{Name: "reason", Usage: usage, Sources: cli.EnvVars("IBCM_REMOTE_REASON"),
+		Validator: func(s string) error {
+			if len(s) > 512 {
+				return fmt.Errorf("must be at most 512 bytes (got %d)", len(s))
+			}
+			return nil
+		}}
 }
 
 // remoteClient is the helper's client of the MP, with the identity and MP the admin

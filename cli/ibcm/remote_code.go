@@ -41,13 +41,7 @@ EXAMPLES:
 			Flags: append(adminFlags(),
 				&cli.StringFlag{Name: "mode", Value: "view", Usage: "view or control", Sources: cli.EnvVars("IBCM_REMOTE_MODE"),
 					Validator: cliapp.OneOf("view", "control")},
-				&cli.StringFlag{Name: "reason", Usage: "why, shown to the person at the device and kept in the audit", Sources: cli.EnvVars("IBCM_REMOTE_REASON"),
-					Validator: func(s string) error {
-						if len(s) > 512 {
-							return fmt.Errorf("must be at most 512 bytes (got %d)", len(s))
-						}
-						return nil
-					}},
+				reasonFlag("why, shown to the person at the device and kept in the audit"),
 			),
 			Action: func(ctx context.Context, c *cli.Command) error {
 				hc, err := remoteClient(c)
