@@ -20,6 +20,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/ibcm-project/ibcm/ca"
 	"github.com/ibcm-project/ibcm/console"
 	"github.com/ibcm-project/ibcm/internal/access"
 	"github.com/ibcm-project/ibcm/internal/sitedb"
@@ -167,6 +168,21 @@ func TestConsoleLinkAndRevokeRoutes(t *testing.T) {
 	f := newFixture(t, sitedbtest.Open(t, sitedb.SQLite, sitedbtest.NewDSN(t, sitedb.SQLite)), Options{ConsoleLinks: links})
 	admin, analyst := f.user(t, "admin", access.FullAdministrator), f.user(t, "analyst", access.ReadOnlyAnalyst)
 	var link wire.ConsoleLink
+	// Other genuine credentials of the site make no login: a device's, an MP's, a DP's.
+	for name, cert := range map[string]tls.Certificate{
+		"device": f.device(t, "pc-links"),
+		"mp":     f.issue(t, ca.IssueSpec{Profile: ca.SiteServer, Subject: "mp2", DNS: []string{"127.0.0.1"}, Role: "mp"}),
+		"dp":     f.issue(t, ca.IssueSpec{Profile: ca.SiteServer, Subject: "dp9", DNS: []string{"127.0.0.1"}, Role: "dp"}),
+	} {
+		for _, p := range []string{"/v1/admin/console/links", "/v1/admin/console/revoke"} {
+			if status, e := call(t, f.client(&cert), "POST", f.intranet+p, "{}", nil); status != 403 {
+				t.Errorf("%s certificate on %s: HTTP %d %+v", name, p, status, e.Error)
+			}
+		}
+	}
+	if len(links.serials) != 0 || len(links.revoked) != 0 {
+		t.Fatalf("other credentials reached the console: links %v, revoked %v", links.serials, links.revoked)
+	}
 	if status, e := call(t, f.client(&analyst), "POST", f.intranet+"/v1/admin/console/links", "{}", &link); status != 201 ||
 		link.URL != "https://console.test/login/ibcm_analyst" || !link.ExpiresAt.Equal(time.Unix(1e9, 0)) {
 		t.Errorf("links: HTTP %d %+v %+v", status, e.Error, link)
