@@ -46,11 +46,7 @@ func (m *MP) DialSession(ctx context.Context, user, sessionID, ticketID string) 
 	switch {
 	case t.Helper != user:
 		// Audited as the command line's relay leg audits it (handleHelperRelay).
-		e := api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to %s", ticketID, user)
-		m.auditRefusal(ctx, sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: s.Device, DeviceName: s.DeviceName, Helper: user,
-			Reason: "relay " + s.ID, Mode: s.Mode, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC(),
-			Console: true}}, wire.OutcomeRefused, e.Code)
-		return nil, e
+		return nil, m.refuseLeg(ctx, s, user, true, api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to %s", ticketID, user))
 	case !t.Console || t.Role != ticket.RoleHelper:
 		return nil, api.Errorf(http.StatusForbidden, "not_a_console_ticket", "ticket %s was not issued to the web console", ticketID)
 	case t.HelperKey != trust.PublicKeyHash(m.o.SiteChain[0]):
@@ -65,15 +61,11 @@ func (m *MP) DialSession(ctx context.Context, user, sessionID, ticketID string) 
 	if err != nil {
 		return nil, err
 	}
-	cert := tls.Certificate{PrivateKey: m.o.SiteKey, Leaf: m.o.SiteChain[0]}
-	for _, c := range m.o.SiteChain {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
 	roots := x509.NewCertPool()
 	for _, c := range m.verifier.Anchors.Roots {
 		roots.AddCert(c)
 	}
-	tc := tls.Client(raw, e2e.ConsoleConfig(cert, roots, s.Device, m.now, nil))
+	tc := tls.Client(raw, e2e.ConsoleConfig(m.siteCertificate(), roots, s.Device, m.now, nil))
 	hctx, cancel := context.WithTimeout(ctx, consoleHandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {

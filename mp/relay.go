@@ -391,11 +391,8 @@ func (m *MP) handleHelperRelay(w http.ResponseWriter, r *http.Request, name stri
 		return err
 	}
 	if t.Helper != name || t.Console || t.HelperKey != trust.PublicKeyHash(peerOf(r).leaf) {
-		e := api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to this certificate", ticketID)
-		m.auditRefusal(r.Context(), sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: s.Device, DeviceName: s.DeviceName, Helper: name,
-			Reason: "relay " + s.ID, Mode: s.Mode, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC()}},
-			wire.OutcomeRefused, e.Code)
-		return e
+		return m.refuseLeg(r.Context(), s, name, false,
+			api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to this certificate", ticketID))
 	}
 	if m.now().After(t.ExpiresAt) {
 		return api.Errorf(http.StatusGone, "ticket_expired", "ticket %s expired", ticketID)
@@ -417,6 +414,15 @@ func (m *MP) handleHelperRelay(w http.ResponseWriter, r *http.Request, name stri
 		return m.waitLeg(w, r, s, ticketID, sideHelper)
 	}
 	return m.forwardLeg(w, r, s, ticketID, sideHelper)
+}
+
+// refuseLeg audits a relay leg of session s that user may not dial as a refused session of
+// theirs (through the web console when console) naming the one it is of, and returns e.
+func (m *MP) refuseLeg(ctx context.Context, s sessionRow, user string, console bool, e *api.Error) *api.Error {
+	m.auditRefusal(ctx, sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: s.Device, DeviceName: s.DeviceName, Helper: user,
+		Reason: "relay " + s.ID, Mode: s.Mode, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC(),
+		Console: console}}, wire.OutcomeRefused, e.Code)
+	return e
 }
 
 // handleForwardedRelay is GET /v1/relay/{id}: a leg that another MP of the site checked
@@ -609,21 +615,25 @@ func (m *MP) mpURL(ctx context.Context, id string) (string, error) {
 	return internet, nil
 }
 
+// siteCertificate is this MP's site-server certificate chain and key, as TLS presents them.
+func (m *MP) siteCertificate() tls.Certificate {
+	cert := tls.Certificate{PrivateKey: m.o.SiteKey}
+	for _, c := range m.o.SiteChain {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	if len(m.o.SiteChain) > 0 {
+		cert.Leaf = m.o.SiteChain[0]
+	}
+	return cert
+}
+
 // siteTLS is this MP's TLS client configuration towards another MP: its own site-server
 // certificate as client certificate, and the other's checked against the site's roots
 // and the MP role of this site.
 func (m *MP) siteTLS() *tls.Config {
-	var cert tls.Certificate
-	for _, c := range m.o.SiteChain {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
-	cert.PrivateKey = m.o.SiteKey
-	if len(m.o.SiteChain) > 0 {
-		cert.Leaf = m.o.SiteChain[0]
-	}
 	site := m.siteCode()
 	return &tls.Config{
-		Certificates:       []tls.Certificate{cert},
+		Certificates:       []tls.Certificate{m.siteCertificate()},
 		MinVersion:         tls.VersionTLS12,
 		NextProtos:         []string{"http/1.1"},
 		InsecureSkipVerify: true, // VerifyConnection checks the chain and the identity instead of a host name
