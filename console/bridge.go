@@ -27,7 +27,7 @@ import (
 	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
-// The WebSockets of browser sessions (the contract's "Browser sessions"):
+// The WebSockets of browser sessions:
 //
 //	GET /ws/sessions/{id}?ticket=T&csrf=C[&rows=R&cols=C]   the control WebSocket
 //	GET /ws/sessions/{id}/screen?ticket=T&csrf=C            noVNC's RFB, for a screen session

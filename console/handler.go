@@ -106,27 +106,13 @@ func securityHeaders(next http.Handler) http.Handler {
 	})
 }
 
-// The hooks of the browser sessions' WebSockets (bridge.go), which run before the upgrade:
-//
-//	l, err := c.sessionOf(r)                   // 401 login_required unless a live cookie session
-//	err = c.checkOrigin(r, true)               // 403 origin unless Origin is exactly the console's
-//	err = checkCSRF(l.csrf, r.URL.Query().Get("csrf")) // 403 csrf
-//	conn, err := c.backend.DialSession(ctx, l.user, id, ticket)
-//
-// Their errors are *api.Error: api.WriteError(w, err) answers them as JSON. A long-lived
-// socket may call sessionOf again with its upgrade request (the cookie is in it) to learn
-// that the session was revoked or expired, or the user disabled.
-
 // errLoginRequired answers an /api or /ws request without a live cookie session.
 var errLoginRequired = api.Errorf(http.StatusUnauthorized, "login_required",
 	"no console session (expired, revoked or logged out): run `ibcm console login` and open the URL it prints")
 
-// sessionOf authenticates r to its cookie session, for every route but /login, /logged-out
-// and /healthz (and for helper B's WebSockets): the cookie must name a live session (not
-// expired, not revoked) whose user exists and is not disabled, read afresh on each call.
-// It returns the user, the session's CSRF token and the serial of the certificate the
-// login was made with. Its errors are *api.Error (401 login_required, or 503 while the
-// store is unavailable), ready for api.WriteError.
+// sessionOf is sessionFrom for the WebSockets of bridge.go (authFunc), before the upgrade
+// and at each keepalive: the user, the session's CSRF token and the serial of the
+// certificate the login was made with.
 func (c *Console) sessionOf(r *http.Request) (login, error) {
 	s, err := c.sessionFrom(r)
 	if err != nil {
@@ -138,6 +124,11 @@ func (c *Console) sessionOf(r *http.Request) (login, error) {
 // login is who a cookie session is (sessionOf).
 type login struct{ user, csrf, serial string }
 
+// sessionFrom authenticates r to its cookie session, for every route but /login,
+// /logged-out, /healthz and /assets: the cookie must name a live session (not expired, not
+// revoked) whose user exists and is not disabled, read afresh on each call (lookup). Its
+// errors are *api.Error (401 login_required, or 503 while the store is unavailable), ready
+// for api.WriteError.
 func (c *Console) sessionFrom(r *http.Request) (*session, error) {
 	ck, err := r.Cookie(CookieName)
 	if err != nil {
@@ -169,8 +160,8 @@ func (c *Console) checkOrigin(r *http.Request, required bool) error {
 	return api.Errorf(http.StatusForbidden, "origin", "the request's Origin is not the console's (%s)", c.origin)
 }
 
-// checkCSRF compares a CSRF token presented (header X-CSRF-Token, or helper B's csrf
-// query) with the session's, in constant time: 403 "csrf" when they differ.
+// checkCSRF compares a CSRF token presented (header X-CSRF-Token, or the WebSockets'
+// csrf query) with the session's, in constant time: 403 "csrf" when they differ.
 func checkCSRF(want, got string) error {
 	if got == "" || subtle.ConstantTimeCompare([]byte(want), []byte(got)) != 1 {
 		return api.Errorf(http.StatusForbidden, "csrf", "missing or wrong %s: reload the page", CSRFHeader)
