@@ -415,9 +415,6 @@ func (c *Console) endLive(match func(*liveSession) bool, reason string) int {
 // certificates too — reaches a browser's session within a second, as it reaches the
 // certificate's own connections.
 func (c *Console) endRevoked() int {
-	if c.backend == nil {
-		return 0
-	}
 	return c.endLive(func(ls *liveSession) bool { return c.backend.CertificateRevoked(ls.serial) },
 		"the certificate the console login was made with is revoked")
 }

@@ -158,7 +158,7 @@ func (c *Console) useLink(ctx context.Context, token string) (user string, secre
 		if n, err := res.RowsAffected(); err != nil || n != 1 { // spent by another request meanwhile
 			return errors.Join(err, errLinkInvalid)
 		}
-		if c.backend != nil && c.backend.CertificateRevoked(serial) || certExpires <= now.Unix() {
+		if c.backend.CertificateRevoked(serial) || certExpires <= now.Unix() {
 			return errLinkInvalid // spent all the same: the certificate that made it is revoked or expired
 		}
 		if ce := time.Unix(certExpires, 0); ce.Before(exp) {
@@ -198,7 +198,7 @@ func (c *Console) lookup(ctx context.Context, cookie string) (*session, error) {
 		return nil, fmt.Errorf("reading the console session: %w", err)
 	}
 	s.expiresAt, s.serial = time.Unix(exp, 0).UTC(), serial
-	if c.backend == nil || c.backend.CertificateRevoked(serial) {
+	if c.backend.CertificateRevoked(serial) {
 		// The certificate the login was made with is revoked (a stolen laptop): the session
 		// ends with it, as that certificate's own connections do.
 		if err := c.revoke(ctx, s.hash); err != nil {
