@@ -361,15 +361,11 @@ func (c *Console) handleMe(w http.ResponseWriter, r *http.Request, s *session) e
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return api.Errorf(http.StatusMethodNotAllowed, "method_not_allowed", "GET /api/me")
 	}
-	u, err := c.access.User(r.Context(), s.user)
-	if err != nil {
-		return err
-	}
 	g, err := c.access.Grants(r.Context(), s.user)
 	if err != nil {
 		return err
 	}
-	me := Me{User: u.Name, DisplayName: u.DisplayName, CSRF: s.csrf, ExpiresAt: s.expiresAt, Permissions: []string{}}
+	me := Me{User: s.user, DisplayName: s.displayName, CSRF: s.csrf, ExpiresAt: s.expiresAt, Permissions: []string{}}
 	for _, p := range g.Site.List() {
 		me.Permissions = append(me.Permissions, string(p))
 	}

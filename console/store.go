@@ -96,11 +96,12 @@ func csrfOf(secret []byte) string {
 
 // session is one live cookie session.
 type session struct {
-	user      string
-	csrf      string
-	serial    string // of the certificate the login was made with
-	expiresAt time.Time
-	hash      string
+	user        string
+	displayName string // the user's, as lookup read them
+	csrf        string
+	serial      string // of the certificate the login was made with
+	expiresAt   time.Time
+	hash        string
 }
 
 // createLink records a new one-time link for user and returns its token.
@@ -218,6 +219,7 @@ func (c *Console) lookup(ctx context.Context, cookie string) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.displayName = u.DisplayName
 	return s, nil
 }
 
