@@ -81,10 +81,7 @@ func (c *Console) bridgeRoutes(mux *http.ServeMux) { c.bridgeRoutesWith(mux, c.s
 func (c *Console) bridgeRoutesWith(mux *http.ServeMux, auth authFunc) {
 	mux.Handle("GET /ws/sessions/{id}", c.wsRoute(auth, false))
 	mux.Handle("GET /ws/sessions/{id}/screen", c.wsRoute(auth, true))
-	// Any other method or path under /ws/ is not a route (the pages' 404 would be HTML).
-	mux.Handle("/ws/", api.Handle(c.log, func(_ http.ResponseWriter, r *http.Request) error {
-		return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
-	}))
+	mux.Handle("/ws/", c.noRoute())
 }
 
 // wsQuery is a WebSocket route's query, read strictly.

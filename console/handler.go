@@ -77,14 +77,20 @@ func (c *Console) Handler() http.Handler {
 	mux.Handle("GET /assets/{file...}", api.Handle(c.log, c.serveAsset))
 	mux.Handle("/api/me", c.api(c.handleMe))
 	mux.Handle("/api/v1/admin/", c.api(c.handleAPI))
-	mux.Handle("/api/", api.Handle(c.log, func(_ http.ResponseWriter, r *http.Request) error {
-		return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
-	}))
+	mux.Handle("/api/", c.noRoute())
 	c.bridgeRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		writePage(w, http.StatusNotFound, pageNotFound, "")
 	})
 	return securityHeaders(mux)
+}
+
+// noRoute answers a method or path under /api/ or /ws/ that is not a route: a JSON 404
+// (the pages' 404 is HTML).
+func (c *Console) noRoute() http.Handler {
+	return api.Handle(c.log, func(_ http.ResponseWriter, r *http.Request) error {
+		return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
+	})
 }
 
 // securityHeaders sets on every answer the CSP, nosniff, DENY framing, no referrer, HSTS,
