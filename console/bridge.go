@@ -514,6 +514,14 @@ func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, l login, 
 	dc := make(chan dialed, 1)
 	dctx, dcancel := context.WithTimeout(ctx, bridgeDialTimeout)
 	defer dcancel()
+	// abandon stops the dial; a session it opened all the same is ended with why.
+	abandon := func(why string) {
+		dcancel()
+		if d := <-dc; d.s != nil {
+			_ = d.s.End(why)
+			_ = d.s.Close()
+		}
+	}
 	go func() {
 		raw, err := c.backend.DialSession(dctx, user, id, q.Ticket)
 		if err != nil {
@@ -540,22 +548,14 @@ func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, l login, 
 		case m := <-in:
 			if m.typ == websocket.MessageText {
 				if cm, err := parseClientMessage(m.data); err == nil && cm.Type == "end" {
-					dcancel()
-					if d := <-dc; d.s != nil {
-						_ = d.s.End("ended in the web console before it started")
-						_ = d.s.Close()
-					}
+					abandon("ended in the web console before it started")
 					closeWith(ws, "ended by you")
 					return
 				}
 			}
 			// Anything else before the session is up is dropped.
 		case <-readErr:
-			dcancel()
-			if d := <-dc; d.s != nil {
-				_ = d.s.End("the browser left")
-				_ = d.s.Close()
-			}
+			abandon("the browser left")
 			return
 		}
 	}
