@@ -260,16 +260,6 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user, secret, exp, err := c.useLink(r.Context(), r.PathValue("token"))
-	if err == nil {
-		// A user disabled since the link was made gets no session.
-		if u, uerr := c.access.User(r.Context(), user); uerr != nil || u.DisabledAt != nil {
-			_ = c.revoke(r.Context(), hashOf(secret))
-			if uerr == nil { // and their other sessions and links, for good (lookup)
-				_, _ = c.revokeUser(r.Context(), user)
-			}
-			err = errLinkInvalid
-		}
-	}
 	if errors.Is(err, errLinkInvalid) {
 		c.log.Warn().Str("remote_addr", r.RemoteAddr).Msg("console login link refused: invalid, used or expired")
 		writePage(w, http.StatusUnauthorized, pageLoginNeeded, "This login link is invalid, expired or already used.")

@@ -132,8 +132,8 @@ func (c *Console) createLink(ctx context.Context, user, serial string, certExpir
 // errLinkInvalid is a link that is unknown, used or expired.
 var errLinkInvalid = errors.New("login link invalid, used or expired")
 
-// useLink spends a link token (once) and opens a cookie session for its user: it returns the
-// cookie's secret.
+// useLink spends a link token (once) and opens a cookie session for its user, who must still
+// be a user of the site and not disabled: it returns the cookie's secret.
 func (c *Console) useLink(ctx context.Context, token string) (user string, secret []byte, exp time.Time, err error) {
 	raw, err := parseLinkToken(token)
 	if err != nil {
@@ -172,8 +172,15 @@ func (c *Console) useLink(ctx context.Context, token string) (user string, secre
 	if err != nil {
 		return "", nil, time.Time{}, err
 	}
-	// The user must still be allowed in: the session is opened, but refused at each request
-	// while they are disabled (lookup).
+	// A user disabled (or deleted) since the link was made gets no session: it is ended at
+	// once, and with a disabled user's other sessions and links, for good (as lookup does).
+	if u, uerr := c.access.User(ctx, user); uerr != nil || u.DisabledAt != nil {
+		_ = c.revoke(ctx, hashOf(secret))
+		if uerr == nil {
+			_, _ = c.revokeUser(ctx, user)
+		}
+		return "", nil, time.Time{}, errLinkInvalid
+	}
 	return user, secret, exp, nil
 }
 
