@@ -27,7 +27,7 @@ import (
 	"github.com/ibcm-project/ibcm/remote/ticket"
 )
 
-// The WebSockets of browser sessions (the contract's "Browser sessions"):
+// The WebSockets of browser sessions:
 //
 //	GET /ws/sessions/{id}?ticket=T&csrf=C[&rows=R&cols=C]   the control WebSocket
 //	GET /ws/sessions/{id}/screen?ticket=T&csrf=C            noVNC's RFB, for a screen session
@@ -81,10 +81,7 @@ func (c *Console) bridgeRoutes(mux *http.ServeMux) { c.bridgeRoutesWith(mux, c.s
 func (c *Console) bridgeRoutesWith(mux *http.ServeMux, auth authFunc) {
 	mux.Handle("GET /ws/sessions/{id}", c.wsRoute(auth, false))
 	mux.Handle("GET /ws/sessions/{id}/screen", c.wsRoute(auth, true))
-	// Any other method or path under /ws/ is not a route (the pages' 404 would be HTML).
-	mux.Handle("/ws/", api.Handle(c.log, func(_ http.ResponseWriter, r *http.Request) error {
-		return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
-	}))
+	mux.Handle("/ws/", c.noRoute())
 }
 
 // wsQuery is a WebSocket route's query, read strictly.
@@ -415,9 +412,6 @@ func (c *Console) endLive(match func(*liveSession) bool, reason string) int {
 // certificates too — reaches a browser's session within a second, as it reaches the
 // certificate's own connections.
 func (c *Console) endRevoked() int {
-	if c.backend == nil {
-		return 0
-	}
 	return c.endLive(func(ls *liveSession) bool { return c.backend.CertificateRevoked(ls.serial) },
 		"the certificate the console login was made with is revoked")
 }
@@ -520,6 +514,14 @@ func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, l login, 
 	dc := make(chan dialed, 1)
 	dctx, dcancel := context.WithTimeout(ctx, bridgeDialTimeout)
 	defer dcancel()
+	// abandon stops the dial; a session it opened all the same is ended with why.
+	abandon := func(why string) {
+		dcancel()
+		if d := <-dc; d.s != nil {
+			_ = d.s.End(why)
+			_ = d.s.Close()
+		}
+	}
 	go func() {
 		raw, err := c.backend.DialSession(dctx, user, id, q.Ticket)
 		if err != nil {
@@ -546,22 +548,14 @@ func (c *Console) runControl(rctx context.Context, ws *websocket.Conn, l login, 
 		case m := <-in:
 			if m.typ == websocket.MessageText {
 				if cm, err := parseClientMessage(m.data); err == nil && cm.Type == "end" {
-					dcancel()
-					if d := <-dc; d.s != nil {
-						_ = d.s.End("ended in the web console before it started")
-						_ = d.s.Close()
-					}
+					abandon("ended in the web console before it started")
 					closeWith(ws, "ended by you")
 					return
 				}
 			}
 			// Anything else before the session is up is dropped.
 		case <-readErr:
-			dcancel()
-			if d := <-dc; d.s != nil {
-				_ = d.s.End("the browser left")
-				_ = d.s.Close()
-			}
+			abandon("the browser left")
 			return
 		}
 	}

@@ -5,7 +5,7 @@
 // through the same access checks as the command line, and the WebSockets that carry a
 // browser's remote-control session (bridge*.go), which ends at the MP.
 //
-// It does not import mp (nor mp it): site/run.go hands each its Backend and ConsoleLinks.
+// It does not import mp (nor mp it): site/mp.go (openMP) hands each its Backend and ConsoleLinks.
 package console
 
 import (

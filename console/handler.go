@@ -77,14 +77,20 @@ func (c *Console) Handler() http.Handler {
 	mux.Handle("GET /assets/{file...}", api.Handle(c.log, c.serveAsset))
 	mux.Handle("/api/me", c.api(c.handleMe))
 	mux.Handle("/api/v1/admin/", c.api(c.handleAPI))
-	mux.Handle("/api/", api.Handle(c.log, func(_ http.ResponseWriter, r *http.Request) error {
-		return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
-	}))
+	mux.Handle("/api/", c.noRoute())
 	c.bridgeRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
 		writePage(w, http.StatusNotFound, pageNotFound, "")
 	})
 	return securityHeaders(mux)
+}
+
+// noRoute answers a method or path under /api/ or /ws/ that is not a route: a JSON 404
+// (the pages' 404 is HTML).
+func (c *Console) noRoute() http.Handler {
+	return api.Handle(c.log, func(_ http.ResponseWriter, r *http.Request) error {
+		return api.Errorf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
+	})
 }
 
 // securityHeaders sets on every answer the CSP, nosniff, DENY framing, no referrer, HSTS,
@@ -106,27 +112,13 @@ func securityHeaders(next http.Handler) http.Handler {
 	})
 }
 
-// The hooks of the browser sessions' WebSockets (bridge.go), which run before the upgrade:
-//
-//	l, err := c.sessionOf(r)                   // 401 login_required unless a live cookie session
-//	err = c.checkOrigin(r, true)               // 403 origin unless Origin is exactly the console's
-//	err = checkCSRF(l.csrf, r.URL.Query().Get("csrf")) // 403 csrf
-//	conn, err := c.backend.DialSession(ctx, l.user, id, ticket)
-//
-// Their errors are *api.Error: api.WriteError(w, err) answers them as JSON. A long-lived
-// socket may call sessionOf again with its upgrade request (the cookie is in it) to learn
-// that the session was revoked or expired, or the user disabled.
-
 // errLoginRequired answers an /api or /ws request without a live cookie session.
 var errLoginRequired = api.Errorf(http.StatusUnauthorized, "login_required",
 	"no console session (expired, revoked or logged out): run `ibcm console login` and open the URL it prints")
 
-// sessionOf authenticates r to its cookie session, for every route but /login, /logged-out
-// and /healthz (and for helper B's WebSockets): the cookie must name a live session (not
-// expired, not revoked) whose user exists and is not disabled, read afresh on each call.
-// It returns the user, the session's CSRF token and the serial of the certificate the
-// login was made with. Its errors are *api.Error (401 login_required, or 503 while the
-// store is unavailable), ready for api.WriteError.
+// sessionOf is sessionFrom for the WebSockets of bridge.go (authFunc), before the upgrade
+// and at each keepalive: the user, the session's CSRF token and the serial of the
+// certificate the login was made with.
 func (c *Console) sessionOf(r *http.Request) (login, error) {
 	s, err := c.sessionFrom(r)
 	if err != nil {
@@ -138,6 +130,11 @@ func (c *Console) sessionOf(r *http.Request) (login, error) {
 // login is who a cookie session is (sessionOf).
 type login struct{ user, csrf, serial string }
 
+// sessionFrom authenticates r to its cookie session, for every route but /login,
+// /logged-out, /healthz and /assets: the cookie must name a live session (not expired, not
+// revoked) whose user exists and is not disabled, read afresh on each call (lookup). Its
+// errors are *api.Error (401 login_required, or 503 while the store is unavailable), ready
+// for api.WriteError.
 func (c *Console) sessionFrom(r *http.Request) (*session, error) {
 	ck, err := r.Cookie(CookieName)
 	if err != nil {
@@ -169,8 +166,8 @@ func (c *Console) checkOrigin(r *http.Request, required bool) error {
 	return api.Errorf(http.StatusForbidden, "origin", "the request's Origin is not the console's (%s)", c.origin)
 }
 
-// checkCSRF compares a CSRF token presented (header X-CSRF-Token, or helper B's csrf
-// query) with the session's, in constant time: 403 "csrf" when they differ.
+// checkCSRF compares a CSRF token presented (header X-CSRF-Token, or the WebSockets'
+// csrf query) with the session's, in constant time: 403 "csrf" when they differ.
 func checkCSRF(want, got string) error {
 	if got == "" || subtle.ConstantTimeCompare([]byte(want), []byte(got)) != 1 {
 		return api.Errorf(http.StatusForbidden, "csrf", "missing or wrong %s: reload the page", CSRFHeader)
@@ -263,16 +260,6 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user, secret, exp, err := c.useLink(r.Context(), r.PathValue("token"))
-	if err == nil {
-		// A user disabled since the link was made gets no session.
-		if u, uerr := c.access.User(r.Context(), user); uerr != nil || u.DisabledAt != nil {
-			_ = c.revoke(r.Context(), hashOf(secret))
-			if uerr == nil { // and their other sessions and links, for good (lookup)
-				_, _ = c.revokeUser(r.Context(), user)
-			}
-			err = errLinkInvalid
-		}
-	}
 	if errors.Is(err, errLinkInvalid) {
 		c.log.Warn().Str("remote_addr", r.RemoteAddr).Msg("console login link refused: invalid, used or expired")
 		writePage(w, http.StatusUnauthorized, pageLoginNeeded, "This login link is invalid, expired or already used.")
@@ -370,15 +357,11 @@ func (c *Console) handleMe(w http.ResponseWriter, r *http.Request, s *session) e
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return api.Errorf(http.StatusMethodNotAllowed, "method_not_allowed", "GET /api/me")
 	}
-	u, err := c.access.User(r.Context(), s.user)
-	if err != nil {
-		return err
-	}
 	g, err := c.access.Grants(r.Context(), s.user)
 	if err != nil {
 		return err
 	}
-	me := Me{User: u.Name, DisplayName: u.DisplayName, CSRF: s.csrf, ExpiresAt: s.expiresAt, Permissions: []string{}}
+	me := Me{User: s.user, DisplayName: s.displayName, CSRF: s.csrf, ExpiresAt: s.expiresAt, Permissions: []string{}}
 	for _, p := range g.Site.List() {
 		me.Permissions = append(me.Permissions, string(p))
 	}

@@ -96,11 +96,12 @@ func csrfOf(secret []byte) string {
 
 // session is one live cookie session.
 type session struct {
-	user      string
-	csrf      string
-	serial    string // of the certificate the login was made with
-	expiresAt time.Time
-	hash      string
+	user        string
+	displayName string // the user's, as lookup read them
+	csrf        string
+	serial      string // of the certificate the login was made with
+	expiresAt   time.Time
+	hash        string
 }
 
 // createLink records a new one-time link for user and returns its token.
@@ -131,8 +132,8 @@ func (c *Console) createLink(ctx context.Context, user, serial string, certExpir
 // errLinkInvalid is a link that is unknown, used or expired.
 var errLinkInvalid = errors.New("login link invalid, used or expired")
 
-// useLink spends a link token (once) and opens a cookie session for its user: it returns the
-// cookie's secret.
+// useLink spends a link token (once) and opens a cookie session for its user, who must still
+// be a user of the site and not disabled: it returns the cookie's secret.
 func (c *Console) useLink(ctx context.Context, token string) (user string, secret []byte, exp time.Time, err error) {
 	raw, err := parseLinkToken(token)
 	if err != nil {
@@ -158,7 +159,7 @@ func (c *Console) useLink(ctx context.Context, token string) (user string, secre
 		if n, err := res.RowsAffected(); err != nil || n != 1 { // spent by another request meanwhile
 			return errors.Join(err, errLinkInvalid)
 		}
-		if c.backend != nil && c.backend.CertificateRevoked(serial) || certExpires <= now.Unix() {
+		if c.backend.CertificateRevoked(serial) || certExpires <= now.Unix() {
 			return errLinkInvalid // spent all the same: the certificate that made it is revoked or expired
 		}
 		if ce := time.Unix(certExpires, 0); ce.Before(exp) {
@@ -171,8 +172,15 @@ func (c *Console) useLink(ctx context.Context, token string) (user string, secre
 	if err != nil {
 		return "", nil, time.Time{}, err
 	}
-	// The user must still be allowed in: the session is opened, but refused at each request
-	// while they are disabled (lookup).
+	// A user disabled (or deleted) since the link was made gets no session: it is ended at
+	// once, and with a disabled user's other sessions and links, for good (as lookup does).
+	if u, uerr := c.access.User(ctx, user); uerr != nil || u.DisabledAt != nil {
+		_ = c.revoke(ctx, hashOf(secret))
+		if uerr == nil {
+			_, _ = c.revokeUser(ctx, user)
+		}
+		return "", nil, time.Time{}, errLinkInvalid
+	}
 	return user, secret, exp, nil
 }
 
@@ -198,7 +206,7 @@ func (c *Console) lookup(ctx context.Context, cookie string) (*session, error) {
 		return nil, fmt.Errorf("reading the console session: %w", err)
 	}
 	s.expiresAt, s.serial = time.Unix(exp, 0).UTC(), serial
-	if c.backend == nil || c.backend.CertificateRevoked(serial) {
+	if c.backend.CertificateRevoked(serial) {
 		// The certificate the login was made with is revoked (a stolen laptop): the session
 		// ends with it, as that certificate's own connections do.
 		if err := c.revoke(ctx, s.hash); err != nil {
@@ -218,6 +226,7 @@ func (c *Console) lookup(ctx context.Context, cookie string) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.displayName = u.DisplayName
 	return s, nil
 }
 

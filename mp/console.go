@@ -28,7 +28,7 @@ import (
 // routes only the console's pages use.
 
 // ConsoleLinks makes and revokes web-console logins; *console.Console implements it
-// (site/run.go passes it as Options.ConsoleLinks).
+// (site/mp.go passes it as Options.ConsoleLinks).
 type ConsoleLinks interface {
 	// CreateLink makes a one-time login URL for user, asked with cert, valid until expires;
 	// revoking cert ends what it made, and its expiry the session it opened.

@@ -46,11 +46,7 @@ func (m *MP) DialSession(ctx context.Context, user, sessionID, ticketID string) 
 	switch {
 	case t.Helper != user:
 		// Audited as the command line's relay leg audits it (handleHelperRelay).
-		e := api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to %s", ticketID, user)
-		m.auditRefusal(ctx, sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: s.Device, DeviceName: s.DeviceName, Helper: user,
-			Reason: "relay " + s.ID, Mode: s.Mode, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC(),
-			Console: true}}, wire.OutcomeRefused, e.Code)
-		return nil, e
+		return nil, m.refuseLeg(ctx, s, user, true, api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to %s", ticketID, user))
 	case !t.Console || t.Role != ticket.RoleHelper:
 		return nil, api.Errorf(http.StatusForbidden, "not_a_console_ticket", "ticket %s was not issued to the web console", ticketID)
 	case t.HelperKey != trust.PublicKeyHash(m.o.SiteChain[0]):
@@ -65,15 +61,11 @@ func (m *MP) DialSession(ctx context.Context, user, sessionID, ticketID string) 
 	if err != nil {
 		return nil, err
 	}
-	cert := tls.Certificate{PrivateKey: m.o.SiteKey, Leaf: m.o.SiteChain[0]}
-	for _, c := range m.o.SiteChain {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
 	roots := x509.NewCertPool()
 	for _, c := range m.verifier.Anchors.Roots {
 		roots.AddCert(c)
 	}
-	tc := tls.Client(raw, e2e.ConsoleConfig(cert, roots, s.Device, m.now, nil))
+	tc := tls.Client(raw, e2e.ConsoleConfig(m.siteCertificate(), roots, s.Device, m.now, nil))
 	hctx, cancel := context.WithTimeout(ctx, consoleHandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
@@ -92,8 +84,8 @@ func (m *MP) DialSession(ctx context.Context, user, sessionID, ticketID string) 
 }
 
 // consoleLeg is the helper's relay leg of a console ticket, joined in-process: one end of
-// a pipe attached to the relay pair (here, or towards the device's MP as forwardLeg does),
-// the other end returned.
+// a pipe attached to the relay pair (awaitPair here, or forwardPair towards the device's
+// MP, as waitLeg and forwardLeg do for a helper's connection), the other end returned.
 func (m *MP) consoleLeg(ctx context.Context, s sessionRow, ticketID string) (net.Conn, error) {
 	local, remote := net.Pipe()
 	fail := func(err error) (net.Conn, error) {
@@ -106,53 +98,17 @@ func (m *MP) consoleLeg(ctx context.Context, s sessionRow, ticketID string) (net
 		if err != nil {
 			return fail(err)
 		}
-		wait := m.relayTimeout(ctx, s.Device)
-		up, err := m.dialMP(ctx, base, "/v1/relay/"+s.ID+"?ticket="+ticketID, wait+10*time.Second)
+		pair, up, err := m.forwardPair(ctx, base, s, ticketID, sideHelper, m.relayTimeout(ctx, s.Device))
 		if err != nil {
 			return fail(err)
 		}
-		pair, err := m.relays.join(ticketID, s.ID, sideHelper)
-		if err != nil {
-			_ = up.Close()
-			return fail(err)
-		}
-		m.relays.mu.Lock()
-		pair.waiting[sideDevice] = true // the device's MP stands for the device's leg
-		m.relays.mu.Unlock()
 		m.relays.attach(pair, sideDevice, up)
 		m.relays.attach(pair, sideHelper, remote)
 		return local, nil
 	}
-	pair, err := m.relays.join(ticketID, s.ID, sideHelper)
+	pair, err := m.awaitPair(ctx, s, ticketID, sideHelper, m.relayTimeout(ctx, s.Device))
 	if err != nil {
 		return fail(err)
-	}
-	// Joined first, read second: an end announced between the two is not missed.
-	cur, err := m.session(ctx, s.ID)
-	if err != nil {
-		m.relays.leave(pair, sideHelper)
-		return fail(err)
-	}
-	if cur.State == wire.SessionEnded {
-		m.relays.leave(pair, sideHelper)
-		return fail(endError(cur.Outcome, cur.Error))
-	}
-	wait := m.relayTimeout(ctx, s.Device)
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	select {
-	case <-pair.both:
-	case <-pair.ended:
-		m.relays.mu.Lock()
-		e := pair.err
-		m.relays.mu.Unlock()
-		return fail(e)
-	case <-timer.C:
-		m.relays.leave(pair, sideHelper)
-		return fail(api.Errorf(http.StatusGatewayTimeout, "relay_timeout", "the device did not connect within %s", wait))
-	case <-ctx.Done():
-		m.relays.leave(pair, sideHelper)
-		return fail(context.Cause(ctx))
 	}
 	m.relays.attach(pair, sideHelper, remote)
 	return local, nil

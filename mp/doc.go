@@ -22,7 +22,7 @@
 // Security codes for unenrolled devices (guest.go): a helper's code records a pending
 // session; the guest certificate the CA exchanges it for passes the handshake only when the
 // site enables codes, and the gate keeps it to the relay of its own session.
-// The web console (console.go; the console package serves it, site/run.go wires the two):
+// The web console (console.go; the console package serves it, site/mp.go wires the two):
 // ConsoleAPI serves a browser's allowlisted admin calls as a user peer without a
 // certificate (location "console") through the same guards; the console's logins are made
 // and revoked through Options.ConsoleLinks (POST /v1/admin/console/links|revoke).

@@ -391,11 +391,8 @@ func (m *MP) handleHelperRelay(w http.ResponseWriter, r *http.Request, name stri
 		return err
 	}
 	if t.Helper != name || t.Console || t.HelperKey != trust.PublicKeyHash(peerOf(r).leaf) {
-		e := api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to this certificate", ticketID)
-		m.auditRefusal(r.Context(), sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: s.Device, DeviceName: s.DeviceName, Helper: name,
-			Reason: "relay " + s.ID, Mode: s.Mode, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC()}},
-			wire.OutcomeRefused, e.Code)
-		return e
+		return m.refuseLeg(r.Context(), s, name, false,
+			api.Errorf(http.StatusForbidden, "not_your_ticket", "ticket %s was not issued to this certificate", ticketID))
 	}
 	if m.now().After(t.ExpiresAt) {
 		return api.Errorf(http.StatusGone, "ticket_expired", "ticket %s expired", ticketID)
@@ -417,6 +414,15 @@ func (m *MP) handleHelperRelay(w http.ResponseWriter, r *http.Request, name stri
 		return m.waitLeg(w, r, s, ticketID, sideHelper)
 	}
 	return m.forwardLeg(w, r, s, ticketID, sideHelper)
+}
+
+// refuseLeg audits a relay leg of session s that user may not dial as a refused session of
+// theirs (through the web console when console) naming the one it is of, and returns e.
+func (m *MP) refuseLeg(ctx context.Context, s sessionRow, user string, console bool, e *api.Error) *api.Error {
+	m.auditRefusal(ctx, sessionRow{Session: wire.Session{ID: ticket.NewID(), Device: s.Device, DeviceName: s.DeviceName, Helper: user,
+		Reason: "relay " + s.ID, Mode: s.Mode, Modes: []wire.SessionMode{}, Location: s.Location, MP: m.o.ID, RequestedAt: m.now().UTC(),
+		Console: console}}, wire.OutcomeRefused, e.Code)
+	return e
 }
 
 // handleForwardedRelay is GET /v1/relay/{id}: a leg that another MP of the site checked
@@ -449,39 +455,16 @@ func (m *MP) handleForwardedRelay(w http.ResponseWriter, r *http.Request) error 
 // waitLeg holds a leg until the other is there (then 101 and splice), the session ends
 // (its outcome's error), the wait times out, or the caller leaves.
 func (m *MP) waitLeg(w http.ResponseWriter, r *http.Request, s sessionRow, ticketID string, side int) error {
-	pair, err := m.relays.join(ticketID, s.ID, side)
-	if err != nil {
-		return err
-	}
-	// Joined first, read second: an end announced between the two is not missed.
-	cur, err := m.session(r.Context(), s.ID)
-	if err != nil {
-		m.relays.leave(pair, side)
-		return err
-	}
-	if cur.State == wire.SessionEnded {
-		m.relays.leave(pair, side)
-		return endError(cur.Outcome, cur.Error)
-	}
 	wait := m.relayTimeout(r.Context(), s.Device)
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(wait + 10*time.Second)) // the 101 comes after the wait
 	_ = rc.SetReadDeadline(time.Time{})
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	select {
-	case <-pair.both:
-	case <-pair.ended:
-		m.relays.mu.Lock()
-		e := pair.err
-		m.relays.mu.Unlock()
-		return e
-	case <-timer.C:
-		m.relays.leave(pair, side)
-		return api.Errorf(http.StatusGatewayTimeout, "relay_timeout", "the other end of the session did not connect within %s", wait)
-	case <-r.Context().Done():
-		m.relays.leave(pair, side)
-		return nil
+	pair, err := m.awaitPair(r.Context(), s, ticketID, side, wait)
+	if err != nil {
+		if r.Context().Err() != nil { // the caller left
+			return nil
+		}
+		return err
 	}
 	conn, err := hijackRelay(w, m)
 	if err != nil {
@@ -492,6 +475,47 @@ func (m *MP) waitLeg(w http.ResponseWriter, r *http.Request, s sessionRow, ticke
 	}
 	m.relays.attach(pair, side, conn)
 	return nil
+}
+
+// awaitPair joins the relay pair of ticketID as side and holds it until the other leg is
+// there (it returns the pair, for the leg to attach to), the session ends (its outcome's
+// error), wait passes, or ctx is done (its cause). On an error the leg is no longer in the
+// pair (it left it, or the pair ended).
+func (m *MP) awaitPair(ctx context.Context, s sessionRow, ticketID string, side int, wait time.Duration) (*relayPair, error) {
+	pair, err := m.relays.join(ticketID, s.ID, side)
+	if err != nil {
+		return nil, err
+	}
+	// Joined first, read second: an end announced between the two is not missed.
+	cur, err := m.session(ctx, s.ID)
+	if err != nil {
+		m.relays.leave(pair, side)
+		return nil, err
+	}
+	if cur.State == wire.SessionEnded {
+		m.relays.leave(pair, side)
+		return nil, endError(cur.Outcome, cur.Error)
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-pair.both:
+		return pair, nil
+	case <-pair.ended:
+		m.relays.mu.Lock()
+		defer m.relays.mu.Unlock()
+		return nil, pair.err
+	case <-timer.C:
+		m.relays.leave(pair, side)
+		other := "the other end of the session"
+		if side == sideHelper {
+			other = "the device"
+		}
+		return nil, api.Errorf(http.StatusGatewayTimeout, "relay_timeout", "%s did not connect within %s", other, wait)
+	case <-ctx.Done():
+		m.relays.leave(pair, side)
+		return nil, context.Cause(ctx)
+	}
 }
 
 // hijackRelay takes the connection of a leg and answers 101. The record layer is parked
@@ -536,24 +560,10 @@ func (m *MP) forwardLeg(w http.ResponseWriter, r *http.Request, s sessionRow, ti
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(wait + 20*time.Second))
 	_ = rc.SetReadDeadline(time.Time{})
-	path := "/v1/relay/" + s.ID + "?ticket=" + ticketID
-	if side == sideDevice {
-		path += "&side=device"
-	}
-	up, err := m.dialMP(r.Context(), base, path, wait+10*time.Second)
+	pair, up, err := m.forwardPair(r.Context(), base, s, ticketID, side, wait)
 	if err != nil {
 		return err
 	}
-	// The leg is registered here too, so an end of the session closes it on this MP.
-	pair, err := m.relays.join(ticketID, s.ID, side)
-	if err != nil {
-		_ = up.Close()
-		return err
-	}
-	other := 1 - side
-	m.relays.mu.Lock()
-	pair.waiting[other] = true // the device's MP stands for the other leg
-	m.relays.mu.Unlock()
 	conn, err := hijackRelay(w, m)
 	if err != nil {
 		_ = up.Close()
@@ -562,9 +572,32 @@ func (m *MP) forwardLeg(w http.ResponseWriter, r *http.Request, s sessionRow, ti
 		m.relays.mu.Unlock()
 		return nil
 	}
-	m.relays.attach(pair, other, up)
+	m.relays.attach(pair, 1-side, up)
 	m.relays.attach(pair, side, conn)
 	return nil
+}
+
+// forwardPair opens a leg (side) of ticketID at the device's MP (base), where the legs
+// meet, and joins it here too, so that an end of the session closes it on this MP: the
+// connection to that MP stands for the other leg, for the caller to attach.
+func (m *MP) forwardPair(ctx context.Context, base string, s sessionRow, ticketID string, side int, wait time.Duration) (*relayPair, net.Conn, error) {
+	path := "/v1/relay/" + s.ID + "?ticket=" + ticketID
+	if side == sideDevice {
+		path += "&side=device"
+	}
+	up, err := m.dialMP(ctx, base, path, wait+10*time.Second)
+	if err != nil {
+		return nil, nil, err
+	}
+	pair, err := m.relays.join(ticketID, s.ID, side)
+	if err != nil {
+		_ = up.Close()
+		return nil, nil, err
+	}
+	m.relays.mu.Lock()
+	pair.waiting[1-side] = true // the device's MP stands for the other leg
+	m.relays.mu.Unlock()
+	return pair, up, nil
 }
 
 // mpURL is how this MP reaches another MP of the site: its intranet URL, else its
@@ -582,21 +615,25 @@ func (m *MP) mpURL(ctx context.Context, id string) (string, error) {
 	return internet, nil
 }
 
+// siteCertificate is this MP's site-server certificate chain and key, as TLS presents them.
+func (m *MP) siteCertificate() tls.Certificate {
+	cert := tls.Certificate{PrivateKey: m.o.SiteKey}
+	for _, c := range m.o.SiteChain {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	if len(m.o.SiteChain) > 0 {
+		cert.Leaf = m.o.SiteChain[0]
+	}
+	return cert
+}
+
 // siteTLS is this MP's TLS client configuration towards another MP: its own site-server
 // certificate as client certificate, and the other's checked against the site's roots
 // and the MP role of this site.
 func (m *MP) siteTLS() *tls.Config {
-	var cert tls.Certificate
-	for _, c := range m.o.SiteChain {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
-	cert.PrivateKey = m.o.SiteKey
-	if len(m.o.SiteChain) > 0 {
-		cert.Leaf = m.o.SiteChain[0]
-	}
 	site := m.siteCode()
 	return &tls.Config{
-		Certificates:       []tls.Certificate{cert},
+		Certificates:       []tls.Certificate{m.siteCertificate()},
 		MinVersion:         tls.VersionTLS12,
 		NextProtos:         []string{"http/1.1"},
 		InsecureSkipVerify: true, // VerifyConnection checks the chain and the identity instead of a host name

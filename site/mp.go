@@ -118,18 +118,6 @@ const maxConsoleConns = 1024
 // mpBackend is the console's backend: the MP, set once made (openMP).
 type mpBackend struct{ *mp.MP }
 
-// DialSession is the MP's (mp/console_session.go) when this build has it; it is looked up
-// dynamically so that this wiring holds before and after browser sessions exist.
-func (b *mpBackend) DialSession(ctx context.Context, user, sessionID, ticketID string) (net.Conn, error) {
-	d, ok := any(b.MP).(interface {
-		DialSession(ctx context.Context, user, sessionID, ticketID string) (net.Conn, error)
-	})
-	if !ok {
-		return nil, errors.New("browser sessions are not available in this build")
-	}
-	return d.DialSession(ctx, user, sessionID, ticketID)
-}
-
 // loadSiteKey reads the MP's site-server certificate chain and key: the MP signs session
 // tickets with them and presents them to the other MPs when it forwards a relay leg.
 func loadSiteKey(certFile, keyFile string) (crypto.Signer, []*x509.Certificate, error) {
